@@ -1,0 +1,8 @@
+"""sentinel-ebpf: Sentinel traffic governance enforced in the Linux kernel with eBPF.
+
+Public modules: ``sentinel_ebpf.libbpf`` (thin libbpf binding), ``sentinel_ebpf.trace`` (TCP connection
+tracer), ``sentinel_ebpf.doctor`` (kernel feature probes), ``sentinel_ebpf.rules`` (rule model and loaders),
+``sentinel_ebpf.model`` (pure-Python reference model of Sentinel's algorithms).
+"""
+
+__version__ = "0.1.0"

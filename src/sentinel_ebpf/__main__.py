@@ -1,0 +1,3 @@
+from sentinel_ebpf.cli import main
+
+main()

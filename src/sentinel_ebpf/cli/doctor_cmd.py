@@ -1,0 +1,1 @@
+"""``sentinel-ebpf doctor`` (work in progress)."""

@@ -1,0 +1,1 @@
+"""``sentinel-ebpf trace`` (work in progress)."""
