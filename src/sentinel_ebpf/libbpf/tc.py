@@ -1,0 +1,97 @@
+"""TC (clsact) attachment through libbpf's ``bpf_tc_*`` API.
+
+A hook remembers whether it created the clsact qdisc, so closing removes only what it added.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+from enum import IntEnum
+
+from sentinel_ebpf.errors import BpfAttachError
+from sentinel_ebpf.libbpf import _lib
+from sentinel_ebpf.libbpf.object import Program
+
+
+class TcAttachPoint(IntEnum):
+    INGRESS = 1
+    EGRESS = 2
+
+
+BPF_TC_F_REPLACE = 1
+
+
+class TcFilter:
+    """A program attached to a clsact hook; detached on close."""
+
+    def __init__(self, hook: TcHook, point: TcAttachPoint, handle: int, priority: int) -> None:
+        self._hook = hook
+        self.point = point
+        self.handle = handle
+        self.priority = priority
+        self._attached = True
+
+    def close(self) -> None:
+        if not self._attached:
+            return
+        self._attached = False
+        hook = self._hook._struct(self.point)
+        opts = _lib.BpfTcOpts(sz=ctypes.sizeof(_lib.BpfTcOpts), handle=self.handle, priority=self.priority)
+        err = _lib.lib().bpf_tc_detach(ctypes.byref(hook), ctypes.byref(opts))
+        if err and abs(err) not in (errno.ENOENT, errno.ENODEV):  # interface or qdisc already gone
+            raise BpfAttachError(f"tc detach from ifindex {self._hook.ifindex} {self.point.name.lower()}", err)
+
+    def __enter__(self) -> TcFilter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class TcHook:
+    """The clsact qdisc of one interface."""
+
+    def __init__(self, ifindex: int) -> None:
+        self.ifindex = ifindex
+        self.created_qdisc = False
+
+    def _struct(self, point: TcAttachPoint | int) -> _lib.BpfTcHook:
+        return _lib.BpfTcHook(sz=ctypes.sizeof(_lib.BpfTcHook), ifindex=self.ifindex, attach_point=int(point))
+
+    def create(self) -> TcHook:
+        hook = self._struct(TcAttachPoint.INGRESS)
+        err = _lib.lib().bpf_tc_hook_create(ctypes.byref(hook))
+        if err == 0:
+            self.created_qdisc = True
+        elif abs(err) != errno.EEXIST:
+            raise BpfAttachError(f"create clsact qdisc on ifindex {self.ifindex}", err)
+        return self
+
+    def attach(self, prog: Program, point: TcAttachPoint, *, handle: int = 1, priority: int = 1,
+               replace: bool = False) -> TcFilter:
+        hook = self._struct(point)
+        opts = _lib.BpfTcOpts(
+            sz=ctypes.sizeof(_lib.BpfTcOpts), prog_fd=prog.fd, handle=handle, priority=priority,
+            flags=BPF_TC_F_REPLACE if replace else 0,
+        )
+        err = _lib.lib().bpf_tc_attach(ctypes.byref(hook), ctypes.byref(opts))
+        if err:
+            raise BpfAttachError(f"tc attach {prog.name} to ifindex {self.ifindex} {point.name.lower()}", err)
+        return TcFilter(self, point, handle, priority)
+
+    def destroy(self) -> None:
+        """Remove the clsact qdisc (and every filter on it) if this hook created it."""
+        if not self.created_qdisc:
+            return
+        self.created_qdisc = False
+        hook = self._struct(TcAttachPoint.INGRESS | TcAttachPoint.EGRESS)
+        err = _lib.lib().bpf_tc_hook_destroy(ctypes.byref(hook))
+        if err and abs(err) not in (errno.ENOENT, errno.ENODEV, errno.EINVAL):
+            raise BpfAttachError(f"destroy clsact qdisc on ifindex {self.ifindex}", err)
+
+    def __enter__(self) -> TcHook:
+        return self.create()
+
+    def __exit__(self, *exc: object) -> None:
+        self.destroy()

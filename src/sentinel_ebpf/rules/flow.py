@@ -1,0 +1,134 @@
+"""Flow rules (``flowRules``): sentinel-golang ``core/flow`` fields, enums, defaults and validation."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+from sentinel_ebpf.rules._fields import U32_MAX, FieldSpec, KeyMode, RuleContext, read_fields
+
+KIND = "flowRules"
+I64 = 2**63 - 1
+
+
+class TokenCalculateStrategy(enum.IntEnum):
+    Direct = 0
+    WarmUp = 1
+    MemoryAdaptive = 2
+
+
+class ControlBehavior(enum.IntEnum):
+    Reject = 0
+    Throttling = 1
+
+
+class RelationStrategy(enum.IntEnum):
+    CurrentResource = 0
+    AssociatedResource = 1
+
+
+DEFAULT_WARM_UP_COLD_FACTOR = 3
+# Above this, sentinel-golang only logs a hint; we follow it and accept any u32.
+STAT_INTERVAL_HINT_MS = 10 * 60 * 1000
+
+
+@dataclass(frozen=True)
+class FlowRule:
+    resource: str
+    threshold: float
+    id: str = ""
+    token_calculate_strategy: TokenCalculateStrategy = TokenCalculateStrategy.Direct
+    control_behavior: ControlBehavior = ControlBehavior.Reject
+    relation_strategy: RelationStrategy = RelationStrategy.CurrentResource
+    ref_resource: str = ""
+    max_queueing_time_ms: int = 0
+    warm_up_period_sec: int = 0
+    warm_up_cold_factor: int = 0
+    stat_interval_in_ms: int = 0
+    low_mem_usage_threshold: int = 0
+    high_mem_usage_threshold: int = 0
+    mem_low_water_mark_bytes: int = 0
+    mem_high_water_mark_bytes: int = 0
+
+    @property
+    def effective_cold_factor(self) -> int:
+        """sentinel-golang replaces a cold factor <= 1 by 3."""
+        c = self.warm_up_cold_factor
+        return DEFAULT_WARM_UP_COLD_FACTOR if c <= 1 else c
+
+    @property
+    def stat_resource(self) -> str:
+        """The resource whose statistics this rule reads."""
+        if self.relation_strategy is RelationStrategy.AssociatedResource:
+            return self.ref_resource
+        return self.resource
+
+    def needs_statistic(self) -> bool:
+        return (self.token_calculate_strategy is TokenCalculateStrategy.WarmUp
+                or self.control_behavior is ControlBehavior.Reject)
+
+
+FIELDS: tuple[FieldSpec, ...] = (
+    FieldSpec("id", "id", "str", ""),
+    FieldSpec("resource", "resource", "str", ""),
+    FieldSpec("tokenCalculateStrategy", "token_calculate_strategy", "enum", TokenCalculateStrategy.Direct,
+              enum=TokenCalculateStrategy),
+    FieldSpec("controlBehavior", "control_behavior", "enum", ControlBehavior.Reject, enum=ControlBehavior),
+    FieldSpec("threshold", "threshold", "float", 0.0, min=0, max=U32_MAX),
+    FieldSpec("relationStrategy", "relation_strategy", "enum", RelationStrategy.CurrentResource,
+              enum=RelationStrategy),
+    FieldSpec("refResource", "ref_resource", "str", ""),
+    FieldSpec("maxQueueingTimeMs", "max_queueing_time_ms", "int", 0, min=0, max=U32_MAX),
+    FieldSpec("warmUpPeriodSec", "warm_up_period_sec", "int", 0, min=0, max=U32_MAX),
+    FieldSpec("warmUpColdFactor", "warm_up_cold_factor", "int", 0, min=0, max=U32_MAX),
+    FieldSpec("statIntervalInMs", "stat_interval_in_ms", "int", 0, min=0, max=U32_MAX),
+    FieldSpec("lowMemUsageThreshold", "low_mem_usage_threshold", "int", 0, min=-I64 - 1, max=U32_MAX),
+    FieldSpec("highMemUsageThreshold", "high_mem_usage_threshold", "int", 0, min=-I64 - 1, max=U32_MAX),
+    FieldSpec("memLowWaterMarkBytes", "mem_low_water_mark_bytes", "int", 0, min=-I64 - 1, max=I64),
+    FieldSpec("memHighWaterMarkBytes", "mem_high_water_mark_bytes", "int", 0, min=-I64 - 1, max=I64),
+    FieldSpec("regex", "regex", "bool", False),
+)
+
+
+def parse(raw: Any, ctx: RuleContext, mode: KeyMode, *, enum_names: bool = True,
+          enum_ints: bool = True) -> FlowRule | None:
+    values = read_fields(raw, FIELDS, ctx, mode, enum_names=enum_names, enum_ints=enum_ints)
+    if values is None:
+        return None
+    ctx.rule_id = values["id"] or None
+    regex = values.pop("regex")
+    rule = FlowRule(**values)
+    validate(rule, ctx, regex=regex)
+    return rule
+
+
+def validate(rule: FlowRule, ctx: RuleContext, *, regex: bool = False) -> None:
+    """sentinel-golang ``flow.IsValidRule``, every check reported instead of the first."""
+    if not rule.resource:
+        ctx.add("empty resource", "resource")
+    if regex:
+        ctx.add("regex resource names are not supported: resources here are bound to traffic matches; "
+                "write one rule per resource", "regex")
+    rel = rule.relation_strategy
+    if rel is RelationStrategy.AssociatedResource and not rule.ref_resource:
+        ctx.add("refResource must be non empty when relationStrategy is AssociatedResource", "refResource")
+    if rule.token_calculate_strategy is TokenCalculateStrategy.WarmUp:
+        if rule.warm_up_period_sec <= 0:
+            ctx.add("warmUpPeriodSec must be greater than 0 for WarmUp", "warmUpPeriodSec")
+        if rule.warm_up_cold_factor == 1:
+            ctx.add("warmUpColdFactor must be greater than 1 (0 means the default, 3)", "warmUpColdFactor")
+    if rule.token_calculate_strategy is TokenCalculateStrategy.MemoryAdaptive:
+        if rule.low_mem_usage_threshold <= 0:
+            ctx.add("lowMemUsageThreshold must be > 0", "lowMemUsageThreshold")
+        if rule.high_mem_usage_threshold <= 0:
+            ctx.add("highMemUsageThreshold must be > 0", "highMemUsageThreshold")
+        if rule.high_mem_usage_threshold >= rule.low_mem_usage_threshold:
+            ctx.add("highMemUsageThreshold must be < lowMemUsageThreshold "
+                    "(the threshold shrinks as memory usage grows)", "highMemUsageThreshold")
+        if rule.mem_low_water_mark_bytes <= 0:
+            ctx.add("memLowWaterMarkBytes must be > 0", "memLowWaterMarkBytes")
+        if rule.mem_high_water_mark_bytes <= 0:
+            ctx.add("memHighWaterMarkBytes must be > 0", "memHighWaterMarkBytes")
+        if rule.mem_low_water_mark_bytes >= rule.mem_high_water_mark_bytes:
+            ctx.add("memLowWaterMarkBytes must be < memHighWaterMarkBytes", "memLowWaterMarkBytes")

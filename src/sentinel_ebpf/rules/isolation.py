@@ -1,0 +1,55 @@
+"""Isolation rules (``isolationRules``): concurrency limits, sentinel-golang ``core/isolation``."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+from sentinel_ebpf.rules._fields import U32_MAX, FieldSpec, KeyMode, RuleContext, read_fields
+
+KIND = "isolationRules"
+
+
+class MetricType(enum.IntEnum):
+    Concurrency = 0
+
+
+@dataclass(frozen=True)
+class IsolationRule:
+    resource: str
+    threshold: int
+    id: str = ""
+    metric_type: MetricType = MetricType.Concurrency
+
+
+FIELDS: tuple[FieldSpec, ...] = (
+    FieldSpec("id", "id", "str", ""),
+    FieldSpec("resource", "resource", "str", ""),
+    FieldSpec("metricType", "metric_type", "enum", MetricType.Concurrency, enum=MetricType),
+    FieldSpec("threshold", "threshold", "int", 0, min=0, max=U32_MAX),
+    FieldSpec("regex", "regex", "bool", False),
+)
+
+
+def parse(raw: Any, ctx: RuleContext, mode: KeyMode, *, enum_names: bool = True,
+          enum_ints: bool = True) -> IsolationRule | None:
+    values = read_fields(raw, FIELDS, ctx, mode, enum_names=enum_names, enum_ints=enum_ints)
+    if values is None:
+        return None
+    ctx.rule_id = values["id"] or None
+    regex = values.pop("regex")
+    rule = IsolationRule(**values)
+    validate(rule, ctx, regex=regex)
+    return rule
+
+
+def validate(rule: IsolationRule, ctx: RuleContext, *, regex: bool = False) -> None:
+    """sentinel-golang ``isolation.IsValidRule``."""
+    if not rule.resource:
+        ctx.add("empty resource", "resource")
+    if regex:
+        ctx.add("regex resource names are not supported: resources here are bound to traffic matches; "
+                "write one rule per resource", "regex")
+    if rule.threshold == 0:
+        ctx.add("threshold must be > 0 (a concurrency limit of 0 would block everything)", "threshold")

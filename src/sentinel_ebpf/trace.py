@@ -1,0 +1,227 @@
+"""TCP connection tracer: every outgoing connect() attempt (and optionally every accept()).
+
+Works without kprobes and without tracefs: hooks are BTF tracepoints (``tp_btf``) with a fallback to raw
+tracepoints (``raw_tp``) on kernels whose tp_btf loading fails. See ``bpf/tcptrace.bpf.c`` for why the
+event is emitted at the socket's first state change after SYN_SENT (the source port is known only then).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import platform
+import socket
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sentinel_ebpf._types import ConnDirection, ConnEvent, ConnOutcome, SentinelLimits, TraceStat
+from sentinel_ebpf.errors import BpfLoadError, SentinelError
+from sentinel_ebpf.libbpf import BpfObject, Link, RingBuffer
+from sentinel_ebpf.objects import object_path
+
+# accept and accept4 syscall numbers (the raw syscall tracepoints report numbers, not names)
+ACCEPT_SYSCALLS: dict[str, tuple[int, int]] = {"x86_64": (43, 288), "aarch64": (202, 242)}
+
+HEADER = f"{'Comm':<16} {'Src addr':<15} {'Port':<6} -> {'Dest addr':<15} Port"
+
+
+@dataclass(frozen=True)
+class TraceFilter:
+    pid: int = 0                               # 0: every process
+    ports: tuple[int, ...] = ()                # destination port (connect) or local port (accept)
+    comm: str | None = None
+    accept: bool = False                       # also report inbound (accepted) connections
+
+    def __post_init__(self) -> None:
+        if self.pid < 0:
+            raise ValueError(f"pid must be >= 0, got {self.pid}")
+        if len(self.ports) > SentinelLimits.SE_MAX_PORT_FILTERS:
+            raise ValueError(f"at most {int(SentinelLimits.SE_MAX_PORT_FILTERS)} ports, got {len(self.ports)}")
+        for port in self.ports:
+            if not 1 <= port <= 65535:
+                raise ValueError(f"port {port} out of range 1..65535")
+        if self.comm is not None and not 0 < len(self.comm.encode()) < SentinelLimits.SE_COMM_LEN:
+            raise ValueError(f"comm must be 1..{int(SentinelLimits.SE_COMM_LEN) - 1} bytes, got {self.comm!r}")
+
+
+@dataclass(frozen=True)
+class Connection:
+    timestamp: float          # wall clock seconds when connect()/accept() ran
+    pid: int
+    tid: int
+    uid: int
+    comm: str
+    family: int               # 4 or 6
+    saddr: str
+    sport: int
+    daddr: str
+    dport: int
+    direction: str            # "connect" or "accept"
+    outcome: str              # "established", "failed" (refused, timed out, closed before established)
+
+    def line(self) -> str:
+        """The original plugin's line format."""
+        when = datetime.fromtimestamp(self.timestamp).strftime("%Y/%m/%d %H:%M:%S")
+        return f"{when} {self.comm:<16} {self.saddr:<15} {self.sport:<6} -> {self.daddr:<15} {self.dport}"
+
+    def json_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _addr(family: int, raw: Iterable[int]) -> str:
+    data = bytes(raw)
+    if family == socket.AF_INET:
+        return str(ipaddress.IPv4Address(data[:4]))
+    return str(ipaddress.IPv6Address(data[:16]))
+
+
+@dataclass
+class _Clock:
+    """Converts CLOCK_MONOTONIC nanoseconds (bpf_ktime_get_ns) to wall-clock seconds."""
+
+    offset: float = field(default_factory=lambda: time.time() - time.monotonic())
+
+    def wall(self, mono_ns: int) -> float:
+        return self.offset + mono_ns / 1e9
+
+
+def decode(raw: bytes, clock: _Clock | None = None) -> Connection:
+    if len(raw) < ctypes.sizeof(ConnEvent):
+        raise ValueError(f"short conn_event: {len(raw)} bytes")
+    ev = ConnEvent.from_buffer_copy(raw)
+    clock = clock or _Clock()
+    return Connection(
+        timestamp=clock.wall(ev.ts_ns),
+        pid=ev.pid,
+        tid=ev.tid,
+        uid=ev.uid,
+        comm=ev.comm.decode(errors="replace"),
+        family=4 if ev.family == socket.AF_INET else 6,
+        saddr=_addr(ev.family, ev.saddr),
+        sport=ev.sport,
+        daddr=_addr(ev.family, ev.daddr),
+        dport=ev.dport,
+        direction="accept" if ev.direction == ConnDirection.CONN_ACCEPT else "connect",
+        outcome={
+            ConnOutcome.CONN_OUTCOME_ESTABLISHED: "established",
+            ConnOutcome.CONN_OUTCOME_FAILED: "failed",
+        }.get(ConnOutcome(ev.outcome), "unknown"),
+    )
+
+
+class ConnTracer:
+    """Load, attach and consume the tracer. ``with ConnTracer(filter) as t: t.poll(cb, 100)``."""
+
+    FLAVORS = ("btf", "raw")
+
+    def __init__(self, filters: TraceFilter | None = None, flavor: str = "auto") -> None:
+        self.filters = filters or TraceFilter()
+        if flavor not in ("auto", *self.FLAVORS):
+            raise ValueError(f"flavor must be auto, btf or raw, not {flavor!r}")
+        self._want = flavor
+        self.flavor: str | None = None
+        self._obj: BpfObject | None = None
+        self._links: list[Link] = []
+        self._ring: RingBuffer | None = None
+        self._clock = _Clock()
+        self._callback: Callable[[Connection], None] | None = None
+        self._reported_lost = 0
+
+    def _open(self, flavor: str) -> BpfObject:
+        f = self.filters
+        obj = BpfObject.open(object_path("tcptrace"))
+        try:
+            config: dict[str, Any] = {
+                "targ_tgid": f.pid,
+                "targ_nports": len(f.ports),
+                "targ_ports": list(f.ports),
+                "targ_filter_comm": f.comm is not None,
+                "targ_comm": (f.comm or "").encode(),
+                "targ_accept": f.accept,
+            }
+            if f.accept:
+                nums = ACCEPT_SYSCALLS.get(platform.machine())
+                if nums is None:
+                    raise SentinelError(f"--accept is not supported on {platform.machine()} yet")
+                config["targ_accept_nr"], config["targ_accept4_nr"] = nums
+            obj.set_rodata(**config)
+            for name, prog in obj.programs.items():
+                is_syscall = name.startswith("sys_")
+                prog.autoload = name.endswith(f"_{flavor}") and (f.accept or not is_syscall)
+            obj.load()
+        except BaseException:
+            obj.close()
+            raise
+        return obj
+
+    def start(self) -> ConnTracer:
+        flavors = self.FLAVORS if self._want == "auto" else (self._want,)
+        last: BpfLoadError | None = None
+        for flavor in flavors:
+            try:
+                self._obj = self._open(flavor)
+            except BpfLoadError as exc:
+                last = exc
+                continue
+            self.flavor = flavor
+            break
+        if self._obj is None:
+            assert last is not None
+            raise last
+        try:
+            for prog in self._obj.programs.values():
+                if prog.autoload:
+                    self._links.append(self._obj.track(prog.attach()))
+            self._ring = RingBuffer(self._obj.map("events"), self._on_event)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _on_event(self, raw: bytes) -> None:
+        if self._callback is not None:
+            self._callback(decode(raw, self._clock))
+
+    def poll(self, callback: Callable[[Connection], None], timeout_ms: int = 100) -> int:
+        assert self._ring is not None, "tracer not started"
+        self._callback = callback
+        return self._ring.poll(timeout_ms)
+
+    def drain(self, callback: Callable[[Connection], None]) -> int:
+        assert self._ring is not None, "tracer not started"
+        self._callback = callback
+        return self._ring.consume()
+
+    def counters(self) -> dict[str, int]:
+        assert self._obj is not None, "tracer not started"
+        stats = self._obj.map("trace_stats")
+        out = {}
+        for stat in (TraceStat.TRACE_STAT_EVENTS, TraceStat.TRACE_STAT_LOST, TraceStat.TRACE_STAT_PENDING_FULL):
+            per_cpu = stats.lookup(int(stat).to_bytes(4, "little"))
+            out[stat.name.removeprefix("TRACE_STAT_").lower()] = sum(int.from_bytes(v, "little") for v in per_cpu)
+        return out
+
+    def new_lost(self) -> int:
+        """Events lost since the last call (ring buffer full or no room to remember an attempt)."""
+        c = self.counters()
+        lost = c["lost"] + c["pending_full"]
+        new, self._reported_lost = lost - self._reported_lost, lost
+        return new
+
+    def close(self) -> None:
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
+        if self._obj is not None:
+            self._obj.close()  # detaches the tracked links first
+            self._obj = None
+        self._links.clear()
+
+    def __enter__(self) -> ConnTracer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
