@@ -111,7 +111,7 @@ class Program:
 
     def _link(self, ptr: int | None, what: str) -> Link:
         if not ptr:
-            raise BpfAttachError(f"attach {self.name} ({self.section}) {what}".rstrip(), _lib.errno_now())
+            raise BpfAttachError(f"attach {self.name} {what}", _lib.errno_now())
         return Link(ptr, f"{self.name} {what}".strip())
 
     def attach(self) -> Link:

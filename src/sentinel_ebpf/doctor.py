@@ -1,0 +1,270 @@
+"""What this kernel and machine can do, found by loading tiny probes rather than reading config.
+
+``run_checks()`` returns every check; ``verdict()`` says which features of sentinel-ebpf can run.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import platform
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from sentinel_ebpf.errors import BpfError, SentinelError
+from sentinel_ebpf.libbpf import BpfObject, MapType, ProgType, _lib
+from sentinel_ebpf.objects import object_path
+
+CAPS = {"CAP_NET_ADMIN": 12, "CAP_SYS_ADMIN": 21, "CAP_PERFMON": 38, "CAP_BPF": 39}
+
+
+class Status(str, Enum):
+    OK = "ok"
+    MISSING = "missing"
+    WARN = "warn"
+
+
+@dataclass(frozen=True)
+class Check:
+    group: str
+    name: str
+    status: Status
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    needs: tuple[str, ...]            # check names, all must be OK
+    essential: bool
+    available: bool = False
+    missing: tuple[str, ...] = ()
+
+
+FEATURES: tuple[tuple[str, tuple[str, ...], bool], ...] = (
+    ("trace (TCP connection tracer)",
+     ("privileges", "libbpf", "btf", "objects", "map ringbuf", "map lru_hash", "map percpu_array", "hook tp_btf|raw_tp"),
+     True),
+    ("trace --accept", ("hook tp_btf|raw_tp", "syscall numbers"), False),
+    ("inbound enforcement (TC ingress/egress)",
+     ("privileges", "btf", "objects", "prog sched_cls", "map lru_hash", "map lpm_trie", "map percpu_array",
+      "BPF_PROG_TEST_RUN"),
+     True),
+    ("outbound connect enforcement (cgroup/connect4|6)", ("prog cgroup_sock_addr", "hook cgroup/connect4", "cgroup2"),
+     False),
+    ("kprobe-based tracing", ("hook kprobe",), False),
+    ("fentry/fexit tracing", ("hook fentry",), False),
+    ("BPF LSM", ("hook lsm",), False),
+)  # fmt: skip
+
+
+@dataclass
+class Report:
+    kernel: str
+    arch: str
+    checks: list[Check] = field(default_factory=list)
+    features: list[Feature] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(f.available for f in self.features if f.essential)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kernel": self.kernel,
+            "arch": self.arch,
+            "ok": self.ok,
+            "checks": [{**asdict(c), "status": c.status.value} for c in self.checks],
+            "features": [
+                {"name": f.name, "available": f.available, "essential": f.essential, "missing": list(f.missing)}
+                for f in self.features
+            ],
+        }
+
+
+def _mounts() -> dict[str, str]:
+    """fstype -> first mount point, from /proc/mounts."""
+    found: dict[str, str] = {}
+    try:
+        lines = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        parts = line.split()
+        if len(parts) >= 3:
+            found.setdefault(parts[2], parts[1])
+    return found
+
+
+def cgroup2_mount() -> str | None:
+    return _mounts().get("cgroup2")
+
+
+def _cap_eff() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+def system_checks() -> list[Check]:
+    checks: list[Check] = []
+    caps = _cap_eff()
+    have = [name for name, bit in CAPS.items() if caps & (1 << bit)]
+    root_enough = caps & (1 << CAPS["CAP_SYS_ADMIN"]) or (
+        caps & (1 << CAPS["CAP_BPF"]) and caps & (1 << CAPS["CAP_PERFMON"]) and caps & (1 << CAPS["CAP_NET_ADMIN"])
+    )
+    checks.append(Check("system", "privileges", Status.OK if root_enough else Status.MISSING,
+                        f"euid {os.geteuid()}, capabilities: {', '.join(have) or 'none'}"
+                        + ("" if root_enough else " (run as root)")))
+    try:
+        checks.append(Check("system", "libbpf", Status.OK, _lib.version()))
+    except SentinelError as exc:
+        checks.append(Check("system", "libbpf", Status.MISSING, str(exc)))
+    btf = Path("/sys/kernel/btf/vmlinux")
+    checks.append(Check("system", "btf", Status.OK if btf.exists() else Status.MISSING,
+                        str(btf) if btf.exists() else "no /sys/kernel/btf/vmlinux (CONFIG_DEBUG_INFO_BTF=y needed)"))
+    try:
+        objs = [object_path(n).name for n in ("tcptrace", "probes")]
+        checks.append(Check("system", "objects", Status.OK, ", ".join(objs)))
+    except SentinelError as exc:
+        checks.append(Check("system", "objects", Status.MISSING, str(exc)))
+    mounts = _mounts()
+    for fstype, name, why, required in (
+        ("cgroup2", "cgroup2", "needed for outbound (cgroup/connect) enforcement", True),
+        ("bpf", "bpffs", "needed only to pin programs and maps (mount -t bpf bpf /sys/fs/bpf)", False),
+        ("tracefs", "tracefs", "not needed: hooks are BTF/raw tracepoints", False),
+    ):
+        where = mounts.get(fstype)
+        status = Status.OK if where else (Status.MISSING if required else Status.WARN)
+        checks.append(Check("system", name, status, f"mounted at {where}" if where else f"not mounted; {why}"))
+    nums = platform.machine() in ("x86_64", "aarch64")
+    checks.append(Check("system", "syscall numbers", Status.OK if nums else Status.MISSING,
+                        f"accept/accept4 numbers known for {platform.machine()}" if nums
+                        else f"accept syscall numbers unknown for {platform.machine()}"))
+    return checks
+
+
+def _probe_types() -> list[Check]:
+    lib = _lib.lib()
+    checks = []
+    for prog in (ProgType.SCHED_CLS, ProgType.XDP, ProgType.CGROUP_SOCK_ADDR, ProgType.SOCK_OPS, ProgType.SK_MSG,
+                 ProgType.RAW_TRACEPOINT, ProgType.KPROBE):
+        # TRACING (fentry, tp_btf) and LSM are judged by the hook probes: their type alone says little.
+        rc = lib.libbpf_probe_bpf_prog_type(int(prog), None)
+        checks.append(Check("program type", f"prog {prog.name.lower()}", Status.OK if rc == 1 else Status.MISSING,
+                            "loads" if rc == 1 else f"does not load ({_explain(rc)})"))
+    for mtype in (MapType.HASH, MapType.LRU_HASH, MapType.PERCPU_ARRAY, MapType.LPM_TRIE, MapType.RINGBUF):
+        rc = lib.libbpf_probe_bpf_map_type(int(mtype), None)
+        checks.append(Check("map type", f"map {mtype.name.lower()}", Status.OK if rc == 1 else Status.MISSING,
+                            "creates" if rc == 1 else f"cannot be created ({_explain(rc)})"))
+    return checks
+
+
+def _explain(rc: int) -> str:
+    if rc == 0:
+        return "not supported by this kernel"
+    return os.strerror(abs(rc)) if rc < 0 else f"rc {rc}"
+
+
+# A minimal Ethernet + IPv4 + TCP SYN frame for the test-run probe.
+_SYN = bytes.fromhex(
+    "000000000000" "000000000000" "0800"
+    "4500002800004000400600007f0000017f000001"
+    "d4310050000000000000000050020000" "00000000"
+)  # fmt: skip
+
+
+def _attach_in_cgroup(prog: Any) -> str:
+    root = cgroup2_mount()
+    if root is None:
+        raise BpfError("find cgroup2 mount", errno.ENOENT, "mount cgroup2 (e.g. on /sys/fs/cgroup/unified)")
+    with prog.attach_cgroup(root):
+        return f"attached to {root} and detached"
+
+
+def _run_tc(prog: Any) -> str:
+    res = prog.test_run(_SYN)
+    if res.retval != 0:
+        raise BpfError("tc probe test run", errno.EINVAL, f"unexpected verdict {res.retval}")
+    return "BPF_PROG_TEST_RUN on a TCP SYN frame"
+
+
+def _run_xdp(prog: Any) -> str:
+    res = prog.test_run(_SYN)
+    if res.retval != 2:
+        raise BpfError("xdp probe test run", errno.EINVAL, f"unexpected verdict {res.retval}")
+    return "BPF_PROG_TEST_RUN returned XDP_PASS"
+
+
+def _attach(prog: Any) -> str:
+    with prog.attach():
+        return f"attached to {prog.section} and detached"
+
+
+# check name -> (program in probes.bpf.o, what proves it works)
+HOOK_PROBES: dict[str, tuple[str, Callable[[Any], str]]] = {
+    "hook tp_btf": ("probe_tp_btf", _attach),
+    "hook raw_tp": ("probe_raw_tp", _attach),
+    "hook kprobe": ("probe_kprobe", _attach),
+    "hook fentry": ("probe_fentry", _attach),
+    "hook lsm": ("probe_lsm", _attach),
+    "BPF_PROG_TEST_RUN": ("probe_tc", _run_tc),
+    "hook xdp": ("probe_xdp", _run_xdp),
+    "hook cgroup/connect4": ("probe_connect4", _attach_in_cgroup),
+    "hook sock_ops": ("probe_sockops", _attach_in_cgroup),
+    "hook sk_msg": ("probe_sk_msg", lambda prog: "loads (attaches to a sockmap)"),
+}
+
+
+def probe_hook(check: str) -> Check:
+    program, prove = HOOK_PROBES[check]
+    with _lib.capture_log():  # expected failures are findings, not warnings
+        try:
+            with BpfObject.open(object_path("probes")) as obj:
+                for name, prog in obj.programs.items():
+                    prog.autoload = name == program
+                obj.load()
+                detail = prove(obj.program(program))
+            return Check("hook", check, Status.OK, detail)
+        except BpfError as exc:
+            return Check("hook", check, Status.MISSING, _hook_detail(check, exc))
+        except SentinelError as exc:
+            return Check("hook", check, Status.MISSING, str(exc))
+
+
+def _hook_detail(check: str, exc: BpfError) -> str:
+    base = f"{exc.op}: {os.strerror(exc.errno)}"
+    if check == "hook kprobe" and not Path("/sys/bus/event_source/devices/kprobe").exists():
+        return f"{base} (no kprobe PMU: kernel built without CONFIG_KPROBES, or tracefs needed for legacy kprobes)"
+    if check == "hook lsm":
+        lsms = Path("/sys/kernel/security/lsm")
+        active = lsms.read_text().strip() if lsms.exists() else "unknown (securityfs not mounted)"
+        return f"{base} (BPF LSM needs CONFIG_BPF_LSM and 'bpf' in lsm=; active LSMs: {active})"
+    if check == "hook fentry":
+        return f"{base} (fentry/fexit trampolines not available on this kernel)"
+    return base
+
+
+def run_checks() -> Report:
+    report = Report(kernel=platform.release(), arch=platform.machine())
+    report.checks.extend(system_checks())
+    by_name = {c.name: c for c in report.checks}
+    if by_name["libbpf"].status is Status.OK:
+        report.checks.extend(_probe_types())
+        if by_name["objects"].status is Status.OK and by_name["privileges"].status is Status.OK:
+            report.checks.extend(probe_hook(name) for name in HOOK_PROBES)
+    report.features = verdict(report.checks)
+    return report
+
+
+def verdict(checks: list[Check]) -> list[Feature]:
+    ok = {c.name for c in checks if c.status is Status.OK}
+    features = []
+    for name, needs, essential in FEATURES:
+        missing = tuple(n for n in needs if not any(alt in ok for alt in n.split("|")))
+        features.append(Feature(name, needs, essential, available=not missing, missing=missing))
+    return features
