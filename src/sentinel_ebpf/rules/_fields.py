@@ -52,6 +52,8 @@ class RuleContext:
     rule_id: str | None = None
     # attr/key -> the key as written in the document (case may differ in GO_JSON mode)
     raw_keys: dict[str, str] = field(default_factory=dict)
+    # field -> text appended to its problems (e.g. the CRD's percent value before conversion)
+    notes: dict[str, str] = field(default_factory=dict)
 
     def add(self, reason: str, field_name: str | None = None, subpath: Path = ()) -> None:
         path: Path = self.path
@@ -59,6 +61,8 @@ class RuleContext:
             raw = self.raw_keys.get(field_name, field_name.split(".")[0])
             path = (*path, raw)
         path = (*path, *subpath)
+        if field_name in self.notes:
+            reason = f"{reason} ({self.notes[field_name]})"
         self.problems.append(Problem(
             file=self.doc.file, reason=reason, section=self.section, index=self.index,
             rule_id=self.rule_id or None, field=field_name, line=self.doc.line(path),
@@ -83,7 +87,8 @@ def type_name(value: Any) -> str:
     return type(value).__name__
 
 
-def match_keys(raw: Mapping[Any, Any], known: Sequence[str], mode: KeyMode) -> tuple[dict[str, str], list[str]]:
+def match_keys(raw: Mapping[Any, Any], known: Sequence[str],
+               mode: KeyMode) -> tuple[dict[str, str], list[str]]:
     """Map each known key to the key used in ``raw``; also return the unknown keys.
 
     In GO_JSON mode later keys win, as in Go, when several keys fold to the same field.
@@ -116,6 +121,8 @@ def read_fields(raw: Any, specs: Sequence[FieldSpec], ctx: RuleContext, mode: Ke
     keys = [s.key for s in specs] + list(extra_known)
     found, unknown = match_keys(raw, keys, mode)
     ctx.raw_keys.update(found)
+    if "id" in found and isinstance(raw[found["id"]], str) and raw[found["id"]]:
+        ctx.rule_id = raw[found["id"]]
     if mode is KeyMode.STRICT:
         folded = {k.lower(): k for k in keys}
         for key in unknown:

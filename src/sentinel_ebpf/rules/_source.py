@@ -78,6 +78,8 @@ def _read_yaml(text: str, file: str) -> list[Document]:
         while loader.check_node():
             node = loader.get_node()
             doc = Document(file=file, data=None, fmt="yaml")
+            if node is None:
+                break
             doc.data = _convert(loader, node, (), doc, problems)
             docs.append(doc)
     except yaml.MarkedYAMLError as exc:
@@ -110,8 +112,9 @@ def _convert(loader: yaml.SafeLoader, node: yaml.Node, path: Path, doc: Document
                 problems.append(Problem(file=doc.file, line=key_node.start_mark.line + 1,
                                         field=".".join(str(p) for p in (*path, key)),
                                         reason=f"duplicate key {key!r}"))
-            out[key] = _convert(loader, value_node, (*path, key), doc, problems)
-            doc.lines[(*path, key)] = key_node.start_mark.line + 1
+            kpath: Path = (*path, str(key) if not isinstance(key, int) or isinstance(key, bool) else key)
+            out[key] = _convert(loader, value_node, kpath, doc, problems)
+            doc.lines[kpath] = key_node.start_mark.line + 1
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_convert(loader, item, (*path, i), doc, problems) for i, item in enumerate(node.value)]
@@ -121,6 +124,7 @@ def _convert(loader: yaml.SafeLoader, node: yaml.Node, path: Path, doc: Document
 # --- JSON -----------------------------------------------------------------------------------------
 
 _WS = " \t\n\r"
+_scanstring: Any = json.decoder.scanstring  # type: ignore[attr-defined]
 
 
 class _JsonReader:
@@ -147,7 +151,8 @@ class _JsonReader:
         return bisect.bisect_right(self._line_starts, pos)
 
     def _fail(self, msg: str) -> None:
-        raise SourceError([Problem(file=self.file, line=self._line(self.pos), reason=f"not valid JSON: {msg}")])
+        line = self._line(self.pos)
+        raise SourceError([Problem(file=self.file, line=line, reason=f"not valid JSON: {msg}")])
 
     def _skip_ws(self) -> None:
         text, pos = self.text, self.pos
@@ -183,13 +188,13 @@ class _JsonReader:
 
     def _string(self) -> str:
         try:
-            s, end = json.decoder.scanstring(self.text, self.pos + 1, True)
+            s, end = _scanstring(self.text, self.pos + 1, True)
         except json.JSONDecodeError as exc:
             self.pos = exc.pos
             self._fail(exc.msg)
             raise AssertionError from exc
         self.pos = end
-        return s
+        return str(s)
 
     def _object(self, path: Path) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -212,8 +217,9 @@ class _JsonReader:
                 self.problems.append(Problem(file=self.file, line=key_line,
                                              field=".".join(str(p) for p in (*path, key)),
                                              reason=f"duplicate key {key!r}"))
-            out[key] = self._value((*path, key))
-            self.doc.lines[(*path, key)] = key_line
+            kpath: Path = (*path, key)
+            out[key] = self._value(kpath)
+            self.doc.lines[kpath] = key_line
             self._skip_ws()
             if self.text.startswith(",", self.pos):
                 self.pos += 1

@@ -39,7 +39,7 @@ class Problem:
         if self.section is not None:
             parts.append(self.section if self.index is None else f"{self.section}[{self.index}]")
         if self.rule_id:
-            parts.append(f"id={self.rule_id!r}")
+            parts.append(f"{'name' if self.section == 'resources' else 'id'}={self.rule_id!r}")
         if self.field:
             parts.append(self.field)
         return ": ".join(parts)

@@ -1,0 +1,188 @@
+"""Resources: a Sentinel resource name bound to a network match.
+
+```yaml
+resources:
+  - name: "GET:/api/orders"
+    match: {direction: inbound, protocol: http, port: 8080, method: GET, path: /api/orders}
+  - name: payments-db
+    match: {direction: outbound, protocol: tcp, host: 10.0.0.5/32, port: 5432, cgroup: /system.slice/app}
+```
+
+Limits are the kernel's: ``path`` is a byte prefix of at most ``PATH_MAX_BYTES`` (LPM-trie key size),
+``method`` one of the standard methods, ``port`` 1..65535.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sentinel_ebpf.rules._fields import RuleContext, type_name
+
+SECTION = "resources"
+PATH_MAX_BYTES = 64
+NAME_MAX_BYTES = 255
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
+DIRECTIONS = ("inbound", "outbound")
+PROTOCOLS = ("tcp", "http")
+MATCH_KEYS = ("direction", "protocol", "port", "method", "path", "host", "cgroup")
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class Match:
+    protocol: str
+    port: int
+    direction: str = "inbound"
+    method: str | None = None
+    path: str | None = None
+    host: IPNetwork | None = None
+    cgroup: str | None = None
+
+    @property
+    def inbound(self) -> bool:
+        return self.direction == "inbound"
+
+    def key(self) -> tuple[object, ...]:
+        """Two resources with the same key would match exactly the same traffic."""
+        return (self.direction, self.protocol, self.port, self.method, self.path,
+                str(self.host) if self.host else None, self.cgroup)
+
+    def describe(self) -> str:
+        parts = [self.direction, self.protocol]
+        if self.host is not None:
+            parts.append(f"host {self.host}")
+        parts.append(f"port {self.port}")
+        if self.method:
+            parts.append(self.method)
+        if self.path:
+            parts.append(f"path {self.path}*")
+        if self.cgroup:
+            parts.append(f"cgroup {self.cgroup}")
+        return " ".join(parts)
+
+    def as_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {"direction": self.direction, "protocol": self.protocol, "port": self.port}
+        if self.method is not None:
+            out["method"] = self.method
+        if self.path is not None:
+            out["path"] = self.path
+        if self.host is not None:
+            out["host"] = str(self.host)
+        if self.cgroup is not None:
+            out["cgroup"] = self.cgroup
+        return out
+
+
+@dataclass(frozen=True)
+class Resource:
+    name: str
+    match: Match
+
+
+def parse(raw: Any, ctx: RuleContext) -> Resource | None:
+    if not isinstance(raw, Mapping):
+        ctx.add(f"a resource must be an object {{name, match}}, got {type_name(raw)}")
+        return None
+    for key in raw:
+        if key not in ("name", "match"):
+            ctx.add(f"unknown key {key!r} (a resource has name and match)", str(key))
+    name = raw.get("name")
+    ok = True
+    if not isinstance(name, str) or not name:
+        ctx.add("name must be a non-empty string" if name is None or isinstance(name, str)
+                else f"name must be a string, got {type_name(name)}", "name")
+        ok = False
+    else:
+        ctx.rule_id = name
+        if len(name.encode()) > NAME_MAX_BYTES:
+            ctx.add(f"name is longer than {NAME_MAX_BYTES} bytes", "name")
+    m = raw.get("match")
+    if not isinstance(m, Mapping):
+        ctx.add("match is required: {direction, protocol, port, ...}" if m is None
+                else f"match must be an object, got {type_name(m)}", "match")
+        return None
+    match = _parse_match(m, ctx)
+    if match is None or not ok:
+        return None
+    return Resource(name=str(name), match=match)
+
+
+def _parse_match(m: Mapping[Any, Any], ctx: RuleContext) -> Match | None:
+    def bad(reason: str, key: str) -> None:
+        ctx.add(reason, f"match.{key}", subpath=(key,))
+
+    ok = True
+    for key in m:
+        if key not in MATCH_KEYS:
+            bad(f"unknown key {key!r}; a match has {', '.join(MATCH_KEYS)}", str(key))
+            ok = False
+    direction = m.get("direction", "inbound")
+    if direction not in DIRECTIONS:
+        bad(f"direction must be inbound or outbound, got {direction!r}", "direction")
+        ok = False
+    protocol = m.get("protocol")
+    if protocol not in PROTOCOLS:
+        bad("protocol is required: tcp or http" if protocol is None
+            else f"protocol must be tcp or http, got {protocol!r}", "protocol")
+        ok = False
+    port = m.get("port")
+    if isinstance(port, bool) or not isinstance(port, int):
+        bad("port is required: 1..65535" if port is None
+            else f"port must be an integer, got {type_name(port)}", "port")
+        ok = False
+    elif not 1 <= port <= 65535:
+        bad(f"port must be in 1..65535, got {port}", "port")
+        ok = False
+    method = m.get("method")
+    if method is not None:
+        if protocol != "http":
+            bad("method applies to http resources only", "method")
+            ok = False
+        elif not isinstance(method, str) or method not in HTTP_METHODS:
+            bad(f"method must be one of {', '.join(HTTP_METHODS)} (upper case), got {method!r}", "method")
+            ok = False
+    path = m.get("path")
+    if path is not None:
+        if protocol != "http":
+            bad("path applies to http resources only", "path")
+            ok = False
+        elif not isinstance(path, str) or not path.startswith("/"):
+            bad(f"path must be a string starting with '/', got {path!r}", "path")
+            ok = False
+        elif len(path.encode()) > PATH_MAX_BYTES:
+            bad(f"path prefix is {len(path.encode())} bytes; the kernel matches at most {PATH_MAX_BYTES}",
+                "path")
+            ok = False
+        elif any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+            bad("path must not contain spaces or control characters (it is matched against the request line)",
+                "path")
+            ok = False
+    host_raw = m.get("host")
+    host: IPNetwork | None = None
+    if host_raw is not None:
+        if direction != "outbound":
+            bad("host applies to outbound resources only (inbound resources match a local port)", "host")
+            ok = False
+        else:
+            try:
+                host = ipaddress.ip_network(str(host_raw), strict=True)
+            except ValueError as exc:
+                bad(f"host must be an IP address or CIDR: {exc}", "host")
+                ok = False
+    cgroup = m.get("cgroup")
+    if cgroup is not None:
+        if direction != "outbound":
+            bad("cgroup applies to outbound resources only", "cgroup")
+            ok = False
+        elif not isinstance(cgroup, str) or not cgroup.startswith("/"):
+            bad("cgroup must be an absolute cgroup v2 path such as /system.slice/app.service, "
+                f"got {cgroup!r}", "cgroup")
+            ok = False
+    if not ok:
+        return None
+    return Match(protocol=str(protocol), port=int(port), direction=str(direction),  # type: ignore[arg-type]
+                 method=method, path=path, host=host, cgroup=cgroup)
