@@ -143,8 +143,10 @@ def main() -> int:
     text = generate(objects)
     if args.check:
         if not OUTPUT.exists() or OUTPUT.read_text() != text:
-            print(f"gen_types: {OUTPUT.relative_to(ROOT)} is stale; run `python tools/gen_types.py`",
-                  file=sys.stderr)
+            print(
+                f"gen_types: {OUTPUT.relative_to(ROOT)} is stale; run `python tools/gen_types.py`",
+                file=sys.stderr,
+            )
             return 1
         print(f"gen_types: {OUTPUT.relative_to(ROOT)} is up to date")
         return 0

@@ -56,7 +56,9 @@ def ensure_vmlinux_h(out_dir: Path) -> Path:
     if bpftool is None:
         raise BuildError(f"bpftool not found: cannot generate vmlinux.h ({APT_HINT})")
     if not VMLINUX_BTF.exists():
-        raise BuildError(f"{VMLINUX_BTF} missing: the build kernel has no BTF (CONFIG_DEBUG_INFO_BTF=y needed)")
+        raise BuildError(
+            f"{VMLINUX_BTF} missing: the build kernel has no BTF (CONFIG_DEBUG_INFO_BTF=y needed)"
+        )
     dump = subprocess.run(
         [bpftool, "btf", "dump", "file", str(VMLINUX_BTF), "format", "c"], capture_output=True, check=False
     )

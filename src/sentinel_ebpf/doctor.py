@@ -38,7 +38,7 @@ class Check:
 @dataclass(frozen=True)
 class Feature:
     name: str
-    needs: tuple[str, ...]            # check names, all must be OK
+    needs: tuple[str, ...]  # check names, all must be OK
     essential: bool
     available: bool = False
     missing: tuple[str, ...] = ()
@@ -46,9 +46,9 @@ class Feature:
 
 FEATURES: tuple[tuple[str, tuple[str, ...], bool], ...] = (
     ("trace (TCP connection tracer)",
-     ("privileges", "libbpf", "btf", "objects", "map ringbuf", "map lru_hash", "map percpu_array", "hook tp_btf|raw_tp"),
+     ("privileges", "libbpf", "btf", "objects", "map ringbuf", "map lru_hash", "map percpu_array", "hook tp_btf|hook raw_tp"),
      True),
-    ("trace --accept", ("hook tp_btf|raw_tp", "syscall numbers"), False),
+    ("trace --accept", ("hook tp_btf|hook raw_tp", "syscall numbers"), False),
     ("inbound enforcement (TC ingress/egress)",
      ("privileges", "btf", "objects", "prog sched_cls", "map lru_hash", "map lpm_trie", "map percpu_array",
       "BPF_PROG_TEST_RUN"),
@@ -79,7 +79,12 @@ class Report:
             "ok": self.ok,
             "checks": [{**asdict(c), "status": c.status.value} for c in self.checks],
             "features": [
-                {"name": f.name, "available": f.available, "essential": f.essential, "missing": list(f.missing)}
+                {
+                    "name": f.name,
+                    "available": f.available,
+                    "essential": f.essential,
+                    "missing": list(f.missing),
+                }
                 for f in self.features
             ],
         }
@@ -115,18 +120,32 @@ def system_checks() -> list[Check]:
     caps = _cap_eff()
     have = [name for name, bit in CAPS.items() if caps & (1 << bit)]
     root_enough = caps & (1 << CAPS["CAP_SYS_ADMIN"]) or (
-        caps & (1 << CAPS["CAP_BPF"]) and caps & (1 << CAPS["CAP_PERFMON"]) and caps & (1 << CAPS["CAP_NET_ADMIN"])
+        caps & (1 << CAPS["CAP_BPF"])
+        and caps & (1 << CAPS["CAP_PERFMON"])
+        and caps & (1 << CAPS["CAP_NET_ADMIN"])
     )
-    checks.append(Check("system", "privileges", Status.OK if root_enough else Status.MISSING,
-                        f"euid {os.geteuid()}, capabilities: {', '.join(have) or 'none'}"
-                        + ("" if root_enough else " (run as root)")))
+    checks.append(
+        Check(
+            "system",
+            "privileges",
+            Status.OK if root_enough else Status.MISSING,
+            f"euid {os.geteuid()}, capabilities: {', '.join(have) or 'none'}"
+            + ("" if root_enough else " (run as root)"),
+        )
+    )
     try:
         checks.append(Check("system", "libbpf", Status.OK, _lib.version()))
     except SentinelError as exc:
         checks.append(Check("system", "libbpf", Status.MISSING, str(exc)))
     btf = Path("/sys/kernel/btf/vmlinux")
-    checks.append(Check("system", "btf", Status.OK if btf.exists() else Status.MISSING,
-                        str(btf) if btf.exists() else "no /sys/kernel/btf/vmlinux (CONFIG_DEBUG_INFO_BTF=y needed)"))
+    checks.append(
+        Check(
+            "system",
+            "btf",
+            Status.OK if btf.exists() else Status.MISSING,
+            str(btf) if btf.exists() else "no /sys/kernel/btf/vmlinux (CONFIG_DEBUG_INFO_BTF=y needed)",
+        )
+    )
     try:
         objs = [object_path(n).name for n in ("tcptrace", "probes")]
         checks.append(Check("system", "objects", Status.OK, ", ".join(objs)))
@@ -140,27 +159,55 @@ def system_checks() -> list[Check]:
     ):
         where = mounts.get(fstype)
         status = Status.OK if where else (Status.MISSING if required else Status.WARN)
-        checks.append(Check("system", name, status, f"mounted at {where}" if where else f"not mounted; {why}"))
+        checks.append(
+            Check("system", name, status, f"mounted at {where}" if where else f"not mounted; {why}")
+        )
     nums = platform.machine() in ("x86_64", "aarch64")
-    checks.append(Check("system", "syscall numbers", Status.OK if nums else Status.MISSING,
-                        f"accept/accept4 numbers known for {platform.machine()}" if nums
-                        else f"accept syscall numbers unknown for {platform.machine()}"))
+    checks.append(
+        Check(
+            "system",
+            "syscall numbers",
+            Status.OK if nums else Status.MISSING,
+            f"accept/accept4 numbers known for {platform.machine()}"
+            if nums
+            else f"accept syscall numbers unknown for {platform.machine()}",
+        )
+    )
     return checks
 
 
 def _probe_types() -> list[Check]:
     lib = _lib.lib()
     checks = []
-    for prog in (ProgType.SCHED_CLS, ProgType.XDP, ProgType.CGROUP_SOCK_ADDR, ProgType.SOCK_OPS, ProgType.SK_MSG,
-                 ProgType.RAW_TRACEPOINT, ProgType.KPROBE):
+    for prog in (
+        ProgType.SCHED_CLS,
+        ProgType.XDP,
+        ProgType.CGROUP_SOCK_ADDR,
+        ProgType.SOCK_OPS,
+        ProgType.SK_MSG,
+        ProgType.RAW_TRACEPOINT,
+        ProgType.KPROBE,
+    ):
         # TRACING (fentry, tp_btf) and LSM are judged by the hook probes: their type alone says little.
         rc = lib.libbpf_probe_bpf_prog_type(int(prog), None)
-        checks.append(Check("program type", f"prog {prog.name.lower()}", Status.OK if rc == 1 else Status.MISSING,
-                            "loads" if rc == 1 else f"does not load ({_explain(rc)})"))
+        checks.append(
+            Check(
+                "program type",
+                f"prog {prog.name.lower()}",
+                Status.OK if rc == 1 else Status.MISSING,
+                "loads" if rc == 1 else f"does not load ({_explain(rc)})",
+            )
+        )
     for mtype in (MapType.HASH, MapType.LRU_HASH, MapType.PERCPU_ARRAY, MapType.LPM_TRIE, MapType.RINGBUF):
         rc = lib.libbpf_probe_bpf_map_type(int(mtype), None)
-        checks.append(Check("map type", f"map {mtype.name.lower()}", Status.OK if rc == 1 else Status.MISSING,
-                            "creates" if rc == 1 else f"cannot be created ({_explain(rc)})"))
+        checks.append(
+            Check(
+                "map type",
+                f"map {mtype.name.lower()}",
+                Status.OK if rc == 1 else Status.MISSING,
+                "creates" if rc == 1 else f"cannot be created ({_explain(rc)})",
+            )
+        )
     return checks
 
 

@@ -30,37 +30,41 @@ HEADER = f"{'Comm':<16} {'Src addr':<15} {'Port':<6} -> {'Dest addr':<15} Port"
 
 @dataclass(frozen=True)
 class TraceFilter:
-    pid: int = 0                               # 0: every process
-    ports: tuple[int, ...] = ()                # destination port (connect) or local port (accept)
+    pid: int = 0  # 0: every process
+    ports: tuple[int, ...] = ()  # destination port (connect) or local port (accept)
     comm: str | None = None
-    accept: bool = False                       # also report inbound (accepted) connections
+    accept: bool = False  # also report inbound (accepted) connections
 
     def __post_init__(self) -> None:
         if self.pid < 0:
             raise ValueError(f"pid must be >= 0, got {self.pid}")
         if len(self.ports) > SentinelLimits.SE_MAX_PORT_FILTERS:
-            raise ValueError(f"at most {int(SentinelLimits.SE_MAX_PORT_FILTERS)} ports, got {len(self.ports)}")
+            raise ValueError(
+                f"at most {int(SentinelLimits.SE_MAX_PORT_FILTERS)} ports, got {len(self.ports)}"
+            )
         for port in self.ports:
             if not 1 <= port <= 65535:
                 raise ValueError(f"port {port} out of range 1..65535")
         if self.comm is not None and not 0 < len(self.comm.encode()) < SentinelLimits.SE_COMM_LEN:
-            raise ValueError(f"comm must be 1..{int(SentinelLimits.SE_COMM_LEN) - 1} bytes, got {self.comm!r}")
+            raise ValueError(
+                f"comm must be 1..{int(SentinelLimits.SE_COMM_LEN) - 1} bytes, got {self.comm!r}"
+            )
 
 
 @dataclass(frozen=True)
 class Connection:
-    timestamp: float          # wall clock seconds when connect()/accept() ran
+    timestamp: float  # wall clock seconds when connect()/accept() ran
     pid: int
     tid: int
     uid: int
     comm: str
-    family: int               # 4 or 6
+    family: int  # 4 or 6
     saddr: str
     sport: int
     daddr: str
     dport: int
-    direction: str            # "connect" or "accept"
-    outcome: str              # "established", "failed" (refused, timed out, closed before established)
+    direction: str  # "connect" or "accept"
+    outcome: str  # "established", "failed" (refused, timed out, closed before established)
 
     def line(self) -> str:
         """The original plugin's line format."""
@@ -199,9 +203,15 @@ class ConnTracer:
         assert self._obj is not None, "tracer not started"
         stats = self._obj.map("trace_stats")
         out = {}
-        for stat in (TraceStat.TRACE_STAT_EVENTS, TraceStat.TRACE_STAT_LOST, TraceStat.TRACE_STAT_PENDING_FULL):
+        for stat in (
+            TraceStat.TRACE_STAT_EVENTS,
+            TraceStat.TRACE_STAT_LOST,
+            TraceStat.TRACE_STAT_PENDING_FULL,
+        ):
             per_cpu = stats.lookup(int(stat).to_bytes(4, "little"))
-            out[stat.name.removeprefix("TRACE_STAT_").lower()] = sum(int.from_bytes(v, "little") for v in per_cpu)
+            out[stat.name.removeprefix("TRACE_STAT_").lower()] = sum(
+                int.from_bytes(v, "little") for v in per_cpu
+            )
         return out
 
     def new_lost(self) -> int:

@@ -26,7 +26,9 @@ def _render(report: Report) -> None:
     console.print(table)
     console.print()
     for f in report.features:
-        word, style = ("yes", "green") if f.available else (("NO", "red") if f.essential else ("no", "yellow"))
+        word, style = (
+            ("yes", "green") if f.available else (("NO", "red") if f.essential else ("no", "yellow"))
+        )
         why = f"  (missing: {', '.join(f.missing)})" if f.missing else ""
         console.print(f"  [{style}]{word:<3}[/]  {f.name}{why}")
     console.print()

@@ -19,14 +19,22 @@ def trace(
     pid: Annotated[int, typer.Option("-p", "--pid", help="Only this process (tgid).", min=0)] = 0,
     port: Annotated[
         list[int] | None,
-        typer.Option("-P", "--port", help="Only this destination port (local port for --accept); repeatable."),
+        typer.Option(
+            "-P", "--port", help="Only this destination port (local port for --accept); repeatable."
+        ),
     ] = None,
     comm: Annotated[str | None, typer.Option("--comm", help="Only processes with this command name.")] = None,
     count: Annotated[int, typer.Option("-c", "--count", help="Exit after this many connections.", min=0)] = 0,
-    duration: Annotated[float, typer.Option("-d", "--duration", help="Exit after this many seconds.", min=0)] = 0,
+    duration: Annotated[
+        float, typer.Option("-d", "--duration", help="Exit after this many seconds.", min=0)
+    ] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
-    accept: Annotated[bool, typer.Option("--accept", help="Also show inbound (accepted) connections.")] = False,
-    flavor: Annotated[str, typer.Option("--hooks", help="auto, btf (tp_btf) or raw (raw_tp).", hidden=True)] = "auto",
+    accept: Annotated[
+        bool, typer.Option("--accept", help="Also show inbound (accepted) connections.")
+    ] = False,
+    flavor: Annotated[
+        str, typer.Option("--hooks", help="auto, btf (tp_btf) or raw (raw_tp).", hidden=True)
+    ] = "auto",
 ) -> None:
     """Trace outgoing TCP connection attempts (IPv4 and IPv6), one line each.
 
@@ -55,8 +63,11 @@ def trace(
             raise Done
 
     with reported_errors(), stop_on_signals(), ConnTracer(filters, flavor=flavor) as tracer:
-        print(f"sentinel-ebpf: tracing TCP connections ({tracer.flavor} hooks); Ctrl-C to stop",
-              file=sys.stderr, flush=True)
+        print(
+            f"sentinel-ebpf: tracing TCP connections ({tracer.flavor} hooks); Ctrl-C to stop",
+            file=sys.stderr,
+            flush=True,
+        )
         if not as_json:
             print(time.strftime("%Y/%m/%d %H:%M:%S ") + HEADER, flush=True)
         try:

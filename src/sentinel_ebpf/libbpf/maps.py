@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 from collections.abc import Iterator
@@ -37,11 +38,10 @@ class UpdateFlag(IntEnum):
 _PERCPU = {MapType.PERCPU_HASH, MapType.PERCPU_ARRAY, MapType.LRU_PERCPU_HASH}
 
 
-def _raw(value: bytes | bytearray | ctypes.Structure | ctypes.Array[Any] | int, size: int) -> ctypes.Array[Any]:
-    if isinstance(value, int):
-        data = value.to_bytes(size, "little" if _little() else "big")
-    else:
-        data = bytes(value)
+def _raw(
+    value: bytes | bytearray | ctypes.Structure | ctypes.Array[Any] | int, size: int
+) -> ctypes.Array[Any]:
+    data = value.to_bytes(size, "little" if _little() else "big") if isinstance(value, int) else bytes(value)
     if len(data) != size:
         raise ValueError(f"expected {size} bytes, got {len(data)}")
     return ctypes.create_string_buffer(data, size)
@@ -57,8 +57,14 @@ class Map:
     """A map of an object. Keys and values are bytes
     (or ctypes structures/ints, converted); per-CPU maps return one value per possible CPU."""
 
-    def __init__(self, ptr: int | None, obj: BpfObject | None, *, fd: int | None = None,
-                 info: tuple[str, int, int, int, int] | None = None) -> None:
+    def __init__(
+        self,
+        ptr: int | None,
+        obj: BpfObject | None,
+        *,
+        fd: int | None = None,
+        info: tuple[str, int, int, int, int] | None = None,
+    ) -> None:
         self._ptr = ptr
         self._obj = obj
         self._fd_override = fd
@@ -181,8 +187,9 @@ class Map:
         first = True
         while True:
             count = ctypes.c_uint32(batch_size)
-            rc = lib.bpf_map_lookup_batch(self.fd, token_in, token_out, keys, values, ctypes.byref(count),
-                                          ctypes.byref(opts))
+            rc = lib.bpf_map_lookup_batch(
+                self.fd, token_in, token_out, keys, values, ctypes.byref(count), ctypes.byref(opts)
+            )
             err = _lib.errno_now() if rc != 0 else 0
             if rc != 0 and err != errno.ENOENT:
                 if first and err in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
@@ -198,16 +205,17 @@ class Map:
 
     def clear(self) -> None:
         for key in list(self.keys()):
-            try:
+            with contextlib.suppress(BpfKeyError):
                 self.delete(key)
-            except BpfKeyError:
-                pass
 
     # -- pinning ----------------------------------------------------------------------------------
     def pin(self, path: str) -> None:
         if _lib.lib().bpf_obj_pin(self.fd, path.encode()) != 0:
-            raise BpfMapError(f"map {self.name}: pin at {path}", _lib.errno_now(),
-                              "is bpffs mounted at /sys/fs/bpf? (mount -t bpf bpf /sys/fs/bpf)")
+            raise BpfMapError(
+                f"map {self.name}: pin at {path}",
+                _lib.errno_now(),
+                "is bpffs mounted at /sys/fs/bpf? (mount -t bpf bpf /sys/fs/bpf)",
+            )
 
 
 class _BatchUnsupported(Exception):

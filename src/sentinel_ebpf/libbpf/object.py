@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -120,26 +121,36 @@ class Program:
 
     def attach_raw_tracepoint(self, tracepoint: str) -> Link:
         return self._link(
-            _lib.lib().bpf_program__attach_raw_tracepoint(self._ptr, tracepoint.encode()), f"to raw_tp {tracepoint}"
+            _lib.lib().bpf_program__attach_raw_tracepoint(self._ptr, tracepoint.encode()),
+            f"to raw_tp {tracepoint}",
         )
 
     def attach_kprobe(self, function: str, retprobe: bool = False) -> Link:
         return self._link(
-            _lib.lib().bpf_program__attach_kprobe(self._ptr, retprobe, function.encode()), f"to kprobe {function}"
+            _lib.lib().bpf_program__attach_kprobe(self._ptr, retprobe, function.encode()),
+            f"to kprobe {function}",
         )
 
     def attach_cgroup(self, cgroup_path: str | os.PathLike[str]) -> Link:
         fd = os.open(cgroup_path, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            return self._link(_lib.lib().bpf_program__attach_cgroup(self._ptr, fd), f"to cgroup {cgroup_path}")
+            return self._link(
+                _lib.lib().bpf_program__attach_cgroup(self._ptr, fd), f"to cgroup {cgroup_path}"
+            )
         finally:
             os.close(fd)  # the link holds its own reference
 
     def attach_xdp(self, ifindex: int) -> Link:
         return self._link(_lib.lib().bpf_program__attach_xdp(self._ptr, ifindex), f"to xdp ifindex {ifindex}")
 
-    def test_run(self, data: bytes = b"", *, repeat: int = 1, ctx: bytes | None = None,
-                 data_out_size: int | None = None) -> TestRunResult:
+    def test_run(
+        self,
+        data: bytes = b"",
+        *,
+        repeat: int = 1,
+        ctx: bytes | None = None,
+        data_out_size: int | None = None,
+    ) -> TestRunResult:
         """Run the program once (or ``repeat`` times) on ``data`` with BPF_PROG_TEST_RUN."""
         in_buf = ctypes.create_string_buffer(data, len(data)) if data else None
         out_size = data_out_size if data_out_size is not None else max(len(data) + 512, 64)
@@ -219,7 +230,9 @@ class BpfObject:
         try:
             return self.programs[name]
         except KeyError:
-            raise KeyError(f"{self.path.name} has no program {name!r} (has {sorted(self.programs)})") from None
+            raise KeyError(
+                f"{self.path.name} has no program {name!r} (has {sorted(self.programs)})"
+            ) from None
 
     def map(self, name: str) -> Map:
         try:
@@ -248,7 +261,11 @@ class BpfObject:
             info = infos[i]
             var = lib.btf__type_by_id(btf, info.type).contents
             name = lib.btf__name_by_offset(btf, var.name_off).decode()
-            layout[name] = (int(info.offset), int(info.size), self._element_size(btf, var.size_or_type, info.size))
+            layout[name] = (
+                int(info.offset),
+                int(info.size),
+                self._element_size(btf, var.size_or_type, info.size),
+            )
         return rodata, layout
 
     @staticmethod
@@ -309,15 +326,14 @@ class BpfObject:
     def __enter__(self) -> BpfObject:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:
-            pass
 
 
 def _encode(name: str, value: Any, size: int, elem_size: int) -> bytes:
@@ -337,6 +353,8 @@ def _encode(name: str, value: Any, size: int, elem_size: int) -> bytes:
         return value.ljust(size, b"\0")
     if isinstance(value, list):
         if len(value) * elem_size > size:
-            raise ValueError(f"read-only global {name}: {len(value)} elements given, room for {size // elem_size}")
+            raise ValueError(
+                f"read-only global {name}: {len(value)} elements given, room for {size // elem_size}"
+            )
         return b"".join(int(v).to_bytes(elem_size, order) for v in value).ljust(size, b"\0")
     raise TypeError(f"read-only global {name}: unsupported value type {type(value).__name__}")

@@ -40,7 +40,9 @@ class TcFilter:
         opts = _lib.BpfTcOpts(sz=ctypes.sizeof(_lib.BpfTcOpts), handle=self.handle, priority=self.priority)
         err = _lib.lib().bpf_tc_detach(ctypes.byref(hook), ctypes.byref(opts))
         if err and abs(err) not in (errno.ENOENT, errno.ENODEV):  # interface or qdisc already gone
-            raise BpfAttachError(f"tc detach from ifindex {self._hook.ifindex} {self.point.name.lower()}", err)
+            raise BpfAttachError(
+                f"tc detach from ifindex {self._hook.ifindex} {self.point.name.lower()}", err
+            )
 
     def __enter__(self) -> TcFilter:
         return self
@@ -68,11 +70,21 @@ class TcHook:
             raise BpfAttachError(f"create clsact qdisc on ifindex {self.ifindex}", err)
         return self
 
-    def attach(self, prog: Program, point: TcAttachPoint, *, handle: int = 1, priority: int = 1,
-               replace: bool = False) -> TcFilter:
+    def attach(
+        self,
+        prog: Program,
+        point: TcAttachPoint,
+        *,
+        handle: int = 1,
+        priority: int = 1,
+        replace: bool = False,
+    ) -> TcFilter:
         hook = self._struct(point)
         opts = _lib.BpfTcOpts(
-            sz=ctypes.sizeof(_lib.BpfTcOpts), prog_fd=prog.fd, handle=handle, priority=priority,
+            sz=ctypes.sizeof(_lib.BpfTcOpts),
+            prog_fd=prog.fd,
+            handle=handle,
+            priority=priority,
             flags=BPF_TC_F_REPLACE if replace else 0,
         )
         err = _lib.lib().bpf_tc_attach(ctypes.byref(hook), ctypes.byref(opts))

@@ -1,0 +1,35 @@
+"""CLI parsing and error reporting that needs no kernel."""
+
+from __future__ import annotations
+
+from typer.testing import CliRunner
+
+from sentinel_ebpf.cli import _register, app
+
+_register()
+runner = CliRunner()
+
+
+def test_help_lists_commands() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for cmd in ("doctor", "trace"):
+        assert cmd in result.output
+
+
+def test_trace_rejects_bad_port_before_touching_the_kernel() -> None:
+    result = runner.invoke(app, ["trace", "-P", "70000"])
+    assert result.exit_code == 2
+    assert "port 70000 out of range 1..65535" in result.output
+
+
+def test_trace_rejects_too_many_ports() -> None:
+    args = ["trace"] + [x for p in range(1, 10) for x in ("-P", str(p))]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert "at most 8 ports" in result.output
+
+
+def test_trace_rejects_negative_count() -> None:
+    result = runner.invoke(app, ["trace", "-c", "-1"])
+    assert result.exit_code == 2
