@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Install what sentinel-ebpf needs (Debian packages, then the package itself into .venv). Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" != 0 ]; then
+    echo "setup.sh: run as root (apt-get and BPF need it): sudo bash $0" >&2
+    exit 1
+fi
+
+APT_PACKAGES=(clang-19 libbpf-dev bpftool iproute2 curl nginx-light wrk libcap2-bin)
+missing=0
+for cmd in clang-19 bpftool ip tc curl nginx wrk capsh; do
+    command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing=1
+done
+[ -f /usr/include/bpf/bpf_helpers.h ] || missing=1
+if [ "$missing" = 1 ]; then
+    echo "setup.sh: installing ${APT_PACKAGES[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${APT_PACKAGES[@]}" >/dev/null
+fi
+
+# The Debian nginx package may start a system nginx; the tests run their own on other addresses.
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+# Editable install: the build hook compiles bpf/*.bpf.c with clang into the package.
+.venv/bin/python -m pip install -q -e ".[test]"
+echo "setup.sh: ready (.venv/bin/sentinel-ebpf)"
