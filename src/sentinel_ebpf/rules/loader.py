@@ -122,6 +122,8 @@ def load_documents(docs: list[Document], *, kind: str | None = None) -> RuleSet:
         if doc.data is None:
             continue  # an empty document between "---" separators
         fmt = detect_format(doc.data)
+        if fmt not in b.formats:
+            b.formats.append(fmt)
         if len(docs) > 1 and fmt != "crd":
             b.problems.append(Problem(file=doc.file, line=doc.line(()),
                                       reason="only CRD documents may be combined with '---' in one file"))
@@ -159,6 +161,7 @@ class _Builder:
     rules: list[_Located] = field(default_factory=list)
     reject: RejectConfig = field(default_factory=RejectConfig)
     bound: bool = False
+    formats: list[str] = field(default_factory=list)
 
     def ctx(self, doc: Document, section: str, index: int | None, path: Path) -> RuleContext:
         return RuleContext(doc=doc, section=section, index=index, path=path, problems=self.problems)
@@ -189,6 +192,7 @@ class _Builder:
             reject=self.reject,
             sources=sources,
             bound=self.bound,
+            format=self.formats[0] if self.formats else "project",
         )
 
 

@@ -37,6 +37,8 @@ class RuleSet:
     reject: RejectConfig = field(default_factory=RejectConfig)
     sources: tuple[str, ...] = ()
     bound: bool = False
+    # "project", "sentinel-json" or "crd": the input format (not part of equality)
+    format: str = field(default="project", compare=False)
 
     def resource(self, name: str) -> Resource | None:
         for res in self.resources:
@@ -89,6 +91,7 @@ class RuleSet:
             })
         return {
             "sources": list(self.sources),
+            "format": self.format,
             "bound": self.bound,
             "counts": {s: len(self.rules(s)) for s in SECTIONS},
             "resources": resources,
