@@ -1,0 +1,66 @@
+"""Statistics snapshots: what the collector reads from the kernel and every output formats.
+
+These are plain values, produced by the control plane (from BPF maps) or by the reference model, and
+consumed by the metric log, the Prometheus exporter, ``stats --json`` and ``top``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+BLOCK_TYPES = ("flow", "isolation", "circuit_breaking", "system", "hotspot")
+BREAKER_STATES = ("closed", "open", "half_open")
+
+
+@dataclass(frozen=True)
+class SecondCounts:
+    """One resource's counts in one completed second (a metric log line)."""
+
+    second_ms: int  # start of the second, epoch milliseconds
+    pass_qps: int
+    block_qps: int
+    complete_qps: int
+    error_qps: int
+    avg_rt_ms: int  # rt sum / complete, 0 without completions
+    occupied_pass_qps: int = 0
+    concurrency: int = 0
+
+    def is_zero(self) -> bool:
+        return not (self.pass_qps or self.block_qps or self.complete_qps or self.error_qps or self.concurrency)
+
+
+@dataclass(frozen=True)
+class BreakerState:
+    id: str
+    state: str  # one of BREAKER_STATES
+
+
+@dataclass(frozen=True)
+class StateChange:
+    """A circuit breaker transition, for circuit_breaker_state_changed_total."""
+
+    resource: str
+    breaker_id: str
+    from_state: str
+    to_state: str
+
+
+@dataclass(frozen=True)
+class ResourceStats:
+    """Cumulative counters since the rule set was loaded, plus live gauges."""
+
+    name: str
+    passed: int = 0
+    blocked: int = 0
+    complete: int = 0
+    error: int = 0
+    concurrency: int = 0
+    rt_sum_ms: float = 0.0
+    block_by_type: dict[str, int] = field(default_factory=lambda: dict.fromkeys(BLOCK_TYPES, 0))
+    circuit_breakers: tuple[BreakerState, ...] = ()
+    flow_threshold: float | None = None  # the first flow rule's threshold, for resource_flow_threshold
+    flow_wait_total: int = 0  # requests admitted into the (virtual) throttling queue
+
+    @property
+    def avg_rt_ms(self) -> float:
+        return self.rt_sum_ms / self.complete if self.complete else 0.0
