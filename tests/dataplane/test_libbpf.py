@@ -132,7 +132,7 @@ def test_verifier_rejection_keeps_the_log(tmp_path: Path) -> None:
 
 
 def test_open_missing_object_names_the_file(tmp_path: Path) -> None:
-    with pytest.raises(BpfLoadError, match="open BPF object .*missing.bpf.o"):
+    with pytest.raises(BpfLoadError, match=r"open BPF object .*missing\.bpf\.o"):
         BpfObject.open(tmp_path / "missing.bpf.o")
 
 
@@ -151,15 +151,20 @@ def _qdiscs(name: str) -> str:
     return subprocess.run(["tc", "qdisc", "show", "dev", name], capture_output=True, text=True).stdout
 
 
-def test_tc_attach_detach_removes_only_what_it_created(probes: BpfObject, dummy_iface: tuple[str, int]) -> None:
+def test_tc_attach_detach_removes_only_what_it_created(
+    probes: BpfObject, dummy_iface: tuple[str, int]
+) -> None:
     name, ifindex = dummy_iface
     with TcHook(ifindex) as hook:
         assert hook.created_qdisc and "clsact" in _qdiscs(name)
-        with hook.attach(probes.program("probe_tc"), TcAttachPoint.INGRESS), hook.attach(
-            probes.program("probe_tc"), TcAttachPoint.EGRESS
+        with (
+            hook.attach(probes.program("probe_tc"), TcAttachPoint.INGRESS),
+            hook.attach(probes.program("probe_tc"), TcAttachPoint.EGRESS),
         ):
             for direction in ("ingress", "egress"):
-                out = subprocess.run(["tc", "filter", "show", "dev", name, direction], capture_output=True, text=True)
+                out = subprocess.run(
+                    ["tc", "filter", "show", "dev", name, direction], capture_output=True, text=True
+                )
                 assert "probe_tc" in out.stdout
         out = subprocess.run(["tc", "filter", "show", "dev", name, "ingress"], capture_output=True, text=True)
         assert "probe_tc" not in out.stdout
@@ -181,7 +186,9 @@ def test_cgroup_attach_is_released_on_close(probes: BpfObject) -> None:
     cg.mkdir()
     try:
         with probes.program("probe_connect4").attach_cgroup(cg):
-            out = subprocess.run(["bpftool", "cgroup", "show", str(cg)], capture_output=True, text=True).stdout
+            out = subprocess.run(
+                ["bpftool", "cgroup", "show", str(cg)], capture_output=True, text=True
+            ).stdout
             assert "connect4" in out
         out = subprocess.run(["bpftool", "cgroup", "show", str(cg)], capture_output=True, text=True).stdout
         assert "connect4" not in out
