@@ -40,7 +40,8 @@ def _check_one(path: Path, kind: str | None) -> tuple[int, dict[str, Any]]:
 def _describe(rs: RuleSet) -> list[str]:
     s = rs.summary()
     counts = ", ".join(f"{n} {sec}" for sec, n in s["counts"].items() if n) or "no rules"
-    lines = [f"{s['format']} format: {len(rs.resources)} resources, {counts}"]
+    declared = f"{len(rs.resources)} resources, " if rs.bound else ""
+    lines = [f"{s['format']} format: {declared}{counts}"]
     for res in s["resources"]:
         rules = ", ".join(f"{n} {sec}" for sec, n in res["rules"].items()) or "no rules"
         if res["match"] is not None:
@@ -86,8 +87,8 @@ def check(
                "files": [{k: v for k, v in r.items() if not k.startswith("_")} for r in results]}
         typer.echo(json.dumps(out, indent=2))
         raise typer.Exit(status)
-    console = Console(highlight=False)
-    err = Console(stderr=True, highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
     for r in results:
         if r["ok"]:
             console.print(f"[green]ok[/green] {escape(r['file'])}: "

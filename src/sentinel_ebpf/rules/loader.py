@@ -234,6 +234,7 @@ def _load_project(doc: Document, b: _Builder) -> None:
     raw_resources = data.get("resources")
     res_ctxs: list[RuleContext] = []
     invalid_names: set[str] = set()
+    first_at: dict[str, int] = {}
     if raw_resources is not None and not isinstance(raw_resources, list):
         b.problems.append(Problem(file=doc.file, section="resources", line=doc.line(("resources",)),
                                   reason=f"must be a list of resources, got {type_name(raw_resources)}"))
@@ -241,6 +242,12 @@ def _load_project(doc: Document, b: _Builder) -> None:
         for i, raw in enumerate(raw_resources):
             ctx = b.ctx(doc, "resources", i, ("resources", i))
             res = resource.parse(raw, ctx)
+            if ctx.rule_id:
+                if ctx.rule_id in first_at:
+                    ctx.add(f"duplicate resource name {ctx.rule_id!r} (first at resources[{first_at[ctx.rule_id]}])",
+                            "name")
+                else:
+                    first_at[ctx.rule_id] = i
             if res is not None:
                 b.resources.append(res)
                 res_ctxs.append(ctx)
@@ -253,13 +260,8 @@ def _load_project(doc: Document, b: _Builder) -> None:
 
 
 def _check_resources(b: _Builder, res_ctxs: list[RuleContext], invalid_names: set[str]) -> None:
-    names: dict[str, int] = {}
     matches: dict[tuple[object, ...], Resource] = {}
-    for i, (res, ctx) in enumerate(zip(b.resources, res_ctxs, strict=True)):
-        if res.name in names:
-            ctx.add(f"duplicate resource name {res.name!r} (first at resources[{names[res.name]}])", "name")
-        else:
-            names[res.name] = ctx.index if ctx.index is not None else i
+    for res, ctx in zip(b.resources, res_ctxs, strict=True):
         key = res.match.key()
         if key in matches:
             ctx.add(f"match conflicts with resource {matches[key].name!r}: both match "
