@@ -29,7 +29,8 @@ def rule_to_dict(rule: AnyRule, section: str, *, enum_names: bool = False,
         if spec.key in _SKIP:
             continue
         value = getattr(rule, spec.attr)
-        if not defaults and value == spec.default and spec.key not in ("resource", "threshold"):
+        if not defaults and value == spec.default and spec.key not in ("resource", "threshold") \
+                and spec.kind != "enum":
             continue
         if spec.key == "specificItems":
             value = [{"valKind": item.val_kind.name if enum_names else int(item.val_kind),
@@ -37,8 +38,6 @@ def rule_to_dict(rule: AnyRule, section: str, *, enum_names: bool = False,
         elif isinstance(value, enum.IntEnum):
             value = value.name if enum_names else int(value)
         out[spec.key] = value
-    if section == "systemRules" and not defaults:
-        out.setdefault("metricType", rule.metric_type.name if enum_names else 0)  # type: ignore[union-attr]
     return out
 
 

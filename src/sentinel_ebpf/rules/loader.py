@@ -389,9 +389,11 @@ def _crd_transform(section: str) -> Callable[[Any, RuleContext], Any]:
         if not isinstance(raw, Mapping):
             return raw
         out = {k: v for k, v in raw.items() if not (v == "" and k != "resource" and k != "id")}
-        if section == "circuitBreakerRules" and out.get("strategy") in ("SlowRequestRatio", "ErrorRatio"):
+        # An absent enum is the default: SlowRequestRatio, Load (both percent values).
+        if section == "circuitBreakerRules" and out.get("strategy", "SlowRequestRatio") in (
+                "SlowRequestRatio", "ErrorRatio"):
             _percent(out, "threshold", ctx)
-        if section == "systemRules" and out.get("metricType") in ("Load", "CpuUsage"):
+        if section == "systemRules" and out.get("metricType", "Load") in ("Load", "CpuUsage"):
             _percent(out, "triggerCount", ctx)
         return out
 
