@@ -13,6 +13,14 @@ class SentinelLimits(IntEnum):
     SE_MAX_PORT_FILTERS = 8
     SE_TRACE_RINGBUF_BYTES = 262144
     SE_TRACE_PENDING_MAX = 8192
+    SE_MAX_RESOURCES = 4096
+    SE_PATH_MAX = 64
+    SE_REQ_PEEK = 128
+    SE_BUCKETS = 20
+    SE_BUCKET_MS = 500
+    SE_FLOW_RULES_PER_RESOURCE = 4
+    SE_INFLIGHT_MAX = 65536
+    SE_PORTS_MAX = 1024
 
 
 class ConnDirection(IntEnum):
@@ -37,6 +45,227 @@ class TraceStat(IntEnum):
     TRACE_STAT_LOST = 1
     TRACE_STAT_PENDING_FULL = 2
     TRACE_STAT_MAX = 3
+
+
+class BlockType(IntEnum):
+    """``enum block_type``."""
+
+    BLOCK_NONE = 0
+    BLOCK_FLOW = 1
+    BLOCK_ISOLATION = 2
+    BLOCK_CIRCUIT_BREAKING = 3
+    BLOCK_SYSTEM = 4
+    BLOCK_HOTSPOT = 5
+    BLOCK_TYPE_MAX = 6
+
+
+class RejectMode(IntEnum):
+    """``enum reject_mode``."""
+
+    REJECT_HTTP_REPLY = 0
+    REJECT_RST = 1
+    REJECT_DROP = 2
+
+
+class HttpMethod(IntEnum):
+    """``enum http_method``."""
+
+    HTTP_METHOD_NONE = 0
+    HTTP_GET = 1
+    HTTP_HEAD = 2
+    HTTP_POST = 3
+    HTTP_PUT = 4
+    HTTP_DELETE = 5
+    HTTP_CONNECT = 6
+    HTTP_OPTIONS = 7
+    HTTP_TRACE = 8
+    HTTP_PATCH = 9
+    HTTP_METHOD_MAX = 10
+
+
+class FlowBehavior(IntEnum):
+    """``enum flow_behavior``."""
+
+    FLOW_REJECT = 0
+    FLOW_THROTTLING = 1
+
+
+class PortCounter(IntEnum):
+    """``enum port_counter``."""
+
+    PORT_TLS = 0
+    PORT_HTTP2 = 1
+    PORT_NOT_REQUEST_LINE = 2
+    PORT_NO_ROUTE = 3
+    PORT_GSO = 4
+    PORT_COUNTER_MAX = 5
+
+
+class DpCounter(IntEnum):
+    """``enum dp_counter``."""
+
+    DP_PACKETS = 0
+    DP_MALFORMED = 1
+    DP_INFLIGHT_FULL = 2
+    DP_REPLY_FAILED = 3
+    DP_REPLY_SENT = 4
+    DP_RST_SENT = 5
+    DP_COUNTER_MAX = 6
+
+
+class FlowKind(IntEnum):
+    """``enum flow_kind``."""
+
+    FLOW_KIND_CONNECTION = 0
+    FLOW_KIND_REQUEST = 1
+
+
+class PortConf(ctypes.Structure):
+    """``struct port_conf``."""
+
+    _pack_ = 1
+    _fields_ = [
+        ("tcp_resource", ctypes.c_uint32),
+        ("has_http", ctypes.c_uint8),
+        ("reject_tcp", ctypes.c_uint8),
+        ("reject_http", ctypes.c_uint8),
+        ("_pad", ctypes.c_uint8),
+    ]
+
+
+assert ctypes.sizeof(PortConf) == 8
+
+
+class PortCounts(ctypes.Structure):
+    """``struct port_counts``."""
+
+    _pack_ = 1
+    _fields_ = [
+        ("count", (ctypes.c_uint64 * 5)),
+    ]
+
+
+assert ctypes.sizeof(PortCounts) == 40
+
+
+class HttpRouteKey(ctypes.Structure):
+    """``struct http_route_key``."""
+
+    _pack_ = 1
+    _fields_ = [
+        ("prefixlen", ctypes.c_uint32),
+        ("port", ctypes.c_uint16),
+        ("method", ctypes.c_uint8),
+        ("path", (ctypes.c_uint8 * 64)),
+        ("_pad0", ctypes.c_uint8 * 1),
+    ]
+
+
+assert ctypes.sizeof(HttpRouteKey) == 72
+
+
+class FlowRuleK(ctypes.Structure):
+    """``struct flow_rule_k``."""
+
+    _pack_ = 1
+    _fields_ = [
+        ("stat_resource", ctypes.c_uint32),
+        ("behavior", ctypes.c_uint8),
+        ("_pad", (ctypes.c_uint8 * 3)),
+        ("interval_ms", ctypes.c_uint32),
+        ("_pad0", ctypes.c_uint8 * 4),
+        ("threshold_milli", ctypes.c_uint64),
+        ("cost_ns", ctypes.c_uint64),
+        ("max_queue_ns", ctypes.c_uint64),
+    ]
+
+
+assert ctypes.sizeof(FlowRuleK) == 40
+
+
+class ResConf(ctypes.Structure):
+    """``struct res_conf``."""
+
+    _pack_ = 1
+    _fields_ = [
+        ("nflow", ctypes.c_uint32),
+        ("isolation_threshold", ctypes.c_uint32),
+        ("flow", (FlowRuleK * 4)),
+    ]
+
+
+assert ctypes.sizeof(ResConf) == 168
+
+
+class StatBucket(ctypes.Structure):
+    """``struct stat_bucket``."""
+
+    _pack_ = 1
+    _fields_ = [
+        ("start_ms", ctypes.c_uint64),
+        ("pass", ctypes.c_uint64),
+        ("block", ctypes.c_uint64),
+        ("complete", ctypes.c_uint64),
+        ("error", ctypes.c_uint64),
+        ("rt_sum_ms", ctypes.c_uint64),
+    ]
+
+
+assert ctypes.sizeof(StatBucket) == 48
+
+
+class ResStats(ctypes.Structure):
+    """``struct res_stats``."""
+
+    _pack_ = 1
+    _fields_ = [
+        ("buckets", (StatBucket * 20)),
+        ("concurrency", ctypes.c_int64),
+        ("total_pass", ctypes.c_uint64),
+        ("total_block", ctypes.c_uint64),
+        ("total_complete", ctypes.c_uint64),
+        ("total_error", ctypes.c_uint64),
+        ("total_rt_ms", ctypes.c_uint64),
+        ("block_by_type", (ctypes.c_uint64 * 6)),
+        ("flow_wait", ctypes.c_uint64),
+        ("last_passed_ns", (ctypes.c_uint64 * 4)),
+    ]
+
+
+assert ctypes.sizeof(ResStats) == 1096
+
+
+class FlowKey(ctypes.Structure):
+    """``struct flow_key``."""
+
+    _pack_ = 1
+    _fields_ = [
+        ("saddr", (ctypes.c_uint8 * 16)),
+        ("daddr", (ctypes.c_uint8 * 16)),
+        ("sport", ctypes.c_uint16),
+        ("dport", ctypes.c_uint16),
+        ("family", ctypes.c_uint8),
+        ("kind", ctypes.c_uint8),
+        ("_pad", (ctypes.c_uint8 * 2)),
+    ]
+
+
+assert ctypes.sizeof(FlowKey) == 40
+
+
+class Inflight(ctypes.Structure):
+    """``struct inflight``."""
+
+    _pack_ = 1
+    _fields_ = [
+        ("start_ns", ctypes.c_uint64),
+        ("resource", ctypes.c_uint32),
+        ("is_http", ctypes.c_uint8),
+        ("_pad", (ctypes.c_uint8 * 3)),
+    ]
+
+
+assert ctypes.sizeof(Inflight) == 16
 
 
 class ConnEvent(ctypes.Structure):

@@ -14,6 +14,14 @@ enum sentinel_limits {
 	SE_MAX_PORT_FILTERS = 8,
 	SE_TRACE_RINGBUF_BYTES = 256 * 1024,
 	SE_TRACE_PENDING_MAX = 8192,
+	SE_MAX_RESOURCES = 4096,    /* resource ids are 1..SE_MAX_RESOURCES-1; 0 means none */
+	SE_PATH_MAX = 64,           /* bytes of an HTTP path prefix (LPM key) */
+	SE_REQ_PEEK = 128,          /* bytes of a segment read to find a request line or status line */
+	SE_BUCKETS = 20,            /* LeapArray: 20 x 500 ms = 10 s per resource */
+	SE_BUCKET_MS = 500,
+	SE_FLOW_RULES_PER_RESOURCE = 4,
+	SE_INFLIGHT_MAX = 65536,    /* tracked in-flight requests/connections (LRU) */
+	SE_PORTS_MAX = 1024,
 };
 
 /* Why a connection event was emitted. */
@@ -35,6 +43,149 @@ enum trace_stat {
 	TRACE_STAT_LOST = 1,        /* ring buffer full: event dropped */
 	TRACE_STAT_PENDING_FULL = 2, /* no room to remember an attempt: it is not traced */
 	TRACE_STAT_MAX = 3,
+};
+
+/* Sentinel block types (values are Sentinel's). */
+enum block_type {
+	BLOCK_NONE = 0,
+	BLOCK_FLOW = 1,
+	BLOCK_ISOLATION = 2,
+	BLOCK_CIRCUIT_BREAKING = 3,
+	BLOCK_SYSTEM = 4,
+	BLOCK_HOTSPOT = 5,
+	BLOCK_TYPE_MAX = 6,
+};
+
+/* How a blocked request is answered. */
+enum reject_mode {
+	REJECT_HTTP_REPLY = 0,     /* kernel-built HTTP response to the client, RST to the server */
+	REJECT_RST = 1,
+	REJECT_DROP = 2,
+};
+
+enum http_method {
+	HTTP_METHOD_NONE = 0,
+	HTTP_GET = 1,
+	HTTP_HEAD = 2,
+	HTTP_POST = 3,
+	HTTP_PUT = 4,
+	HTTP_DELETE = 5,
+	HTTP_CONNECT = 6,
+	HTTP_OPTIONS = 7,
+	HTTP_TRACE = 8,
+	HTTP_PATCH = 9,
+	HTTP_METHOD_MAX = 10,
+};
+
+enum flow_behavior {
+	FLOW_REJECT = 0,
+	FLOW_THROTTLING = 1,
+};
+
+/* Per-port counters of traffic that passed unclassified (index into port_counters values). */
+enum port_counter {
+	PORT_TLS = 0,               /* TLS record on an HTTP resource port */
+	PORT_HTTP2 = 1,             /* HTTP/2 preface */
+	PORT_NOT_REQUEST_LINE = 2,  /* payload that does not start a request (bodies, split request lines) */
+	PORT_NO_ROUTE = 3,          /* request line that matches no resource on this port */
+	PORT_GSO = 4,               /* GRO/GSO-merged segment: too risky to answer in the kernel */
+	PORT_COUNTER_MAX = 5,
+};
+
+/* Global data-plane counters (per-CPU array `dp_counters`). */
+enum dp_counter {
+	DP_PACKETS = 0,
+	DP_MALFORMED = 1,           /* truncated or inconsistent headers: passed */
+	DP_INFLIGHT_FULL = 2,       /* could not track a request: passed, not counted as in flight */
+	DP_REPLY_FAILED = 3,        /* building a reject reply failed: packet dropped instead */
+	DP_REPLY_SENT = 4,
+	DP_RST_SENT = 5,
+	DP_COUNTER_MAX = 6,
+};
+
+/* inbound_ports value: what is protected on a local port. */
+struct port_conf {
+	__u32 tcp_resource;         /* resource counting connections (SYN) on this port, 0 = none */
+	__u8 has_http;              /* HTTP resources exist: look up request lines */
+	__u8 reject_tcp;            /* enum reject_mode (RST or DROP) */
+	__u8 reject_http;           /* enum reject_mode */
+	__u8 _pad;
+};
+
+/* port_stats value (struct port_counts): traffic on a protected port that passed unclassified, by enum port_counter. */
+struct port_counts {
+	__u64 count[PORT_COUNTER_MAX];
+};
+
+/* http_routes LPM key: prefixlen counts bits after itself (port, method, path). */
+struct http_route_key {
+	__u32 prefixlen;
+	__u16 port;                 /* network byte order */
+	__u8 method;                /* enum http_method */
+	__u8 path[SE_PATH_MAX];
+};
+
+struct flow_rule_k {
+	__u32 stat_resource;        /* whose statistics count: itself, or refResource (AssociatedResource) */
+	__u8 behavior;              /* enum flow_behavior */
+	__u8 _pad[3];
+	__u32 interval_ms;          /* statIntervalInMs, a multiple of SE_BUCKET_MS up to the array's span */
+	__u64 threshold_milli;      /* allowed count per interval x 1000 (may be rewritten live: WarmUp, memory) */
+	__u64 cost_ns;              /* Throttling: ns per request = interval / threshold (0 = block all) */
+	__u64 max_queue_ns;         /* Throttling: maxQueueingTimeMs */
+};
+
+/* res_conf value, indexed by resource id. */
+struct res_conf {
+	__u32 nflow;
+	__u32 isolation_threshold;  /* 0 = no isolation rule */
+	struct flow_rule_k flow[SE_FLOW_RULES_PER_RESOURCE];
+};
+
+struct stat_bucket {
+	__u64 start_ms;
+	__u64 pass;
+	__u64 block;
+	__u64 complete;
+	__u64 error;
+	__u64 rt_sum_ms;
+};
+
+/* res_stats value, indexed by resource id: LeapArray buckets, cumulative totals and live gauges. */
+struct res_stats {
+	struct stat_bucket buckets[SE_BUCKETS];
+	__s64 concurrency;
+	__u64 total_pass;
+	__u64 total_block;
+	__u64 total_complete;
+	__u64 total_error;
+	__u64 total_rt_ms;
+	__u64 block_by_type[BLOCK_TYPE_MAX];
+	__u64 flow_wait;            /* admitted into the throttling virtual queue with a wait > 0 */
+	__u64 last_passed_ns[SE_FLOW_RULES_PER_RESOURCE]; /* Throttling state per flow rule */
+};
+
+enum flow_kind {
+	FLOW_KIND_CONNECTION = 0,   /* a TCP resource's connection, from SYN to FIN/RST */
+	FLOW_KIND_REQUEST = 1,      /* an HTTP request, from request line to response status line */
+};
+
+/* inflight key: the client -> server 4-tuple as seen at ingress (addresses in network byte order). */
+struct flow_key {
+	__u8 saddr[SE_ADDR_LEN];
+	__u8 daddr[SE_ADDR_LEN];
+	__u16 sport;                /* network byte order */
+	__u16 dport;
+	__u8 family;                /* 4 or 6 */
+	__u8 kind;                  /* enum flow_kind */
+	__u8 _pad[2];
+};
+
+struct inflight {
+	__u64 start_ns;
+	__u32 resource;
+	__u8 is_http;
+	__u8 _pad[3];
 };
 
 struct conn_event {

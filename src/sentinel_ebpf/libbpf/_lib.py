@@ -171,13 +171,21 @@ _print_cb: Any = None  # keep the C callback alive for the life of the process
 LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}
 
 
+_FORMAT_BUF_BYTES = 16 << 20  # libbpf prints a whole verifier log in one message
+_format_buf: ctypes.Array[ctypes.c_char] | None = None
+_format_lock = threading.Lock()
+
+
 def _format_va(fmt: bytes, va_list: int | None) -> str:
     # va_list is an array type on x86_64, so C passes it as a pointer that vsnprintf accepts as is.
+    global _format_buf
     if platform.machine() != "x86_64" or va_list is None:
         return fmt.decode(errors="replace")
-    buf = ctypes.create_string_buffer(4096)
-    _libc().vsnprintf(buf, len(buf), fmt, c_void_p(va_list))
-    return buf.value.decode(errors="replace")
+    with _format_lock:
+        if _format_buf is None:
+            _format_buf = ctypes.create_string_buffer(_FORMAT_BUF_BYTES)
+        n = _libc().vsnprintf(_format_buf, _FORMAT_BUF_BYTES, fmt, c_void_p(va_list))
+        return _format_buf.raw[: max(0, min(n, _FORMAT_BUF_BYTES - 1))].decode(errors="replace")
 
 
 def _on_print(level: int, fmt: bytes, va_list: int | None) -> int:

@@ -1,0 +1,427 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/*
+ * Inbound governance at TC: ingress counts and judges new connections (SYN) to TCP resources and HTTP
+ * requests (request line at the start of a segment) to HTTP resources; egress sees the responses'
+ * status lines to complete requests (RT, 5xx errors, concurrency). Rules and resources arrive in maps
+ * written by the control plane; everything that cannot be classified passes and is counted.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "sentinel.h"
+#include "maps.bpf.h"
+#include "parse.bpf.h"
+#include "stat.bpf.h"
+#include "flow.bpf.h"
+#include "reject.bpf.h"
+
+#define TC_ACT_OK 0
+#define TC_ACT_SHOT 2
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SE_PORTS_MAX);
+	__type(key, __u16);                 /* local port, host byte order */
+	__type(value, struct port_conf);
+} inbound_ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SE_PORTS_MAX);
+	__type(key, __u16);
+	__type(value, struct port_counts);
+} port_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct http_route_key);
+	__type(value, __u32);               /* resource id */
+} http_routes SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SE_MAX_RESOURCES);
+	__type(key, __u32);
+	__type(value, struct res_conf);
+} res_conf SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SE_MAX_RESOURCES);
+	__type(key, __u32);
+	__type(value, struct res_stats);
+} res_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, SE_INFLIGHT_MAX);
+	__type(key, struct flow_key);
+	__type(value, struct inflight);
+} inflight SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DP_COUNTER_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} dp_counters SEC(".maps");
+
+struct peek {
+	__u8 buf[SE_REQ_PEEK];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct peek);
+} peek_scratch SEC(".maps");
+
+/* Keep contract types in BTF for the generated Python layouts. */
+const enum block_type _block_type_unused __attribute__((unused)) = BLOCK_NONE;
+const enum reject_mode _reject_mode_unused __attribute__((unused)) = REJECT_HTTP_REPLY;
+const enum http_method _http_method_unused __attribute__((unused)) = HTTP_METHOD_NONE;
+const enum flow_behavior _flow_behavior_unused __attribute__((unused)) = FLOW_REJECT;
+const enum port_counter _port_counter_unused __attribute__((unused)) = PORT_TLS;
+const enum dp_counter _dp_counter_unused __attribute__((unused)) = DP_PACKETS;
+const enum flow_kind _flow_kind_unused __attribute__((unused)) = FLOW_KIND_CONNECTION;
+
+static __always_inline void port_count(__u16 port, __u32 what)
+{
+	struct port_counts *ps = bpf_map_lookup_elem(&port_stats, &port);
+
+	if (ps && what < PORT_COUNTER_MAX)
+		__sync_fetch_and_add(&ps->count[what], 1);
+}
+
+static __always_inline void make_key(struct flow_key *k, const struct pkt *p, bool from_client, __u8 kind)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	if (from_client) {
+		__builtin_memcpy(k->saddr, p->saddr, SE_ADDR_LEN);
+		__builtin_memcpy(k->daddr, p->daddr, SE_ADDR_LEN);
+		k->sport = p->sport;
+		k->dport = p->dport;
+	} else {
+		__builtin_memcpy(k->saddr, p->daddr, SE_ADDR_LEN);
+		__builtin_memcpy(k->daddr, p->saddr, SE_ADDR_LEN);
+		k->sport = p->dport;
+		k->dport = p->sport;
+	}
+	k->family = p->family;
+	k->kind = kind;
+}
+
+/* Sentinel's checks in order (flow, isolation); returns the block type or BLOCK_NONE. */
+static __always_inline __u32 check_resource(__u32 res, struct res_stats *st, __u64 now)
+{
+	struct res_conf *rc = bpf_map_lookup_elem(&res_conf, &res);
+	__u64 now_ms = now / 1000000;
+
+	if (!rc)
+		return BLOCK_NONE;
+	for (int i = 0; i < SE_FLOW_RULES_PER_RESOURCE; i++) {
+		const struct flow_rule_k *r = &rc->flow[i];
+
+		if (i >= rc->nflow)
+			break;
+		if (r->behavior == FLOW_THROTTLING) {
+			__u64 waited = 0;
+
+			if (!throttle_admit(&st->last_passed_ns[i], r, now, &waited))
+				return BLOCK_FLOW;
+			if (waited)
+				__sync_fetch_and_add(&st->flow_wait, 1);
+			continue;
+		}
+		struct res_stats *sst = st;
+		__u32 sres = r->stat_resource;
+
+		if (sres != res) {
+			sst = bpf_map_lookup_elem(&res_stats, &sres);
+			if (!sst)
+				continue;
+		}
+		if (!reject_admit(sst, r, now_ms))
+			return BLOCK_FLOW;
+	}
+	if (rc->isolation_threshold && st->concurrency + 1 > (__s64)rc->isolation_threshold)
+		return BLOCK_ISOLATION;
+	return BLOCK_NONE;
+}
+
+/* Admit or block one request of `res`; on pass, track it as in flight under `key`. */
+static __always_inline __u32 judge(__u32 res, const struct flow_key *key, __u8 is_http)
+{
+	struct res_stats *st = bpf_map_lookup_elem(&res_stats, &res);
+	__u64 now = now_ns();
+	__u64 now_ms = now / 1000000;
+	__u32 verdict;
+
+	if (!st)
+		return BLOCK_NONE;
+	verdict = check_resource(res, st, now);
+	if (verdict != BLOCK_NONE) {
+		stat_block(st, now_ms, verdict);
+		return verdict;
+	}
+	stat_pass(st, now_ms);
+
+	struct inflight *old = bpf_map_lookup_elem(&inflight, key);
+	if (old) {
+		/* a request without a seen response (pipelining, lost segment): it no longer counts as in flight */
+		struct res_stats *ost = bpf_map_lookup_elem(&res_stats, &old->resource);
+
+		if (ost)
+			__sync_fetch_and_add(&ost->concurrency, -1);
+	}
+	struct inflight entry = { .start_ns = now, .resource = res, .is_http = is_http };
+	if (bpf_map_update_elem(&inflight, key, &entry, BPF_ANY) == 0)
+		__sync_fetch_and_add(&st->concurrency, 1);
+	else
+		percpu_inc(&dp_counters, DP_INFLIGHT_FULL);
+	return BLOCK_NONE;
+}
+
+/* The in-flight request or connection under `key` ended. */
+static __always_inline void complete(const struct flow_key *key, bool error)
+{
+	struct inflight *f = bpf_map_lookup_elem(&inflight, key);
+	struct res_stats *st;
+	__u64 now;
+
+	if (!f)
+		return;
+	st = bpf_map_lookup_elem(&res_stats, &f->resource);
+	now = now_ns();
+	if (st) {
+		stat_complete(st, now / 1000000, now > f->start_ns ? (now - f->start_ns) / 1000000 : 0, error);
+		__sync_fetch_and_add(&st->concurrency, -1);
+	}
+	bpf_map_delete_elem(&inflight, key);
+}
+
+static __always_inline bool bytes_eq(const __u8 *buf, const char *lit, int n)
+{
+	for (int i = 0; i < n; i++)
+		if (buf[i] != (__u8)lit[i])
+			return false;
+	return true;
+}
+
+/* Method at the start of a request line; *len covers the method and its space. */
+static __always_inline __u8 parse_method(const __u8 *b, __u32 *len)
+{
+	switch (b[0]) {
+	case 'G':
+		if (bytes_eq(b, "GET ", 4)) { *len = 4; return HTTP_GET; }
+		break;
+	case 'H':
+		if (bytes_eq(b, "HEAD ", 5)) { *len = 5; return HTTP_HEAD; }
+		break;
+	case 'P':
+		if (bytes_eq(b, "POST ", 5)) { *len = 5; return HTTP_POST; }
+		if (bytes_eq(b, "PUT ", 4)) { *len = 4; return HTTP_PUT; }
+		if (bytes_eq(b, "PATCH ", 6)) { *len = 6; return HTTP_PATCH; }
+		break;
+	case 'D':
+		if (bytes_eq(b, "DELETE ", 7)) { *len = 7; return HTTP_DELETE; }
+		break;
+	case 'C':
+		if (bytes_eq(b, "CONNECT ", 8)) { *len = 8; return HTTP_CONNECT; }
+		break;
+	case 'O':
+		if (bytes_eq(b, "OPTIONS ", 8)) { *len = 8; return HTTP_OPTIONS; }
+		break;
+	case 'T':
+		if (bytes_eq(b, "TRACE ", 6)) { *len = 6; return HTTP_TRACE; }
+		break;
+	}
+	return HTTP_METHOD_NONE;
+}
+
+/* Read the first bytes of the payload; returns how many (0 on failure). */
+static __always_inline __u32 peek_payload(struct __sk_buff *skb, const struct pkt *p, struct peek *pk)
+{
+	__u32 n = p->payload_len < SE_REQ_PEEK ? p->payload_len : SE_REQ_PEEK;
+
+	if (n == 0)
+		return 0;
+	n = ((n - 1) & (SE_REQ_PEEK - 1)) + 1; /* same value; a range [1, SE_REQ_PEEK] the verifier can see */
+	if (bpf_skb_load_bytes(skb, p->payload_off, pk->buf, n))
+		return 0;
+	return n;
+}
+
+static __always_inline int reject(struct __sk_buff *skb, const struct pkt *p, __u8 mode, bool syn)
+{
+	if (mode == REJECT_DROP)
+		return TC_ACT_SHOT;
+	if (syn) {
+		/* RST|ACK for the SYN: seq 0, ack = ISN + 1; the SYN never reaches the server */
+		if (rewrite_to_rst(skb, p, 0, p->seq + 1, true))
+			goto fail;
+		percpu_inc(&dp_counters, DP_RST_SENT);
+		return bpf_redirect(skb->ifindex, 0);
+	}
+	/* RST to the client (seq = what it expects next), then the same skb as RST to the server in
+	 * place of the request. The kernel-built HTTP reply is not implemented yet: RST stands in. */
+	__u32 c_seq = p->ack, c_ack = p->seq + p->payload_len;
+
+	if (rewrite_to_rst(skb, p, c_seq, c_ack, true))
+		goto fail;
+	if (bpf_clone_redirect(skb, skb->ifindex, 0))
+		goto fail;
+	if (rst_back_to_server(skb, p, c_seq, c_ack))
+		goto fail;
+	percpu_inc(&dp_counters, DP_RST_SENT);
+	return TC_ACT_OK;
+fail:
+	percpu_inc(&dp_counters, DP_REPLY_FAILED);
+	return TC_ACT_SHOT;
+}
+
+static __always_inline int on_http_segment(struct __sk_buff *skb, const struct pkt *p, const struct port_conf *pc,
+					   __u16 port)
+{
+	__u32 zero = 0, n, mlen = 0, plen = 0;
+	struct peek *pk = bpf_map_lookup_elem(&peek_scratch, &zero);
+	struct http_route_key key = {};
+	__u8 method;
+	bool ended = false;
+
+	if (!pk)
+		return TC_ACT_OK;
+	n = peek_payload(skb, p, pk);
+	if (n < 2)
+		return TC_ACT_OK;
+	if (pk->buf[0] == 0x16 && pk->buf[1] == 0x03) {
+		port_count(port, PORT_TLS);
+		return TC_ACT_OK;
+	}
+	if (n >= 4 && bytes_eq(pk->buf, "PRI ", 4)) {
+		port_count(port, PORT_HTTP2);
+		return TC_ACT_OK;
+	}
+	method = n >= 8 ? parse_method(pk->buf, &mlen) : HTTP_METHOD_NONE;
+	if (method == HTTP_METHOD_NONE || mlen >= n || pk->buf[mlen & (SE_REQ_PEEK - 1)] != '/') {
+		port_count(port, PORT_NOT_REQUEST_LINE);
+		return TC_ACT_OK;
+	}
+	for (int i = 0; i < SE_PATH_MAX; i++) {
+		__u32 j = mlen + i;
+		__u8 c;
+
+		if (j >= n)
+			break;
+		c = pk->buf[j & (SE_REQ_PEEK - 1)];
+		if (c == ' ' || c == '\r' || c == '\n') {
+			ended = true;
+			break;
+		}
+		key.path[i] = c;
+		plen = i + 1;
+	}
+	if (!ended && plen < SE_PATH_MAX) {
+		/* the request line goes on in a later segment: do not guess from a partial path */
+		port_count(port, PORT_NOT_REQUEST_LINE);
+		return TC_ACT_OK;
+	}
+	if (skb->gso_segs > 1) {
+		port_count(port, PORT_GSO);
+		return TC_ACT_OK;
+	}
+	key.prefixlen = 24 + plen * 8;
+	key.port = p->dport;
+	key.method = method;
+
+	__u32 *res = bpf_map_lookup_elem(&http_routes, &key);
+	if (!res) {
+		port_count(port, PORT_NO_ROUTE);
+		return TC_ACT_OK;
+	}
+	struct flow_key fk;
+	make_key(&fk, p, true, FLOW_KIND_REQUEST);
+	if (judge(*res, &fk, 1) == BLOCK_NONE)
+		return TC_ACT_OK;
+	return reject(skb, p, pc->reject_http, false);
+}
+
+SEC("tc")
+int tc_ingress(struct __sk_buff *skb)
+{
+	struct pkt p;
+	struct flow_key fk;
+	int r;
+
+	percpu_inc(&dp_counters, DP_PACKETS);
+	r = parse_tcp(skb, &p);
+	if (r != PARSE_OK) {
+		if (r == PARSE_MALFORMED)
+			percpu_inc(&dp_counters, DP_MALFORMED);
+		return TC_ACT_OK;
+	}
+	__u16 port = bpf_ntohs(p.dport);
+	struct port_conf *pc = bpf_map_lookup_elem(&inbound_ports, &port);
+	if (!pc)
+		return TC_ACT_OK;
+
+	if (p.flags & (TCP_RST | TCP_FIN)) {
+		/* the client ends the connection: its request (if any) and the connection are done */
+		make_key(&fk, &p, true, FLOW_KIND_REQUEST);
+		complete(&fk, true);
+		make_key(&fk, &p, true, FLOW_KIND_CONNECTION);
+		complete(&fk, false);
+		return TC_ACT_OK;
+	}
+	if ((p.flags & (TCP_SYN | TCP_ACK)) == TCP_SYN) {
+		if (!pc->tcp_resource)
+			return TC_ACT_OK;
+		make_key(&fk, &p, true, FLOW_KIND_CONNECTION);
+		if (bpf_map_lookup_elem(&inflight, &fk))
+			return TC_ACT_OK; /* a retransmitted SYN was already counted */
+		if (judge(pc->tcp_resource, &fk, 0) == BLOCK_NONE)
+			return TC_ACT_OK;
+		return reject(skb, &p, pc->reject_tcp, true);
+	}
+	if (p.payload_len && pc->has_http)
+		return on_http_segment(skb, &p, pc, port);
+	return TC_ACT_OK;
+}
+
+SEC("tc")
+int tc_egress(struct __sk_buff *skb)
+{
+	struct pkt p;
+	struct flow_key fk;
+	__u32 zero = 0;
+
+	if (parse_tcp(skb, &p) != PARSE_OK)
+		return TC_ACT_OK;
+	__u16 port = bpf_ntohs(p.sport);
+	struct port_conf *pc = bpf_map_lookup_elem(&inbound_ports, &port);
+	if (!pc)
+		return TC_ACT_OK;
+
+	if (p.flags & (TCP_RST | TCP_FIN)) {
+		make_key(&fk, &p, false, FLOW_KIND_REQUEST);
+		complete(&fk, true); /* the server closed without answering */
+		make_key(&fk, &p, false, FLOW_KIND_CONNECTION);
+		complete(&fk, false);
+		return TC_ACT_OK;
+	}
+	if (!p.payload_len || !pc->has_http)
+		return TC_ACT_OK;
+
+	struct peek *pk = bpf_map_lookup_elem(&peek_scratch, &zero);
+	if (!pk || peek_payload(skb, &p, pk) < 12 || !bytes_eq(pk->buf, "HTTP/1.", 7))
+		return TC_ACT_OK;
+	__u8 hundreds = pk->buf[9];
+	make_key(&fk, &p, false, FLOW_KIND_REQUEST);
+	complete(&fk, hundreds == '5');
+	return TC_ACT_OK;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,112 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/* Ethernet / IPv4 / IPv6 / TCP parsing for TC programs. Everything needed later is saved as values and
+ * offsets: helpers that change the packet invalidate packet pointers. */
+#ifndef SENTINEL_PARSE_BPF_H
+#define SENTINEL_PARSE_BPF_H
+
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "sentinel.h"
+
+#define ETH_HLEN 14
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define IPPROTO_TCP 6
+#define TCP_FIN 0x01
+#define TCP_SYN 0x02
+#define TCP_RST 0x04
+#define TCP_PSH 0x08
+#define TCP_ACK 0x10
+
+enum parse_result {
+	PARSE_OK = 0,
+	PARSE_NOT_TCP = 1,          /* not TCP over IP: none of our business */
+	PARSE_MALFORMED = 2,        /* claims to be TCP/IP but headers are truncated or inconsistent */
+};
+
+struct pkt {
+	__u32 l3_off;
+	__u32 l4_off;
+	__u32 payload_off;
+	__u32 payload_len;
+	__u32 seq;                  /* host byte order */
+	__u32 ack;
+	__u16 sport;                /* network byte order */
+	__u16 dport;
+	__u16 ip_len;               /* IPv4 total length / IPv6 payload length, host order */
+	__u8 family;                /* 4 or 6 */
+	__u8 flags;                 /* TCP flags byte */
+	__u8 doff;                  /* TCP header length in bytes */
+	__u8 saddr[SE_ADDR_LEN];
+	__u8 daddr[SE_ADDR_LEN];
+};
+
+static __always_inline int parse_tcp(struct __sk_buff *skb, struct pkt *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct tcphdr *tcp;
+	__u32 l4_off, l3_len;
+
+	if ((void *)(eth + 1) > data_end)
+		return PARSE_NOT_TCP;
+	p->l3_off = ETH_HLEN;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+
+		if ((void *)(ip + 1) > data_end)
+			return PARSE_MALFORMED;
+		if (ip->protocol != IPPROTO_TCP)
+			return PARSE_NOT_TCP;
+		if (ip->version != 4 || ip->ihl < 5)
+			return PARSE_MALFORMED;
+		if (ip->frag_off & bpf_htons(0x3FFF)) /* fragments: no TCP header to trust */
+			return PARSE_NOT_TCP;
+		p->family = 4;
+		p->ip_len = bpf_ntohs(ip->tot_len);
+		l4_off = ETH_HLEN + ip->ihl * 4;
+		if (p->ip_len < ip->ihl * 4)
+			return PARSE_MALFORMED;
+		l3_len = p->ip_len - ip->ihl * 4;
+		__builtin_memset(p->saddr, 0, sizeof(p->saddr));
+		__builtin_memset(p->daddr, 0, sizeof(p->daddr));
+		__builtin_memcpy(p->saddr, &ip->saddr, 4);
+		__builtin_memcpy(p->daddr, &ip->daddr, 4);
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+
+		if ((void *)(ip6 + 1) > data_end)
+			return PARSE_MALFORMED;
+		if (ip6->nexthdr != IPPROTO_TCP) /* extension headers are not parsed: pass */
+			return PARSE_NOT_TCP;
+		p->family = 6;
+		p->ip_len = bpf_ntohs(ip6->payload_len);
+		l4_off = ETH_HLEN + sizeof(*ip6);
+		l3_len = p->ip_len;
+		__builtin_memcpy(p->saddr, &ip6->saddr, 16);
+		__builtin_memcpy(p->daddr, &ip6->daddr, 16);
+	} else {
+		return PARSE_NOT_TCP;
+	}
+
+	tcp = data + l4_off;
+	if ((void *)(tcp + 1) > data_end)
+		return PARSE_MALFORMED;
+	p->doff = tcp->doff * 4;
+	if (p->doff < sizeof(*tcp) || p->doff > l3_len)
+		return PARSE_MALFORMED;
+	p->l4_off = l4_off;
+	p->payload_off = l4_off + p->doff;
+	p->payload_len = l3_len - p->doff;
+	if (p->payload_off + p->payload_len > skb->len)
+		return PARSE_MALFORMED;
+	p->sport = tcp->source;
+	p->dport = tcp->dest;
+	p->seq = bpf_ntohl(tcp->seq);
+	p->ack = bpf_ntohl(tcp->ack_seq);
+	p->flags = ((__u8 *)tcp)[13];
+	return PARSE_OK;
+}
+
+#endif /* SENTINEL_PARSE_BPF_H */
