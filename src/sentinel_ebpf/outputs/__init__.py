@@ -9,11 +9,13 @@
 from __future__ import annotations
 
 from sentinel_ebpf.outputs.metric_log import (
+    TOTAL_INBOUND_RESOURCE,
     MetricItem,
     MetricLine,
     MetricLineError,
     MetricLogWriter,
     ResourceType,
+    classification_of,
     format_line,
     parse_line,
 )
@@ -21,12 +23,14 @@ from sentinel_ebpf.outputs.prometheus import (
     MetricsServer,
     MetricsSnapshot,
     SentinelCollector,
+    default_const_labels,
     start_http_server,
 )
 from sentinel_ebpf.outputs.stats_json import stats_document
 from sentinel_ebpf.outputs.stats_table import stats_table
 
 __all__ = [
+    "TOTAL_INBOUND_RESOURCE",
     "MetricItem",
     "MetricLine",
     "MetricLineError",
@@ -35,6 +39,8 @@ __all__ = [
     "MetricsSnapshot",
     "ResourceType",
     "SentinelCollector",
+    "classification_of",
+    "default_const_labels",
     "format_line",
     "parse_line",
     "start_http_server",
