@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from conftest import MakeRuleSet
 from sentinel_ebpf.model import BlockType, ManualClock, Sentinel, State, StateChange
 from sentinel_ebpf.model.circuitbreaker import CircuitBreaker
+from sentinel_ebpf.rules import RuleSet
 from sentinel_ebpf.rules.circuitbreaker import CircuitBreakerRule, Strategy
+
+MakeRuleSet = Callable[..., RuleSet]  # the make_ruleset fixture (conftest.py)
 
 NOW = 1_700_000_000_000
 

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import MakeRuleSet
 from sentinel_ebpf.model import BlockType, ManualClock, Sentinel, SystemMetrics
 from sentinel_ebpf.model.flow import NS_PER_MS, ThrottlingChecker, WarmUpCalculator
 from sentinel_ebpf.model.stat import ResourceStat, rule_stat
+from sentinel_ebpf.rules import RuleSet
 from sentinel_ebpf.rules.flow import FlowRule, TokenCalculateStrategy
+
+MakeRuleSet = Callable[..., RuleSet]  # the make_ruleset fixture (conftest.py)
 
 T0_NS = 1_700_000_000_000 * NS_PER_MS
 

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import MakeRuleSet
 from sentinel_ebpf.model import BlockType, ManualClock, Sentinel
 from sentinel_ebpf.model.hotspot import LRU, HotspotController
+from sentinel_ebpf.rules import RuleSet
 from sentinel_ebpf.rules.hotspot import (
     ControlBehavior,
     HotspotRule,
@@ -19,6 +20,8 @@ from sentinel_ebpf.rules.hotspot import (
     SpecificItem,
     canonical_value,
 )
+
+MakeRuleSet = Callable[..., RuleSet]  # the make_ruleset fixture (conftest.py)
 
 NOW = 1_700_000_000_000
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from conftest import MakeRuleSet
+from collections.abc import Callable
+
 from sentinel_ebpf.model import BlockType, ManualClock, Sentinel, SystemMetrics
 from sentinel_ebpf.model.stat import ResourceStat
 from sentinel_ebpf.model.system import bbr_allows, check_rule
+from sentinel_ebpf.rules import RuleSet
 from sentinel_ebpf.rules.system import AdaptiveStrategy, MetricType, SystemRule
+
+MakeRuleSet = Callable[..., RuleSet]  # the make_ruleset fixture (conftest.py)
 
 NOW = 1_700_000_000_000
 
