@@ -1,0 +1,213 @@
+"""RuleSet -> the inbound maps' contents, as plain values; everything the hot path can do without is
+decided here (routes expanded per method, thresholds scaled, throttling costs precomputed).
+
+What the kernel data plane does not enforce yet is refused with a message naming the rule, never
+silently dropped.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from sentinel_ebpf._types import FlowBehavior, HttpMethod, RejectMode, SentinelLimits
+from sentinel_ebpf.errors import SentinelError
+from sentinel_ebpf.rules import RuleSet
+from sentinel_ebpf.rules.flow import ControlBehavior, FlowRule, RelationStrategy, TokenCalculateStrategy
+
+BUCKET_MS = int(SentinelLimits.SE_BUCKET_MS)
+WINDOW_MS = BUCKET_MS * int(SentinelLimits.SE_BUCKETS)
+DEFAULT_INTERVAL_MS = 1000
+METHODS = {m.name.removeprefix("HTTP_"): int(m) for m in HttpMethod if m.name.startswith("HTTP_") and
+           m not in (HttpMethod.HTTP_METHOD_NONE, HttpMethod.HTTP_METHOD_MAX)}  # fmt: skip
+
+
+class CompileError(SentinelError):
+    """The rule set uses something the kernel data plane cannot enforce (yet); ``problems`` lists it all."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("cannot enforce in the kernel:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+@dataclass(frozen=True)
+class KFlowRule:
+    stat_resource: int
+    behavior: int
+    interval_ms: int
+    threshold_milli: int
+    cost_ns: int
+    max_queue_ns: int
+
+
+@dataclass(frozen=True)
+class KResource:
+    id: int
+    name: str
+    isolation_threshold: int = 0
+    flow: tuple[KFlowRule, ...] = ()
+
+
+@dataclass(frozen=True)
+class KPort:
+    port: int
+    tcp_resource: int = 0
+    has_http: bool = False
+    reject_tcp: int = int(RejectMode.REJECT_RST)
+    reject_http: int = int(RejectMode.REJECT_RST)
+
+
+@dataclass(frozen=True)
+class KRoute:
+    port: int
+    method: int
+    path: bytes
+    resource: int
+
+
+@dataclass(frozen=True)
+class CompiledInbound:
+    resources: tuple[KResource, ...] = ()
+    ports: tuple[KPort, ...] = ()
+    routes: tuple[KRoute, ...] = ()
+    http_reply: bytes = b""
+    notes: tuple[str, ...] = field(default=(), compare=False)
+
+    def resource_id(self, name: str) -> int:
+        for r in self.resources:
+            if r.name == name:
+                return r.id
+        raise KeyError(name)
+
+
+def _interval(rule: FlowRule) -> int:
+    return rule.stat_interval_in_ms or DEFAULT_INTERVAL_MS
+
+
+def _flow(rule: FlowRule, ids: dict[str, int], where: str, problems: list[str]) -> KFlowRule | None:
+    if rule.token_calculate_strategy is not TokenCalculateStrategy.Direct:
+        problems.append(
+            f"{where}: tokenCalculateStrategy {rule.token_calculate_strategy.name} is not "
+            "enforced in the kernel yet (Direct only)"
+        )
+        return None
+    interval = _interval(rule)
+    if rule.control_behavior is ControlBehavior.Reject and (interval % BUCKET_MS or interval > WINDOW_MS):
+        problems.append(
+            f"{where}: statIntervalInMs {interval} must be a multiple of {BUCKET_MS} up to "
+            f"{WINDOW_MS} for the kernel's LeapArray"
+        )
+        return None
+    stat = rule.stat_resource
+    if stat not in ids:
+        problems.append(f"{where}: refResource {stat!r} is not a declared resource")
+        return None
+    if rule.control_behavior is ControlBehavior.Throttling:
+        if rule.relation_strategy is RelationStrategy.AssociatedResource:
+            problems.append(f"{where}: Throttling with AssociatedResource is not supported")
+            return None
+        cost_ns = 0 if rule.threshold <= 0 else math.ceil(interval * 1_000_000 / rule.threshold)
+        return KFlowRule(
+            ids[rule.resource],
+            int(FlowBehavior.FLOW_THROTTLING),
+            interval,
+            0,
+            cost_ns,
+            rule.max_queueing_time_ms * 1_000_000,
+        )
+    threshold_milli = math.floor(rule.threshold * 1000 + 1e-6)
+    return KFlowRule(ids[stat], int(FlowBehavior.FLOW_REJECT), interval, threshold_milli, 0, 0)
+
+
+def compile_inbound(rules: RuleSet) -> CompiledInbound:
+    """Map entries for the inbound resources of ``rules``; CompileError lists everything unsupported."""
+    problems: list[str] = []
+    if not rules.bound:
+        problems.append(
+            "the document declares no resources: the kernel needs each resource's match "
+            "(use this project's rules file format)"
+        )
+    inbound = [r for r in rules.resources if r.match.inbound]
+    for r in rules.resources:
+        if not r.match.inbound:
+            problems.append(f"resource {r.name!r}: outbound resources are not enforced yet")
+    if len(inbound) >= int(SentinelLimits.SE_MAX_RESOURCES):
+        problems.append(f"{len(inbound)} resources: at most {int(SentinelLimits.SE_MAX_RESOURCES) - 1}")
+    ids = {r.name: i + 1 for i, r in enumerate(inbound)}
+    for section, kind in (
+        (rules.circuit_breaker_rules, "circuitBreakerRules"),
+        (rules.hotspot_rules, "hotSpotParamRules"),
+        (rules.system_rules, "systemRules"),
+    ):
+        if section:
+            problems.append(f"{kind}: not enforced in the kernel yet ({len(section)} rule(s))")
+
+    flows: dict[str, list[KFlowRule]] = {}
+    for i, rule in enumerate(rules.flow_rules):
+        where = f"flowRules[{i}] ({rule.id or rule.resource})"
+        if rule.resource not in ids:
+            problems.append(f"{where}: resource {rule.resource!r} is not an inbound resource")
+            continue
+        k = _flow(rule, ids, where, problems)
+        if k is not None:
+            flows.setdefault(rule.resource, []).append(k)
+    limit = int(SentinelLimits.SE_FLOW_RULES_PER_RESOURCE)
+    for name, fl in flows.items():
+        if len(fl) > limit:
+            problems.append(f"resource {name!r}: {len(fl)} flow rules, the kernel checks at most {limit}")
+    isolation: dict[str, int] = {}
+    for i, iso in enumerate(rules.isolation_rules):
+        if iso.resource not in ids:
+            problems.append(f"isolationRules[{i}]: resource {iso.resource!r} is not an inbound resource")
+            continue
+        # several isolation rules on one resource: the smallest threshold decides first
+        isolation[iso.resource] = min(iso.threshold, isolation.get(iso.resource, iso.threshold))
+
+    reject_tcp = RejectMode.REJECT_DROP if rules.reject.tcp == "drop" else RejectMode.REJECT_RST
+    http_mode = {"rst": RejectMode.REJECT_RST, "drop": RejectMode.REJECT_DROP}.get(
+        rules.reject.http.mode, RejectMode.REJECT_HTTP_REPLY
+    )
+    notes: list[str] = []
+    if http_mode is RejectMode.REJECT_HTTP_REPLY:
+        # Unfinished: the kernel-built HTTP response. Say so instead of pretending.
+        notes.append(
+            "reject.http: the kernel-built HTTP response is not implemented yet; blocked HTTP "
+            "requests get a RST (connection reset) instead"
+        )
+        http_mode = RejectMode.REJECT_RST
+
+    ports: dict[int, KPort] = {}
+    routes: list[KRoute] = []
+    for r in inbound:
+        port = ports.get(
+            r.match.port, KPort(r.match.port, reject_tcp=int(reject_tcp), reject_http=int(http_mode))
+        )
+        if r.match.protocol == "tcp":
+            port = KPort(port.port, ids[r.name], port.has_http, port.reject_tcp, port.reject_http)
+        else:
+            port = KPort(port.port, port.tcp_resource, True, port.reject_tcp, port.reject_http)
+            path = (r.match.path or "/").encode()
+            methods = [METHODS[r.match.method]] if r.match.method else list(METHODS.values())
+            routes += [KRoute(r.match.port, m, path, ids[r.name]) for m in methods]
+        ports[r.match.port] = port
+    # A specific-method route must win over an any-method route with the same path.
+    seen: dict[tuple[int, int, bytes], KRoute] = {}
+    for route in routes:
+        key = (route.port, route.method, route.path)
+        res = next(x for x in inbound if ids[x.name] == route.resource)
+        if key in seen and res.match.method is None:
+            continue
+        seen[key] = route
+    if problems:
+        raise CompileError(problems)
+    resources = tuple(
+        KResource(ids[r.name], r.name, isolation.get(r.name, 0), tuple(flows.get(r.name, ())))
+        for r in inbound
+    )
+    return CompiledInbound(
+        resources,
+        tuple(ports.values()),
+        tuple(seen.values()),
+        rules.reject.http.response_bytes(),
+        tuple(notes),
+    )

@@ -1,0 +1,194 @@
+"""The inbound TC programs: load, apply compiled rules to their maps, attach to interfaces, read stats."""
+
+from __future__ import annotations
+
+import ctypes
+import socket
+from dataclasses import dataclass
+
+from sentinel_ebpf._types import (
+    BlockType,
+    DpCounter,
+    FlowRuleK,
+    HttpRouteKey,
+    PortConf,
+    PortCounter,
+    PortCounts,
+    ResConf,
+    ResStats,
+    SentinelLimits,
+)
+from sentinel_ebpf.errors import SentinelError
+from sentinel_ebpf.inbound.compiler import CompiledInbound
+from sentinel_ebpf.libbpf import BpfObject, TcAttachPoint, TcFilter, TcHook
+from sentinel_ebpf.objects import object_path
+from sentinel_ebpf.stats import BLOCK_TYPES, ResourceStats
+
+PATH_MAX = int(SentinelLimits.SE_PATH_MAX)
+# TC filter identity: a fixed handle/priority so `down` can find and remove ours after a crash.
+TC_HANDLE = 0x5E17
+TC_PRIORITY = 0x5E17
+
+_BLOCK_NAMES = {
+    int(BlockType.BLOCK_FLOW): "flow",
+    int(BlockType.BLOCK_ISOLATION): "isolation",
+    int(BlockType.BLOCK_CIRCUIT_BREAKING): "circuit_breaking",
+    int(BlockType.BLOCK_SYSTEM): "system",
+    int(BlockType.BLOCK_HOTSPOT): "hotspot",
+}
+
+
+def _u32(v: int) -> bytes:
+    return v.to_bytes(4, "little")
+
+
+def route_key(port: int, method: int, path: bytes) -> HttpRouteKey:
+    key = HttpRouteKey()
+    key.prefixlen = 24 + 8 * min(len(path), PATH_MAX)
+    key.port = socket.htons(port)
+    key.method = method
+    ctypes.memmove(key.path, path[:PATH_MAX], min(len(path), PATH_MAX))
+    return key
+
+
+@dataclass
+class _Attachment:
+    ifname: str
+    hook: TcHook
+    filters: list[TcFilter]
+
+
+class InboundDataplane:
+    """``with InboundDataplane() as dp: dp.apply(compiled); dp.attach("lo")``.
+
+    ``test_clock=True`` loads the programs with a clock the caller sets (``set_clock_ns``), for tests.
+    """
+
+    def __init__(self, *, test_clock: bool = False) -> None:
+        self.obj = BpfObject.open(object_path("inbound"))
+        try:
+            if test_clock:
+                self.obj.set_rodata(use_test_clock=True)
+            self.obj.load()
+        except BaseException:
+            self.obj.close()
+            raise
+        self.test_clock = test_clock
+        self.compiled = CompiledInbound()
+        self._attachments: list[_Attachment] = []
+
+    # -- rules ------------------------------------------------------------------------------------
+    def apply(self, compiled: CompiledInbound) -> None:
+        """Write ``compiled`` to the maps. Statistics of resources are reset (fresh rule set)."""
+        ports = self.obj.map("inbound_ports")
+        routes = self.obj.map("http_routes")
+        conf = self.obj.map("res_conf")
+        stats = self.obj.map("res_stats")
+        pstats = self.obj.map("port_stats")
+        for r in compiled.resources:
+            rc = ResConf()
+            rc.nflow = len(r.flow)
+            rc.isolation_threshold = r.isolation_threshold
+            for i, f in enumerate(r.flow):
+                rc.flow[i] = FlowRuleK(
+                    stat_resource=f.stat_resource, behavior=f.behavior, interval_ms=f.interval_ms,
+                    threshold_milli=f.threshold_milli, cost_ns=f.cost_ns, max_queue_ns=f.max_queue_ns,
+                )  # fmt: skip
+            conf.update(_u32(r.id), bytes(rc))
+            stats.update(_u32(r.id), bytes(ResStats()))
+        for route in compiled.routes:
+            routes.update(bytes(route_key(route.port, route.method, route.path)), _u32(route.resource))
+        for p in compiled.ports:
+            pc = PortConf(tcp_resource=p.tcp_resource, has_http=int(p.has_http), reject_tcp=p.reject_tcp,
+                          reject_http=p.reject_http)  # fmt: skip
+            key = p.port.to_bytes(2, "little")
+            pstats.update(key, bytes(PortCounts()))
+            ports.update(key, bytes(pc))
+        self.compiled = compiled
+
+    def clear(self) -> None:
+        """Remove every rule, route, statistic and in-flight entry (the programs then pass everything)."""
+        for name in ("inbound_ports", "http_routes", "inflight", "port_stats"):
+            self.obj.map(name).clear()
+        for name, size in (("res_conf", ctypes.sizeof(ResConf)), ("res_stats", ctypes.sizeof(ResStats))):
+            m = self.obj.map(name)
+            for r in self.compiled.resources:
+                m.update(_u32(r.id), bytes(size))
+        self.compiled = CompiledInbound()
+
+    def set_clock_ns(self, now_ns: int) -> None:
+        if not self.test_clock:
+            raise SentinelError("set_clock_ns needs InboundDataplane(test_clock=True)")
+        bss = next(m for name, m in self.obj.maps.items() if name.endswith(".bss"))
+        raw = bytearray(bss.lookup(0))
+        raw[0:8] = now_ns.to_bytes(8, "little")  # test_clock_ns is the only .bss variable
+        bss.update(0, bytes(raw))
+
+    # -- attachment -------------------------------------------------------------------------------
+    def attach(self, ifname: str) -> None:
+        ifindex = socket.if_nametoindex(ifname)
+        hook = TcHook(ifindex).create()
+        att = _Attachment(ifname, hook, [])
+        self._attachments.append(att)
+        for prog, point in (("tc_ingress", TcAttachPoint.INGRESS), ("tc_egress", TcAttachPoint.EGRESS)):
+            att.filters.append(
+                hook.attach(
+                    self.obj.program(prog), point, handle=TC_HANDLE, priority=TC_PRIORITY, replace=True
+                )
+            )
+
+    def detach_all(self) -> None:
+        while self._attachments:
+            att = self._attachments.pop()
+            for f in att.filters:
+                f.close()
+            att.hook.destroy()
+
+    # -- statistics -------------------------------------------------------------------------------
+    def raw_stats(self, resource_id: int) -> ResStats:
+        return ResStats.from_buffer_copy(self.obj.map("res_stats").lookup(_u32(resource_id)))
+
+    def resource_stats(self) -> list[ResourceStats]:
+        out = []
+        for r in self.compiled.resources:
+            st = self.raw_stats(r.id)
+            by_type = dict.fromkeys(BLOCK_TYPES, 0)
+            for code, name in _BLOCK_NAMES.items():
+                by_type[name] = int(st.block_by_type[code])
+            out.append(ResourceStats(
+                name=r.name, passed=st.total_pass, blocked=st.total_block, complete=st.total_complete,
+                error=st.total_error, concurrency=max(0, st.concurrency), rt_sum_ms=float(st.total_rt_ms),
+                block_by_type=by_type, flow_wait_total=st.flow_wait,
+                flow_threshold=(r.flow[0].threshold_milli / 1000 if r.flow else None),
+            ))  # fmt: skip
+        return out
+
+    def counters(self) -> dict[str, int]:
+        m = self.obj.map("dp_counters")
+        return {
+            c.name.removeprefix("DP_").lower(): sum(
+                int.from_bytes(v, "little") for v in m.lookup(_u32(int(c)))
+            )
+            for c in DpCounter
+            if c is not DpCounter.DP_COUNTER_MAX
+        }
+
+    def port_counters(self, port: int) -> dict[str, int]:
+        raw = PortCounts.from_buffer_copy(self.obj.map("port_stats").lookup(port.to_bytes(2, "little")))
+        return {
+            c.name.removeprefix("PORT_").lower(): int(raw.count[int(c)])
+            for c in PortCounter
+            if c is not PortCounter.PORT_COUNTER_MAX
+        }
+
+    def close(self) -> None:
+        try:
+            self.detach_all()
+        finally:
+            self.obj.close()
+
+    def __enter__(self) -> InboundDataplane:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,358 @@
+"""The inbound TC programs through BPF_PROG_TEST_RUN with an injected clock, against the reference model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from packets import (
+    ACK,
+    FIN,
+    PSH,
+    RST,
+    SYN,
+    SYN_OPTIONS,
+    TC_ACT_OK,
+    TC_ACT_REDIRECT,
+    TC_ACT_SHOT,
+    http_request,
+    http_response,
+    parse_frame,
+    tcp_frame,
+)
+
+from sentinel_ebpf.errors import BpfError
+from sentinel_ebpf.inbound import CompileError, InboundDataplane, compile_inbound
+from sentinel_ebpf.model.clock import ManualClock
+from sentinel_ebpf.model.sentinel import Sentinel
+from sentinel_ebpf.rules import RuleSet, load_text
+
+pytestmark = pytest.mark.kernel
+
+CLIENT, SERVER = "127.0.0.2", "127.0.0.1"
+T0_MS = 1_578_416_556_900  # sentinel-golang's read-view test instant
+
+
+@pytest.fixture(scope="module")
+def loaded() -> Iterator[InboundDataplane]:
+    with InboundDataplane(test_clock=True) as d:
+        yield d
+
+
+@pytest.fixture
+def dp(loaded: InboundDataplane) -> Iterator[InboundDataplane]:
+    loaded.clear()
+    counters = loaded.obj.map("dp_counters")
+    for idx in range(counters.max_entries):
+        counters.update(
+            idx.to_bytes(4, "little"), [bytes(8)] * len(counters.lookup(idx.to_bytes(4, "little")))
+        )
+    yield loaded
+
+
+def rules(text: str) -> RuleSet:
+    return load_text(text, "test.yaml")
+
+
+class Harness:
+    """Feeds the same arrivals to the kernel (test run) and the reference model, on one clock."""
+
+    def __init__(self, dp: InboundDataplane, rs: RuleSet) -> None:
+        self.dp = dp
+        self.clock = ManualClock(T0_MS)
+        self.model = Sentinel(rs, clock=self.clock)
+        dp.apply(compile_inbound(rs))
+        self.ingress = dp.obj.program("tc_ingress")
+        self.egress = dp.obj.program("tc_egress")
+        self.sport = 20000
+
+    def at(self, ms: float) -> None:
+        self.clock.set_ns(int(T0_MS * 1_000_000 + ms * 1_000_000))
+        self.dp.set_clock_ns(self.clock.now_ns())
+
+    def syn(self, port: int = 8080) -> int:
+        self.sport += 1
+        frame = tcp_frame(CLIENT, SERVER, self.sport, port, flags=SYN, seq=7000, ack=0, options=SYN_OPTIONS)
+        return self.ingress.test_run(frame).retval
+
+    def request(self, method: str, path: str, port: int = 8080, sport: int | None = None) -> bool:
+        """True when the request went on to the server unchanged."""
+        if sport is None:
+            self.sport += 1
+            sport = self.sport
+        frame = tcp_frame(CLIENT, SERVER, sport, port, flags=PSH | ACK, payload=http_request(method, path))
+        res = self.ingress.test_run(frame)
+        return res.retval == TC_ACT_OK and res.data_out == frame
+
+
+def test_tcp_flow_reject_matches_the_model_and_answers_with_rst(dp: InboundDataplane) -> None:
+    rs = rules("""
+resources:
+  - {name: web-conns, match: {protocol: tcp, port: 8080}}
+flowRules:
+  - {resource: web-conns, threshold: 5, statIntervalInMs: 1000}
+""")
+    h = Harness(dp, rs)
+    verdicts = []
+    for i in range(40):  # 8 arrivals per 100 ms over 500 ms... then a quiet gap
+        h.at(i * 60)
+        kernel_pass = h.syn() == TC_ACT_OK
+        entry = h.model.entry("web-conns")
+        assert kernel_pass == entry.passed, f"arrival {i} at {i * 60} ms"
+        verdicts.append(kernel_pass)
+    assert 0 < sum(verdicts) < len(verdicts)
+    st = dp.resource_stats()[0]
+    model = h.model.stats("web-conns")
+    assert (st.passed, st.blocked, st.block_by_type["flow"]) == (model.passed, model.blocked, model.blocked)
+
+
+def test_rst_for_a_blocked_syn_is_exact(dp: InboundDataplane) -> None:
+    h = Harness(
+        dp,
+        rules("""
+resources:
+  - {name: web-conns, match: {protocol: tcp, port: 8080}}
+flowRules:
+  - {resource: web-conns, threshold: 0}
+"""),
+    )
+    h.at(0)
+    frame = tcp_frame(CLIENT, SERVER, 40000, 8080, flags=SYN, seq=7000, ack=0, options=SYN_OPTIONS)
+    res = h.ingress.test_run(frame)
+    assert res.retval == TC_ACT_REDIRECT
+    out = parse_frame(res.data_out)
+    assert (out.src, out.dst, out.sport, out.dport) == (SERVER, CLIENT, 8080, 40000)
+    assert (out.flags, out.seq, out.ack, out.doff, out.payload) == (RST | ACK, 0, 7001, 20, b"")
+    assert out.src_mac == frame[0:6] and out.dst_mac == frame[6:12]
+    assert out.ip_csum_ok and out.tcp_csum_ok
+    assert dp.counters()["rst_sent"] == 1
+
+
+def test_blocked_syn_is_dropped_when_configured(dp: InboundDataplane) -> None:
+    h = Harness(
+        dp,
+        rules("""
+resources:
+  - {name: c, match: {protocol: tcp, port: 8080}}
+flowRules:
+  - {resource: c, threshold: 0}
+reject: {tcp: drop}
+"""),
+    )
+    h.at(0)
+    assert h.syn() == TC_ACT_SHOT
+
+
+def test_http_blocked_request_becomes_rst_to_the_server(dp: InboundDataplane) -> None:
+    h = Harness(
+        dp,
+        rules("""
+resources:
+  - {name: api, match: {protocol: http, port: 8080, path: /api}}
+flowRules:
+  - {resource: api, threshold: 0}
+reject: {http: {mode: rst}}
+"""),
+    )
+    h.at(0)
+    payload = http_request("GET", "/api/x")
+    frame = tcp_frame(CLIENT, SERVER, 40001, 8080, flags=PSH | ACK, seq=5000, ack=9000, payload=payload)
+    res = h.ingress.test_run(frame)
+    assert res.retval == TC_ACT_OK  # the skb goes on to the server as a RST in place of the request
+    out = parse_frame(res.data_out)
+    assert (out.src, out.dst, out.sport, out.dport) == (CLIENT, SERVER, 40001, 8080)
+    assert (out.flags, out.seq, out.ack, out.payload) == (RST | ACK, 5000, 9000, b"")
+    assert out.ip_csum_ok and out.tcp_csum_ok
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "expect"),
+    [
+        ("GET", "/api/orders/42", "GET:/api/orders"),
+        ("GET", "/api/orders", "GET:/api/orders"),
+        ("GET", "/api/order", "api"),
+        ("POST", "/api/orders", "api"),  # GET-only route: the any-method /api wins
+        ("GET", "/api", "api"),
+        ("GET", "/other", None),
+    ],
+)
+def test_longest_prefix_and_method(dp: InboundDataplane, method: str, path: str, expect: str | None) -> None:
+    h = Harness(
+        dp,
+        rules("""
+resources:
+  - {name: "GET:/api/orders", match: {protocol: http, port: 8080, method: GET, path: /api/orders}}
+  - {name: api, match: {protocol: http, port: 8080, path: /api}}
+"""),
+    )
+    h.at(0)
+    assert h.request(method, path)
+    passed = {s.name: s.passed for s in dp.resource_stats()}
+    assert passed == {"GET:/api/orders": int(expect == "GET:/api/orders"), "api": int(expect == "api")}
+    assert dp.port_counters(8080)["no_route"] == int(expect is None)
+
+
+def test_completion_rt_errors_and_isolation(dp: InboundDataplane) -> None:
+    h = Harness(
+        dp,
+        rules("""
+resources:
+  - {name: slow, match: {protocol: http, port: 8080, path: /}}
+isolationRules:
+  - {resource: slow, threshold: 2}
+"""),
+    )
+    h.at(0)
+    assert h.request("GET", "/a", sport=30001)
+    assert h.request("GET", "/b", sport=30002)
+    assert not h.request("GET", "/c", sport=30003)  # third in flight: isolation
+    st = dp.resource_stats()[0]
+    assert (st.concurrency, st.block_by_type["isolation"]) == (2, 1)
+    h.at(250)
+    reply = tcp_frame(SERVER, CLIENT, 8080, 30001, flags=PSH | ACK, payload=http_response(503))
+    assert h.egress.test_run(reply).retval == TC_ACT_OK
+    h.at(400)
+    reply = tcp_frame(SERVER, CLIENT, 8080, 30002, flags=PSH | ACK, payload=http_response(200))
+    assert h.egress.test_run(reply).retval == TC_ACT_OK
+    st = dp.resource_stats()[0]
+    assert (st.complete, st.error, st.concurrency, st.rt_sum_ms) == (2, 1, 0, 650.0)
+    assert h.request("GET", "/d", sport=30004)
+
+
+def test_connection_concurrency_ends_with_fin(dp: InboundDataplane) -> None:
+    h = Harness(
+        dp,
+        rules("""
+resources:
+  - {name: c, match: {protocol: tcp, port: 8080}}
+isolationRules:
+  - {resource: c, threshold: 1}
+"""),
+    )
+    h.at(0)
+    syn = tcp_frame(CLIENT, SERVER, 31000, 8080, flags=SYN, seq=1, ack=0)
+    assert h.ingress.test_run(syn).retval == TC_ACT_OK
+    assert h.ingress.test_run(syn).retval == TC_ACT_OK  # retransmitted SYN: not counted twice
+    assert h.syn() != TC_ACT_OK
+    h.at(1500)
+    fin = tcp_frame(CLIENT, SERVER, 31000, 8080, flags=FIN | ACK)
+    assert h.ingress.test_run(fin).retval == TC_ACT_OK
+    st = dp.resource_stats()[0]
+    assert (st.passed, st.blocked, st.complete, st.concurrency, st.rt_sum_ms) == (1, 1, 1, 0, 1500.0)
+
+
+def test_throttling_matches_the_model(dp: InboundDataplane) -> None:
+    rs = rules("""
+resources:
+  - {name: t, match: {protocol: tcp, port: 8080}}
+flowRules:
+  - {resource: t, threshold: 10, controlBehavior: 1, maxQueueingTimeMs: 250}
+""")
+    h = Harness(dp, rs)
+    outcomes = []
+    for i in range(60):
+        h.at(i * 20)
+        k = h.syn() == TC_ACT_OK
+        assert k == h.model.entry("t").passed, f"arrival {i}"
+        outcomes.append(k)
+    assert 0 < sum(outcomes) < 60
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b"",
+        b"\x00" * 14,
+        tcp_frame(CLIENT, SERVER, 1, 8080, flags=SYN)[:34],  # IPv4 header whose TCP header is missing
+        tcp_frame(CLIENT, SERVER, 1, 8080, flags=SYN)[:40],  # truncated TCP
+        bytes.fromhex("0200000000020200000000010806") + b"\x00" * 28,  # ARP
+        tcp_frame(CLIENT, SERVER, 1, 9999, flags=SYN),  # a port nobody protects
+        tcp_frame("::2", "::1", 1, 8080, flags=PSH | ACK, payload=b"x"),  # data on a TCP resource: not a SYN
+    ],
+)
+def test_malformed_and_foreign_frames_pass(dp: InboundDataplane, frame: bytes) -> None:
+    h = Harness(
+        dp,
+        rules("""
+resources:
+  - {name: c, match: {protocol: tcp, port: 8080}}
+flowRules:
+  - {resource: c, threshold: 100}
+"""),
+    )
+    h.at(0)
+    if len(frame) < 14:  # the kernel refuses to build an skb without an Ethernet header
+        with pytest.raises(BpfError, match="test run"):
+            h.ingress.test_run(frame)
+        return
+    res = h.ingress.test_run(frame)
+    assert res.retval == TC_ACT_OK and res.data_out == frame
+    assert dp.resource_stats()[0].passed == 0
+    truncated_tcp = frame[12:14] == b"\x08\x00" and len(frame) < 54
+    assert dp.counters()["malformed"] == int(truncated_tcp)
+
+
+def test_ipv6_syn_counts_and_is_answered_with_a_valid_rst(dp: InboundDataplane) -> None:
+    h = Harness(
+        dp,
+        rules("""
+resources:
+  - {name: c, match: {protocol: tcp, port: 8080}}
+flowRules:
+  - {resource: c, threshold: 1}
+"""),
+    )
+    h.at(0)
+    first = tcp_frame("fd00::2", "fd00::1", 40000, 8080, flags=SYN, seq=10, ack=0, options=SYN_OPTIONS)
+    assert h.ingress.test_run(first).retval == TC_ACT_OK
+    second = tcp_frame("fd00::2", "fd00::1", 40001, 8080, flags=SYN, seq=10, ack=0, options=SYN_OPTIONS)
+    res = h.ingress.test_run(second)
+    assert res.retval == TC_ACT_REDIRECT
+    out = parse_frame(res.data_out)
+    assert (out.src, out.dst, out.sport, out.dport, out.flags, out.ack) == (
+        "fd00::1",
+        "fd00::2",
+        8080,
+        40001,
+        RST | ACK,
+        11,
+    )
+    assert out.tcp_csum_ok
+
+
+def test_unclassified_http_traffic_is_counted(dp: InboundDataplane) -> None:
+    h = Harness(
+        dp,
+        rules("""
+resources:
+  - {name: api, match: {protocol: http, port: 8080, path: /}}
+"""),
+    )
+    h.at(0)
+    expected = dict.fromkeys(("tls", "http2", "not_request_line", "no_route", "gso"), 0)
+    for payload, counter in (
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", "tls"),
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "http2"),
+        (b"some request body bytes", "not_request_line"),
+        (b"GET /very/long/path/that/is/cut", "not_request_line"),  # request line continues later
+    ):
+        frame = tcp_frame(CLIENT, SERVER, 40000, 8080, flags=PSH | ACK, payload=payload)
+        assert h.ingress.test_run(frame).retval == TC_ACT_OK
+        expected[counter] += 1
+        assert dp.port_counters(8080) == expected, payload
+    assert dp.resource_stats()[0].passed == 0
+
+
+def test_unsupported_rules_are_refused_by_name() -> None:
+    rs = rules("""
+resources:
+  - {name: a, match: {protocol: tcp, port: 8080}}
+flowRules:
+  - {id: warm, resource: a, threshold: 10, tokenCalculateStrategy: 1, warmUpPeriodSec: 10}
+  - {resource: a, threshold: 10, statIntervalInMs: 1200}
+""")
+    with pytest.raises(CompileError) as exc:
+        compile_inbound(rs)
+    text = str(exc.value)
+    assert "flowRules[0] (warm): tokenCalculateStrategy WarmUp" in text
+    assert "statIntervalInMs 1200 must be a multiple of 500" in text
