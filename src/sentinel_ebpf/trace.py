@@ -79,7 +79,13 @@ def _addr(family: int, raw: Iterable[int]) -> str:
     data = bytes(raw)
     if family == socket.AF_INET:
         return str(ipaddress.IPv4Address(data[:4]))
-    return str(ipaddress.IPv6Address(data[:16]))
+    v6 = ipaddress.IPv6Address(data[:16])
+    # An IPv4 peer of a dual-stack socket: show the IPv4 address users know it by.
+    return str(v6.ipv4_mapped) if v6.ipv4_mapped else str(v6)
+
+
+def _is_v4(family: int, raw: Iterable[int]) -> bool:
+    return family == socket.AF_INET or ipaddress.IPv6Address(bytes(raw)[:16]).ipv4_mapped is not None
 
 
 @dataclass
@@ -103,7 +109,7 @@ def decode(raw: bytes, clock: _Clock | None = None) -> Connection:
         tid=ev.tid,
         uid=ev.uid,
         comm=ev.comm.decode(errors="replace"),
-        family=4 if ev.family == socket.AF_INET else 6,
+        family=4 if _is_v4(ev.family, ev.daddr) else 6,
         saddr=_addr(ev.family, ev.saddr),
         sport=ev.sport,
         daddr=_addr(ev.family, ev.daddr),

@@ -185,7 +185,7 @@ def _format_va(fmt: bytes, va_list: int | None) -> str:
         if _format_buf is None:
             _format_buf = ctypes.create_string_buffer(_FORMAT_BUF_BYTES)
         n = _libc().vsnprintf(_format_buf, _FORMAT_BUF_BYTES, fmt, c_void_p(va_list))
-        return _format_buf.raw[: max(0, min(n, _FORMAT_BUF_BYTES - 1))].decode(errors="replace")
+        return ctypes.string_at(_format_buf, max(0, min(n, _FORMAT_BUF_BYTES - 1))).decode(errors="replace")
 
 
 def _on_print(level: int, fmt: bytes, va_list: int | None) -> int:

@@ -112,6 +112,13 @@ def test_decode_ipv6_accept_event() -> None:
     assert (conn.direction, conn.outcome) == ("accept", "established")
 
 
+def test_decode_reports_ipv4_mapped_peers_as_ipv4() -> None:
+    mapped = socket.inet_pton(socket.AF_INET6, "::ffff:10.200.1.2")
+    raw = _event(socket.AF_INET6, mapped, socket.inet_pton(socket.AF_INET6, "::ffff:10.200.1.1"))
+    conn = decode(raw, _Clock(offset=0.0))
+    assert (conn.family, conn.saddr, conn.daddr) == (4, "10.200.1.2", "10.200.1.1")
+
+
 def test_decode_rejects_short_records() -> None:
     with pytest.raises(ValueError, match="short conn_event"):
         decode(b"\0" * 10)
