@@ -120,6 +120,20 @@ class FlowKind(IntEnum):
     FLOW_KIND_REQUEST = 1
 
 
+class PortKey(ctypes.Structure):
+    """``struct port_key``."""
+
+    _pack_ = 1
+    _fields_ = [
+        ("port", ctypes.c_uint16),
+        ("gen", ctypes.c_uint8),
+        ("_pad", ctypes.c_uint8),
+    ]
+
+
+assert ctypes.sizeof(PortKey) == 4
+
+
 class PortConf(ctypes.Structure):
     """``struct port_conf``."""
 
@@ -154,10 +168,10 @@ class HttpRouteKey(ctypes.Structure):
     _pack_ = 1
     _fields_ = [
         ("prefixlen", ctypes.c_uint32),
-        ("port", ctypes.c_uint16),
+        ("gen", ctypes.c_uint8),
         ("method", ctypes.c_uint8),
+        ("port", ctypes.c_uint16),
         ("path", (ctypes.c_uint8 * 64)),
-        ("_pad0", ctypes.c_uint8 * 1),
     ]
 
 
@@ -191,10 +205,11 @@ class ResConf(ctypes.Structure):
         ("nflow", ctypes.c_uint32),
         ("isolation_threshold", ctypes.c_uint32),
         ("flow", (FlowRuleK * 4)),
+        ("last_passed_ns", (ctypes.c_uint64 * 4)),
     ]
 
 
-assert ctypes.sizeof(ResConf) == 168
+assert ctypes.sizeof(ResConf) == 200
 
 
 class StatBucket(ctypes.Structure):
@@ -228,11 +243,10 @@ class ResStats(ctypes.Structure):
         ("total_rt_ms", ctypes.c_uint64),
         ("block_by_type", (ctypes.c_uint64 * 6)),
         ("flow_wait", ctypes.c_uint64),
-        ("last_passed_ns", (ctypes.c_uint64 * 4)),
     ]
 
 
-assert ctypes.sizeof(ResStats) == 1096
+assert ctypes.sizeof(ResStats) == 1064
 
 
 class FlowKey(ctypes.Structure):

@@ -61,7 +61,7 @@ class Harness:
         self.dp = dp
         self.clock = ManualClock(T0_MS)
         self.model = Sentinel(rs, clock=self.clock)
-        dp.apply(compile_inbound(rs))
+        dp.apply(dp.compile(rs))
         self.ingress = dp.obj.program("tc_ingress")
         self.egress = dp.obj.program("tc_egress")
         self.sport = 20000
@@ -356,3 +356,62 @@ flowRules:
     text = str(exc.value)
     assert "flowRules[0] (warm): tokenCalculateStrategy WarmUp" in text
     assert "statIntervalInMs 1200 must be a multiple of 500" in text
+
+
+RELOAD_BASE = """
+resources:
+  - {name: api, match: {protocol: http, port: 8080, path: /api}}
+  - {name: web, match: {protocol: http, port: 8080, path: /}}
+flowRules:
+  - {resource: api, threshold: 2}
+"""
+
+
+def _gen_entries(dp: InboundDataplane) -> dict[int, int]:
+    """How many port entries each generation has."""
+    counts = {0: 0, 1: 0}
+    for key in dp.obj.map("inbound_ports"):
+        counts[key[2]] += 1
+    return counts
+
+
+def test_reload_is_a_generation_switch_that_keeps_statistics(dp: InboundDataplane) -> None:
+    h = Harness(dp, rules(RELOAD_BASE))
+    h.at(0)
+    assert [h.request("GET", "/api/a") for _ in range(3)] == [True, True, False]
+    assert h.request("GET", "/index")
+    api_id = dp.compiled.resource_id("api")
+    gen_before = dp.gen
+    assert not dp.apply(dp.compile(rules(RELOAD_BASE))), "an unchanged rule set must be a no-op"
+
+    changed = RELOAD_BASE.replace("threshold: 2", "threshold: 4").replace(
+        "resources:\n", "resources:\n  - {name: new, match: {protocol: tcp, port: 9090}}\n"
+    )
+    assert dp.apply(dp.compile(rules(changed)))
+    assert dp.gen != gen_before
+    assert _gen_entries(dp) == {dp.gen: 2, 1 - dp.gen: 0}, "the old generation must be gone"
+    assert dp.compiled.resource_id("api") == api_id
+    stats = {s.name: s for s in dp.resource_stats()}
+    assert (stats["api"].passed, stats["api"].blocked, stats["web"].passed) == (2, 1, 1)  # kept
+    assert stats["new"].passed == 0
+    # the new limit is in force at once, on the same window: 2 passed so far, 2 more allowed
+    assert [h.request("GET", "/api/b") for _ in range(3)] == [True, True, False]
+
+
+def test_a_failed_apply_leaves_the_rules_in_force(
+    dp: InboundDataplane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h = Harness(dp, rules(RELOAD_BASE))
+    gen, compiled = dp.gen, dp.compiled
+    tighter = dp.compile(rules(RELOAD_BASE.replace("threshold: 2", "threshold: 0")))
+
+    def broken(*_args: object) -> None:
+        raise BpfError("update map http_routes", 12)
+
+    monkeypatch.setattr(dp, "_write_ports_routes", broken)
+    with pytest.raises(BpfError):
+        dp.apply(tighter)
+    assert (dp.gen, dp.compiled) == (gen, compiled)
+    assert _gen_entries(dp) == {gen: 1, 1 - gen: 0}
+    h.at(0)
+    assert h.request("GET", "/api/x"), "the old limit (2) still applies"

@@ -19,9 +19,16 @@
 #define TC_ACT_SHOT 2
 
 struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);               /* the generation in force, 0 or 1 */
+} active_gen SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, SE_PORTS_MAX);
-	__type(key, __u16);                 /* local port, host byte order */
+	__uint(max_entries, 2 * SE_PORTS_MAX);
+	__type(key, struct port_key);
 	__type(value, struct port_conf);
 } inbound_ports SEC(".maps");
 
@@ -34,7 +41,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 16384);
+	__uint(max_entries, 32768);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct http_route_key);
 	__type(value, __u32);               /* resource id */
@@ -42,7 +49,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, SE_MAX_RESOURCES);
+	__uint(max_entries, 2 * SE_MAX_RESOURCES);
 	__type(key, __u32);
 	__type(value, struct res_conf);
 } res_conf SEC(".maps");
@@ -88,6 +95,21 @@ const enum port_counter _port_counter_unused __attribute__((unused)) = PORT_TLS;
 const enum dp_counter _dp_counter_unused __attribute__((unused)) = DP_PACKETS;
 const enum flow_kind _flow_kind_unused __attribute__((unused)) = FLOW_KIND_CONNECTION;
 
+static __always_inline __u8 current_gen(void)
+{
+	__u32 zero = 0;
+	__u32 *gen = bpf_map_lookup_elem(&active_gen, &zero);
+
+	return gen && *gen ? 1 : 0;
+}
+
+static __always_inline struct port_conf *port_lookup(__u16 port, __u8 gen)
+{
+	struct port_key k = { .port = port, .gen = gen };
+
+	return bpf_map_lookup_elem(&inbound_ports, &k);
+}
+
 static __always_inline void port_count(__u16 port, __u32 what)
 {
 	struct port_counts *ps = bpf_map_lookup_elem(&port_stats, &port);
@@ -115,9 +137,10 @@ static __always_inline void make_key(struct flow_key *k, const struct pkt *p, bo
 }
 
 /* Sentinel's checks in order (flow, isolation); returns the block type or BLOCK_NONE. */
-static __always_inline __u32 check_resource(__u32 res, struct res_stats *st, __u64 now)
+static __always_inline __u32 check_resource(__u32 res, __u8 gen, struct res_stats *st, __u64 now)
 {
-	struct res_conf *rc = bpf_map_lookup_elem(&res_conf, &res);
+	__u32 idx = gen * SE_MAX_RESOURCES + res;
+	struct res_conf *rc = bpf_map_lookup_elem(&res_conf, &idx);
 	__u64 now_ms = now / 1000000;
 
 	if (!rc)
@@ -130,7 +153,7 @@ static __always_inline __u32 check_resource(__u32 res, struct res_stats *st, __u
 		if (r->behavior == FLOW_THROTTLING) {
 			__u64 waited = 0;
 
-			if (!throttle_admit(&st->last_passed_ns[i], r, now, &waited))
+			if (!throttle_admit(&rc->last_passed_ns[i], r, now, &waited))
 				return BLOCK_FLOW;
 			if (waited)
 				__sync_fetch_and_add(&st->flow_wait, 1);
@@ -153,7 +176,7 @@ static __always_inline __u32 check_resource(__u32 res, struct res_stats *st, __u
 }
 
 /* Admit or block one request of `res`; on pass, track it as in flight under `key`. */
-static __always_inline __u32 judge(__u32 res, const struct flow_key *key, __u8 is_http)
+static __always_inline __u32 judge(__u32 res, __u8 gen, const struct flow_key *key, __u8 is_http)
 {
 	struct res_stats *st = bpf_map_lookup_elem(&res_stats, &res);
 	__u64 now = now_ns();
@@ -162,7 +185,7 @@ static __always_inline __u32 judge(__u32 res, const struct flow_key *key, __u8 i
 
 	if (!st)
 		return BLOCK_NONE;
-	verdict = check_resource(res, st, now);
+	verdict = check_resource(res, gen, st, now);
 	if (verdict != BLOCK_NONE) {
 		stat_block(st, now_ms, verdict);
 		return verdict;
@@ -284,7 +307,7 @@ fail:
 }
 
 static __always_inline int on_http_segment(struct __sk_buff *skb, const struct pkt *p, const struct port_conf *pc,
-					   __u16 port)
+					   __u16 port, __u8 gen)
 {
 	__u32 zero = 0, n, mlen = 0, plen = 0;
 	struct peek *pk = bpf_map_lookup_elem(&peek_scratch, &zero);
@@ -333,7 +356,8 @@ static __always_inline int on_http_segment(struct __sk_buff *skb, const struct p
 		port_count(port, PORT_GSO);
 		return TC_ACT_OK;
 	}
-	key.prefixlen = 24 + plen * 8;
+	key.prefixlen = 32 + plen * 8;
+	key.gen = gen;
 	key.port = p->dport;
 	key.method = method;
 
@@ -344,7 +368,7 @@ static __always_inline int on_http_segment(struct __sk_buff *skb, const struct p
 	}
 	struct flow_key fk;
 	make_key(&fk, p, true, FLOW_KIND_REQUEST);
-	if (judge(*res, &fk, 1) == BLOCK_NONE)
+	if (judge(*res, gen, &fk, 1) == BLOCK_NONE)
 		return TC_ACT_OK;
 	return reject(skb, p, pc->reject_http, false);
 }
@@ -364,7 +388,8 @@ int tc_ingress(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	}
 	__u16 port = bpf_ntohs(p.dport);
-	struct port_conf *pc = bpf_map_lookup_elem(&inbound_ports, &port);
+	__u8 gen = current_gen();
+	struct port_conf *pc = port_lookup(port, gen);
 	if (!pc)
 		return TC_ACT_OK;
 
@@ -382,12 +407,12 @@ int tc_ingress(struct __sk_buff *skb)
 		make_key(&fk, &p, true, FLOW_KIND_CONNECTION);
 		if (bpf_map_lookup_elem(&inflight, &fk))
 			return TC_ACT_OK; /* a retransmitted SYN was already counted */
-		if (judge(pc->tcp_resource, &fk, 0) == BLOCK_NONE)
+		if (judge(pc->tcp_resource, gen, &fk, 0) == BLOCK_NONE)
 			return TC_ACT_OK;
 		return reject(skb, &p, pc->reject_tcp, true);
 	}
 	if (p.payload_len && pc->has_http)
-		return on_http_segment(skb, &p, pc, port);
+		return on_http_segment(skb, &p, pc, port, gen);
 	return TC_ACT_OK;
 }
 
@@ -401,7 +426,7 @@ int tc_egress(struct __sk_buff *skb)
 	if (parse_tcp(skb, &p) != PARSE_OK)
 		return TC_ACT_OK;
 	__u16 port = bpf_ntohs(p.sport);
-	struct port_conf *pc = bpf_map_lookup_elem(&inbound_ports, &port);
+	struct port_conf *pc = port_lookup(port, current_gen());
 	if (!pc)
 		return TC_ACT_OK;
 

@@ -103,6 +103,18 @@ enum dp_counter {
 	DP_COUNTER_MAX = 6,
 };
 
+/*
+ * Rule sets are applied atomically by generation: ports, routes and resource configurations of the next
+ * generation are written beside the current ones, then `active_gen` flips (one 4-byte store), then the
+ * old generation is deleted. Statistics are keyed by resource id alone, so a resource that stays keeps
+ * its statistics across reloads.
+ */
+struct port_key {
+	__u16 port;                 /* host byte order */
+	__u8 gen;                   /* 0 or 1 */
+	__u8 _pad;
+};
+
 /* inbound_ports value: what is protected on a local port. */
 struct port_conf {
 	__u32 tcp_resource;         /* resource counting connections (SYN) on this port, 0 = none */
@@ -119,9 +131,10 @@ struct port_counts {
 
 /* http_routes LPM key: prefixlen counts bits after itself (port, method, path). */
 struct http_route_key {
-	__u32 prefixlen;
-	__u16 port;                 /* network byte order */
+	__u32 prefixlen;            /* 32 + 8 x path bytes: gen, method and port always match in full */
+	__u8 gen;
 	__u8 method;                /* enum http_method */
+	__u16 port;                 /* network byte order */
 	__u8 path[SE_PATH_MAX];
 };
 
@@ -135,11 +148,12 @@ struct flow_rule_k {
 	__u64 max_queue_ns;         /* Throttling: maxQueueingTimeMs */
 };
 
-/* res_conf value, indexed by resource id. */
+/* res_conf value, indexed by gen * SE_MAX_RESOURCES + resource id. */
 struct res_conf {
 	__u32 nflow;
 	__u32 isolation_threshold;  /* 0 = no isolation rule */
 	struct flow_rule_k flow[SE_FLOW_RULES_PER_RESOURCE];
+	__u64 last_passed_ns[SE_FLOW_RULES_PER_RESOURCE]; /* Throttling state, written by the kernel */
 };
 
 struct stat_bucket {
@@ -162,7 +176,6 @@ struct res_stats {
 	__u64 total_rt_ms;
 	__u64 block_by_type[BLOCK_TYPE_MAX];
 	__u64 flow_wait;            /* admitted into the throttling virtual queue with a wait > 0 */
-	__u64 last_passed_ns[SE_FLOW_RULES_PER_RESOURCE]; /* Throttling state per flow rule */
 };
 
 enum flow_kind {

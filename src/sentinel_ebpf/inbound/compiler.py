@@ -8,6 +8,7 @@ silently dropped.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from sentinel_ebpf._types import FlowBehavior, HttpMethod, RejectMode, SentinelLimits
@@ -44,6 +45,7 @@ class KFlowRule:
 class KResource:
     id: int
     name: str
+    key: tuple[str, tuple[object, ...]]  # (name, match) identity across reloads
     isolation_threshold: int = 0
     flow: tuple[KFlowRule, ...] = ()
 
@@ -119,8 +121,37 @@ def _flow(rule: FlowRule, ids: dict[str, int], where: str, problems: list[str]) 
     return KFlowRule(ids[stat], int(FlowBehavior.FLOW_REJECT), interval, threshold_milli, 0, 0)
 
 
-def compile_inbound(rules: RuleSet) -> CompiledInbound:
-    """Map entries for the inbound resources of ``rules``; CompileError lists everything unsupported."""
+ResourceKey = tuple[str, tuple[object, ...]]
+
+
+def assign_ids(
+    keys: list[ResourceKey], previous: Mapping[ResourceKey, int], last_id: int
+) -> dict[ResourceKey, int]:
+    """Stable resource ids: a resource that stays keeps its id (and so its statistics); a new one gets the
+    next id after the last handed out, so an id freed by a reload is not reused while its requests may
+    still be in flight."""
+    limit = int(SentinelLimits.SE_MAX_RESOURCES) - 1
+    ids = {k: previous[k] for k in keys if k in previous}
+    used = set(ids.values())
+    nxt = last_id
+    for k in keys:
+        if k in ids:
+            continue
+        for _ in range(limit):
+            nxt = nxt % limit + 1
+            if nxt not in used:
+                break
+        ids[k] = nxt
+        used.add(nxt)
+    return ids
+
+
+def compile_inbound(
+    rules: RuleSet, previous: Mapping[ResourceKey, int] | None = None, last_id: int = 0
+) -> CompiledInbound:
+    """Map entries for the inbound resources of ``rules``; CompileError lists everything unsupported.
+
+    ``previous`` maps (name, match) of the rule set in force to its resource ids, which are kept."""
     problems: list[str] = []
     if not rules.bound:
         problems.append(
@@ -133,7 +164,8 @@ def compile_inbound(rules: RuleSet) -> CompiledInbound:
             problems.append(f"resource {r.name!r}: outbound resources are not enforced yet")
     if len(inbound) >= int(SentinelLimits.SE_MAX_RESOURCES):
         problems.append(f"{len(inbound)} resources: at most {int(SentinelLimits.SE_MAX_RESOURCES) - 1}")
-    ids = {r.name: i + 1 for i, r in enumerate(inbound)}
+    keyed = assign_ids([(r.name, r.match.key()) for r in inbound], previous or {}, last_id)
+    ids = {r.name: keyed[(r.name, r.match.key())] for r in inbound}
     for section, kind in (
         (rules.circuit_breaker_rules, "circuitBreakerRules"),
         (rules.hotspot_rules, "hotSpotParamRules"),
@@ -201,9 +233,10 @@ def compile_inbound(rules: RuleSet) -> CompiledInbound:
     if problems:
         raise CompileError(problems)
     resources = tuple(
-        KResource(ids[r.name], r.name, isolation.get(r.name, 0), tuple(flows.get(r.name, ())))
+        KResource(ids[r.name], r.name, (r.name, r.match.key()), isolation.get(r.name, 0),
+                  tuple(flows.get(r.name, ())))
         for r in inbound
-    )
+    )  # fmt: skip
     return CompiledInbound(
         resources,
         tuple(ports.values()),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import socket
 from dataclasses import dataclass
@@ -14,17 +15,20 @@ from sentinel_ebpf._types import (
     PortConf,
     PortCounter,
     PortCounts,
+    PortKey,
     ResConf,
     ResStats,
     SentinelLimits,
 )
-from sentinel_ebpf.errors import SentinelError
-from sentinel_ebpf.inbound.compiler import CompiledInbound
+from sentinel_ebpf.errors import BpfKeyError, SentinelError
+from sentinel_ebpf.inbound.compiler import CompiledInbound, KResource, compile_inbound
 from sentinel_ebpf.libbpf import BpfObject, TcAttachPoint, TcFilter, TcHook
 from sentinel_ebpf.objects import object_path
+from sentinel_ebpf.rules import RuleSet
 from sentinel_ebpf.stats import BLOCK_TYPES, ResourceStats
 
 PATH_MAX = int(SentinelLimits.SE_PATH_MAX)
+MAX_RESOURCES = int(SentinelLimits.SE_MAX_RESOURCES)
 # TC filter identity: a fixed handle/priority so `down` can find and remove ours after a crash.
 TC_HANDLE = 0x5E17
 TC_PRIORITY = 0x5E17
@@ -42,9 +46,10 @@ def _u32(v: int) -> bytes:
     return v.to_bytes(4, "little")
 
 
-def route_key(port: int, method: int, path: bytes) -> HttpRouteKey:
+def route_key(port: int, method: int, path: bytes, gen: int) -> HttpRouteKey:
     key = HttpRouteKey()
-    key.prefixlen = 24 + 8 * min(len(path), PATH_MAX)
+    key.prefixlen = 32 + 8 * min(len(path), PATH_MAX)
+    key.gen = gen
     key.port = socket.htons(port)
     key.method = method
     ctypes.memmove(key.path, path[:PATH_MAX], min(len(path), PATH_MAX))
@@ -75,45 +80,102 @@ class InboundDataplane:
             raise
         self.test_clock = test_clock
         self.compiled = CompiledInbound()
+        self.gen = 0
+        self._last_id = 0
         self._attachments: list[_Attachment] = []
 
     # -- rules ------------------------------------------------------------------------------------
-    def apply(self, compiled: CompiledInbound) -> None:
-        """Write ``compiled`` to the maps. Statistics of resources are reset (fresh rule set)."""
-        ports = self.obj.map("inbound_ports")
-        routes = self.obj.map("http_routes")
-        conf = self.obj.map("res_conf")
-        stats = self.obj.map("res_stats")
-        pstats = self.obj.map("port_stats")
-        for r in compiled.resources:
-            rc = ResConf()
-            rc.nflow = len(r.flow)
-            rc.isolation_threshold = r.isolation_threshold
-            for i, f in enumerate(r.flow):
-                rc.flow[i] = FlowRuleK(
-                    stat_resource=f.stat_resource, behavior=f.behavior, interval_ms=f.interval_ms,
-                    threshold_milli=f.threshold_milli, cost_ns=f.cost_ns, max_queue_ns=f.max_queue_ns,
-                )  # fmt: skip
-            conf.update(_u32(r.id), bytes(rc))
-            stats.update(_u32(r.id), bytes(ResStats()))
+    def compile(self, rules: RuleSet) -> CompiledInbound:
+        """Compile ``rules`` keeping the ids (and so the statistics) of resources already in force."""
+        previous = {r.key: r.id for r in self.compiled.resources}
+        return compile_inbound(rules, previous, self._last_id)
+
+    def apply(self, compiled: CompiledInbound) -> bool:
+        """Put ``compiled`` in force atomically; False when it is what is already in force.
+
+        The next generation's ports, routes and resource configurations are written beside the current
+        ones, one 4-byte store of ``active_gen`` switches every program to them, then the old generation
+        is removed. A resource that stays (same name and match) keeps its statistics; a flow rule that
+        stays keeps its throttling state. If writing fails, the generation in force is untouched.
+        """
+        if compiled == self.compiled:
+            return False
+        old_gen, new_gen = self.gen, 1 - self.gen
+        conf, stats = self.obj.map("res_conf"), self.obj.map("res_stats")
+        old_by_key = {r.key: r for r in self.compiled.resources}
+        try:
+            for r in compiled.resources:
+                kept = old_by_key.get(r.key)
+                if kept is None or kept.id != r.id:
+                    stats.update(_u32(r.id), bytes(ctypes.sizeof(ResStats)))
+                rc = self._res_conf(r)
+                if kept is not None and kept.flow == r.flow:
+                    old = ResConf.from_buffer_copy(conf.lookup(_u32(old_gen * MAX_RESOURCES + kept.id)))
+                    rc.last_passed_ns[:] = old.last_passed_ns[:]
+                conf.update(_u32(new_gen * MAX_RESOURCES + r.id), bytes(rc))
+            self._write_ports_routes(compiled, new_gen)
+        except BaseException:
+            self._clear_gen(new_gen, compiled)
+            raise
+        self.obj.map("active_gen").update(_u32(0), _u32(new_gen))
+        self._clear_gen(old_gen, self.compiled)
+        self.gen = new_gen
+        self.compiled = compiled
+        self._last_id = max([self._last_id, *(r.id for r in compiled.resources)])
+        return True
+
+    @staticmethod
+    def _res_conf(r: KResource) -> ResConf:
+        rc = ResConf()
+        rc.nflow = len(r.flow)
+        rc.isolation_threshold = r.isolation_threshold
+        for i, f in enumerate(r.flow):
+            rc.flow[i] = FlowRuleK(
+                stat_resource=f.stat_resource, behavior=f.behavior, interval_ms=f.interval_ms,
+                threshold_milli=f.threshold_milli, cost_ns=f.cost_ns, max_queue_ns=f.max_queue_ns,
+            )  # fmt: skip
+        return rc
+
+    def _write_ports_routes(self, compiled: CompiledInbound, gen: int) -> None:
+        ports, routes, pstats = (
+            self.obj.map("inbound_ports"),
+            self.obj.map("http_routes"),
+            self.obj.map("port_stats"),
+        )
         for route in compiled.routes:
-            routes.update(bytes(route_key(route.port, route.method, route.path)), _u32(route.resource))
+            routes.update(bytes(route_key(route.port, route.method, route.path, gen)), _u32(route.resource))
         for p in compiled.ports:
             pc = PortConf(tcp_resource=p.tcp_resource, has_http=int(p.has_http), reject_tcp=p.reject_tcp,
                           reject_http=p.reject_http)  # fmt: skip
-            key = p.port.to_bytes(2, "little")
-            pstats.update(key, bytes(PortCounts()))
-            ports.update(key, bytes(pc))
-        self.compiled = compiled
+            if pstats.get(p.port.to_bytes(2, "little")) is None:
+                pstats.update(p.port.to_bytes(2, "little"), bytes(PortCounts()))
+            ports.update(bytes(PortKey(port=p.port, gen=gen)), bytes(pc))
+
+    def _clear_gen(self, gen: int, compiled: CompiledInbound) -> None:
+        """Remove one generation's ports, routes and configurations (never the one in force)."""
+        ports, routes, conf = (
+            self.obj.map("inbound_ports"),
+            self.obj.map("http_routes"),
+            self.obj.map("res_conf"),
+        )
+        for p in compiled.ports:
+            with contextlib.suppress(BpfKeyError):
+                ports.delete(bytes(PortKey(port=p.port, gen=gen)))
+        for route in compiled.routes:
+            with contextlib.suppress(BpfKeyError):
+                routes.delete(bytes(route_key(route.port, route.method, route.path, gen)))
+        for r in compiled.resources:
+            conf.update(_u32(gen * MAX_RESOURCES + r.id), bytes(ctypes.sizeof(ResConf)))
 
     def clear(self) -> None:
         """Remove every rule, route, statistic and in-flight entry (the programs then pass everything)."""
         for name in ("inbound_ports", "http_routes", "inflight", "port_stats"):
             self.obj.map(name).clear()
-        for name, size in (("res_conf", ctypes.sizeof(ResConf)), ("res_stats", ctypes.sizeof(ResStats))):
-            m = self.obj.map(name)
-            for r in self.compiled.resources:
-                m.update(_u32(r.id), bytes(size))
+        conf, stats = self.obj.map("res_conf"), self.obj.map("res_stats")
+        for r in self.compiled.resources:
+            stats.update(_u32(r.id), bytes(ctypes.sizeof(ResStats)))
+            for gen in (0, 1):
+                conf.update(_u32(gen * MAX_RESOURCES + r.id), bytes(ctypes.sizeof(ResConf)))
         self.compiled = CompiledInbound()
 
     def set_clock_ns(self, now_ns: int) -> None:

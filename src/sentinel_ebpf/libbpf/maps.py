@@ -163,6 +163,9 @@ class Map:
             yield nxt.raw
             cur = ctypes.create_string_buffer(nxt.raw, self.key_size)
 
+    def __iter__(self) -> Iterator[bytes]:
+        return self.keys()
+
     def items(self, batch_size: int = 256) -> Iterator[tuple[bytes, Any]]:
         """All entries; one syscall per batch where the kernel supports batched lookup."""
         if self.type not in (MapType.ARRAY, MapType.PERCPU_ARRAY) and _lib.has("bpf_map_lookup_batch"):
