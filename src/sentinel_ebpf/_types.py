@@ -21,6 +21,8 @@ class SentinelLimits(IntEnum):
     SE_FLOW_RULES_PER_RESOURCE = 4
     SE_INFLIGHT_MAX = 65536
     SE_PORTS_MAX = 1024
+    SE_HTTP_REPLY_MAX = 512
+    SE_REPLY_REQUEST_MAX = 1536
 
 
 class ConnDirection(IntEnum):
@@ -148,6 +150,19 @@ class PortConf(ctypes.Structure):
 
 
 assert ctypes.sizeof(PortConf) == 8
+
+
+class HttpReply(ctypes.Structure):
+    """``struct http_reply``."""
+
+    _pack_ = 1
+    _fields_ = [
+        ("len", ctypes.c_uint32),
+        ("data", (ctypes.c_uint8 * 512)),
+    ]
+
+
+assert ctypes.sizeof(HttpReply) == 516
 
 
 class PortCounts(ctypes.Structure):

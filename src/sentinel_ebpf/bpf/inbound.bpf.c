@@ -75,6 +75,13 @@ struct {
 	__type(value, __u64);
 } dp_counters SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2);             /* one per generation */
+	__type(key, __u32);
+	__type(value, struct http_reply);
+} http_reply SEC(".maps");
+
 struct peek {
 	__u8 buf[SE_REQ_PEEK];
 };
@@ -278,7 +285,7 @@ static __always_inline __u32 peek_payload(struct __sk_buff *skb, const struct pk
 	return n;
 }
 
-static __always_inline int reject(struct __sk_buff *skb, const struct pkt *p, __u8 mode, bool syn)
+static __always_inline int reject(struct __sk_buff *skb, const struct pkt *p, __u8 mode, bool syn, __u8 gen)
 {
 	if (mode == REJECT_DROP)
 		return TC_ACT_SHOT;
@@ -289,8 +296,29 @@ static __always_inline int reject(struct __sk_buff *skb, const struct pkt *p, __
 		percpu_inc(&dp_counters, DP_RST_SENT);
 		return bpf_redirect(skb->ifindex, 0);
 	}
+	if (mode == REJECT_HTTP_REPLY && p->payload_len <= SE_REPLY_REQUEST_MAX &&
+	    find_timestamps(skb, p->l4_off, p->doff) >= 0) {
+		__u32 idx = gen;
+		struct http_reply *reply = bpf_map_lookup_elem(&http_reply, &idx);
+		struct pkt r;
+
+		if (!reply || !reply->len)
+			goto rst;
+		/* The response goes out toward the client; the same skb then becomes the RST the server
+		 * sees in place of the request (seq = the request's seq exactly, or both sides desync). */
+		if (rewrite_to_reply(skb, p, reply))
+			goto fail;
+		if (bpf_clone_redirect(skb, skb->ifindex, 0))
+			goto fail;
+		reply_view(&r, p, reply->len);
+		if (rewrite_to_rst(skb, &r, p->seq, p->ack, true))
+			goto fail;
+		percpu_inc(&dp_counters, DP_REPLY_SENT);
+		return TC_ACT_OK;
+	}
+rst:;
 	/* RST to the client (seq = what it expects next), then the same skb as RST to the server in
-	 * place of the request. The kernel-built HTTP reply is not implemented yet: RST stands in. */
+	 * place of the request. */
 	__u32 c_seq = p->ack, c_ack = p->seq + p->payload_len;
 
 	if (rewrite_to_rst(skb, p, c_seq, c_ack, true))
@@ -302,6 +330,7 @@ static __always_inline int reject(struct __sk_buff *skb, const struct pkt *p, __
 	percpu_inc(&dp_counters, DP_RST_SENT);
 	return TC_ACT_OK;
 fail:
+	/* a half-rewritten packet must go nowhere */
 	percpu_inc(&dp_counters, DP_REPLY_FAILED);
 	return TC_ACT_SHOT;
 }
@@ -370,7 +399,7 @@ static __always_inline int on_http_segment(struct __sk_buff *skb, const struct p
 	make_key(&fk, p, true, FLOW_KIND_REQUEST);
 	if (judge(*res, gen, &fk, 1) == BLOCK_NONE)
 		return TC_ACT_OK;
-	return reject(skb, p, pc->reject_http, false);
+	return reject(skb, p, pc->reject_http, false, gen);
 }
 
 SEC("tc")
@@ -409,7 +438,7 @@ int tc_ingress(struct __sk_buff *skb)
 			return TC_ACT_OK; /* a retransmitted SYN was already counted */
 		if (judge(pc->tcp_resource, gen, &fk, 0) == BLOCK_NONE)
 			return TC_ACT_OK;
-		return reject(skb, &p, pc->reject_tcp, true);
+		return reject(skb, &p, pc->reject_tcp, true, gen);
 	}
 	if (p.payload_len && pc->has_http)
 		return on_http_segment(skb, &p, pc, port, gen);

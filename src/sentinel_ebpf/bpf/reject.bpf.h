@@ -28,13 +28,16 @@ struct {
 	__type(value, struct csum_scratch);
 } csum_scratch SEC(".maps");
 
-/* Take bytes [off, off+len) out of the TCP checksum at csum_off. off must be 2-byte aligned within TCP. */
-static __always_inline int csum_remove(struct __sk_buff *skb, __u32 csum_off, __u32 off, __u32 len)
+/*
+ * Take bytes [off, off+len) out of the TCP checksum at csum_off. off must be 2-byte aligned within TCP.
+ * A global function: the verifier checks it once, not once per path that calls it.
+ */
+__noinline int csum_remove(struct __sk_buff *skb, __u32 csum_off, __u32 off, __u32 len)
 {
 	__u32 zero = 0;
 	struct csum_scratch *s = bpf_map_lookup_elem(&csum_scratch, &zero);
 
-	if (!s)
+	if (!skb || !s)
 		return -1;
 	for (int i = 0; i < CSUM_MAX_CHUNKS; i++) {
 		__u32 n, n4;
@@ -166,6 +169,113 @@ static __always_inline int rst_back_to_server(struct __sk_buff *skb, const struc
 	    store_csum32(skb, csum_off, p->l4_off + 8, bpf_htonl(c_ack), bpf_htonl(p->ack)))
 		return -1;
 	return 0;
+}
+
+/*
+ * Offset of the TCP timestamp option's value bytes (tsval, tsecr): 0 when the segment has no options,
+ * -1 when it has options in a layout other than the ones TCP stacks send on data segments
+ * (NOP NOP TS, or TS first); the caller then answers with RST rather than risk a reply PAWS would drop.
+ */
+__noinline int find_timestamps(struct __sk_buff *skb, __u32 l4_off, __u32 doff)
+{
+	__u8 o[4];
+
+	if (!skb || doff <= 20)
+		return 0;
+	if (doff < 32 || bpf_skb_load_bytes(skb, l4_off + 20, o, sizeof(o)))
+		return -1;
+	if (o[0] == 1 && o[1] == 1 && o[2] == 8 && o[3] == 10)
+		return l4_off + 24;
+	if (o[0] == 8 && o[1] == 10)
+		return l4_off + 22;
+	return -1;
+}
+
+/* Swap tsval and tsecr so the reply echoes the client's clock (else PAWS drops it). A swap of two
+ * 32-bit words changes no checksum, wherever they sit. */
+static __always_inline int swap_timestamps(struct __sk_buff *skb, int ts_off)
+{
+	__u32 ts[2], swapped[2];
+
+	if (!ts_off)
+		return 0;
+	if (bpf_skb_load_bytes(skb, ts_off, ts, sizeof(ts)))
+		return -1;
+	swapped[0] = ts[1];
+	swapped[1] = ts[0];
+	return bpf_skb_store_bytes(skb, ts_off, swapped, sizeof(swapped), 0);
+}
+
+/*
+ * Turn the request segment into the HTTP response for its client: payload replaced by `reply`,
+ * addresses swapped, seq = request's ack, ack = request's seq + length, FIN|PSH|ACK, timestamps swapped.
+ */
+static __always_inline int rewrite_to_reply(struct __sk_buff *skb, const struct pkt *p, const struct http_reply *reply)
+{
+	__u32 csum_off = p->l4_off + 16;
+	__u32 rlen = reply->len, rlen4;
+	__u32 old_tcp_len = p->doff + p->payload_len;
+	__u16 old_word, new_word;
+	__s64 add;
+	int ts_off = find_timestamps(skb, p->l4_off, p->doff);
+
+	if (ts_off < 0 || rlen == 0 || rlen > SE_HTTP_REPLY_MAX)
+		return -1;
+	rlen = ((rlen - 1) & (SE_HTTP_REPLY_MAX - 1)) + 1;
+	rlen4 = (rlen + 3) & ~3U;
+	if (rlen4 > SE_HTTP_REPLY_MAX)
+		return -1;
+	if (csum_remove(skb, csum_off, p->payload_off, p->payload_len))
+		return -1;
+	if (bpf_skb_change_tail(skb, p->payload_off + rlen, 0))
+		return -1;
+	if (bpf_skb_store_bytes(skb, p->payload_off, reply->data, rlen, 0))
+		return -1;
+	add = bpf_csum_diff(NULL, 0, (__be32 *)reply->data, rlen4, 0);
+	if (add < 0 || bpf_l4_csum_replace(skb, csum_off, 0, add, 0))
+		return -1;
+	if (bpf_skb_load_bytes(skb, p->l4_off + 12, &old_word, 2))
+		return -1;
+	new_word = (old_word & bpf_htons(0xF000)) | bpf_htons(TCP_FIN | TCP_PSH | TCP_ACK);
+	if (store_csum16(skb, csum_off, p->l4_off + 12, old_word, new_word))
+		return -1;
+	if (store_csum32(skb, csum_off, p->l4_off + 4, bpf_htonl(p->seq), bpf_htonl(p->ack)) ||
+	    store_csum32(skb, csum_off, p->l4_off + 8, bpf_htonl(p->ack), bpf_htonl(p->seq + p->payload_len)))
+		return -1;
+	if (bpf_l4_csum_replace(skb, csum_off, bpf_htons(old_tcp_len), bpf_htons(p->doff + rlen),
+				BPF_F_PSEUDO_HDR | sizeof(__u16)))
+		return -1;
+	if (p->family == 4) {
+		__u16 old_tot = bpf_htons(p->ip_len);
+		__u16 new_tot = bpf_htons(p->ip_len - p->payload_len + rlen);
+
+		if (bpf_l3_csum_replace(skb, p->l3_off + 10, old_tot, new_tot, sizeof(__u16)) ||
+		    bpf_skb_store_bytes(skb, p->l3_off + 2, &new_tot, 2, 0))
+			return -1;
+	} else {
+		__u16 new_len = bpf_htons(p->doff + rlen);
+
+		if (bpf_skb_store_bytes(skb, p->l3_off + 4, &new_len, 2, 0))
+			return -1;
+	}
+	if (swap_timestamps(skb, ts_off))
+		return -1;
+	return swap_endpoints(skb, p);
+}
+
+/* What the skb holds after rewrite_to_reply, described as a parsed packet (for rewrite_to_rst). */
+static __always_inline void reply_view(struct pkt *r, const struct pkt *p, __u32 rlen)
+{
+	*r = *p;
+	__builtin_memcpy(r->saddr, p->daddr, sizeof(r->saddr));
+	__builtin_memcpy(r->daddr, p->saddr, sizeof(r->daddr));
+	r->sport = p->dport;
+	r->dport = p->sport;
+	r->seq = p->ack;
+	r->ack = p->seq + p->payload_len;
+	r->payload_len = rlen;
+	r->ip_len = p->ip_len - p->payload_len + rlen;
+	r->flags = TCP_FIN | TCP_PSH | TCP_ACK;
 }
 
 #endif /* SENTINEL_REJECT_BPF_H */

@@ -22,6 +22,8 @@ enum sentinel_limits {
 	SE_FLOW_RULES_PER_RESOURCE = 4,
 	SE_INFLIGHT_MAX = 65536,    /* tracked in-flight requests/connections (LRU) */
 	SE_PORTS_MAX = 1024,
+	SE_HTTP_REPLY_MAX = 512,    /* bytes of the kernel-built HTTP response (bpf_csum_diff's limit) */
+	SE_REPLY_REQUEST_MAX = 1536, /* a request segment longer than this is answered with RST instead */
 };
 
 /* Why a connection event was emitted. */
@@ -122,6 +124,12 @@ struct port_conf {
 	__u8 reject_tcp;            /* enum reject_mode (RST or DROP) */
 	__u8 reject_http;           /* enum reject_mode */
 	__u8 _pad;
+};
+
+/* http_reply value, indexed by generation: the response sent to a blocked HTTP client. */
+struct http_reply {
+	__u32 len;
+	__u8 data[SE_HTTP_REPLY_MAX]; /* zero after len: checksums read whole 4-byte words */
 };
 
 /* port_stats value (struct port_counts): traffic on a protected port that passed unclassified, by enum port_counter. */

@@ -200,14 +200,6 @@ def compile_inbound(
         rules.reject.http.mode, RejectMode.REJECT_HTTP_REPLY
     )
     notes: list[str] = []
-    if http_mode is RejectMode.REJECT_HTTP_REPLY:
-        # Unfinished: the kernel-built HTTP response. Say so instead of pretending.
-        notes.append(
-            "reject.http: the kernel-built HTTP response is not implemented yet; blocked HTTP "
-            "requests get a RST (connection reset) instead"
-        )
-        http_mode = RejectMode.REJECT_RST
-
     ports: dict[int, KPort] = {}
     routes: list[KRoute] = []
     for r in inbound:

@@ -11,6 +11,7 @@ from sentinel_ebpf._types import (
     BlockType,
     DpCounter,
     FlowRuleK,
+    HttpReply,
     HttpRouteKey,
     PortConf,
     PortCounter,
@@ -113,6 +114,9 @@ class InboundDataplane:
                     old = ResConf.from_buffer_copy(conf.lookup(_u32(old_gen * MAX_RESOURCES + kept.id)))
                     rc.last_passed_ns[:] = old.last_passed_ns[:]
                 conf.update(_u32(new_gen * MAX_RESOURCES + r.id), bytes(rc))
+            reply = HttpReply(len=len(compiled.http_reply))
+            ctypes.memmove(reply.data, compiled.http_reply, len(compiled.http_reply))
+            self.obj.map("http_reply").update(_u32(new_gen), bytes(reply))
             self._write_ports_routes(compiled, new_gen)
         except BaseException:
             self._clear_gen(new_gen, compiled)

@@ -1,0 +1,142 @@
+"""Blocked HTTP requests and connections, end to end: real curl in one namespace, a real server in
+another behind the inbound TC programs attached to the server's veth."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .netns import NetnsPair
+
+pytestmark = pytest.mark.kernel
+SERVER = Path(__file__).with_name("guarded_server.py")
+PORT = 8080
+
+RULES = """
+resources:
+  - {name: ok, match: {protocol: http, port: 8080, path: /ok}}
+  - {name: limited, match: {protocol: http, port: 8080, path: /limited}}
+flowRules:
+  - {resource: limited, threshold: 0}
+reject:
+  http: {status: 429, body: "Too Many Requests\\n", headers: {Retry-After: "1"}}
+"""
+
+
+class Guarded:
+    def __init__(self, pair: NetnsPair, rules: str) -> None:
+        self.pair = pair
+        path = pair.tmpdir / "rules.yaml"
+        path.write_text(rules)
+        self.proc = pair.popen(pair.server, sys.executable, str(SERVER), str(path), pair.server_if, str(PORT),
+                               stdout=subprocess.PIPE, text=True)  # fmt: skip
+        assert self.proc.stdout is not None
+        first = self.proc.stdout.readline()
+        assert first.strip() == '"ready"', f"guarded server did not start: {first!r}"
+
+    def stop(self) -> list[Any]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        out, _ = self.proc.communicate(timeout=20)
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+@pytest.fixture
+def guarded(fresh_netns_pair: NetnsPair) -> Iterator[Guarded]:
+    g = Guarded(fresh_netns_pair, RULES)
+    try:
+        yield g
+    finally:
+        g.stop()
+
+
+def curl(pair: NetnsPair, *urls: str, v6: bool = False) -> subprocess.CompletedProcess[str]:
+    host = f"[{pair.server_ip6}]" if v6 else pair.server_ip
+    args = ["curl", "-sS", "--max-time", "5", "-i"]
+    for url in urls:
+        args.append(f"http://{host}:{PORT}{url}")
+    return pair.run(pair.client, *args, timeout=15)
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_blocked_request_gets_429_and_server_never_sees_it(guarded: Guarded, v6: bool) -> None:
+    pair = guarded.pair
+    ok = curl(pair, "/ok", v6=v6)
+    assert ok.returncode == 0 and "200 OK" in ok.stdout and "served GET /ok" in ok.stdout
+    blocked = curl(pair, "/limited", v6=v6)
+    assert blocked.returncode == 0, blocked.stderr
+    head, _, body = blocked.stdout.partition("\n\n")  # text mode: CRLF reads as LF
+    assert head.startswith("HTTP/1.1 429 Too Many Requests")
+    assert "Retry-After: 1" in head and "Connection: close" in head
+    assert body == "Too Many Requests\n", repr(blocked.stdout)
+    events = guarded.stop()
+    conns = [e for e in events if isinstance(e, dict) and "requests" in e]
+    assert {"requests": ["GET /ok HTTP/1.1"], "reset": False} in conns
+    assert {"requests": [], "reset": True} in conns, "the server side must get a RST, never the request"
+    final = next(e for e in events if isinstance(e, dict) and "counters" in e)
+    assert final["counters"]["reply_sent"] == 1 and final["counters"]["reply_failed"] == 0
+    assert final["stats"] == {"ok": [1, 0], "limited": [0, 1]}
+
+
+def test_keep_alive_connection_gets_200_then_429(guarded: Guarded) -> None:
+    res = curl(guarded.pair, "/ok", "/limited")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.count("HTTP/1.1 200 OK") == 1 and "HTTP/1.1 429 Too Many Requests" in res.stdout
+    events = guarded.stop()
+    conns = [e for e in events if isinstance(e, dict) and "requests" in e]
+    assert conns == [{"requests": ["GET /ok HTTP/1.1"], "reset": True}]
+
+
+def test_many_blocked_requests_leave_no_stuck_sockets(guarded: Guarded) -> None:
+    pair = guarded.pair
+    for _ in range(30):
+        res = curl(pair, "/limited")
+        assert res.returncode == 0 and " 429 " in res.stdout.split("\n", 1)[0], res.stdout + res.stderr
+    ss = pair.run(pair.server, "ss", "-tanH", f"sport = :{PORT}").stdout
+    assert "ESTAB" not in ss and "CLOSE-WAIT" not in ss, ss
+    final = next(e for e in guarded.stop() if isinstance(e, dict) and "counters" in e)
+    assert final["counters"]["reply_sent"] == 30
+
+
+def test_http_rst_mode(fresh_netns_pair: NetnsPair) -> None:
+    pair = fresh_netns_pair
+    rst_rules = RULES.replace(
+        'http: {status: 429, body: "Too Many Requests\\n", headers: {Retry-After: "1"}}', "http: {mode: rst}"
+    )
+    assert "mode: rst" in rst_rules
+    g = Guarded(pair, rst_rules)
+    try:
+        res = curl(pair, "/limited")
+        assert res.returncode == 56, (res.returncode, res.stderr)  # connection reset by peer
+        assert curl(pair, "/ok").returncode == 0
+    finally:
+        events = g.stop()
+    final = next(e for e in events if isinstance(e, dict) and "counters" in e)
+    assert final["counters"]["rst_sent"] == 1
+
+
+def test_tcp_rule_refuses_connections(fresh_netns_pair: NetnsPair) -> None:
+    pair = fresh_netns_pair
+    g = Guarded(
+        pair,
+        """
+resources:
+  - {name: conns, match: {protocol: tcp, port: 8080}}
+flowRules:
+  - {resource: conns, threshold: 2}
+""",
+    )
+    try:
+        codes = [curl(pair, "/").returncode for _ in range(5)]
+    finally:
+        events = g.stop()
+    assert codes[:2] == [0, 0] and codes[2:] == [7, 7, 7], codes  # 7: connection refused (RST to SYN)
+    final = next(e for e in events if isinstance(e, dict) and "counters" in e)
+    assert final["stats"] == {"conns": [2, 3]}
