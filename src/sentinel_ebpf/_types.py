@@ -21,6 +21,8 @@ class SentinelLimits(IntEnum):
     SE_FLOW_RULES_PER_RESOURCE = 4
     SE_INFLIGHT_MAX = 65536
     SE_PORTS_MAX = 1024
+    SE_SYSTEM_RULES_MAX = 8
+    SE_MIN_RT_INIT_MS = 60000
     SE_HTTP_REPLY_MAX = 512
     SE_REPLY_REQUEST_MAX = 1536
 
@@ -113,6 +115,16 @@ class DpCounter(IntEnum):
     DP_REPLY_SENT = 4
     DP_RST_SENT = 5
     DP_COUNTER_MAX = 6
+
+
+class SystemMetric(IntEnum):
+    """``enum system_metric``."""
+
+    SYS_LOAD = 0
+    SYS_AVG_RT = 1
+    SYS_CONCURRENCY = 2
+    SYS_INBOUND_QPS = 3
+    SYS_CPU_USAGE = 4
 
 
 class FlowKind(IntEnum):
@@ -238,10 +250,56 @@ class StatBucket(ctypes.Structure):
         ("complete", ctypes.c_uint64),
         ("error", ctypes.c_uint64),
         ("rt_sum_ms", ctypes.c_uint64),
+        ("min_rt_ms", ctypes.c_uint64),
     ]
 
 
-assert ctypes.sizeof(StatBucket) == 48
+assert ctypes.sizeof(StatBucket) == 56
+
+
+class SysRuleK(ctypes.Structure):
+    """``struct sys_rule_k``."""
+
+    _pack_ = 1
+    _fields_ = [
+        ("metric", ctypes.c_uint8),
+        ("bbr", ctypes.c_uint8),
+        ("_pad", (ctypes.c_uint8 * 6)),
+        ("trigger_milli", ctypes.c_uint64),
+    ]
+
+
+assert ctypes.sizeof(SysRuleK) == 16
+
+
+class SysConf(ctypes.Structure):
+    """``struct sys_conf``."""
+
+    _pack_ = 1
+    _fields_ = [
+        ("nrules", ctypes.c_uint32),
+        ("_pad", ctypes.c_uint32),
+        ("rules", (SysRuleK * 8)),
+    ]
+
+
+assert ctypes.sizeof(SysConf) == 136
+
+
+class SysMetrics(ctypes.Structure):
+    """``struct sys_metrics``."""
+
+    _pack_ = 1
+    _fields_ = [
+        ("load_milli", ctypes.c_uint64),
+        ("cpu_milli", ctypes.c_uint64),
+        ("load_valid", ctypes.c_uint8),
+        ("cpu_valid", ctypes.c_uint8),
+        ("_pad", (ctypes.c_uint8 * 6)),
+    ]
+
+
+assert ctypes.sizeof(SysMetrics) == 24
 
 
 class ResStats(ctypes.Structure):
@@ -261,7 +319,7 @@ class ResStats(ctypes.Structure):
     ]
 
 
-assert ctypes.sizeof(ResStats) == 1064
+assert ctypes.sizeof(ResStats) == 1224
 
 
 class FlowKey(ctypes.Structure):

@@ -14,6 +14,7 @@
 #include "stat.bpf.h"
 #include "flow.bpf.h"
 #include "reject.bpf.h"
+#include "system.bpf.h"
 
 #define TC_ACT_OK 0
 #define TC_ACT_SHOT 2
@@ -61,6 +62,28 @@ struct {
 	__type(value, struct res_stats);
 } res_stats SEC(".maps");
 
+/* Sentinel's inbound node: every inbound request of every resource, for the system rules. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct res_stats);
+} inbound_total SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2);             /* one per generation */
+	__type(key, __u32);
+	__type(value, struct sys_conf);
+} sys_conf SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sys_metrics);
+} sys_metrics SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, SE_INFLIGHT_MAX);
@@ -101,6 +124,7 @@ const enum flow_behavior _flow_behavior_unused __attribute__((unused)) = FLOW_RE
 const enum port_counter _port_counter_unused __attribute__((unused)) = PORT_TLS;
 const enum dp_counter _dp_counter_unused __attribute__((unused)) = DP_PACKETS;
 const enum flow_kind _flow_kind_unused __attribute__((unused)) = FLOW_KIND_CONNECTION;
+const enum system_metric _system_metric_unused __attribute__((unused)) = SYS_LOAD;
 
 static __always_inline __u8 current_gen(void)
 {
@@ -182,22 +206,46 @@ static __always_inline __u32 check_resource(__u32 res, __u8 gen, struct res_stat
 	return BLOCK_NONE;
 }
 
+static __always_inline struct res_stats *inbound_node(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&inbound_total, &zero);
+}
+
+/* System rules first (they guard all inbound traffic), then the resource's own rules. */
+static __always_inline __u32 check_all(__u32 res, __u8 gen, struct res_stats *st, struct res_stats *in, __u64 now)
+{
+	__u32 idx = gen, zero = 0;
+	struct sys_conf *sc = bpf_map_lookup_elem(&sys_conf, &idx);
+
+	if (sc && sc->nrules && in &&
+	    !system_admit(sc, in, bpf_map_lookup_elem(&sys_metrics, &zero), now / 1000000))
+		return BLOCK_SYSTEM;
+	return check_resource(res, gen, st, now);
+}
+
 /* Admit or block one request of `res`; on pass, track it as in flight under `key`. */
 static __always_inline __u32 judge(__u32 res, __u8 gen, const struct flow_key *key, __u8 is_http)
 {
 	struct res_stats *st = bpf_map_lookup_elem(&res_stats, &res);
+	struct res_stats *in = inbound_node();
 	__u64 now = now_ns();
 	__u64 now_ms = now / 1000000;
 	__u32 verdict;
 
 	if (!st)
 		return BLOCK_NONE;
-	verdict = check_resource(res, gen, st, now);
+	verdict = check_all(res, gen, st, in, now);
 	if (verdict != BLOCK_NONE) {
 		stat_block(st, now_ms, verdict);
+		if (in)
+			stat_block(in, now_ms, verdict);
 		return verdict;
 	}
 	stat_pass(st, now_ms);
+	if (in)
+		stat_pass(in, now_ms);
 
 	struct inflight *old = bpf_map_lookup_elem(&inflight, key);
 	if (old) {
@@ -206,12 +254,17 @@ static __always_inline __u32 judge(__u32 res, __u8 gen, const struct flow_key *k
 
 		if (ost)
 			__sync_fetch_and_add(&ost->concurrency, -1);
+		if (in)
+			__sync_fetch_and_add(&in->concurrency, -1);
 	}
 	struct inflight entry = { .start_ns = now, .resource = res, .is_http = is_http };
-	if (bpf_map_update_elem(&inflight, key, &entry, BPF_ANY) == 0)
+	if (bpf_map_update_elem(&inflight, key, &entry, BPF_ANY) == 0) {
 		__sync_fetch_and_add(&st->concurrency, 1);
-	else
+		if (in)
+			__sync_fetch_and_add(&in->concurrency, 1);
+	} else {
 		percpu_inc(&dp_counters, DP_INFLIGHT_FULL);
+	}
 	return BLOCK_NONE;
 }
 
@@ -219,16 +272,22 @@ static __always_inline __u32 judge(__u32 res, __u8 gen, const struct flow_key *k
 static __always_inline void complete(const struct flow_key *key, bool error)
 {
 	struct inflight *f = bpf_map_lookup_elem(&inflight, key);
-	struct res_stats *st;
-	__u64 now;
+	struct res_stats *st, *in;
+	__u64 now, rt_ms;
 
 	if (!f)
 		return;
 	st = bpf_map_lookup_elem(&res_stats, &f->resource);
+	in = inbound_node();
 	now = now_ns();
+	rt_ms = now > f->start_ns ? (now - f->start_ns) / 1000000 : 0;
 	if (st) {
-		stat_complete(st, now / 1000000, now > f->start_ns ? (now - f->start_ns) / 1000000 : 0, error);
+		stat_complete(st, now / 1000000, rt_ms, error);
 		__sync_fetch_and_add(&st->concurrency, -1);
+	}
+	if (in) {
+		stat_complete(in, now / 1000000, rt_ms, error);
+		__sync_fetch_and_add(&in->concurrency, -1);
 	}
 	bpf_map_delete_elem(&inflight, key);
 }

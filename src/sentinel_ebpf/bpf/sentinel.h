@@ -22,6 +22,8 @@ enum sentinel_limits {
 	SE_FLOW_RULES_PER_RESOURCE = 4,
 	SE_INFLIGHT_MAX = 65536,    /* tracked in-flight requests/connections (LRU) */
 	SE_PORTS_MAX = 1024,
+	SE_SYSTEM_RULES_MAX = 8,
+	SE_MIN_RT_INIT_MS = 60000,   /* a bucket's min RT before any completion (Sentinel's default) */
 	SE_HTTP_REPLY_MAX = 512,    /* bytes of the kernel-built HTTP response (bpf_csum_diff's limit) */
 	SE_REPLY_REQUEST_MAX = 1536, /* a request segment longer than this is answered with RST instead */
 };
@@ -171,6 +173,39 @@ struct stat_bucket {
 	__u64 complete;
 	__u64 error;
 	__u64 rt_sum_ms;
+	__u64 min_rt_ms;
+};
+
+/* System rule metric types (Sentinel's values). */
+enum system_metric {
+	SYS_LOAD = 0,
+	SYS_AVG_RT = 1,
+	SYS_CONCURRENCY = 2,
+	SYS_INBOUND_QPS = 3,
+	SYS_CPU_USAGE = 4,
+};
+
+struct sys_rule_k {
+	__u8 metric;                /* enum system_metric */
+	__u8 bbr;                   /* strategy BBR */
+	__u8 _pad[6];
+	__u64 trigger_milli;        /* triggerCount x 1000 */
+};
+
+/* sys_conf value, indexed by generation. */
+struct sys_conf {
+	__u32 nrules;
+	__u32 _pad;
+	struct sys_rule_k rules[SE_SYSTEM_RULES_MAX];
+};
+
+/* sys_metrics value: host metrics sampled by the control plane (valid = 0: not read yet, rules pass). */
+struct sys_metrics {
+	__u64 load_milli;           /* 1-minute load average x 1000 */
+	__u64 cpu_milli;            /* CPU usage ratio x 1000 */
+	__u8 load_valid;
+	__u8 cpu_valid;
+	__u8 _pad[6];
 };
 
 /* res_stats value, indexed by resource id: LeapArray buckets, cumulative totals and live gauges. */

@@ -42,24 +42,57 @@ static __always_inline struct stat_bucket *current_bucket(struct res_stats *st, 
 		b->complete = 0;
 		b->error = 0;
 		b->rt_sum_ms = 0;
+		b->min_rt_ms = SE_MIN_RT_INIT_MS;
 	}
 	return b;
+}
+
+/* Is a bucket that starts at `start` inside the window [cur - interval + one bucket, cur]? */
+static __always_inline bool in_window(__u64 start, __u64 now_ms, __u32 interval_ms)
+{
+	__u64 cur = now_ms - now_ms % SE_BUCKET_MS;
+	__u64 lo = cur + SE_BUCKET_MS > interval_ms ? cur + SE_BUCKET_MS - interval_ms : 0;
+
+	return start >= lo && start <= cur;
 }
 
 /* Passes in the sliding window [current bucket - interval + one bucket, current bucket]. */
 static __always_inline __u64 window_pass(const struct res_stats *st, __u64 now_ms, __u32 interval_ms)
 {
-	__u64 cur = now_ms - now_ms % SE_BUCKET_MS;
-	__u64 lo = cur + SE_BUCKET_MS > interval_ms ? cur + SE_BUCKET_MS - interval_ms : 0;
 	__u64 sum = 0;
 
-	for (int i = 0; i < SE_BUCKETS; i++) {
-		__u64 start = st->buckets[i].start_ms;
-
-		if (start >= lo && start <= cur)
+	for (int i = 0; i < SE_BUCKETS; i++)
+		if (in_window(st->buckets[i].start_ms, now_ms, interval_ms))
 			sum += st->buckets[i].pass;
-	}
 	return sum;
+}
+
+/* The 1 s view the system rules read: completions, their RT sum, the busiest bucket, the fastest RT. */
+struct window_view {
+	__u64 complete;
+	__u64 rt_sum_ms;
+	__u64 max_bucket_complete;
+	__u64 min_rt_ms;
+};
+
+static __always_inline void window_completions(const struct res_stats *st, __u64 now_ms, struct window_view *v)
+{
+	v->complete = 0;
+	v->rt_sum_ms = 0;
+	v->max_bucket_complete = 0;
+	v->min_rt_ms = SE_MIN_RT_INIT_MS;
+	for (int i = 0; i < SE_BUCKETS; i++) {
+		const struct stat_bucket *b = &st->buckets[i];
+
+		if (!in_window(b->start_ms, now_ms, 1000))
+			continue;
+		v->complete += b->complete;
+		v->rt_sum_ms += b->rt_sum_ms;
+		if (b->complete > v->max_bucket_complete)
+			v->max_bucket_complete = b->complete;
+		if (b->min_rt_ms < v->min_rt_ms)
+			v->min_rt_ms = b->min_rt_ms;
+	}
 }
 
 static __always_inline void stat_pass(struct res_stats *st, __u64 now_ms)
@@ -91,6 +124,12 @@ static __always_inline void stat_complete(struct res_stats *st, __u64 now_ms, __
 		__sync_fetch_and_add(&b->rt_sum_ms, rt_ms);
 		if (error)
 			__sync_fetch_and_add(&b->error, 1);
+		for (int i = 0; i < 4; i++) { /* bounded compare-and-swap minimum */
+			__u64 old = b->min_rt_ms;
+
+			if (rt_ms >= old || __sync_val_compare_and_swap(&b->min_rt_ms, old, rt_ms) == old)
+				break;
+		}
 	}
 	__sync_fetch_and_add(&st->total_complete, 1);
 	__sync_fetch_and_add(&st->total_rt_ms, rt_ms);

@@ -68,8 +68,16 @@ class KRoute:
 
 
 @dataclass(frozen=True)
+class KSystemRule:
+    metric: int  # enum system_metric (Sentinel's metricType)
+    bbr: bool
+    trigger_milli: int
+
+
+@dataclass(frozen=True)
 class CompiledInbound:
     resources: tuple[KResource, ...] = ()
+    system: tuple[KSystemRule, ...] = ()
     ports: tuple[KPort, ...] = ()
     routes: tuple[KRoute, ...] = ()
     http_reply: bytes = b""
@@ -169,7 +177,6 @@ def compile_inbound(
     for section, kind in (
         (rules.circuit_breaker_rules, "circuitBreakerRules"),
         (rules.hotspot_rules, "hotSpotParamRules"),
-        (rules.system_rules, "systemRules"),
     ):
         if section:
             problems.append(f"{kind}: not enforced in the kernel yet ({len(section)} rule(s))")
@@ -194,6 +201,16 @@ def compile_inbound(
             continue
         # several isolation rules on one resource: the smallest threshold decides first
         isolation[iso.resource] = min(iso.threshold, isolation.get(iso.resource, iso.threshold))
+
+    system = tuple(
+        KSystemRule(int(r.metric_type), r.is_bbr, math.floor(r.trigger_count * 1000 + 1e-6))
+        for r in rules.system_rules
+    )
+    if len(system) > int(SentinelLimits.SE_SYSTEM_RULES_MAX):
+        problems.append(
+            f"systemRules: {len(system)} rules, the kernel checks at most "
+            f"{int(SentinelLimits.SE_SYSTEM_RULES_MAX)}"
+        )
 
     reject_tcp = RejectMode.REJECT_DROP if rules.reject.tcp == "drop" else RejectMode.REJECT_RST
     http_mode = {"rst": RejectMode.REJECT_RST, "drop": RejectMode.REJECT_DROP}.get(
@@ -230,9 +247,10 @@ def compile_inbound(
         for r in inbound
     )  # fmt: skip
     return CompiledInbound(
-        resources,
-        tuple(ports.values()),
-        tuple(seen.values()),
-        rules.reject.http.response_bytes(),
-        tuple(notes),
+        resources=resources,
+        system=system,
+        ports=tuple(ports.values()),
+        routes=tuple(seen.values()),
+        http_reply=rules.reject.http.response_bytes(),
+        notes=tuple(notes),
     )

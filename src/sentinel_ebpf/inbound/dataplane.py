@@ -20,6 +20,9 @@ from sentinel_ebpf._types import (
     ResConf,
     ResStats,
     SentinelLimits,
+    SysConf,
+    SysMetrics,
+    SysRuleK,
 )
 from sentinel_ebpf.errors import BpfKeyError, SentinelError
 from sentinel_ebpf.inbound.compiler import CompiledInbound, KResource, compile_inbound
@@ -117,6 +120,12 @@ class InboundDataplane:
             reply = HttpReply(len=len(compiled.http_reply))
             ctypes.memmove(reply.data, compiled.http_reply, len(compiled.http_reply))
             self.obj.map("http_reply").update(_u32(new_gen), bytes(reply))
+            sc = SysConf(nrules=len(compiled.system))
+            for i, rule in enumerate(compiled.system):
+                sc.rules[i] = SysRuleK(
+                    metric=rule.metric, bbr=int(rule.bbr), trigger_milli=rule.trigger_milli
+                )
+            self.obj.map("sys_conf").update(_u32(new_gen), bytes(sc))
             self._write_ports_routes(compiled, new_gen)
         except BaseException:
             self._clear_gen(new_gen, compiled)
@@ -180,7 +189,23 @@ class InboundDataplane:
             stats.update(_u32(r.id), bytes(ctypes.sizeof(ResStats)))
             for gen in (0, 1):
                 conf.update(_u32(gen * MAX_RESOURCES + r.id), bytes(ctypes.sizeof(ResConf)))
+        for gen in (0, 1):
+            self.obj.map("sys_conf").update(_u32(gen), bytes(SysConf()))
+        self.obj.map("inbound_total").update(_u32(0), bytes(ResStats()))
+        self.obj.map("sys_metrics").update(_u32(0), bytes(SysMetrics()))
         self.compiled = CompiledInbound()
+
+    def set_system_metrics(self, load1: float | None, cpu_usage: float | None) -> None:
+        """Host metrics for Load and CpuUsage system rules; None means not read (those rules pass)."""
+        m = SysMetrics(
+            load_milli=round((load1 or 0) * 1000), cpu_milli=round((cpu_usage or 0) * 1000),
+            load_valid=int(load1 is not None), cpu_valid=int(cpu_usage is not None),
+        )  # fmt: skip
+        self.obj.map("sys_metrics").update(_u32(0), bytes(m))
+
+    def inbound_stats(self) -> ResStats:
+        """Sentinel's inbound node: all inbound requests of all resources together."""
+        return ResStats.from_buffer_copy(self.obj.map("inbound_total").lookup(_u32(0)))
 
     def set_clock_ns(self, now_ns: int) -> None:
         if not self.test_clock:
