@@ -212,7 +212,8 @@ class FlowRuleK(ctypes.Structure):
     _fields_ = [
         ("stat_resource", ctypes.c_uint32),
         ("behavior", ctypes.c_uint8),
-        ("_pad", (ctypes.c_uint8 * 3)),
+        ("dynamic", ctypes.c_uint8),
+        ("_pad", (ctypes.c_uint8 * 2)),
         ("interval_ms", ctypes.c_uint32),
         ("_pad0", ctypes.c_uint8 * 4),
         ("threshold_milli", ctypes.c_uint64),

@@ -10,14 +10,14 @@
  * at once and reserves its slot (last_passed moves forward by one cost), so the admitted rate is exact
  * over time. Compare-and-swap retries are bounded; on persistent contention the request passes.
  */
-static __always_inline bool throttle_admit(__u64 *last_passed, const struct flow_rule_k *r, __u64 now,
-					   __u64 *waited)
+static __always_inline bool throttle_admit(__u64 *last_passed, const struct flow_rule_k *r, __u64 cost_ns,
+					   __u64 now, __u64 *waited)
 {
-	if (r->cost_ns == 0)
+	if (cost_ns == 0)
 		return false;
 	for (int attempt = 0; attempt < 4; attempt++) {
 		__u64 last = *last_passed;
-		__u64 expected = last + r->cost_ns;
+		__u64 expected = last + cost_ns;
 
 		if (expected <= now) {
 			if (__sync_val_compare_and_swap(last_passed, last, now) == last)
@@ -34,9 +34,10 @@ static __always_inline bool throttle_admit(__u64 *last_passed, const struct flow
 	return true;
 }
 
-static __always_inline bool reject_admit(const struct res_stats *st, const struct flow_rule_k *r, __u64 now_ms)
+static __always_inline bool reject_admit(const struct res_stats *st, const struct flow_rule_k *r,
+					 __u64 threshold_milli, __u64 now_ms)
 {
-	return (window_pass(st, now_ms, r->interval_ms) + 1) * 1000 <= r->threshold_milli;
+	return (window_pass(st, now_ms, r->interval_ms) + 1) * 1000 <= threshold_milli;
 }
 
 #endif /* SENTINEL_FLOW_BPF_H */

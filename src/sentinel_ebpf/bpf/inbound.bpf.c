@@ -62,6 +62,13 @@ struct {
 	__type(value, struct res_stats);
 } res_stats SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2 * SE_MAX_RESOURCES * SE_FLOW_RULES_PER_RESOURCE);
+	__type(key, __u32);
+	__type(value, __u64);
+} flow_dyn_threshold SEC(".maps");
+
 /* Sentinel's inbound node: every inbound request of every resource, for the system rules. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -181,10 +188,21 @@ static __always_inline __u32 check_resource(__u32 res, __u8 gen, struct res_stat
 
 		if (i >= rc->nflow)
 			break;
+		__u64 threshold_milli = r->threshold_milli, cost_ns = r->cost_ns;
+
+		if (r->dynamic) {
+			__u32 didx = idx * SE_FLOW_RULES_PER_RESOURCE + i;
+			__u64 *dyn = bpf_map_lookup_elem(&flow_dyn_threshold, &didx);
+
+			threshold_milli = dyn ? *dyn : 0;
+			/* ns per request = interval / threshold */
+			cost_ns = threshold_milli ?
+				  ((__u64)r->interval_ms * 1000000000ULL + threshold_milli - 1) / threshold_milli : 0;
+		}
 		if (r->behavior == FLOW_THROTTLING) {
 			__u64 waited = 0;
 
-			if (!throttle_admit(&rc->last_passed_ns[i], r, now, &waited))
+			if (!throttle_admit(&rc->last_passed_ns[i], r, cost_ns, now, &waited))
 				return BLOCK_FLOW;
 			if (waited)
 				__sync_fetch_and_add(&st->flow_wait, 1);
@@ -198,7 +216,7 @@ static __always_inline __u32 check_resource(__u32 res, __u8 gen, struct res_stat
 			if (!sst)
 				continue;
 		}
-		if (!reject_admit(sst, r, now_ms))
+		if (!reject_admit(sst, r, threshold_milli, now_ms))
 			return BLOCK_FLOW;
 	}
 	if (rc->isolation_threshold && st->concurrency + 1 > (__s64)rc->isolation_threshold)

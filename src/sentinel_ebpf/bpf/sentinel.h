@@ -151,12 +151,19 @@ struct http_route_key {
 struct flow_rule_k {
 	__u32 stat_resource;        /* whose statistics count: itself, or refResource (AssociatedResource) */
 	__u8 behavior;              /* enum flow_behavior */
-	__u8 _pad[3];
+	__u8 dynamic;               /* WarmUp / MemoryAdaptive: the threshold lives in flow_dyn_threshold */
+	__u8 _pad[2];
 	__u32 interval_ms;          /* statIntervalInMs, a multiple of SE_BUCKET_MS up to the array's span */
-	__u64 threshold_milli;      /* allowed count per interval x 1000 (may be rewritten live: WarmUp, memory) */
+	__u64 threshold_milli;      /* allowed count per interval x 1000 (Direct) */
 	__u64 cost_ns;              /* Throttling: ns per request = interval / threshold (0 = block all) */
 	__u64 max_queue_ns;         /* Throttling: maxQueueingTimeMs */
 };
+
+/*
+ * flow_dyn_threshold value (u64 threshold x 1000), indexed by
+ * (gen * SE_MAX_RESOURCES + resource id) * SE_FLOW_RULES_PER_RESOURCE + rule index: the control plane
+ * recomputes WarmUp and MemoryAdaptive thresholds and writes them here, apart from the kernel-written state.
+ */
 
 /* res_conf value, indexed by gen * SE_MAX_RESOURCES + resource id. */
 struct res_conf {

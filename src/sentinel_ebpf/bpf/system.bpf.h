@@ -16,7 +16,8 @@ static __always_inline bool bbr_allows(const struct res_stats *in, __s64 concurr
 		return true;
 	window_completions(in, now_ms, &v);
 	max_complete_per_s = v.max_bucket_complete * (1000 / SE_BUCKET_MS);
-	return (__u64)concurrency * 1000 <= max_complete_per_s * v.min_rt_ms;
+	/* Sentinel floors the min RT at 1 ms */
+	return (__u64)concurrency * 1000 <= max_complete_per_s * (v.min_rt_ms ? v.min_rt_ms : 1);
 }
 
 /* Returns true when every system rule lets the request through. A metric not read yet passes. */

@@ -39,6 +39,9 @@ class KFlowRule:
     threshold_milli: int
     cost_ns: int
     max_queue_ns: int
+    # WarmUp / MemoryAdaptive: the control plane recomputes the threshold (inbound.adaptive)
+    dynamic: bool = False
+    source: FlowRule | None = None
 
 
 @dataclass(frozen=True)
@@ -95,12 +98,7 @@ def _interval(rule: FlowRule) -> int:
 
 
 def _flow(rule: FlowRule, ids: dict[str, int], where: str, problems: list[str]) -> KFlowRule | None:
-    if rule.token_calculate_strategy is not TokenCalculateStrategy.Direct:
-        problems.append(
-            f"{where}: tokenCalculateStrategy {rule.token_calculate_strategy.name} is not "
-            "enforced in the kernel yet (Direct only)"
-        )
-        return None
+    dynamic = rule.token_calculate_strategy is not TokenCalculateStrategy.Direct
     interval = _interval(rule)
     if rule.control_behavior is ControlBehavior.Reject and (interval % BUCKET_MS or interval > WINDOW_MS):
         problems.append(
@@ -118,15 +116,11 @@ def _flow(rule: FlowRule, ids: dict[str, int], where: str, problems: list[str]) 
             return None
         cost_ns = 0 if rule.threshold <= 0 else math.ceil(interval * 1_000_000 / rule.threshold)
         return KFlowRule(
-            ids[rule.resource],
-            int(FlowBehavior.FLOW_THROTTLING),
-            interval,
-            0,
-            cost_ns,
-            rule.max_queueing_time_ms * 1_000_000,
-        )
+            ids[rule.resource], int(FlowBehavior.FLOW_THROTTLING), interval, 0, cost_ns,
+            rule.max_queueing_time_ms * 1_000_000, dynamic, rule,
+        )  # fmt: skip
     threshold_milli = math.floor(rule.threshold * 1000 + 1e-6)
-    return KFlowRule(ids[stat], int(FlowBehavior.FLOW_REJECT), interval, threshold_milli, 0, 0)
+    return KFlowRule(ids[stat], int(FlowBehavior.FLOW_REJECT), interval, threshold_milli, 0, 0, dynamic, rule)
 
 
 ResourceKey = tuple[str, tuple[object, ...]]

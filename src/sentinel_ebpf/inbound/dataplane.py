@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import socket
+import time
 from dataclasses import dataclass
 
 from sentinel_ebpf._types import (
@@ -25,14 +26,17 @@ from sentinel_ebpf._types import (
     SysRuleK,
 )
 from sentinel_ebpf.errors import BpfKeyError, SentinelError
+from sentinel_ebpf.inbound.adaptive import AdaptiveThresholds, HostMemory
 from sentinel_ebpf.inbound.compiler import CompiledInbound, KResource, compile_inbound
 from sentinel_ebpf.libbpf import BpfObject, TcAttachPoint, TcFilter, TcHook
+from sentinel_ebpf.model.flow import MemoryReader
 from sentinel_ebpf.objects import object_path
 from sentinel_ebpf.rules import RuleSet
 from sentinel_ebpf.stats import BLOCK_TYPES, ResourceStats
 
 PATH_MAX = int(SentinelLimits.SE_PATH_MAX)
 MAX_RESOURCES = int(SentinelLimits.SE_MAX_RESOURCES)
+FLOW_RULES = int(SentinelLimits.SE_FLOW_RULES_PER_RESOURCE)
 # TC filter identity: a fixed handle/priority so `down` can find and remove ours after a crash.
 TC_HANDLE = 0x5E17
 TC_PRIORITY = 0x5E17
@@ -86,6 +90,9 @@ class InboundDataplane:
         self.compiled = CompiledInbound()
         self.gen = 0
         self._last_id = 0
+        self._test_now_ns = 0
+        self.memory: MemoryReader = HostMemory()
+        self.adaptive = AdaptiveThresholds(self.compiled, self.raw_stats, self.memory)
         self._attachments: list[_Attachment] = []
 
     # -- rules ------------------------------------------------------------------------------------
@@ -126,6 +133,8 @@ class InboundDataplane:
                     metric=rule.metric, bbr=int(rule.bbr), trigger_milli=rule.trigger_milli
                 )
             self.obj.map("sys_conf").update(_u32(new_gen), bytes(sc))
+            adaptive = AdaptiveThresholds(compiled, self.raw_stats, self.memory, self.adaptive)
+            self._write_thresholds(adaptive, new_gen)
             self._write_ports_routes(compiled, new_gen)
         except BaseException:
             self._clear_gen(new_gen, compiled)
@@ -134,8 +143,23 @@ class InboundDataplane:
         self._clear_gen(old_gen, self.compiled)
         self.gen = new_gen
         self.compiled = compiled
+        self.adaptive = adaptive
         self._last_id = max([self._last_id, *(r.id for r in compiled.resources)])
         return True
+
+    def now_ms(self) -> int:
+        """The data plane's clock (CLOCK_MONOTONIC, as bpf_ktime_get_ns), or the test clock."""
+        return (self._test_now_ns if self.test_clock else time.monotonic_ns()) // 1_000_000
+
+    def _write_thresholds(self, adaptive: AdaptiveThresholds, gen: int) -> None:
+        dyn = self.obj.map("flow_dyn_threshold")
+        for (rid, i), milli in adaptive.thresholds(self.now_ms()).items():
+            dyn.update(_u32((gen * MAX_RESOURCES + rid) * FLOW_RULES + i), milli.to_bytes(8, "little"))
+
+    def tick(self) -> None:
+        """Recompute WarmUp and MemoryAdaptive thresholds now (the daemon calls this every 100 ms)."""
+        if self.adaptive.calculators:
+            self._write_thresholds(self.adaptive, self.gen)
 
     @staticmethod
     def _res_conf(r: KResource) -> ResConf:
@@ -144,6 +168,7 @@ class InboundDataplane:
         rc.isolation_threshold = r.isolation_threshold
         for i, f in enumerate(r.flow):
             rc.flow[i] = FlowRuleK(
+                dynamic=int(f.dynamic),
                 stat_resource=f.stat_resource, behavior=f.behavior, interval_ms=f.interval_ms,
                 threshold_milli=f.threshold_milli, cost_ns=f.cost_ns, max_queue_ns=f.max_queue_ns,
             )  # fmt: skip
@@ -194,6 +219,7 @@ class InboundDataplane:
         self.obj.map("inbound_total").update(_u32(0), bytes(ResStats()))
         self.obj.map("sys_metrics").update(_u32(0), bytes(SysMetrics()))
         self.compiled = CompiledInbound()
+        self.adaptive = AdaptiveThresholds(self.compiled, self.raw_stats, self.memory)
 
     def set_system_metrics(self, load1: float | None, cpu_usage: float | None) -> None:
         """Host metrics for Load and CpuUsage system rules; None means not read (those rules pass)."""
@@ -214,6 +240,7 @@ class InboundDataplane:
         raw = bytearray(bss.lookup(0))
         raw[0:8] = now_ns.to_bytes(8, "little")  # test_clock_ns is the only .bss variable
         bss.update(0, bytes(raw))
+        self._test_now_ns = now_ns
 
     # -- attachment -------------------------------------------------------------------------------
     def attach(self, ifname: str) -> None:

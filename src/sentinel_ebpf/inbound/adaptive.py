@@ -1,0 +1,95 @@
+"""Thresholds that change while rules are in force: WarmUp and MemoryAdaptive flow rules.
+
+The kernel enforces a threshold; this control-plane part recomputes it, with the reference model's
+calculators (so the arithmetic is Sentinel's, truncations included) reading the kernel's LeapArray
+buckets. ``InboundDataplane.tick()`` runs it; the daemon calls that every 100 ms. Sentinel recomputes a
+WarmUp threshold at the first request of each second; here it happens at the first tick of the second.
+MemoryAdaptive reads the host's used memory (MemTotal - MemAvailable), not one process's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+from sentinel_ebpf._types import ResStats, SentinelLimits
+from sentinel_ebpf.inbound.compiler import CompiledInbound, KFlowRule
+from sentinel_ebpf.model.flow import MemoryAdaptiveCalculator, MemoryReader, WarmUpCalculator
+from sentinel_ebpf.model.leap_array import MetricEvent
+from sentinel_ebpf.rules.flow import TokenCalculateStrategy
+
+BUCKET_MS = int(SentinelLimits.SE_BUCKET_MS)
+
+
+class HostMemory:
+    """Used memory of the host from /proc/meminfo; None when it cannot be read."""
+
+    def __init__(self, meminfo: Path = Path("/proc/meminfo")) -> None:
+        self.meminfo = meminfo
+
+    def memory_bytes(self) -> int | None:
+        try:
+            fields = dict(line.split(":", 1) for line in self.meminfo.read_text().splitlines() if ":" in line)
+            total = int(fields["MemTotal"].split()[0]) * 1024
+            available = int(fields["MemAvailable"].split()[0]) * 1024
+        except (OSError, KeyError, ValueError):
+            return None
+        return total - available
+
+
+def window_sum(st: ResStats, now_ms: int, interval_ms: int, field: str = "pass") -> int:
+    """Sum of a bucket field over the window the kernel uses (stat.bpf.h ``in_window``)."""
+    cur = now_ms - now_ms % BUCKET_MS
+    lo = max(cur + BUCKET_MS - interval_ms, 0)
+    return sum(int(getattr(b, field)) for b in st.buckets if lo <= b.start_ms <= cur)
+
+
+class _KernelWindow:
+    """The part of the model's RuleStat that WarmUpCalculator reads, backed by kernel buckets."""
+
+    def __init__(self, read: Callable[[], ResStats], interval_ms: int) -> None:
+        self.read = read
+        self.interval_ms = interval_ms
+        self.metric = self
+
+    def get_previous_qps(self, now_ms: int, event: MetricEvent) -> float:
+        assert event is MetricEvent.PASS
+        return window_sum(self.read(), now_ms - BUCKET_MS, self.interval_ms) / (self.interval_ms / 1000.0)
+
+
+Calculator = WarmUpCalculator | MemoryAdaptiveCalculator
+SlotKey = tuple[tuple[str, tuple[object, ...]], int, KFlowRule]
+
+
+class AdaptiveThresholds:
+    """One calculator per dynamic flow rule; unchanged rules keep their calculator (and warm-up state)."""
+
+    def __init__(self, compiled: CompiledInbound, read_stats: Callable[[int], ResStats], memory: MemoryReader,
+                 previous: AdaptiveThresholds | None = None) -> None:  # fmt: skip
+        self.calculators: dict[SlotKey, Calculator] = {}
+        self.slots: dict[SlotKey, tuple[int, int]] = {}  # -> (resource id, rule index)
+        old = previous.calculators if previous else {}
+        for r in compiled.resources:
+            for i, f in enumerate(r.flow):
+                if not f.dynamic or f.source is None:
+                    continue
+                key: SlotKey = (r.key, i, f)
+                calc = old.get(key)
+                if calc is None:
+                    if f.source.token_calculate_strategy is TokenCalculateStrategy.WarmUp:
+                        stat_id = f.stat_resource
+                        window = _KernelWindow(lambda sid=stat_id: read_stats(sid), f.interval_ms)  # type: ignore[misc]
+                        calc = WarmUpCalculator(f.source, window)  # type: ignore[arg-type]
+                    else:
+                        calc = MemoryAdaptiveCalculator(f.source, memory)
+                self.calculators[key] = calc
+                self.slots[key] = (r.id, i)
+
+    def thresholds(self, now_ms: int) -> dict[tuple[int, int], int]:
+        """(resource id, rule index) -> threshold x 1000 in force at ``now_ms``."""
+        out = {}
+        for key, calc in self.calculators.items():
+            allowed = calc.allowed(now_ms)
+            out[self.slots[key]] = 0 if allowed <= 0 else min(math.floor(allowed * 1000 + 1e-6), 2**63 - 1)
+        return out
