@@ -347,15 +347,19 @@ def test_unsupported_rules_are_refused_by_name() -> None:
     rs = rules("""
 resources:
   - {name: a, match: {protocol: tcp, port: 8080}}
+  - {name: db, match: {direction: outbound, protocol: tcp, host: 10.0.0.5/32, port: 5432}}
 flowRules:
-  - {id: warm, resource: a, threshold: 10, tokenCalculateStrategy: 1, warmUpPeriodSec: 10}
   - {resource: a, threshold: 10, statIntervalInMs: 1200}
+circuitBreakerRules:
+  - {resource: a, strategy: 2, retryTimeoutMs: 1000, minRequestAmount: 1, statIntervalMs: 1000, threshold: 3}
 """)
     with pytest.raises(CompileError) as exc:
         compile_inbound(rs)
-    text = str(exc.value)
-    assert "flowRules[0] (warm): tokenCalculateStrategy WarmUp" in text
-    assert "statIntervalInMs 1200 must be a multiple of 500" in text
+    problems = exc.value.problems
+    assert "resource 'db': outbound resources are not enforced yet" in problems
+    assert "circuitBreakerRules: not enforced in the kernel yet (1 rule(s))" in problems
+    assert any("flowRules[0] (a): statIntervalInMs 1200 must be a multiple of 500" in p for p in problems)
+    assert len(problems) == 3
 
 
 RELOAD_BASE = """
