@@ -23,6 +23,11 @@ class SentinelLimits(IntEnum):
     SE_PORTS_MAX = 1024
     SE_SYSTEM_RULES_MAX = 8
     SE_MIN_RT_INIT_MS = 60000
+    SE_HOTSPOT_RULES_PER_RESOURCE = 2
+    SE_HOT_PATTERN_MAX = 72
+    SE_HOT_VALUE_MAX = 64
+    SE_PARAM_PEEK = 512
+    SE_HOT_VALUES_MAX = 262144
     SE_HTTP_REPLY_MAX = 512
     SE_REPLY_REQUEST_MAX = 1536
 
@@ -115,6 +120,14 @@ class DpCounter(IntEnum):
     DP_REPLY_SENT = 4
     DP_RST_SENT = 5
     DP_COUNTER_MAX = 6
+
+
+class HotParam(IntEnum):
+    """``enum hot_param``."""
+
+    HOT_REMOTE_IP = 0
+    HOT_HEADER = 1
+    HOT_QUERY = 2
 
 
 class SystemMetric(IntEnum):
@@ -225,6 +238,41 @@ class FlowRuleK(ctypes.Structure):
 assert ctypes.sizeof(FlowRuleK) == 40
 
 
+class HotspotRuleK(ctypes.Structure):
+    """``struct hotspot_rule_k``."""
+
+    _pack_ = 1
+    _fields_ = [
+        ("uid", ctypes.c_uint32),
+        ("metric", ctypes.c_uint8),
+        ("behavior", ctypes.c_uint8),
+        ("param", ctypes.c_uint8),
+        ("pattern_len", ctypes.c_uint8),
+        ("pattern", (ctypes.c_uint8 * 72)),
+        ("threshold", ctypes.c_uint64),
+        ("burst", ctypes.c_uint64),
+        ("duration_ms", ctypes.c_uint64),
+        ("max_queue_ms", ctypes.c_uint64),
+    ]
+
+
+assert ctypes.sizeof(HotspotRuleK) == 112
+
+
+class HotKey(ctypes.Structure):
+    """``struct hot_key``."""
+
+    _pack_ = 1
+    _fields_ = [
+        ("uid", ctypes.c_uint32),
+        ("_pad", ctypes.c_uint32),
+        ("hash", ctypes.c_uint64),
+    ]
+
+
+assert ctypes.sizeof(HotKey) == 16
+
+
 class ResConf(ctypes.Structure):
     """``struct res_conf``."""
 
@@ -234,10 +282,13 @@ class ResConf(ctypes.Structure):
         ("isolation_threshold", ctypes.c_uint32),
         ("flow", (FlowRuleK * 4)),
         ("last_passed_ns", (ctypes.c_uint64 * 4)),
+        ("nhot", ctypes.c_uint32),
+        ("_pad", ctypes.c_uint32),
+        ("hot", (HotspotRuleK * 2)),
     ]
 
 
-assert ctypes.sizeof(ResConf) == 200
+assert ctypes.sizeof(ResConf) == 432
 
 
 class StatBucket(ctypes.Structure):
@@ -350,10 +401,11 @@ class Inflight(ctypes.Structure):
         ("resource", ctypes.c_uint32),
         ("is_http", ctypes.c_uint8),
         ("_pad", (ctypes.c_uint8 * 3)),
+        ("hot", (HotKey * 2)),
     ]
 
 
-assert ctypes.sizeof(Inflight) == 16
+assert ctypes.sizeof(Inflight) == 48
 
 
 class ConnEvent(ctypes.Structure):

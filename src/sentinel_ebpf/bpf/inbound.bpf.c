@@ -15,6 +15,7 @@
 #include "flow.bpf.h"
 #include "reject.bpf.h"
 #include "system.bpf.h"
+#include "hotspot.bpf.h"
 
 #define TC_ACT_OK 0
 #define TC_ACT_SHOT 2
@@ -112,6 +113,19 @@ struct {
 	__type(value, struct http_reply);
 } http_reply SEC(".maps");
 
+/* Parsed packets live here, not on the 512-byte stack (TC ingress only: egress has its own). */
+struct ingress_scratch {
+	struct pkt p;
+	struct pkt reply;           /* the reply's view, when a request is answered */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ingress_scratch);
+} ingress_scratch SEC(".maps");
+
 struct peek {
 	__u8 buf[SE_REQ_PEEK];
 };
@@ -132,6 +146,7 @@ const enum port_counter _port_counter_unused __attribute__((unused)) = PORT_TLS;
 const enum dp_counter _dp_counter_unused __attribute__((unused)) = DP_PACKETS;
 const enum flow_kind _flow_kind_unused __attribute__((unused)) = FLOW_KIND_CONNECTION;
 const enum system_metric _system_metric_unused __attribute__((unused)) = SYS_LOAD;
+const enum hot_param _hot_param_unused __attribute__((unused)) = HOT_REMOTE_IP;
 
 static __always_inline __u8 current_gen(void)
 {
@@ -175,7 +190,76 @@ static __always_inline void make_key(struct flow_key *k, const struct pkt *p, bo
 }
 
 /* Sentinel's checks in order (flow, isolation); returns the block type or BLOCK_NONE. */
-static __always_inline __u32 check_resource(__u32 res, __u8 gen, struct res_stats *st, __u64 now)
+/*
+ * Hash of rule `rule`'s header or query parameter in the request, left in param_scratch.hash; returns 0
+ * when the parameter is absent. A global function: the verifier checks its loops once.
+ */
+__noinline int hot_param_hash(struct __sk_buff *skb, __u32 conf_idx, __u32 rule_and_load, __u32 payload_off,
+			      __u32 payload_len)
+{
+	__u32 rule = rule_and_load & 0xff, load = rule_and_load >> 8;
+	__u32 zero = 0;
+	struct param_scan *scan = bpf_map_lookup_elem(&param_scratch, &zero);
+	struct res_conf *rc = bpf_map_lookup_elem(&res_conf, &conf_idx);
+	const struct hotspot_rule_k *r;
+
+	if (!skb || !scan || !rc || rule >= SE_HOTSPOT_RULES_PER_RESOURCE)
+		return 0;
+	r = &rc->hot[rule];
+	if (load) {
+		__u32 n = payload_len < SE_PARAM_PEEK ? payload_len : SE_PARAM_PEEK;
+
+		if (n == 0)
+			return 0;
+		n = ((n - 1) & (SE_PARAM_PEEK - 1)) + 1;
+		if (bpf_skb_load_bytes(skb, payload_off, scan->buf, n))
+			return 0;
+		scan->len = n;
+	}
+	if (!find_param(scan, r))
+		return 0;
+	scan->hash = fnv1a(scan->buf, scan->vstart, scan->vend, r->param == HOT_HEADER);
+	return 1;
+}
+
+/* Hotspot rules of the resource: keys of Concurrency rules' values go to `held` (released on completion). */
+static __always_inline __u32 check_hotspot(const struct res_conf *rc, __u32 conf_idx, struct __sk_buff *skb,
+					   const struct pkt *p, __u64 now_ms, struct hot_key *held)
+{
+	__u32 zero = 0;
+	bool loaded = false;
+
+	for (int i = 0; i < SE_HOTSPOT_RULES_PER_RESOURCE; i++) {
+		const struct hotspot_rule_k *r = &rc->hot[i];
+		struct hot_key k = { .uid = r->uid };
+
+		if (i >= rc->nhot)
+			break;
+		if (r->param == HOT_REMOTE_IP) {
+			k.hash = hash_addr(p->saddr);
+		} else {
+			struct param_scan *scan;
+
+			if (!p->payload_len)
+				continue; /* no request to read the parameter from: the rule does not apply */
+			if (!hot_param_hash(skb, conf_idx, i | (!loaded << 8), p->payload_off, p->payload_len))
+				continue; /* parameter absent: as in Sentinel, the rule does not apply */
+			loaded = true;
+			scan = bpf_map_lookup_elem(&param_scratch, &zero);
+			if (!scan)
+				continue;
+			k.hash = scan->hash;
+		}
+		if (hot_check(r, &k, now_ms) == HOT_BLOCK)
+			return BLOCK_HOTSPOT;
+		if (r->metric == 0)
+			held[i] = k;
+	}
+	return BLOCK_NONE;
+}
+
+static __always_inline __u32 check_resource(__u32 res, __u8 gen, struct res_stats *st, __u64 now,
+					    struct __sk_buff *skb, const struct pkt *p, struct hot_key *held)
 {
 	__u32 idx = gen * SE_MAX_RESOURCES + res;
 	struct res_conf *rc = bpf_map_lookup_elem(&res_conf, &idx);
@@ -221,6 +305,8 @@ static __always_inline __u32 check_resource(__u32 res, __u8 gen, struct res_stat
 	}
 	if (rc->isolation_threshold && st->concurrency + 1 > (__s64)rc->isolation_threshold)
 		return BLOCK_ISOLATION;
+	if (rc->nhot)
+		return check_hotspot(rc, idx, skb, p, now_ms, held);
 	return BLOCK_NONE;
 }
 
@@ -232,7 +318,8 @@ static __always_inline struct res_stats *inbound_node(void)
 }
 
 /* System rules first (they guard all inbound traffic), then the resource's own rules. */
-static __always_inline __u32 check_all(__u32 res, __u8 gen, struct res_stats *st, struct res_stats *in, __u64 now)
+static __always_inline __u32 check_all(__u32 res, __u8 gen, struct res_stats *st, struct res_stats *in, __u64 now,
+				       struct __sk_buff *skb, const struct pkt *p, struct hot_key *held)
 {
 	__u32 idx = gen, zero = 0;
 	struct sys_conf *sc = bpf_map_lookup_elem(&sys_conf, &idx);
@@ -240,12 +327,27 @@ static __always_inline __u32 check_all(__u32 res, __u8 gen, struct res_stats *st
 	if (sc && sc->nrules && in &&
 	    !system_admit(sc, in, bpf_map_lookup_elem(&sys_metrics, &zero), now / 1000000))
 		return BLOCK_SYSTEM;
-	return check_resource(res, gen, st, now);
+	return check_resource(res, gen, st, now, skb, p, held);
 }
 
 /* Admit or block one request of `res`; on pass, track it as in flight under `key`. */
-static __always_inline __u32 judge(__u32 res, __u8 gen, const struct flow_key *key, __u8 is_http)
+static __always_inline void hot_release(const struct hot_key *held)
 {
+	for (int i = 0; i < SE_HOTSPOT_RULES_PER_RESOURCE; i++) {
+		struct hot_state *hs;
+
+		if (!held[i].uid)
+			continue;
+		hs = bpf_map_lookup_elem(&hot_values, &held[i]);
+		if (hs)
+			__sync_fetch_and_add(&hs->concurrency, -1);
+	}
+}
+
+static __always_inline __u32 judge(__u32 res, __u8 gen, const struct flow_key *key, __u8 is_http,
+				   struct __sk_buff *skb, const struct pkt *p)
+{
+	struct inflight entry = {};
 	struct res_stats *st = bpf_map_lookup_elem(&res_stats, &res);
 	struct res_stats *in = inbound_node();
 	__u64 now = now_ns();
@@ -254,7 +356,7 @@ static __always_inline __u32 judge(__u32 res, __u8 gen, const struct flow_key *k
 
 	if (!st)
 		return BLOCK_NONE;
-	verdict = check_all(res, gen, st, in, now);
+	verdict = check_all(res, gen, st, in, now, skb, p, entry.hot);
 	if (verdict != BLOCK_NONE) {
 		stat_block(st, now_ms, verdict);
 		if (in)
@@ -274,12 +376,21 @@ static __always_inline __u32 judge(__u32 res, __u8 gen, const struct flow_key *k
 			__sync_fetch_and_add(&ost->concurrency, -1);
 		if (in)
 			__sync_fetch_and_add(&in->concurrency, -1);
+		hot_release(old->hot);
 	}
-	struct inflight entry = { .start_ns = now, .resource = res, .is_http = is_http };
+	entry.start_ns = now;
+	entry.resource = res;
+	entry.is_http = is_http;
 	if (bpf_map_update_elem(&inflight, key, &entry, BPF_ANY) == 0) {
 		__sync_fetch_and_add(&st->concurrency, 1);
 		if (in)
 			__sync_fetch_and_add(&in->concurrency, 1);
+		for (int i = 0; i < SE_HOTSPOT_RULES_PER_RESOURCE; i++) {
+			struct hot_state *hs = entry.hot[i].uid ? bpf_map_lookup_elem(&hot_values, &entry.hot[i]) : NULL;
+
+			if (hs)
+				__sync_fetch_and_add(&hs->concurrency, 1);
+		}
 	} else {
 		percpu_inc(&dp_counters, DP_INFLIGHT_FULL);
 	}
@@ -307,6 +418,7 @@ static __always_inline void complete(const struct flow_key *key, bool error)
 		stat_complete(in, now / 1000000, rt_ms, error);
 		__sync_fetch_and_add(&in->concurrency, -1);
 	}
+	hot_release(f->hot);
 	bpf_map_delete_elem(&inflight, key);
 }
 
@@ -375,11 +487,11 @@ static __always_inline int reject(struct __sk_buff *skb, const struct pkt *p, __
 	}
 	if (mode == REJECT_HTTP_REPLY && p->payload_len <= SE_REPLY_REQUEST_MAX &&
 	    find_timestamps(skb, p->l4_off, p->doff) >= 0) {
-		__u32 idx = gen;
+		__u32 idx = gen, zero = 0;
 		struct http_reply *reply = bpf_map_lookup_elem(&http_reply, &idx);
-		struct pkt r;
+		struct ingress_scratch *scr = bpf_map_lookup_elem(&ingress_scratch, &zero);
 
-		if (!reply || !reply->len)
+		if (!reply || !reply->len || !scr)
 			goto rst;
 		/* The response goes out toward the client; the same skb then becomes the RST the server
 		 * sees in place of the request (seq = the request's seq exactly, or both sides desync). */
@@ -387,8 +499,8 @@ static __always_inline int reject(struct __sk_buff *skb, const struct pkt *p, __
 			goto fail;
 		if (bpf_clone_redirect(skb, skb->ifindex, 0))
 			goto fail;
-		reply_view(&r, p, reply->len);
-		if (rewrite_to_rst(skb, &r, p->seq, p->ack, true))
+		reply_view(&scr->reply, p, reply->len);
+		if (rewrite_to_rst(skb, &scr->reply, p->seq, p->ack, true))
 			goto fail;
 		percpu_inc(&dp_counters, DP_REPLY_SENT);
 		return TC_ACT_OK;
@@ -412,8 +524,8 @@ fail:
 	return TC_ACT_SHOT;
 }
 
-static __always_inline int on_http_segment(struct __sk_buff *skb, const struct pkt *p, const struct port_conf *pc,
-					   __u16 port, __u8 gen)
+/* The resource an HTTP request segment is for, or 0 (not a request line, no route: counted per port). */
+static __always_inline __u32 http_route(struct __sk_buff *skb, const struct pkt *p, __u16 port, __u8 gen)
 {
 	__u32 zero = 0, n, mlen = 0, plen = 0;
 	struct peek *pk = bpf_map_lookup_elem(&peek_scratch, &zero);
@@ -422,22 +534,22 @@ static __always_inline int on_http_segment(struct __sk_buff *skb, const struct p
 	bool ended = false;
 
 	if (!pk)
-		return TC_ACT_OK;
+		return 0;
 	n = peek_payload(skb, p, pk);
 	if (n < 2)
-		return TC_ACT_OK;
+		return 0;
 	if (pk->buf[0] == 0x16 && pk->buf[1] == 0x03) {
 		port_count(port, PORT_TLS);
-		return TC_ACT_OK;
+		return 0;
 	}
 	if (n >= 4 && bytes_eq(pk->buf, "PRI ", 4)) {
 		port_count(port, PORT_HTTP2);
-		return TC_ACT_OK;
+		return 0;
 	}
 	method = n >= 8 ? parse_method(pk->buf, &mlen) : HTTP_METHOD_NONE;
 	if (method == HTTP_METHOD_NONE || mlen >= n || pk->buf[mlen & (SE_REQ_PEEK - 1)] != '/') {
 		port_count(port, PORT_NOT_REQUEST_LINE);
-		return TC_ACT_OK;
+		return 0;
 	}
 	for (int i = 0; i < SE_PATH_MAX; i++) {
 		__u32 j = mlen + i;
@@ -456,11 +568,11 @@ static __always_inline int on_http_segment(struct __sk_buff *skb, const struct p
 	if (!ended && plen < SE_PATH_MAX) {
 		/* the request line goes on in a later segment: do not guess from a partial path */
 		port_count(port, PORT_NOT_REQUEST_LINE);
-		return TC_ACT_OK;
+		return 0;
 	}
 	if (skb->gso_segs > 1) {
 		port_count(port, PORT_GSO);
-		return TC_ACT_OK;
+		return 0;
 	}
 	key.prefixlen = 32 + plen * 8;
 	key.gen = gen;
@@ -470,56 +582,59 @@ static __always_inline int on_http_segment(struct __sk_buff *skb, const struct p
 	__u32 *res = bpf_map_lookup_elem(&http_routes, &key);
 	if (!res) {
 		port_count(port, PORT_NO_ROUTE);
-		return TC_ACT_OK;
+		return 0;
 	}
-	struct flow_key fk;
-	make_key(&fk, p, true, FLOW_KIND_REQUEST);
-	if (judge(*res, gen, &fk, 1) == BLOCK_NONE)
-		return TC_ACT_OK;
-	return reject(skb, p, pc->reject_http, false, gen);
+	return *res;
 }
 
 SEC("tc")
 int tc_ingress(struct __sk_buff *skb)
 {
-	struct pkt p;
+	__u32 zero = 0;
+	struct ingress_scratch *scr = bpf_map_lookup_elem(&ingress_scratch, &zero);
+	struct pkt *p;
 	struct flow_key fk;
 	int r;
 
 	percpu_inc(&dp_counters, DP_PACKETS);
-	r = parse_tcp(skb, &p);
+	if (!scr)
+		return TC_ACT_OK;
+	p = &scr->p;
+	r = parse_tcp(skb, p);
 	if (r != PARSE_OK) {
 		if (r == PARSE_MALFORMED)
 			percpu_inc(&dp_counters, DP_MALFORMED);
 		return TC_ACT_OK;
 	}
-	__u16 port = bpf_ntohs(p.dport);
+	__u16 port = bpf_ntohs(p->dport);
 	__u8 gen = current_gen();
 	struct port_conf *pc = port_lookup(port, gen);
 	if (!pc)
 		return TC_ACT_OK;
 
-	if (p.flags & (TCP_RST | TCP_FIN)) {
+	if (p->flags & (TCP_RST | TCP_FIN)) {
 		/* the client ends the connection: its request (if any) and the connection are done */
-		make_key(&fk, &p, true, FLOW_KIND_REQUEST);
+		make_key(&fk, p, true, FLOW_KIND_REQUEST);
 		complete(&fk, true);
-		make_key(&fk, &p, true, FLOW_KIND_CONNECTION);
+		make_key(&fk, p, true, FLOW_KIND_CONNECTION);
 		complete(&fk, false);
 		return TC_ACT_OK;
 	}
-	if ((p.flags & (TCP_SYN | TCP_ACK)) == TCP_SYN) {
-		if (!pc->tcp_resource)
-			return TC_ACT_OK;
-		make_key(&fk, &p, true, FLOW_KIND_CONNECTION);
-		if (bpf_map_lookup_elem(&inflight, &fk))
+	bool syn = (p->flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
+	__u32 res = 0;
+
+	if (syn) {
+		res = pc->tcp_resource;
+		make_key(&fk, p, true, FLOW_KIND_CONNECTION);
+		if (res && bpf_map_lookup_elem(&inflight, &fk))
 			return TC_ACT_OK; /* a retransmitted SYN was already counted */
-		if (judge(pc->tcp_resource, gen, &fk, 0) == BLOCK_NONE)
-			return TC_ACT_OK;
-		return reject(skb, &p, pc->reject_tcp, true, gen);
+	} else if (p->payload_len && pc->has_http) {
+		res = http_route(skb, p, port, gen);
+		make_key(&fk, p, true, FLOW_KIND_REQUEST);
 	}
-	if (p.payload_len && pc->has_http)
-		return on_http_segment(skb, &p, pc, port, gen);
-	return TC_ACT_OK;
+	if (!res || judge(res, gen, &fk, !syn, skb, p) == BLOCK_NONE)
+		return TC_ACT_OK;
+	return reject(skb, p, syn ? pc->reject_tcp : pc->reject_http, syn, gen);
 }
 
 SEC("tc")

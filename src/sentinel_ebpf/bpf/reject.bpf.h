@@ -110,9 +110,10 @@ static __always_inline int swap_endpoints(struct __sk_buff *skb, const struct pk
  * Turn the segment into a bare RST|ACK (no options, no payload) with the given seq/ack, optionally
  * addressed back to its sender. Lengths, flags and checksums are fixed; the skb is trimmed.
  */
-static __always_inline int rewrite_to_rst(struct __sk_buff *skb, const struct pkt *p, __u32 seq, __u32 ack,
-					  bool to_sender)
+__noinline int rewrite_to_rst(struct __sk_buff *skb, const struct pkt *p, __u32 seq, __u32 ack, __u32 to_sender)
 {
+	if (!skb || !p)
+		return -1;
 	__u32 csum_off = p->l4_off + 16;
 	__u32 old_tcp_len = p->doff + p->payload_len;
 	__u16 old_word, new_word;
@@ -210,8 +211,10 @@ static __always_inline int swap_timestamps(struct __sk_buff *skb, int ts_off)
  * Turn the request segment into the HTTP response for its client: payload replaced by `reply`,
  * addresses swapped, seq = request's ack, ack = request's seq + length, FIN|PSH|ACK, timestamps swapped.
  */
-static __always_inline int rewrite_to_reply(struct __sk_buff *skb, const struct pkt *p, const struct http_reply *reply)
+__noinline int rewrite_to_reply(struct __sk_buff *skb, const struct pkt *p, const struct http_reply *reply)
 {
+	if (!skb || !p || !reply)
+		return -1;
 	__u32 csum_off = p->l4_off + 16;
 	__u32 rlen = reply->len, rlen4;
 	__u32 old_tcp_len = p->doff + p->payload_len;

@@ -24,6 +24,11 @@ enum sentinel_limits {
 	SE_PORTS_MAX = 1024,
 	SE_SYSTEM_RULES_MAX = 8,
 	SE_MIN_RT_INIT_MS = 60000,   /* a bucket's min RT before any completion (Sentinel's default) */
+	SE_HOTSPOT_RULES_PER_RESOURCE = 2,
+	SE_HOT_PATTERN_MAX = 72,    /* "\n" + header name + ":" or query name + "=" */
+	SE_HOT_VALUE_MAX = 64,      /* bytes of a parameter value that are hashed */
+	SE_PARAM_PEEK = 512,        /* bytes of a request searched for a header or query parameter */
+	SE_HOT_VALUES_MAX = 262144, /* per-value state shared by all hotspot rules (LRU) */
 	SE_HTTP_REPLY_MAX = 512,    /* bytes of the kernel-built HTTP response (bpf_csum_diff's limit) */
 	SE_REPLY_REQUEST_MAX = 1536, /* a request segment longer than this is answered with RST instead */
 };
@@ -165,12 +170,41 @@ struct flow_rule_k {
  * recomputes WarmUp and MemoryAdaptive thresholds and writes them here, apart from the kernel-written state.
  */
 
+enum hot_param {
+	HOT_REMOTE_IP = 0,          /* the client address (16 bytes; IPv4 in the first 4) */
+	HOT_HEADER = 1,             /* an HTTP header's value, name matched case-insensitively */
+	HOT_QUERY = 2,              /* a query parameter's raw (not URL-decoded) value */
+};
+
+struct hotspot_rule_k {
+	__u32 uid;                  /* identity of this rule's per-value state; new when the rule changes */
+	__u8 metric;                /* 0 Concurrency, 1 QPS */
+	__u8 behavior;              /* 0 Reject, 1 Throttling */
+	__u8 param;                 /* enum hot_param */
+	__u8 pattern_len;
+	__u8 pattern[SE_HOT_PATTERN_MAX];
+	__u64 threshold;
+	__u64 burst;
+	__u64 duration_ms;
+	__u64 max_queue_ms;
+};
+
+/* hot_values / hot_specific key: a rule and the FNV-1a 64 hash of a parameter value. */
+struct hot_key {
+	__u32 uid;
+	__u32 _pad;
+	__u64 hash;
+};
+
 /* res_conf value, indexed by gen * SE_MAX_RESOURCES + resource id. */
 struct res_conf {
 	__u32 nflow;
 	__u32 isolation_threshold;  /* 0 = no isolation rule */
 	struct flow_rule_k flow[SE_FLOW_RULES_PER_RESOURCE];
 	__u64 last_passed_ns[SE_FLOW_RULES_PER_RESOURCE]; /* Throttling state, written by the kernel */
+	__u32 nhot;
+	__u32 _pad;
+	struct hotspot_rule_k hot[SE_HOTSPOT_RULES_PER_RESOURCE];
 };
 
 struct stat_bucket {
@@ -249,6 +283,7 @@ struct inflight {
 	__u32 resource;
 	__u8 is_http;
 	__u8 _pad[3];
+	struct hot_key hot[SE_HOTSPOT_RULES_PER_RESOURCE]; /* concurrency hotspot values to release (uid 0: none) */
 };
 
 struct conn_event {

@@ -7,14 +7,17 @@ silently dropped.
 
 from __future__ import annotations
 
+import ipaddress
 import math
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from sentinel_ebpf._types import FlowBehavior, HttpMethod, RejectMode, SentinelLimits
+from sentinel_ebpf._types import FlowBehavior, HotParam, HttpMethod, RejectMode, SentinelLimits
 from sentinel_ebpf.errors import SentinelError
 from sentinel_ebpf.rules import RuleSet
 from sentinel_ebpf.rules.flow import ControlBehavior, FlowRule, RelationStrategy, TokenCalculateStrategy
+from sentinel_ebpf.rules.hotspot import HotspotRule
 
 BUCKET_MS = int(SentinelLimits.SE_BUCKET_MS)
 WINDOW_MS = BUCKET_MS * int(SentinelLimits.SE_BUCKETS)
@@ -45,12 +48,27 @@ class KFlowRule:
 
 
 @dataclass(frozen=True)
+class KHotRule:
+    uid: int  # identity of the rule's per-value state: same rule, same uid, state kept across reloads
+    metric: int
+    behavior: int
+    param: int  # enum hot_param
+    pattern: bytes
+    threshold: int
+    burst: int
+    duration_ms: int
+    max_queue_ms: int
+    specific: tuple[tuple[int, int], ...] = ()  # (value hash, threshold)
+
+
+@dataclass(frozen=True)
 class KResource:
     id: int
     name: str
     key: tuple[str, tuple[object, ...]]  # (name, match) identity across reloads
     isolation_threshold: int = 0
     flow: tuple[KFlowRule, ...] = ()
+    hot: tuple[KHotRule, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -125,6 +143,60 @@ def _flow(rule: FlowRule, ids: dict[str, int], where: str, problems: list[str]) 
 
 ResourceKey = tuple[str, tuple[object, ...]]
 
+FNV_OFFSET, FNV_PRIME = 0xCBF29CE484222325, 0x100000001B3
+
+
+def fnv1a(data: bytes) -> int:
+    """The kernel's hash of a parameter value (hotspot.bpf.h)."""
+    h = FNV_OFFSET
+    for b in data:
+        h = ((h ^ b) * FNV_PRIME) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+def hot_value_bytes(param: str, value: str) -> bytes:
+    """The bytes the kernel hashes for a parameter value: a client address as 16 bytes (IPv4 in the
+    first 4), a header or query value as it appears in the request."""
+    if param == "remote_ip":
+        addr = ipaddress.ip_address(value)
+        return addr.packed.ljust(16, b"\0")
+    return value.encode()[: int(SentinelLimits.SE_HOT_VALUE_MAX)]
+
+
+def _hot(
+    rule: HotspotRule, res_key: ResourceKey, protocol: str, where: str, problems: list[str]
+) -> KHotRule | None:
+    src = rule.param
+    if src.kind != "remote_ip" and protocol != "http":
+        problems.append(
+            f"{where}: paramKey {rule.param_key!r} needs an HTTP resource (a TCP connection has no "
+            "request to read it from)"
+        )
+        return None
+    param = {"remote_ip": HotParam.HOT_REMOTE_IP, "header": HotParam.HOT_HEADER, "query": HotParam.HOT_QUERY}[
+        src.kind
+    ]
+    pattern = (
+        b""
+        if src.kind == "remote_ip"
+        else (b"\n" + src.name.lower().encode() + b":" if src.kind == "header" else src.name.encode() + b"=")
+    )
+    uid = zlib.crc32(repr((res_key, rule)).encode()) or 1
+    specific = tuple(sorted((fnv1a(hot_value_bytes(src.kind, item.key)), item.threshold)
+                            for item in rule.specific_items))  # fmt: skip
+    return KHotRule(
+        uid,
+        int(rule.metric_type),
+        int(rule.control_behavior),
+        int(param),
+        pattern,
+        rule.threshold,
+        rule.burst_count,
+        rule.duration_in_sec * 1000,
+        rule.max_queueing_time_ms,
+        specific,
+    )
+
 
 def assign_ids(
     keys: list[ResourceKey], previous: Mapping[ResourceKey, int], last_id: int
@@ -168,12 +240,28 @@ def compile_inbound(
         problems.append(f"{len(inbound)} resources: at most {int(SentinelLimits.SE_MAX_RESOURCES) - 1}")
     keyed = assign_ids([(r.name, r.match.key()) for r in inbound], previous or {}, last_id)
     ids = {r.name: keyed[(r.name, r.match.key())] for r in inbound}
-    for section, kind in (
-        (rules.circuit_breaker_rules, "circuitBreakerRules"),
-        (rules.hotspot_rules, "hotSpotParamRules"),
-    ):
-        if section:
-            problems.append(f"{kind}: not enforced in the kernel yet ({len(section)} rule(s))")
+    if rules.circuit_breaker_rules:
+        problems.append(
+            f"circuitBreakerRules: not enforced in the kernel yet ({len(rules.circuit_breaker_rules)} "
+            "rule(s))"
+        )
+    by_name = {r.name: r for r in inbound}
+    hots: dict[str, list[KHotRule]] = {}
+    for i, hr in enumerate(rules.hotspot_rules):
+        where = f"hotSpotParamRules[{i}] ({hr.id or hr.resource})"
+        res = by_name.get(hr.resource)
+        if res is None:
+            problems.append(f"{where}: resource {hr.resource!r} is not an inbound resource")
+            continue
+        kh = _hot(hr, (res.name, res.match.key()), res.match.protocol, where, problems)
+        if kh is not None:
+            hots.setdefault(hr.resource, []).append(kh)
+    hot_limit = int(SentinelLimits.SE_HOTSPOT_RULES_PER_RESOURCE)
+    for name, hl in hots.items():
+        if len(hl) > hot_limit:
+            problems.append(
+                f"resource {name!r}: {len(hl)} hotspot rules, the kernel checks at most {hot_limit}"
+            )
 
     flows: dict[str, list[KFlowRule]] = {}
     for i, rule in enumerate(rules.flow_rules):
@@ -237,7 +325,7 @@ def compile_inbound(
         raise CompileError(problems)
     resources = tuple(
         KResource(ids[r.name], r.name, (r.name, r.match.key()), isolation.get(r.name, 0),
-                  tuple(flows.get(r.name, ())))
+                  tuple(flows.get(r.name, ())), tuple(hots.get(r.name, ())))
         for r in inbound
     )  # fmt: skip
     return CompiledInbound(

@@ -12,6 +12,8 @@ from sentinel_ebpf._types import (
     BlockType,
     DpCounter,
     FlowRuleK,
+    HotKey,
+    HotspotRuleK,
     HttpReply,
     HttpRouteKey,
     PortConf,
@@ -135,12 +137,14 @@ class InboundDataplane:
             self.obj.map("sys_conf").update(_u32(new_gen), bytes(sc))
             adaptive = AdaptiveThresholds(compiled, self.raw_stats, self.memory, self.adaptive)
             self._write_thresholds(adaptive, new_gen)
+            self._write_hot_specific(compiled)
             self._write_ports_routes(compiled, new_gen)
         except BaseException:
             self._clear_gen(new_gen, compiled)
             raise
         self.obj.map("active_gen").update(_u32(0), _u32(new_gen))
         self._clear_gen(old_gen, self.compiled)
+        self._drop_hot_specific(self.compiled, keep=compiled)
         self.gen = new_gen
         self.compiled = compiled
         self.adaptive = adaptive
@@ -166,6 +170,13 @@ class InboundDataplane:
         rc = ResConf()
         rc.nflow = len(r.flow)
         rc.isolation_threshold = r.isolation_threshold
+        rc.nhot = len(r.hot)
+        for i, h in enumerate(r.hot):
+            rc.hot[i] = HotspotRuleK(
+                uid=h.uid, metric=h.metric, behavior=h.behavior, param=h.param, pattern_len=len(h.pattern),
+                threshold=h.threshold, burst=h.burst, duration_ms=h.duration_ms, max_queue_ms=h.max_queue_ms,
+            )  # fmt: skip
+            ctypes.memmove(rc.hot[i].pattern, h.pattern, len(h.pattern))
         for i, f in enumerate(r.flow):
             rc.flow[i] = FlowRuleK(
                 dynamic=int(f.dynamic),
@@ -189,6 +200,24 @@ class InboundDataplane:
                 pstats.update(p.port.to_bytes(2, "little"), bytes(PortCounts()))
             ports.update(bytes(PortKey(port=p.port, gen=gen)), bytes(pc))
 
+    def _write_hot_specific(self, compiled: CompiledInbound) -> None:
+        m = self.obj.map("hot_specific")
+        for r in compiled.resources:
+            for h in r.hot:
+                for value_hash, threshold in h.specific:
+                    m.update(bytes(HotKey(uid=h.uid, hash=value_hash)), threshold.to_bytes(8, "little"))
+
+    def _drop_hot_specific(self, old: CompiledInbound, keep: CompiledInbound) -> None:
+        """Remove specific items of hotspot rules that ``keep`` no longer has."""
+        kept = {(h.uid, v) for r in keep.resources for h in r.hot for v, _ in h.specific}
+        m = self.obj.map("hot_specific")
+        for r in old.resources:
+            for h in r.hot:
+                for value_hash, _ in h.specific:
+                    if (h.uid, value_hash) not in kept:
+                        with contextlib.suppress(BpfKeyError):
+                            m.delete(bytes(HotKey(uid=h.uid, hash=value_hash)))
+
     def _clear_gen(self, gen: int, compiled: CompiledInbound) -> None:
         """Remove one generation's ports, routes and configurations (never the one in force)."""
         ports, routes, conf = (
@@ -207,7 +236,7 @@ class InboundDataplane:
 
     def clear(self) -> None:
         """Remove every rule, route, statistic and in-flight entry (the programs then pass everything)."""
-        for name in ("inbound_ports", "http_routes", "inflight", "port_stats"):
+        for name in ("inbound_ports", "http_routes", "inflight", "port_stats", "hot_values", "hot_specific"):
             self.obj.map(name).clear()
         conf, stats = self.obj.map("res_conf"), self.obj.map("res_stats")
         for r in self.compiled.resources:
