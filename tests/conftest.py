@@ -29,8 +29,10 @@ def _missing_objects(names: tuple[str, ...]) -> str | None:
     wanted = names or tuple(p.name.removesuffix(".bpf.c") for p in sorted(BPF_DIR.glob("*.bpf.c")))
     missing = [n for n in wanted if not (BPF_DIR / f"{n}.bpf.o").exists()]
     if missing:
-        return (f"BPF objects not built: {', '.join(m + '.bpf.o' for m in missing)} in {BPF_DIR} "
-                "(run `python -m sentinel_ebpf._build` or reinstall the package)")
+        return (
+            f"BPF objects not built: {', '.join(m + '.bpf.o' for m in missing)} in {BPF_DIR} "
+            "(run `python -m sentinel_ebpf._build` or reinstall the package)"
+        )
     return None
 
 
@@ -58,10 +60,16 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> pytest.TestReport:
     report: pytest.TestReport = yield
-    if (report.skipped and in_ci() and item.get_closest_marker("kernel") is not None
-            and not hasattr(report, "wasxfail")):
+    if (
+        report.skipped
+        and in_ci()
+        and item.get_closest_marker("kernel") is not None
+        and not hasattr(report, "wasxfail")
+    ):
         longrepr = report.longrepr
         reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
         report.outcome = "failed"
-        report.longrepr = f"kernel test skipped in CI (CI={os.environ.get('CI')}), which counts as a failure: {reason}"
+        report.longrepr = (
+            f"kernel test skipped in CI (CI={os.environ.get('CI')}), which counts as a failure: {reason}"
+        )
     return report

@@ -26,7 +26,9 @@ class SecondCounts:
     concurrency: int = 0
 
     def is_zero(self) -> bool:
-        return not (self.pass_qps or self.block_qps or self.complete_qps or self.error_qps or self.concurrency)
+        return not (
+            self.pass_qps or self.block_qps or self.complete_qps or self.error_qps or self.concurrency
+        )
 
 
 @dataclass(frozen=True)

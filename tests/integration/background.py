@@ -28,15 +28,24 @@ class LineProcess:
     def __init__(self, argv: Sequence[str], **kw: Any) -> None:
         self.argv = list(argv)
         kw.setdefault("env", CLEAN_ENV)
-        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, bufsize=1,
-                                     start_new_session=True, **kw)
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+            start_new_session=True,
+            **kw,
+        )
         self.stdout: list[str] = []
         self.stderr: list[str] = []
         self._cv = threading.Condition()
         self._open = 2
-        self._threads = [threading.Thread(target=self._read, args=(s, into), daemon=True)
-                         for s, into in ((self.proc.stdout, self.stdout), (self.proc.stderr, self.stderr))]
+        self._threads = [
+            threading.Thread(target=self._read, args=(s, into), daemon=True)
+            for s, into in ((self.proc.stdout, self.stdout), (self.proc.stderr, self.stderr))
+        ]
         for t in self._threads:
             t.start()
 
@@ -55,9 +64,13 @@ class LineProcess:
 
     def describe(self) -> str:
         with self._cv:
-            return (f"{' '.join(self.argv)} (pid {self.pid}, returncode {self.proc.poll()})\n"
-                    f"--- stdout ---\n" + "\n".join(self.stdout[-50:]) +
-                    "\n--- stderr ---\n" + "\n".join(self.stderr[-50:]))
+            return (
+                f"{' '.join(self.argv)} (pid {self.pid}, returncode {self.proc.poll()})\n"
+                f"--- stdout ---\n"
+                + "\n".join(self.stdout[-50:])
+                + "\n--- stderr ---\n"
+                + "\n".join(self.stderr[-50:])
+            )
 
     def wait_until(self, check: Callable[[], T | None], timeout: float, what: str) -> T:
         """Wait until ``check()`` (called under the lock, on each new line) returns something not None."""
@@ -75,8 +88,11 @@ class LineProcess:
                 self._cv.wait(left)
 
     def wait_stderr(self, prefix: str, timeout: float = 30) -> str:
-        return self.wait_until(lambda: next((ln for ln in self.stderr if ln.startswith(prefix)), None),
-                               timeout, f"stderr line {prefix!r}")
+        return self.wait_until(
+            lambda: next((ln for ln in self.stderr if ln.startswith(prefix)), None),
+            timeout,
+            f"stderr line {prefix!r}",
+        )
 
     def wait_stdout(self, match: Callable[[str], bool], timeout: float = 15, what: str = "output") -> str:
         return self.wait_until(lambda: next((ln for ln in self.stdout if match(ln)), None), timeout, what)

@@ -32,10 +32,12 @@ from typing import IO, Any
 
 IP = shutil.which("ip") or "/usr/sbin/ip"
 SS = shutil.which("ss") or "/usr/bin/ss"
-IFNAMSIZ = 15            # usable characters of a Linux interface name
+IFNAMSIZ = 15  # usable characters of a Linux interface name
 LOCK_DIR = Path(tempfile.gettempdir())
 # No proxy for test traffic, whatever the environment says.
-CLEAN_ENV = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
+CLEAN_ENV = {
+    k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")
+}
 CLEAN_ENV["no_proxy"] = CLEAN_ENV["NO_PROXY"] = "*"
 
 
@@ -46,7 +48,9 @@ class NetnsError(RuntimeError):
 def _run(argv: Sequence[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
     res = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False)
     if res.returncode != 0:
-        raise NetnsError(f"{' '.join(argv)} exited {res.returncode}: {res.stderr.strip() or res.stdout.strip()}")
+        raise NetnsError(
+            f"{' '.join(argv)} exited {res.returncode}: {res.stderr.strip() or res.stdout.strip()}"
+        )
     return res
 
 
@@ -138,22 +142,41 @@ class NetnsPair:
 
     # life cycle
     def create(self) -> NetnsPair:
-        atexit.register(self.destroy)   # belt and braces: also when a fixture finaliser never runs
+        atexit.register(self.destroy)  # belt and braces: also when a fixture finaliser never runs
         try:
             self.subnet, self._lock = _reserve_subnet()
             for ns in (self.client, self.server):
                 _run([IP, "netns", "add", ns])
                 self._created.append(ns)
-            _run([IP, "link", "add", self.client_if, "netns", self.client, "type", "veth",
-                  "peer", "name", self.server_if, "netns", self.server])
-            for ns, ifname, v4 in ((self.client, self.client_if, self.client_ip),
-                                   (self.server, self.server_if, self.server_ip)):
+            _run(
+                [
+                    IP,
+                    "link",
+                    "add",
+                    self.client_if,
+                    "netns",
+                    self.client,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    self.server_if,
+                    "netns",
+                    self.server,
+                ]
+            )
+            for ns, ifname, v4 in (
+                (self.client, self.client_if, self.client_ip),
+                (self.server, self.server_if, self.server_ip),
+            ):
                 _run(self.cmd(ns, IP, "link", "set", "lo", "up"))
                 _run(self.cmd(ns, IP, "addr", "add", f"{v4}/24", "dev", ifname))
                 _run(self.cmd(ns, IP, "link", "set", ifname, "up"))
             try:
-                for ns, ifname, v6 in ((self.client, self.client_if, self.client_ip6),
-                                       (self.server, self.server_if, self.server_ip6)):
+                for ns, ifname, v6 in (
+                    (self.client, self.client_if, self.client_ip6),
+                    (self.server, self.server_if, self.server_ip6),
+                ):
                     _run(self.cmd(ns, IP, "-6", "addr", "add", f"{v6}/64", "dev", ifname, "nodad"))
                 self.ipv6 = True
             except NetnsError as exc:
@@ -204,11 +227,13 @@ class NetnsPair:
         """argv that runs inside ``ns``. ``ip netns exec`` execs the command: its pid is the Popen's."""
         return [IP, "netns", "exec", ns, *argv]
 
-    def run(self, ns: str, *argv: str, timeout: float = 30, check: bool = False,
-            **kw: Any) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, ns: str, *argv: str, timeout: float = 30, check: bool = False, **kw: Any
+    ) -> subprocess.CompletedProcess[str]:
         kw.setdefault("env", CLEAN_ENV)
-        return subprocess.run(self.cmd(ns, *argv), capture_output=True, text=True, timeout=timeout,
-                              check=check, **kw)
+        return subprocess.run(
+            self.cmd(ns, *argv), capture_output=True, text=True, timeout=timeout, check=check, **kw
+        )
 
     def popen(self, ns: str, *argv: str, **kw: Any) -> subprocess.Popen[Any]:
         """Start a process inside ``ns`` in its own session; it is killed on teardown."""
@@ -218,13 +243,19 @@ class NetnsPair:
         self._procs.append(proc)
         return proc
 
-    def wait_listening(self, ns: str, port: int, proc: subprocess.Popen[Any] | None = None,
-                       timeout: float = 15) -> None:
+    def wait_listening(
+        self, ns: str, port: int, proc: subprocess.Popen[Any] | None = None, timeout: float = 15
+    ) -> None:
         """Wait until a TCP socket listens on ``port`` in ``ns`` (checked with ss, no traffic)."""
         deadline = time.monotonic() + timeout
         while True:
-            res = subprocess.run(self.cmd(ns, SS, "-Hltn", f"sport = :{port}"), capture_output=True,
-                                 text=True, timeout=10, check=False)
+            res = subprocess.run(
+                self.cmd(ns, SS, "-Hltn", f"sport = :{port}"),
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+            )
             if res.returncode == 0 and res.stdout.strip():
                 return
             if proc is not None and proc.poll() is not None:
@@ -242,9 +273,20 @@ class NetnsPair:
         (workdir / "www" / "index.html").write_text("hello from sentinel-ebpf tests\n")
         log = open(workdir / "server.log", "w")  # noqa: SIM115 - the child keeps it
         with log:
-            proc = self.popen(self.server, python or sys.executable, "-m", "http.server", "--bind", "::",
-                              "--directory", str(workdir / "www"), str(port),
-                              stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+            proc = self.popen(
+                self.server,
+                python or sys.executable,
+                "-m",
+                "http.server",
+                "--bind",
+                "::",
+                "--directory",
+                str(workdir / "www"),
+                str(port),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         server = Server("http.server", proc, self.server, port, workdir)
         self._ready(server)
         return server
@@ -257,8 +299,10 @@ class NetnsPair:
         workdir = self.tmpdir / f"nginx-{port}"
         workdir.mkdir(parents=True)
         listen6 = f"listen [::]:{port};" if self.ipv6 else ""
-        temp = " ".join(f"{kind}_temp_path {workdir}/{kind};"
-                        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        temp = " ".join(
+            f"{kind}_temp_path {workdir}/{kind};"
+            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
         (workdir / "nginx.conf").write_text(f"""
 worker_processes 1;
 master_process off;
@@ -275,9 +319,21 @@ http {{
     }}
 }}
 """)
-        proc = self.popen(self.server, nginx, "-e", str(workdir / "server.log"), "-p", str(workdir),
-                          "-c", str(workdir / "nginx.conf"), "-g", "daemon off;",
-                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = self.popen(
+            self.server,
+            nginx,
+            "-e",
+            str(workdir / "server.log"),
+            "-p",
+            str(workdir),
+            "-c",
+            str(workdir / "nginx.conf"),
+            "-g",
+            "daemon off;",
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         server = Server("nginx", proc, self.server, port, workdir)
         self._ready(server)
         return server

@@ -37,8 +37,13 @@ def route_src(family: int, host: str, port: int) -> str:
 def attempt(host: str, port: int, bind: str | None = None, timeout: float = 10) -> dict[str, object]:
     family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
     out: dict[str, object] = {
-        "pid": os.getpid(), "tid": threading.get_native_id(), "uid": os.getuid(), "comm": comm(),
-        "family": 4 if family == socket.AF_INET else 6, "host": host, "port": port,
+        "pid": os.getpid(),
+        "tid": threading.get_native_id(),
+        "uid": os.getuid(),
+        "comm": comm(),
+        "family": 4 if family == socket.AF_INET else 6,
+        "host": host,
+        "port": port,
     }
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)

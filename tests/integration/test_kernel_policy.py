@@ -16,7 +16,7 @@ import pytest
 
 CONFTEST = Path(__file__).resolve().parents[1] / "conftest.py"
 
-SCRATCH_TESTS = '''
+SCRATCH_TESTS = """
 import pytest
 
 @pytest.mark.kernel("tcptrace")
@@ -38,7 +38,7 @@ def test_plain_skip():
 @pytest.mark.kernel("tcptrace")
 def test_kernel_passes():
     pass
-'''
+"""
 
 
 def run_scratch(tmp_path: Path, ci: str | None) -> dict[str, str]:
@@ -52,11 +52,19 @@ def run_scratch(tmp_path: Path, ci: str | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "CI"}
     if ci is not None:
         env["CI"] = ci
-    res = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", "-v", str(tmp_path)],
-                         capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env, check=False)
+    res = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", "-v", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=env,
+        check=False,
+    )
     outcomes: dict[str, str] = {}
-    for m in re.finditer(r"^test_scratch\.py::(test_\w+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)",
-                         res.stdout, re.M):
+    for m in re.finditer(
+        r"^test_scratch\.py::(test_\w+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)", res.stdout, re.M
+    ):
         outcomes[m.group(1)] = m.group(2)
     outcomes["_output"] = res.stdout + res.stderr
     return outcomes
@@ -66,10 +74,14 @@ def test_kernel_skips_are_skips_outside_ci(tmp_path: Path) -> None:
     got = run_scratch(tmp_path, ci=None)
     out = got.pop("_output")
     if os.geteuid() != 0:
-        pytest.skip("as non-root every kernel test skips for lack of root")   # not a kernel test itself
-    assert got == {"test_kernel_skips_inside": "SKIPPED", "test_kernel_object_missing": "SKIPPED",
-                   "test_kernel_xfail": "XFAIL", "test_plain_skip": "SKIPPED",
-                   "test_kernel_passes": "PASSED"}, out
+        pytest.skip("as non-root every kernel test skips for lack of root")  # not a kernel test itself
+    assert got == {
+        "test_kernel_skips_inside": "SKIPPED",
+        "test_kernel_object_missing": "SKIPPED",
+        "test_kernel_xfail": "XFAIL",
+        "test_plain_skip": "SKIPPED",
+        "test_kernel_passes": "PASSED",
+    }, out
     assert "no_such_object_xyz.bpf.o" in out and "not built" in out, out
 
 
@@ -78,8 +90,12 @@ def test_kernel_skips_fail_in_ci(tmp_path: Path) -> None:
     out = got.pop("_output")
     if os.geteuid() != 0:
         pytest.skip("as non-root every kernel test fails in CI for lack of root")
-    assert got == {"test_kernel_skips_inside": "FAILED", "test_kernel_object_missing": "ERROR",
-                   "test_kernel_xfail": "XFAIL", "test_plain_skip": "SKIPPED",
-                   "test_kernel_passes": "PASSED"}, out
+    assert got == {
+        "test_kernel_skips_inside": "FAILED",
+        "test_kernel_object_missing": "ERROR",
+        "test_kernel_xfail": "XFAIL",
+        "test_plain_skip": "SKIPPED",
+        "test_kernel_passes": "PASSED",
+    }, out
     assert "kernel test skipped in CI" in out and "no such feature here" in out, out
     assert "kernel test cannot run in CI" in out and "no_such_object_xyz.bpf.o" in out, out

@@ -33,12 +33,24 @@ from .netns import NetnsPair, Server
 pytestmark = pytest.mark.kernel("tcptrace")
 
 READY = "sentinel-ebpf: tracing TCP connections"
-HEADER = "Comm             Src addr        Port   -> Dest addr       Port"   # the original plugin's header
+HEADER = "Comm             Src addr        Port   -> Dest addr       Port"  # the original plugin's header
 TIME_RE = re.compile(r"^\d{4}/\d{2}/\d{2} \d{2}:\d{2}:\d{2}$")
-JSON_KEYS = {"timestamp", "pid", "tid", "uid", "comm", "family", "saddr", "sport", "daddr", "dport",
-             "direction", "outcome"}
-REFUSED = 9          # nothing listens there in the server namespace: the SYN gets a RST
-MARKER = 10          # refused too; used only as the last connection of a test
+JSON_KEYS = {
+    "timestamp",
+    "pid",
+    "tid",
+    "uid",
+    "comm",
+    "family",
+    "saddr",
+    "sport",
+    "daddr",
+    "dport",
+    "direction",
+    "outcome",
+}
+REFUSED = 9  # nothing listens there in the server namespace: the SYN gets a RST
+MARKER = 10  # refused too; used only as the last connection of a test
 BPFTOOL = "/usr/sbin/bpftool"
 
 
@@ -58,8 +70,10 @@ def same_ip(a: str, b: str) -> bool:
     return ip_address(a) == ip_address(b)
 
 
-LINE_RE = re.compile(r"^(?P<time>\d{4}/\d{2}/\d{2} \d{2}:\d{2}:\d{2}) (?P<comm>.{16}) (?P<saddr>\S+) +"
-                     r"(?P<sport>\d+) +-> (?P<daddr>\S+) +(?P<dport>\d+)$")
+LINE_RE = re.compile(
+    r"^(?P<time>\d{4}/\d{2}/\d{2} \d{2}:\d{2}:\d{2}) (?P<comm>.{16}) (?P<saddr>\S+) +"
+    r"(?P<sport>\d+) +-> (?P<daddr>\S+) +(?P<dport>\d+)$"
+)
 
 
 def parse_line(line: str) -> tuple[str, str, str, int, str, int]:
@@ -106,8 +120,9 @@ class Trace:
                 out.append(line)
         return out
 
-    def wait_event(self, match: Callable[[dict[str, Any]], bool], what: str, timeout: float = 15
-                   ) -> dict[str, Any]:
+    def wait_event(
+        self, match: Callable[[dict[str, Any]], bool], what: str, timeout: float = 15
+    ) -> dict[str, Any]:
         return self.lp.wait_until(lambda: next((e for e in self.events() if match(e)), None), timeout, what)
 
     def wait_line(self, match: Callable[[str], bool], what: str, timeout: float = 15) -> str:
@@ -118,7 +133,9 @@ class Trace:
         if self.json:
             self.wait_event(lambda e: e["pid"] == marker.pid, f"marker event (curl pid {marker.pid})")
         else:
-            self.wait_line(lambda ln: parse_line(ln)[1] == "curl" and parse_line(ln)[5] == MARKER, "marker line")
+            self.wait_line(
+                lambda ln: parse_line(ln)[1] == "curl" and parse_line(ln)[5] == MARKER, "marker line"
+            )
 
 
 @pytest.fixture
@@ -151,9 +168,25 @@ def curl(pair: NetnsPair, host: str, port: int, expect_exit: int | None = 0) -> 
     """One curl from the client namespace; pid is curl's own (``ip netns exec`` execs it)."""
     url = f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
     t_start = time.time()
-    proc = pair.popen(pair.client, "curl", "-sS", "-g", "--noproxy", "*", "--max-time", "10",
-                      "-o", "/dev/null", "-w", "%{local_ip}|%{local_port}|%{http_code}", url,
-                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = pair.popen(
+        pair.client,
+        "curl",
+        "-sS",
+        "-g",
+        "--noproxy",
+        "*",
+        "--max-time",
+        "10",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{local_ip}|%{local_port}|%{http_code}",
+        url,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     out, err = proc.communicate(timeout=30)
     t_end = time.time()
     local_ip, local_port, code = out.strip().split("|")
@@ -163,13 +196,26 @@ def curl(pair: NetnsPair, host: str, port: int, expect_exit: int | None = 0) -> 
     return result
 
 
-def client(pair: NetnsPair, host: str, port: int, bind: str | None = None,
-           timeout: float | None = None) -> dict[str, Any]:
+def client(
+    pair: NetnsPair, host: str, port: int, bind: str | None = None, timeout: float | None = None
+) -> dict[str, Any]:
     """One connect() by tcpclient.py in the client namespace, and what its socket reported."""
-    argv = [sys.executable, str(TCPCLIENT), host, str(port), *(["--bind", bind] if bind else []),
-            *(["--timeout", str(timeout)] if timeout else [])]
-    proc = pair.popen(pair.client, *argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                      stderr=subprocess.PIPE, text=True)
+    argv = [
+        sys.executable,
+        str(TCPCLIENT),
+        host,
+        str(port),
+        *(["--bind", bind] if bind else []),
+        *(["--timeout", str(timeout)] if timeout else []),
+    ]
+    proc = pair.popen(
+        pair.client,
+        *argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     result: dict[str, Any] = json.loads(out)
@@ -181,8 +227,17 @@ class InteractiveClient:
     """tcpclient.py --serve: a pid known before it connects (for -p filters)."""
 
     def __init__(self, pair: NetnsPair) -> None:
-        self.proc = pair.popen(pair.client, sys.executable, str(TCPCLIENT), "--serve", stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+        self.proc = pair.popen(
+            pair.client,
+            sys.executable,
+            str(TCPCLIENT),
+            "--serve",
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
         ready = json.loads(self._line())
         assert ready["pid"] == self.proc.pid
         self.pid: int = ready["pid"]
@@ -190,7 +245,7 @@ class InteractiveClient:
 
     def _line(self) -> str:
         assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()   # the client answers at once; connect() has a 10 s timeout
+        line = self.proc.stdout.readline()  # the client answers at once; connect() has a 10 s timeout
         if not line:
             raise AssertionError(f"tcpclient.py ended: {self.proc.stderr.read() if self.proc.stderr else ''}")
         return line
@@ -212,16 +267,20 @@ def text_time(line: str) -> float:
 
 
 # ------------------------------------------------------------------------------------------------ tests
-def test_curl_connections_text_and_json(netns_pair: NetnsPair, http_server: Server, nginx_server: Server,
-                                        trace: Callable[..., Trace]) -> None:
+def test_curl_connections_text_and_json(
+    netns_pair: NetnsPair, http_server: Server, nginx_server: Server, trace: Callable[..., Trace]
+) -> None:
     """curl to http.server, nginx and a refused port (IPv4 and IPv6): one line each, right fields."""
     pair = netns_pair
     text, js = trace(), trace("--json")
     header = text.lp.wait_until(lambda: text.lp.stdout[0] if text.lp.stdout else None, 10, "header")
     assert TIME_RE.match(header[:19]) and header[19:] == " " + HEADER, header
 
-    targets: list[tuple[str, int, int]] = [(pair.server_ip, 8000, 0), (pair.server_ip, 8080, 0),
-                                           (pair.server_ip, REFUSED, 7)]
+    targets: list[tuple[str, int, int]] = [
+        (pair.server_ip, 8000, 0),
+        (pair.server_ip, 8080, 0),
+        (pair.server_ip, REFUSED, 7),
+    ]
     if pair.ipv6:
         targets += [(pair.server_ip6, 8000, 0), (pair.server_ip6, 8080, 0), (pair.server_ip6, REFUSED, 7)]
     runs = [(host, port, curl(pair, host, port, expect_exit=code)) for host, port, code in targets]
@@ -243,7 +302,7 @@ def test_curl_connections_text_and_json(netns_pair: NetnsPair, http_server: Serv
         assert (e["saddr"], e["daddr"], e["dport"]) == (src, host, port), e
         assert e["direction"] == "connect", e
         assert e["outcome"] == ("failed" if failed else "established"), e
-        if failed:   # curl does not say which port a refused attempt used
+        if failed:  # curl does not say which port a refused attempt used
             assert e["sport"] in ephemeral_range(), e
         else:
             assert e["sport"] == c.local_port, (e, c)
@@ -276,8 +335,12 @@ def test_events_match_client_sockets(netns_pair: NetnsPair, http_server: Server,
     with ConnTracer(TraceFilter(ports=(8000, REFUSED)), flavor=flavor) as tracer:
         assert tracer.flavor == flavor
         for _, server, src in families:
-            results += [client(pair, server, 8000), client(pair, server, REFUSED),
-                        client(pair, server, REFUSED, bind=src), client(pair, server, 8000, bind=src)]
+            results += [
+                client(pair, server, 8000),
+                client(pair, server, REFUSED),
+                client(pair, server, REFUSED, bind=src),
+                client(pair, server, 8000, bind=src),
+            ]
         pids = {r["pid"] for r in results}
         deadline = time.monotonic() + 15
         while {c.pid for c in got} & pids != pids:
@@ -319,19 +382,25 @@ def test_events_match_client_sockets(netns_pair: NetnsPair, http_server: Server,
 def test_attempt_closed_before_established(netns_pair: NetnsPair, trace: Callable[..., Trace]) -> None:
     """A connect() that times out (no host answers) and is closed in SYN_SENT: one "failed" event."""
     pair = netns_pair
-    silent = f"10.200.{pair.subnet}.3"    # on the veth's subnet, nobody has it: ARP gets no answer
+    silent = f"10.200.{pair.subnet}.3"  # on the veth's subnet, nobody has it: ARP gets no answer
     t = trace("--json", "-P", "8000")
     r = client(pair, silent, 8000, timeout=0.3)
     assert not r["ok"] and "timed out" in r["error"], r
     e = t.wait_event(lambda e: e["pid"] == r["pid"], "the timed-out attempt")
     assert (e["outcome"], e["saddr"], e["sport"], e["daddr"], e["dport"]) == (
-        "failed", pair.client_ip, r["sockname"][1], silent, 8000), (e, r)
-    assert r["sockname"][0] == pair.client_ip    # read while the socket was still in SYN_SENT
+        "failed",
+        pair.client_ip,
+        r["sockname"][1],
+        silent,
+        8000,
+    ), (e, r)
+    assert r["sockname"][0] == pair.client_ip  # read while the socket was still in SYN_SENT
     check_timestamp(e["timestamp"], r["t_start"], r["t_end"], slack=0.5)
 
 
-def test_port_filter(netns_pair: NetnsPair, http_server: Server, nginx_server: Server,
-                     trace: Callable[..., Trace]) -> None:
+def test_port_filter(
+    netns_pair: NetnsPair, http_server: Server, nginx_server: Server, trace: Callable[..., Trace]
+) -> None:
     pair = netns_pair
     t = trace("--json", "-P", "8080", "-P", str(REFUSED))
     skipped = curl(pair, pair.server_ip, 8000)
@@ -354,7 +423,9 @@ def test_pid_filter(netns_pair: NetnsPair, http_server: Server, trace: Callable[
     events = t.events()
     assert all(e["pid"] == cl.pid for e in events), (other.pid, events)
     assert [(e["dport"], e["sport"], e["outcome"]) for e in events] == [
-        (8000, ok["sockname"][1], "established"), (REFUSED, refused["sockname"][1], "failed")]
+        (8000, ok["sockname"][1], "established"),
+        (REFUSED, refused["sockname"][1], "failed"),
+    ]
 
 
 def test_comm_filter(netns_pair: NetnsPair, http_server: Server, trace: Callable[..., Trace]) -> None:
@@ -367,10 +438,11 @@ def test_comm_filter(netns_pair: NetnsPair, http_server: Server, trace: Callable
     assert [parse_line(ln)[1:4] for ln in lines] == [("curl", pair.client_ip, c.local_port)], (py, lines)
 
 
-def test_count_exits_after_n_lines(netns_pair: NetnsPair, http_server: Server,
-                                   trace: Callable[..., Trace]) -> None:
+def test_count_exits_after_n_lines(
+    netns_pair: NetnsPair, http_server: Server, trace: Callable[..., Trace]
+) -> None:
     pair = netns_pair
-    cl = InteractiveClient(pair)   # -p keeps other traffic on the machine out of the count
+    cl = InteractiveClient(pair)  # -p keeps other traffic on the machine out of the count
     t = trace("-c", "2", "-p", str(cl.pid))
     first = cl.connect(pair.server_ip, 8000)
     t.wait_line(lambda ln: parse_line(ln)[3] == first["sockname"][1], "the first line")
@@ -381,8 +453,9 @@ def test_count_exits_after_n_lines(netns_pair: NetnsPair, http_server: Server,
     assert [parse_line(ln)[3] for ln in t.lp.stdout[1:]] == [first["sockname"][1], second["sockname"][1]]
 
 
-def test_accept_shows_server_side(netns_pair: NetnsPair, http_server: Server, nginx_server: Server,
-                                  trace: Callable[..., Trace]) -> None:
+def test_accept_shows_server_side(
+    netns_pair: NetnsPair, http_server: Server, nginx_server: Server, trace: Callable[..., Trace]
+) -> None:
     """--accept: the server's accept(), with the server's pid; -P filters accepts on the local port."""
     pair = netns_pair
     t = trace("--json", "--accept", "-P", "8000")
@@ -391,10 +464,12 @@ def test_accept_shows_server_side(netns_pair: NetnsPair, http_server: Server, ng
     if pair.ipv6:
         hosts.append((pair.server_ip6, pair.client_ip6, 6))
     for server, src, family in hosts:
-        excluded = curl(pair, server, 8080)          # nginx: port not selected, neither side shows
+        excluded = curl(pair, server, 8080)  # nginx: port not selected, neither side shows
         c = curl(pair, server, 8000)
-        acc = t.wait_event(lambda e, c=c: e["direction"] == "accept" and e["dport"] == c.local_port,
-                           f"accept of curl port {c.local_port}")
+        acc = t.wait_event(
+            lambda e, c=c: e["direction"] == "accept" and e["dport"] == c.local_port,
+            f"accept of curl port {c.local_port}",
+        )
         assert acc["pid"] == http_server.pid and acc["tid"] == http_server.pid, acc
         assert acc["comm"] == server_comm and acc["uid"] == 0, acc
         # http.server listens on [::] (dual stack): an IPv4 client's accepted socket is AF_INET6 with
@@ -408,8 +483,9 @@ def test_accept_shows_server_side(netns_pair: NetnsPair, http_server: Server, ng
         assert not [e for e in t.events() if excluded.local_port in (e["sport"], e["dport"])], t.events()
 
 
-def test_accept_with_pid_filter_nginx(netns_pair: NetnsPair, nginx_server: Server,
-                                      trace: Callable[..., Trace]) -> None:
+def test_accept_with_pid_filter_nginx(
+    netns_pair: NetnsPair, nginx_server: Server, trace: Callable[..., Trace]
+) -> None:
     pair = netns_pair
     t = trace("--json", "--accept", "-p", str(nginx_server.pid))
     c = curl(pair, pair.server_ip, 8080)
@@ -430,8 +506,12 @@ def bpf_fd_ids(pid: int) -> dict[str, set[int]]:
             info = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
         except FileNotFoundError:
             continue
-        kind = {"anon_inode:bpf-prog": "prog", "anon_inode:bpf_link": "link",
-                "anon_inode:bpf-link": "link", "anon_inode:bpf-map": "map"}.get(target)
+        kind = {
+            "anon_inode:bpf-prog": "prog",
+            "anon_inode:bpf_link": "link",
+            "anon_inode:bpf-link": "link",
+            "anon_inode:bpf-map": "map",
+        }.get(target)
         if kind is None:
             continue
         field = re.search(rf"^{kind}_id:\s*(\d+)", info, re.M)
@@ -442,9 +522,11 @@ def bpf_fd_ids(pid: int) -> dict[str, set[int]]:
 
 def bpftool_ids() -> dict[str, set[int]]:
     """Programs of type tracing/raw_tracepoint, links and maps that exist now, per bpftool."""
+
     def show(what: str) -> list[dict[str, Any]]:
-        res = subprocess.run([BPFTOOL, "--json", what, "show"], capture_output=True, text=True, timeout=30,
-                             check=True)
+        res = subprocess.run(
+            [BPFTOOL, "--json", what, "show"], capture_output=True, text=True, timeout=30, check=True
+        )
         return json.loads(res.stdout or "[]")
 
     return {
@@ -462,8 +544,9 @@ def _bpftool() -> None:
 
 @pytest.mark.usefixtures("_bpftool")
 @pytest.mark.parametrize("how", ["count", "sigint", "sigterm", "duration"])
-def test_nothing_left_attached_after_exit(netns_pair: NetnsPair, http_server: Server,
-                                          trace: Callable[..., Trace], how: str) -> None:
+def test_nothing_left_attached_after_exit(
+    netns_pair: NetnsPair, http_server: Server, trace: Callable[..., Trace], how: str
+) -> None:
     pair = netns_pair
     before = bpftool_ids()
     # --accept loads every program; -p keeps other traffic on the machine out of the count
@@ -471,7 +554,7 @@ def test_nothing_left_attached_after_exit(netns_pair: NetnsPair, http_server: Se
     args = {"count": ["-c", "1", "-p", str(http_server.pid)], "duration": ["-d", "4"]}.get(how, [])
     t = trace("--accept", "--json", *args)
     owned = bpf_fd_ids(t.pid)
-    assert len(owned["prog"]) >= 3 and len(owned["link"]) >= 3, owned   # state change, sys_enter, sys_exit
+    assert len(owned["prog"]) >= 3 and len(owned["link"]) >= 3, owned  # state change, sys_enter, sys_exit
     during = bpftool_ids()
     for kind in owned:
         assert owned[kind] <= during[kind] - before[kind], (kind, owned, before, during)
@@ -482,7 +565,7 @@ def test_nothing_left_attached_after_exit(netns_pair: NetnsPair, http_server: Se
         t.lp.signal(signal.SIGINT if how == "sigint" else signal.SIGTERM)
     assert t.lp.wait_exit(20) == 0, t.lp.describe()
     assert not any("Traceback" in ln for ln in t.lp.stderr), t.lp.describe()
-    if how == "duration":   # it exited by itself, on time
+    if how == "duration":  # it exited by itself, on time
         assert 4 <= time.monotonic() - t.started < 4 + 15, time.monotonic() - t.started
     if how == "count":
         assert len(t.lp.stdout) == 1 and json.loads(t.lp.stdout[0])["direction"] == "accept", t.lp.describe()

@@ -29,11 +29,20 @@ def _check_one(path: Path, kind: str | None) -> tuple[int, dict[str, Any]]:
     try:
         rs = load_file(path, kind=kind)
     except RulesFileError as exc:
-        return EXIT_UNREADABLE, {"file": str(path), "ok": False, "readable": False,
-                                 "problems": [p.as_dict() for p in exc.problems], "_problems": exc.problems}
+        return EXIT_UNREADABLE, {
+            "file": str(path),
+            "ok": False,
+            "readable": False,
+            "problems": [p.as_dict() for p in exc.problems],
+            "_problems": exc.problems,
+        }
     except RulesError as exc:
-        return EXIT_INVALID, {"file": str(path), "ok": False, "problems": [p.as_dict() for p in exc.problems],
-                              "_problems": exc.problems}
+        return EXIT_INVALID, {
+            "file": str(path),
+            "ok": False,
+            "problems": [p.as_dict() for p in exc.problems],
+            "_problems": exc.problems,
+        }
     return 0, {"file": str(path), "ok": True, "summary": rs.summary(), "_ruleset": rs}
 
 
@@ -46,8 +55,9 @@ def _describe(rs: RuleSet) -> list[str]:
         rules = ", ".join(f"{n} {sec}" for sec, n in res["rules"].items()) or "no rules"
         if res["match"] is not None:
             m = res["match"]
-            where = " ".join(str(m[k]) for k in ("direction", "protocol", "host", "port", "method", "path")
-                             if k in m)
+            where = " ".join(
+                str(m[k]) for k in ("direction", "protocol", "host", "port", "method", "path") if k in m
+            )
             lines.append(f"  {res['name']}: {where}; {rules}")
         else:
             lines.append(f"  {res['name']}: not bound to traffic; {rules}")
@@ -56,19 +66,30 @@ def _describe(rs: RuleSet) -> list[str]:
     if rs.bound:
         lines.append(f"  reject: http {s['reject']['http']}, tcp {s['reject']['tcp']}")
     elif any(rs.rules(sec) for sec in SECTIONS if sec != "systemRules"):
-        lines.append("  (resources are names only here: bind them to traffic in a rules file's "
-                     "resources section to enforce them in the kernel)")
+        lines.append(
+            "  (resources are names only here: bind them to traffic in a rules file's "
+            "resources section to enforce them in the kernel)"
+        )
     return lines
 
 
 @rules_app.command("check")
 def check(
-    files: Annotated[list[Path], typer.Argument(help="Rules files: this project's YAML/JSON, "
-                                                "sentinel-golang JSON arrays, or CRD YAML.")],
+    files: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Rules files: this project's YAML/JSON, sentinel-golang JSON arrays, or CRD YAML."
+        ),
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object for machines.")] = False,
-    kind: Annotated[str | None, typer.Option(
-        "--kind", help="Rule kind of sentinel-golang JSON arrays when it cannot be inferred: "
-                       "flow, isolation, circuitbreaker, hotspot, system.")] = None,
+    kind: Annotated[
+        str | None,
+        typer.Option(
+            "--kind",
+            help="Rule kind of sentinel-golang JSON arrays when it cannot be inferred: "
+            "flow, isolation, circuitbreaker, hotspot, system.",
+        ),
+    ] = None,
 ) -> None:
     """Validate rules files; print what each defines, or every problem found."""
     if kind is not None:
@@ -83,16 +104,19 @@ def check(
         status = max(status, code)
         results.append(result)
     if as_json:
-        out = {"ok": status == 0,
-               "files": [{k: v for k, v in r.items() if not k.startswith("_")} for r in results]}
+        out = {
+            "ok": status == 0,
+            "files": [{k: v for k, v in r.items() if not k.startswith("_")} for r in results],
+        }
         typer.echo(json.dumps(out, indent=2))
         raise typer.Exit(status)
     console = Console(highlight=False, soft_wrap=True)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     for r in results:
         if r["ok"]:
-            console.print(f"[green]ok[/green] {escape(r['file'])}: "
-                          + escape("\n".join(_describe(r["_ruleset"]))))
+            console.print(
+                f"[green]ok[/green] {escape(r['file'])}: " + escape("\n".join(_describe(r["_ruleset"])))
+            )
         else:
             problems = r["_problems"]
             if r.get("readable", True) is False:

@@ -104,8 +104,9 @@ class MemoryAdaptiveCalculator:
             return float(r.low_mem_usage_threshold)
         if mem >= r.mem_high_water_mark_bytes:
             return float(r.high_mem_usage_threshold)
-        slope = (r.high_mem_usage_threshold - r.low_mem_usage_threshold) / \
-            (r.mem_high_water_mark_bytes - r.mem_low_water_mark_bytes)
+        slope = (r.high_mem_usage_threshold - r.low_mem_usage_threshold) / (
+            r.mem_high_water_mark_bytes - r.mem_low_water_mark_bytes
+        )
         return slope * (mem - r.mem_low_water_mark_bytes) + r.low_mem_usage_threshold
 
 
@@ -144,8 +145,10 @@ class ThrottlingChecker:
             return PASS
         wait = self.last_passed_ns + interval_ns - now_ns
         if wait > self.max_queueing_ns:
-            return FlowResult(blocked=True, message="flow throttling check blocked, estimated queueing time "
-                                                    "exceeds max queueing time")
+            return FlowResult(
+                blocked=True,
+                message="flow throttling check blocked, estimated queueing time exceeds max queueing time",
+            )
         self.last_passed_ns += interval_ns
         return FlowResult(wait_ns=max(self.last_passed_ns - now_ns, 0))
 
@@ -159,8 +162,9 @@ class FlowController:
 
     def __init__(self, rule: FlowRule, stat_node: ResourceStat, memory: MemoryReader) -> None:
         self.rule = rule
-        self.stat: RuleStat | None = rule_stat(stat_node, rule.stat_interval_in_ms) \
-            if rule.needs_statistic() else None
+        self.stat: RuleStat | None = (
+            rule_stat(stat_node, rule.stat_interval_in_ms) if rule.needs_statistic() else None
+        )
         self.calculator: Calculator
         if rule.token_calculate_strategy is TokenCalculateStrategy.WarmUp:
             assert self.stat is not None

@@ -112,12 +112,16 @@ class HotspotController:
     def _check_reject(self, now_ms: int, key: str, batch: int) -> HotspotResult:
         token_count = self.limit_for(key)
         if token_count <= 0:
-            return HotspotResult(blocked=True, message=f"hotspot reject check blocked, threshold is <= 0, "
-                                                       f"arg: {key}")
+            return HotspotResult(
+                blocked=True, message=f"hotspot reject check blocked, threshold is <= 0, arg: {key}"
+            )
         max_count = token_count + self.rule.burst_count
         if batch > max_count:
-            return HotspotResult(blocked=True, message="hotspot reject check blocked, request batch count "
-                                                       f"is more than max token count, arg: {key}")
+            return HotspotResult(
+                blocked=True,
+                message="hotspot reject check blocked, request batch count "
+                f"is more than max token count, arg: {key}",
+            )
         state = self.tokens.add_if_absent(key, TokenState(last_add_token_ms=now_ms, tokens=max_count - batch))
         if state is None:
             return PASS
@@ -127,22 +131,29 @@ class HotspotController:
             to_add = pass_time * token_count // duration_ms
             new = max_count - batch if to_add + state.tokens > max_count else to_add + state.tokens - batch
             if new < 0:
-                return HotspotResult(blocked=True, message="hotspot reject check blocked, request batch count "
-                                                           f"is more than available token count, arg: {key}")
+                return HotspotResult(
+                    blocked=True,
+                    message="hotspot reject check blocked, request batch count "
+                    f"is more than available token count, arg: {key}",
+                )
             state.tokens = new
             state.last_add_token_ms = now_ms
             return PASS
         if state.tokens - batch >= 0:
             state.tokens -= batch
             return PASS
-        return HotspotResult(blocked=True, message="hotspot reject check blocked, request batch count is "
-                                                   f"more than available token count, arg: {key}")
+        return HotspotResult(
+            blocked=True,
+            message="hotspot reject check blocked, request batch count is "
+            f"more than available token count, arg: {key}",
+        )
 
     def _check_throttling(self, now_ms: int, key: str, batch: int) -> HotspotResult:
         token_count = self.limit_for(key)
         if token_count <= 0:
-            return HotspotResult(blocked=True, message=f"hotspot throttling check blocked, threshold is <= 0, "
-                                                       f"arg: {key}")
+            return HotspotResult(
+                blocked=True, message=f"hotspot throttling check blocked, threshold is <= 0, arg: {key}"
+            )
         duration_ms = self.rule.duration_in_sec * 1000
         cost = batch * duration_ms // token_count
         fresh = ThrottleState(last_pass_ms=now_ms)
@@ -159,8 +170,10 @@ class HotspotController:
                 state.last_pass_ms = expected
                 return HotspotResult(wait_ms=wait)
             return PASS
-        return HotspotResult(blocked=True, message="hotspot throttling check blocked, wait time exceedes max "
-                                                   f"queueing time, arg: {key}")
+        return HotspotResult(
+            blocked=True,
+            message=f"hotspot throttling check blocked, wait time exceedes max queueing time, arg: {key}",
+        )
 
     # concurrency statistic slot
     def on_pass(self, value: object) -> None:

@@ -43,16 +43,22 @@ def check_statistic(sample_count: int, interval_ms: int) -> None:
         raise StatisticError(f"invalid window: sampleCount={sample_count}, intervalInMs={interval_ms}")
 
 
-def check_reuse(sample_count: int, interval_ms: int, parent_sample_count: int = GLOBAL_SAMPLE_COUNT,
-                parent_interval_ms: int = GLOBAL_INTERVAL_MS) -> None:
+def check_reuse(
+    sample_count: int,
+    interval_ms: int,
+    parent_sample_count: int = GLOBAL_SAMPLE_COUNT,
+    parent_interval_ms: int = GLOBAL_INTERVAL_MS,
+) -> None:
     """sentinel-golang ``CheckValidityForReuseStatistic``."""
     check_statistic(sample_count, interval_ms)
     check_statistic(parent_sample_count, parent_interval_ms)
     bucket_len = interval_ms // sample_count
     parent_bucket_len = parent_interval_ms // parent_sample_count
     if parent_interval_ms % interval_ms != 0 or bucket_len % parent_bucket_len != 0:
-        raise NonReusableError(f"window ({sample_count}, {interval_ms}) cannot reuse "
-                               f"({parent_sample_count}, {parent_interval_ms})")
+        raise NonReusableError(
+            f"window ({sample_count}, {interval_ms}) cannot reuse "
+            f"({parent_sample_count}, {parent_interval_ms})"
+        )
 
 
 class LeapArray(Generic[B]):
@@ -135,7 +141,9 @@ class MetricBucket:
 class BucketLeapArray:
     """A LeapArray of ``MetricBucket`` (what a resource writes its events to)."""
 
-    def __init__(self, sample_count: int = GLOBAL_SAMPLE_COUNT, interval_ms: int = GLOBAL_INTERVAL_MS) -> None:
+    def __init__(
+        self, sample_count: int = GLOBAL_SAMPLE_COUNT, interval_ms: int = GLOBAL_INTERVAL_MS
+    ) -> None:
         self.data: LeapArray[MetricBucket] = LeapArray(sample_count, interval_ms, MetricBucket.empty)
 
     @property

@@ -55,8 +55,11 @@ class BlockType(enum.IntEnum):
 
 
 _STATS_NAMES = {
-    BlockType.Flow: "flow", BlockType.Isolation: "isolation", BlockType.CircuitBreaking: "circuit_breaking",
-    BlockType.SystemFlow: "system", BlockType.HotSpotParamFlow: "hotspot",
+    BlockType.Flow: "flow",
+    BlockType.Isolation: "isolation",
+    BlockType.CircuitBreaking: "circuit_breaking",
+    BlockType.SystemFlow: "system",
+    BlockType.HotSpotParamFlow: "hotspot",
 }
 
 Rule = FlowRule | IsolationRule | CircuitBreakerRule | HotspotRule | SystemRule
@@ -135,15 +138,25 @@ class ResourceStats:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "pass": self.passed, "block": self.blocked, "complete": self.completed, "error": self.errors,
-            "concurrency": self.concurrency, "avg_rt_ms": self.avg_rt_ms, "block_by_type": self.block_by_type,
+            "pass": self.passed,
+            "block": self.blocked,
+            "complete": self.completed,
+            "error": self.errors,
+            "concurrency": self.concurrency,
+            "avg_rt_ms": self.avg_rt_ms,
+            "block_by_type": self.block_by_type,
             "circuit_breakers": self.circuit_breakers,
         }
 
 
 class Sentinel:
-    def __init__(self, ruleset: RuleSet | None = None, *, clock: Clock | None = None,
-                 system_metrics: SystemMetrics | None = None) -> None:
+    def __init__(
+        self,
+        ruleset: RuleSet | None = None,
+        *,
+        clock: Clock | None = None,
+        system_metrics: SystemMetrics | None = None,
+    ) -> None:
         self.clock: Clock = clock if clock is not None else ManualClock()
         self.system_metrics = system_metrics if system_metrics is not None else SystemMetrics()
         self.ruleset = RuleSet()
@@ -216,12 +229,16 @@ class Sentinel:
         for i, cb in enumerate(self.breakers.get(resource, [])):
             breakers.append({"id": cb.rule.id or f"{resource}#cb{i}", "state": _STATE_NAMES[cb.state]})
         return ResourceStats(
-            passed=t.passed, blocked=t.blocked, completed=t.completed, errors=t.errors,
+            passed=t.passed,
+            blocked=t.blocked,
+            completed=t.completed,
+            errors=t.errors,
             concurrency=node.concurrency,
             avg_rt_ms=(t.rt_sum_ms / t.completed) if t.completed else 0.0,
             block_by_type={bt.stats_name: t.block_by_type.get(bt, 0) for bt in BlockType},
             circuit_breakers=breakers,
-            pass_qps=node.qps(now, MetricEvent.PASS), block_qps=node.qps(now, MetricEvent.BLOCK),
+            pass_qps=node.qps(now, MetricEvent.PASS),
+            block_qps=node.qps(now, MetricEvent.BLOCK),
             window_avg_rt_ms=node.avg_rt(now),
         )
 
@@ -231,8 +248,9 @@ class Sentinel:
 
     # --- entry / exit --------------------------------------------------------------------------------
 
-    def entry(self, resource: str, *, param: Params = None, batch: int = 1,
-              inbound: bool | None = None) -> Entry:
+    def entry(
+        self, resource: str, *, param: Params = None, batch: int = 1, inbound: bool | None = None
+    ) -> Entry:
         if batch < 1:
             raise ValueError("batch must be >= 1")
         if inbound is None:

@@ -63,10 +63,17 @@ class RuleContext:
         path = (*path, *subpath)
         if field_name in self.notes:
             reason = f"{reason} ({self.notes[field_name]})"
-        self.problems.append(Problem(
-            file=self.doc.file, reason=reason, section=self.section, index=self.index,
-            rule_id=self.rule_id or None, field=field_name, line=self.doc.line(path),
-        ))
+        self.problems.append(
+            Problem(
+                file=self.doc.file,
+                reason=reason,
+                section=self.section,
+                index=self.index,
+                rule_id=self.rule_id or None,
+                field=field_name,
+                line=self.doc.line(path),
+            )
+        )
 
 
 def type_name(value: Any) -> str:
@@ -87,8 +94,9 @@ def type_name(value: Any) -> str:
     return type(value).__name__
 
 
-def match_keys(raw: Mapping[Any, Any], known: Sequence[str],
-               mode: KeyMode) -> tuple[dict[str, str], list[str]]:
+def match_keys(
+    raw: Mapping[Any, Any], known: Sequence[str], mode: KeyMode
+) -> tuple[dict[str, str], list[str]]:
     """Map each known key to the key used in ``raw``; also return the unknown keys.
 
     In GO_JSON mode later keys win, as in Go, when several keys fold to the same field.
@@ -107,9 +115,15 @@ def match_keys(raw: Mapping[Any, Any], known: Sequence[str],
     return found, unknown
 
 
-def read_fields(raw: Any, specs: Sequence[FieldSpec], ctx: RuleContext, mode: KeyMode,
-                enum_names: bool = True, enum_ints: bool = True,
-                extra_known: Sequence[str] = ()) -> dict[str, Any] | None:
+def read_fields(
+    raw: Any,
+    specs: Sequence[FieldSpec],
+    ctx: RuleContext,
+    mode: KeyMode,
+    enum_names: bool = True,
+    enum_ints: bool = True,
+    extra_known: Sequence[str] = (),
+) -> dict[str, Any] | None:
     """Read ``raw`` (a mapping) into ``{attr: value}`` using defaults for absent keys.
 
     Problems go to ``ctx``; a field with a problem keeps its default so that checks of other fields
@@ -149,8 +163,9 @@ class _Bad:
 _BAD: Any = _Bad()
 
 
-def convert(value: Any, spec: FieldSpec, ctx: RuleContext, *, enum_names: bool = True,
-            enum_ints: bool = True) -> Any:
+def convert(
+    value: Any, spec: FieldSpec, ctx: RuleContext, *, enum_names: bool = True, enum_ints: bool = True
+) -> Any:
     key = spec.key
     if spec.kind == "any":
         return value
@@ -196,8 +211,9 @@ def _num(v: float) -> str:
     return str(v)
 
 
-def _convert_enum(value: Any, enum_type: type[enum.IntEnum], key: str, ctx: RuleContext,
-                  enum_names: bool, enum_ints: bool) -> Any:
+def _convert_enum(
+    value: Any, enum_type: type[enum.IntEnum], key: str, ctx: RuleContext, enum_names: bool, enum_ints: bool
+) -> Any:
     allowed = ", ".join(f"{m.value} ({m.name})" for m in enum_type)
     if isinstance(value, str) and enum_names:
         for member in enum_type:

@@ -96,8 +96,9 @@ def _read_yaml(text: str, file: str) -> list[Document]:
     return docs
 
 
-def _convert(loader: yaml.SafeLoader, node: yaml.Node, path: Path, doc: Document,
-             problems: list[Problem]) -> Any:
+def _convert(
+    loader: yaml.SafeLoader, node: yaml.Node, path: Path, doc: Document, problems: list[Problem]
+) -> Any:
     doc.lines[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)  # resolves YAML merge keys ("<<")
@@ -105,13 +106,23 @@ def _convert(loader: yaml.SafeLoader, node: yaml.Node, path: Path, doc: Document
         for key_node, value_node in node.value:
             key = loader.construct_object(key_node, deep=True)
             if not isinstance(key, (str, int, float, bool)) and key is not None:
-                problems.append(Problem(file=doc.file, line=key_node.start_mark.line + 1,
-                                        reason=f"mapping key must be a scalar, got {type(key).__name__}"))
+                problems.append(
+                    Problem(
+                        file=doc.file,
+                        line=key_node.start_mark.line + 1,
+                        reason=f"mapping key must be a scalar, got {type(key).__name__}",
+                    )
+                )
                 continue
             if key in out:
-                problems.append(Problem(file=doc.file, line=key_node.start_mark.line + 1,
-                                        field=".".join(str(p) for p in (*path, key)),
-                                        reason=f"duplicate key {key!r}"))
+                problems.append(
+                    Problem(
+                        file=doc.file,
+                        line=key_node.start_mark.line + 1,
+                        field=".".join(str(p) for p in (*path, key)),
+                        reason=f"duplicate key {key!r}",
+                    )
+                )
             kpath: Path = (*path, str(key) if not isinstance(key, int) or isinstance(key, bool) else key)
             out[key] = _convert(loader, value_node, kpath, doc, problems)
             doc.lines[kpath] = key_node.start_mark.line + 1
@@ -214,9 +225,14 @@ class _JsonReader:
                 self._fail("expected ':' after a property name")
             self.pos += 1
             if key in out:
-                self.problems.append(Problem(file=self.file, line=key_line,
-                                             field=".".join(str(p) for p in (*path, key)),
-                                             reason=f"duplicate key {key!r}"))
+                self.problems.append(
+                    Problem(
+                        file=self.file,
+                        line=key_line,
+                        field=".".join(str(p) for p in (*path, key)),
+                        reason=f"duplicate key {key!r}",
+                    )
+                )
             kpath: Path = (*path, key)
             out[key] = self._value(kpath)
             self.doc.lines[kpath] = key_line

@@ -55,16 +55,18 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("retryTimeoutMs", "retry_timeout_ms", "int", 0, min=0, max=U32_MAX),
     FieldSpec("minRequestAmount", "min_request_amount", "int", 0, min=0, max=U32_MAX),
     FieldSpec("statIntervalMs", "stat_interval_ms", "int", 0, min=0, max=U32_MAX),
-    FieldSpec("statSlidingWindowBucketCount", "stat_sliding_window_bucket_count", "int", 0, min=0,
-              max=U32_MAX),
+    FieldSpec(
+        "statSlidingWindowBucketCount", "stat_sliding_window_bucket_count", "int", 0, min=0, max=U32_MAX
+    ),
     FieldSpec("maxAllowedRtMs", "max_allowed_rt_ms", "int", 0, min=0, max=U32_MAX),
     FieldSpec("threshold", "threshold", "float", 0.0, max=U32_MAX),
     FieldSpec("probeNum", "probe_num", "int", 0, min=0, max=U32_MAX),
 )
 
 
-def parse(raw: Any, ctx: RuleContext, mode: KeyMode, *, enum_names: bool = True,
-          enum_ints: bool = True) -> CircuitBreakerRule | None:
+def parse(
+    raw: Any, ctx: RuleContext, mode: KeyMode, *, enum_names: bool = True, enum_ints: bool = True
+) -> CircuitBreakerRule | None:
     values = read_fields(raw, FIELDS, ctx, mode, enum_names=enum_names, enum_ints=enum_ints)
     if values is None:
         return None
@@ -88,8 +90,14 @@ def validate(rule: CircuitBreakerRule, ctx: RuleContext) -> None:
         what = "slow request" if rule.strategy is Strategy.SlowRequestRatio else "error"
         ctx.add(f"invalid {what} ratio threshold {rule.threshold} (valid range: [0.0, 1.0])", "threshold")
     elif rule.strategy is Strategy.ErrorCount and not float(rule.threshold).is_integer():
-        ctx.add(f"ErrorCount threshold must be a whole count, got {rule.threshold} "
-                "(sentinel-golang truncates it)", "threshold")
+        ctx.add(
+            f"ErrorCount threshold must be a whole count, got {rule.threshold} "
+            "(sentinel-golang truncates it)",
+            "threshold",
+        )
     if rule.stat_sliding_window_bucket_count > MAX_BUCKET_COUNT:
-        ctx.add(f"statSlidingWindowBucketCount must be <= {MAX_BUCKET_COUNT} "
-                "(the kernel keeps the window in a fixed array)", "statSlidingWindowBucketCount")
+        ctx.add(
+            f"statSlidingWindowBucketCount must be <= {MAX_BUCKET_COUNT} "
+            "(the kernel keeps the window in a fixed array)",
+            "statSlidingWindowBucketCount",
+        )

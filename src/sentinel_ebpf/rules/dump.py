@@ -21,20 +21,31 @@ FIELDS: dict[str, tuple[FieldSpec, ...]] = {
 _SKIP = {"regex", "paramIndex"}
 
 
-def rule_to_dict(rule: AnyRule, section: str, *, enum_names: bool = False,
-                 defaults: bool = True) -> dict[str, Any]:
+def rule_to_dict(
+    rule: AnyRule, section: str, *, enum_names: bool = False, defaults: bool = True
+) -> dict[str, Any]:
     """One rule as a JSON object with sentinel-golang keys."""
     out: dict[str, Any] = {}
     for spec in FIELDS[section]:
         if spec.key in _SKIP:
             continue
         value = getattr(rule, spec.attr)
-        if not defaults and value == spec.default and spec.key not in ("resource", "threshold") \
-                and spec.kind != "enum":
+        if (
+            not defaults
+            and value == spec.default
+            and spec.key not in ("resource", "threshold")
+            and spec.kind != "enum"
+        ):
             continue
         if spec.key == "specificItems":
-            value = [{"valKind": item.val_kind.name if enum_names else int(item.val_kind),
-                      "valStr": item.val_str, "threshold": item.threshold} for item in value]
+            value = [
+                {
+                    "valKind": item.val_kind.name if enum_names else int(item.val_kind),
+                    "valStr": item.val_str,
+                    "threshold": item.threshold,
+                }
+                for item in value
+            ]
         elif isinstance(value, enum.IntEnum):
             value = value.name if enum_names else int(value)
         out[spec.key] = value
@@ -51,8 +62,11 @@ def to_project(rs: RuleSet, *, defaults: bool = False) -> dict[str, Any]:
         if rules:
             out[section] = [rule_to_dict(r, section, enum_names=True, defaults=defaults) for r in rules]
     http = rs.reject.http
-    http_out: dict[str, Any] = {"mode": http.mode} if http.mode != "response" else {
-        "status": http.status, "body": http.body, "headers": dict(http.headers)}
+    http_out: dict[str, Any] = (
+        {"mode": http.mode}
+        if http.mode != "response"
+        else {"status": http.status, "body": http.body, "headers": dict(http.headers)}
+    )
     out["reject"] = {"http": http_out, "tcp": rs.reject.tcp}
     return out
 
@@ -71,7 +85,9 @@ def to_crd(rs: RuleSet, section: str, name: str = "sentinel-rules") -> dict[str,
         if isinstance(rule, circuitbreaker.CircuitBreakerRule) and rule.is_ratio:
             d["threshold"] = _percent(rule.threshold)
         if isinstance(rule, system.SystemRule) and rule.metric_type in (
-                system.MetricType.Load, system.MetricType.CpuUsage):
+            system.MetricType.Load,
+            system.MetricType.CpuUsage,
+        ):
             d["triggerCount"] = _percent(rule.trigger_count)
         if isinstance(rule, system.SystemRule) and rule.strategy is system.AdaptiveStrategy.Unset:
             d.pop("strategy", None)

@@ -65,19 +65,31 @@ class FlowRule:
         return self.resource
 
     def needs_statistic(self) -> bool:
-        return (self.token_calculate_strategy is TokenCalculateStrategy.WarmUp
-                or self.control_behavior is ControlBehavior.Reject)
+        return (
+            self.token_calculate_strategy is TokenCalculateStrategy.WarmUp
+            or self.control_behavior is ControlBehavior.Reject
+        )
 
 
 FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("id", "id", "str", ""),
     FieldSpec("resource", "resource", "str", ""),
-    FieldSpec("tokenCalculateStrategy", "token_calculate_strategy", "enum", TokenCalculateStrategy.Direct,
-              enum=TokenCalculateStrategy),
+    FieldSpec(
+        "tokenCalculateStrategy",
+        "token_calculate_strategy",
+        "enum",
+        TokenCalculateStrategy.Direct,
+        enum=TokenCalculateStrategy,
+    ),
     FieldSpec("controlBehavior", "control_behavior", "enum", ControlBehavior.Reject, enum=ControlBehavior),
     FieldSpec("threshold", "threshold", "float", 0.0, min=0, max=U32_MAX),
-    FieldSpec("relationStrategy", "relation_strategy", "enum", RelationStrategy.CurrentResource,
-              enum=RelationStrategy),
+    FieldSpec(
+        "relationStrategy",
+        "relation_strategy",
+        "enum",
+        RelationStrategy.CurrentResource,
+        enum=RelationStrategy,
+    ),
     FieldSpec("refResource", "ref_resource", "str", ""),
     FieldSpec("maxQueueingTimeMs", "max_queueing_time_ms", "int", 0, min=0, max=U32_MAX),
     FieldSpec("warmUpPeriodSec", "warm_up_period_sec", "int", 0, min=0, max=U32_MAX),
@@ -91,8 +103,9 @@ FIELDS: tuple[FieldSpec, ...] = (
 )
 
 
-def parse(raw: Any, ctx: RuleContext, mode: KeyMode, *, enum_names: bool = True,
-          enum_ints: bool = True) -> FlowRule | None:
+def parse(
+    raw: Any, ctx: RuleContext, mode: KeyMode, *, enum_names: bool = True, enum_ints: bool = True
+) -> FlowRule | None:
     values = read_fields(raw, FIELDS, ctx, mode, enum_names=enum_names, enum_ints=enum_ints)
     if values is None:
         return None
@@ -108,8 +121,11 @@ def validate(rule: FlowRule, ctx: RuleContext, *, regex: bool = False) -> None:
     if not rule.resource:
         ctx.add("empty resource", "resource")
     if regex:
-        ctx.add("regex resource names are not supported: resources here are bound to traffic matches; "
-                "write one rule per resource", "regex")
+        ctx.add(
+            "regex resource names are not supported: resources here are bound to traffic matches; "
+            "write one rule per resource",
+            "regex",
+        )
     rel = rule.relation_strategy
     if rel is RelationStrategy.AssociatedResource and not rule.ref_resource:
         ctx.add("refResource must be non empty when relationStrategy is AssociatedResource", "refResource")
@@ -124,8 +140,11 @@ def validate(rule: FlowRule, ctx: RuleContext, *, regex: bool = False) -> None:
         if rule.high_mem_usage_threshold <= 0:
             ctx.add("highMemUsageThreshold must be > 0", "highMemUsageThreshold")
         if rule.high_mem_usage_threshold >= rule.low_mem_usage_threshold:
-            ctx.add("highMemUsageThreshold must be < lowMemUsageThreshold "
-                    "(the threshold shrinks as memory usage grows)", "highMemUsageThreshold")
+            ctx.add(
+                "highMemUsageThreshold must be < lowMemUsageThreshold "
+                "(the threshold shrinks as memory usage grows)",
+                "highMemUsageThreshold",
+            )
         if rule.mem_low_water_mark_bytes <= 0:
             ctx.add("memLowWaterMarkBytes must be > 0", "memLowWaterMarkBytes")
         if rule.mem_high_water_mark_bytes <= 0:

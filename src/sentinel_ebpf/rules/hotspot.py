@@ -155,8 +155,20 @@ def canonical_value(value: object) -> str:
     return str(value)
 
 
-_GO_BOOLS = {"1": True, "t": True, "T": True, "TRUE": True, "true": True, "True": True,
-             "0": False, "f": False, "F": False, "FALSE": False, "false": False, "False": False}
+_GO_BOOLS = {
+    "1": True,
+    "t": True,
+    "T": True,
+    "TRUE": True,
+    "true": True,
+    "True": True,
+    "0": False,
+    "f": False,
+    "F": False,
+    "FALSE": False,
+    "false": False,
+    "False": False,
+}
 _GO_INT = re.compile(r"^[+-]?[0-9]+$")
 
 
@@ -200,8 +212,9 @@ _ITEM_FIELDS: tuple[FieldSpec, ...] = (
 )
 
 
-def parse(raw: Any, ctx: RuleContext, mode: KeyMode, *, enum_names: bool = True,
-          enum_ints: bool = True) -> HotspotRule | None:
+def parse(
+    raw: Any, ctx: RuleContext, mode: KeyMode, *, enum_names: bool = True, enum_ints: bool = True
+) -> HotspotRule | None:
     values = read_fields(raw, FIELDS, ctx, mode, enum_names=enum_names, enum_ints=enum_ints)
     if values is None:
         return None
@@ -214,14 +227,16 @@ def parse(raw: Any, ctx: RuleContext, mode: KeyMode, *, enum_names: bool = True,
     return rule
 
 
-def _parse_items(raw_items: Any, ctx: RuleContext, mode: KeyMode, *, enum_names: bool,
-                 enum_ints: bool) -> list[tuple[int, SpecificItem]]:
+def _parse_items(
+    raw_items: Any, ctx: RuleContext, mode: KeyMode, *, enum_names: bool, enum_ints: bool
+) -> list[tuple[int, SpecificItem]]:
     """The well-formed items with their positions in the document."""
     if raw_items in ((), None):
         return []
     if not isinstance(raw_items, list):
-        ctx.add(f"must be a list of {{valKind, valStr, threshold}}, got {type_name(raw_items)}",
-                "specificItems")
+        ctx.add(
+            f"must be a list of {{valKind, valStr, threshold}}, got {type_name(raw_items)}", "specificItems"
+        )
         return []
     if len(raw_items) > MAX_SPECIFIC_ITEMS:
         ctx.add(f"at most {MAX_SPECIFIC_ITEMS} specific items", "specificItems")
@@ -258,25 +273,36 @@ class _ItemContext(RuleContext):
     """Reports problems of ``specificItems[i].<field>`` with the item's own line."""
 
     def __init__(self, parent: RuleContext, index: int) -> None:
-        super().__init__(doc=parent.doc, section=parent.section, index=parent.index,
-                         path=(*parent.path, parent.raw_keys.get("specificItems", "specificItems"), index),
-                         problems=parent.problems, rule_id=parent.rule_id)
+        super().__init__(
+            doc=parent.doc,
+            section=parent.section,
+            index=parent.index,
+            path=(*parent.path, parent.raw_keys.get("specificItems", "specificItems"), index),
+            problems=parent.problems,
+            rule_id=parent.rule_id,
+        )
         self.prefix = f"specificItems[{index}]"
 
     def add(self, reason: str, field_name: str | None = None, subpath: tuple[str | int, ...] = ()) -> None:
         path = self.path
         if field_name is not None:
             path = (*path, self.raw_keys.get(field_name, field_name))
-        self.problems.append(Problem(
-            file=self.doc.file, reason=reason, section=self.section, index=self.index,
-            rule_id=self.rule_id or None,
-            field=f"{self.prefix}.{field_name}" if field_name else self.prefix,
-            line=self.doc.line((*path, *subpath)),
-        ))
+        self.problems.append(
+            Problem(
+                file=self.doc.file,
+                reason=reason,
+                section=self.section,
+                index=self.index,
+                rule_id=self.rule_id or None,
+                field=f"{self.prefix}.{field_name}" if field_name else self.prefix,
+                line=self.doc.line((*path, *subpath)),
+            )
+        )
 
 
-def validate(rule: HotspotRule, ctx: RuleContext, *, param_index: int = 0,
-             item_indices: list[int] | None = None) -> None:
+def validate(
+    rule: HotspotRule, ctx: RuleContext, *, param_index: int = 0, item_indices: list[int] | None = None
+) -> None:
     """sentinel-golang ``hotspot.IsValidRule`` plus this project's parameter sources and kernel limits."""
     if not rule.resource:
         ctx.add("empty resource", "resource")
@@ -285,16 +311,22 @@ def validate(rule: HotspotRule, ctx: RuleContext, *, param_index: int = 0,
     if rule.metric_type is MetricType.QPS and rule.duration_in_sec <= 0:
         ctx.add("durationInSec must be > 0 for the QPS metric type", "durationInSec")
     if param_index != 0:
-        ctx.add("paramIndex is not supported: it names a Go function argument, and traffic has none; "
-                "use paramKey: remote_ip, header:<Name> or query:<name>", "paramIndex")
+        ctx.add(
+            "paramIndex is not supported: it names a Go function argument, and traffic has none; "
+            "use paramKey: remote_ip, header:<Name> or query:<name>",
+            "paramIndex",
+        )
     if not rule.param_key:
         if param_index == 0:
             ctx.add("paramKey is required: remote_ip, header:<Name> or query:<name>", "paramKey")
     else:
         src = parse_param_key(rule.param_key)
         if src is None:
-            ctx.add(f"invalid paramKey {rule.param_key!r}: use remote_ip, header:<Name> or query:<name> "
-                    f"(names up to {PARAM_NAME_MAX_BYTES} bytes)", "paramKey")
+            ctx.add(
+                f"invalid paramKey {rule.param_key!r}: use remote_ip, header:<Name> or query:<name> "
+                f"(names up to {PARAM_NAME_MAX_BYTES} bytes)",
+                "paramKey",
+            )
         else:
             _check_item_values(rule, src, ctx, item_indices)
     if rule.control_behavior is ControlBehavior.Reject and rule.burst_count < 0:
@@ -305,16 +337,19 @@ def validate(rule: HotspotRule, ctx: RuleContext, *, param_index: int = 0,
         ctx.add("threshold + burstCount must fit in 32 bits", "burstCount")
 
 
-def _check_item_values(rule: HotspotRule, src: ParamSource, ctx: RuleContext,
-                       item_indices: list[int] | None) -> None:
+def _check_item_values(
+    rule: HotspotRule, src: ParamSource, ctx: RuleContext, item_indices: list[int] | None
+) -> None:
     seen: set[str] = set()
     indices = item_indices if item_indices is not None else list(range(len(rule.specific_items)))
     for i, item in zip(indices, rule.specific_items, strict=True):
         sub = _ItemContext(ctx, i)
         key = item.key
         if len(key.encode()) > PARAM_VALUE_MAX_BYTES:
-            sub.add(f"value is longer than {PARAM_VALUE_MAX_BYTES} bytes, the longest the kernel compares",
-                    "valStr")
+            sub.add(
+                f"value is longer than {PARAM_VALUE_MAX_BYTES} bytes, the longest the kernel compares",
+                "valStr",
+            )
         if src.kind == "remote_ip":
             try:
                 ipaddress.ip_address(key)

@@ -32,8 +32,9 @@ FIELDS: tuple[FieldSpec, ...] = (
 )
 
 
-def parse(raw: Any, ctx: RuleContext, mode: KeyMode, *, enum_names: bool = True,
-          enum_ints: bool = True) -> IsolationRule | None:
+def parse(
+    raw: Any, ctx: RuleContext, mode: KeyMode, *, enum_names: bool = True, enum_ints: bool = True
+) -> IsolationRule | None:
     values = read_fields(raw, FIELDS, ctx, mode, enum_names=enum_names, enum_ints=enum_ints)
     if values is None:
         return None
@@ -49,7 +50,10 @@ def validate(rule: IsolationRule, ctx: RuleContext, *, regex: bool = False) -> N
     if not rule.resource:
         ctx.add("empty resource", "resource")
     if regex:
-        ctx.add("regex resource names are not supported: resources here are bound to traffic matches; "
-                "write one rule per resource", "regex")
+        ctx.add(
+            "regex resource names are not supported: resources here are bound to traffic matches; "
+            "write one rule per resource",
+            "regex",
+        )
     if rule.threshold == 0:
         ctx.add("threshold must be > 0 (a concurrency limit of 0 would block everything)", "threshold")

@@ -51,8 +51,12 @@ PARSERS: dict[str, Parser] = {
 
 # Names accepted for an explicit kind (CLI ``--kind``).
 KIND_ALIASES = {
-    "flow": "flowRules", "isolation": "isolationRules", "circuitbreaker": "circuitBreakerRules",
-    "circuit-breaker": "circuitBreakerRules", "hotspot": "hotSpotParamRules", "system": "systemRules",
+    "flow": "flowRules",
+    "isolation": "isolationRules",
+    "circuitbreaker": "circuitBreakerRules",
+    "circuit-breaker": "circuitBreakerRules",
+    "hotspot": "hotSpotParamRules",
+    "system": "systemRules",
     **{s.lower(): s for s in SECTIONS},
 }
 
@@ -61,8 +65,9 @@ def normalize_kind(kind: str) -> str:
     try:
         return KIND_ALIASES[kind.lower()]
     except KeyError:
-        raise ValueError(f"unknown rule kind {kind!r}; use one of {', '.join(sorted(set(KIND_ALIASES)))}") \
-            from None
+        raise ValueError(
+            f"unknown rule kind {kind!r}; use one of {', '.join(sorted(set(KIND_ALIASES)))}"
+        ) from None
 
 
 # --- entry points ---------------------------------------------------------------------------------
@@ -125,8 +130,13 @@ def load_documents(docs: list[Document], *, kind: str | None = None) -> RuleSet:
         if fmt not in b.formats:
             b.formats.append(fmt)
         if len(docs) > 1 and fmt != "crd":
-            b.problems.append(Problem(file=doc.file, line=doc.line(()),
-                                      reason="only CRD documents may be combined with '---' in one file"))
+            b.problems.append(
+                Problem(
+                    file=doc.file,
+                    line=doc.line(()),
+                    reason="only CRD documents may be combined with '---' in one file",
+                )
+            )
             continue
         if fmt == "project":
             _load_project(doc, b)
@@ -196,14 +206,29 @@ class _Builder:
         )
 
 
-def _parse_rules(doc: Document, b: _Builder, section: str, items: Any, base: Path, mode: KeyMode,
-                 *, enum_names: bool = True, enum_ints: bool = True,
-                 transform: Callable[[Any, RuleContext], Any] | None = None) -> None:
+def _parse_rules(
+    doc: Document,
+    b: _Builder,
+    section: str,
+    items: Any,
+    base: Path,
+    mode: KeyMode,
+    *,
+    enum_names: bool = True,
+    enum_ints: bool = True,
+    transform: Callable[[Any, RuleContext], Any] | None = None,
+) -> None:
     if items is None:
         return
     if not isinstance(items, list):
-        b.problems.append(Problem(file=doc.file, section=section, line=doc.line(base),
-                                  reason=f"must be a list of rules, got {type_name(items)}"))
+        b.problems.append(
+            Problem(
+                file=doc.file,
+                section=section,
+                line=doc.line(base),
+                reason=f"must be a list of rules, got {type_name(items)}",
+            )
+        )
         return
     for i, raw in enumerate(items):
         ctx = b.ctx(doc, section, i, (*base, i))
@@ -220,32 +245,50 @@ def _parse_rules(doc: Document, b: _Builder, section: str, items: Any, base: Pat
 def _load_project(doc: Document, b: _Builder) -> None:
     data = doc.data
     if not isinstance(data, Mapping):
-        b.problems.append(Problem(file=doc.file, line=doc.line(()),
-                                  reason=f"a rules file must be an object or a list, got {type_name(data)}"))
+        b.problems.append(
+            Problem(
+                file=doc.file,
+                line=doc.line(()),
+                reason=f"a rules file must be an object or a list, got {type_name(data)}",
+            )
+        )
         return
     folded = {k.lower(): k for k in PROJECT_KEYS}
     for key in data:
         if key not in PROJECT_KEYS:
             hint = f" (did you mean {folded[str(key).lower()]!r}?)" if str(key).lower() in folded else ""
-            b.problems.append(Problem(file=doc.file, line=doc.line((key,)), field=str(key),
-                                      reason=f"unknown top-level key {key!r}{hint}; expected "
-                                             f"{', '.join(PROJECT_KEYS)}"))
+            b.problems.append(
+                Problem(
+                    file=doc.file,
+                    line=doc.line((key,)),
+                    field=str(key),
+                    reason=f"unknown top-level key {key!r}{hint}; expected {', '.join(PROJECT_KEYS)}",
+                )
+            )
     b.bound = True
     raw_resources = data.get("resources")
     res_ctxs: list[RuleContext] = []
     invalid_names: set[str] = set()
     first_at: dict[str, int] = {}
     if raw_resources is not None and not isinstance(raw_resources, list):
-        b.problems.append(Problem(file=doc.file, section="resources", line=doc.line(("resources",)),
-                                  reason=f"must be a list of resources, got {type_name(raw_resources)}"))
+        b.problems.append(
+            Problem(
+                file=doc.file,
+                section="resources",
+                line=doc.line(("resources",)),
+                reason=f"must be a list of resources, got {type_name(raw_resources)}",
+            )
+        )
     elif raw_resources:
         for i, raw in enumerate(raw_resources):
             ctx = b.ctx(doc, "resources", i, ("resources", i))
             res = resource.parse(raw, ctx)
             if ctx.rule_id:
                 if ctx.rule_id in first_at:
-                    ctx.add(f"duplicate resource name {ctx.rule_id!r} (first at resources[{first_at[ctx.rule_id]}])",
-                            "name")
+                    ctx.add(
+                        f"duplicate resource name {ctx.rule_id!r} (first at resources[{first_at[ctx.rule_id]}])",
+                        "name",
+                    )
                 else:
                     first_at[ctx.rule_id] = i
             if res is not None:
@@ -264,8 +307,10 @@ def _check_resources(b: _Builder, res_ctxs: list[RuleContext], invalid_names: se
     for res, ctx in zip(b.resources, res_ctxs, strict=True):
         key = res.match.key()
         if key in matches:
-            ctx.add(f"match conflicts with resource {matches[key].name!r}: both match "
-                    f"{res.match.describe()}", "match")
+            ctx.add(
+                f"match conflicts with resource {matches[key].name!r}: both match {res.match.describe()}",
+                "match",
+            )
         else:
             matches[key] = res
     declared = {r.name: r for r in b.resources}
@@ -275,35 +320,79 @@ def _check_resources(b: _Builder, res_ctxs: list[RuleContext], invalid_names: se
             continue
         target = declared.get(rule.resource)
         if rule.resource and target is None and rule.resource not in invalid_names:
-            loc.ctx.add(f"unknown resource {rule.resource!r}: declare it under resources "
-                        f"with a match", "resource")
-        associated = isinstance(rule, flow.FlowRule) and \
-            rule.relation_strategy is flow.RelationStrategy.AssociatedResource
-        if associated and isinstance(rule, flow.FlowRule) and rule.ref_resource \
-                and rule.ref_resource not in declared and rule.ref_resource not in invalid_names:
-            loc.ctx.add(f"unknown refResource {rule.ref_resource!r}: declare it under resources",
-                        "refResource")
-        if isinstance(rule, hotspot.HotspotRule) and target is not None and \
-                target.match.protocol != "http" and rule.param_key.startswith(("header:", "query:")):
-            loc.ctx.add(f"{rule.param_key.split(':')[0]} parameters need an http resource; "
-                        f"{target.name!r} is tcp (use remote_ip)", "paramKey")
+            loc.ctx.add(
+                f"unknown resource {rule.resource!r}: declare it under resources with a match", "resource"
+            )
+        associated = (
+            isinstance(rule, flow.FlowRule)
+            and rule.relation_strategy is flow.RelationStrategy.AssociatedResource
+        )
+        if (
+            associated
+            and isinstance(rule, flow.FlowRule)
+            and rule.ref_resource
+            and rule.ref_resource not in declared
+            and rule.ref_resource not in invalid_names
+        ):
+            loc.ctx.add(
+                f"unknown refResource {rule.ref_resource!r}: declare it under resources", "refResource"
+            )
+        if (
+            isinstance(rule, hotspot.HotspotRule)
+            and target is not None
+            and target.match.protocol != "http"
+            and rule.param_key.startswith(("header:", "query:"))
+        ):
+            loc.ctx.add(
+                f"{rule.param_key.split(':')[0]} parameters need an http resource; "
+                f"{target.name!r} is tcp (use remote_ip)",
+                "paramKey",
+            )
 
 
 # --- sentinel-golang JSON arrays ----------------------------------------------------------------------
 
 _STRONG_HINTS: dict[str, frozenset[str]] = {
-    "circuitBreakerRules": frozenset({"strategy", "retrytimeoutms", "minrequestamount", "statintervalms",
-                                      "statslidingwindowbucketcount", "maxallowedrtms", "probenum"}),
-    "hotSpotParamRules": frozenset({"paramindex", "paramkey", "burstcount", "durationinsec",
-                                    "paramsmaxcapacity", "specificitems"}),
-    "flowRules": frozenset({"tokencalculatestrategy", "relationstrategy", "refresource", "warmupperiodsec",
-                            "warmupcoldfactor", "statintervalinms", "lowmemusagethreshold",
-                            "highmemusagethreshold", "memlowwatermarkbytes", "memhighwatermarkbytes",
-                            "controlbehavior", "maxqueueingtimems"}),
+    "circuitBreakerRules": frozenset(
+        {
+            "strategy",
+            "retrytimeoutms",
+            "minrequestamount",
+            "statintervalms",
+            "statslidingwindowbucketcount",
+            "maxallowedrtms",
+            "probenum",
+        }
+    ),
+    "hotSpotParamRules": frozenset(
+        {"paramindex", "paramkey", "burstcount", "durationinsec", "paramsmaxcapacity", "specificitems"}
+    ),
+    "flowRules": frozenset(
+        {
+            "tokencalculatestrategy",
+            "relationstrategy",
+            "refresource",
+            "warmupperiodsec",
+            "warmupcoldfactor",
+            "statintervalinms",
+            "lowmemusagethreshold",
+            "highmemusagethreshold",
+            "memlowwatermarkbytes",
+            "memhighwatermarkbytes",
+            "controlbehavior",
+            "maxqueueingtimems",
+        }
+    ),
 }
-_FILE_HINTS = (("circuit", "circuitBreakerRules"), ("breaker", "circuitBreakerRules"),
-               ("hotspot", "hotSpotParamRules"), ("param", "hotSpotParamRules"),
-               ("isolation", "isolationRules"), ("system", "systemRules"), ("flow", "flowRules"))
+_FILE_HINTS = (
+    ("circuit", "circuitBreakerRules"),
+    ("breaker", "circuitBreakerRules"),
+    ("hotspot", "hotSpotParamRules"),
+    ("param", "hotSpotParamRules"),
+    ("isolation", "isolationRules"),
+    ("system", "systemRules"),
+    ("flow", "flowRules"),
+)
 
 
 def infer_kind(items: list[Any], file: str = "") -> tuple[str | None, str]:
@@ -345,9 +434,14 @@ def _load_sentinel_array(doc: Document, b: _Builder, section: str | None) -> Non
         section, why = infer_kind(items, doc.file)
         if section is None:
             if items:
-                b.problems.append(Problem(file=doc.file, line=doc.line(()),
-                                          reason=f"cannot tell the rule kind: {why}; sentinel-golang arrays "
-                                                 "hold one kind (give it with --kind)"))
+                b.problems.append(
+                    Problem(
+                        file=doc.file,
+                        line=doc.line(()),
+                        reason=f"cannot tell the rule kind: {why}; sentinel-golang arrays "
+                        "hold one kind (give it with --kind)",
+                    )
+                )
             return
     _parse_rules(doc, b, section, items, (), KeyMode.GO_JSON)
 
@@ -360,26 +454,53 @@ def _load_crd(doc: Document, b: _Builder) -> None:
     assert isinstance(data, Mapping)
     api = data.get("apiVersion")
     if api != CRD_API_VERSION:
-        b.problems.append(Problem(file=doc.file, line=doc.line(("apiVersion",)), field="apiVersion",
-                                  reason=f"apiVersion must be {CRD_API_VERSION}, got {api!r}"))
+        b.problems.append(
+            Problem(
+                file=doc.file,
+                line=doc.line(("apiVersion",)),
+                field="apiVersion",
+                reason=f"apiVersion must be {CRD_API_VERSION}, got {api!r}",
+            )
+        )
         return
     kind = data.get("kind")
     if kind not in CRD_KINDS:
-        b.problems.append(Problem(file=doc.file, line=doc.line(("kind",)), field="kind",
-                                  reason=f"kind must be one of {', '.join(CRD_KINDS)}, got {kind!r}"))
+        b.problems.append(
+            Problem(
+                file=doc.file,
+                line=doc.line(("kind",)),
+                field="kind",
+                reason=f"kind must be one of {', '.join(CRD_KINDS)}, got {kind!r}",
+            )
+        )
         return
     for key in data:
         if key not in ("apiVersion", "kind", "metadata", "spec", "status"):
-            b.problems.append(Problem(file=doc.file, line=doc.line((key,)), field=str(key),
-                                      reason=f"unknown top-level key {key!r} in a {kind} object"))
+            b.problems.append(
+                Problem(
+                    file=doc.file,
+                    line=doc.line((key,)),
+                    field=str(key),
+                    reason=f"unknown top-level key {key!r} in a {kind} object",
+                )
+            )
     spec = data.get("spec")
     if not isinstance(spec, Mapping) or "rules" not in spec:
-        b.problems.append(Problem(file=doc.file, line=doc.line(("spec",)), field="spec",
-                                  reason="spec.rules is required"))
+        b.problems.append(
+            Problem(file=doc.file, line=doc.line(("spec",)), field="spec", reason="spec.rules is required")
+        )
         return
     section = CRD_KINDS[kind]
-    _parse_rules(doc, b, section, spec["rules"], ("spec", "rules"), KeyMode.STRICT,
-                 enum_ints=False, transform=_crd_transform(section))
+    _parse_rules(
+        doc,
+        b,
+        section,
+        spec["rules"],
+        ("spec", "rules"),
+        KeyMode.STRICT,
+        enum_ints=False,
+        transform=_crd_transform(section),
+    )
 
 
 def _crd_transform(section: str) -> Callable[[Any, RuleContext], Any]:
@@ -391,7 +512,9 @@ def _crd_transform(section: str) -> Callable[[Any, RuleContext], Any]:
         out = {k: v for k, v in raw.items() if not (v == "" and k != "resource" and k != "id")}
         # An absent enum is the default: SlowRequestRatio, Load (both percent values).
         if section == "circuitBreakerRules" and out.get("strategy", "SlowRequestRatio") in (
-                "SlowRequestRatio", "ErrorRatio"):
+            "SlowRequestRatio",
+            "ErrorRatio",
+        ):
             _percent(out, "threshold", ctx)
         if section == "systemRules" and out.get("metricType", "Load") in ("Load", "CpuUsage"):
             _percent(out, "triggerCount", ctx)

@@ -126,6 +126,8 @@ def _parse_http(raw: Any, ctx: RuleContext) -> HttpReject:
     cfg = HttpReject(mode="response", status=status, body=body, headers=tuple(headers))
     size = len(cfg.response_bytes())
     if size > HTTP_RESPONSE_MAX_BYTES:
-        bad(f"the response is {size} bytes; the kernel can send at most {HTTP_RESPONSE_MAX_BYTES} "
-            "(shorten body or headers)")
+        bad(
+            f"the response is {size} bytes; the kernel can send at most {HTTP_RESPONSE_MAX_BYTES} "
+            "(shorten body or headers)"
+        )
     return cfg

@@ -48,8 +48,15 @@ class Match:
 
     def key(self) -> tuple[object, ...]:
         """Two resources with the same key would match exactly the same traffic."""
-        return (self.direction, self.protocol, self.port, self.method, self.path,
-                str(self.host) if self.host else None, self.cgroup)
+        return (
+            self.direction,
+            self.protocol,
+            self.port,
+            self.method,
+            self.path,
+            str(self.host) if self.host else None,
+            self.cgroup,
+        )
 
     def describe(self) -> str:
         parts = [self.direction, self.protocol]
@@ -93,8 +100,12 @@ def parse(raw: Any, ctx: RuleContext) -> Resource | None:
     name = raw.get("name")
     ok = True
     if not isinstance(name, str) or not name:
-        ctx.add("name must be a non-empty string" if name is None or isinstance(name, str)
-                else f"name must be a string, got {type_name(name)}", "name")
+        ctx.add(
+            "name must be a non-empty string"
+            if name is None or isinstance(name, str)
+            else f"name must be a string, got {type_name(name)}",
+            "name",
+        )
         ok = False
     else:
         ctx.rule_id = name
@@ -102,8 +113,12 @@ def parse(raw: Any, ctx: RuleContext) -> Resource | None:
             ctx.add(f"name is longer than {NAME_MAX_BYTES} bytes", "name")
     m = raw.get("match")
     if not isinstance(m, Mapping):
-        ctx.add("match is required: {direction, protocol, port, ...}" if m is None
-                else f"match must be an object, got {type_name(m)}", "match")
+        ctx.add(
+            "match is required: {direction, protocol, port, ...}"
+            if m is None
+            else f"match must be an object, got {type_name(m)}",
+            "match",
+        )
         return None
     match = _parse_match(m, ctx)
     if match is None or not ok:
@@ -126,13 +141,21 @@ def _parse_match(m: Mapping[Any, Any], ctx: RuleContext) -> Match | None:
         ok = False
     protocol = m.get("protocol")
     if protocol not in PROTOCOLS:
-        bad("protocol is required: tcp or http" if protocol is None
-            else f"protocol must be tcp or http, got {protocol!r}", "protocol")
+        bad(
+            "protocol is required: tcp or http"
+            if protocol is None
+            else f"protocol must be tcp or http, got {protocol!r}",
+            "protocol",
+        )
         ok = False
     port = m.get("port")
     if isinstance(port, bool) or not isinstance(port, int):
-        bad("port is required: 1..65535" if port is None
-            else f"port must be an integer, got {type_name(port)}", "port")
+        bad(
+            "port is required: 1..65535"
+            if port is None
+            else f"port must be an integer, got {type_name(port)}",
+            "port",
+        )
         ok = False
     elif not 1 <= port <= 65535:
         bad(f"port must be in 1..65535, got {port}", "port")
@@ -154,12 +177,16 @@ def _parse_match(m: Mapping[Any, Any], ctx: RuleContext) -> Match | None:
             bad(f"path must be a string starting with '/', got {path!r}", "path")
             ok = False
         elif len(path.encode()) > PATH_MAX_BYTES:
-            bad(f"path prefix is {len(path.encode())} bytes; the kernel matches at most {PATH_MAX_BYTES}",
-                "path")
+            bad(
+                f"path prefix is {len(path.encode())} bytes; the kernel matches at most {PATH_MAX_BYTES}",
+                "path",
+            )
             ok = False
         elif any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in path):
-            bad("path must not contain spaces or control characters (it is matched against the request line)",
-                "path")
+            bad(
+                "path must not contain spaces or control characters (it is matched against the request line)",
+                "path",
+            )
             ok = False
     host_raw = m.get("host")
     host: IPNetwork | None = None
@@ -179,10 +206,20 @@ def _parse_match(m: Mapping[Any, Any], ctx: RuleContext) -> Match | None:
             bad("cgroup applies to outbound resources only", "cgroup")
             ok = False
         elif not isinstance(cgroup, str) or not cgroup.startswith("/"):
-            bad("cgroup must be an absolute cgroup v2 path such as /system.slice/app.service, "
-                f"got {cgroup!r}", "cgroup")
+            bad(
+                "cgroup must be an absolute cgroup v2 path such as /system.slice/app.service, "
+                f"got {cgroup!r}",
+                "cgroup",
+            )
             ok = False
     if not ok:
         return None
-    return Match(protocol=str(protocol), port=int(port), direction=str(direction),  # type: ignore[arg-type]
-                 method=method, path=path, host=host, cgroup=cgroup)
+    return Match(
+        protocol=str(protocol),
+        port=int(port),
+        direction=str(direction),  # type: ignore[arg-type]
+        method=method,
+        path=path,
+        host=host,
+        cgroup=cgroup,
+    )

@@ -60,7 +60,11 @@ class RuleSet:
         """Declared resources first, then every other name a rule refers to, each once."""
         names: dict[str, None] = {r.name: None for r in self.resources}
         rules: list[FlowRule | IsolationRule | CircuitBreakerRule | HotspotRule] = [
-            *self.flow_rules, *self.isolation_rules, *self.circuit_breaker_rules, *self.hotspot_rules]
+            *self.flow_rules,
+            *self.isolation_rules,
+            *self.circuit_breaker_rules,
+            *self.hotspot_rules,
+        ]
         for rule in rules:
             names.setdefault(rule.resource, None)
         for fr in self.flow_rules:
@@ -84,11 +88,13 @@ class RuleSet:
         resources = []
         for name in self.resource_names():
             res = self.resource(name)
-            resources.append({
-                "name": name,
-                "match": res.match.as_dict() if res else None,
-                "rules": per_resource.get(name, {}),
-            })
+            resources.append(
+                {
+                    "name": name,
+                    "match": res.match.as_dict() if res else None,
+                    "rules": per_resource.get(name, {}),
+                }
+            )
         return {
             "sources": list(self.sources),
             "format": self.format,
@@ -96,7 +102,8 @@ class RuleSet:
             "counts": {s: len(self.rules(s)) for s in SECTIONS},
             "resources": resources,
             "reject": {
-                "http": self.reject.http.mode if self.reject.http.mode != "response"
+                "http": self.reject.http.mode
+                if self.reject.http.mode != "response"
                 else f"{self.reject.http.status} response",
                 "tcp": self.reject.tcp,
             },

@@ -51,8 +51,9 @@ FIELDS: tuple[FieldSpec, ...] = (
 )
 
 
-def parse(raw: Any, ctx: RuleContext, mode: KeyMode, *, enum_names: bool = True,
-          enum_ints: bool = True) -> SystemRule | None:
+def parse(
+    raw: Any, ctx: RuleContext, mode: KeyMode, *, enum_names: bool = True, enum_ints: bool = True
+) -> SystemRule | None:
     values = read_fields(raw, FIELDS, ctx, mode, enum_names=enum_names, enum_ints=enum_ints)
     if values is None:
         return None

@@ -23,7 +23,9 @@ def make_ruleset() -> MakeRuleSet:
                     names.setdefault(rule["resource"], None)
                 if rule.get("refResource"):
                     names.setdefault(rule["refResource"], None)
-        resources = [{"name": n, "match": {"protocol": "http", "port": 1000 + i}} for i, n in enumerate(names)]
+        resources = [
+            {"name": n, "match": {"protocol": "http", "port": 1000 + i}} for i, n in enumerate(names)
+        ]
         return load_data({"resources": resources, **sections}, "test.yaml")
 
     return make

@@ -15,11 +15,19 @@ MakeRuleSet = Callable[..., RuleSet]  # the make_ruleset fixture (conftest.py)
 NOW = 1_700_000_000_000
 
 
-def breaker(strategy: Strategy = Strategy.SlowRequestRatio, **kw: Any) -> tuple[CircuitBreaker, list[StateChange]]:
+def breaker(
+    strategy: Strategy = Strategy.SlowRequestRatio, **kw: Any
+) -> tuple[CircuitBreaker, list[StateChange]]:
     changes: list[StateChange] = []
-    params: dict[str, Any] = {"resource": "abc", "strategy": strategy, "retry_timeout_ms": 3000,
-                              "min_request_amount": 10, "stat_interval_ms": 10000, "max_allowed_rt_ms": 50,
-                              "threshold": 0.5 if strategy is not Strategy.ErrorCount else 1.0}
+    params: dict[str, Any] = {
+        "resource": "abc",
+        "strategy": strategy,
+        "retry_timeout_ms": 3000,
+        "min_request_amount": 10,
+        "stat_interval_ms": 10000,
+        "max_allowed_rt_ms": 50,
+        "threshold": 0.5 if strategy is not Strategy.ErrorCount else 1.0,
+    }
     params.update(kw)
     return CircuitBreaker(CircuitBreakerRule(**params), changes.append), changes
 
@@ -121,8 +129,13 @@ def test_trip_thresholds() -> None:
 
 
 def test_window_slides() -> None:
-    b, _ = breaker(Strategy.ErrorCount, min_request_amount=1, threshold=2, stat_interval_ms=1000,
-                   stat_sliding_window_bucket_count=2)
+    b, _ = breaker(
+        Strategy.ErrorCount,
+        min_request_amount=1,
+        threshold=2,
+        stat_interval_ms=1000,
+        stat_sliding_window_bucket_count=2,
+    )
     b.on_request_complete(NOW, 0, True)
     b.on_request_complete(NOW + 1501, 0, True)  # the first error has left the 1 s window
     assert b.state is State.Closed
@@ -131,8 +144,15 @@ def test_window_slides() -> None:
 
 
 def cb_rules(**extra: Any) -> dict[str, Any]:
-    return {"resource": "svc", "strategy": 1, "retryTimeoutMs": 1000, "minRequestAmount": 2,
-            "statIntervalMs": 1000, "threshold": 0.5, **extra}
+    return {
+        "resource": "svc",
+        "strategy": 1,
+        "retryTimeoutMs": 1000,
+        "minRequestAmount": 2,
+        "statIntervalMs": 1000,
+        "threshold": 0.5,
+        **extra,
+    }
 
 
 def test_full_cycle_through_sentinel(make_ruleset: MakeRuleSet) -> None:
@@ -150,7 +170,10 @@ def test_full_cycle_through_sentinel(make_ruleset: MakeRuleSet) -> None:
     probe.exit(rt_ms=1)
     assert s.stats("svc").circuit_breakers[0]["state"] == "closed"
     assert [(c.from_state.name, c.to_state.name) for c in s.state_changes] == [
-        ("Closed", "Open"), ("Open", "HalfOpen"), ("HalfOpen", "Closed")]
+        ("Closed", "Open"),
+        ("Open", "HalfOpen"),
+        ("HalfOpen", "Closed"),
+    ]
 
 
 def test_half_open_rollback_when_probe_blocked_by_later_rule(make_ruleset: MakeRuleSet) -> None:
@@ -164,7 +187,9 @@ def test_half_open_rollback_when_probe_blocked_by_later_rule(make_ruleset: MakeR
     assert e.blocked and e.block is not None and e.block.rule.id == "b"
     assert a.state is State.Open and a.next_retry_ms == NOW  # rolled back, nextRetry unchanged
     assert [(c.rule.id, c.from_state.name, c.to_state.name) for c in s.state_changes] == [
-        ("a", "Open", "HalfOpen"), ("a", "HalfOpen", "Open")]
+        ("a", "Open", "HalfOpen"),
+        ("a", "HalfOpen", "Open"),
+    ]
 
 
 class Listener:
@@ -183,8 +208,9 @@ class Listener:
 
 def test_listeners(make_ruleset: MakeRuleSet) -> None:
     clock = ManualClock(NOW)
-    s = Sentinel(make_ruleset(circuitBreakerRules=[cb_rules(strategy=2, threshold=1, minRequestAmount=1)]),
-                 clock=clock)
+    s = Sentinel(
+        make_ruleset(circuitBreakerRules=[cb_rules(strategy=2, threshold=1, minRequestAmount=1)]), clock=clock
+    )
     listener = Listener()
     s.add_state_change_listener(listener)
     s.entry("svc").exit(error=True)

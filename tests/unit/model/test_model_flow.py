@@ -23,6 +23,7 @@ T0_NS = 1_700_000_000_000 * NS_PER_MS
 
 # --- Throttling (sentinel-golang tc_throttling_test.go) ---------------------------------------------
 
+
 def test_throttling_no_queueing() -> None:
     interval_ms, threshold = 10000, 50.0
     tc = ThrottlingChecker(0, interval_ms)
@@ -63,8 +64,11 @@ def test_throttling_zero_threshold_and_batch_over_threshold() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(gaps=st.lists(st.integers(0, 400), min_size=1, max_size=80), threshold=st.integers(1, 100),
-       queue_ms=st.integers(0, 1000))
+@given(
+    gaps=st.lists(st.integers(0, 400), min_size=1, max_size=80),
+    threshold=st.integers(1, 100),
+    queue_ms=st.integers(0, 1000),
+)
 def test_throttling_virtual_queue_spacing(gaps: list[int], threshold: int, queue_ms: int) -> None:
     """Admitted requests, at their virtual times (arrival + wait), are spaced by the interval,
     and no wait exceeds maxQueueingTimeMs. Brute force: replay and compare."""
@@ -86,6 +90,7 @@ def test_throttling_virtual_queue_spacing(gaps: list[int], threshold: int, queue
 
 
 # --- Reject ------------------------------------------------------------------------------------------
+
 
 def test_reject_threshold_per_second(make_ruleset: MakeRuleSet) -> None:
     clock = ManualClock()
@@ -115,8 +120,14 @@ def test_standalone_window_counts_passes(make_ruleset: MakeRuleSet) -> None:
 
 
 def test_several_rules_first_block_wins(make_ruleset: MakeRuleSet) -> None:
-    s = Sentinel(make_ruleset(flowRules=[{"id": "wide", "resource": "r", "threshold": 5},
-                                         {"id": "narrow", "resource": "r", "threshold": 3}]))
+    s = Sentinel(
+        make_ruleset(
+            flowRules=[
+                {"id": "wide", "resource": "r", "threshold": 5},
+                {"id": "narrow", "resource": "r", "threshold": 3},
+            ]
+        )
+    )
     entries = [s.entry("r") for _ in range(6)]
     assert [e.passed for e in entries] == [True] * 3 + [False] * 3
     assert entries[3].block is not None and isinstance(entries[3].block.rule, FlowRule)
@@ -125,9 +136,15 @@ def test_several_rules_first_block_wins(make_ruleset: MakeRuleSet) -> None:
 
 # --- WarmUp ------------------------------------------------------------------------------------------
 
+
 def warm_rule(t: float = 100, period: int = 10, cold: int = 3) -> FlowRule:
-    return FlowRule(resource="r", threshold=t, token_calculate_strategy=TokenCalculateStrategy.WarmUp,
-                    warm_up_period_sec=period, warm_up_cold_factor=cold)
+    return FlowRule(
+        resource="r",
+        threshold=t,
+        token_calculate_strategy=TokenCalculateStrategy.WarmUp,
+        warm_up_period_sec=period,
+        warm_up_cold_factor=cold,
+    )
 
 
 def test_warm_up_constants() -> None:
@@ -149,8 +166,20 @@ def test_warm_up_constants() -> None:
 
 def test_warm_up_ramps_to_threshold(make_ruleset: MakeRuleSet) -> None:
     clock = ManualClock(1_700_000_000_000)
-    s = Sentinel(make_ruleset(flowRules=[{"resource": "r", "threshold": 100, "tokenCalculateStrategy": 1,
-                                          "warmUpPeriodSec": 10, "warmUpColdFactor": 3}]), clock=clock)
+    s = Sentinel(
+        make_ruleset(
+            flowRules=[
+                {
+                    "resource": "r",
+                    "threshold": 100,
+                    "tokenCalculateStrategy": 1,
+                    "warmUpPeriodSec": 10,
+                    "warmUpColdFactor": 3,
+                }
+            ]
+        ),
+        clock=clock,
+    )
     passed_first = sum(s.entry("r").passed for _ in range(200))
     assert passed_first == 33  # cold: 100/3 QPS
     per_second = []
@@ -163,24 +192,42 @@ def test_warm_up_ramps_to_threshold(make_ruleset: MakeRuleSet) -> None:
 
 # --- MemoryAdaptive ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("mem", "allowed"), [(None, 1000), (100, 1000), (1024, 1000), (1536, 550),
-                                               (2048, 100), (3072, 100)])
+
+@pytest.mark.parametrize(
+    ("mem", "allowed"), [(None, 1000), (100, 1000), (1024, 1000), (1536, 550), (2048, 100), (3072, 100)]
+)
 def test_memory_adaptive(make_ruleset: MakeRuleSet, mem: int | None, allowed: float) -> None:
     metrics = SystemMetrics(memory=mem)
-    s = Sentinel(make_ruleset(flowRules=[{"resource": "r", "tokenCalculateStrategy": 2,
-                                          "lowMemUsageThreshold": 1000, "highMemUsageThreshold": 100,
-                                          "memLowWaterMarkBytes": 1024, "memHighWaterMarkBytes": 2048}]),
-                 system_metrics=metrics)
+    s = Sentinel(
+        make_ruleset(
+            flowRules=[
+                {
+                    "resource": "r",
+                    "tokenCalculateStrategy": 2,
+                    "lowMemUsageThreshold": 1000,
+                    "highMemUsageThreshold": 100,
+                    "memLowWaterMarkBytes": 1024,
+                    "memHighWaterMarkBytes": 2048,
+                }
+            ]
+        ),
+        system_metrics=metrics,
+    )
     (fc,) = s.flow["r"]
     assert fc.calculator.allowed(0) == pytest.approx(allowed)
 
 
 # --- AssociatedResource -----------------------------------------------------------------------------
 
+
 def test_associated_resource_uses_ref_statistics(make_ruleset: MakeRuleSet) -> None:
     clock = ManualClock()
-    s = Sentinel(make_ruleset(flowRules=[{"resource": "write", "threshold": 3,
-                                          "relationStrategy": 1, "refResource": "read"}]), clock=clock)
+    s = Sentinel(
+        make_ruleset(
+            flowRules=[{"resource": "write", "threshold": 3, "relationStrategy": 1, "refResource": "read"}]
+        ),
+        clock=clock,
+    )
     assert all(s.entry("write").passed for _ in range(10))  # "read" is idle
     for _ in range(3):
         s.entry("read")
@@ -190,16 +237,30 @@ def test_associated_resource_uses_ref_statistics(make_ruleset: MakeRuleSet) -> N
 
 
 def test_associated_resource_standalone_window(make_ruleset: MakeRuleSet) -> None:
-    s = Sentinel(make_ruleset(flowRules=[{"resource": "write", "threshold": 2, "statIntervalInMs": 3000,
-                                          "relationStrategy": 1, "refResource": "read"}]))
+    s = Sentinel(
+        make_ruleset(
+            flowRules=[
+                {
+                    "resource": "write",
+                    "threshold": 2,
+                    "statIntervalInMs": 3000,
+                    "relationStrategy": 1,
+                    "refResource": "read",
+                }
+            ]
+        )
+    )
     s.entry("read")
     s.entry("read")
     assert not s.entry("write").passed
 
 
 def test_throttling_entry_reports_virtual_wait(make_ruleset: MakeRuleSet) -> None:
-    s = Sentinel(make_ruleset(flowRules=[{"resource": "r", "threshold": 10, "controlBehavior": 1,
-                                          "maxQueueingTimeMs": 250}]))
+    s = Sentinel(
+        make_ruleset(
+            flowRules=[{"resource": "r", "threshold": 10, "controlBehavior": 1, "maxQueueingTimeMs": 250}]
+        )
+    )
     waits = [s.entry("r") for _ in range(5)]
     # one per 100 ms: waits 0, 100, 200; the next would wait 300 > 250
     assert [e.passed for e in waits] == [True, True, True, False, False]

@@ -27,8 +27,13 @@ NOW = 1_700_000_000_000
 
 
 def rule(**kw: Any) -> HotspotRule:
-    params: dict[str, Any] = {"resource": "res_a", "param_key": "query:a", "threshold": 100,
-                              "metric_type": MetricType.QPS, "duration_in_sec": 1}
+    params: dict[str, Any] = {
+        "resource": "res_a",
+        "param_key": "query:a",
+        "threshold": 100,
+        "metric_type": MetricType.QPS,
+        "duration_in_sec": 1,
+    }
     params.update(kw)
     return HotspotRule(**params)
 
@@ -83,14 +88,24 @@ def test_throttling() -> None:
     # cost of each request: 1 * 1000 / 100 = 10 ms
     c2 = HotspotController(rule(control_behavior=ControlBehavior.Throttling, max_queueing_time_ms=25))
     results = [c2.check(NOW, "v", 1) for _ in range(5)]
-    assert [(r.blocked, r.wait_ms) for r in results] == [(False, 0), (False, 10), (False, 20), (True, 0),
-                                                         (True, 0)]
+    assert [(r.blocked, r.wait_ms) for r in results] == [
+        (False, 0),
+        (False, 10),
+        (False, 20),
+        (True, 0),
+        (True, 0),
+    ]
 
 
 def test_specific_items_by_value_text() -> None:
-    r = rule(specific_items=(SpecificItem(ParamKind.KindInt, "007", 1), SpecificItem(ParamKind.KindBool, "T", 2),
-                             SpecificItem(ParamKind.KindFloat64, "1.123456", 3),
-                             SpecificItem(ParamKind.KindString, "ximu", 4)))
+    r = rule(
+        specific_items=(
+            SpecificItem(ParamKind.KindInt, "007", 1),
+            SpecificItem(ParamKind.KindBool, "T", 2),
+            SpecificItem(ParamKind.KindFloat64, "1.123456", 3),
+            SpecificItem(ParamKind.KindString, "ximu", 4),
+        )
+    )
     c = HotspotController(r)
     assert c.limit_for(canonical_value(7)) == 1
     assert c.limit_for(canonical_value("7")) == 1
@@ -126,9 +141,21 @@ def test_lru_capacity_and_order() -> None:
 
 def test_through_sentinel(make_ruleset: MakeRuleSet) -> None:
     clock = ManualClock(NOW)
-    s = Sentinel(make_ruleset(hotSpotParamRules=[
-        {"resource": "api", "paramKey": "header:X-User", "metricType": "QPS", "threshold": 2, "durationInSec": 1},
-        {"resource": "api", "paramKey": "remote_ip", "metricType": "Concurrency", "threshold": 1}]), clock=clock)
+    s = Sentinel(
+        make_ruleset(
+            hotSpotParamRules=[
+                {
+                    "resource": "api",
+                    "paramKey": "header:X-User",
+                    "metricType": "QPS",
+                    "threshold": 2,
+                    "durationInSec": 1,
+                },
+                {"resource": "api", "paramKey": "remote_ip", "metricType": "Concurrency", "threshold": 1},
+            ]
+        ),
+        clock=clock,
+    )
     p = {"X-USER": "bob", "remote_ip": "10.0.0.1"}
     first = s.entry("api", param=p)
     second = s.entry("api", param={"header:x-user": "bob", "remote_ip": "10.0.0.1"})
@@ -142,11 +169,17 @@ def test_through_sentinel(make_ruleset: MakeRuleSet) -> None:
 
 # --- properties ---------------------------------------------------------------------------------------
 
+
 @settings(max_examples=300, deadline=None)
-@given(reqs=st.lists(st.tuples(st.integers(0, 3000), st.integers(1, 12)), min_size=1, max_size=60),
-       threshold=st.integers(1, 20), burst=st.integers(0, 10), duration=st.integers(1, 3))
-def test_reject_token_bucket_against_brute_force(reqs: list[tuple[int, int]], threshold: int, burst: int,
-                                                 duration: int) -> None:
+@given(
+    reqs=st.lists(st.tuples(st.integers(0, 3000), st.integers(1, 12)), min_size=1, max_size=60),
+    threshold=st.integers(1, 20),
+    burst=st.integers(0, 10),
+    duration=st.integers(1, 3),
+)
+def test_reject_token_bucket_against_brute_force(
+    reqs: list[tuple[int, int]], threshold: int, burst: int, duration: int
+) -> None:
     """Replay against an independent per-request bucket simulation, and check token conservation."""
     c = HotspotController(rule(threshold=threshold, burst_count=burst, duration_in_sec=duration))
     max_count = threshold + burst
@@ -178,12 +211,16 @@ def test_reject_token_bucket_against_brute_force(reqs: list[tuple[int, int]], th
 
 
 @settings(max_examples=200, deadline=None)
-@given(gaps=st.lists(st.integers(0, 300), min_size=1, max_size=60), threshold=st.integers(1, 50),
-       queue=st.integers(0, 500))
+@given(
+    gaps=st.lists(st.integers(0, 300), min_size=1, max_size=60),
+    threshold=st.integers(1, 50),
+    queue=st.integers(0, 500),
+)
 def test_throttling_spacing(gaps: list[int], threshold: int, queue: int) -> None:
     """Admitted requests at their virtual times are spaced by the per-request cost."""
-    c = HotspotController(rule(threshold=threshold, control_behavior=ControlBehavior.Throttling,
-                               max_queueing_time_ms=queue))
+    c = HotspotController(
+        rule(threshold=threshold, control_behavior=ControlBehavior.Throttling, max_queueing_time_ms=queue)
+    )
     cost = 1000 // threshold
     now = NOW
     virtual: list[int] = []

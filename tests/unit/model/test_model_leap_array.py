@@ -38,8 +38,10 @@ def test_deprecated_bucket() -> None:
     assert la.is_deprecated(t, t + 500)  # future start: Go's unsigned subtraction wraps
 
 
-@pytest.mark.parametrize(("sample_count", "interval", "ok"), [(20, 10000, True), (30, 10000, False),
-                                                               (0, 10000, False), (1, 0, False)])
+@pytest.mark.parametrize(
+    ("sample_count", "interval", "ok"),
+    [(20, 10000, True), (30, 10000, False), (0, 10000, False), (1, 0, False)],
+)
 def test_new_leap_array_validity(sample_count: int, interval: int, ok: bool) -> None:
     if ok:
         LeapArray(sample_count, interval, MetricBucket.empty)
@@ -68,12 +70,17 @@ def test_clock_backwards() -> None:
     assert single.current_bucket(4_000) is b  # a single bucket tolerates it, as in Go
 
 
-@pytest.mark.parametrize(("sample_count", "interval", "parent", "start", "end"), [
-    (4, 2000, (20, 10000), 1578416555000, 1578416556500),
-    (2, 1000, (20, 10000), 1578416556000, 1578416556500),
-    (1, 2000, (10, 10000), 1578416555000, 1578416556000),
-])
-def test_read_view_ranges(sample_count: int, interval: int, parent: tuple[int, int], start: int, end: int) -> None:
+@pytest.mark.parametrize(
+    ("sample_count", "interval", "parent", "start", "end"),
+    [
+        (4, 2000, (20, 10000), 1578416555000, 1578416556500),
+        (2, 1000, (20, 10000), 1578416556000, 1578416556500),
+        (1, 2000, (10, 10000), 1578416555000, 1578416556000),
+    ],
+)
+def test_read_view_ranges(
+    sample_count: int, interval: int, parent: tuple[int, int], start: int, end: int
+) -> None:
     m = SlidingWindowMetric(sample_count, interval, BucketLeapArray(*parent))
     assert m.bucket_start_range(1578416556900) == (start, end)
 
@@ -112,11 +119,21 @@ def test_bucket_details() -> None:
     assert node.max_avg(now, MetricEvent.COMPLETE) == 4.0  # 2 in one 500 ms bucket -> 4/s
 
 
-@pytest.mark.parametrize(("interval", "window", "standalone"), [
-    (500, (1, 500), False), (2000, (4, 2000), False), (2500, (5, 2500), False), (5000, (10, 5000), False),
-    (10000, (20, 10000), False), (300, (1, 300), True), (1500, (3, 1500), True), (3000, (6, 3000), True),
-    (20000, (1, 20000), True), (50000, (1, 50000), True),
-])
+@pytest.mark.parametrize(
+    ("interval", "window", "standalone"),
+    [
+        (500, (1, 500), False),
+        (2000, (4, 2000), False),
+        (2500, (5, 2500), False),
+        (5000, (10, 5000), False),
+        (10000, (20, 10000), False),
+        (300, (1, 300), True),
+        (1500, (3, 1500), True),
+        (3000, (6, 3000), True),
+        (20000, (1, 20000), True),
+        (50000, (1, 50000), True),
+    ],
+)
 def test_rule_windows(interval: int, window: tuple[int, int], standalone: bool) -> None:
     # sentinel-golang generateStatFor: reuse the resource's array when possible, else a standalone one
     assert window_for(interval) == window
@@ -139,10 +156,14 @@ events = st.lists(st.tuples(st.integers(0, 30_000), st.integers(1, 5)), max_size
 
 
 @settings(max_examples=300, deadline=None)
-@given(events=events, query_gap=st.integers(0, 12_000),
-       shape=st.sampled_from([(20, 10000), (2, 1000), (10, 1000), (1, 700), (5, 2500), (3, 300)]))
-def test_leap_array_sum_matches_brute_force(events: list[tuple[int, int]], query_gap: int,
-                                            shape: tuple[int, int]) -> None:
+@given(
+    events=events,
+    query_gap=st.integers(0, 12_000),
+    shape=st.sampled_from([(20, 10000), (2, 1000), (10, 1000), (1, 700), (5, 2500), (3, 300)]),
+)
+def test_leap_array_sum_matches_brute_force(
+    events: list[tuple[int, int]], query_gap: int, shape: tuple[int, int]
+) -> None:
     sample_count, interval = shape
     bucket_len = interval // sample_count
     arr = BucketLeapArray(sample_count, interval)
@@ -158,8 +179,9 @@ def test_leap_array_sum_matches_brute_force(events: list[tuple[int, int]], query
     # Brute force: events whose bucket is within the interval; a bucket exactly one interval old is live
     # unless the current period already reused its slot.
     reused = any(ws(t) == ws(q) for t in times) and ws(q) == q
-    expected = sum(n for t, n in counted
-                   if q - interval < ws(t) <= q or (ws(t) == q - interval and not reused))
+    expected = sum(
+        n for t, n in counted if q - interval < ws(t) <= q or (ws(t) == q - interval and not reused)
+    )
     assert arr.sum(q, MetricEvent.PASS) == expected
 
 

@@ -78,10 +78,18 @@ def test_check_order_first_block_wins(make_ruleset: MakeRuleSet) -> None:
         systemRules=[{"metricType": "Concurrency", "triggerCount": 3}],
         flowRules=[{"resource": "r", "threshold": 2}],
         isolationRules=[{"resource": "r", "threshold": 1}],
-        hotSpotParamRules=[{"resource": "r", "paramKey": "remote_ip", "threshold": 0, "metricType": "QPS",
-                            "durationInSec": 1}],
-        circuitBreakerRules=[{"resource": "r", "strategy": 2, "threshold": 1, "retryTimeoutMs": 1000,
-                              "statIntervalMs": 1000}],
+        hotSpotParamRules=[
+            {
+                "resource": "r",
+                "paramKey": "remote_ip",
+                "threshold": 0,
+                "metricType": "QPS",
+                "durationInSec": 1,
+            }
+        ],
+        circuitBreakerRules=[
+            {"resource": "r", "strategy": 2, "threshold": 1, "retryTimeoutMs": 1000, "statIntervalMs": 1000}
+        ],
     )
     s = Sentinel(rs)
     # hotspot threshold 0 blocks every parameterised request, but isolation and flow come first
@@ -105,19 +113,47 @@ def test_check_order_first_block_wins(make_ruleset: MakeRuleSet) -> None:
 
 def test_blocked_entry_exit_is_noop_and_stats_json(make_ruleset: MakeRuleSet) -> None:
     clock = ManualClock(NOW)
-    s = Sentinel(make_ruleset(flowRules=[{"resource": "r", "threshold": 1}],
-                              circuitBreakerRules=[{"id": "cb", "resource": "r", "strategy": 1, "threshold": 0.5,
-                                                    "retryTimeoutMs": 1000, "statIntervalMs": 1000}]),
-                 clock=clock)
+    s = Sentinel(
+        make_ruleset(
+            flowRules=[{"resource": "r", "threshold": 1}],
+            circuitBreakerRules=[
+                {
+                    "id": "cb",
+                    "resource": "r",
+                    "strategy": 1,
+                    "threshold": 0.5,
+                    "retryTimeoutMs": 1000,
+                    "statIntervalMs": 1000,
+                }
+            ],
+        ),
+        clock=clock,
+    )
     ok = s.entry("r")
     blocked = s.entry("r")
     blocked.exit(rt_ms=5, error=True)
     clock.advance(20)
     ok.exit(error=False)
-    assert s.stats_json() == {"resources": {"r": {
-        "pass": 1, "block": 1, "complete": 1, "error": 0, "concurrency": 0, "avg_rt_ms": 20.0,
-        "block_by_type": {"flow": 1, "isolation": 0, "circuit_breaking": 0, "system": 0, "hotspot": 0},
-        "circuit_breakers": [{"id": "cb", "state": "closed"}]}}}
+    assert s.stats_json() == {
+        "resources": {
+            "r": {
+                "pass": 1,
+                "block": 1,
+                "complete": 1,
+                "error": 0,
+                "concurrency": 0,
+                "avg_rt_ms": 20.0,
+                "block_by_type": {
+                    "flow": 1,
+                    "isolation": 0,
+                    "circuit_breaking": 0,
+                    "system": 0,
+                    "hotspot": 0,
+                },
+                "circuit_breakers": [{"id": "cb", "state": "closed"}],
+            }
+        }
+    }
     st = s.stats("r")
     assert st.pass_qps == 1.0 and st.block_qps == 1.0 and st.window_avg_rt_ms == 20.0
 
@@ -128,18 +164,30 @@ def test_reload_keeps_unchanged_rule_state(make_ruleset: MakeRuleSet) -> None:
     assert s.entry("r").passed
     assert not s.load(rs1)  # unchanged: no-op
     (fc,) = s.flow["r"]
-    rs2 = make_ruleset(flowRules=[{"resource": "r", "threshold": 2, "controlBehavior": 1},
-                                  {"resource": "r", "threshold": 100}])
+    rs2 = make_ruleset(
+        flowRules=[
+            {"resource": "r", "threshold": 2, "controlBehavior": 1},
+            {"resource": "r", "threshold": 100},
+        ]
+    )
     assert s.load(rs2)
     assert s.flow["r"][0] is fc  # same controller, same throttling state
     assert not s.entry("r").passed  # still spaced from the first pass
 
 
 def test_deterministic_given_the_clock(make_ruleset: MakeRuleSet) -> None:
-    rs = make_ruleset(flowRules=[{"resource": "r", "threshold": 5, "tokenCalculateStrategy": 1,
-                                  "warmUpPeriodSec": 2}],
-                      hotSpotParamRules=[{"resource": "r", "paramKey": "remote_ip", "threshold": 2,
-                                          "metricType": "QPS", "durationInSec": 1}])
+    rs = make_ruleset(
+        flowRules=[{"resource": "r", "threshold": 5, "tokenCalculateStrategy": 1, "warmUpPeriodSec": 2}],
+        hotSpotParamRules=[
+            {
+                "resource": "r",
+                "paramKey": "remote_ip",
+                "threshold": 2,
+                "metricType": "QPS",
+                "durationInSec": 1,
+            }
+        ],
+    )
 
     def run() -> list[tuple[bool, int | None]]:
         clock = ManualClock(NOW)

@@ -11,8 +11,11 @@ from typer.testing import CliRunner
 from sentinel_ebpf.cli import _register, app
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
-VALID = [EXAMPLES / "rules.yaml", *sorted((EXAMPLES / "sentinel-golang").glob("*.json")),
-         *sorted((EXAMPLES / "crd").glob("*.yaml"))]
+VALID = [
+    EXAMPLES / "rules.yaml",
+    *sorted((EXAMPLES / "sentinel-golang").glob("*.json")),
+    *sorted((EXAMPLES / "crd").glob("*.yaml")),
+]
 INVALID = sorted((EXAMPLES / "invalid").iterdir())
 
 _register()
@@ -47,16 +50,30 @@ def test_problems_listed_with_lines() -> None:
 
 
 def test_json_output() -> None:
-    result = runner.invoke(app, ["rules", "check", "--json", str(EXAMPLES / "rules.yaml"),
-                                 str(EXAMPLES / "invalid" / "flow-rules.json")])
+    result = runner.invoke(
+        app,
+        [
+            "rules",
+            "check",
+            "--json",
+            str(EXAMPLES / "rules.yaml"),
+            str(EXAMPLES / "invalid" / "flow-rules.json"),
+        ],
+    )
     assert result.exit_code == 1
     out = json.loads(result.output)
     assert out["ok"] is False
     ok, bad = out["files"]
     assert ok["ok"] and ok["summary"]["counts"]["flowRules"] == 5
     assert not bad["ok"] and bad["problems"][0] == {
-        "file": str(EXAMPLES / "invalid" / "flow-rules.json"), "line": 2, "section": "flowRules", "index": 0,
-        "id": None, "field": "resource", "reason": "empty resource"}
+        "file": str(EXAMPLES / "invalid" / "flow-rules.json"),
+        "line": 2,
+        "section": "flowRules",
+        "index": 0,
+        "id": None,
+        "field": "resource",
+        "reason": "empty resource",
+    }
 
 
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
@@ -64,12 +81,17 @@ def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "cannot read: no such file" in result.output
     result = runner.invoke(app, ["rules", "check", "--json", str(tmp_path / "nope.yaml")])
-    assert result.exit_code == 2 and json.loads(result.output)["files"][0]["problems"][0]["reason"] == "no such file"
+    assert (
+        result.exit_code == 2
+        and json.loads(result.output)["files"][0]["problems"][0]["reason"] == "no such file"
+    )
 
 
 def test_kind_option() -> None:
-    result = runner.invoke(app, ["rules", "check", "--kind", "isolation",
-                                 str(EXAMPLES / "sentinel-golang" / "isolation-rules.json")])
+    result = runner.invoke(
+        app,
+        ["rules", "check", "--kind", "isolation", str(EXAMPLES / "sentinel-golang" / "isolation-rules.json")],
+    )
     assert result.exit_code == 0
     result = runner.invoke(app, ["rules", "check", "--kind", "nope", str(EXAMPLES / "rules.yaml")])
     assert result.exit_code == 2 and "unknown rule kind" in result.output

@@ -48,8 +48,16 @@ def test_project_round_trip_yaml_and_json(tmp_path: Path) -> None:
         assert again.reject == rs.reject
 
 
-@pytest.mark.parametrize("name", ["flow-rules.json", "isolation-rules.json", "circuit-breaker-rules.json",
-                                  "hotspot-rules.json", "system-rules.json"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "flow-rules.json",
+        "isolation-rules.json",
+        "circuit-breaker-rules.json",
+        "hotspot-rules.json",
+        "system-rules.json",
+    ],
+)
 def test_sentinel_json_examples_round_trip(name: str, tmp_path: Path) -> None:
     rs = load_file(EXAMPLES / "sentinel-golang" / name)
     assert rs.format == "sentinel-json" and not rs.bound
@@ -82,17 +90,24 @@ def test_sentinel_json_enum_values_and_defaults() -> None:
     assert sysr[0].strategy is AdaptiveStrategy.BBR and sysr[4].strategy is AdaptiveStrategy.NoAdaptive
 
 
-@pytest.mark.parametrize(("items", "file", "kind"), [
-    ([{"metricType": 0, "triggerCount": 1}], "x.json", "systemRules"),
-    ([{"resource": "a", "strategy": 1, "retryTimeoutMs": 1}], "x.json", "circuitBreakerRules"),
-    ([{"resource": "a", "paramKey": "remote_ip"}], "x.json", "hotSpotParamRules"),
-    ([{"resource": "a", "threshold": 1, "controlBehavior": 1}], "x.json", "flowRules"),
-    ([{"resource": "a", "threshold": 1}], "x.json", "flowRules"),
-    ([{"resource": "a", "metricType": 0, "threshold": 1}], "x.json", "isolationRules"),
-    ([{"resource": "a", "threshold": 1}], "IsolationRule.json", "isolationRules"),
-    ([{"resource": "a", "threshold": 1}, {"resource": "a", "metricType": 0, "threshold": 1}], "x.json", None),
-    ([], "x.json", None),
-])
+@pytest.mark.parametrize(
+    ("items", "file", "kind"),
+    [
+        ([{"metricType": 0, "triggerCount": 1}], "x.json", "systemRules"),
+        ([{"resource": "a", "strategy": 1, "retryTimeoutMs": 1}], "x.json", "circuitBreakerRules"),
+        ([{"resource": "a", "paramKey": "remote_ip"}], "x.json", "hotSpotParamRules"),
+        ([{"resource": "a", "threshold": 1, "controlBehavior": 1}], "x.json", "flowRules"),
+        ([{"resource": "a", "threshold": 1}], "x.json", "flowRules"),
+        ([{"resource": "a", "metricType": 0, "threshold": 1}], "x.json", "isolationRules"),
+        ([{"resource": "a", "threshold": 1}], "IsolationRule.json", "isolationRules"),
+        (
+            [{"resource": "a", "threshold": 1}, {"resource": "a", "metricType": 0, "threshold": 1}],
+            "x.json",
+            None,
+        ),
+        ([], "x.json", None),
+    ],
+)
 def test_infer_kind(items: list[dict[str, object]], file: str, kind: str | None) -> None:
     assert infer_kind(items, file)[0] == kind
 
@@ -139,14 +154,26 @@ def test_crd_rejects_integer_enums_and_reports_percent() -> None:
     assert any(":26: systemRules[0]: triggerCount: invalid CPU usage" in r for r in reasons)
 
 
-@pytest.mark.parametrize(("text", "reason"), [
-    ("apiVersion: v1\nkind: FlowRules\nspec: {rules: []}\n", "apiVersion must be"),
-    ("apiVersion: datasource.sentinel.io/v1alpha1\nkind: Flow\nspec: {rules: []}\n", "kind must be one of"),
-    ("apiVersion: datasource.sentinel.io/v1alpha1\nkind: FlowRules\nspec: {}\n", "spec.rules is required"),
-    ("apiVersion: datasource.sentinel.io/v1alpha1\nkind: FlowRules\nspec: {rules: [{resource: a, threshold: 1,"
-     " bogus: 2}]}\n", "unknown key 'bogus'"),
-    ("resources: []\n---\nresources: []\n", "only CRD documents"),
-])
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("apiVersion: v1\nkind: FlowRules\nspec: {rules: []}\n", "apiVersion must be"),
+        (
+            "apiVersion: datasource.sentinel.io/v1alpha1\nkind: Flow\nspec: {rules: []}\n",
+            "kind must be one of",
+        ),
+        (
+            "apiVersion: datasource.sentinel.io/v1alpha1\nkind: FlowRules\nspec: {}\n",
+            "spec.rules is required",
+        ),
+        (
+            "apiVersion: datasource.sentinel.io/v1alpha1\nkind: FlowRules\nspec: {rules: [{resource: a, threshold: 1,"
+            " bogus: 2}]}\n",
+            "unknown key 'bogus'",
+        ),
+        ("resources: []\n---\nresources: []\n", "only CRD documents"),
+    ],
+)
 def test_crd_document_problems(text: str, reason: str) -> None:
     with pytest.raises(RulesError) as info:
         load_text(text, "c.yaml")
@@ -198,8 +225,17 @@ def test_problem_dict_and_summary() -> None:
     with pytest.raises(RulesError) as info:
         load_text("resources:\n  - {name: a, match: {protocol: tcp, port: 0}}\n", "p.yaml")
     assert info.value.problems[0].as_dict() == {
-        "file": "p.yaml", "line": 2, "section": "resources", "index": 0, "id": "a", "field": "match.port",
-        "reason": "port must be in 1..65535, got 0"}
+        "file": "p.yaml",
+        "line": 2,
+        "section": "resources",
+        "index": 0,
+        "id": "a",
+        "field": "match.port",
+        "reason": "port must be in 1..65535, got 0",
+    }
     s = load_file(EXAMPLES / "sentinel-golang" / "isolation-rules.json").summary()
     assert s["counts"]["isolationRules"] == 2 and s["resources"][0] == {
-        "name": "abc", "match": None, "rules": {"isolationRules": 1}}
+        "name": "abc",
+        "match": None,
+        "rules": {"isolationRules": 1},
+    }
