@@ -216,8 +216,8 @@ def _parse_match(m: Mapping[Any, Any], ctx: RuleContext) -> Match | None:
         return None
     return Match(
         protocol=str(protocol),
-        port=int(port),
-        direction=str(direction),  # type: ignore[arg-type]
+        port=int(port),  # type: ignore[arg-type]
+        direction=str(direction),
         method=method,
         path=path,
         host=host,
