@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from packets import (
     ACK,
@@ -31,23 +29,6 @@ pytestmark = pytest.mark.kernel
 
 CLIENT, SERVER = "127.0.0.2", "127.0.0.1"
 T0_MS = 1_578_416_556_900  # sentinel-golang's read-view test instant
-
-
-@pytest.fixture(scope="module")
-def loaded() -> Iterator[InboundDataplane]:
-    with InboundDataplane(test_clock=True) as d:
-        yield d
-
-
-@pytest.fixture
-def dp(loaded: InboundDataplane) -> Iterator[InboundDataplane]:
-    loaded.clear()
-    counters = loaded.obj.map("dp_counters")
-    for idx in range(counters.max_entries):
-        counters.update(
-            idx.to_bytes(4, "little"), [bytes(8)] * len(counters.lookup(idx.to_bytes(4, "little")))
-        )
-    yield loaded
 
 
 def rules(text: str) -> RuleSet:

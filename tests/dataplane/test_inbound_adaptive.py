@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from packets import SYN, TC_ACT_OK, tcp_frame
 
@@ -15,18 +13,6 @@ from sentinel_ebpf.rules import load_text
 
 pytestmark = pytest.mark.kernel
 T0_MS = 1_700_000_000_000
-
-
-@pytest.fixture(scope="module")
-def loaded() -> Iterator[InboundDataplane]:
-    with InboundDataplane(test_clock=True) as d:
-        yield d
-
-
-@pytest.fixture
-def dp(loaded: InboundDataplane) -> Iterator[InboundDataplane]:
-    loaded.clear()
-    yield loaded
 
 
 class FakeMemory:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 
 import pytest
 from packets import ACK, PSH, SYN, TC_ACT_OK, http_response, tcp_frame
@@ -17,18 +16,6 @@ pytestmark = pytest.mark.kernel
 T0_MS = 1_700_000_000_000
 SERVER = "127.0.0.1"
 CLIENTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
-
-
-@pytest.fixture(scope="module")
-def loaded() -> Iterator[InboundDataplane]:
-    with InboundDataplane(test_clock=True) as d:
-        yield d
-
-
-@pytest.fixture
-def dp(loaded: InboundDataplane) -> Iterator[InboundDataplane]:
-    loaded.clear()
-    yield loaded
 
 
 def request_bytes(path: str, user: str | None, filler: int = 0) -> bytes:

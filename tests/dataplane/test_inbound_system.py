@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 
 import pytest
 from packets import ACK, PSH, TC_ACT_OK, http_request, http_response, tcp_frame
@@ -23,18 +22,6 @@ resources:
   - {name: a, match: {protocol: http, port: 8080, path: /a}}
   - {name: b, match: {protocol: http, port: 8080, path: /b}}
 """
-
-
-@pytest.fixture(scope="module")
-def loaded() -> Iterator[InboundDataplane]:
-    with InboundDataplane(test_clock=True) as d:
-        yield d
-
-
-@pytest.fixture
-def dp(loaded: InboundDataplane) -> Iterator[InboundDataplane]:
-    loaded.clear()
-    yield loaded
 
 
 class Timeline:

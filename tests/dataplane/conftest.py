@@ -1,0 +1,27 @@
+"""Shared fixtures of the dataplane tier: one loaded inbound object per module, cleared for each test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from sentinel_ebpf.inbound import InboundDataplane
+
+
+@pytest.fixture(scope="module")
+def loaded() -> Iterator[InboundDataplane]:
+    """The inbound programs with a test clock (loading and verifying takes a while: once per module)."""
+    with InboundDataplane(test_clock=True) as d:
+        yield d
+
+
+@pytest.fixture
+def dp(loaded: InboundDataplane) -> Iterator[InboundDataplane]:
+    """No rules, statistics or counters left from the previous test."""
+    loaded.clear()
+    counters = loaded.obj.map("dp_counters")
+    for idx in range(counters.max_entries):
+        key = idx.to_bytes(4, "little")
+        counters.update(key, [bytes(8)] * len(counters.lookup(key)))
+    yield loaded
