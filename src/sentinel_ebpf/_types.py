@@ -28,6 +28,9 @@ class SentinelLimits(IntEnum):
     SE_HOT_VALUE_MAX = 64
     SE_PARAM_PEEK = 512
     SE_HOT_VALUES_MAX = 262144
+    SE_BREAKERS_PER_RESOURCE = 2
+    SE_CB_BUCKETS_MAX = 16
+    SE_CB_RINGBUF_BYTES = 65536
     SE_HTTP_REPLY_MAX = 512
     SE_REPLY_REQUEST_MAX = 1536
 
@@ -128,6 +131,22 @@ class HotParam(IntEnum):
     HOT_REMOTE_IP = 0
     HOT_HEADER = 1
     HOT_QUERY = 2
+
+
+class CbStrategy(IntEnum):
+    """``enum cb_strategy``."""
+
+    CB_SLOW_REQUEST_RATIO = 0
+    CB_ERROR_RATIO = 1
+    CB_ERROR_COUNT = 2
+
+
+class CbStateKind(IntEnum):
+    """``enum cb_state_kind``."""
+
+    CB_CLOSED = 0
+    CB_HALF_OPEN = 1
+    CB_OPEN = 2
 
 
 class SystemMetric(IntEnum):
@@ -273,6 +292,75 @@ class HotKey(ctypes.Structure):
 assert ctypes.sizeof(HotKey) == 16
 
 
+class BreakerK(ctypes.Structure):
+    """``struct breaker_k``."""
+
+    _pack_ = 1
+    _fields_ = [
+        ("uid", ctypes.c_uint32),
+        ("strategy", ctypes.c_uint8),
+        ("_pad", (ctypes.c_uint8 * 3)),
+        ("retry_timeout_ms", ctypes.c_uint32),
+        ("min_request", ctypes.c_uint32),
+        ("interval_ms", ctypes.c_uint32),
+        ("bucket_ms", ctypes.c_uint32),
+        ("probe_num", ctypes.c_uint32),
+        ("_pad2", ctypes.c_uint32),
+        ("max_rt_ms", ctypes.c_uint64),
+        ("threshold_ppb", ctypes.c_uint64),
+    ]
+
+
+assert ctypes.sizeof(BreakerK) == 48
+
+
+class CbBucket(ctypes.Structure):
+    """``struct cb_bucket``."""
+
+    _pack_ = 1
+    _fields_ = [
+        ("start_ms", ctypes.c_uint64),
+        ("bad", ctypes.c_uint64),
+        ("total", ctypes.c_uint64),
+    ]
+
+
+assert ctypes.sizeof(CbBucket) == 24
+
+
+class BreakerState(ctypes.Structure):
+    """``struct breaker_state``."""
+
+    _pack_ = 1
+    _fields_ = [
+        ("state", ctypes.c_uint64),
+        ("probes", ctypes.c_uint64),
+        ("next_retry_ms", ctypes.c_uint64),
+        ("buckets", (CbBucket * 16)),
+    ]
+
+
+assert ctypes.sizeof(BreakerState) == 408
+
+
+class CbEvent(ctypes.Structure):
+    """``struct cb_event``."""
+
+    _pack_ = 1
+    _fields_ = [
+        ("ts_ms", ctypes.c_uint64),
+        ("uid", ctypes.c_uint32),
+        ("resource", ctypes.c_uint32),
+        ("from_state", ctypes.c_uint8),
+        ("to_state", ctypes.c_uint8),
+        ("_pad", (ctypes.c_uint8 * 6)),
+        ("snapshot_ppb", ctypes.c_uint64),
+    ]
+
+
+assert ctypes.sizeof(CbEvent) == 32
+
+
 class ResConf(ctypes.Structure):
     """``struct res_conf``."""
 
@@ -283,12 +371,13 @@ class ResConf(ctypes.Structure):
         ("flow", (FlowRuleK * 4)),
         ("last_passed_ns", (ctypes.c_uint64 * 4)),
         ("nhot", ctypes.c_uint32),
-        ("_pad", ctypes.c_uint32),
+        ("nbreakers", ctypes.c_uint32),
         ("hot", (HotspotRuleK * 2)),
+        ("breakers", (BreakerK * 2)),
     ]
 
 
-assert ctypes.sizeof(ResConf) == 432
+assert ctypes.sizeof(ResConf) == 528
 
 
 class StatBucket(ctypes.Structure):

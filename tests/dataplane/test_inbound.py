@@ -332,13 +332,17 @@ resources:
 flowRules:
   - {resource: a, threshold: 10, statIntervalInMs: 1200}
 circuitBreakerRules:
-  - {resource: a, strategy: 2, retryTimeoutMs: 1000, minRequestAmount: 1, statIntervalMs: 1000, threshold: 3}
+  - {resource: a, strategy: 2, retryTimeoutMs: 1000, minRequestAmount: 1, statIntervalMs: 1000, threshold: 3,
+     statSlidingWindowBucketCount: 20}
 """)
     with pytest.raises(CompileError) as exc:
         compile_inbound(rs)
     problems = exc.value.problems
     assert "resource 'db': outbound resources are not enforced yet" in problems
-    assert "circuitBreakerRules: not enforced in the kernel yet (1 rule(s))" in problems
+    assert (
+        "circuitBreakerRules[0] (a): statSlidingWindowBucketCount 20: the kernel holds at most 16 buckets"
+        in problems
+    )
     assert any("flowRules[0] (a): statIntervalInMs 1200 must be a multiple of 500" in p for p in problems)
     assert len(problems) == 3
 

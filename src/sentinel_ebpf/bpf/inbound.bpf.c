@@ -16,6 +16,7 @@
 #include "reject.bpf.h"
 #include "system.bpf.h"
 #include "hotspot.bpf.h"
+#include "breaker.bpf.h"
 
 #define TC_ACT_OK 0
 #define TC_ACT_SHOT 2
@@ -147,6 +148,9 @@ const enum dp_counter _dp_counter_unused __attribute__((unused)) = DP_PACKETS;
 const enum flow_kind _flow_kind_unused __attribute__((unused)) = FLOW_KIND_CONNECTION;
 const enum system_metric _system_metric_unused __attribute__((unused)) = SYS_LOAD;
 const enum hot_param _hot_param_unused __attribute__((unused)) = HOT_REMOTE_IP;
+const enum cb_strategy _cb_strategy_unused __attribute__((unused)) = CB_SLOW_REQUEST_RATIO;
+const enum cb_state_kind _cb_state_unused __attribute__((unused)) = CB_CLOSED;
+const struct cb_event _cb_event_unused __attribute__((unused)) = {};
 
 static __always_inline __u8 current_gen(void)
 {
@@ -258,6 +262,41 @@ static __always_inline __u32 check_hotspot(const struct res_conf *rc, __u32 conf
 	return BLOCK_NONE;
 }
 
+/* The resource's circuit breakers, last in the chain; 1 when one blocks. A global function: verified once. */
+__noinline int breakers_check(__u32 conf_idx, __u32 resource, __u64 now_ms)
+{
+	struct res_conf *rc = bpf_map_lookup_elem(&res_conf, &conf_idx);
+	bool probed0 = false, probed1 = false;
+
+	if (!rc || rc->nbreakers == 0)
+		return 0;
+	if (!cb_try_pass(&rc->breakers[0], resource, now_ms, &probed0))
+		return 1;
+	if (rc->nbreakers < 2)
+		return 0;
+	if (!cb_try_pass(&rc->breakers[1], resource, now_ms, &probed1)) {
+		if (probed0)
+			cb_rollback(&rc->breakers[0], resource, now_ms);
+		return 1;
+	}
+	return 0;
+}
+
+/* A request or connection of the resource completed: feed its breakers. */
+__noinline int breakers_complete(__u32 conf_idx, __u32 resource, __u64 now_ms, __u64 rt_ms, __u32 error)
+{
+	struct res_conf *rc = bpf_map_lookup_elem(&res_conf, &conf_idx);
+
+	if (!rc)
+		return 0;
+	for (int i = 0; i < SE_BREAKERS_PER_RESOURCE; i++) {
+		if (i >= rc->nbreakers)
+			break;
+		cb_on_complete(&rc->breakers[i], resource, now_ms, rt_ms, error);
+	}
+	return 0;
+}
+
 static __always_inline __u32 check_resource(__u32 res, __u8 gen, struct res_stats *st, __u64 now,
 					    struct __sk_buff *skb, const struct pkt *p, struct hot_key *held)
 {
@@ -305,8 +344,14 @@ static __always_inline __u32 check_resource(__u32 res, __u8 gen, struct res_stat
 	}
 	if (rc->isolation_threshold && st->concurrency + 1 > (__s64)rc->isolation_threshold)
 		return BLOCK_ISOLATION;
-	if (rc->nhot)
-		return check_hotspot(rc, idx, skb, p, now_ms, held);
+	if (rc->nhot) {
+		__u32 v = check_hotspot(rc, idx, skb, p, now_ms, held);
+
+		if (v != BLOCK_NONE)
+			return v;
+	}
+	if (rc->nbreakers && breakers_check(idx, res, now_ms))
+		return BLOCK_CIRCUIT_BREAKING;
 	return BLOCK_NONE;
 }
 
@@ -419,6 +464,7 @@ static __always_inline void complete(const struct flow_key *key, bool error)
 		__sync_fetch_and_add(&in->concurrency, -1);
 	}
 	hot_release(f->hot);
+	breakers_complete(current_gen() * SE_MAX_RESOURCES + f->resource, f->resource, now / 1000000, rt_ms, error);
 	bpf_map_delete_elem(&inflight, key);
 }
 

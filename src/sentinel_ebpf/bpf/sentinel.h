@@ -29,6 +29,9 @@ enum sentinel_limits {
 	SE_HOT_VALUE_MAX = 64,      /* bytes of a parameter value that are hashed */
 	SE_PARAM_PEEK = 512,        /* bytes of a request searched for a header or query parameter */
 	SE_HOT_VALUES_MAX = 262144, /* per-value state shared by all hotspot rules (LRU) */
+	SE_BREAKERS_PER_RESOURCE = 2,
+	SE_CB_BUCKETS_MAX = 16,     /* statSlidingWindowBucketCount the kernel can hold */
+	SE_CB_RINGBUF_BYTES = 64 * 1024,
 	SE_HTTP_REPLY_MAX = 512,    /* bytes of the kernel-built HTTP response (bpf_csum_diff's limit) */
 	SE_REPLY_REQUEST_MAX = 1536, /* a request segment longer than this is answered with RST instead */
 };
@@ -196,6 +199,58 @@ struct hot_key {
 	__u64 hash;
 };
 
+enum cb_strategy {
+	CB_SLOW_REQUEST_RATIO = 0,
+	CB_ERROR_RATIO = 1,
+	CB_ERROR_COUNT = 2,
+};
+
+/* Breaker states (sentinel-golang's numbering). */
+enum cb_state_kind {
+	CB_CLOSED = 0,
+	CB_HALF_OPEN = 1,
+	CB_OPEN = 2,
+};
+
+struct breaker_k {
+	__u32 uid;                  /* identity of the breaker's state; new when the rule changes */
+	__u8 strategy;              /* enum cb_strategy */
+	__u8 _pad[3];
+	__u32 retry_timeout_ms;
+	__u32 min_request;
+	__u32 interval_ms;          /* statIntervalMs */
+	__u32 bucket_ms;            /* interval / bucket count */
+	__u32 probe_num;
+	__u32 _pad2;
+	__u64 max_rt_ms;            /* slow means rt > this */
+	__u64 threshold_ppb;        /* ratio x 1e9, or ErrorCount count */
+};
+
+struct cb_bucket {
+	__u64 start_ms;
+	__u64 bad;
+	__u64 total;
+};
+
+/* breakers value, keyed by breaker uid: the state machine (changed by compare-and-swap) and its window. */
+struct breaker_state {
+	__u64 state;                /* enum cb_state_kind (64-bit: compare-and-swap on BPF ISA v1) */
+	__u64 probes;
+	__u64 next_retry_ms;
+	struct cb_bucket buckets[SE_CB_BUCKETS_MAX];
+};
+
+/* cb_events record: one state change. */
+struct cb_event {
+	__u64 ts_ms;                /* the data plane's clock (CLOCK_MONOTONIC ms) */
+	__u32 uid;
+	__u32 resource;
+	__u8 from_state;            /* enum cb_state_kind */
+	__u8 to_state;
+	__u8 _pad[6];
+	__u64 snapshot_ppb;         /* ratio x 1e9 or the error count that tripped it; 0 otherwise */
+};
+
 /* res_conf value, indexed by gen * SE_MAX_RESOURCES + resource id. */
 struct res_conf {
 	__u32 nflow;
@@ -203,8 +258,9 @@ struct res_conf {
 	struct flow_rule_k flow[SE_FLOW_RULES_PER_RESOURCE];
 	__u64 last_passed_ns[SE_FLOW_RULES_PER_RESOURCE]; /* Throttling state, written by the kernel */
 	__u32 nhot;
-	__u32 _pad;
+	__u32 nbreakers;
 	struct hotspot_rule_k hot[SE_HOTSPOT_RULES_PER_RESOURCE];
+	struct breaker_k breakers[SE_BREAKERS_PER_RESOURCE];
 };
 
 struct stat_bucket {

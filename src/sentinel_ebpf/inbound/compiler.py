@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from sentinel_ebpf._types import FlowBehavior, HotParam, HttpMethod, RejectMode, SentinelLimits
 from sentinel_ebpf.errors import SentinelError
 from sentinel_ebpf.rules import RuleSet
+from sentinel_ebpf.rules.circuitbreaker import Strategy as CbStrategy
 from sentinel_ebpf.rules.flow import ControlBehavior, FlowRule, RelationStrategy, TokenCalculateStrategy
 from sentinel_ebpf.rules.hotspot import HotspotRule
 
@@ -62,6 +63,20 @@ class KHotRule:
 
 
 @dataclass(frozen=True)
+class KBreaker:
+    uid: int  # identity of the breaker's state: same rule, same uid, state kept across reloads
+    id: str  # the rule's id, or "<resource>#<n>"
+    strategy: int
+    retry_timeout_ms: int
+    min_request: int
+    interval_ms: int
+    bucket_ms: int
+    probe_num: int
+    max_rt_ms: int
+    threshold_ppb: int  # ratio x 1e9, or the ErrorCount count
+
+
+@dataclass(frozen=True)
 class KResource:
     id: int
     name: str
@@ -69,6 +84,7 @@ class KResource:
     isolation_threshold: int = 0
     flow: tuple[KFlowRule, ...] = ()
     hot: tuple[KHotRule, ...] = ()
+    breakers: tuple[KBreaker, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -240,12 +256,35 @@ def compile_inbound(
         problems.append(f"{len(inbound)} resources: at most {int(SentinelLimits.SE_MAX_RESOURCES) - 1}")
     keyed = assign_ids([(r.name, r.match.key()) for r in inbound], previous or {}, last_id)
     ids = {r.name: keyed[(r.name, r.match.key())] for r in inbound}
-    if rules.circuit_breaker_rules:
-        problems.append(
-            f"circuitBreakerRules: not enforced in the kernel yet ({len(rules.circuit_breaker_rules)} "
-            "rule(s))"
-        )
     by_name = {r.name: r for r in inbound}
+    breakers: dict[str, list[KBreaker]] = {}
+    for i, cb in enumerate(rules.circuit_breaker_rules):
+        where = f"circuitBreakerRules[{i}] ({cb.id or cb.resource})"
+        res = by_name.get(cb.resource)
+        if res is None:
+            problems.append(f"{where}: resource {cb.resource!r} is not an inbound resource")
+            continue
+        if cb.bucket_count > int(SentinelLimits.SE_CB_BUCKETS_MAX):
+            problems.append(
+                f"{where}: statSlidingWindowBucketCount {cb.bucket_count}: the kernel holds at most "
+                f"{int(SentinelLimits.SE_CB_BUCKETS_MAX)} buckets"
+            )
+            continue
+        mine = breakers.setdefault(cb.resource, [])
+        threshold = int(cb.threshold) if cb.strategy is CbStrategy.ErrorCount else round(cb.threshold * 1e9)
+        mine.append(KBreaker(
+            uid=zlib.crc32(repr(((res.name, res.match.key()), cb)).encode()) or 1,
+            id=cb.id or f"{cb.resource}#{len(mine)}", strategy=int(cb.strategy),
+            retry_timeout_ms=cb.retry_timeout_ms, min_request=cb.min_request_amount,
+            interval_ms=cb.stat_interval_ms, bucket_ms=cb.stat_interval_ms // cb.bucket_count,
+            probe_num=cb.probe_num, max_rt_ms=cb.max_allowed_rt_ms, threshold_ppb=threshold,
+        ))  # fmt: skip
+    cb_limit = int(SentinelLimits.SE_BREAKERS_PER_RESOURCE)
+    for name, bl in breakers.items():
+        if len(bl) > cb_limit:
+            problems.append(
+                f"resource {name!r}: {len(bl)} circuit breakers, the kernel checks at most {cb_limit}"
+            )
     hots: dict[str, list[KHotRule]] = {}
     for i, hr in enumerate(rules.hotspot_rules):
         where = f"hotSpotParamRules[{i}] ({hr.id or hr.resource})"
@@ -325,7 +364,7 @@ def compile_inbound(
         raise CompileError(problems)
     resources = tuple(
         KResource(ids[r.name], r.name, (r.name, r.match.key()), isolation.get(r.name, 0),
-                  tuple(flows.get(r.name, ())), tuple(hots.get(r.name, ())))
+                  tuple(flows.get(r.name, ())), tuple(hots.get(r.name, ())), tuple(breakers.get(r.name, ())))
         for r in inbound
     )  # fmt: skip
     return CompiledInbound(

@@ -10,6 +10,9 @@ from dataclasses import dataclass
 
 from sentinel_ebpf._types import (
     BlockType,
+    BreakerK,
+    BreakerState,
+    CbEvent,
     DpCounter,
     FlowRuleK,
     HotKey,
@@ -30,11 +33,14 @@ from sentinel_ebpf._types import (
 from sentinel_ebpf.errors import BpfKeyError, SentinelError
 from sentinel_ebpf.inbound.adaptive import AdaptiveThresholds, HostMemory
 from sentinel_ebpf.inbound.compiler import CompiledInbound, KResource, compile_inbound
-from sentinel_ebpf.libbpf import BpfObject, TcAttachPoint, TcFilter, TcHook
+from sentinel_ebpf.libbpf import BpfObject, RingBuffer, TcAttachPoint, TcFilter, TcHook
 from sentinel_ebpf.model.flow import MemoryReader
 from sentinel_ebpf.objects import object_path
 from sentinel_ebpf.rules import RuleSet
-from sentinel_ebpf.stats import BLOCK_TYPES, ResourceStats
+from sentinel_ebpf.stats import BLOCK_TYPES, ResourceStats, StateChange
+from sentinel_ebpf.stats import BreakerState as BreakerSnapshot
+
+BREAKER_STATE_NAMES = {0: "closed", 1: "half_open", 2: "open"}
 
 PATH_MAX = int(SentinelLimits.SE_PATH_MAX)
 MAX_RESOURCES = int(SentinelLimits.SE_MAX_RESOURCES)
@@ -95,6 +101,9 @@ class InboundDataplane:
         self._test_now_ns = 0
         self.memory: MemoryReader = HostMemory()
         self.adaptive = AdaptiveThresholds(self.compiled, self.raw_stats, self.memory)
+        self._breaker_names: dict[int, tuple[str, str]] = {}
+        self._cb_ring: RingBuffer | None = None
+        self._cb_pending: list[StateChange] = []
         self._attachments: list[_Attachment] = []
 
     # -- rules ------------------------------------------------------------------------------------
@@ -138,6 +147,7 @@ class InboundDataplane:
             adaptive = AdaptiveThresholds(compiled, self.raw_stats, self.memory, self.adaptive)
             self._write_thresholds(adaptive, new_gen)
             self._write_hot_specific(compiled)
+            self._create_breakers(compiled)
             self._write_ports_routes(compiled, new_gen)
         except BaseException:
             self._clear_gen(new_gen, compiled)
@@ -145,6 +155,7 @@ class InboundDataplane:
         self.obj.map("active_gen").update(_u32(0), _u32(new_gen))
         self._clear_gen(old_gen, self.compiled)
         self._drop_hot_specific(self.compiled, keep=compiled)
+        self._drop_breakers(self.compiled, keep=compiled)
         self.gen = new_gen
         self.compiled = compiled
         self.adaptive = adaptive
@@ -170,6 +181,13 @@ class InboundDataplane:
         rc = ResConf()
         rc.nflow = len(r.flow)
         rc.isolation_threshold = r.isolation_threshold
+        rc.nbreakers = len(r.breakers)
+        for i, b in enumerate(r.breakers):
+            rc.breakers[i] = BreakerK(
+                uid=b.uid, strategy=b.strategy, retry_timeout_ms=b.retry_timeout_ms, min_request=b.min_request,
+                interval_ms=b.interval_ms, bucket_ms=b.bucket_ms, probe_num=b.probe_num, max_rt_ms=b.max_rt_ms,
+                threshold_ppb=b.threshold_ppb,
+            )  # fmt: skip
         rc.nhot = len(r.hot)
         for i, h in enumerate(r.hot):
             rc.hot[i] = HotspotRuleK(
@@ -199,6 +217,52 @@ class InboundDataplane:
             if pstats.get(p.port.to_bytes(2, "little")) is None:
                 pstats.update(p.port.to_bytes(2, "little"), bytes(PortCounts()))
             ports.update(bytes(PortKey(port=p.port, gen=gen)), bytes(pc))
+
+    def _create_breakers(self, compiled: CompiledInbound) -> None:
+        """A new breaker starts Closed with an empty window; one that stays keeps its state."""
+        m = self.obj.map("breakers")
+        for r in compiled.resources:
+            for b in r.breakers:
+                if m.get(_u32(b.uid)) is None:
+                    m.update(_u32(b.uid), bytes(BreakerState()))
+                self._breaker_names[b.uid] = (r.name, b.id)
+
+    def _drop_breakers(self, old: CompiledInbound, keep: CompiledInbound) -> None:
+        kept = {b.uid for r in keep.resources for b in r.breakers}
+        m = self.obj.map("breakers")
+        for r in old.resources:
+            for b in r.breakers:
+                if b.uid not in kept:
+                    with contextlib.suppress(BpfKeyError):
+                        m.delete(_u32(b.uid))
+
+    def breaker_states(self) -> dict[str, tuple[BreakerSnapshot, ...]]:
+        """resource name -> its breakers' ids and states."""
+        m = self.obj.map("breakers")
+        out: dict[str, tuple[BreakerSnapshot, ...]] = {}
+        for r in self.compiled.resources:
+            states = []
+            for b in r.breakers:
+                raw = m.get(_u32(b.uid))
+                state = BreakerState.from_buffer_copy(raw).state if raw is not None else 0
+                states.append(BreakerSnapshot(b.id, BREAKER_STATE_NAMES.get(int(state), "closed")))
+            out[r.name] = tuple(states)
+        return out
+
+    def state_changes(self, timeout_ms: int = 0) -> list[StateChange]:
+        """Breaker transitions since the last call, in order (from the cb_events ring buffer)."""
+        if self._cb_ring is None:
+            self._cb_ring = RingBuffer(self.obj.map("cb_events"), self._on_cb_event)
+        self._cb_ring.poll(timeout_ms)
+        out, self._cb_pending = self._cb_pending, []
+        return out
+
+    def _on_cb_event(self, raw: bytes) -> None:
+        ev = CbEvent.from_buffer_copy(raw)
+        resource, breaker_id = self._breaker_names.get(ev.uid, (f"#{ev.resource}", f"uid {ev.uid}"))
+        self._cb_pending.append(StateChange(
+            resource, breaker_id, BREAKER_STATE_NAMES.get(ev.from_state, "?"), BREAKER_STATE_NAMES.get(ev.to_state, "?"),
+        ))  # fmt: skip
 
     def _write_hot_specific(self, compiled: CompiledInbound) -> None:
         m = self.obj.map("hot_specific")
@@ -236,7 +300,15 @@ class InboundDataplane:
 
     def clear(self) -> None:
         """Remove every rule, route, statistic and in-flight entry (the programs then pass everything)."""
-        for name in ("inbound_ports", "http_routes", "inflight", "port_stats", "hot_values", "hot_specific"):
+        for name in (
+            "inbound_ports",
+            "http_routes",
+            "inflight",
+            "port_stats",
+            "hot_values",
+            "hot_specific",
+            "breakers",
+        ):
             self.obj.map(name).clear()
         conf, stats = self.obj.map("res_conf"), self.obj.map("res_stats")
         for r in self.compiled.resources:
@@ -296,6 +368,7 @@ class InboundDataplane:
         return ResStats.from_buffer_copy(self.obj.map("res_stats").lookup(_u32(resource_id)))
 
     def resource_stats(self) -> list[ResourceStats]:
+        breakers = self.breaker_states()
         out = []
         for r in self.compiled.resources:
             st = self.raw_stats(r.id)
@@ -306,6 +379,7 @@ class InboundDataplane:
                 name=r.name, passed=st.total_pass, blocked=st.total_block, complete=st.total_complete,
                 error=st.total_error, concurrency=max(0, st.concurrency), rt_sum_ms=float(st.total_rt_ms),
                 block_by_type=by_type, flow_wait_total=st.flow_wait,
+                circuit_breakers=breakers.get(r.name, ()),
                 flow_threshold=(r.flow[0].threshold_milli / 1000 if r.flow else None),
             ))  # fmt: skip
         return out
@@ -329,6 +403,9 @@ class InboundDataplane:
         }
 
     def close(self) -> None:
+        if self._cb_ring is not None:
+            self._cb_ring.close()
+            self._cb_ring = None
         try:
             self.detach_all()
         finally:
