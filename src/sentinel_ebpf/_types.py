@@ -122,7 +122,8 @@ class DpCounter(IntEnum):
     DP_REPLY_FAILED = 3
     DP_REPLY_SENT = 4
     DP_RST_SENT = 5
-    DP_COUNTER_MAX = 6
+    DP_CONNECT_REFUSED = 6
+    DP_COUNTER_MAX = 7
 
 
 class HotParam(IntEnum):
@@ -359,6 +360,50 @@ class CbEvent(ctypes.Structure):
 
 
 assert ctypes.sizeof(CbEvent) == 32
+
+
+class OutRouteKey(ctypes.Structure):
+    """``struct out_route_key``."""
+
+    _pack_ = 1
+    _fields_ = [
+        ("prefixlen", ctypes.c_uint32),
+        ("gen", ctypes.c_uint8),
+        ("family", ctypes.c_uint8),
+        ("port", ctypes.c_uint16),
+        ("addr", (ctypes.c_uint8 * 16)),
+    ]
+
+
+assert ctypes.sizeof(OutRouteKey) == 24
+
+
+class OutRoute(ctypes.Structure):
+    """``struct out_route``."""
+
+    _pack_ = 1
+    _fields_ = [
+        ("resource", ctypes.c_uint32),
+        ("cgroup_level", ctypes.c_uint32),
+        ("cgroup_id", ctypes.c_uint64),
+    ]
+
+
+assert ctypes.sizeof(OutRoute) == 16
+
+
+class OutConn(ctypes.Structure):
+    """``struct out_conn``."""
+
+    _pack_ = 1
+    _fields_ = [
+        ("start_ns", ctypes.c_uint64),
+        ("resource", ctypes.c_uint32),
+        ("established", ctypes.c_uint32),
+    ]
+
+
+assert ctypes.sizeof(OutConn) == 16
 
 
 class ResConf(ctypes.Structure):

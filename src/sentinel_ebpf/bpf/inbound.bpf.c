@@ -297,15 +297,12 @@ __noinline int breakers_complete(__u32 conf_idx, __u32 resource, __u64 now_ms, _
 	return 0;
 }
 
-static __always_inline __u32 check_resource(__u32 res, __u8 gen, struct res_stats *st, __u64 now,
-					    struct __sk_buff *skb, const struct pkt *p, struct hot_key *held)
+/* Flow rules then isolation: the checks inbound and outbound resources share. */
+static __always_inline __u32 check_flow_isolation(__u32 res, __u32 idx, struct res_conf *rc, struct res_stats *st,
+						  __u64 now)
 {
-	__u32 idx = gen * SE_MAX_RESOURCES + res;
-	struct res_conf *rc = bpf_map_lookup_elem(&res_conf, &idx);
 	__u64 now_ms = now / 1000000;
 
-	if (!rc)
-		return BLOCK_NONE;
 	for (int i = 0; i < SE_FLOW_RULES_PER_RESOURCE; i++) {
 		const struct flow_rule_k *r = &rc->flow[i];
 
@@ -344,9 +341,24 @@ static __always_inline __u32 check_resource(__u32 res, __u8 gen, struct res_stat
 	}
 	if (rc->isolation_threshold && st->concurrency + 1 > (__s64)rc->isolation_threshold)
 		return BLOCK_ISOLATION;
-	if (rc->nhot) {
-		__u32 v = check_hotspot(rc, idx, skb, p, now_ms, held);
+	return BLOCK_NONE;
+}
 
+static __always_inline __u32 check_resource(__u32 res, __u8 gen, struct res_stats *st, __u64 now,
+					    struct __sk_buff *skb, const struct pkt *p, struct hot_key *held)
+{
+	__u32 idx = gen * SE_MAX_RESOURCES + res;
+	struct res_conf *rc = bpf_map_lookup_elem(&res_conf, &idx);
+	__u64 now_ms = now / 1000000;
+	__u32 v;
+
+	if (!rc)
+		return BLOCK_NONE;
+	v = check_flow_isolation(res, idx, rc, st, now);
+	if (v != BLOCK_NONE)
+		return v;
+	if (rc->nhot) {
+		v = check_hotspot(rc, idx, skb, p, now_ms, held);
 		if (v != BLOCK_NONE)
 			return v;
 	}
@@ -717,3 +729,147 @@ int tc_egress(struct __sk_buff *skb)
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/*
+ * Outbound connections. cgroup/connect4|6 (attached at the cgroup2 root) judge each connect() to an
+ * outbound resource and fail a blocked one at once with ECONNREFUSED; sock_ops follows the connection
+ * to its outcome (established, or failed: a completion with error, feeding circuit breakers) and to its
+ * close (concurrency).
+ */
+#define AF_INET 2
+#define AF_INET6 10
+#define SOCK_STREAM 1
+#define ECONNREFUSED 111
+#define TCP_CLOSE_STATE 7
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct out_route_key);
+	__type(value, struct out_route);
+} out_routes SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, SE_INFLIGHT_MAX);
+	__type(key, __u64);                 /* socket cookie */
+	__type(value, struct out_conn);
+} out_conns SEC(".maps");
+
+static __always_inline int on_connect(struct bpf_sock_addr *ctx, __u8 family)
+{
+	struct out_route_key key = {};
+	struct out_route *route;
+	struct res_stats *st;
+	struct res_conf *rc;
+	__u8 gen = current_gen();
+	__u64 now, cookie;
+	__u32 res, idx, verdict;
+
+	if (ctx->type != SOCK_STREAM)
+		return 1;
+	key.gen = gen;
+	key.family = family;
+	key.port = (__u16)ctx->user_port;
+	if (family == 4) {
+		__u32 a = ctx->user_ip4;
+
+		__builtin_memcpy(key.addr, &a, 4);
+		key.prefixlen = 32 + 32;
+	} else {
+		__u32 a0 = ctx->user_ip6[0], a1 = ctx->user_ip6[1], a2 = ctx->user_ip6[2], a3 = ctx->user_ip6[3];
+
+		__builtin_memcpy(key.addr, &a0, 4);
+		__builtin_memcpy(key.addr + 4, &a1, 4);
+		__builtin_memcpy(key.addr + 8, &a2, 4);
+		__builtin_memcpy(key.addr + 12, &a3, 4);
+		key.prefixlen = 32 + 128;
+	}
+	route = bpf_map_lookup_elem(&out_routes, &key);
+	if (!route)
+		return 1;
+	if (route->cgroup_level && bpf_get_current_ancestor_cgroup_id(route->cgroup_level) != route->cgroup_id)
+		return 1; /* the resource is limited to another cgroup */
+	res = route->resource;
+	idx = gen * SE_MAX_RESOURCES + res;
+	st = bpf_map_lookup_elem(&res_stats, &res);
+	rc = bpf_map_lookup_elem(&res_conf, &idx);
+	if (!st || !rc)
+		return 1;
+	now = now_ns();
+	verdict = check_flow_isolation(res, idx, rc, st, now);
+	if (verdict == BLOCK_NONE && rc->nbreakers && breakers_check(idx, res, now / 1000000))
+		verdict = BLOCK_CIRCUIT_BREAKING;
+	if (verdict != BLOCK_NONE) {
+		stat_block(st, now / 1000000, verdict);
+		percpu_inc(&dp_counters, DP_CONNECT_REFUSED);
+		bpf_set_retval(-ECONNREFUSED);
+		return 0;
+	}
+	stat_pass(st, now / 1000000);
+	cookie = bpf_get_socket_cookie(ctx);
+	struct out_conn conn = { .start_ns = now, .resource = res };
+	if (bpf_map_update_elem(&out_conns, &cookie, &conn, BPF_ANY) == 0)
+		__sync_fetch_and_add(&st->concurrency, 1);
+	else
+		percpu_inc(&dp_counters, DP_INFLIGHT_FULL);
+	return 1;
+}
+
+SEC("cgroup/connect4")
+int out_connect4(struct bpf_sock_addr *ctx)
+{
+	return on_connect(ctx, 4);
+}
+
+SEC("cgroup/connect6")
+int out_connect6(struct bpf_sock_addr *ctx)
+{
+	return on_connect(ctx, 6);
+}
+
+/* The connect attempt resolved (established or failed): one completion of the resource. */
+static __always_inline void out_resolved(struct out_conn *c, bool error)
+{
+	struct res_stats *st = bpf_map_lookup_elem(&res_stats, &c->resource);
+	__u64 now = now_ns(), rt_ms = now > c->start_ns ? (now - c->start_ns) / 1000000 : 0;
+
+	c->established = 1;
+	if (st)
+		stat_complete(st, now / 1000000, rt_ms, error);
+	breakers_complete(current_gen() * SE_MAX_RESOURCES + c->resource, c->resource, now / 1000000, rt_ms, error);
+}
+
+SEC("sockops")
+int out_sockops(struct bpf_sock_ops *skops)
+{
+	__u64 cookie = bpf_get_socket_cookie(skops);
+	struct out_conn *c;
+
+	switch (skops->op) {
+	case BPF_SOCK_OPS_TCP_CONNECT_CB:
+		if (bpf_map_lookup_elem(&out_conns, &cookie))
+			bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG);
+		return 1;
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		c = bpf_map_lookup_elem(&out_conns, &cookie);
+		if (c && !c->established)
+			out_resolved(c, false);
+		return 1;
+	case BPF_SOCK_OPS_STATE_CB:
+		if (skops->args[1] != TCP_CLOSE_STATE)
+			return 1;
+		c = bpf_map_lookup_elem(&out_conns, &cookie);
+		if (!c)
+			return 1;
+		if (!c->established)
+			out_resolved(c, true); /* refused, unreachable or timed out */
+		struct res_stats *st = bpf_map_lookup_elem(&res_stats, &c->resource);
+		if (st)
+			__sync_fetch_and_add(&st->concurrency, -1);
+		bpf_map_delete_elem(&out_conns, &cookie);
+		return 1;
+	}
+	return 1;
+}

@@ -112,7 +112,8 @@ enum dp_counter {
 	DP_REPLY_FAILED = 3,        /* building a reject reply failed: packet dropped instead */
 	DP_REPLY_SENT = 4,
 	DP_RST_SENT = 5,
-	DP_COUNTER_MAX = 6,
+	DP_CONNECT_REFUSED = 6,     /* outbound connect() failed fast by a rule */
+	DP_COUNTER_MAX = 7,
 };
 
 /*
@@ -249,6 +250,28 @@ struct cb_event {
 	__u8 to_state;
 	__u8 _pad[6];
 	__u64 snapshot_ppb;         /* ratio x 1e9 or the error count that tripped it; 0 otherwise */
+};
+
+/* out_routes LPM key: generation, family, remote port exactly, then the remote address by prefix. */
+struct out_route_key {
+	__u32 prefixlen;            /* 32 + address prefix bits */
+	__u8 gen;
+	__u8 family;                /* 4 or 6 */
+	__u16 port;                 /* network byte order */
+	__u8 addr[SE_ADDR_LEN];
+};
+
+struct out_route {
+	__u32 resource;
+	__u32 cgroup_level;         /* the resource's cgroup depth below the cgroup2 root (0: any process) */
+	__u64 cgroup_id;
+};
+
+/* out_conns value, keyed by socket cookie: an outbound connection from connect() to close. */
+struct out_conn {
+	__u64 start_ns;
+	__u32 resource;
+	__u32 established;
 };
 
 /* res_conf value, indexed by gen * SE_MAX_RESOURCES + resource id. */

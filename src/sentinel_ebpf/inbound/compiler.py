@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from sentinel_ebpf._types import FlowBehavior, HotParam, HttpMethod, RejectMode, SentinelLimits
@@ -19,6 +20,7 @@ from sentinel_ebpf.rules import RuleSet
 from sentinel_ebpf.rules.circuitbreaker import Strategy as CbStrategy
 from sentinel_ebpf.rules.flow import ControlBehavior, FlowRule, RelationStrategy, TokenCalculateStrategy
 from sentinel_ebpf.rules.hotspot import HotspotRule
+from sentinel_ebpf.rules.resource import Resource
 
 BUCKET_MS = int(SentinelLimits.SE_BUCKET_MS)
 WINDOW_MS = BUCKET_MS * int(SentinelLimits.SE_BUCKETS)
@@ -112,8 +114,20 @@ class KSystemRule:
 
 
 @dataclass(frozen=True)
+class KOutRoute:
+    family: int  # 4 or 6
+    port: int
+    network: bytes  # 4 or 16 bytes
+    prefix_bits: int
+    resource: int
+    cgroup_level: int = 0  # 0: every process
+    cgroup_id: int = 0
+
+
+@dataclass(frozen=True)
 class CompiledInbound:
     resources: tuple[KResource, ...] = ()
+    out_routes: tuple[KOutRoute, ...] = ()
     system: tuple[KSystemRule, ...] = ()
     ports: tuple[KPort, ...] = ()
     routes: tuple[KRoute, ...] = ()
@@ -236,10 +250,40 @@ def assign_ids(
     return ids
 
 
+CgroupResolver = Callable[[str], tuple[int, int]]
+
+
+def cgroup2_identity(path: str, root: str | None = None) -> tuple[int, int]:
+    """(level below the cgroup2 root, cgroup id) of a cgroup path such as /system.slice/app.service: the id
+    is the directory's inode number, which is what bpf_get_current_ancestor_cgroup_id() returns."""
+    from sentinel_ebpf.doctor import cgroup2_mount
+
+    mount = root or cgroup2_mount()
+    if mount is None:
+        raise FileNotFoundError("cgroup2 is not mounted")
+    full = os.path.join(mount, path.lstrip("/"))
+    return len([p for p in path.split("/") if p]), os.stat(full).st_ino
+
+
+def _out_route(r: Resource, rid: int, cgroups: CgroupResolver, problems: list[str]) -> KOutRoute:
+    host = r.match.host or ipaddress.ip_network("0.0.0.0/0")
+    level = cid = 0
+    if r.match.cgroup:
+        try:
+            level, cid = cgroups(r.match.cgroup)
+        except OSError as exc:
+            problems.append(f"resource {r.name!r}: cgroup {r.match.cgroup}: {exc.strerror or exc}")
+    return KOutRoute(host.version, r.match.port, host.network_address.packed, host.prefixlen, rid, level, cid)
+
+
 def compile_inbound(
-    rules: RuleSet, previous: Mapping[ResourceKey, int] | None = None, last_id: int = 0
+    rules: RuleSet,
+    previous: Mapping[ResourceKey, int] | None = None,
+    last_id: int = 0,
+    cgroups: CgroupResolver = cgroup2_identity,
 ) -> CompiledInbound:
-    """Map entries for the inbound resources of ``rules``; CompileError lists everything unsupported.
+    """Map entries for the resources of ``rules`` the kernel governs (inbound, and outbound TCP
+    connections); CompileError lists everything unsupported.
 
     ``previous`` maps (name, match) of the rule set in force to its resource ids, which are kept."""
     problems: list[str] = []
@@ -248,10 +292,14 @@ def compile_inbound(
             "the document declares no resources: the kernel needs each resource's match "
             "(use this project's rules file format)"
         )
-    inbound = [r for r in rules.resources if r.match.inbound]
     for r in rules.resources:
-        if not r.match.inbound:
-            problems.append(f"resource {r.name!r}: outbound resources are not enforced yet")
+        if not r.match.inbound and r.match.protocol == "http":
+            problems.append(
+                f"resource {r.name!r}: outbound HTTP requests are not enforced yet "
+                "(outbound TCP connections are)"
+            )
+    # inbound resources, and outbound TCP resources (judged at connect())
+    inbound = [r for r in rules.resources if r.match.inbound or r.match.protocol == "tcp"]
     if len(inbound) >= int(SentinelLimits.SE_MAX_RESOURCES):
         problems.append(f"{len(inbound)} resources: at most {int(SentinelLimits.SE_MAX_RESOURCES) - 1}")
     keyed = assign_ids([(r.name, r.match.key()) for r in inbound], previous or {}, last_id)
@@ -262,7 +310,7 @@ def compile_inbound(
         where = f"circuitBreakerRules[{i}] ({cb.id or cb.resource})"
         res = by_name.get(cb.resource)
         if res is None:
-            problems.append(f"{where}: resource {cb.resource!r} is not an inbound resource")
+            problems.append(f"{where}: resource {cb.resource!r} is not a resource the kernel governs")
             continue
         if cb.bucket_count > int(SentinelLimits.SE_CB_BUCKETS_MAX):
             problems.append(
@@ -290,7 +338,10 @@ def compile_inbound(
         where = f"hotSpotParamRules[{i}] ({hr.id or hr.resource})"
         res = by_name.get(hr.resource)
         if res is None:
-            problems.append(f"{where}: resource {hr.resource!r} is not an inbound resource")
+            problems.append(f"{where}: resource {hr.resource!r} is not a resource the kernel governs")
+            continue
+        if not res.match.inbound:
+            problems.append(f"{where}: hotspot rules on outbound resources are not enforced yet")
             continue
         kh = _hot(hr, (res.name, res.match.key()), res.match.protocol, where, problems)
         if kh is not None:
@@ -306,7 +357,7 @@ def compile_inbound(
     for i, rule in enumerate(rules.flow_rules):
         where = f"flowRules[{i}] ({rule.id or rule.resource})"
         if rule.resource not in ids:
-            problems.append(f"{where}: resource {rule.resource!r} is not an inbound resource")
+            problems.append(f"{where}: resource {rule.resource!r} is not a resource the kernel governs")
             continue
         k = _flow(rule, ids, where, problems)
         if k is not None:
@@ -318,7 +369,9 @@ def compile_inbound(
     isolation: dict[str, int] = {}
     for i, iso in enumerate(rules.isolation_rules):
         if iso.resource not in ids:
-            problems.append(f"isolationRules[{i}]: resource {iso.resource!r} is not an inbound resource")
+            problems.append(
+                f"isolationRules[{i}]: resource {iso.resource!r} is not a resource the kernel governs"
+            )
             continue
         # several isolation rules on one resource: the smallest threshold decides first
         isolation[iso.resource] = min(iso.threshold, isolation.get(iso.resource, iso.threshold))
@@ -340,7 +393,11 @@ def compile_inbound(
     notes: list[str] = []
     ports: dict[int, KPort] = {}
     routes: list[KRoute] = []
+    out_routes: list[KOutRoute] = []
     for r in inbound:
+        if not r.match.inbound:
+            out_routes.append(_out_route(r, ids[r.name], cgroups, problems))
+            continue
         port = ports.get(
             r.match.port, KPort(r.match.port, reject_tcp=int(reject_tcp), reject_http=int(http_mode))
         )
@@ -356,7 +413,7 @@ def compile_inbound(
     seen: dict[tuple[int, int, bytes], KRoute] = {}
     for route in routes:
         key = (route.port, route.method, route.path)
-        res = next(x for x in inbound if ids[x.name] == route.resource)
+        res = next(x for x in inbound if ids[x.name] == route.resource and x.match.inbound)
         if key in seen and res.match.method is None:
             continue
         seen[key] = route
@@ -372,6 +429,7 @@ def compile_inbound(
         system=system,
         ports=tuple(ports.values()),
         routes=tuple(seen.values()),
+        out_routes=tuple(out_routes),
         http_reply=rules.reject.http.response_bytes(),
         notes=tuple(notes),
     )

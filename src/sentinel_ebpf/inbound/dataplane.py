@@ -19,6 +19,8 @@ from sentinel_ebpf._types import (
     HotspotRuleK,
     HttpReply,
     HttpRouteKey,
+    OutRoute,
+    OutRouteKey,
     PortConf,
     PortCounter,
     PortCounts,
@@ -30,10 +32,11 @@ from sentinel_ebpf._types import (
     SysMetrics,
     SysRuleK,
 )
+from sentinel_ebpf.doctor import cgroup2_mount
 from sentinel_ebpf.errors import BpfKeyError, SentinelError
 from sentinel_ebpf.inbound.adaptive import AdaptiveThresholds, HostMemory
-from sentinel_ebpf.inbound.compiler import CompiledInbound, KResource, compile_inbound
-from sentinel_ebpf.libbpf import BpfObject, RingBuffer, TcAttachPoint, TcFilter, TcHook
+from sentinel_ebpf.inbound.compiler import CompiledInbound, KOutRoute, KResource, compile_inbound
+from sentinel_ebpf.libbpf import BpfObject, Link, RingBuffer, TcAttachPoint, TcFilter, TcHook
 from sentinel_ebpf.model.flow import MemoryReader
 from sentinel_ebpf.objects import object_path
 from sentinel_ebpf.rules import RuleSet
@@ -60,6 +63,12 @@ _BLOCK_NAMES = {
 
 def _u32(v: int) -> bytes:
     return v.to_bytes(4, "little")
+
+
+def out_route_key(r: KOutRoute, gen: int) -> OutRouteKey:
+    key = OutRouteKey(prefixlen=32 + r.prefix_bits, gen=gen, family=r.family, port=socket.htons(r.port))
+    ctypes.memmove(key.addr, r.network, len(r.network))
+    return key
 
 
 def route_key(port: int, method: int, path: bytes, gen: int) -> HttpRouteKey:
@@ -104,6 +113,7 @@ class InboundDataplane:
         self._breaker_names: dict[int, tuple[str, str]] = {}
         self._cb_ring: RingBuffer | None = None
         self._cb_pending: list[StateChange] = []
+        self._cgroup_links: list[Link] = []
         self._attachments: list[_Attachment] = []
 
     # -- rules ------------------------------------------------------------------------------------
@@ -203,7 +213,14 @@ class InboundDataplane:
             )  # fmt: skip
         return rc
 
+    def _write_out_routes(self, compiled: CompiledInbound, gen: int) -> None:
+        m = self.obj.map("out_routes")
+        for r in compiled.out_routes:
+            m.update(bytes(out_route_key(r, gen)), bytes(OutRoute(resource=r.resource, cgroup_level=r.cgroup_level,
+                                                                  cgroup_id=r.cgroup_id)))  # fmt: skip
+
     def _write_ports_routes(self, compiled: CompiledInbound, gen: int) -> None:
+        self._write_out_routes(compiled, gen)
         ports, routes, pstats = (
             self.obj.map("inbound_ports"),
             self.obj.map("http_routes"),
@@ -356,7 +373,18 @@ class InboundDataplane:
                 )
             )
 
+    def attach_outbound(self, cgroup_root: str | None = None) -> None:
+        """Judge outbound connect()s of every process: cgroup/connect4|6 and sock_ops at the cgroup2 root
+        (a resource's own cgroup is matched in the program)."""
+        root = cgroup_root or cgroup2_mount()
+        if root is None:
+            raise SentinelError("cgroup2 is not mounted: outbound resources cannot be enforced")
+        for prog in ("out_connect4", "out_connect6", "out_sockops"):
+            self._cgroup_links.append(self.obj.program(prog).attach_cgroup(root))
+
     def detach_all(self) -> None:
+        while self._cgroup_links:
+            self._cgroup_links.pop().close()
         while self._attachments:
             att = self._attachments.pop()
             for f in att.filters:
