@@ -373,6 +373,10 @@ class InboundDataplane:
                 )
             )
 
+    def attached(self) -> list[tuple[str, int, bool]]:
+        """(interface, ifindex, whether we created its clsact qdisc) for every TC attachment."""
+        return [(a.ifname, a.hook.ifindex, a.hook.created_qdisc) for a in self._attachments]
+
     def attach_outbound(self, cgroup_root: str | None = None) -> None:
         """Judge outbound connect()s of every process: cgroup/connect4|6 and sock_ops at the cgroup2 root
         (a resource's own cgroup is matched in the program)."""

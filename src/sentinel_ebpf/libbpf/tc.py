@@ -92,6 +92,11 @@ class TcHook:
             raise BpfAttachError(f"tc attach {prog.name} to ifindex {self.ifindex} {point.name.lower()}", err)
         return TcFilter(self, point, handle, priority)
 
+    def has_filter(self, point: TcAttachPoint, handle: int, priority: int) -> bool:
+        """Whether a filter with this handle and priority is attached (whoever attached it)."""
+        opts = _lib.BpfTcOpts(sz=ctypes.sizeof(_lib.BpfTcOpts), handle=handle, priority=priority)
+        return int(_lib.lib().bpf_tc_query(ctypes.byref(self._struct(point)), ctypes.byref(opts))) == 0
+
     def destroy(self) -> None:
         """Remove the clsact qdisc (and every filter on it) if this hook created it."""
         if not self.created_qdisc:

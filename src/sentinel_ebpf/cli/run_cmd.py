@@ -1,0 +1,62 @@
+"""``sentinel-ebpf run``: the daemon, in the foreground."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+
+from sentinel_ebpf.cli import app
+from sentinel_ebpf.cli._common import fail, require_root
+from sentinel_ebpf.daemon import Daemon, DaemonConfig
+from sentinel_ebpf.daemon.control import DEFAULT_SOCKET
+from sentinel_ebpf.daemon.state import DEFAULT_STATE_DIR
+from sentinel_ebpf.errors import SentinelError
+from sentinel_ebpf.inbound import CompileError
+from sentinel_ebpf.rules import RulesError
+
+
+@app.command()
+def run(
+    rules: Annotated[
+        str | None, typer.Option("-r", "--rules", help="Rules file (default: built-in example).")
+    ] = None,
+    iface: Annotated[
+        list[str] | None,
+        typer.Option("-i", "--iface", help="Interface to protect; repeatable (default: all up)."),
+    ] = None,
+    metrics_addr: Annotated[
+        str, typer.Option("--metrics-addr", help="Prometheus HOST:PORT; empty to disable.")
+    ] = "127.0.0.1:9464",
+    log_dir: Annotated[
+        str, typer.Option("--log-dir", help="Sentinel metric log directory; empty to disable.")
+    ] = "/var/log/sentinel-ebpf",
+    app_name: Annotated[
+        str, typer.Option("--app", help="App name in metric log file names.")
+    ] = "sentinel-ebpf",
+    control_socket: Annotated[
+        str, typer.Option("--control-socket", help="Unix socket for stats/top.")
+    ] = DEFAULT_SOCKET,
+    state_dir: Annotated[str, typer.Option("--state-dir", help="Where `down` finds what was attached.")] = (
+        DEFAULT_STATE_DIR
+    ),
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Debug logging.")] = False,
+) -> None:
+    """Enforce the rules in the kernel until SIGTERM/SIGINT; reload on file change and SIGHUP."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    require_root("run")
+    if metrics_addr and ":" not in metrics_addr:
+        raise fail(f"--metrics-addr must be HOST:PORT, got {metrics_addr!r}", code=2)
+    config = DaemonConfig(
+        rules=rules, interfaces=list(iface or []), metrics_addr=metrics_addr or None, log_dir=log_dir or None,
+        app=app_name, control_socket=control_socket, state_dir=state_dir,
+    )  # fmt: skip
+    try:
+        Daemon(config).run()
+    except (RulesError, CompileError) as exc:
+        lines = "\n".join(f"  {p}" for p in exc.problems)
+        raise fail(f"{rules}: not started, the rules are invalid:\n{lines}") from None
+    except (SentinelError, OSError) as exc:
+        raise fail(str(exc)) from None

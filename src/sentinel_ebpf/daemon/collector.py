@@ -1,0 +1,51 @@
+"""Completed seconds of every resource, from the kernel's 500 ms buckets, for the metric log."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from sentinel_ebpf._types import ResStats
+from sentinel_ebpf.stats import SecondCounts
+
+SECOND_MS = 1000
+HISTORY_MS = 9000  # the kernel keeps 10 s of buckets
+
+
+def second_counts(st: ResStats, second_ms: int, concurrency: int, epoch_ms: int) -> SecondCounts:
+    """The counts of buckets starting in [second_ms, second_ms + 1000) (data-plane clock)."""
+    passed = blocked = complete = error = rt = 0
+    for b in st.buckets:
+        if second_ms <= b.start_ms < second_ms + SECOND_MS:
+            passed += getattr(b, "pass")  # a Python keyword as a field name
+            blocked += b.block
+            complete += b.complete
+            error += b.error
+            rt += b.rt_sum_ms
+    return SecondCounts(
+        second_ms=epoch_ms, pass_qps=passed, block_qps=blocked, complete_qps=complete, error_qps=error,
+        avg_rt_ms=rt // complete if complete else 0, concurrency=concurrency,
+    )  # fmt: skip
+
+
+class SecondCollector:
+    """Yields each completed second once. Data-plane seconds are CLOCK_MONOTONIC; each is labelled with
+    the wall-clock second it fell in (the offset is measured once, at start)."""
+
+    def __init__(self, now_ms: Callable[[], int]) -> None:
+        self.now_ms = now_ms
+        self.offset_ms = round(time.time() * 1000) - now_ms()
+        cur = now_ms()
+        self.next_second = cur - cur % SECOND_MS  # the second in progress is the first to report
+
+    def completed(self) -> list[int]:
+        """Seconds (data-plane clock) that ended since the last call, oldest first, each once."""
+        cur = self.now_ms()
+        cur_second = cur - cur % SECOND_MS
+        start = max(self.next_second, cur_second - HISTORY_MS)
+        self.next_second = max(self.next_second, cur_second)
+        return list(range(start, cur_second, SECOND_MS))
+
+    def epoch(self, second_ms: int) -> int:
+        wall = second_ms + self.offset_ms
+        return wall - wall % SECOND_MS

@@ -1,0 +1,104 @@
+"""The local control socket: one JSON request line, one JSON reply line, then the connection closes.
+
+Requests: ``{"cmd": "stats"}``, ``{"cmd": "rules"}``, ``{"cmd": "reload"}``. Replies carry ``"ok"`` and
+either the payload or ``"error"``. The socket is created with mode 0600 (root only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import socketserver
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sentinel_ebpf.errors import SentinelError
+
+log = logging.getLogger("sentinel_ebpf.control")
+DEFAULT_SOCKET = "/run/sentinel-ebpf/control.sock"
+MAX_REQUEST_BYTES = 4096
+
+Handler = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class ControlError(SentinelError):
+    """The daemon could not be asked (not running, no permission) or answered with an error."""
+
+
+class _Server(socketserver.ThreadingUnixStreamServer):
+    daemon_threads = True
+    handler: Handler
+
+
+class _RequestHandler(socketserver.StreamRequestHandler):
+    server: _Server
+
+    def handle(self) -> None:
+        line = self.rfile.readline(MAX_REQUEST_BYTES)
+        try:
+            request = json.loads(line)
+            if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
+                raise ValueError("a request is an object with a string 'cmd'")
+            reply = {"ok": True, **self.server.handler(request)}
+        except Exception as exc:  # every failure is an answer, never a dead connection
+            reply = {"ok": False, "error": str(exc)}
+        self.wfile.write(json.dumps(reply).encode() + b"\n")
+
+
+class ControlServer:
+    def __init__(self, path: str, handler: Handler) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() or self.path.is_symlink():
+            self.path.unlink()  # a socket left by a crashed daemon
+        old = os.umask(0o177)  # the socket is born 0600: no window where others may connect
+        try:
+            self._server = _Server(str(self.path), _RequestHandler)
+        finally:
+            os.umask(old)
+        self._server.handler = handler
+        self._thread = threading.Thread(target=self._server.serve_forever, name="control", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+def request(path: str, cmd: str, timeout_s: float = 10.0, **args: Any) -> dict[str, Any]:
+    """Ask the daemon; ControlError says what went wrong and what to do."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout_s)
+    try:
+        sock.connect(path)
+        sock.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except FileNotFoundError:
+        raise ControlError(f"no daemon at {path} (start one with `sentinel-ebpf run`)") from None
+    except ConnectionRefusedError:
+        raise ControlError(f"no daemon listening at {path} (a stale socket?)") from None
+    except PermissionError:
+        raise ControlError(f"permission denied on {path}: the control socket is root-only") from None
+    except OSError as exc:
+        raise ControlError(f"talking to the daemon at {path}: {exc}") from None
+    finally:
+        sock.close()
+    try:
+        reply = json.loads(data)
+    except ValueError:
+        raise ControlError(f"the daemon at {path} sent an unreadable reply") from None
+    if not reply.get("ok"):
+        raise ControlError(f"the daemon refused {cmd!r}: {reply.get('error', 'no reason given')}")
+    return dict(reply)

@@ -1,0 +1,246 @@
+"""`sentinel-ebpf run`: load, validate, attach, enforce; reload on change; report; detach on exit."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from sentinel_ebpf.daemon.collector import SecondCollector, second_counts
+from sentinel_ebpf.daemon.control import DEFAULT_SOCKET, ControlServer
+from sentinel_ebpf.daemon.demo import DEFAULT_RULES, DemoServer
+from sentinel_ebpf.daemon.sampling import CpuSampler, load1, process_memory_bytes
+from sentinel_ebpf.daemon.state import DEFAULT_STATE_DIR, Attachment, State, remove_state
+from sentinel_ebpf.errors import SentinelError
+from sentinel_ebpf.inbound import CompileError, InboundDataplane
+from sentinel_ebpf.outputs.metric_log import MetricItem, MetricLogWriter, classification_of
+from sentinel_ebpf.outputs.prometheus import (
+    MetricsServer,
+    MetricsSnapshot,
+    SentinelCollector,
+    start_http_server,
+)
+from sentinel_ebpf.outputs.stats_json import stats_document
+from sentinel_ebpf.rules import RulesError, RuleSet, load_file
+from sentinel_ebpf.stats import StateChange
+
+log = logging.getLogger("sentinel_ebpf.daemon")
+TICK_S = 0.1
+
+
+@dataclass
+class DaemonConfig:
+    rules: str | None = None  # None: the built-in example (and its demo server)
+    interfaces: list[str] = field(default_factory=list)  # empty: every up interface (lo only for the demo)
+    metrics_addr: str | None = "127.0.0.1:9464"
+    log_dir: str | None = "/var/log/sentinel-ebpf"
+    app: str = "sentinel-ebpf"
+    control_socket: str = DEFAULT_SOCKET
+    state_dir: str = DEFAULT_STATE_DIR
+
+
+class Stop(Exception):
+    pass
+
+
+def up_interfaces() -> list[str]:
+    """Every interface that is administratively up, loopback included."""
+    names = []
+    for _, name in socket.if_nameindex():
+        try:
+            flags = int(Path(f"/sys/class/net/{name}/flags").read_text(), 16)
+        except (OSError, ValueError):
+            continue
+        if flags & 0x1:  # IFF_UP
+            names.append(name)
+    return names
+
+
+def load_rules(path: str) -> RuleSet:
+    """Read and validate; RulesError/RulesFileError carry every problem."""
+    return load_file(path)
+
+
+class Daemon:
+    def __init__(self, config: DaemonConfig) -> None:
+        self.config = config
+        self.rules_path = config.rules or str(DEFAULT_RULES)
+        self.dp: InboundDataplane | None = None
+        self.demo: DemoServer | None = None
+        self.metrics: MetricsServer | None = None
+        self.control: ControlServer | None = None
+        self.metric_log: MetricLogWriter | None = None
+        self.state_counts: Counter[StateChange] = Counter()
+        self.cpu = CpuSampler()
+        self.cpu_ratio: float | None = None
+        self._reload_requested = False
+        self._file_id: tuple[int, int, int] | None = None
+        self.loaded_at = 0.0
+        self.protocols: dict[str, str] = {}
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    def start(self) -> None:
+        rules = load_rules(self.rules_path)  # invalid at start: the caller reports and exits 1
+        self._file_id = self._stat()
+        self.dp = InboundDataplane()
+        compiled = self.dp.compile(rules)
+        self.protocols = {r.name: r.match.protocol for r in rules.resources}
+        for note in compiled.notes:
+            log.warning("%s", note)
+        self.dp.apply(compiled)
+        self.loaded_at = time.time()
+        if self.config.rules is None:
+            self.demo = DemoServer()
+            log.info(
+                "built-in example: demo server on http://127.0.0.1:18080/ (/ at 5 QPS, /slow 2 at a time)"
+            )
+        interfaces = self.config.interfaces or (["lo"] if self.config.rules is None else up_interfaces())
+        try:
+            for name in interfaces:
+                self.dp.attach(name)
+                log.info("attached to %s", name)
+        finally:
+            self._write_state()
+        if any(not r.match.inbound for r in rules.resources):
+            self.dp.attach_outbound()
+            log.info("judging outbound connect() at the cgroup2 root")
+        if self.config.log_dir:
+            self.metric_log = MetricLogWriter(self.config.log_dir, self.config.app)
+        if self.config.metrics_addr:
+            host, _, port = self.config.metrics_addr.rpartition(":")
+            collector = SentinelCollector(self.metrics_snapshot)
+            self.metrics = start_http_server(collector, int(port), host or "127.0.0.1")
+            log.info("Prometheus metrics at %s", self.metrics.url)
+        self.control = ControlServer(self.config.control_socket, self.handle)
+        log.info("enforcing %s (%d resources); control socket %s", self.rules_path,
+                 len(compiled.resources), self.config.control_socket)  # fmt: skip
+
+    def run(self) -> None:
+        """Until SIGTERM/SIGINT: tick thresholds, sample the host, reload, write the metric log."""
+
+        def on_stop(signum: int, frame: FrameType | None) -> None:
+            raise Stop
+
+        def on_hup(signum: int, frame: FrameType | None) -> None:
+            self._reload_requested = True
+
+        old = {s: signal.signal(s, on_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+        old[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hup)
+        try:
+            self.start()
+            assert self.dp is not None
+            seconds = SecondCollector(self.dp.now_ms)
+            last_slow = 0.0
+            while True:
+                self.dp.tick()
+                self._note_state_changes()
+                now = time.monotonic()
+                if now - last_slow >= 1.0:
+                    last_slow = now
+                    self.cpu_ratio = self.cpu.sample()
+                    self.dp.set_system_metrics(load1(), self.cpu_ratio)
+                    if self._reload_requested or self._stat() != self._file_id:
+                        self._reload_requested = False
+                        self.reload()
+                    self._write_metric_log(seconds)
+                time.sleep(TICK_S)
+        except Stop:
+            log.info("stopping")
+        finally:
+            self.close()
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+
+    def close(self) -> None:
+        for closer in (self.control, self.metrics, self.demo, self.metric_log):
+            if closer is not None:
+                try:
+                    closer.close()
+                except Exception as exc:  # keep going: the data plane must still be detached
+                    log.warning("closing %s: %s", type(closer).__name__, exc)
+        self.control = self.metrics = self.demo = self.metric_log = None
+        if self.dp is not None:
+            self.dp.close()  # detaches TC filters, removes qdiscs we created, closes cgroup links
+            self.dp = None
+        remove_state(self.config.state_dir)
+
+    # -- reload ---------------------------------------------------------------------------------------
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.rules_path)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def reload(self) -> dict[str, Any]:
+        """Apply the rules file if it is valid; otherwise keep the rules in force and log every problem."""
+        assert self.dp is not None
+        self._file_id = self._stat()
+        try:
+            rules = load_rules(self.rules_path)
+            compiled = self.dp.compile(rules)
+        except (RulesError, CompileError) as exc:
+            problems = [str(p) for p in exc.problems]
+            log.error("%s is invalid; the rules in force stay:\n  %s", self.rules_path, "\n  ".join(problems))
+            return {"applied": False, "problems": problems}
+        for note in compiled.notes:
+            log.warning("%s", note)
+        changed = self.dp.apply(compiled)
+        self.protocols = {r.name: r.match.protocol for r in rules.resources}
+        if changed:
+            self.loaded_at = time.time()
+        log.info("%s: %s", self.rules_path, "applied" if changed else "unchanged")
+        return {"applied": changed, "problems": []}
+
+    # -- outputs --------------------------------------------------------------------------------------
+    def _write_state(self) -> None:
+        assert self.dp is not None
+        state = State(os.getpid(), [Attachment(n, i, c) for n, i, c in self.dp.attached()])
+        state.write(self.config.state_dir)
+
+    def _note_state_changes(self) -> None:
+        assert self.dp is not None
+        for change in self.dp.state_changes():
+            self.state_counts[change] += 1
+            log.warning("circuit breaker %s of %s: %s -> %s", change.breaker_id, change.resource,
+                        change.from_state, change.to_state)  # fmt: skip
+
+    def _write_metric_log(self, seconds: SecondCollector) -> None:
+        if self.metric_log is None or self.dp is None:
+            return
+        protocols = self.protocols
+        for s in seconds.completed():
+            items = []
+            for r in self.dp.compiled.resources:
+                st = self.dp.raw_stats(r.id)
+                counts = second_counts(st, s, max(0, int(st.concurrency)), seconds.epoch(s))
+                items.append(MetricItem(r.name, counts, classification_of(protocols.get(r.name, "tcp"))))
+            self.metric_log.write(seconds.epoch(s), items)
+
+    def metrics_snapshot(self) -> MetricsSnapshot:
+        resources = self.dp.resource_stats() if self.dp else []
+        return MetricsSnapshot(resources, dict(self.state_counts), self.cpu_ratio, process_memory_bytes())
+
+    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Control socket requests (run on the control thread)."""
+        if self.dp is None:
+            raise SentinelError("the daemon is stopping")
+        cmd = request["cmd"]
+        if cmd == "stats":
+            doc = stats_document(self.dp.resource_stats())
+            doc["dataplane"] = self.dp.counters()
+            doc["loaded_at"] = self.loaded_at
+            return doc
+        if cmd == "rules":
+            return {"file": self.rules_path, "resources": [r.name for r in self.dp.compiled.resources]}
+        if cmd == "reload":
+            self._reload_requested = True
+            return {"requested": True}
+        raise SentinelError(f"unknown command {cmd!r} (stats, rules, reload)")

@@ -1,0 +1,97 @@
+"""What the daemon attached, recorded so `sentinel-ebpf down` can remove it after a crash.
+
+BPF links (tracepoints, cgroup hooks) are released by the kernel when the process dies; TC filters and
+clsact qdiscs made through netlink are not, so those are what the state file lists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from sentinel_ebpf.errors import SentinelError
+from sentinel_ebpf.inbound.dataplane import TC_HANDLE, TC_PRIORITY
+from sentinel_ebpf.libbpf import TcAttachPoint, TcFilter, TcHook
+
+DEFAULT_STATE_DIR = "/run/sentinel-ebpf"
+PIN_DIR = Path("/sys/fs/bpf/sentinel-ebpf")
+
+
+@dataclass
+class Attachment:
+    ifname: str
+    ifindex: int
+    created_qdisc: bool
+
+
+@dataclass
+class State:
+    pid: int
+    attachments: list[Attachment] = field(default_factory=list)
+
+    def write(self, state_dir: str) -> Path:
+        path = Path(state_dir, "state.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self)))
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def read(cls, state_dir: str) -> State | None:
+        path = Path(state_dir, "state.json")
+        try:
+            raw = json.loads(path.read_text())
+            return cls(int(raw["pid"]), [Attachment(**a) for a in raw.get("attachments", [])])
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SentinelError(f"{path}: unreadable state file ({exc}); remove it") from None
+
+
+def remove_state(state_dir: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        Path(state_dir, "state.json").unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def down(state_dir: str = DEFAULT_STATE_DIR, force: bool = False) -> list[str]:
+    """Remove our TC filters from every interface, the clsact qdiscs we created, and pins. Idempotent;
+    returns what it removed."""
+    state = State.read(state_dir)
+    if state is not None and state.pid != os.getpid() and _alive(state.pid) and not force:
+        raise SentinelError(f"a daemon (pid {state.pid}) is running: stop it (SIGTERM) or use --force")
+    removed: list[str] = []
+    for ifindex, ifname in socket.if_nameindex():
+        hook = TcHook(ifindex)
+        for point in (TcAttachPoint.INGRESS, TcAttachPoint.EGRESS):
+            if hook.has_filter(point, TC_HANDLE, TC_PRIORITY):
+                TcFilter(hook, point, TC_HANDLE, TC_PRIORITY).close()
+                removed.append(f"tc filter {ifname} {point.name.lower()}")
+    present = {i for i, _ in socket.if_nameindex()}
+    for a in state.attachments if state else []:
+        if a.created_qdisc and a.ifindex in present:
+            hook = TcHook(a.ifindex)
+            hook.created_qdisc = True
+            hook.destroy()
+            removed.append(f"clsact qdisc {a.ifname}")
+    if PIN_DIR.exists():
+        for pin in sorted(PIN_DIR.rglob("*"), reverse=True):
+            pin.rmdir() if pin.is_dir() else pin.unlink()
+            removed.append(f"pin {pin}")
+        PIN_DIR.rmdir()
+    remove_state(state_dir)
+    return removed
