@@ -1,0 +1,175 @@
+"""`sentinel-ebpf run` end to end in network namespaces: enforcement, stats, metric log and Prometheus
+agreeing with what clients saw, reloads, and nothing left after SIGTERM, or after kill -9 and `down`."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from .background import LineProcess, sentinel_cli
+from .netns import NetnsPair
+
+pytestmark = pytest.mark.kernel
+LOAD = Path(__file__).with_name("httpload.py")
+RULES = """
+resources:
+  - {name: limited, match: {protocol: http, port: 8000, path: /limited}}
+  - {name: free, match: {protocol: http, port: 8000, path: /free}}
+flowRules:
+  - {resource: limited, threshold: THRESHOLD, statIntervalInMs: 1000}
+"""
+
+
+class Daemon:
+    def __init__(self, pair: NetnsPair, rules: str) -> None:
+        self.pair = pair
+        self.dir = pair.tmpdir / "daemon"
+        self.dir.mkdir(exist_ok=True)
+        self.rules = self.dir / "rules.yaml"
+        self.rules.write_text(rules)
+        self.socket = str(self.dir / "control.sock")
+        self.proc = LineProcess(pair.cmd(pair.server, *sentinel_cli(), "run", "-r", str(self.rules),
+                                         "-i", pair.server_if, "--control-socket", self.socket,
+                                         "--state-dir", str(self.dir / "state"), "--log-dir",
+                                         str(self.dir / "log"), "--metrics-addr", "127.0.0.1:0"))  # fmt: skip
+        line = self.wait_log("Prometheus metrics at")
+        self.metrics_url = re.search(r"http://\S+", line).group(0)  # type: ignore[union-attr]
+        self.wait_log("enforcing")
+
+    def wait_log(self, text: str, timeout: float = 30, after: int = 0) -> str:
+        return self.proc.wait_until(
+            lambda: next((ln for ln in self.proc.stderr[after:] if text in ln), None), timeout, repr(text)
+        )
+
+    def stats(self) -> dict[str, Any]:
+        res = subprocess.run([*sentinel_cli(), "stats", "--json", "--control-socket", self.socket],
+                             capture_output=True, text=True, timeout=20)  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        return json.loads(res.stdout)  # type: ignore[no-any-return]
+
+    def scrape(self) -> dict[tuple[str, str], float]:
+        out = self.pair.run(self.pair.server, "curl", "-s", self.metrics_url, check=True).stdout
+        values: dict[tuple[str, str], float] = {}
+        for fam in text_string_to_metric_families(out):
+            for s in fam.samples:
+                if s.name.endswith("handled_total"):  # one sample per block type: sum them
+                    key = (s.labels["resource"], s.labels["result"])
+                    values[key] = values.get(key, 0.0) + s.value
+        return values
+
+    def close(self) -> None:
+        self.proc.close()
+
+
+@pytest.fixture
+def served(fresh_netns_pair: NetnsPair) -> Iterator[NetnsPair]:
+    fresh_netns_pair.start_http_server(8000)
+    yield fresh_netns_pair
+
+
+@pytest.fixture
+def daemon(served: NetnsPair) -> Iterator[Daemon]:
+    d = Daemon(served, RULES.replace("THRESHOLD", "5"))
+    try:
+        yield d
+    finally:
+        d.close()
+
+
+def load(pair: NetnsPair, path: str, seconds: float) -> dict[str, int]:
+    res = pair.run(
+        pair.client, sys.executable, str(LOAD), pair.server_ip, "8000", path, str(seconds), timeout=60
+    )
+    assert res.returncode == 0, res.stderr
+    # any answer from the server counts as served (http.server says 404 for these paths)
+    status: dict[str, int] = json.loads(res.stdout)["status"]
+    out = {"served": 0, "429": 0, "reset": 0, "error": 0}
+    for key, n in status.items():
+        out[key if key in out else "served"] += n
+    return out
+
+
+def test_qps_rule_stats_metric_log_and_prometheus_agree(daemon: Daemon) -> None:
+    pair = daemon.pair
+    limited = load(pair, "/limited", 3.0)
+    free = load(pair, "/free", 1.0)
+    assert free["served"] > 20 and free["429"] == free["reset"] == free["error"] == 0, free  # untouched
+    assert limited["429"] > limited["served"] > 0 and limited["reset"] == limited["error"] == 0, limited
+    assert limited["served"] <= 5 * 4 + 1  # at most the threshold per second over the ~3 s window
+    doc = daemon.stats()["resources"]
+    assert doc["limited"]["pass"] == limited["served"] and doc["limited"]["block"] == limited["429"]
+    assert doc["limited"]["block_by_type"]["flow"] == limited["429"]
+    assert doc["free"]["pass"] == free["served"] and doc["free"]["block"] == 0
+    scraped = daemon.scrape()
+    assert (
+        scraped[("limited", "pass")] == limited["served"] and scraped[("limited", "block")] == limited["429"]
+    )
+    # the metric log: one line per resource per completed second; wait for the last second to be written
+    time.sleep(2.5)
+    lines = [ln for f in sorted((daemon.dir / "log").glob("*metrics.log*")) if not f.name.endswith(".idx")
+             for ln in f.read_text().splitlines()]  # fmt: skip
+    sums = {"limited": [0, 0], "free": [0, 0]}
+    for ln in lines:
+        parts = ln.split("|")
+        sums[parts[2]][0] += int(parts[3])
+        sums[parts[2]][1] += int(parts[4])
+    assert sums["limited"] == [limited["served"], limited["429"]] and sums["free"] == [free["served"], 0]
+
+
+def test_reload_changes_the_limit_and_an_invalid_file_keeps_it(daemon: Daemon) -> None:
+    pair = daemon.pair
+    before = load(pair, "/limited", 1.2)
+    mark = len(daemon.proc.stderr)
+    daemon.rules.write_text(RULES.replace("THRESHOLD", "40"))
+    daemon.wait_log("applied", after=mark)
+    time.sleep(1.1)  # a fresh window
+    after = load(pair, "/limited", 1.0)
+    assert after["served"] > before["served"] + 10, (before, after)
+    mark = len(daemon.proc.stderr)
+    daemon.rules.write_text(RULES.replace("THRESHOLD", "-1"))
+    daemon.wait_log("the rules in force stay", after=mark)
+    daemon.proc.signal(signal.SIGHUP)
+    time.sleep(1.1)
+    kept = load(pair, "/limited", 1.0)
+    assert kept["served"] > 20, kept  # still 40/s, not rejected-everything or crashed
+    assert daemon.proc.proc.poll() is None
+
+
+def _tc_left(pair: NetnsPair) -> str:
+    out = pair.run(pair.server, "tc", "qdisc", "show", "dev", pair.server_if).stdout
+    for direction in ("ingress", "egress"):
+        out += pair.run(pair.server, "tc", "filter", "show", "dev", pair.server_if, direction).stdout
+    return out
+
+
+def test_sigterm_leaves_nothing(daemon: Daemon) -> None:
+    assert "clsact" in _tc_left(daemon.pair)
+    daemon.proc.signal(signal.SIGTERM)
+    assert daemon.proc.wait_exit(20) == 0
+    left = _tc_left(daemon.pair)
+    assert "clsact" not in left and "bpf" not in left, left
+    assert not (daemon.dir / "state" / "state.json").exists()
+
+
+def test_kill_9_then_down_leaves_nothing(daemon: Daemon) -> None:
+    pair = daemon.pair
+    daemon.proc.signal(signal.SIGKILL)
+    daemon.proc.wait_exit(20)
+    assert "clsact" in _tc_left(pair), "TC filters outlive a killed process (that is what down is for)"
+    res = pair.run(pair.server, *sentinel_cli(), "down", "--state-dir", str(daemon.dir / "state"))
+    assert res.returncode == 0, res.stderr
+    assert "removed tc filter" in res.stdout and "removed clsact qdisc" in res.stdout
+    left = _tc_left(pair)
+    assert "clsact" not in left and "bpf" not in left, left
+    again = pair.run(pair.server, *sentinel_cli(), "down", "--state-dir", str(daemon.dir / "state"))
+    assert again.returncode == 0 and "nothing to remove" in again.stdout
