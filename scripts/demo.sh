@@ -1,21 +1,37 @@
 #!/usr/bin/env bash
-# Quick start: set up, check the kernel, then trace TCP connections for a while (default 10 s; set
-# DURATION=0 to trace until Ctrl-C). A local demo server gets a few connections so there is output.
+# Quick start: set up, check the kernel, run the daemon on its built-in example (a demo server on
+# 127.0.0.1:18080 whose / is limited to 5 requests per second), send it requests, show the statistics,
+# stop it; then trace TCP connections for a few seconds (DURATION, default 5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
-.venv/bin/sentinel-ebpf doctor
+CLI=.venv/bin/sentinel-ebpf
+$CLI doctor
 
-port=${DEMO_PORT:-18080}
-.venv/bin/python -m http.server "$port" --bind 127.0.0.1 >/dev/null 2>&1 &
-server=$!
-trap 'kill "$server" 2>/dev/null || true' EXIT
-(
-    sleep 2
-    for _ in 1 2 3; do curl -s -o /dev/null "http://127.0.0.1:$port/" || true; done
-    curl -s -o /dev/null "http://127.0.0.1:1/" || true   # refused: traced too
-) &
+work=$(mktemp -d /tmp/sentinel-ebpf-demo.XXXXXX)
+sock="$work/control.sock"
+$CLI run --control-socket "$sock" --state-dir "$work/state" --log-dir "$work/log" --metrics-addr "" \
+    2> "$work/daemon.log" &
+daemon=$!
+trap 'kill "$daemon" 2>/dev/null || true; wait "$daemon" 2>/dev/null || true' EXIT
+for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
+[ -S "$sock" ] || { cat "$work/daemon.log"; exit 1; }
+
 echo
-echo "Tracing TCP connections for ${DURATION:-10} s (try curl in another terminal)..."
-.venv/bin/sentinel-ebpf trace -d "${DURATION:-10}"
+echo "== 12 requests to http://127.0.0.1:18080/ (limit: 5 per second) =="
+for _ in $(seq 12); do curl -s -o /dev/null -w "%{http_code} " http://127.0.0.1:18080/; done
+echo
+echo "== a blocked client sees =="
+curl -s -i http://127.0.0.1:18080/ | tr -d '\r'
+echo "== sentinel-ebpf stats =="
+$CLI stats --control-socket "$sock"
+kill -TERM "$daemon"
+wait "$daemon" || true
+trap - EXIT
+echo "(daemon stopped; its log: $work/daemon.log, metric log: $work/log)"
+
+echo
+echo "== tracing TCP connections for ${DURATION:-5} s =="
+( sleep 1.5; curl -s -o /dev/null http://127.0.0.1:1/ || true ) &
+$CLI trace -d "${DURATION:-5}"
