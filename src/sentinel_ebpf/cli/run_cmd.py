@@ -46,9 +46,9 @@ def run(
     """Enforce the rules in the kernel until SIGTERM/SIGINT; reload on file change and SIGHUP."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
-    require_root("run")
     if metrics_addr and ":" not in metrics_addr:
         raise fail(f"--metrics-addr must be HOST:PORT, got {metrics_addr!r}", code=2)
+    require_root("run")
     config = DaemonConfig(
         rules=rules, interfaces=list(iface or []), metrics_addr=metrics_addr or None, log_dir=log_dir or None,
         app=app_name, control_socket=control_socket, state_dir=state_dir,

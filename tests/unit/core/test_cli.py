@@ -33,3 +33,21 @@ def test_trace_rejects_too_many_ports() -> None:
 def test_trace_rejects_negative_count() -> None:
     result = runner.invoke(app, ["trace", "-c", "-1"])
     assert result.exit_code == 2
+
+
+def test_the_enforcement_example_compiles_for_the_kernel() -> None:
+    from pathlib import Path
+
+    from sentinel_ebpf.inbound import compile_inbound
+    from sentinel_ebpf.rules import load_file
+
+    example = Path(__file__).resolve().parents[3] / "examples" / "enforce.yaml"
+    compiled = compile_inbound(load_file(example))
+    assert len(compiled.resources) == 5 and len(compiled.out_routes) == 1 and len(compiled.system) == 2
+    assert sum(len(r.breakers) for r in compiled.resources) == 2
+    assert sum(len(r.hot) for r in compiled.resources) == 2
+
+
+def test_run_rejects_a_bad_metrics_address() -> None:
+    result = runner.invoke(app, ["run", "--metrics-addr", "9464"])
+    assert result.exit_code == 2 and "--metrics-addr must be HOST:PORT, got '9464'" in result.output
