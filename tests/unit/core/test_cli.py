@@ -51,3 +51,18 @@ def test_the_enforcement_example_compiles_for_the_kernel() -> None:
 def test_run_rejects_a_bad_metrics_address() -> None:
     result = runner.invoke(app, ["run", "--metrics-addr", "9464"])
     assert result.exit_code == 2 and "--metrics-addr must be HOST:PORT, got '9464'" in result.output
+
+
+def test_the_readme_rules_example_is_valid_and_enforceable() -> None:
+    import re
+    from pathlib import Path
+
+    from sentinel_ebpf.inbound import compile_inbound
+    from sentinel_ebpf.rules import load_text
+
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    section = readme[readme.index("## Rules and what they do") :]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S)
+    assert block is not None
+    compiled = compile_inbound(load_text(block.group(1), "README.md"))
+    assert len(compiled.resources) == 3 and len(compiled.system) == 1
