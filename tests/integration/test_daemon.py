@@ -3,24 +3,18 @@ agreeing with what clients saw, reloads, and nothing left after SIGTERM, or afte
 
 from __future__ import annotations
 
-import json
-import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from .background import LineProcess, sentinel_cli
+from .background import sentinel_cli
+from .daemon_helpers import Daemon, load
 from .netns import NetnsPair
 
 pytestmark = pytest.mark.kernel
-LOAD = Path(__file__).with_name("httpload.py")
 RULES = """
 resources:
   - {name: limited, match: {protocol: http, port: 8000, path: /limited}}
@@ -28,47 +22,6 @@ resources:
 flowRules:
   - {resource: limited, threshold: THRESHOLD, statIntervalInMs: 1000}
 """
-
-
-class Daemon:
-    def __init__(self, pair: NetnsPair, rules: str) -> None:
-        self.pair = pair
-        self.dir = pair.tmpdir / "daemon"
-        self.dir.mkdir(exist_ok=True)
-        self.rules = self.dir / "rules.yaml"
-        self.rules.write_text(rules)
-        self.socket = str(self.dir / "control.sock")
-        self.proc = LineProcess(pair.cmd(pair.server, *sentinel_cli(), "run", "-r", str(self.rules),
-                                         "-i", pair.server_if, "--control-socket", self.socket,
-                                         "--state-dir", str(self.dir / "state"), "--log-dir",
-                                         str(self.dir / "log"), "--metrics-addr", "127.0.0.1:0"))  # fmt: skip
-        line = self.wait_log("Prometheus metrics at")
-        self.metrics_url = re.search(r"http://\S+", line).group(0)  # type: ignore[union-attr]
-        self.wait_log("enforcing")
-
-    def wait_log(self, text: str, timeout: float = 30, after: int = 0) -> str:
-        return self.proc.wait_until(
-            lambda: next((ln for ln in self.proc.stderr[after:] if text in ln), None), timeout, repr(text)
-        )
-
-    def stats(self) -> dict[str, Any]:
-        res = subprocess.run([*sentinel_cli(), "stats", "--json", "--control-socket", self.socket],
-                             capture_output=True, text=True, timeout=20)  # fmt: skip
-        assert res.returncode == 0, res.stderr
-        return json.loads(res.stdout)  # type: ignore[no-any-return]
-
-    def scrape(self) -> dict[tuple[str, str], float]:
-        out = self.pair.run(self.pair.server, "curl", "-s", self.metrics_url, check=True).stdout
-        values: dict[tuple[str, str], float] = {}
-        for fam in text_string_to_metric_families(out):
-            for s in fam.samples:
-                if s.name.endswith("handled_total"):  # one sample per block type: sum them
-                    key = (s.labels["resource"], s.labels["result"])
-                    values[key] = values.get(key, 0.0) + s.value
-        return values
-
-    def close(self) -> None:
-        self.proc.close()
 
 
 @pytest.fixture
@@ -84,19 +37,6 @@ def daemon(served: NetnsPair) -> Iterator[Daemon]:
         yield d
     finally:
         d.close()
-
-
-def load(pair: NetnsPair, path: str, seconds: float) -> dict[str, int]:
-    res = pair.run(
-        pair.client, sys.executable, str(LOAD), pair.server_ip, "8000", path, str(seconds), timeout=60
-    )
-    assert res.returncode == 0, res.stderr
-    # any answer from the server counts as served (http.server says 404 for these paths)
-    status: dict[str, int] = json.loads(res.stdout)["status"]
-    out = {"served": 0, "429": 0, "reset": 0, "error": 0}
-    for key, n in status.items():
-        out[key if key in out else "served"] += n
-    return out
 
 
 def test_qps_rule_stats_metric_log_and_prometheus_agree(daemon: Daemon) -> None:
@@ -124,6 +64,14 @@ def test_qps_rule_stats_metric_log_and_prometheus_agree(daemon: Daemon) -> None:
         sums[parts[2]][0] += int(parts[3])
         sums[parts[2]][1] += int(parts[4])
     assert sums["limited"] == [limited["served"], limited["429"]] and sums["free"] == [free["served"], 0]
+
+
+def test_top_shows_rates(daemon: Daemon) -> None:
+    load(daemon.pair, "/limited", 0.5)
+    res = subprocess.run([*sentinel_cli(), "top", "--count", "2", "--interval", "0.3", "--control-socket",
+                          daemon.socket], capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "limited" in res.stdout and "free" in res.stdout and "per second" in res.stdout
 
 
 def test_reload_changes_the_limit_and_an_invalid_file_keeps_it(daemon: Daemon) -> None:

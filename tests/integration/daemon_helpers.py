@@ -1,0 +1,82 @@
+"""Running `sentinel-ebpf run` in a test namespace, and bounded HTTP load against it."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from .background import LineProcess, sentinel_cli
+from .netns import NetnsPair
+
+LOAD = Path(__file__).with_name("httpload.py")
+
+
+class Daemon:
+    def __init__(self, pair: NetnsPair, rules: str) -> None:
+        self.pair = pair
+        self.dir = pair.tmpdir / "daemon"
+        self.dir.mkdir(exist_ok=True)
+        self.rules = self.dir / "rules.yaml"
+        self.rules.write_text(rules)
+        self.socket = str(self.dir / "control.sock")
+        self.proc = LineProcess(pair.cmd(pair.server, *sentinel_cli(), "run", "-r", str(self.rules),
+                                         "-i", pair.server_if, "--control-socket", self.socket,
+                                         "--state-dir", str(self.dir / "state"), "--log-dir",
+                                         str(self.dir / "log"), "--metrics-addr", "127.0.0.1:0"))  # fmt: skip
+        line = self.wait_log("Prometheus metrics at")
+        self.metrics_url = re.search(r"http://\S+", line).group(0)  # type: ignore[union-attr]
+        self.wait_log("enforcing")
+
+    def wait_log(self, text: str, timeout: float = 30, after: int = 0) -> str:
+        return self.proc.wait_until(
+            lambda: next((ln for ln in self.proc.stderr[after:] if text in ln), None), timeout, repr(text)
+        )
+
+    def stats(self) -> dict[str, Any]:
+        res = subprocess.run([*sentinel_cli(), "stats", "--json", "--control-socket", self.socket],
+                             capture_output=True, text=True, timeout=20)  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        return json.loads(res.stdout)  # type: ignore[no-any-return]
+
+    def scrape(self) -> dict[tuple[str, str], float]:
+        out = self.pair.run(self.pair.server, "curl", "-s", self.metrics_url, check=True).stdout
+        values: dict[tuple[str, str], float] = {}
+        for fam in text_string_to_metric_families(out):
+            for s in fam.samples:
+                if s.name.endswith("handled_total"):  # one sample per block type: sum them
+                    key = (s.labels["resource"], s.labels["result"])
+                    values[key] = values.get(key, 0.0) + s.value
+        return values
+
+    def close(self) -> None:
+        self.proc.close()
+
+    def metric_log(self) -> dict[str, list[tuple[int, int]]]:
+        """resource -> [(pass, block)] per second, in order."""
+        out: dict[str, list[tuple[int, int]]] = {}
+        for f in sorted((self.dir / "log").glob("*metrics.log*")):
+            if f.name.endswith(".idx"):
+                continue
+            for ln in f.read_text().splitlines():
+                parts = ln.split("|")
+                out.setdefault(parts[2], []).append((int(parts[3]), int(parts[4])))
+        return out
+
+
+def load(pair: NetnsPair, path: str, seconds: float, port: int = 8000) -> dict[str, int]:
+    res = pair.run(
+        pair.client, sys.executable, str(LOAD), pair.server_ip, str(port), path, str(seconds), timeout=60
+    )
+    assert res.returncode == 0, res.stderr
+    # any answer from the server counts as served (http.server says 404 for these paths)
+    status: dict[str, int] = json.loads(res.stdout)["status"]
+    out = {"served": 0, "429": 0, "reset": 0, "error": 0}
+    for key, n in status.items():
+        out[key if key in out else "served"] += n
+    return out
