@@ -18,7 +18,7 @@ LOAD = Path(__file__).with_name("httpload.py")
 
 
 class Daemon:
-    def __init__(self, pair: NetnsPair, rules: str) -> None:
+    def __init__(self, pair: NetnsPair, rules: str, *extra: str) -> None:
         self.pair = pair
         self.dir = pair.tmpdir / "daemon"
         self.dir.mkdir(exist_ok=True)
@@ -28,7 +28,7 @@ class Daemon:
         self.proc = LineProcess(pair.cmd(pair.server, *sentinel_cli(), "run", "-r", str(self.rules),
                                          "-i", pair.server_if, "--control-socket", self.socket,
                                          "--state-dir", str(self.dir / "state"), "--log-dir",
-                                         str(self.dir / "log"), "--metrics-addr", "127.0.0.1:0"))  # fmt: skip
+                                         str(self.dir / "log"), "--metrics-addr", "127.0.0.1:0", *extra))  # fmt: skip
         line = self.wait_log("Prometheus metrics at")
         self.metrics_url = re.search(r"http://\S+", line).group(0)  # type: ignore[union-attr]
         self.wait_log("enforcing")

@@ -41,6 +41,14 @@ def run(
     state_dir: Annotated[str, typer.Option("--state-dir", help="Where `down` finds what was attached.")] = (
         DEFAULT_STATE_DIR
     ),
+    on_breaker_change: Annotated[
+        str | None,
+        typer.Option(
+            "--on-breaker-change",
+            help="Shell command run on each circuit breaker transition, with "
+            "SENTINEL_RESOURCE, SENTINEL_BREAKER, SENTINEL_FROM, SENTINEL_TO set.",
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Debug logging.")] = False,
 ) -> None:
     """Enforce the rules in the kernel until SIGTERM/SIGINT; reload on file change and SIGHUP."""
@@ -51,7 +59,7 @@ def run(
     require_root("run")
     config = DaemonConfig(
         rules=rules, interfaces=list(iface or []), metrics_addr=metrics_addr or None, log_dir=log_dir or None,
-        app=app_name, control_socket=control_socket, state_dir=state_dir,
+        app=app_name, control_socket=control_socket, state_dir=state_dir, on_breaker_change=on_breaker_change,
     )  # fmt: skip
     try:
         Daemon(config).run()

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import signal
 import socket
+import subprocess
+import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -44,6 +48,7 @@ class DaemonConfig:
     app: str = "sentinel-ebpf"
     control_socket: str = DEFAULT_SOCKET
     state_dir: str = DEFAULT_STATE_DIR
+    on_breaker_change: str | None = None  # a shell command run on each transition (SENTINEL_* variables)
 
 
 class Stop(Exception):
@@ -84,6 +89,10 @@ class Daemon:
         self._file_id: tuple[int, int, int] | None = None
         self.loaded_at = 0.0
         self.protocols: dict[str, str] = {}
+        self.listeners: list[Callable[[StateChange], None]] = []
+        # hook commands run one at a time, in transition order, off the daemon's loop
+        self._hook_queue: queue.Queue[StateChange | None] = queue.Queue()
+        self._hook_thread: threading.Thread | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -159,6 +168,10 @@ class Daemon:
                 signal.signal(sig, handler)
 
     def close(self) -> None:
+        if self._hook_thread is not None:
+            self._hook_queue.put(None)
+            self._hook_thread.join(timeout=30)
+            self._hook_thread = None
         for closer in (self.control, self.metrics, self.demo, self.metric_log):
             if closer is not None:
                 try:
@@ -205,12 +218,42 @@ class Daemon:
         state = State(os.getpid(), [Attachment(n, i, c) for n, i, c in self.dp.attached()])
         state.write(self.config.state_dir)
 
+    def add_state_listener(self, listener: Callable[[StateChange], None]) -> None:
+        """Call ``listener`` (on the daemon's thread) for every circuit breaker transition."""
+        self.listeners.append(listener)
+
     def _note_state_changes(self) -> None:
         assert self.dp is not None
         for change in self.dp.state_changes():
             self.state_counts[change] += 1
             log.warning("circuit breaker %s of %s: %s -> %s", change.breaker_id, change.resource,
                         change.from_state, change.to_state)  # fmt: skip
+            for listener in self.listeners:
+                try:
+                    listener(change)
+                except Exception:
+                    log.exception("state change listener %r failed", listener)
+            if self.config.on_breaker_change:
+                if self._hook_thread is None:
+                    self._hook_thread = threading.Thread(
+                        target=self._run_hooks, name="breaker-hook", daemon=True
+                    )
+                    self._hook_thread.start()
+                self._hook_queue.put(change)
+
+    def _run_hooks(self) -> None:
+        command = self.config.on_breaker_change
+        assert command is not None
+        while (change := self._hook_queue.get()) is not None:
+            env = {**os.environ, "SENTINEL_RESOURCE": change.resource, "SENTINEL_BREAKER": change.breaker_id,
+                   "SENTINEL_FROM": change.from_state, "SENTINEL_TO": change.to_state}  # fmt: skip
+            try:
+                done = subprocess.run(["/bin/sh", "-c", command], env=env, stdin=subprocess.DEVNULL, timeout=30,
+                                      check=False)  # fmt: skip
+                if done.returncode:
+                    log.error("breaker hook %r exited with %d", command, done.returncode)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                log.error("breaker hook %r: %s", command, exc)
 
     def _write_metric_log(self, seconds: SecondCollector) -> None:
         if self.metric_log is None or self.dp is None:
