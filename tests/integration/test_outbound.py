@@ -110,24 +110,19 @@ def test_isolation_caps_concurrent_connections(fresh_netns_pair: NetnsPair, cgro
     assert [r["ok"] for r in connects(pair, cgroup, 8000, 2, "--hold")] == [True, True]
 
 
+@pytest.mark.parametrize(
+    "strategy",
+    ["strategy: 2, threshold: 3, minRequestAmount: 1", "strategy: 1, threshold: 0.9, minRequestAmount: 3"],
+    ids=["error_count", "error_ratio"],
+)
 def test_breaker_opens_on_refused_connects_and_closes_when_the_backend_recovers(
-    fresh_netns_pair: NetnsPair, cgroup: str, guard: InboundDataplane
+    fresh_netns_pair: NetnsPair, cgroup: str, guard: InboundDataplane, strategy: str
 ) -> None:
     pair = fresh_netns_pair
-    guard.apply(
-        guard.compile(
-            load_text(
-                rules(
-                    pair,
-                    cgroup,
-                    """circuitBreakerRules:
-  - {id: backend-down, resource: backend, strategy: 2, retryTimeoutMs: 800, minRequestAmount: 1,
-     statIntervalMs: 10000, threshold: 3, probeNum: 1}
-""",
-                )
-            )
-        )
-    )
+    breaker = f"""circuitBreakerRules:
+  - {{id: backend-down, resource: backend, {strategy}, retryTimeoutMs: 800, statIntervalMs: 10000, probeNum: 1}}
+"""
+    guard.apply(guard.compile(load_text(rules(pair, cgroup, breaker))))
     guard.state_changes()
     # nothing listens: the first 3 connects are refused by the backend's kernel (RST), then the breaker opens
     first = connects(pair, cgroup, 8000, 5)
