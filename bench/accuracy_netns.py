@@ -7,7 +7,8 @@ one nginx (single worker) serves two ports:
   8080  a static 3-byte file, guarded by the inbound data plane attached (TC) to the server veth, with
         the rule {resource: limited (http, port 8080, path /limited), threshold: T, statIntervalInMs: 1000};
   8081  the same location with nginx ``limit_req`` (zone rate=Tr/s, burst=0, nodelay, status 429).
-For each threshold T, bench/_ratedclient.py in the client namespace sends 10 x T requests per second
+For each threshold T, bench/_ratedclient.py in the client namespace (``--procs`` processes for T >= 1000,
+each with an equal share of the rate) sends 10 x T requests per second
 (open loop, evenly spaced, 64 keep-alive connections, reconnecting after a 429 with Connection: close or
 a reset) for the run's seconds to port 8080, then the same load to port 8081.
 
@@ -134,16 +135,36 @@ def client_bins(run: Run, status: str) -> Counter[int]:
     return Counter({int(k): int(v.get(status, 0)) for k, v in bins.items()})
 
 
-def drive(pair: NetnsPair, run: Run, port: int, seconds: float, dp: InboundDataplane | None) -> None:
-    argv = [sys.executable, str(CLIENT), pair.server_ip, str(port), PATH, str(run.rate), str(seconds), "64"]
-    procs = [pair.popen(pair.client, *argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)]
-    run.command = shlex.join(["ip", "netns", "exec", pair.client, *argv])
-    while procs[0].poll() is None:
+def drive(pair: NetnsPair, run: Run, port: int, seconds: float, dp: InboundDataplane | None, n: int) -> None:
+    """``n`` client processes, each sending rate / n requests per second; their outcomes are merged."""
+    argv = [
+        sys.executable,
+        str(CLIENT),
+        pair.server_ip,
+        str(port),
+        PATH,
+        str(run.rate / n),
+        str(seconds),
+        "64",
+    ]
+    procs = [
+        pair.popen(pair.client, *argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL) for _ in range(n)
+    ]
+    run.command = f"{n} x " + shlex.join(["ip", "netns", "exec", pair.client, *argv])
+    while any(p.poll() is None for p in procs):
         time.sleep(0.5)
         if dp is not None:
             sample_kernel(dp, run)
-    out = procs[0].stdout.read() if procs[0].stdout else b""
-    run.client = json.loads(out)
+    outs = [json.loads(p.stdout.read() if p.stdout else b"{}") for p in procs]
+    bins: dict[str, Counter[str]] = {}
+    for out in outs:
+        for k, v in out["bins"].items():
+            bins.setdefault(k, Counter()).update(v)
+    run.client = {
+        "start_ms": min(o["start_ms"] for o in outs), "end_ms": max(o["end_ms"] for o in outs),
+        **{k: sum(o[k] for o in outs) for k in ("released", "sent", "not_sent", "connects")},
+        "bins": {k: dict(v) for k, v in bins.items()},
+    }  # fmt: skip
     if dp is not None:
         sample_kernel(dp, run)
 
@@ -216,6 +237,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--thresholds", default="10,100,1000")
     ap.add_argument("--seconds", type=float, default=12.0, help="load duration (first second is skipped)")
     ap.add_argument("--overload", type=float, default=10.0)
+    ap.add_argument("--procs", type=int, default=2, help="client processes (the rate is split among them)")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         sys.exit("accuracy_netns.py needs root")
@@ -232,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
             for system, port, guard in (("eBPF 429", GUARDED, dp), ("nginx limit_req", LIMIT_REQ, None)):
                 run = Run(system, t, args.overload * t)
                 print(f"running {system} at threshold {t}: {run.rate:.0f} req/s", file=sys.stderr, flush=True)
-                drive(pair, run, port, args.seconds, guard)
+                drive(pair, run, port, args.seconds, guard, args.procs if t >= 1000 else 1)
                 time.sleep(0.5)  # nginx writes its log line after the response
                 run.served, skip = read_access_log(log, port, offset_ms, skip)
                 analyse(run)
