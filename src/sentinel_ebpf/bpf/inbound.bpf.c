@@ -44,7 +44,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 32768);
+	__uint(max_entries, 2 * SE_HTTP_ROUTES_MAX);   /* two generations during a reload */
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct http_route_key);
 	__type(value, __u32);               /* resource id */

@@ -22,6 +22,7 @@ enum sentinel_limits {
 	SE_FLOW_RULES_PER_RESOURCE = 4,
 	SE_INFLIGHT_MAX = 65536,    /* tracked in-flight requests/connections (LRU) */
 	SE_PORTS_MAX = 1024,
+	SE_HTTP_ROUTES_MAX = 36864, /* per generation: every resource with an any-method route (9 methods) */
 	SE_SYSTEM_RULES_MAX = 8,
 	SE_MIN_RT_INIT_MS = 60000,   /* a bucket's min RT before any completion (Sentinel's default) */
 	SE_HOTSPOT_RULES_PER_RESOURCE = 2,

@@ -417,6 +417,13 @@ def compile_inbound(
         if key in seen and res.match.method is None:
             continue
         seen[key] = route
+    if len(seen) > int(SentinelLimits.SE_HTTP_ROUTES_MAX):
+        problems.append(
+            f"{len(seen)} HTTP routes (a resource without `method` takes one per method): at most "
+            f"{int(SentinelLimits.SE_HTTP_ROUTES_MAX)}"
+        )
+    if len(ports) > int(SentinelLimits.SE_PORTS_MAX):
+        problems.append(f"{len(ports)} protected ports: at most {int(SentinelLimits.SE_PORTS_MAX)}")
     if problems:
         raise CompileError(problems)
     resources = tuple(
