@@ -417,11 +417,7 @@ def compile_inbound(
         if key in seen and res.match.method is None:
             continue
         seen[key] = route
-    if len(seen) > int(SentinelLimits.SE_HTTP_ROUTES_MAX):
-        problems.append(
-            f"{len(seen)} HTTP routes (a resource without `method` takes one per method): at most "
-            f"{int(SentinelLimits.SE_HTTP_ROUTES_MAX)}"
-        )
+    # routes never exceed SE_HTTP_ROUTES_MAX: it is 9 methods x the resource limit checked above
     if len(ports) > int(SentinelLimits.SE_PORTS_MAX):
         problems.append(f"{len(ports)} protected ports: at most {int(SentinelLimits.SE_PORTS_MAX)}")
     if problems:

@@ -66,3 +66,16 @@ def test_the_readme_rules_example_is_valid_and_enforceable() -> None:
     assert block is not None
     compiled = compile_inbound(load_text(block.group(1), "README.md"))
     assert len(compiled.resources) == 3 and len(compiled.system) == 1
+
+
+def test_too_many_protected_ports_is_refused_by_count() -> None:
+    import pytest
+
+    from sentinel_ebpf.inbound import CompileError, compile_inbound
+    from sentinel_ebpf.rules import load_text
+
+    text = "resources:\n" + "".join(
+        f"  - {{name: p{i}, match: {{protocol: tcp, port: {10000 + i}}}}}\n" for i in range(1025)
+    )
+    with pytest.raises(CompileError, match="1025 protected ports: at most 1024"):
+        compile_inbound(load_text(text, "ports.yaml"))
