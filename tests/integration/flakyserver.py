@@ -1,6 +1,7 @@
-"""A backend that fails on command: the first line of MODE_FILE says how it answers.
+"""A test backend. The first word of MODE_FILE says how it answers: ok | 500 | slow (0.3 s, then 200);
+paths under /slow always answer after SLOW_S seconds (default 1).
 
-usage: flakyserver.py PORT MODE_FILE     modes: ok | 500 | slow (0.3 s, then 200)
+usage: flakyserver.py PORT [MODE_FILE] [SLOW_S]
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ from pathlib import Path
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     mode_file = Path("/dev/null")
+    slow_path_s = 1.0
 
     def do_GET(self) -> None:
         mode = (self.mode_file.read_text().split() or ["ok"])[0]
-        if mode == "slow":
+        if self.path.startswith("/slow"):
+            time.sleep(self.slow_path_s)
+        elif mode == "slow":
             time.sleep(0.3)
         status = 500 if mode == "500" else 200
         body = f"{mode}\n".encode()
@@ -37,9 +41,12 @@ class Server(ThreadingHTTPServer):
     address_family = socket.AF_INET6
 
     def handle_error(self, request: object, client_address: object) -> None:
-        pass
+        pass  # blocked requests arrive as RSTs
 
 
 if __name__ == "__main__":
-    Handler.mode_file = Path(sys.argv[2])
+    if len(sys.argv) > 2:
+        Handler.mode_file = Path(sys.argv[2])
+    if len(sys.argv) > 3:
+        Handler.slow_path_s = float(sys.argv[3])
     Server(("::", int(sys.argv[1])), Handler).serve_forever()

@@ -17,13 +17,13 @@ from .daemon_helpers import Daemon, load
 from .netns import NetnsPair
 
 pytestmark = pytest.mark.kernel
-SLOW = Path(__file__).with_name("slowserver.py")
+SLOW = Path(__file__).with_name("flakyserver.py")
 
 
 @pytest.fixture
 def slow_server(fresh_netns_pair: NetnsPair) -> Iterator[NetnsPair]:
     pair = fresh_netns_pair
-    proc = pair.popen(pair.server, sys.executable, str(SLOW), "8000", "1.0")
+    proc = pair.popen(pair.server, sys.executable, str(SLOW), "8000", "/dev/null", "1.0")
     pair.wait_listening(pair.server, 8000, proc)
     yield pair
 
