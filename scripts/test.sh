@@ -7,8 +7,8 @@ bash scripts/setup.sh
 PY=.venv/bin/python
 
 echo "== ruff"
-$PY -m ruff check src tests tools setup.py
-$PY -m ruff format --check src tests tools setup.py
+$PY -m ruff check src tests tools bench setup.py
+$PY -m ruff format --check src tests tools bench setup.py
 echo "== mypy"
 $PY -m mypy
 echo "== generated types are fresh"
