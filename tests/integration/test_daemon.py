@@ -121,3 +121,22 @@ def test_kill_9_then_down_leaves_nothing(daemon: Daemon) -> None:
     assert "clsact" not in left and "bpf" not in left, left
     again = pair.run(pair.server, *sentinel_cli(), "down", "--state-dir", str(daemon.dir / "state"))
     assert again.returncode == 0 and "nothing to remove" in again.stdout
+
+
+def test_restart_after_kill_9_takes_over_and_leaves_nothing(served: NetnsPair) -> None:
+    """A crashed daemon's TC programs keep enforcing the last rules; a new daemon replaces them and, when
+    it stops, removes the clsact qdisc the crashed one created."""
+    first = Daemon(served, RULES.replace("THRESHOLD", "5"))
+    first.proc.signal(signal.SIGKILL)
+    first.proc.wait_exit(20)
+    after_crash = load(served, "/limited", 1.0)
+    assert after_crash["429"] > 0, "the last rules stay in force after a crash"
+    second = Daemon(served, RULES.replace("THRESHOLD", "5"))
+    try:
+        second.wait_log("taking over from a daemon that did not stop cleanly")
+        second.proc.signal(signal.SIGTERM)
+        assert second.proc.wait_exit(20) == 0
+    finally:
+        second.close()
+    left = _tc_left(served)
+    assert "clsact" not in left and "bpf" not in left, left

@@ -21,7 +21,7 @@ from sentinel_ebpf.daemon.collector import SecondCollector, second_counts
 from sentinel_ebpf.daemon.control import DEFAULT_SOCKET, ControlServer
 from sentinel_ebpf.daemon.demo import DEFAULT_RULES, DemoServer
 from sentinel_ebpf.daemon.sampling import CpuSampler, load1, process_memory_bytes
-from sentinel_ebpf.daemon.state import DEFAULT_STATE_DIR, Attachment, State, remove_state
+from sentinel_ebpf.daemon.state import DEFAULT_STATE_DIR, Attachment, State, alive, remove_state
 from sentinel_ebpf.errors import SentinelError
 from sentinel_ebpf.inbound import CompileError, InboundDataplane
 from sentinel_ebpf.outputs.metric_log import MetricItem, MetricLogWriter, classification_of
@@ -111,9 +111,12 @@ class Daemon:
                 "built-in example: demo server on http://127.0.0.1:18080/ (/ at 5 QPS, /slow 2 at a time)"
             )
         interfaces = self.config.interfaces or (["lo"] if self.config.rules is None else up_interfaces())
+        inherited = self._crashed_state()
         try:
             for name in interfaces:
-                self.dp.attach(name)
+                self.dp.attach(name)  # replaces filters a crashed daemon left (same handle and priority)
+                if name in inherited:
+                    self.dp.adopt_qdisc(name)
                 log.info("attached to %s", name)
         finally:
             self._write_state()
@@ -213,6 +216,16 @@ class Daemon:
         return {"applied": changed, "problems": []}
 
     # -- outputs --------------------------------------------------------------------------------------
+    def _crashed_state(self) -> set[str]:
+        """Interfaces whose clsact qdisc a crashed daemon created: this one removes them when it stops."""
+        old = State.read(self.config.state_dir)
+        if old is None:
+            return set()
+        if old.pid != os.getpid() and alive(old.pid):
+            raise SentinelError(f"another daemon (pid {old.pid}) uses {self.config.state_dir}: stop it first")
+        log.warning("taking over from a daemon that did not stop cleanly (pid %d)", old.pid)
+        return {a.ifname for a in old.attachments if a.created_qdisc}
+
     def _write_state(self) -> None:
         assert self.dp is not None
         state = State(os.getpid(), [Attachment(n, i, c) for n, i, c in self.dp.attached()])

@@ -58,7 +58,7 @@ def remove_state(state_dir: str) -> None:
         Path(state_dir, "state.json").unlink()
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -72,7 +72,7 @@ def down(state_dir: str = DEFAULT_STATE_DIR, force: bool = False) -> list[str]:
     """Remove our TC filters from every interface, the clsact qdiscs we created, and pins. Idempotent;
     returns what it removed."""
     state = State.read(state_dir)
-    if state is not None and state.pid != os.getpid() and _alive(state.pid) and not force:
+    if state is not None and state.pid != os.getpid() and alive(state.pid) and not force:
         raise SentinelError(f"a daemon (pid {state.pid}) is running: stop it (SIGTERM) or use --force")
     removed: list[str] = []
     for ifindex, ifname in socket.if_nameindex():

@@ -373,6 +373,12 @@ class InboundDataplane:
                 )
             )
 
+    def adopt_qdisc(self, ifname: str) -> None:
+        """Treat the clsact qdisc of ``ifname`` as ours (a crashed daemon created it): remove it on close."""
+        for a in self._attachments:
+            if a.ifname == ifname:
+                a.hook.created_qdisc = True
+
     def attached(self) -> list[tuple[str, int, bool]]:
         """(interface, ifindex, whether we created its clsact qdisc) for every TC attachment."""
         return [(a.ifname, a.hook.ifindex, a.hook.created_qdisc) for a in self._attachments]
