@@ -151,6 +151,15 @@ class CbStateKind(IntEnum):
     CB_OPEN = 2
 
 
+class RouteFlags(IntEnum):
+    """``enum route_flags``."""
+
+    ROUTE_OUTBOUND = 128
+    ACTIVE_GEN_FLAGS = 1
+    FEATURE_OUTBOUND_HTTP = 1
+    HTTP_REPLY_OUTBOUND = 2
+
+
 class SystemMetric(IntEnum):
     """``enum system_metric``."""
 
@@ -166,6 +175,7 @@ class FlowKind(IntEnum):
 
     FLOW_KIND_CONNECTION = 0
     FLOW_KIND_REQUEST = 1
+    FLOW_KIND_OUT_REQUEST = 2
 
 
 class PortKey(ctypes.Structure):
@@ -387,10 +397,12 @@ class OutRoute(ctypes.Structure):
         ("resource", ctypes.c_uint32),
         ("cgroup_level", ctypes.c_uint32),
         ("cgroup_id", ctypes.c_uint64),
+        ("http_service", ctypes.c_uint32),
+        ("_pad", ctypes.c_uint32),
     ]
 
 
-assert ctypes.sizeof(OutRoute) == 16
+assert ctypes.sizeof(OutRoute) == 24
 
 
 class OutConn(ctypes.Structure):

@@ -328,7 +328,7 @@ def test_unsupported_rules_are_refused_by_name() -> None:
     rs = rules("""
 resources:
   - {name: a, match: {protocol: tcp, port: 8080}}
-  - {name: db, match: {direction: outbound, protocol: http, host: 10.0.0.5/32, port: 5432}}
+  - {name: db, match: {direction: outbound, protocol: http, host: 10.0.0.5/32, port: 5432, cgroup: /app}}
 flowRules:
   - {resource: a, threshold: 10, statIntervalInMs: 1200}
 circuitBreakerRules:
@@ -338,10 +338,7 @@ circuitBreakerRules:
     with pytest.raises(CompileError) as exc:
         compile_inbound(rs)
     problems = exc.value.problems
-    assert (
-        "resource 'db': outbound HTTP requests are not enforced yet (outbound TCP connections are)"
-        in problems
-    )
+    assert any(p.startswith("resource 'db': cgroup limits outbound connect()s") for p in problems)
     assert (
         "circuitBreakerRules[0] (a): statSlidingWindowBucketCount 20: the kernel holds at most 16 buckets"
         in problems

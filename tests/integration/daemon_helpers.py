@@ -18,15 +18,18 @@ LOAD = Path(__file__).with_name("httpload.py")
 
 
 class Daemon:
-    def __init__(self, pair: NetnsPair, rules: str, *extra: str) -> None:
+    def __init__(self, pair: NetnsPair, rules: str, *extra: str, side: str = "server") -> None:
+        """The daemon runs in the ``side`` namespace ("server" for inbound, "client" for outbound rules),
+        attached to that side's veth."""
         self.pair = pair
+        ns, iface = (pair.server, pair.server_if) if side == "server" else (pair.client, pair.client_if)
         self.dir = pair.tmpdir / "daemon"
         self.dir.mkdir(exist_ok=True)
         self.rules = self.dir / "rules.yaml"
         self.rules.write_text(rules)
         self.socket = str(self.dir / "control.sock")
-        self.proc = LineProcess(pair.cmd(pair.server, *sentinel_cli(), "run", "-r", str(self.rules),
-                                         "-i", pair.server_if, "--control-socket", self.socket,
+        self.proc = LineProcess(pair.cmd(ns, *sentinel_cli(), "run", "-r", str(self.rules),
+                                         "-i", iface, "--control-socket", self.socket,
                                          "--state-dir", str(self.dir / "state"), "--log-dir",
                                          str(self.dir / "log"), "--metrics-addr", "127.0.0.1:0", *extra))  # fmt: skip
         line = self.wait_log("Prometheus metrics at")

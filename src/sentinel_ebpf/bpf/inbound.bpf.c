@@ -23,10 +23,17 @@
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, 2);
 	__type(key, __u32);
-	__type(value, __u32);               /* the generation in force, 0 or 1 */
+	__type(value, __u32);               /* [0] the generation in force, 0 or 1; [1] enum route_flags features */
 } active_gen SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 2 * SE_PORTS_MAX);
+	__type(key, struct port_key);       /* a remote port of outbound HTTP resources */
+	__type(value, __u32);
+} out_ports SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -109,7 +116,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 2);             /* one per generation */
+	__uint(max_entries, 4);             /* [gen] inbound reject, [HTTP_REPLY_OUTBOUND + gen] outbound 503 */
 	__type(key, __u32);
 	__type(value, struct http_reply);
 } http_reply SEC(".maps");
@@ -147,6 +154,7 @@ const enum port_counter _port_counter_unused __attribute__((unused)) = PORT_TLS;
 const enum dp_counter _dp_counter_unused __attribute__((unused)) = DP_PACKETS;
 const enum flow_kind _flow_kind_unused __attribute__((unused)) = FLOW_KIND_CONNECTION;
 const enum system_metric _system_metric_unused __attribute__((unused)) = SYS_LOAD;
+const enum route_flags _route_flags_unused __attribute__((unused)) = ROUTE_OUTBOUND;
 const enum hot_param _hot_param_unused __attribute__((unused)) = HOT_REMOTE_IP;
 const enum cb_strategy _cb_strategy_unused __attribute__((unused)) = CB_SLOW_REQUEST_RATIO;
 const enum cb_state_kind _cb_state_unused __attribute__((unused)) = CB_CLOSED;
@@ -165,6 +173,15 @@ static __always_inline struct port_conf *port_lookup(__u16 port, __u8 gen)
 	struct port_key k = { .port = port, .gen = gen };
 
 	return bpf_map_lookup_elem(&inbound_ports, &k);
+}
+
+static __always_inline bool outbound_http_port(__u16 port, __u8 gen)
+{
+	__u32 flags_idx = ACTIVE_GEN_FLAGS;
+	__u32 *flags = bpf_map_lookup_elem(&active_gen, &flags_idx);
+	struct port_key k = { .port = port, .gen = gen };
+
+	return flags && (*flags & FEATURE_OUTBOUND_HTTP) && bpf_map_lookup_elem(&out_ports, &k);
 }
 
 static __always_inline void port_count(__u16 port, __u32 what)
@@ -532,8 +549,35 @@ static __always_inline __u32 peek_payload(struct __sk_buff *skb, const struct pk
 	return n;
 }
 
-static __always_inline int reject(struct __sk_buff *skb, const struct pkt *p, __u8 mode, bool syn, __u8 gen)
+/* Ingress from a server of outbound HTTP resources: the status line completes the local caller's request. */
+static __always_inline void out_response(struct __sk_buff *skb, const struct pkt *p)
 {
+	struct flow_key fk;
+	__u32 zero = 0;
+
+	make_key(&fk, p, false, FLOW_KIND_OUT_REQUEST);
+	if (p->flags & (TCP_RST | TCP_FIN)) {
+		complete(&fk, true); /* the server closed without answering */
+		return;
+	}
+	if (!p->payload_len)
+		return;
+	struct peek *pk = bpf_map_lookup_elem(&peek_scratch, &zero);
+	if (!pk || peek_payload(skb, p, pk) < 12 || !bytes_eq(pk->buf, "HTTP/1.", 7))
+		return;
+	complete(&fk, pk->buf[9] == '5');
+}
+
+/*
+ * Answer a blocked request or SYN. Inbound (TC ingress): the reply goes back out of the device to the
+ * client and the server gets a RST in place of the request. Outbound (TC egress, `outbound`): the reply
+ * is cloned into the device's ingress so the local caller receives it, and the RST goes on to the server.
+ */
+static __always_inline int reject(struct __sk_buff *skb, const struct pkt *p, __u8 mode, bool syn, __u8 gen,
+				  bool outbound)
+{
+	__u32 clone_flags = outbound ? BPF_F_INGRESS : 0;
+
 	if (mode == REJECT_DROP)
 		return TC_ACT_SHOT;
 	if (syn) {
@@ -545,7 +589,7 @@ static __always_inline int reject(struct __sk_buff *skb, const struct pkt *p, __
 	}
 	if (mode == REJECT_HTTP_REPLY && p->payload_len <= SE_REPLY_REQUEST_MAX &&
 	    find_timestamps(skb, p->l4_off, p->doff) >= 0) {
-		__u32 idx = gen, zero = 0;
+		__u32 idx = (outbound ? HTTP_REPLY_OUTBOUND : 0) + gen, zero = 0;
 		struct http_reply *reply = bpf_map_lookup_elem(&http_reply, &idx);
 		struct ingress_scratch *scr = bpf_map_lookup_elem(&ingress_scratch, &zero);
 
@@ -555,7 +599,7 @@ static __always_inline int reject(struct __sk_buff *skb, const struct pkt *p, __
 		 * sees in place of the request (seq = the request's seq exactly, or both sides desync). */
 		if (rewrite_to_reply(skb, p, reply))
 			goto fail;
-		if (bpf_clone_redirect(skb, skb->ifindex, 0))
+		if (bpf_clone_redirect(skb, skb->ifindex, clone_flags))
 			goto fail;
 		reply_view(&scr->reply, p, reply->len);
 		if (rewrite_to_rst(skb, &scr->reply, p->seq, p->ack, true))
@@ -570,7 +614,7 @@ rst:;
 
 	if (rewrite_to_rst(skb, p, c_seq, c_ack, true))
 		goto fail;
-	if (bpf_clone_redirect(skb, skb->ifindex, 0))
+	if (bpf_clone_redirect(skb, skb->ifindex, clone_flags))
 		goto fail;
 	if (rst_back_to_server(skb, p, c_seq, c_ack))
 		goto fail;
@@ -583,7 +627,8 @@ fail:
 }
 
 /* The resource an HTTP request segment is for, or 0 (not a request line, no route: counted per port). */
-static __always_inline __u32 http_route(struct __sk_buff *skb, const struct pkt *p, __u16 port, __u8 gen)
+static __always_inline __u32 http_route(struct __sk_buff *skb, const struct pkt *p, __u16 port, __u8 key_gen,
+					  __u16 key_port)
 {
 	__u32 zero = 0, n, mlen = 0, plen = 0;
 	struct peek *pk = bpf_map_lookup_elem(&peek_scratch, &zero);
@@ -633,8 +678,8 @@ static __always_inline __u32 http_route(struct __sk_buff *skb, const struct pkt 
 		return 0;
 	}
 	key.prefixlen = 32 + plen * 8;
-	key.gen = gen;
-	key.port = p->dport;
+	key.gen = key_gen;
+	key.port = key_port;
 	key.method = method;
 
 	__u32 *res = bpf_map_lookup_elem(&http_routes, &key);
@@ -666,6 +711,11 @@ int tc_ingress(struct __sk_buff *skb)
 	}
 	__u16 port = bpf_ntohs(p->dport);
 	__u8 gen = current_gen();
+	if (outbound_http_port(bpf_ntohs(p->sport), gen)) {
+		/* a response of a server our outbound HTTP resources call */
+		out_response(skb, p);
+		return TC_ACT_OK;
+	}
 	struct port_conf *pc = port_lookup(port, gen);
 	if (!pc)
 		return TC_ACT_OK;
@@ -687,48 +737,15 @@ int tc_ingress(struct __sk_buff *skb)
 		if (res && bpf_map_lookup_elem(&inflight, &fk))
 			return TC_ACT_OK; /* a retransmitted SYN was already counted */
 	} else if (p->payload_len && pc->has_http) {
-		res = http_route(skb, p, port, gen);
+		res = http_route(skb, p, port, gen, p->dport);
 		make_key(&fk, p, true, FLOW_KIND_REQUEST);
 	}
 	if (!res || judge(res, gen, &fk, !syn, skb, p) == BLOCK_NONE)
 		return TC_ACT_OK;
-	return reject(skb, p, syn ? pc->reject_tcp : pc->reject_http, syn, gen);
+	return reject(skb, p, syn ? pc->reject_tcp : pc->reject_http, syn, gen, false);
 }
 
-SEC("tc")
-int tc_egress(struct __sk_buff *skb)
-{
-	struct pkt p;
-	struct flow_key fk;
-	__u32 zero = 0;
 
-	if (parse_tcp(skb, &p) != PARSE_OK)
-		return TC_ACT_OK;
-	__u16 port = bpf_ntohs(p.sport);
-	struct port_conf *pc = port_lookup(port, current_gen());
-	if (!pc)
-		return TC_ACT_OK;
-
-	if (p.flags & (TCP_RST | TCP_FIN)) {
-		make_key(&fk, &p, false, FLOW_KIND_REQUEST);
-		complete(&fk, true); /* the server closed without answering */
-		make_key(&fk, &p, false, FLOW_KIND_CONNECTION);
-		complete(&fk, false);
-		return TC_ACT_OK;
-	}
-	if (!p.payload_len || !pc->has_http)
-		return TC_ACT_OK;
-
-	struct peek *pk = bpf_map_lookup_elem(&peek_scratch, &zero);
-	if (!pk || peek_payload(skb, &p, pk) < 12 || !bytes_eq(pk->buf, "HTTP/1.", 7))
-		return TC_ACT_OK;
-	__u8 hundreds = pk->buf[9];
-	make_key(&fk, &p, false, FLOW_KIND_REQUEST);
-	complete(&fk, hundreds == '5');
-	return TC_ACT_OK;
-}
-
-char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 /*
  * Outbound connections. cgroup/connect4|6 (attached at the cgroup2 root) judge each connect() to an
@@ -873,3 +890,90 @@ int out_sockops(struct bpf_sock_ops *skops)
 	}
 	return 1;
 }
+
+/* Egress toward a server of outbound HTTP resources: judge the local caller's request. */
+static __always_inline int out_request(struct __sk_buff *skb, const struct pkt *p, __u8 gen)
+{
+	struct out_route_key key = { .gen = gen, .family = p->family, .port = p->dport };
+	struct out_route *route;
+	struct res_stats *st;
+	struct res_conf *rc;
+	struct flow_key fk;
+	__u32 res, idx, verdict;
+	__u64 now;
+
+	__builtin_memcpy(key.addr, p->daddr, SE_ADDR_LEN);
+	key.prefixlen = 32 + (p->family == 4 ? 32 : 128);
+	route = bpf_map_lookup_elem(&out_routes, &key);
+	if (!route || !route->http_service)
+		return TC_ACT_OK;
+	res = http_route(skb, p, 0, gen | ROUTE_OUTBOUND, (__u16)route->http_service);
+	if (!res)
+		return TC_ACT_OK;
+	idx = gen * SE_MAX_RESOURCES + res;
+	st = bpf_map_lookup_elem(&res_stats, &res);
+	rc = bpf_map_lookup_elem(&res_conf, &idx);
+	if (!st || !rc)
+		return TC_ACT_OK;
+	now = now_ns();
+	verdict = check_flow_isolation(res, idx, rc, st, now);
+	if (verdict == BLOCK_NONE && rc->nbreakers && breakers_check(idx, res, now / 1000000))
+		verdict = BLOCK_CIRCUIT_BREAKING;
+	if (verdict != BLOCK_NONE) {
+		stat_block(st, now / 1000000, verdict);
+		return reject(skb, p, REJECT_HTTP_REPLY, false, gen, true);
+	}
+	stat_pass(st, now / 1000000);
+	make_key(&fk, p, true, FLOW_KIND_OUT_REQUEST);
+	struct inflight entry = { .start_ns = now, .resource = res, .is_http = 1 };
+	struct inflight *old = bpf_map_lookup_elem(&inflight, &fk);
+	if (old) {
+		struct res_stats *ost = bpf_map_lookup_elem(&res_stats, &old->resource);
+
+		if (ost)
+			__sync_fetch_and_add(&ost->concurrency, -1);
+	}
+	if (bpf_map_update_elem(&inflight, &fk, &entry, BPF_ANY) == 0)
+		__sync_fetch_and_add(&st->concurrency, 1);
+	else
+		percpu_inc(&dp_counters, DP_INFLIGHT_FULL);
+	return TC_ACT_OK;
+}
+
+SEC("tc")
+int tc_egress(struct __sk_buff *skb)
+{
+	struct pkt p;
+	struct flow_key fk;
+	__u32 zero = 0;
+
+	if (parse_tcp(skb, &p) != PARSE_OK)
+		return TC_ACT_OK;
+	__u8 gen = current_gen();
+	if (p.payload_len && !(p.flags & (TCP_RST | TCP_FIN | TCP_SYN)) && outbound_http_port(bpf_ntohs(p.dport), gen))
+		return out_request(skb, &p, gen);
+	__u16 port = bpf_ntohs(p.sport);
+	struct port_conf *pc = port_lookup(port, gen);
+	if (!pc)
+		return TC_ACT_OK;
+
+	if (p.flags & (TCP_RST | TCP_FIN)) {
+		make_key(&fk, &p, false, FLOW_KIND_REQUEST);
+		complete(&fk, true); /* the server closed without answering */
+		make_key(&fk, &p, false, FLOW_KIND_CONNECTION);
+		complete(&fk, false);
+		return TC_ACT_OK;
+	}
+	if (!p.payload_len || !pc->has_http)
+		return TC_ACT_OK;
+
+	struct peek *pk = bpf_map_lookup_elem(&peek_scratch, &zero);
+	if (!pk || peek_payload(skb, &p, pk) < 12 || !bytes_eq(pk->buf, "HTTP/1.", 7))
+		return TC_ACT_OK;
+	__u8 hundreds = pk->buf[9];
+	make_key(&fk, &p, false, FLOW_KIND_REQUEST);
+	complete(&fk, hundreds == '5');
+	return TC_ACT_OK;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -263,9 +263,19 @@ struct out_route_key {
 };
 
 struct out_route {
-	__u32 resource;
+	__u32 resource;             /* TCP resource judged at connect(), 0 = none */
 	__u32 cgroup_level;         /* the resource's cgroup depth below the cgroup2 root (0: any process) */
 	__u64 cgroup_id;
+	__u32 http_service;         /* HTTP resources of this host and port: http_routes keys with this id */
+	__u32 _pad;
+};
+
+/* The high bit of http_route_key.gen marks outbound routes, whose `port` field holds a service id. */
+enum route_flags {
+	ROUTE_OUTBOUND = 0x80,
+	ACTIVE_GEN_FLAGS = 1,       /* active_gen[1]: feature flags */
+	FEATURE_OUTBOUND_HTTP = 1,  /* outbound HTTP resources exist: look at remote ports too */
+	HTTP_REPLY_OUTBOUND = 2,    /* http_reply index offset of the outbound (503) replies */
 };
 
 /* out_conns value, keyed by socket cookie: an outbound connection from connect() to close. */
@@ -345,6 +355,7 @@ struct res_stats {
 enum flow_kind {
 	FLOW_KIND_CONNECTION = 0,   /* a TCP resource's connection, from SYN to FIN/RST */
 	FLOW_KIND_REQUEST = 1,      /* an HTTP request, from request line to response status line */
+	FLOW_KIND_OUT_REQUEST = 2,  /* an outbound HTTP request a local process sent */
 };
 
 /* inflight key: the client -> server 4-tuple as seen at ingress (addresses in network byte order). */

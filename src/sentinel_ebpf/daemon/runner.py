@@ -120,9 +120,7 @@ class Daemon:
                 log.info("attached to %s", name)
         finally:
             self._write_state()
-        if any(not r.match.inbound for r in rules.resources):
-            self.dp.attach_outbound()
-            log.info("judging outbound connect() at the cgroup2 root")
+        self._attach_outbound_if_needed(rules)
         if self.config.log_dir:
             self.metric_log = MetricLogWriter(self.config.log_dir, self.config.app)
         if self.config.metrics_addr:
@@ -187,6 +185,14 @@ class Daemon:
             self.dp = None
         remove_state(self.config.state_dir)
 
+    def _attach_outbound_if_needed(self, rules: RuleSet) -> None:
+        assert self.dp is not None
+        if not self.dp.outbound_attached and any(
+            not r.match.inbound and r.match.protocol == "tcp" for r in rules.resources
+        ):
+            self.dp.attach_outbound()
+            log.info("judging outbound connect() at the cgroup2 root")
+
     # -- reload ---------------------------------------------------------------------------------------
     def _stat(self) -> tuple[int, int, int] | None:
         try:
@@ -208,6 +214,11 @@ class Daemon:
             return {"applied": False, "problems": problems}
         for note in compiled.notes:
             log.warning("%s", note)
+        try:
+            self._attach_outbound_if_needed(rules)
+        except SentinelError as exc:
+            log.error("%s: %s; the rules in force stay", self.rules_path, exc)
+            return {"applied": False, "problems": [str(exc)]}
         changed = self.dp.apply(compiled)
         self.protocols = {r.name: r.match.protocol for r in rules.resources}
         if changed:

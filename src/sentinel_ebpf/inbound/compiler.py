@@ -7,6 +7,7 @@ silently dropped.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import math
 import os
@@ -100,10 +101,11 @@ class KPort:
 
 @dataclass(frozen=True)
 class KRoute:
-    port: int
+    port: int  # the local port, or for an outbound route its service id
     method: int
     path: bytes
     resource: int
+    outbound: bool = False
 
 
 @dataclass(frozen=True)
@@ -119,15 +121,17 @@ class KOutRoute:
     port: int
     network: bytes  # 4 or 16 bytes
     prefix_bits: int
-    resource: int
+    resource: int  # TCP resource judged at connect(), 0 = none
     cgroup_level: int = 0  # 0: every process
     cgroup_id: int = 0
+    http_service: int = 0  # HTTP resources of this destination (routes with outbound=True, port=id)
 
 
 @dataclass(frozen=True)
 class CompiledInbound:
     resources: tuple[KResource, ...] = ()
     out_routes: tuple[KOutRoute, ...] = ()
+    out_http_ports: tuple[int, ...] = ()  # remote ports of outbound HTTP resources
     system: tuple[KSystemRule, ...] = ()
     ports: tuple[KPort, ...] = ()
     routes: tuple[KRoute, ...] = ()
@@ -268,7 +272,7 @@ def cgroup2_identity(path: str, root: str | None = None) -> tuple[int, int]:
 def _out_route(r: Resource, rid: int, cgroups: CgroupResolver, problems: list[str]) -> KOutRoute:
     host = r.match.host or ipaddress.ip_network("0.0.0.0/0")
     level = cid = 0
-    if r.match.cgroup:
+    if r.match.cgroup and r.match.protocol == "tcp":
         try:
             level, cid = cgroups(r.match.cgroup)
         except OSError as exc:
@@ -293,13 +297,12 @@ def compile_inbound(
             "(use this project's rules file format)"
         )
     for r in rules.resources:
-        if not r.match.inbound and r.match.protocol == "http":
+        if not r.match.inbound and r.match.protocol == "http" and r.match.cgroup:
             problems.append(
-                f"resource {r.name!r}: outbound HTTP requests are not enforced yet "
-                "(outbound TCP connections are)"
+                f"resource {r.name!r}: cgroup limits outbound connect()s; it cannot be applied to outbound "
+                "HTTP requests (seen at TC, where no process is known)"
             )
-    # inbound resources, and outbound TCP resources (judged at connect())
-    inbound = [r for r in rules.resources if r.match.inbound or r.match.protocol == "tcp"]
+    inbound = list(rules.resources)  # every resource: inbound at TC, outbound at connect() and TC
     if len(inbound) >= int(SentinelLimits.SE_MAX_RESOURCES):
         problems.append(f"{len(inbound)} resources: at most {int(SentinelLimits.SE_MAX_RESOURCES) - 1}")
     keyed = assign_ids([(r.name, r.match.key()) for r in inbound], previous or {}, last_id)
@@ -393,10 +396,25 @@ def compile_inbound(
     notes: list[str] = []
     ports: dict[int, KPort] = {}
     routes: list[KRoute] = []
-    out_routes: list[KOutRoute] = []
+    out_by_dest: dict[tuple[str, int], KOutRoute] = {}
+    services: dict[tuple[str, int], int] = {}
     for r in inbound:
         if not r.match.inbound:
-            out_routes.append(_out_route(r, ids[r.name], cgroups, problems))
+            route = _out_route(r, ids[r.name] if r.match.protocol == "tcp" else 0, cgroups, problems)
+            dest = (str(r.match.host or "0.0.0.0/0"), r.match.port)
+            if r.match.protocol == "http":
+                sid = services.setdefault(dest, len(services) + 1)
+                path = (r.match.path or "/").encode()
+                methods = [METHODS[r.match.method]] if r.match.method else list(METHODS.values())
+                routes += [KRoute(sid, m, path, ids[r.name], outbound=True) for m in methods]
+                route = dataclasses.replace(route, http_service=sid)
+            prev = out_by_dest.get(dest)
+            if prev is not None:  # a TCP and HTTP resources of one destination share its route
+                route = dataclasses.replace(
+                    prev, resource=prev.resource or route.resource, http_service=prev.http_service or route.http_service,
+                    cgroup_level=prev.cgroup_level or route.cgroup_level, cgroup_id=prev.cgroup_id or route.cgroup_id,
+                )  # fmt: skip
+            out_by_dest[dest] = route
             continue
         port = ports.get(
             r.match.port, KPort(r.match.port, reject_tcp=int(reject_tcp), reject_http=int(http_mode))
@@ -410,13 +428,13 @@ def compile_inbound(
             routes += [KRoute(r.match.port, m, path, ids[r.name]) for m in methods]
         ports[r.match.port] = port
     # A specific-method route must win over an any-method route with the same path.
-    seen: dict[tuple[int, int, bytes], KRoute] = {}
-    for route in routes:
-        key = (route.port, route.method, route.path)
-        res = next(x for x in inbound if ids[x.name] == route.resource and x.match.inbound)
+    seen: dict[tuple[bool, int, int, bytes], KRoute] = {}
+    for rt in routes:
+        key = (rt.outbound, rt.port, rt.method, rt.path)
+        res = next(x for x in inbound if ids[x.name] == rt.resource)
         if key in seen and res.match.method is None:
             continue
-        seen[key] = route
+        seen[key] = rt
     # routes never exceed SE_HTTP_ROUTES_MAX: it is 9 methods x the resource limit checked above
     if len(ports) > int(SentinelLimits.SE_PORTS_MAX):
         problems.append(f"{len(ports)} protected ports: at most {int(SentinelLimits.SE_PORTS_MAX)}")
@@ -432,7 +450,8 @@ def compile_inbound(
         system=system,
         ports=tuple(ports.values()),
         routes=tuple(seen.values()),
-        out_routes=tuple(out_routes),
+        out_routes=tuple(out_by_dest.values()),
+        out_http_ports=tuple(sorted({port for _, port in services})),
         http_reply=rules.reject.http.response_bytes(),
         notes=tuple(notes),
     )

@@ -27,6 +27,7 @@ from sentinel_ebpf._types import (
     PortKey,
     ResConf,
     ResStats,
+    RouteFlags,
     SentinelLimits,
     SysConf,
     SysMetrics,
@@ -39,11 +40,21 @@ from sentinel_ebpf.inbound.compiler import CompiledInbound, KOutRoute, KResource
 from sentinel_ebpf.libbpf import BpfObject, Link, RingBuffer, TcAttachPoint, TcFilter, TcHook
 from sentinel_ebpf.model.flow import MemoryReader
 from sentinel_ebpf.objects import object_path
-from sentinel_ebpf.rules import RuleSet
+from sentinel_ebpf.rules import HttpReject, RuleSet
 from sentinel_ebpf.stats import BLOCK_TYPES, ResourceStats, StateChange
 from sentinel_ebpf.stats import BreakerState as BreakerSnapshot
 
 BREAKER_STATE_NAMES = {0: "closed", 1: "half_open", 2: "open"}
+
+
+def _reply(data: bytes) -> HttpReply:
+    reply = HttpReply(len=len(data))
+    ctypes.memmove(reply.data, data, len(data))
+    return reply
+
+
+# What a local caller of a blocked outbound HTTP request receives (an open circuit, a limit).
+OUT_REPLY = _reply(HttpReject(status=503, body="Service Unavailable (sentinel-ebpf)\n").response_bytes())
 
 PATH_MAX = int(SentinelLimits.SE_PATH_MAX)
 MAX_RESOURCES = int(SentinelLimits.SE_MAX_RESOURCES)
@@ -71,11 +82,12 @@ def out_route_key(r: KOutRoute, gen: int) -> OutRouteKey:
     return key
 
 
-def route_key(port: int, method: int, path: bytes, gen: int) -> HttpRouteKey:
+def route_key(port: int, method: int, path: bytes, gen: int, outbound: bool = False) -> HttpRouteKey:
+    """An http_routes key: inbound by local port (network order), outbound by service id (as is)."""
     key = HttpRouteKey()
     key.prefixlen = 32 + 8 * min(len(path), PATH_MAX)
-    key.gen = gen
-    key.port = socket.htons(port)
+    key.gen = gen | (int(RouteFlags.ROUTE_OUTBOUND) if outbound else 0)
+    key.port = port if outbound else socket.htons(port)
     key.method = method
     ctypes.memmove(key.path, path[:PATH_MAX], min(len(path), PATH_MAX))
     return key
@@ -145,9 +157,10 @@ class InboundDataplane:
                     old = ResConf.from_buffer_copy(conf.lookup(_u32(old_gen * MAX_RESOURCES + kept.id)))
                     rc.last_passed_ns[:] = old.last_passed_ns[:]
                 conf.update(_u32(new_gen * MAX_RESOURCES + r.id), bytes(rc))
-            reply = HttpReply(len=len(compiled.http_reply))
-            ctypes.memmove(reply.data, compiled.http_reply, len(compiled.http_reply))
-            self.obj.map("http_reply").update(_u32(new_gen), bytes(reply))
+            self.obj.map("http_reply").update(_u32(new_gen), bytes(_reply(compiled.http_reply)))
+            self.obj.map("http_reply").update(
+                _u32(int(RouteFlags.HTTP_REPLY_OUTBOUND) + new_gen), bytes(OUT_REPLY)
+            )
             sc = SysConf(nrules=len(compiled.system))
             for i, rule in enumerate(compiled.system):
                 sc.rules[i] = SysRuleK(
@@ -162,7 +175,12 @@ class InboundDataplane:
         except BaseException:
             self._clear_gen(new_gen, compiled)
             raise
-        self.obj.map("active_gen").update(_u32(0), _u32(new_gen))
+        flags = self.obj.map("active_gen")
+        features = int(RouteFlags.FEATURE_OUTBOUND_HTTP) if compiled.out_http_ports else 0
+        if features:  # on before the switch: the new generation's outbound ports are written
+            flags.update(_u32(int(RouteFlags.ACTIVE_GEN_FLAGS)), _u32(features))
+        flags.update(_u32(0), _u32(new_gen))
+        flags.update(_u32(int(RouteFlags.ACTIVE_GEN_FLAGS)), _u32(features))
         self._clear_gen(old_gen, self.compiled)
         self._drop_hot_specific(self.compiled, keep=compiled)
         self._drop_breakers(self.compiled, keep=compiled)
@@ -217,7 +235,10 @@ class InboundDataplane:
         m = self.obj.map("out_routes")
         for r in compiled.out_routes:
             m.update(bytes(out_route_key(r, gen)), bytes(OutRoute(resource=r.resource, cgroup_level=r.cgroup_level,
-                                                                  cgroup_id=r.cgroup_id)))  # fmt: skip
+                                                                  cgroup_id=r.cgroup_id, http_service=r.http_service)))  # fmt: skip
+        ports = self.obj.map("out_ports")
+        for port in compiled.out_http_ports:
+            ports.update(bytes(PortKey(port=port, gen=gen)), _u32(1))
 
     def _write_ports_routes(self, compiled: CompiledInbound, gen: int) -> None:
         self._write_out_routes(compiled, gen)
@@ -227,7 +248,10 @@ class InboundDataplane:
             self.obj.map("port_stats"),
         )
         for route in compiled.routes:
-            routes.update(bytes(route_key(route.port, route.method, route.path, gen)), _u32(route.resource))
+            routes.update(
+                bytes(route_key(route.port, route.method, route.path, gen, route.outbound)),
+                _u32(route.resource),
+            )
         for p in compiled.ports:
             pc = PortConf(tcp_resource=p.tcp_resource, has_http=int(p.has_http), reject_tcp=p.reject_tcp,
                           reject_http=p.reject_http)  # fmt: skip
@@ -311,7 +335,7 @@ class InboundDataplane:
                 ports.delete(bytes(PortKey(port=p.port, gen=gen)))
         for route in compiled.routes:
             with contextlib.suppress(BpfKeyError):
-                routes.delete(bytes(route_key(route.port, route.method, route.path, gen)))
+                routes.delete(bytes(route_key(route.port, route.method, route.path, gen, route.outbound)))
         for r in compiled.resources:
             conf.update(_u32(gen * MAX_RESOURCES + r.id), bytes(ctypes.sizeof(ResConf)))
 
@@ -382,6 +406,10 @@ class InboundDataplane:
     def attached(self) -> list[tuple[str, int, bool]]:
         """(interface, ifindex, whether we created its clsact qdisc) for every TC attachment."""
         return [(a.ifname, a.hook.ifindex, a.hook.created_qdisc) for a in self._attachments]
+
+    @property
+    def outbound_attached(self) -> bool:
+        return bool(self._cgroup_links)
 
     def attach_outbound(self, cgroup_root: str | None = None) -> None:
         """Judge outbound connect()s of every process: cgroup/connect4|6 and sock_ops at the cgroup2 root
