@@ -3,6 +3,7 @@ request (a limit, an open circuit) gets an immediate `503` built in the kernel, 
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from pathlib import Path
@@ -54,9 +55,25 @@ flowRules:
         d.close()
 
 
-def test_outbound_breaker_cycle(fresh_netns_pair: NetnsPair) -> None:
+STRATEGIES = {
+    "error_count": ("500", "strategy: 2, threshold: 3, minRequestAmount: 1"),
+    "error_ratio": ("500", "strategy: 1, threshold: 0.5, minRequestAmount: 3"),
+    "slow_ratio": ("slow", "strategy: 0, maxAllowedRtMs: 100, threshold: 0.5, minRequestAmount: 3"),
+}
+
+REQUESTS_CLIENT = """
+import sys, time, requests
+t0 = time.perf_counter()
+r = requests.get(sys.argv[1], timeout=10)
+print(r.status_code, time.perf_counter() - t0)
+"""
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_outbound_breaker_cycle(fresh_netns_pair: NetnsPair, strategy: str) -> None:
     pair = fresh_netns_pair
-    mode = start_backend(pair, "500")
+    failing, rule = STRATEGIES[strategy]
+    mode = start_backend(pair, failing)
     d = Daemon(
         pair,
         f"""
@@ -64,21 +81,28 @@ resources:
   - {{name: backend-api, match: {{direction: outbound, protocol: http, host: {pair.server_ip}/32, port: 8000,
      path: /api}}}}
 circuitBreakerRules:
-  - {{id: backend-5xx, resource: backend-api, strategy: 2, threshold: 3, minRequestAmount: 1, statIntervalMs: 10000,
-     retryTimeoutMs: 1000, probeNum: 1}}
+  - {{id: backend-{strategy}, resource: backend-api, {rule}, statIntervalMs: 10000, retryTimeoutMs: 1000,
+     probeNum: 1}}
 """,
         side="client",
     )
+    url = f"http://{pair.server_ip}:8000/api"
     try:
-        assert [curl(pair)[0] for _ in range(3)] == ["500"] * 3  # the breaker opens on the third error
+        assert [curl(pair)[0] for _ in range(3)][-1] != "503"  # the third failure opens it
         refused = [curl(pair) for _ in range(5)]
         assert all(code == "503" for code, _ in refused), refused
         assert max(t for _, t in refused) < 0.05, refused  # at once, without the backend
+        # a Python requests client and wrk see the same
+        out = pair.run(pair.client, sys.executable, "-c", REQUESTS_CLIENT, url).stdout.split()
+        assert out[0] == "503" and float(out[1]) < 0.05, out
+        wrk = pair.run(pair.client, "wrk", "-t1", "-c2", "-d1s", url, timeout=30).stdout
+        total = int(re.search(r"(\d+) requests in", wrk).group(1))  # type: ignore[union-attr]
+        non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", wrk)
+        assert total > 50 and non2xx is not None and int(non2xx.group(1)) == total, wrk
         mode.write_text("ok")
         time.sleep(1.1)
         assert [curl(pair)[0] for _ in range(3)] == ["200"] * 3  # the probe closes it
         doc = d.stats()["resources"]["backend-api"]
-        assert doc["circuit_breakers"] == [{"id": "backend-5xx", "state": "closed"}]
-        assert doc["block_by_type"]["circuit_breaking"] == 5 and doc["error"] == 3
+        assert doc["circuit_breakers"] == [{"id": f"backend-{strategy}", "state": "closed"}]
     finally:
         d.close()
