@@ -404,3 +404,30 @@ def test_a_failed_apply_leaves_the_rules_in_force(
     assert _gen_entries(dp) == {gen: 1, 1 - gen: 0}
     h.at(0)
     assert h.request("GET", "/api/x"), "the old limit (2) still applies"
+
+
+def test_outbound_requests_stay_out_of_the_inbound_node(dp: InboundDataplane) -> None:
+    """An outbound HTTP request (TC egress) and its response (TC ingress) count for its resource only:
+    system rules guard inbound traffic."""
+    h = Harness(
+        dp,
+        rules("""
+resources:
+  - {name: backend, match: {direction: outbound, protocol: http, host: 10.9.9.9/32, port: 8000, path: /api}}
+systemRules:
+  - {metricType: 2, triggerCount: 1}
+"""),
+    )
+    h.at(0)
+    local, remote = "10.9.9.1", "10.9.9.9"
+    request = tcp_frame(local, remote, 45000, 8000, flags=PSH | ACK, payload=http_request("GET", "/api/x"))
+    for _ in range(2):  # a system Concurrency rule of 1 would block the second if it were inbound
+        res = h.egress.test_run(request)
+        assert res.retval == TC_ACT_OK and res.data_out == request
+    h.at(30)
+    reply = tcp_frame(remote, local, 8000, 45000, flags=PSH | ACK, payload=http_response(502))
+    assert h.ingress.test_run(reply).retval == TC_ACT_OK
+    st = dp.resource_stats()[0]
+    assert (st.passed, st.complete, st.error, st.concurrency, st.rt_sum_ms) == (2, 1, 1, 0, 30.0)
+    inbound = dp.inbound_stats()
+    assert (inbound.total_pass, inbound.total_complete, inbound.concurrency) == (0, 0, 0)

@@ -134,6 +134,14 @@ struct {
 	__type(value, struct ingress_scratch);
 } ingress_scratch SEC(".maps");
 
+/* Egress has its own, so nothing depends on ingress and egress never nesting on one CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ingress_scratch);
+} egress_scratch SEC(".maps");
+
 struct peek {
 	__u8 buf[SE_REQ_PEEK];
 };
@@ -423,7 +431,8 @@ static __always_inline __u32 judge(__u32 res, __u8 gen, const struct flow_key *k
 {
 	struct inflight entry = {};
 	struct res_stats *st = bpf_map_lookup_elem(&res_stats, &res);
-	struct res_stats *in = inbound_node();
+	/* outbound requests are not inbound traffic: no system rules, no inbound node statistics */
+	struct res_stats *in = key->kind == FLOW_KIND_OUT_REQUEST ? NULL : inbound_node();
 	__u64 now = now_ns();
 	__u64 now_ms = now / 1000000;
 	__u32 verdict;
@@ -481,7 +490,7 @@ static __always_inline void complete(const struct flow_key *key, bool error)
 	if (!f)
 		return;
 	st = bpf_map_lookup_elem(&res_stats, &f->resource);
-	in = inbound_node();
+	in = key->kind == FLOW_KIND_OUT_REQUEST ? NULL : inbound_node();
 	now = now_ns();
 	rt_ms = now > f->start_ns ? (now - f->start_ns) / 1000000 : 0;
 	if (st) {
@@ -574,7 +583,7 @@ static __always_inline void out_response(struct __sk_buff *skb, const struct pkt
  * is cloned into the device's ingress so the local caller receives it, and the RST goes on to the server.
  */
 static __always_inline int reject(struct __sk_buff *skb, const struct pkt *p, __u8 mode, bool syn, __u8 gen,
-				  bool outbound)
+				  bool outbound, struct ingress_scratch *scr)
 {
 	__u32 clone_flags = outbound ? BPF_F_INGRESS : 0;
 
@@ -589,11 +598,10 @@ static __always_inline int reject(struct __sk_buff *skb, const struct pkt *p, __
 	}
 	if (mode == REJECT_HTTP_REPLY && p->payload_len <= SE_REPLY_REQUEST_MAX &&
 	    find_timestamps(skb, p->l4_off, p->doff) >= 0) {
-		__u32 idx = (outbound ? HTTP_REPLY_OUTBOUND : 0) + gen, zero = 0;
+		__u32 idx = (outbound ? HTTP_REPLY_OUTBOUND : 0) + gen;
 		struct http_reply *reply = bpf_map_lookup_elem(&http_reply, &idx);
-		struct ingress_scratch *scr = bpf_map_lookup_elem(&ingress_scratch, &zero);
 
-		if (!reply || !reply->len || !scr)
+		if (!reply || !reply->len)
 			goto rst;
 		/* The response goes out toward the client; the same skb then becomes the RST the server
 		 * sees in place of the request (seq = the request's seq exactly, or both sides desync). */
@@ -742,7 +750,7 @@ int tc_ingress(struct __sk_buff *skb)
 	}
 	if (!res || judge(res, gen, &fk, !syn, skb, p) == BLOCK_NONE)
 		return TC_ACT_OK;
-	return reject(skb, p, syn ? pc->reject_tcp : pc->reject_http, syn, gen, false);
+	return reject(skb, p, syn ? pc->reject_tcp : pc->reject_http, syn, gen, false, scr);
 }
 
 
@@ -892,15 +900,13 @@ int out_sockops(struct bpf_sock_ops *skops)
 }
 
 /* Egress toward a server of outbound HTTP resources: judge the local caller's request. */
-static __always_inline int out_request(struct __sk_buff *skb, const struct pkt *p, __u8 gen)
+static __always_inline int out_request(struct __sk_buff *skb, const struct pkt *p, __u8 gen,
+				       struct ingress_scratch *scr)
 {
 	struct out_route_key key = { .gen = gen, .family = p->family, .port = p->dport };
 	struct out_route *route;
-	struct res_stats *st;
-	struct res_conf *rc;
 	struct flow_key fk;
-	__u32 res, idx, verdict;
-	__u64 now;
+	__u32 res;
 
 	__builtin_memcpy(key.addr, p->daddr, SE_ADDR_LEN);
 	key.prefixlen = 32 + (p->family == 4 ? 32 : 128);
@@ -910,68 +916,48 @@ static __always_inline int out_request(struct __sk_buff *skb, const struct pkt *
 	res = http_route(skb, p, 0, gen | ROUTE_OUTBOUND, (__u16)route->http_service);
 	if (!res)
 		return TC_ACT_OK;
-	idx = gen * SE_MAX_RESOURCES + res;
-	st = bpf_map_lookup_elem(&res_stats, &res);
-	rc = bpf_map_lookup_elem(&res_conf, &idx);
-	if (!st || !rc)
-		return TC_ACT_OK;
-	now = now_ns();
-	verdict = check_flow_isolation(res, idx, rc, st, now);
-	if (verdict == BLOCK_NONE && rc->nbreakers && breakers_check(idx, res, now / 1000000))
-		verdict = BLOCK_CIRCUIT_BREAKING;
-	if (verdict != BLOCK_NONE) {
-		stat_block(st, now / 1000000, verdict);
-		return reject(skb, p, REJECT_HTTP_REPLY, false, gen, true);
-	}
-	stat_pass(st, now / 1000000);
 	make_key(&fk, p, true, FLOW_KIND_OUT_REQUEST);
-	struct inflight entry = { .start_ns = now, .resource = res, .is_http = 1 };
-	struct inflight *old = bpf_map_lookup_elem(&inflight, &fk);
-	if (old) {
-		struct res_stats *ost = bpf_map_lookup_elem(&res_stats, &old->resource);
-
-		if (ost)
-			__sync_fetch_and_add(&ost->concurrency, -1);
-	}
-	if (bpf_map_update_elem(&inflight, &fk, &entry, BPF_ANY) == 0)
-		__sync_fetch_and_add(&st->concurrency, 1);
-	else
-		percpu_inc(&dp_counters, DP_INFLIGHT_FULL);
-	return TC_ACT_OK;
+	if (judge(res, gen, &fk, 1, skb, p) == BLOCK_NONE)
+		return TC_ACT_OK;
+	return reject(skb, p, REJECT_HTTP_REPLY, false, gen, true, scr);
 }
 
 SEC("tc")
 int tc_egress(struct __sk_buff *skb)
 {
-	struct pkt p;
-	struct flow_key fk;
 	__u32 zero = 0;
+	struct ingress_scratch *scr = bpf_map_lookup_elem(&egress_scratch, &zero);
+	struct flow_key fk;
+	struct pkt *p;
 
-	if (parse_tcp(skb, &p) != PARSE_OK)
+	if (!scr)
+		return TC_ACT_OK;
+	p = &scr->p;
+	if (parse_tcp(skb, p) != PARSE_OK)
 		return TC_ACT_OK;
 	__u8 gen = current_gen();
-	if (p.payload_len && !(p.flags & (TCP_RST | TCP_FIN | TCP_SYN)) && outbound_http_port(bpf_ntohs(p.dport), gen))
-		return out_request(skb, &p, gen);
-	__u16 port = bpf_ntohs(p.sport);
+	if (p->payload_len && !(p->flags & (TCP_RST | TCP_FIN | TCP_SYN)) && outbound_http_port(bpf_ntohs(p->dport), gen))
+		return out_request(skb, p, gen, scr);
+	__u16 port = bpf_ntohs(p->sport);
 	struct port_conf *pc = port_lookup(port, gen);
 	if (!pc)
 		return TC_ACT_OK;
 
-	if (p.flags & (TCP_RST | TCP_FIN)) {
-		make_key(&fk, &p, false, FLOW_KIND_REQUEST);
+	if (p->flags & (TCP_RST | TCP_FIN)) {
+		make_key(&fk, p, false, FLOW_KIND_REQUEST);
 		complete(&fk, true); /* the server closed without answering */
-		make_key(&fk, &p, false, FLOW_KIND_CONNECTION);
+		make_key(&fk, p, false, FLOW_KIND_CONNECTION);
 		complete(&fk, false);
 		return TC_ACT_OK;
 	}
-	if (!p.payload_len || !pc->has_http)
+	if (!p->payload_len || !pc->has_http)
 		return TC_ACT_OK;
 
 	struct peek *pk = bpf_map_lookup_elem(&peek_scratch, &zero);
-	if (!pk || peek_payload(skb, &p, pk) < 12 || !bytes_eq(pk->buf, "HTTP/1.", 7))
+	if (!pk || peek_payload(skb, p, pk) < 12 || !bytes_eq(pk->buf, "HTTP/1.", 7))
 		return TC_ACT_OK;
 	__u8 hundreds = pk->buf[9];
-	make_key(&fk, &p, false, FLOW_KIND_REQUEST);
+	make_key(&fk, p, false, FLOW_KIND_REQUEST);
 	complete(&fk, hundreds == '5');
 	return TC_ACT_OK;
 }
