@@ -20,10 +20,12 @@ from typing import Any
 from sentinel_ebpf.daemon.collector import SecondCollector, second_counts
 from sentinel_ebpf.daemon.control import DEFAULT_SOCKET, ControlServer
 from sentinel_ebpf.daemon.demo import DEFAULT_RULES, DemoServer
+from sentinel_ebpf.daemon.reload import ReloadResult, reload_rules
 from sentinel_ebpf.daemon.sampling import CpuSampler, load1, process_memory_bytes
 from sentinel_ebpf.daemon.state import DEFAULT_STATE_DIR, Attachment, State, alive, remove_state
-from sentinel_ebpf.errors import SentinelError
-from sentinel_ebpf.inbound import CompileError, InboundDataplane
+from sentinel_ebpf.daemon.watch import FileWatcher
+from sentinel_ebpf.errors import BpfKeyError, SentinelError
+from sentinel_ebpf.inbound import InboundDataplane
 from sentinel_ebpf.outputs.metric_log import MetricItem, MetricLogWriter, classification_of
 from sentinel_ebpf.outputs.prometheus import (
     MetricsServer,
@@ -32,11 +34,13 @@ from sentinel_ebpf.outputs.prometheus import (
     start_http_server,
 )
 from sentinel_ebpf.outputs.stats_json import stats_document
-from sentinel_ebpf.rules import RulesError, RuleSet, load_file
+from sentinel_ebpf.rules import RuleSet, load_file
+from sentinel_ebpf.rules.dump import to_project
 from sentinel_ebpf.stats import StateChange
 
 log = logging.getLogger("sentinel_ebpf.daemon")
 TICK_S = 0.1
+RELOAD_WAIT_S = 15.0  # a `reload` request waits this long for the daemon's loop to do it
 
 
 @dataclass
@@ -86,8 +90,11 @@ class Daemon:
         self.cpu = CpuSampler()
         self.cpu_ratio: float | None = None
         self._reload_requested = False
-        self._file_id: tuple[int, int, int] | None = None
+        self._reload_lock = threading.Lock()
+        self._reload_waiters: list[queue.Queue[ReloadResult]] = []
+        self.watcher = FileWatcher(self.rules_path)
         self.loaded_at = 0.0
+        self.rules: RuleSet | None = None  # the rule set in force
         self.protocols: dict[str, str] = {}
         self.listeners: list[Callable[[StateChange], None]] = []
         # hook commands run one at a time, in transition order, off the daemon's loop
@@ -96,15 +103,14 @@ class Daemon:
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> None:
+        self.watcher.mark()
         rules = load_rules(self.rules_path)  # invalid at start: the caller reports and exits 1
-        self._file_id = self._stat()
         self.dp = InboundDataplane()
         compiled = self.dp.compile(rules)
-        self.protocols = {r.name: r.match.protocol for r in rules.resources}
         for note in compiled.notes:
             log.warning("%s", note)
         self.dp.apply(compiled)
-        self.loaded_at = time.time()
+        self._in_force(rules)
         if self.config.rules is None:
             self.demo = DemoServer()
             log.info(
@@ -152,12 +158,13 @@ class Daemon:
                 self.dp.tick()
                 self._note_state_changes()
                 now = time.monotonic()
+                if self._reload_requested:  # SIGHUP or the control socket: within a tick
+                    self.reload()
                 if now - last_slow >= 1.0:
                     last_slow = now
                     self.cpu_ratio = self.cpu.sample()
                     self.dp.set_system_metrics(load1(), self.cpu_ratio)
-                    if self._reload_requested or self._stat() != self._file_id:
-                        self._reload_requested = False
+                    if self.watcher.changed():
                         self.reload()
                     self._write_metric_log(seconds)
                 time.sleep(TICK_S)
@@ -194,37 +201,39 @@ class Daemon:
             log.info("judging outbound connect() at the cgroup2 root")
 
     # -- reload ---------------------------------------------------------------------------------------
-    def _stat(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.rules_path)
-        except OSError:
-            return None
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
-
-    def reload(self) -> dict[str, Any]:
-        """Apply the rules file if it is valid; otherwise keep the rules in force and log every problem."""
+    def reload(self) -> ReloadResult:
+        """Apply the rules file if it is valid; otherwise keep the rules in force and log every problem.
+        Runs on the daemon's loop (the only thread that changes the data plane)."""
         assert self.dp is not None
-        self._file_id = self._stat()
+        with self._reload_lock:  # requests arriving from here on get the next reload
+            self._reload_requested = False
+            waiters, self._reload_waiters = self._reload_waiters, []
+        self.watcher.mark()
+        result = reload_rules(
+            self.rules_path, self.dp, load=load_rules, prepare=self._attach_outbound_if_needed
+        )
+        if result.rules is not None:
+            self._in_force(result.rules, changed=result.changed)
+        for waiter in waiters:
+            waiter.put(result)
+        return result
+
+    def request_reload(self, timeout_s: float = RELOAD_WAIT_S) -> ReloadResult:
+        """Ask the daemon's loop to reload and wait for the outcome (from another thread)."""
+        waiter: queue.Queue[ReloadResult] = queue.Queue(maxsize=1)
+        with self._reload_lock:
+            self._reload_waiters.append(waiter)
+            self._reload_requested = True
         try:
-            rules = load_rules(self.rules_path)
-            compiled = self.dp.compile(rules)
-        except (RulesError, CompileError) as exc:
-            problems = [str(p) for p in exc.problems]
-            log.error("%s is invalid; the rules in force stay:\n  %s", self.rules_path, "\n  ".join(problems))
-            return {"applied": False, "problems": problems}
-        for note in compiled.notes:
-            log.warning("%s", note)
-        try:
-            self._attach_outbound_if_needed(rules)
-        except SentinelError as exc:
-            log.error("%s: %s; the rules in force stay", self.rules_path, exc)
-            return {"applied": False, "problems": [str(exc)]}
-        changed = self.dp.apply(compiled)
+            return waiter.get(timeout=timeout_s)
+        except queue.Empty:
+            raise SentinelError(f"the reload did not finish within {timeout_s:g} s") from None
+
+    def _in_force(self, rules: RuleSet, changed: bool = True) -> None:
+        self.rules = rules
         self.protocols = {r.name: r.match.protocol for r in rules.resources}
         if changed:
             self.loaded_at = time.time()
-        log.info("%s: %s", self.rules_path, "applied" if changed else "unchanged")
-        return {"applied": changed, "problems": []}
 
     # -- outputs --------------------------------------------------------------------------------------
     def _crashed_state(self) -> set[str]:
@@ -289,7 +298,10 @@ class Daemon:
                 st = self.dp.raw_stats(r.id)
                 counts = second_counts(st, s, max(0, int(st.concurrency)), seconds.epoch(s))
                 items.append(MetricItem(r.name, counts, classification_of(protocols.get(r.name, "tcp"))))
-            self.metric_log.write(seconds.epoch(s), items)
+            try:
+                self.metric_log.write(seconds.epoch(s), items)
+            except OSError as exc:  # a full disk must not stop enforcement
+                log.error("metric log in %s: %s", self.config.log_dir, exc)
 
     def metrics_snapshot(self) -> MetricsSnapshot:
         resources = self.dp.resource_stats() if self.dp else []
@@ -303,11 +315,27 @@ class Daemon:
         if cmd == "stats":
             doc = stats_document(self.dp.resource_stats())
             doc["dataplane"] = self.dp.counters()
+            doc["ports"] = self._port_counters()
             doc["loaded_at"] = self.loaded_at
             return doc
         if cmd == "rules":
-            return {"file": self.rules_path, "resources": [r.name for r in self.dp.compiled.resources]}
+            return {
+                "file": self.rules_path,
+                "loaded_at": self.loaded_at,
+                "resources": [r.name for r in self.dp.compiled.resources],
+                "document": to_project(self.rules) if self.rules is not None else None,
+            }
         if cmd == "reload":
-            self._reload_requested = True
-            return {"requested": True}
+            return self.request_reload().as_dict()
         raise SentinelError(f"unknown command {cmd!r} (stats, rules, reload)")
+
+    def _port_counters(self) -> dict[str, dict[str, int]]:
+        """Traffic on each protected port that passed unclassified (TLS, HTTP/2, split request lines)."""
+        assert self.dp is not None
+        out = {}
+        for p in self.dp.compiled.ports:
+            try:
+                out[str(p.port)] = self.dp.port_counters(p.port)
+            except BpfKeyError:
+                continue  # nothing counted on that port yet
+        return out
