@@ -3,12 +3,15 @@ agreeing with what clients saw, reloads, and nothing left after SIGTERM, or afte
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
 from collections.abc import Iterator
 
 import pytest
+
+from sentinel_ebpf.daemon import request
 
 from .background import sentinel_cli
 from .daemon_helpers import Daemon, load
@@ -54,16 +57,24 @@ def test_qps_rule_stats_metric_log_and_prometheus_agree(daemon: Daemon) -> None:
     assert (
         scraped[("limited", "pass")] == limited["served"] and scraped[("limited", "block")] == limited["429"]
     )
-    # the metric log: one line per resource per completed second; wait for the last second to be written
-    time.sleep(2.5)
-    lines = [ln for f in sorted((daemon.dir / "log").glob("*metrics.log*")) if not f.name.endswith(".idx")
-             for ln in f.read_text().splitlines()]  # fmt: skip
+    # the metric log: one line per resource per completed second; the last second is written within ~2 s
+    expected = {
+        "limited": [doc["limited"]["pass"], doc["limited"]["block"]],
+        "free": [doc["free"]["pass"], 0],
+    }
+    deadline = time.monotonic() + 5
+    while (sums := _metric_log_sums(daemon)) != expected and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert sums == expected
+
+
+def _metric_log_sums(daemon: Daemon) -> dict[str, list[int]]:
     sums = {"limited": [0, 0], "free": [0, 0]}
-    for ln in lines:
-        parts = ln.split("|")
-        sums[parts[2]][0] += int(parts[3])
-        sums[parts[2]][1] += int(parts[4])
-    assert sums["limited"] == [limited["served"], limited["429"]] and sums["free"] == [free["served"], 0]
+    for resource, seconds in daemon.metric_log().items():
+        for passed, blocked in seconds:
+            sums[resource][0] += passed
+            sums[resource][1] += blocked
+    return sums
 
 
 def test_top_shows_rates(daemon: Daemon) -> None:
@@ -86,11 +97,34 @@ def test_reload_changes_the_limit_and_an_invalid_file_keeps_it(daemon: Daemon) -
     mark = len(daemon.proc.stderr)
     daemon.rules.write_text(RULES.replace("THRESHOLD", "-1"))
     daemon.wait_log("the rules in force stay", after=mark)
-    daemon.proc.signal(signal.SIGHUP)
+    mark = len(daemon.proc.stderr)
+    daemon.proc.signal(signal.SIGHUP)  # re-reads the file: still invalid, still kept
+    daemon.wait_log("the rules in force stay", after=mark)
     time.sleep(1.1)
     kept = load(pair, "/limited", 1.0)
     assert kept["served"] > 20, kept  # still 40/s, not rejected-everything or crashed
     assert daemon.proc.proc.poll() is None
+    assert _threshold_in_force(daemon) == 40
+
+
+def test_sighup_reloads_a_change_the_file_watch_cannot_see(daemon: Daemon) -> None:
+    st = daemon.rules.stat()
+    daemon.rules.write_text(RULES.replace("THRESHOLD", "9"))  # same size, mtime put back below
+    os.utime(daemon.rules, ns=(st.st_atime_ns, st.st_mtime_ns))
+    mark = len(daemon.proc.stderr)
+    daemon.proc.signal(signal.SIGHUP)
+    daemon.wait_log(": applied", after=mark)
+    assert _threshold_in_force(daemon) == 9
+    # and over the control socket, which answers with the outcome
+    daemon.rules.write_text(RULES.replace("THRESHOLD", "7"))
+    os.utime(daemon.rules, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert request(daemon.socket, "reload") == {"ok": True, "applied": True, "accepted": True, "problems": []}
+    assert _threshold_in_force(daemon) == 7
+
+
+def _threshold_in_force(daemon: Daemon) -> int:
+    doc = request(daemon.socket, "rules")["document"]
+    return int(doc["flowRules"][0]["threshold"])
 
 
 def _tc_left(pair: NetnsPair) -> str:

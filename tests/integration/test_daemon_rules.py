@@ -134,3 +134,55 @@ flowRules:
         assert len([ln for ln in d.proc.stderr if ": applied" in ln]) >= 3
     finally:
         d.close()
+
+
+def test_tcp_rule_refuses_excess_connections_with_a_reset(fresh_netns_pair: NetnsPair) -> None:
+    pair = fresh_netns_pair
+    pair.start_http_server(8000)
+    d = Daemon(
+        pair,
+        """
+resources:
+  - {name: conns, match: {protocol: tcp, port: 8000}}
+flowRules:
+  - {resource: conns, threshold: 2, statIntervalInMs: 10000}
+""",
+    )
+    try:
+        url = f"http://{pair.server_ip}:8000/"
+        exits = [pair.run(pair.client, "curl", "-s", "-o", "/dev/null", "--max-time", "5", url).returncode
+                 for _ in range(5)]  # fmt: skip
+        # 7: connection refused (the SYN answered with RST); 56: reset after connecting
+        assert exits[:2] == [0, 0] and all(e in (7, 56) for e in exits[2:]), exits
+        doc = d.stats()["resources"]["conns"]
+        assert (doc["pass"], doc["block"], doc["block_by_type"]["flow"]) == (2, 3, 3), doc
+    finally:
+        d.close()
+
+
+def test_unclassified_traffic_passes_and_is_counted_per_port(fresh_netns_pair: NetnsPair) -> None:
+    pair = fresh_netns_pair
+    pair.start_http_server(8000)
+    d = Daemon(
+        pair,
+        """
+resources:
+  - {name: api, match: {protocol: http, port: 8000, path: /}}
+flowRules:
+  - {resource: api, threshold: 0}
+""",
+    )
+    try:
+        url = f"{pair.server_ip}:8000/"
+        h2 = pair.run(
+            pair.client, "curl", "-s", "--http2-prior-knowledge", "--max-time", "5", f"http://{url}"
+        )
+        tls = pair.run(pair.client, "curl", "-sk", "--max-time", "5", f"https://{url}")
+        # both reached the server (which cannot speak them): neither was blocked nor reset by a rule
+        assert h2.returncode not in (7, 28) and tls.returncode not in (7, 28), (h2, tls)
+        assert curl_code(pair, "/") == "429"  # HTTP/1.1 is judged: threshold 0 blocks it
+        doc = d.stats()
+        assert doc["ports"]["8000"]["http2"] >= 1 and doc["ports"]["8000"]["tls"] >= 1, doc["ports"]
+        assert (doc["resources"]["api"]["pass"], doc["resources"]["api"]["block"]) == (0, 1)
+    finally:
+        d.close()
