@@ -1,9 +1,9 @@
 """`sentinel-ebpf run` end to end in network namespaces: enforcement, stats, metric log and Prometheus
-agreeing with what clients saw, reloads, and nothing left after SIGTERM, or after kill -9 and `down`."""
+agreeing with what clients saw, and nothing left after SIGTERM, or after kill -9 and `down` (reloads are in
+test_daemon_reload.py)."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time
@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from sentinel_ebpf.daemon import request
+from sentinel_ebpf.inbound.dataplane import TC_PRIORITY
 
 from .background import sentinel_cli
 from .daemon_helpers import Daemon, load
@@ -85,48 +85,6 @@ def test_top_shows_rates(daemon: Daemon) -> None:
     assert "limited" in res.stdout and "free" in res.stdout and "per second" in res.stdout
 
 
-def test_reload_changes_the_limit_and_an_invalid_file_keeps_it(daemon: Daemon) -> None:
-    pair = daemon.pair
-    before = load(pair, "/limited", 1.2)
-    mark = len(daemon.proc.stderr)
-    daemon.rules.write_text(RULES.replace("THRESHOLD", "40"))
-    daemon.wait_log("applied", after=mark)
-    time.sleep(1.1)  # a fresh window
-    after = load(pair, "/limited", 1.0)
-    assert after["served"] > before["served"] + 10, (before, after)
-    mark = len(daemon.proc.stderr)
-    daemon.rules.write_text(RULES.replace("THRESHOLD", "-1"))
-    daemon.wait_log("the rules in force stay", after=mark)
-    mark = len(daemon.proc.stderr)
-    daemon.proc.signal(signal.SIGHUP)  # re-reads the file: still invalid, still kept
-    daemon.wait_log("the rules in force stay", after=mark)
-    time.sleep(1.1)
-    kept = load(pair, "/limited", 1.0)
-    assert kept["served"] > 20, kept  # still 40/s, not rejected-everything or crashed
-    assert daemon.proc.proc.poll() is None
-    assert _threshold_in_force(daemon) == 40
-
-
-def test_sighup_reloads_a_change_the_file_watch_cannot_see(daemon: Daemon) -> None:
-    st = daemon.rules.stat()
-    daemon.rules.write_text(RULES.replace("THRESHOLD", "9"))  # same size, mtime put back below
-    os.utime(daemon.rules, ns=(st.st_atime_ns, st.st_mtime_ns))
-    mark = len(daemon.proc.stderr)
-    daemon.proc.signal(signal.SIGHUP)
-    daemon.wait_log(": applied", after=mark)
-    assert _threshold_in_force(daemon) == 9
-    # and over the control socket, which answers with the outcome
-    daemon.rules.write_text(RULES.replace("THRESHOLD", "7"))
-    os.utime(daemon.rules, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert request(daemon.socket, "reload") == {"ok": True, "applied": True, "accepted": True, "problems": []}
-    assert _threshold_in_force(daemon) == 7
-
-
-def _threshold_in_force(daemon: Daemon) -> int:
-    doc = request(daemon.socket, "rules")["document"]
-    return int(doc["flowRules"][0]["threshold"])
-
-
 def _tc_left(pair: NetnsPair) -> str:
     out = pair.run(pair.server, "tc", "qdisc", "show", "dev", pair.server_if).stdout
     for direction in ("ingress", "egress"):
@@ -174,3 +132,30 @@ def test_restart_after_kill_9_takes_over_and_leaves_nothing(served: NetnsPair) -
         second.close()
     left = _tc_left(served)
     assert "clsact" not in left and "bpf" not in left, left
+
+
+def test_a_clsact_qdisc_that_was_there_stays_with_its_other_filters(served: NetnsPair) -> None:
+    pair = served
+    dev = pair.server_if
+    pair.run(pair.server, "tc", "qdisc", "add", "dev", dev, "clsact", check=True)
+    foreign = ("tc", "filter", "add", "dev", dev, "ingress", "prio", "7", "handle", "1", "bpf", "bytecode",
+               "1,6 0 0 4294967295,", "classid", "1:1")  # fmt: skip
+    pair.run(pair.server, *foreign, check=True)
+    ours = f"pref {TC_PRIORITY} "
+    for crash in (False, True):
+        d = Daemon(pair, RULES.replace("THRESHOLD", "5"))
+        try:
+            assert ours in _tc_left(pair)
+            if crash:
+                d.proc.signal(signal.SIGKILL)
+                d.proc.wait_exit(20)
+                res = pair.run(pair.server, *sentinel_cli(), "down", "--state-dir", str(d.dir / "state"))
+                assert res.returncode == 0 and "removed tc filter" in res.stdout, res
+                assert "clsact" not in res.stdout, res.stdout  # not ours to remove
+            else:
+                d.proc.signal(signal.SIGTERM)
+                assert d.proc.wait_exit(20) == 0
+        finally:
+            d.close()
+        left = _tc_left(pair)
+        assert "clsact" in left and "pref 7 bpf" in left and ours not in left, left
