@@ -55,6 +55,10 @@ class ControlServer:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists() or self.path.is_symlink():
+            if _answers(str(self.path)):
+                raise ControlError(
+                    f"another daemon listens at {self.path}: stop it or use another --control-socket"
+                )
             self.path.unlink()  # a socket left by a crashed daemon
         old = os.umask(0o177)  # the socket is born 0600: no window where others may connect
         try:
@@ -70,6 +74,15 @@ class ControlServer:
         self._server.server_close()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+
+
+def _answers(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect(path)
+        except OSError:
+            return False
+    return True
 
 
 def request(path: str, cmd: str, timeout_s: float = 10.0, **args: Any) -> dict[str, Any]:

@@ -93,6 +93,7 @@ class Daemon:
         self._reload_lock = threading.Lock()
         self._reload_waiters: list[queue.Queue[ReloadResult]] = []
         self.watcher = FileWatcher(self.rules_path)
+        self._state_written = False  # only then is the state file ours to remove
         self.loaded_at = 0.0
         self.rules: RuleSet | None = None  # the rule set in force
         self.protocols: dict[str, str] = {}
@@ -111,6 +112,8 @@ class Daemon:
             log.warning("%s", note)
         self.dp.apply(compiled)
         self._in_force(rules)
+        # before attaching: a daemon already listening there must not lose its filters to this one
+        self.control = ControlServer(self.config.control_socket, self.handle)
         if self.config.rules is None:
             self.demo = DemoServer()
             log.info(
@@ -134,7 +137,6 @@ class Daemon:
             collector = SentinelCollector(self.metrics_snapshot)
             self.metrics = start_http_server(collector, int(port), host or "127.0.0.1")
             log.info("Prometheus metrics at %s", self.metrics.url)
-        self.control = ControlServer(self.config.control_socket, self.handle)
         log.info("enforcing %s (%d resources); control socket %s", self.rules_path,
                  len(compiled.resources), self.config.control_socket)  # fmt: skip
 
@@ -190,7 +192,9 @@ class Daemon:
         if self.dp is not None:
             self.dp.close()  # detaches TC filters, removes qdiscs we created, closes cgroup links
             self.dp = None
-        remove_state(self.config.state_dir)
+        if self._state_written:  # a daemon that failed to start leaves another's (or a crash's) record
+            remove_state(self.config.state_dir)
+            self._state_written = False
 
     def _attach_outbound_if_needed(self, rules: RuleSet) -> None:
         assert self.dp is not None
@@ -250,6 +254,7 @@ class Daemon:
         assert self.dp is not None
         state = State(os.getpid(), [Attachment(n, i, c) for n, i, c in self.dp.attached()])
         state.write(self.config.state_dir)
+        self._state_written = True
 
     def add_state_listener(self, listener: Callable[[StateChange], None]) -> None:
         """Call ``listener`` (on the daemon's thread) for every circuit breaker transition."""

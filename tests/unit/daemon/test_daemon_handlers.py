@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -13,8 +14,10 @@ from daemon_fakes import FakeDataplane, rules
 from sentinel_ebpf._types import ResStats
 from sentinel_ebpf.daemon import Daemon, DaemonConfig
 from sentinel_ebpf.daemon.collector import SecondCollector
+from sentinel_ebpf.daemon.state import Attachment, State
 from sentinel_ebpf.errors import BpfKeyError, SentinelError
 from sentinel_ebpf.outputs.metric_log import MetricLogWriter, parse_line
+from sentinel_ebpf.rules import RulesError
 from sentinel_ebpf.stats import ResourceStats
 
 TCP_AND_HTTP = """
@@ -145,3 +148,16 @@ def test_metric_log_has_one_line_per_active_resource_per_completed_second(tmp_pa
     assert c.second_ms == seconds.epoch(5_000) and c.second_ms % 1000 == 0
     assert parsed["conns"].counts.pass_qps == 1
     assert parsed["GET:/api_v1"].classification == 1 and parsed["conns"].classification == 0
+
+
+def test_a_daemon_that_fails_to_start_leaves_the_state_file_alone(tmp_path: Path) -> None:
+    """The record belongs to a running daemon or to a crashed one that `down` must still clean up."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(rules("-1"))
+    State(os.getppid(), [Attachment("lo", 1, True)]).write(str(tmp_path / "state"))
+    d = Daemon(
+        DaemonConfig(rules=str(bad), state_dir=str(tmp_path / "state"), metrics_addr=None, log_dir=None)
+    )
+    with pytest.raises(RulesError):
+        d.run()
+    assert State.read(str(tmp_path / "state")) == State(os.getppid(), [Attachment("lo", 1, True)])

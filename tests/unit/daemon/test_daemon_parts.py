@@ -86,3 +86,20 @@ def test_state_file_round_trip(tmp_path: Path) -> None:
     with pytest.raises(SentinelError, match="unreadable state file"):
         State.read(str(tmp_path))
     assert State.read(str(tmp_path / "nowhere")) is None
+
+
+def test_a_live_control_socket_is_not_taken_over(server: ControlServer) -> None:
+    with pytest.raises(ControlError, match="another daemon listens at"):
+        ControlServer(str(server.path), lambda req: {})
+    assert request(str(server.path), "stats")["ok"]  # the first one still answers
+
+
+def test_a_stale_control_socket_is_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "c.sock"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(path))  # bound, never listening: what a killed daemon leaves
+    srv = ControlServer(str(path), lambda req: {"resources": {}})
+    try:
+        assert request(str(path), "stats") == {"ok": True, "resources": {}}
+    finally:
+        srv.close()
