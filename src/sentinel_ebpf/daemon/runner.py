@@ -40,7 +40,7 @@ from sentinel_ebpf.stats import StateChange
 
 log = logging.getLogger("sentinel_ebpf.daemon")
 TICK_S = 0.1
-RELOAD_WAIT_S = 15.0  # a `reload` request waits this long for the daemon's loop to do it
+RELOAD_WAIT_S = 8.0  # a `reload` request waits this long for the loop (clients wait 10 s by default)
 
 
 @dataclass
