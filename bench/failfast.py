@@ -55,7 +55,7 @@ def inbound(n: int) -> tuple[list[float], list[float]]:
 resources:
   - {name: api, match: {protocol: http, port: 8000, path: /api}}
 circuitBreakerRules:
-  - {resource: api, strategy: 0, maxAllowedRtMs: 100, threshold: 0.5, minRequestAmount: 3, statIntervalMs: 10000,
+  - {resource: api, strategy: 0, maxAllowedRtMs: 100, threshold: 0.5, minRequestAmount: 3, statIntervalMs: 10000, statSlidingWindowBucketCount: 10,
      retryTimeoutMs: 60000}
 """,
         )
@@ -92,7 +92,7 @@ def outbound(n: int) -> tuple[list[float], list[float]]:
 resources:
   - {{name: db, match: {{direction: outbound, protocol: tcp, host: {ghost}/32, port: 5432, cgroup: /{cg.name}}}}}
 circuitBreakerRules:
-  - {{resource: db, strategy: 2, threshold: 1, minRequestAmount: 1, statIntervalMs: 10000, retryTimeoutMs: 60000}}
+  - {{resource: db, strategy: 2, threshold: 1, minRequestAmount: 1, statIntervalMs: 10000, statSlidingWindowBucketCount: 10, retryTimeoutMs: 60000}}
 """)
                     )
                 )

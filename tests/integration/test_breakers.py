@@ -43,7 +43,7 @@ def test_breaker_cycle(fresh_netns_pair: NetnsPair, strategy: str) -> None:
 resources:
   - {{name: api, match: {{protocol: http, port: 8000, path: /api}}}}
 circuitBreakerRules:
-  - {{id: api-{strategy}, resource: api, {STRATEGIES[strategy]}, statIntervalMs: 10000, retryTimeoutMs: 1000,
+  - {{id: api-{strategy}, resource: api, {STRATEGIES[strategy]}, statIntervalMs: 10000, statSlidingWindowBucketCount: 10, retryTimeoutMs: 1000,
      probeNum: 1}}
 """,
         "--on-breaker-change",

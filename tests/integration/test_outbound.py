@@ -120,7 +120,7 @@ def test_breaker_opens_on_refused_connects_and_closes_when_the_backend_recovers(
 ) -> None:
     pair = fresh_netns_pair
     breaker = f"""circuitBreakerRules:
-  - {{id: backend-down, resource: backend, {strategy}, retryTimeoutMs: 800, statIntervalMs: 10000, probeNum: 1}}
+  - {{id: backend-down, resource: backend, {strategy}, retryTimeoutMs: 800, statIntervalMs: 10000, statSlidingWindowBucketCount: 10, probeNum: 1}}
 """
     guard.apply(guard.compile(load_text(rules(pair, cgroup, breaker))))
     guard.state_changes()

@@ -81,7 +81,7 @@ resources:
   - {{name: backend-api, match: {{direction: outbound, protocol: http, host: {pair.server_ip}/32, port: 8000,
      path: /api}}}}
 circuitBreakerRules:
-  - {{id: backend-{strategy}, resource: backend-api, {rule}, statIntervalMs: 10000, retryTimeoutMs: 1000,
+  - {{id: backend-{strategy}, resource: backend-api, {rule}, statIntervalMs: 10000, statSlidingWindowBucketCount: 10, retryTimeoutMs: 1000,
      probeNum: 1}}
 """,
         side="client",
