@@ -232,3 +232,15 @@ def _convert_enum(
     want = "a name" if not enum_ints else ("an integer" if not enum_names else "an integer or a name")
     ctx.add(f"must be {want}, got {type_name(value)}; allowed: {allowed}", key)
     return _BAD
+
+
+def check_resource_name(resource: str, ctx: RuleContext, *, regex: bool = False) -> None:
+    """The checks every rule kind with a ``resource`` shares: not empty, and no regex resources."""
+    if not resource:
+        ctx.add("empty resource", "resource")
+    if regex:
+        ctx.add(
+            "regex resource names are not supported: resources here are bound to traffic matches; "
+            "write one rule per resource",
+            "regex",
+        )

@@ -6,7 +6,14 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
-from sentinel_ebpf.rules._fields import U32_MAX, FieldSpec, KeyMode, RuleContext, read_fields
+from sentinel_ebpf.rules._fields import (
+    U32_MAX,
+    FieldSpec,
+    KeyMode,
+    RuleContext,
+    check_resource_name,
+    read_fields,
+)
 
 KIND = "flowRules"
 I64 = 2**63 - 1
@@ -118,14 +125,7 @@ def parse(
 
 def validate(rule: FlowRule, ctx: RuleContext, *, regex: bool = False) -> None:
     """sentinel-golang ``flow.IsValidRule``, every check reported instead of the first."""
-    if not rule.resource:
-        ctx.add("empty resource", "resource")
-    if regex:
-        ctx.add(
-            "regex resource names are not supported: resources here are bound to traffic matches; "
-            "write one rule per resource",
-            "regex",
-        )
+    check_resource_name(rule.resource, ctx, regex=regex)
     rel = rule.relation_strategy
     if rel is RelationStrategy.AssociatedResource and not rule.ref_resource:
         ctx.add("refResource must be non empty when relationStrategy is AssociatedResource", "refResource")

@@ -6,7 +6,14 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
-from sentinel_ebpf.rules._fields import U32_MAX, FieldSpec, KeyMode, RuleContext, read_fields
+from sentinel_ebpf.rules._fields import (
+    U32_MAX,
+    FieldSpec,
+    KeyMode,
+    RuleContext,
+    check_resource_name,
+    read_fields,
+)
 
 KIND = "isolationRules"
 
@@ -47,13 +54,6 @@ def parse(
 
 def validate(rule: IsolationRule, ctx: RuleContext, *, regex: bool = False) -> None:
     """sentinel-golang ``isolation.IsValidRule``."""
-    if not rule.resource:
-        ctx.add("empty resource", "resource")
-    if regex:
-        ctx.add(
-            "regex resource names are not supported: resources here are bound to traffic matches; "
-            "write one rule per resource",
-            "regex",
-        )
+    check_resource_name(rule.resource, ctx, regex=regex)
     if rule.threshold == 0:
         ctx.add("threshold must be > 0 (a concurrency limit of 0 would block everything)", "threshold")
