@@ -178,6 +178,63 @@ class FlowKind(IntEnum):
     FLOW_KIND_OUT_REQUEST = 2
 
 
+class HttpTraceLimits(IntEnum):
+    """``enum http_trace_limits``."""
+
+    SE_HTTP_DATA_MAX = 4096
+    SE_HTTP_MAX_IOV = 8
+    SE_HTTP_RINGBUF_BYTES = 16777216
+    SE_HTTP_CONN_MAX = 65536
+    SE_HTTP_ACTIVE_MAX = 16384
+
+
+class HttpSyscall(IntEnum):
+    """``enum http_syscall``."""
+
+    HTTP_SC_READ = 1
+    HTTP_SC_WRITE = 2
+    HTTP_SC_READV = 3
+    HTTP_SC_WRITEV = 4
+    HTTP_SC_RECVFROM = 5
+    HTTP_SC_SENDTO = 6
+    HTTP_SC_RECVMSG = 7
+    HTTP_SC_SENDMSG = 8
+    HTTP_SC_SENDFILE = 9
+    HTTP_SC_MAX = 10
+
+
+class HttpEventKind(IntEnum):
+    """``enum http_event_kind``."""
+
+    HTTP_EV_DATA = 0
+    HTTP_EV_CLOSE = 1
+
+
+class HttpDataDir(IntEnum):
+    """``enum http_data_dir``."""
+
+    HTTP_DIR_RECV = 0
+    HTTP_DIR_SEND = 1
+
+
+class HttpDataSource(IntEnum):
+    """``enum http_data_source``."""
+
+    HTTP_SRC_SYSCALL = 0
+    HTTP_SRC_TLS = 1
+
+
+class HttpTraceStat(IntEnum):
+    """``enum http_trace_stat``."""
+
+    HTTP_STAT_EVENTS = 0
+    HTTP_STAT_LOST = 1
+    HTTP_STAT_TRUNCATED = 2
+    HTTP_STAT_ACTIVE_FULL = 3
+    HTTP_STAT_SKIPPED = 4
+    HTTP_STAT_MAX = 5
+
+
 class PortKey(ctypes.Structure):
     """``struct port_key``."""
 
@@ -577,3 +634,31 @@ class ConnEvent(ctypes.Structure):
 
 
 assert ctypes.sizeof(ConnEvent) == 80
+
+
+class HttpEvent(ctypes.Structure):
+    """``struct http_event``."""
+
+    _pack_ = 1
+    _fields_ = [
+        ("ts_ns", ctypes.c_uint64),
+        ("conn_id", ctypes.c_uint64),
+        ("pid", ctypes.c_uint32),
+        ("tid", ctypes.c_uint32),
+        ("len", ctypes.c_uint32),
+        ("copied", ctypes.c_uint32),
+        ("family", ctypes.c_uint16),
+        ("sport", ctypes.c_uint16),
+        ("dport", ctypes.c_uint16),
+        ("kind", ctypes.c_uint8),
+        ("dir", ctypes.c_uint8),
+        ("source", ctypes.c_uint8),
+        ("syscall", ctypes.c_uint8),
+        ("_pad", (ctypes.c_uint8 * 6)),
+        ("saddr", (ctypes.c_uint8 * 16)),
+        ("daddr", (ctypes.c_uint8 * 16)),
+        ("comm", (ctypes.c_char * 16)),
+    ]
+
+
+assert ctypes.sizeof(HttpEvent) == 96

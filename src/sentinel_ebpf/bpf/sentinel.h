@@ -392,4 +392,75 @@ struct conn_event {
 	char comm[SE_COMM_LEN];
 };
 
+/*
+ * HTTP tracing (httptrace.bpf.c): the data that TCP sockets move through the read/write system call
+ * family, and the plain text that OpenSSL's SSL_read/SSL_write move, shipped to user space in bounded
+ * chunks; user space reassembles HTTP/1.x messages. Each ring buffer record is a struct http_event
+ * followed by `copied` bytes of data.
+ */
+enum http_trace_limits {
+	SE_HTTP_DATA_MAX = 4096,          /* bytes of data copied per call (power of two); the rest is counted */
+	SE_HTTP_MAX_IOV = 8,              /* iovec entries copied per readv/writev/recvmsg/sendmsg */
+	SE_HTTP_RINGBUF_BYTES = 16 << 20,
+	SE_HTTP_CONN_MAX = 65536,         /* sockets and TLS sessions remembered (LRU) */
+	SE_HTTP_ACTIVE_MAX = 16384,       /* threads inside a traced call at once */
+};
+
+enum http_syscall {                   /* the calls traced; numbers per architecture come from user space */
+	HTTP_SC_READ = 1,
+	HTTP_SC_WRITE,
+	HTTP_SC_READV,
+	HTTP_SC_WRITEV,
+	HTTP_SC_RECVFROM,
+	HTTP_SC_SENDTO,
+	HTTP_SC_RECVMSG,
+	HTTP_SC_SENDMSG,
+	HTTP_SC_SENDFILE,
+	HTTP_SC_MAX,
+};
+
+enum http_event_kind {
+	HTTP_EV_DATA = 0,                 /* data moved on a connection */
+	HTTP_EV_CLOSE = 1,                /* the socket closed: a message delimited by close is complete */
+};
+
+enum http_data_dir {
+	HTTP_DIR_RECV = 0,
+	HTTP_DIR_SEND = 1,
+};
+
+enum http_data_source {
+	HTTP_SRC_SYSCALL = 0,
+	HTTP_SRC_TLS = 1,                 /* OpenSSL plain text (uprobes) */
+};
+
+enum http_trace_stat {
+	HTTP_STAT_EVENTS = 0,
+	HTTP_STAT_LOST,                   /* ring buffer full */
+	HTTP_STAT_TRUNCATED,              /* calls that moved more than SE_HTTP_DATA_MAX (the rest counted) */
+	HTTP_STAT_ACTIVE_FULL,            /* calls not traced: no room to remember them */
+	HTTP_STAT_SKIPPED,                /* calls on sockets that are not HTTP */
+	HTTP_STAT_MAX,
+};
+
+struct http_event {
+	__u64 ts_ns;                      /* CLOCK_MONOTONIC when the call returned */
+	__u64 conn_id;                    /* the socket (or the TLS session when its socket is unknown) */
+	__u32 pid;                        /* tgid */
+	__u32 tid;
+	__u32 len;                        /* bytes the call moved */
+	__u32 copied;                     /* bytes of data that follow this header (<= SE_HTTP_DATA_MAX) */
+	__u16 family;                     /* AF_INET, AF_INET6, or 0 when the socket is unknown */
+	__u16 sport;                      /* local port, host byte order */
+	__u16 dport;                      /* remote port, host byte order */
+	__u8 kind;                        /* enum http_event_kind */
+	__u8 dir;                         /* enum http_data_dir */
+	__u8 source;                      /* enum http_data_source */
+	__u8 syscall;                     /* enum http_syscall (0 for TLS) */
+	__u8 _pad[6];
+	__u8 saddr[SE_ADDR_LEN];          /* local address, network byte order */
+	__u8 daddr[SE_ADDR_LEN];          /* remote address */
+	char comm[SE_COMM_LEN];
+};
+
 #endif /* SENTINEL_EBPF_H */

@@ -11,6 +11,8 @@ import typer
 
 from sentinel_ebpf.cli import app
 from sentinel_ebpf.cli._common import fail, reported_errors, require_root, stop_on_signals
+from sentinel_ebpf.httptrace import HEADER as HTTP_HEADER
+from sentinel_ebpf.httptrace import HttpRecord, HttpTraceFilter, HttpTracer
 from sentinel_ebpf.trace import HEADER, Connection, ConnTracer, TraceFilter
 
 
@@ -20,11 +22,16 @@ def trace(
     port: Annotated[
         list[int] | None,
         typer.Option(
-            "-P", "--port", help="Only this destination port (local port for --accept); repeatable."
+            "-P",
+            "--port",
+            help="Only this destination port (local port for --accept; either for --http); repeatable.",
         ),
     ] = None,
     comm: Annotated[str | None, typer.Option("--comm", help="Only processes with this command name.")] = None,
-    count: Annotated[int, typer.Option("-c", "--count", help="Exit after this many connections.", min=0)] = 0,
+    count: Annotated[
+        int,
+        typer.Option("-c", "--count", help="Exit after this many connections (requests with --http).", min=0),
+    ] = 0,
     duration: Annotated[
         float, typer.Option("-d", "--duration", help="Exit after this many seconds.", min=0)
     ] = 0,
@@ -32,6 +39,17 @@ def trace(
     accept: Annotated[
         bool, typer.Option("--accept", help="Also show inbound (accepted) connections.")
     ] = False,
+    http: Annotated[
+        bool,
+        typer.Option(
+            "--http",
+            help="Trace HTTP/1.x requests instead: one line per request/response pair, from the "
+            "read/write system calls and OpenSSL (HTTPS in plain text).",
+        ),
+    ] = False,
+    tls: Annotated[
+        bool, typer.Option("--tls/--no-tls", help="With --http: also hook OpenSSL (libssl).")
+    ] = True,
     flavor: Annotated[
         str, typer.Option("--hooks", help="auto, btf (tp_btf) or raw (raw_tp).", hidden=True)
     ] = "auto",
@@ -40,7 +58,17 @@ def trace(
 
     A line is printed when the attempt resolves (established, refused, timed out or closed), with the
     time connect() was called and the real source port.
+
+    With --http: one line per HTTP/1.x request/response pair as each process sees it (server: it read
+    the request; client: it wrote it), with method, path, status, latency and sizes; -P matches the
+    local or the remote port. HTTPS requests made or served through OpenSSL are shown in plain text
+    (method marked with *).
     """
+    if http:
+        if comm is not None or accept:
+            raise fail("--comm and --accept apply to connection tracing, not to --http", code=2)
+        _trace_http(pid, port or [], tls, count, duration, as_json, flavor)
+        return
     try:
         filters = TraceFilter(pid=pid, ports=tuple(port or ()), comm=comm, accept=accept)
     except ValueError as exc:
@@ -76,5 +104,48 @@ def trace(
                 lost = tracer.new_lost()
                 if lost:
                     print(f"sentinel-ebpf: {lost} connection events lost", file=sys.stderr, flush=True)
+        except Done:
+            pass
+
+
+def _trace_http(
+    pid: int, ports: list[int], tls: bool, count: int, duration: float, as_json: bool, flavor: str
+) -> None:
+    try:
+        filters = HttpTraceFilter(pid=pid, ports=tuple(ports), tls=tls)
+    except ValueError as exc:
+        raise fail(str(exc), code=2) from None
+    require_root("trace --http")
+    seen = 0
+    deadline = time.monotonic() + duration if duration else None
+
+    class Done(Exception):
+        pass
+
+    def emit(rec: HttpRecord) -> None:
+        nonlocal seen
+        print(json.dumps(rec.json_dict()) if as_json else rec.line(), flush=True)
+        seen += 1
+        if count and seen >= count:
+            raise Done
+
+    with reported_errors(), stop_on_signals(), HttpTracer(filters, flavor=flavor) as tracer:
+        libs = ", ".join(tracer.tls_libraries) or "none found"
+        print(
+            f"sentinel-ebpf: tracing HTTP ({tracer.flavor} hooks; OpenSSL: "
+            f"{libs if tls else 'off'}); Ctrl-C to stop",
+            file=sys.stderr,
+            flush=True,
+        )
+        for problem in tracer.tls_errors:
+            print(f"sentinel-ebpf: {problem}", file=sys.stderr, flush=True)
+        if not as_json:
+            print(HTTP_HEADER, flush=True)
+        try:
+            while deadline is None or time.monotonic() < deadline:
+                tracer.poll(emit, 100)
+                lost = tracer.new_lost()
+                if lost:
+                    print(f"sentinel-ebpf: {lost} HTTP data events lost", file=sys.stderr, flush=True)
         except Done:
             pass

@@ -114,6 +114,7 @@ _PROTOTYPES: list[tuple[str, Any, list[Any]]] = [
     ("bpf_program__attach", c_void_p, [c_void_p]),
     ("bpf_program__attach_raw_tracepoint", c_void_p, [c_void_p, c_char_p]),
     ("bpf_program__attach_kprobe", c_void_p, [c_void_p, ctypes.c_bool, c_char_p]),
+    ("bpf_program__attach_uprobe_opts", c_void_p, [c_void_p, c_int, c_char_p, c_size_t, c_void_p]),
     ("bpf_program__attach_cgroup", c_void_p, [c_void_p, c_int]),
     ("bpf_program__attach_xdp", c_void_p, [c_void_p, c_int]),
     ("bpf_program__attach_trace", c_void_p, [c_void_p]),

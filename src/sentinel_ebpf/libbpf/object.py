@@ -76,6 +76,18 @@ class Link:
         return f"<Link {self.description}{' closed' if self._ptr is None else ''}>"
 
 
+class _UprobeOpts(ctypes.Structure):
+    """struct bpf_uprobe_opts as of libbpf 1.0 (``sz`` tells libbpf which fields exist)."""
+
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("ref_ctr_offset", ctypes.c_size_t),
+        ("bpf_cookie", ctypes.c_uint64),
+        ("retprobe", ctypes.c_bool),
+        ("func_name", ctypes.c_char_p),
+    ]
+
+
 @dataclass(frozen=True)
 class TestRunResult:
     retval: int
@@ -129,6 +141,19 @@ class Program:
         return self._link(
             _lib.lib().bpf_program__attach_kprobe(self._ptr, retprobe, function.encode()),
             f"to kprobe {function}",
+        )
+
+    def attach_uprobe(
+        self, binary: str | os.PathLike[str], function: str, retprobe: bool = False, pid: int = -1
+    ) -> Link:
+        """Attach to ``function`` (an ELF symbol libbpf resolves) in ``binary``; pid -1: every process."""
+        opts = _UprobeOpts(sz=ctypes.sizeof(_UprobeOpts), retprobe=retprobe, func_name=function.encode())
+        kind = "uretprobe" if retprobe else "uprobe"
+        return self._link(
+            _lib.lib().bpf_program__attach_uprobe_opts(
+                self._ptr, pid, os.fsencode(binary), 0, ctypes.byref(opts)
+            ),
+            f"to {kind} {binary}:{function}",
         )
 
     def attach_cgroup(self, cgroup_path: str | os.PathLike[str]) -> Link:
@@ -356,5 +381,7 @@ def _encode(name: str, value: Any, size: int, elem_size: int) -> bytes:
             raise ValueError(
                 f"read-only global {name}: {len(value)} elements given, room for {size // elem_size}"
             )
-        return b"".join(int(v).to_bytes(elem_size, order) for v in value).ljust(size, b"\0")
+        return b"".join(int(v).to_bytes(elem_size, order, signed=int(v) < 0) for v in value).ljust(
+            size, b"\0"
+        )
     raise TypeError(f"read-only global {name}: unsupported value type {type(value).__name__}")
