@@ -181,7 +181,8 @@ class FlowKind(IntEnum):
 class HttpTraceLimits(IntEnum):
     """``enum http_trace_limits``."""
 
-    SE_HTTP_DATA_MAX = 4096
+    SE_HTTP_DATA_MAX = 8192
+    SE_HTTP_TAIL = 2048
     SE_HTTP_MAX_IOV = 8
     SE_HTTP_RINGBUF_BYTES = 16777216
     SE_HTTP_CONN_MAX = 65536
@@ -654,7 +655,8 @@ class HttpEvent(ctypes.Structure):
         ("dir", ctypes.c_uint8),
         ("source", ctypes.c_uint8),
         ("syscall", ctypes.c_uint8),
-        ("_pad", (ctypes.c_uint8 * 6)),
+        ("tail", ctypes.c_uint16),
+        ("_pad", (ctypes.c_uint8 * 4)),
         ("saddr", (ctypes.c_uint8 * 16)),
         ("daddr", (ctypes.c_uint8 * 16)),
         ("comm", (ctypes.c_char * 16)),

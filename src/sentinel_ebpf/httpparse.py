@@ -353,7 +353,8 @@ class Connection:
             for stream in self.streams.values():
                 stream.opaque()
 
-    def feed(self, direction: str, data: bytes, missing: int, ts: float) -> None:
+    def feed(self, direction: str, data: bytes, missing: int, ts: float, tail: bytes = b"") -> None:
+        """What one call moved: ``data``, then ``missing`` bytes not seen, then ``tail``."""
         self.last_ts = ts
         early = self.early.get(direction)
         if early is not None:  # the first bytes were too few to tell what the stream is
@@ -371,6 +372,9 @@ class Connection:
             stream.finish_body_now(piece_ts)
         if missing:
             stream.feed(b"", missing, ts)
+            stream.finish_body_now(ts)
+        if tail:
+            stream.feed(tail, 0, ts)
             stream.finish_body_now(ts)
 
     def close(self, ts: float) -> None:

@@ -71,7 +71,7 @@ TLS_FUNCTIONS = {
     "SSL_write_ex": "ssl_write_ex_enter",
 }
 
-_EVENT = struct.Struct("<QQIIIIHHHBBBB6x16s16s16s")
+_EVENT = struct.Struct("<QQIIIIHHHBBBBH4x16s16s16s")
 assert _EVENT.size == ctypes.sizeof(HttpEvent)
 
 HEADER = (
@@ -155,6 +155,7 @@ class _Conn:
     tls: bool
     local: str
     remote: str
+    ports: tuple[int, int]
 
 
 _LIBSSL = re.compile(r"/libssl\.so[.\d]*$")
@@ -291,23 +292,33 @@ class HttpTracer:
 
     def _on_event(self, raw: bytes) -> None:
         (ts_ns, conn_id, pid, _tid, length, copied, family, sport, dport, kind, direction, source,
-         _sc, saddr, daddr, comm) = _EVENT.unpack_from(raw)  # fmt: skip
+         _sc, tail, saddr, daddr, comm) = _EVENT.unpack_from(raw)  # fmt: skip
         self.events += 1
         ts = self._clock.wall(ts_ns)
         key = (conn_id, source)
         if kind == HttpEventKind.HTTP_EV_CLOSE:
-            conn = self._conns.pop(key, None)
-            if conn is not None:
-                conn.parser.close(ts)
+            for src in (HttpDataSource.HTTP_SRC_SYSCALL, HttpDataSource.HTTP_SRC_TLS):
+                conn = self._conns.pop((conn_id, src), None)
+                if conn is not None:
+                    conn.parser.close(ts)
             return
         conn = self._conns.get(key)
+        if conn is not None and conn.ports != (sport, dport):
+            # The socket's memory now holds another connection (its close was not seen): start over.
+            del self._conns[key]
+            conn.parser.close(ts)
+            conn = None
         if conn is None:
             conn = self._new_conn(key, pid, comm, source, family, saddr, sport, daddr, dport)
         else:
             self._conns.move_to_end(key)
-        data = raw[_EVENT.size : _EVENT.size + copied]
+        head_end = _EVENT.size + copied - tail
         conn.parser.feed(
-            "recv" if direction == HttpDataDir.HTTP_DIR_RECV else "send", data, length - copied, ts
+            "recv" if direction == HttpDataDir.HTTP_DIR_RECV else "send",
+            raw[_EVENT.size : head_end],
+            length - copied,
+            ts,
+            raw[head_end : _EVENT.size + copied],
         )
 
     def _new_conn(self, key: tuple[int, int], pid: int, comm: bytes, source: int, family: int,
@@ -328,6 +339,7 @@ class HttpTracer:
             tls=source == HttpDataSource.HTTP_SRC_TLS,
             local=_endpoint(family, saddr, sport),
             remote=_endpoint(family, daddr, dport),
+            ports=(sport, dport),
         )
         holder.append(conn)
         self._conns[key] = conn

@@ -3,11 +3,11 @@
  * HTTP tracer: what TCP sockets carry through the read/write system call family (and sendfile), and the
  * plain text OpenSSL moves through SSL_read/SSL_write, as the application sees it.
  *
- * The kernel side only ships data: at syscall exit, when the call moved bytes on a TCP socket, the first
- * SE_HTTP_DATA_MAX bytes go to a ring buffer with the call's size, the socket (its address is the
+ * The kernel side only ships data: at syscall exit, when the call moved bytes on a TCP socket, up to
+ * SE_HTTP_DATA_MAX of them go to a ring buffer with the call's size, the socket (its address is the
  * connection id) and its addresses. HTTP/1.x messages, which may span several calls, are reassembled
- * by user space. Work per call is bounded: one copy of at most SE_HTTP_DATA_MAX bytes from at most
- * SE_HTTP_MAX_IOV iovec entries.
+ * by user space. Work per call is bounded: at most SE_HTTP_DATA_MAX bytes copied (its first bytes and,
+ * for a longer call, its last SE_HTTP_TAIL) from at most SE_HTTP_MAX_IOV iovec entries.
  *
  * Streams are classified by the first bytes they move: a request line or a status line marks the socket
  * HTTP, anything else (TLS records, other protocols) marks it "not HTTP" and its later calls cost one map
@@ -35,6 +35,7 @@
 #define IPPROTO_TCP 6
 #define S_IFMT 00170000
 #define S_IFSOCK 0140000
+#define MSG_PEEK 2
 
 const volatile __u32 targ_tgid = 0;
 const volatile __u32 targ_self = 0;            /* the tracer's own process: never traced */
@@ -202,45 +203,69 @@ static __always_inline bool looks_http(const __u8 *d, __u32 n)
 #undef START4
 }
 
-/* Copy up to SE_HTTP_DATA_MAX of the `len` bytes the call moved into s->data; returns bytes copied. */
-static __always_inline __u32 copy_data(struct http_scratch *s, const struct active_call *c, __u32 len)
+/*
+ * Copy the part of [from, to) of the call's data that lies in one piece of it (the bytes [start, start +
+ * plen) of the call, at user address ptr) to s->data + dst + (its offset from `from`).
+ */
+static __always_inline void copy_overlap(struct http_scratch *s, __u64 ptr, __u64 start, __u64 plen, __u64 from,
+					 __u64 to, __u32 dst)
 {
-	__u32 want = len < SE_HTTP_DATA_MAX ? len : SE_HTTP_DATA_MAX;
+	__u64 lo = start > from ? start : from;
+	__u64 hi = start + plen < to ? start + plen : to;
 
+	if (lo >= hi)
+		return;
+	__u32 n = hi - lo;
+	__u32 at = dst + (__u32)(lo - from);
+	asm volatile("" : "+r"(n));
+	if (n > SE_HTTP_DATA_MAX)
+		n = SE_HTTP_DATA_MAX;
+	at &= SE_HTTP_DATA_MAX - 1;
+	bpf_probe_read_user(s->data + at, n, (const void *)(ptr + (lo - start)));
+}
+
+/*
+ * Copy what a call moved (len bytes) into s->data: all of it when it fits in SE_HTTP_DATA_MAX, else its
+ * first SE_HTTP_DATA_MAX - SE_HTTP_TAIL bytes then its last SE_HTTP_TAIL. Returns bytes copied; *tail
+ * says how many of them are the call's last bytes.
+ */
+static __always_inline __u32 copy_data(struct http_scratch *s, const struct active_call *c, __u32 len, __u16 *tail)
+{
+	__u32 head = len, tl = 0;
+
+	*tail = 0;
 	if (c->sc == HTTP_SC_SENDFILE)
 		return 0;
+	if (len > SE_HTTP_DATA_MAX) {
+		head = SE_HTTP_DATA_MAX - SE_HTTP_TAIL;
+		tl = SE_HTTP_TAIL;
+	}
 	if (!c->iovcnt) {
-		__u32 n = want;
-		asm volatile("" : "+r"(n));
-		if (n > SE_HTTP_DATA_MAX)
-			n = SE_HTTP_DATA_MAX;
-		if (n == 0 || bpf_probe_read_user(s->data, n, (const void *)c->buf))
-			return 0;
-		return n;
-	}
+		copy_overlap(s, c->buf, 0, len, 0, head, 0);
+		if (tl)
+			copy_overlap(s, c->buf, 0, len, len - tl, len, head);
+	} else {
+		__u64 pos = 0;
+		for (int i = 0; i < SE_HTTP_MAX_IOV; i++) {
+			struct iovec iov;
 
-	__u32 off = 0;
-	for (int i = 0; i < SE_HTTP_MAX_IOV; i++) {
-		struct iovec iov;
-
-		if (i >= c->iovcnt || off >= want)
-			break;
-		if (bpf_probe_read_user(&iov, sizeof(iov), (const struct iovec *)c->buf + i))
-			break;
-		__u32 n = want - off;
-		if (iov.iov_len < n)
-			n = iov.iov_len;
-		asm volatile("" : "+r"(n));
-		if (n == 0)
-			continue;
-		if (n > SE_HTTP_DATA_MAX)
-			n = SE_HTTP_DATA_MAX;
-		__u32 at = off & (SE_HTTP_DATA_MAX - 1);
-		if (bpf_probe_read_user(s->data + at, n, iov.iov_base))
-			break;
-		off += n;
+			if (i >= c->iovcnt || pos >= len)
+				break;
+			if (bpf_probe_read_user(&iov, sizeof(iov), (const struct iovec *)c->buf + i))
+				break;
+			copy_overlap(s, (__u64)iov.iov_base, pos, iov.iov_len, 0, head, 0);
+			if (tl)
+				copy_overlap(s, (__u64)iov.iov_base, pos, iov.iov_len, len - tl, len, head);
+			pos += iov.iov_len;
+		}
+		if (pos < len) {  /* more iovec entries than copied: the head ends where the copy did */
+			if (pos < head)
+				head = pos;
+			tl = 0;
+		}
 	}
-	return off;
+	*tail = tl;
+	return head + tl;
 }
 
 /* Ship one call that moved `len` bytes on connection `conn_id` (the socket, or the SSL session). */
@@ -267,7 +292,8 @@ static __always_inline void emit(const struct active_call *c, __u32 len, const s
 	} else if (targ_nports) {
 		return;  /* a TLS session whose socket is unknown cannot be matched to a port */
 	}
-	__u32 copied = copy_data(s, c, len);
+	__u16 tail = 0;
+	__u32 copied = copy_data(s, c, len, &tail);
 	if (!cls && c->sc != HTTP_SC_SENDFILE && copied >= 4) {
 		/* fewer than 4 bytes: shipped unclassified, the next call decides */
 		__u8 v = looks_http(s->data, copied) ? SOCK_HTTP : SOCK_OTHER;
@@ -291,6 +317,7 @@ static __always_inline void emit(const struct active_call *c, __u32 len, const s
 	e->dir = c->dir;
 	e->source = source;
 	e->syscall = c->sc;
+	e->tail = tail;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	if (len > copied && c->sc != HTTP_SC_SENDFILE)
 		percpu_inc(&http_stats, HTTP_STAT_TRUNCATED);
@@ -334,6 +361,8 @@ static __always_inline int on_sys_enter(struct pt_regs *regs, long id)
 		c.fd = (__u32)PT_REGS_PARM1_CORE_SYSCALL(regs);  /* out_fd */
 	} else if (sc == HTTP_SC_RECVMSG || sc == HTTP_SC_SENDMSG) {
 		struct user_msghdr msg;
+		if (sc == HTTP_SC_RECVMSG && (PT_REGS_PARM3_CORE_SYSCALL(regs) & MSG_PEEK))
+			return 0;  /* peeked bytes are read again later */
 		c.fd = (__u32)PT_REGS_PARM1_CORE_SYSCALL(regs);
 		if (bpf_probe_read_user(&msg, sizeof(msg), (const void *)PT_REGS_PARM2_CORE_SYSCALL(regs)))
 			return 0;
@@ -342,6 +371,8 @@ static __always_inline int on_sys_enter(struct pt_regs *regs, long id)
 		if (!c.iovcnt)
 			return 0;
 	} else {
+		if (sc == HTTP_SC_RECVFROM && (PT_REGS_PARM4_CORE_SYSCALL(regs) & MSG_PEEK))
+			return 0;  /* e.g. nginx peeks one byte to tell TLS from plain HTTP */
 		c.fd = (__u32)PT_REGS_PARM1_CORE_SYSCALL(regs);
 		c.buf = PT_REGS_PARM2_CORE_SYSCALL(regs);
 		if (sc == HTTP_SC_READV || sc == HTTP_SC_WRITEV) {

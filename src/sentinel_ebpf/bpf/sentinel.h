@@ -396,10 +396,13 @@ struct conn_event {
  * HTTP tracing (httptrace.bpf.c): the data that TCP sockets move through the read/write system call
  * family, and the plain text that OpenSSL's SSL_read/SSL_write move, shipped to user space in bounded
  * chunks; user space reassembles HTTP/1.x messages. Each ring buffer record is a struct http_event
- * followed by `copied` bytes of data.
+ * followed by `copied` bytes of data: all the call moved, or for a longer call its first
+ * SE_HTTP_DATA_MAX - SE_HTTP_TAIL bytes and its last SE_HTTP_TAIL (so a small request pipelined after a
+ * large body is still seen).
  */
 enum http_trace_limits {
-	SE_HTTP_DATA_MAX = 4096,          /* bytes of data copied per call (power of two); the rest is counted */
+	SE_HTTP_DATA_MAX = 8192,          /* bytes of data copied per call (power of two); the rest is counted */
+	SE_HTTP_TAIL = 2048,              /* of which, for a longer call, the call's last bytes */
 	SE_HTTP_MAX_IOV = 8,              /* iovec entries copied per readv/writev/recvmsg/sendmsg */
 	SE_HTTP_RINGBUF_BYTES = 16 << 20,
 	SE_HTTP_CONN_MAX = 65536,         /* sockets and TLS sessions remembered (LRU) */
@@ -457,7 +460,8 @@ struct http_event {
 	__u8 dir;                         /* enum http_data_dir */
 	__u8 source;                      /* enum http_data_source */
 	__u8 syscall;                     /* enum http_syscall (0 for TLS) */
-	__u8 _pad[6];
+	__u16 tail;                       /* the last `tail` copied bytes are the call's last bytes: */
+	__u8 _pad[4];                     /* len - copied bytes between them and the first ones were not copied */
 	__u8 saddr[SE_ADDR_LEN];          /* local address, network byte order */
 	__u8 daddr[SE_ADDR_LEN];          /* remote address */
 	char comm[SE_COMM_LEN];

@@ -159,3 +159,21 @@ def test_oversized_head_is_abandoned() -> None:
     conn.feed("send", RESP, 0, 2.0)
     assert conn.desyncs == 1
     assert [(e.request, e.response.status if e.response else 0) for e in out] == [(None, 200)]
+
+
+def test_requests_after_a_large_body_in_the_same_call_are_seen_in_its_tail() -> None:
+    """The kernel copies a long call's first and last bytes; requests pipelined after a body survive."""
+    body = 200_000
+    blob = REQ + f"POST /up HTTP/1.1\r\nContent-Length: {body}\r\n\r\n".encode() + b"b" * body + REQ + POST
+    head, tail = blob[:6144], blob[-2048:]
+    conn, out = server()
+    conn.feed("recv", head, len(blob) - len(head) - len(tail), 1.0, tail)
+    for _ in range(4):
+        conn.feed("send", RESP, 0, 2.0)
+    assert [(e.request.method, e.request.target, e.request.size) for e in out if e.request] == [
+        ("GET", "/a?x=1", len(REQ)),
+        ("POST", "/up", len(blob) - 2 * len(REQ) - len(POST)),
+        ("GET", "/a?x=1", len(REQ)),
+        ("POST", "/p", len(POST)),
+    ]
+    assert conn.desyncs == 0
