@@ -33,7 +33,7 @@ from sentinel_ebpf._types import (
 )
 from sentinel_ebpf.errors import BpfLoadError, SentinelError
 from sentinel_ebpf.httpparse import Connection, Exchange
-from sentinel_ebpf.libbpf import BpfObject, Link, RingBuffer
+from sentinel_ebpf.libbpf import BpfObject, Link, RingReader
 from sentinel_ebpf.objects import object_path
 from sentinel_ebpf.trace import _addr, _Clock
 
@@ -100,7 +100,7 @@ class HttpTraceFilter:
                 raise ValueError(f"port {port} out of range 1..65535")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: built for every request, and frozen dataclasses build slowly
 class HttpRecord:
     """One request/response pair as one process saw it."""
 
@@ -207,7 +207,7 @@ class HttpTracer:
         self.tls_errors: list[str] = []
         self._obj: BpfObject | None = None
         self._links: list[Link] = []
-        self._ring: RingBuffer | None = None
+        self._ring: RingReader | None = None
         self._clock = _Clock()
         self._callback: Callable[[HttpRecord], None] | None = None
         self._conns: OrderedDict[tuple[int, int], _Conn] = OrderedDict()
@@ -265,7 +265,7 @@ class HttpTracer:
                     self._links.append(self._obj.track(prog.attach()))
             if self.filters.tls:
                 self._attach_tls()
-            self._ring = RingBuffer(self._obj.map("http_events"), self._on_event)
+            self._ring = RingReader(self._obj.map("http_events"))
         except BaseException:
             self.close()
             raise
@@ -367,14 +367,19 @@ class HttpTracer:
         )
 
     def poll(self, callback: Callable[[HttpRecord], None], timeout_ms: int = 100) -> int:
+        """Consume what the kernel shipped, waiting up to ``timeout_ms`` for it; returns events read."""
         assert self._ring is not None, "tracer not started"
         self._callback = callback
-        return self._ring.poll(timeout_ms)
+        records = self._ring.read()
+        if not records and self._ring.wait(timeout_ms):
+            records = self._ring.read()
+        on_event = self._on_event
+        for raw in records:
+            on_event(raw)
+        return len(records)
 
     def drain(self, callback: Callable[[HttpRecord], None]) -> int:
-        assert self._ring is not None, "tracer not started"
-        self._callback = callback
-        return self._ring.consume()
+        return self.poll(callback, 0)
 
     def counters(self) -> dict[str, int]:
         """Kernel counters (events, lost, truncated, active_full, skipped) and user-space ones."""

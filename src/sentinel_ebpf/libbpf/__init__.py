@@ -8,7 +8,7 @@ the verifier log; libbpf's own messages go to the ``sentinel_ebpf.libbpf`` logge
 from sentinel_ebpf.libbpf._lib import version
 from sentinel_ebpf.libbpf.maps import Map, MapType, UpdateFlag
 from sentinel_ebpf.libbpf.object import BpfObject, Link, Program, ProgType, TestRunResult
-from sentinel_ebpf.libbpf.ringbuf import RingBuffer
+from sentinel_ebpf.libbpf.ringbuf import RingBuffer, RingReader
 from sentinel_ebpf.libbpf.tc import TcAttachPoint, TcFilter, TcHook
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "ProgType",
     "Program",
     "RingBuffer",
+    "RingReader",
     "TcAttachPoint",
     "TcFilter",
     "TcHook",

@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""Does the HTTP tracer keep up: wrk against nginx with ``HttpTracer`` consuming, vs without it.
+
+nginx (one worker, keep-alive, a 13-byte ``return 200``) in a server namespace, wrk in a client
+namespace, ``--seconds`` per run. Two loads: paced (each wrk connection pauses 1 ms after a response,
+``bench/_wrk_paced.lua``: a fixed offered rate, ~20k req/s with 32 connections) and closed loop (as fast
+as wrk can). Runs alternate: no tracer, tracer on nginx's pid (server side only), tracer on the port
+(both sides: wrk's requests too), ``--rounds`` times. For each traced run: requests
+wrk completed, records the tracer produced (server and client side), kernel events and lost events,
+the tracer's CPU time (user + system of this process, i.e. the Python consumer) and its share of a
+core, and the requests per second relative to the untraced runs of the same invocation.
+
+usage: sudo .venv/bin/python bench/http_trace.py [--seconds 10] [--rounds 3] [--connections 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from integration.netns import NetnsPair  # noqa: E402
+from sentinel_ebpf.httptrace import HttpRecord, HttpTraceFilter, HttpTracer  # noqa: E402
+
+PORT = 8380
+PACED = Path(__file__).with_name("_wrk_paced.lua")
+
+
+def start_nginx(pair: NetnsPair) -> subprocess.Popen[Any]:
+    work = pair.tmpdir / "nginx-bench"
+    work.mkdir(parents=True)
+    temp = " ".join(
+        f"{k}_temp_path {work}/{k};" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    (work / "nginx.conf").write_text(f"""
+worker_processes 1;
+master_process off;
+pid {work}/nginx.pid;
+error_log {work}/error.log;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    {temp}
+    server {{ listen {PORT}; location / {{ return 200 "hello world\\n"; }} }}
+}}
+""")
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    proc = pair.popen(pair.server, nginx, "-p", str(work), "-c", str(work / "nginx.conf"), "-g", "daemon off;",
+                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    pair.wait_listening(pair.server, PORT, proc)
+    return proc
+
+
+def wrk(pair: NetnsPair, seconds: float, connections: int, paced: bool = False) -> tuple[int, float, str]:
+    """wrk for ``seconds``; paced: every connection waits 1 ms after each response (a fixed offered load)."""
+    script = ["-s", str(PACED)] if paced else []
+    res = pair.run(pair.client, "wrk", "-t2", f"-c{connections}", f"-d{int(seconds)}s", *script,
+                   f"http://{pair.server_ip}:{PORT}/", timeout=seconds + 60)  # fmt: skip
+    m = re.search(r"(\d+) requests in ([\d.]+)s", res.stdout)
+    if not m:
+        raise RuntimeError(f"wrk output not understood:\n{res.stdout}\n{res.stderr}")
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", res.stdout)
+    return int(m.group(1)), float(m.group(2)), errors.group(0) if errors else ""
+
+
+def traced_run(
+    pair: NetnsPair, filters: HttpTraceFilter, seconds: float, connections: int, paced: bool
+) -> dict[str, Any]:
+    records = {"server": 0, "client": 0}
+    ok = {"server": 0, "client": 0}
+
+    def count(rec: HttpRecord) -> None:
+        records[rec.direction] += 1
+        ok[rec.direction] += rec.status == 200 and rec.path == "/"
+
+    with HttpTracer(filters) as tracer:
+        stop = threading.Event()
+        result: dict[str, Any] = {}
+
+        def load() -> None:
+            result["wrk"] = wrk(pair, seconds, connections, paced)
+            stop.set()
+
+        cpu0 = time.process_time()
+        t = threading.Thread(target=load)
+        t.start()
+        while not stop.is_set():
+            tracer.poll(count, 100)
+        t.join()
+        quiet = time.monotonic()
+        while time.monotonic() - quiet < 1.0:  # drain: the last records of the run
+            if tracer.poll(count, 100):
+                quiet = time.monotonic()
+        cpu = time.process_time() - cpu0
+        counters = tracer.counters()
+    done, secs, errors = result["wrk"]
+    return {"requests": done, "rps": done / secs, "records": records, "ok": ok, "cpu_s": cpu,
+            "cpu_share": cpu / secs, "kernel": counters, "errors": errors}  # fmt: skip
+
+
+def measure(pair: NetnsPair, nginx_pid: int, args: argparse.Namespace, paced: bool) -> None:
+    conns = args.paced_connections if paced else args.connections
+    plain: list[float] = []
+    runs: dict[str, list[dict[str, Any]]] = {"pid": [], "port": []}
+    for _ in range(args.rounds):
+        done, secs, _ = wrk(pair, args.seconds, conns, paced)
+        plain.append(done / secs)
+        runs["pid"].append(
+            traced_run(pair, HttpTraceFilter(pid=nginx_pid, tls=False), args.seconds, conns, paced)
+        )
+        runs["port"].append(
+            traced_run(pair, HttpTraceFilter(ports=(PORT,), tls=False), args.seconds, conns, paced)
+        )
+    base = statistics.median(plain)
+    load = (
+        f"paced: {conns} connections, 1 ms pause after each response"
+        if paced
+        else f"closed loop, {conns} connections"
+    )
+    print(f"\n== {load}; without tracer: median {base:,.0f} req/s ({', '.join(f'{r:,.0f}' for r in plain)})")
+    print(f"{'traced':<22} {'req/s':>9} {'vs none':>8} {'requests':>10} {'records':>10} {'missing':>8} "
+          f"{'lost':>7} {'trunc':>6} {'CPU/core':>8}")  # fmt: skip
+    for kind, label in (("pid", "nginx pid (server)"), ("port", "port (both sides)")):
+        for r in runs[kind]:
+            want = r["requests"] * (1 if kind == "pid" else 2)
+            got = r["ok"]["server"] + (r["ok"]["client"] if kind == "port" else 0)
+            print(f"{label:<22} {r['rps']:>9,.0f} {r['rps'] / base:>8.3f} {r['requests']:>10,} {got:>10,} "
+                  f"{want - got:>8,} {r['kernel']['lost']:>7} {r['kernel']['truncated']:>6} {r['cpu_share']:>8.2f}")  # fmt: skip
+    print("raw:")
+    for kind in runs:
+        for r in runs[kind]:
+            print(" ", kind, r)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--connections", type=int, default=16, help="closed loop (as fast as possible)")
+    ap.add_argument("--paced-connections", type=int, default=32, help="paced load (~0.9k req/s each)")
+    args = ap.parse_args()
+    print(f"$ {' '.join(sys.argv)}")
+    with NetnsPair("hb") as pair:
+        nginx = start_nginx(pair)
+        wrk(pair, 2, args.connections)  # warm up
+        measure(pair, nginx.pid, args, paced=True)
+        measure(pair, nginx.pid, args, paced=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
