@@ -62,6 +62,9 @@ class ResourceStats:
     circuit_breakers: tuple[BreakerState, ...] = ()
     flow_threshold: float | None = None  # the first flow rule's threshold, for resource_flow_threshold
     flow_wait_total: int = 0  # requests admitted into the (virtual) throttling queue
+    # "kernel": governed on the packet path; "tls_trace": a tls resource, observed by tracing OpenSSL
+    # (pass = requests seen, never blocked)
+    source: str = "kernel"
 
     @property
     def avg_rt_ms(self) -> float:

@@ -2,7 +2,7 @@
 
 usage: httpechoserver.py PORT TLS_PORT CERT KEY
 
-GET /bytes/N answers N bytes; GET /chunked/N answers N bytes in chunks of 1000; POST /upload reads the
+GET /bytes/N answers N bytes (/fail/N: the same with status 503); GET /chunked/N answers N bytes in chunks of 1000; POST /upload reads the
 body (Content-Length) and answers with its length. Keep-alive, so clients may pipeline.
 """
 
@@ -30,7 +30,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
             self.wfile.write(b"0\r\n\r\n")
             return
-        self.send_response(200 if kind == "bytes" else 404)
+        self.send_response({"bytes": 200, "fail": 503}.get(kind, 404))
         self.send_header("Content-Length", str(n))
         self.end_headers()
         self.wfile.write(body)

@@ -28,6 +28,7 @@ def _resources(doc: dict[str, Any]) -> list[ResourceStats]:
             concurrency=r["concurrency"], rt_sum_ms=r["avg_rt_ms"] * r["complete"],
             block_by_type=dict(r["block_by_type"]),
             circuit_breakers=tuple(BreakerState(b["id"], b["state"]) for b in r["circuit_breakers"]),
+            source=r.get("source", "kernel"),
         ))  # fmt: skip
     return out
 

@@ -23,6 +23,7 @@ from sentinel_ebpf.daemon.demo import DEFAULT_RULES, DemoServer
 from sentinel_ebpf.daemon.reload import ReloadResult, reload_rules
 from sentinel_ebpf.daemon.sampling import CpuSampler, load1, process_memory_bytes
 from sentinel_ebpf.daemon.state import DEFAULT_STATE_DIR, Attachment, State, alive, remove_state
+from sentinel_ebpf.daemon.tls_observer import TlsObserver
 from sentinel_ebpf.daemon.watch import FileWatcher
 from sentinel_ebpf.errors import BpfKeyError, SentinelError
 from sentinel_ebpf.inbound import InboundDataplane
@@ -36,7 +37,7 @@ from sentinel_ebpf.outputs.prometheus import (
 from sentinel_ebpf.outputs.stats_json import stats_document
 from sentinel_ebpf.rules import RuleSet, load_file
 from sentinel_ebpf.rules.dump import to_project
-from sentinel_ebpf.stats import StateChange
+from sentinel_ebpf.stats import ResourceStats, StateChange
 
 log = logging.getLogger("sentinel_ebpf.daemon")
 TICK_S = 0.1
@@ -101,6 +102,7 @@ class Daemon:
         # hook commands run one at a time, in transition order, off the daemon's loop
         self._hook_queue: queue.Queue[StateChange | None] = queue.Queue()
         self._hook_thread: threading.Thread | None = None
+        self.tls: TlsObserver | None = None  # counts of tls resources, from the HTTP tracer
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -178,6 +180,9 @@ class Daemon:
                 signal.signal(sig, handler)
 
     def close(self) -> None:
+        if self.tls is not None:
+            self.tls.stop()
+            self.tls = None
         if self._hook_thread is not None:
             self._hook_queue.put(None)
             self._hook_thread.join(timeout=30)
@@ -238,6 +243,12 @@ class Daemon:
         self.protocols = {r.name: r.match.protocol for r in rules.resources}
         if changed:
             self.loaded_at = time.time()
+            tls = [r for r in rules.resources if r.match.tls]
+            keys = frozenset((r.name, r.match.key()) for r in tls)
+            if self.tls is None or self.tls.keys != keys:
+                if self.tls is not None:
+                    self.tls.stop()
+                self.tls = TlsObserver(tls).start()
 
     # -- outputs --------------------------------------------------------------------------------------
     def _crashed_state(self) -> set[str]:
@@ -309,8 +320,13 @@ class Daemon:
                 log.error("metric log in %s: %s", self.config.log_dir, exc)
 
     def metrics_snapshot(self) -> MetricsSnapshot:
-        resources = self.dp.resource_stats() if self.dp else []
+        resources = self.resource_stats()
         return MetricsSnapshot(resources, dict(self.state_counts), self.cpu_ratio, process_memory_bytes())
+
+    def resource_stats(self) -> list[ResourceStats]:
+        """Every resource: the kernel's counts, then the tls resources' (observed by tracing)."""
+        kernel = self.dp.resource_stats() if self.dp else []
+        return kernel + (self.tls.stats() if self.tls is not None else [])
 
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         """Control socket requests (run on the control thread)."""
@@ -318,7 +334,7 @@ class Daemon:
             raise SentinelError("the daemon is stopping")
         cmd = request["cmd"]
         if cmd == "stats":
-            doc = stats_document(self.dp.resource_stats())
+            doc = stats_document(self.resource_stats())
             doc["dataplane"] = self.dp.counters()
             doc["ports"] = self._port_counters()
             doc["loaded_at"] = self.loaded_at

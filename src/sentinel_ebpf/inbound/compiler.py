@@ -302,7 +302,9 @@ def compile_inbound(
                 f"resource {r.name!r}: cgroup limits outbound connect()s; it cannot be applied to outbound "
                 "HTTP requests (seen at TC, where no process is known)"
             )
-    inbound = list(rules.resources)  # every resource: inbound at TC, outbound at connect() and TC
+    # every resource: inbound at TC, outbound at connect() and TC; but TLS ones, which the daemon
+    # observes by tracing OpenSSL (daemon/tls_observer.py): the packet path cannot read them
+    inbound = [r for r in rules.resources if not r.match.tls]
     if len(inbound) >= int(SentinelLimits.SE_MAX_RESOURCES):
         problems.append(f"{len(inbound)} resources: at most {int(SentinelLimits.SE_MAX_RESOURCES) - 1}")
     keyed = assign_ids([(r.name, r.match.key()) for r in inbound], previous or {}, last_id)

@@ -146,6 +146,7 @@ class ResourceStats:
             "avg_rt_ms": self.avg_rt_ms,
             "block_by_type": self.block_by_type,
             "circuit_breakers": self.circuit_breakers,
+            "source": "kernel",  # the model stands for the kernel's counts (stats --json shape)
         }
 
 

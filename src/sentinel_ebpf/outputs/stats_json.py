@@ -30,6 +30,7 @@ def resource_document(res: ResourceStats) -> dict[str, Any]:
         "avg_rt_ms": float(res.avg_rt_ms),
         "block_by_type": {kind: res.block_by_type.get(kind, 0) for kind in BLOCK_TYPES},
         "circuit_breakers": [{"id": b.id, "state": b.state} for b in res.circuit_breakers],
+        "source": res.source,
     }
 
 

@@ -49,7 +49,7 @@ def stats_table(
         avg_rt_ms = rt_sum_ms / counts[2] if counts[2] else 0.0
         shown = [f"{c / elapsed_s:.1f}" for c in counts] if rates else [str(c) for c in counts]
         table.add_row(
-            res.name,
+            res.name + (" (tls, observed)" if res.source == "tls_trace" else ""),
             shown[0],
             Text(shown[1], style="red" if counts[1] else ""),
             shown[2],

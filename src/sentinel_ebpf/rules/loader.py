@@ -323,6 +323,12 @@ def _check_resources(b: _Builder, res_ctxs: list[RuleContext], invalid_names: se
             loc.ctx.add(
                 f"unknown resource {rule.resource!r}: declare it under resources with a match", "resource"
             )
+        if target is not None and target.match.tls:
+            loc.ctx.add(
+                f"resource {rule.resource!r} is tls: its requests are observed (traced through "
+                "OpenSSL), not governed; rules apply to resources the packet path can read",
+                "resource",
+            )
         associated = (
             isinstance(rule, flow.FlowRule)
             and rule.relation_strategy is flow.RelationStrategy.AssociatedResource
@@ -337,6 +343,13 @@ def _check_resources(b: _Builder, res_ctxs: list[RuleContext], invalid_names: se
             loc.ctx.add(
                 f"unknown refResource {rule.ref_resource!r}: declare it under resources", "refResource"
             )
+        if isinstance(rule, flow.FlowRule) and associated and rule.ref_resource:
+            ref = declared.get(rule.ref_resource)
+            if ref is not None and ref.match.tls:
+                loc.ctx.add(
+                    f"refResource {rule.ref_resource!r} is tls: the kernel has no statistics of it",
+                    "refResource",
+                )
         if (
             isinstance(rule, hotspot.HotspotRule)
             and target is not None

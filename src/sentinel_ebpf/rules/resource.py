@@ -27,7 +27,7 @@ NAME_MAX_BYTES = 255
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
 DIRECTIONS = ("inbound", "outbound")
 PROTOCOLS = ("tcp", "http")
-MATCH_KEYS = ("direction", "protocol", "port", "method", "path", "host", "cgroup")
+MATCH_KEYS = ("direction", "protocol", "port", "method", "path", "host", "cgroup", "tls")
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -41,6 +41,7 @@ class Match:
     path: str | None = None
     host: IPNetwork | None = None
     cgroup: str | None = None
+    tls: bool = False  # HTTPS: observed by tracing OpenSSL (sentinel-ebpf trace --http), not enforced
 
     @property
     def inbound(self) -> bool:
@@ -56,6 +57,7 @@ class Match:
             self.path,
             str(self.host) if self.host else None,
             self.cgroup,
+            self.tls,
         )
 
     def describe(self) -> str:
@@ -69,6 +71,8 @@ class Match:
             parts.append(f"path {self.path}*")
         if self.cgroup:
             parts.append(f"cgroup {self.cgroup}")
+        if self.tls:
+            parts.append("tls")
         return " ".join(parts)
 
     def as_dict(self) -> dict[str, object]:
@@ -81,6 +85,8 @@ class Match:
             out["host"] = str(self.host)
         if self.cgroup is not None:
             out["cgroup"] = self.cgroup
+        if self.tls:
+            out["tls"] = True
         return out
 
 
@@ -212,6 +218,13 @@ def _parse_match(m: Mapping[Any, Any], ctx: RuleContext) -> Match | None:
                 "cgroup",
             )
             ok = False
+    tls = m.get("tls", False)
+    if not isinstance(tls, bool):
+        bad(f"tls must be true or false, got {tls!r}", "tls")
+        ok = False
+    elif tls and protocol != "http":
+        bad("tls applies to http resources only (HTTPS requests, observed through OpenSSL)", "tls")
+        ok = False
     if not ok:
         return None
     return Match(
@@ -222,4 +235,5 @@ def _parse_match(m: Mapping[Any, Any], ctx: RuleContext) -> Match | None:
         path=path,
         host=host,
         cgroup=cgroup,
+        tls=tls,
     )

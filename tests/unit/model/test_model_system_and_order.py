@@ -151,6 +151,7 @@ def test_blocked_entry_exit_is_noop_and_stats_json(make_ruleset: MakeRuleSet) ->
                     "hotspot": 0,
                 },
                 "circuit_breakers": [{"id": "cb", "state": "closed"}],
+                "source": "kernel",
             }
         }
     }

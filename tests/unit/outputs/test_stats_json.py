@@ -45,6 +45,7 @@ def test_document_shape_exactly() -> None:
                     "hotspot": 0,
                 },
                 "circuit_breakers": [{"id": "cb-1", "state": "open"}, {"id": "cb-2", "state": "half_open"}],
+                "source": "kernel",
             },
             "idle": {
                 "pass": 0,
@@ -61,6 +62,7 @@ def test_document_shape_exactly() -> None:
                     "hotspot": 0,
                 },
                 "circuit_breakers": [],
+                "source": "kernel",
             },
         }
     }
