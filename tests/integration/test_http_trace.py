@@ -150,6 +150,7 @@ def traced() -> Iterator[tuple[NetnsPair, list[Scenario], list[dict[str, Any]], 
                 Scenario("py-py-http-pipelined", "python", False, PY_HTTP),
                 Scenario("py-py-https-pipelined", "python", True, PY_TLS),
                 Scenario("py-nginx-https", "python", True, NGINX_TLS),
+                Scenario("py-nginx-http", "python", False, NGINX_HTTP),
             ]
             by = {s.name: s for s in scenarios}
             curl(pair, by["curl-nginx-http"], "/hello")
@@ -169,6 +170,7 @@ def traced() -> Iterator[tuple[NetnsPair, list[Scenario], list[dict[str, Any]], 
             pyclient(pair, by["py-py-http-pipelined"], "pipeline", *specs)
             pyclient(pair, by["py-py-https-pipelined"], "pipeline", *specs)
             pyclient(pair, by["py-nginx-https"], "sequential", "GET:/hello", "GET:/static/big.bin")
+            pyclient(pair, by["py-nginx-http"], "pipeline", "GET:/hello", "GET:/static/big.bin", "GET:/hello")
             marker = Scenario("marker", "curl", False, PY_HTTP)
             curl(pair, marker, "/bytes/1")
 
@@ -202,6 +204,7 @@ SCENARIOS = [
     "py-py-http-pipelined",
     "py-py-https-pipelined",
     "py-nginx-https",
+    "py-nginx-http",
 ]
 
 
@@ -245,3 +248,58 @@ def test_http_flag_rejects_connection_options() -> None:
     )
     assert res.returncode == 2
     assert "--comm and --accept apply to connection tracing" in res.stderr
+
+
+def _all_bpf_ids() -> dict[str, set[int]]:
+    out = {}
+    for what in ("prog", "link", "map"):
+        res = subprocess.run(["bpftool", "--json", what, "show"], capture_output=True, text=True, timeout=30,
+                             check=True)  # fmt: skip
+        out[what] = {item["id"] for item in json.loads(res.stdout or "[]")}
+    return out
+
+
+@pytest.mark.parametrize(("hooks", "how"), [("btf", "count"), ("raw", "count"), ("auto", "sigint")])
+def test_http_trace_cli_exits_and_leaves_nothing(fresh_netns_pair: NetnsPair, hooks: str, how: str) -> None:
+    """-c or SIGINT: the command exits 0 and every program, link (uprobes too) and map it held is gone."""
+    import signal
+    import time
+
+    from .test_trace import bpf_fd_ids
+
+    pair = fresh_netns_pair
+    cert, key = make_cert(pair.tmpdir)
+    echo = pair.popen(pair.server, sys.executable, str(HERE / "httpechoserver.py"), str(PY_HTTP), str(PY_TLS),
+                      str(cert), str(key), stdin=subprocess.DEVNULL)  # fmt: skip
+    pair.wait_listening(pair.server, PY_TLS, echo)
+    argv = [*sentinel_cli(), "trace", "--http", "--json", f"-P{PY_TLS}", "--hooks", hooks]
+    tracer = LineProcess([*argv, "-c", "2"] if how == "count" else argv)
+    try:
+        tracer.wait_stderr("sentinel-ebpf: tracing HTTP", timeout=60)
+        assert f"{hooks} hooks" in tracer.stderr[-1] or hooks == "auto", tracer.describe()
+        owned = bpf_fd_ids(tracer.pid)
+        # sys_enter, sys_exit, inet_sock_set_state, 5 OpenSSL programs; every attachment a link
+        assert len(owned["prog"]) >= 8 and len(owned["link"]) >= 11, owned
+        res = pair.run(
+            pair.client, "curl", "-sk", "-o", "/dev/null", f"https://{pair.server_ip}:{PY_TLS}/bytes/5"
+        )
+        assert res.returncode == 0, res.stderr
+        if how == "sigint":
+            tracer.wait_until(lambda: tracer.stdout[-1:] or None, 15, "the first record")
+            tracer.signal(signal.SIGINT)
+        assert tracer.wait_exit(20) == 0, tracer.describe()
+        assert not any("Traceback" in ln for ln in tracer.stderr), tracer.describe()
+        records = [json.loads(line) for line in tracer.stdout]
+        assert {(r["direction"], r["path"], r["status"], r["tls"]) for r in records} >= {
+            ("server", "/bytes/5", 200, True)
+        }, records
+        deadline = time.monotonic() + 10
+        while True:
+            now = _all_bpf_ids()
+            left = {kind: owned[kind] & now[kind] for kind in owned}
+            if not any(left.values()) or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert not any(left.values()), f"still loaded after trace --http exited: {left}"
+    finally:
+        tracer.close()
