@@ -49,6 +49,9 @@ FEATURES: tuple[tuple[str, tuple[str, ...], bool], ...] = (
      ("privileges", "libbpf", "btf", "objects", "map ringbuf", "map lru_hash", "map percpu_array", "hook tp_btf|hook raw_tp"),
      True),
     ("trace --accept", ("hook tp_btf|hook raw_tp", "syscall numbers"), False),
+    ("trace --http (HTTP requests from syscalls)", ("hook tp_btf|hook raw_tp", "syscall numbers", "map ringbuf"),
+     False),
+    ("trace --http over TLS (OpenSSL uprobes); tls resources", ("hook uprobe",), False),
     ("inbound enforcement (TC ingress/egress)",
      ("privileges", "btf", "objects", "prog sched_cls", "map lru_hash", "map lpm_trie", "map percpu_array",
       "BPF_PROG_TEST_RUN"),
@@ -247,6 +250,19 @@ def _run_xdp(prog: Any) -> str:
     return "BPF_PROG_TEST_RUN returned XDP_PASS"
 
 
+def _attach_uprobe(prog: Any) -> str:
+    """A uprobe on getpid in the libc this process maps, for this process only, attached and detached."""
+    libc = next(
+        (line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines()
+         if "/libc.so" in line or "/libc-" in line),
+        None,
+    )  # fmt: skip
+    if libc is None:
+        raise BpfError("find libc in /proc/self/maps", errno.ENOENT)
+    with prog.attach_uprobe(libc, "getpid", pid=os.getpid()):
+        return f"attached to {libc}:getpid and detached"
+
+
 def _attach(prog: Any) -> str:
     with prog.attach():
         return f"attached to {prog.section} and detached"
@@ -257,6 +273,7 @@ HOOK_PROBES: dict[str, tuple[str, Callable[[Any], str]]] = {
     "hook tp_btf": ("probe_tp_btf", _attach),
     "hook raw_tp": ("probe_raw_tp", _attach),
     "hook kprobe": ("probe_kprobe", _attach),
+    "hook uprobe": ("probe_uprobe", _attach_uprobe),
     "hook fentry": ("probe_fentry", _attach),
     "hook lsm": ("probe_lsm", _attach),
     "BPF_PROG_TEST_RUN": ("probe_tc", _run_tc),

@@ -19,6 +19,12 @@ int BPF_PROG(probe_raw_tp)
 	return 0;
 }
 
+SEC("uprobe")
+int BPF_KPROBE(probe_uprobe)
+{
+	return 0;
+}
+
 SEC("kprobe/tcp_v4_connect")
 int BPF_KPROBE(probe_kprobe)
 {
