@@ -76,6 +76,8 @@ def test_tls_resources_count_what_curl_did(https_server: NetnsPair) -> None:
             "tls_trace",
         )
         assert res["plain-api"]["pass"] == 1 and res["plain-api"]["source"] == "kernel"
+        scraped = d.scrape()  # Prometheus: the same counts
+        assert scraped[("tls-bytes", "pass")] == 3 and scraped[("tls-fail", "pass")] == 2
 
         table = subprocess.run(
             [*d.proc.argv[: d.proc.argv.index("run")], "stats", "--control-socket", d.socket],
