@@ -14,7 +14,6 @@ import platform
 import re
 import struct
 import subprocess
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -421,19 +420,10 @@ class HttpTracer:
         self.close()
 
 
-def wait_idle(tracer: HttpTracer, callback: Callable[[HttpRecord], None], quiet_s: float = 0.3) -> None:
-    """Consume until no event arrived for ``quiet_s`` (tests and benchmarks)."""
-    last = time.monotonic()
-    while time.monotonic() - last < quiet_s:
-        if tracer.poll(callback, 50):
-            last = time.monotonic()
-
-
 __all__ = [
     "HEADER",
     "HttpRecord",
     "HttpTraceFilter",
     "HttpTracer",
     "find_libssl",
-    "wait_idle",
 ]
