@@ -3,7 +3,7 @@
 
 nginx (one worker, keep-alive, a 13-byte ``return 200``) in a server namespace, wrk in a client
 namespace, ``--seconds`` per run. Two loads: paced (each wrk connection pauses 1 ms after a response,
-``bench/_wrk_paced.lua``: a fixed offered rate, ~20k req/s with 32 connections) and closed loop (as fast
+``bench/_wrk_paced.lua``: a fixed offered load; 32 and 48 connections by default) and closed loop (as fast
 as wrk can). Runs alternate: no tracer, tracer on nginx's pid (server side only), tracer on the port
 (both sides: wrk's requests too), ``--rounds`` times. For each traced run: requests
 wrk completed, records the tracer produced (server and client side), kernel events and lost events,
@@ -110,7 +110,7 @@ def traced_run(
 
 
 def measure(pair: NetnsPair, nginx_pid: int, args: argparse.Namespace, paced: bool) -> None:
-    conns = args.paced_connections if paced else args.connections
+    conns = args.paced if paced else args.connections
     plain: list[float] = []
     runs: dict[str, list[dict[str, Any]]] = {"pid": [], "port": []}
     for _ in range(args.rounds):
@@ -148,14 +148,24 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--connections", type=int, default=16, help="closed loop (as fast as possible)")
-    ap.add_argument("--paced-connections", type=int, default=32, help="paced load (~0.9k req/s each)")
+    ap.add_argument(
+        "--paced-connections",
+        type=int,
+        nargs="+",
+        default=[32, 48],
+        help="paced loads to run (~0.6k req/s per connection)",
+    )
+    ap.add_argument("--paced-only", action="store_true", help="skip the closed-loop load")
     args = ap.parse_args()
     print(f"$ {' '.join(sys.argv)}")
     with NetnsPair("hb") as pair:
         nginx = start_nginx(pair)
         wrk(pair, 2, args.connections)  # warm up
-        measure(pair, nginx.pid, args, paced=True)
-        measure(pair, nginx.pid, args, paced=False)
+        for conns in args.paced_connections:
+            args.paced = conns
+            measure(pair, nginx.pid, args, paced=True)
+        if not args.paced_only:
+            measure(pair, nginx.pid, args, paced=False)
     return 0
 
 
