@@ -1,4 +1,4 @@
-"""Noticing that the rules file changed: its identity (inode, mtime, size) polled once a second.
+"""Noticing that the rules file changed: its identity (inode, mtime, size) polled every 50 ms by the daemon.
 
 Polling follows symlinks, so a Kubernetes ConfigMap's atomic symlink swap and an editor's
 write-then-rename are both seen; inotify would miss the first on the watched name.

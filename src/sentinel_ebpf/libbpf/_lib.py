@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import mmap
 import platform
 import threading
 from collections.abc import Iterator
@@ -173,20 +174,26 @@ LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}
 
 
 _FORMAT_BUF_BYTES = 16 << 20  # libbpf prints a whole verifier log in one message
+_format_map: mmap.mmap | None = None  # anonymous pages: only what a message writes becomes resident
 _format_buf: ctypes.Array[ctypes.c_char] | None = None
 _format_lock = threading.Lock()
 
 
 def _format_va(fmt: bytes, va_list: int | None) -> str:
     # va_list is an array type on x86_64, so C passes it as a pointer that vsnprintf accepts as is.
-    global _format_buf
+    global _format_map, _format_buf
     if platform.machine() != "x86_64" or va_list is None:
         return fmt.decode(errors="replace")
     with _format_lock:
         if _format_buf is None:
-            _format_buf = ctypes.create_string_buffer(_FORMAT_BUF_BYTES)
+            _format_map = mmap.mmap(-1, _FORMAT_BUF_BYTES)
+            _format_buf = (ctypes.c_char * _FORMAT_BUF_BYTES).from_buffer(_format_map)
+        assert _format_map is not None
         n = _libc().vsnprintf(_format_buf, _FORMAT_BUF_BYTES, fmt, c_void_p(va_list))
-        return ctypes.string_at(_format_buf, max(0, min(n, _FORMAT_BUF_BYTES - 1))).decode(errors="replace")
+        text = ctypes.string_at(_format_buf, max(0, min(n, _FORMAT_BUF_BYTES - 1))).decode(errors="replace")
+        if n > 1 << 16:  # a long verifier log: give its pages back
+            _format_map.madvise(mmap.MADV_DONTNEED)
+        return text
 
 
 def _on_print(level: int, fmt: bytes, va_list: int | None) -> int:

@@ -199,12 +199,38 @@ class Map:
                     raise _BatchUnsupported
                 raise BpfMapError(f"map {self.name}: lookup_batch", err)
             first = False
+            key_raw, value_raw = keys.raw, values.raw  # .raw copies the whole buffer: once per batch
             for i in range(count.value):
-                k = keys.raw[i * self.key_size : (i + 1) * self.key_size]
-                yield k, self._split(values.raw[i * vsize : (i + 1) * vsize])
+                k = key_raw[i * self.key_size : (i + 1) * self.key_size]
+                yield k, self._split(value_raw[i * vsize : (i + 1) * vsize])
             if rc != 0:  # ENOENT: that was the last batch
                 return
             token_in = ctypes.create_string_buffer(token_out.raw)
+
+    def array_prefix(self, count: int) -> list[bytes]:
+        """Values of indices 0..count-1 of a (non per-CPU) array, in one batched syscall where the
+        kernel has it, else one lookup each."""
+        if self.type != MapType.ARRAY:
+            raise BpfMapError(f"map {self.name}: array_prefix needs an array map", errno.EINVAL)
+        count = min(count, self.max_entries)
+        if count <= 0:
+            return []
+        if _lib.has("bpf_map_lookup_batch"):
+            keys = ctypes.create_string_buffer(self.key_size * count)
+            values = ctypes.create_string_buffer(self.value_size * count)
+            token_out = ctypes.create_string_buffer(max(self.key_size, 8))
+            opts = _lib.BpfMapBatchOpts(sz=ctypes.sizeof(_lib.BpfMapBatchOpts))
+            n = ctypes.c_uint32(count)
+            rc = _lib.lib().bpf_map_lookup_batch(
+                self.fd, None, token_out, keys, values, ctypes.byref(n), ctypes.byref(opts)
+            )
+            err = _lib.errno_now() if rc != 0 else 0
+            if (rc == 0 or err == errno.ENOENT) and n.value == count:
+                raw, size = values.raw, self.value_size
+                return [raw[i * size : (i + 1) * size] for i in range(count)]
+            if rc != 0 and err not in (errno.ENOENT, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise BpfMapError(f"map {self.name}: lookup_batch", err)
+        return [self.lookup(i.to_bytes(4, "little")) for i in range(count)]
 
     def clear(self) -> None:
         for key in list(self.keys()):
