@@ -3,13 +3,14 @@
 
 One server namespace, three servers, the same limit ``--rate`` requests per second on ``/``:
 
-  eBPF 429      nginx on 8080 (one worker, ``return 200``) behind ``sentinel-ebpf run``: a flow rule of
+  eBPF 429      nginx on 8080 (one worker, a 12-byte static file) behind ``sentinel-ebpf run``: a flow rule of
                 ``--rate`` QPS; excess requests are answered 429 by the TC program, nginx gets a RST
   nginx 429     nginx on 8081 with ``limit_req`` (zone rate ``--rate``r/s, burst 0, nodelay, status 429)
   ASGI 429      uvicorn + Starlette on 8082 behind slowapi's middleware (``--rate``/second, one shared key)
 
 Each gets the same overload in turn, ``--rounds`` times: wrk (2 threads, ``--connections``, closed loop) for
-``--seconds`` from a client namespace, far above 10x the limit. Measured per run: requests, rejected
+``--seconds`` from a client namespace, far above 10x the limit; once with keep-alive connections and once
+with ``Connection: close`` on every request (a new connection per request for every server). Measured per run: requests, rejected
 (wrk's non-2xx count), the server process's CPU time (/proc/PID/stat user + system; for eBPF, nginx's
 plus the TC programs' run time from ``kernel.bpf_stats_enabled``, where the rejections are made), and the
 whole machine's busy CPU time (/proc/stat) including the client. "server us/rejected" is server CPU
@@ -44,6 +45,12 @@ from integration.daemon_helpers import Daemon  # noqa: E402
 from integration.netns import NetnsPair  # noqa: E402
 
 ASGI = Path(__file__).with_name("_asgi_limited.py")
+RULES = """
+resources:
+  - {{name: root, match: {{protocol: http, port: 8080, path: /}}}}
+flowRules:
+  - {{resource: root, threshold: {rate}, statIntervalInMs: 1000}}
+"""
 SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -73,7 +80,11 @@ def start_nginx(pair: NetnsPair, port: int, rate: int | None) -> subprocess.Pope
     temp = " ".join(
         f"{k}_temp_path {work}/{k};" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     )
-    zone = f"limit_req_zone $server_name zone=one:1m rate={rate}r/s; limit_req_status 429;" if rate else ""
+    (work / "www").mkdir()
+    (work / "www" / "index.html").write_text(
+        "hello world\n"
+    )  # a static file: `return` would run before limit_req
+    zone = f"limit_req_zone $server_port zone=one:1m rate={rate}r/s; limit_req_status 429;" if rate else ""
     limit = "limit_req zone=one nodelay;" if rate else ""
     (work / "nginx.conf").write_text(f"""
 worker_processes 1;
@@ -86,7 +97,7 @@ http {{
     keepalive_requests 1000000;
     {temp}
     {zone}
-    server {{ listen {port}; location / {{ {limit} return 200 "hello world\\n"; }} }}
+    server {{ listen {port}; root {work}/www; location / {{ {limit} }} }}
 }}
 """)
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -96,10 +107,13 @@ http {{
     return proc
 
 
-def run(pair: NetnsPair, port: int, pids: list[int], seconds: int, connections: int) -> dict[str, float]:
+def run(
+    pair: NetnsPair, port: int, pids: list[int], seconds: int, connections: int, close: bool
+) -> dict[str, float]:
     cpu0 = sum(proc_cpu(p) for p in pids)
     bpf0, busy0, t0 = tc_run_ns(), machine_busy(), time.monotonic()
-    res = pair.run(pair.client, "wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s",
+    header = ["-H", "Connection: close"] if close else []
+    res = pair.run(pair.client, "wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", *header,
                    f"http://{pair.server_ip}:{port}/", timeout=seconds + 60)  # fmt: skip
     elapsed = time.monotonic() - t0
     cpu = sum(proc_cpu(p) for p in pids) - cpu0
@@ -125,7 +139,8 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=32)
     args = ap.parse_args()
     print(f"$ {' '.join(sys.argv)}")
-    results: dict[str, list[dict[str, float]]] = {"eBPF 429": [], "nginx 429": [], "ASGI 429": []}
+    modes = {"keep-alive": False, "new connection per request": True}
+    results = {m: {"eBPF 429": [], "nginx 429": [], "ASGI 429": []} for m in modes}
     old = SYSCTL.read_text().strip()
     SYSCTL.write_text("1")
     try:
@@ -135,53 +150,47 @@ def main() -> int:
             asgi = pair.popen(pair.server, sys.executable, str(ASGI), "8082", str(args.rate),
                               stdin=subprocess.DEVNULL)  # fmt: skip
             pair.wait_listening(pair.server, 8082, asgi)
-            d = Daemon(
-                pair,
-                f"""
-resources:
-  - {{name: root, match: {{protocol: http, port: 8080, path: /}}}}
-flowRules:
-  - {{resource: root, threshold: {args.rate}, statIntervalInMs: 1000}}
-""",
-            )
+            d = Daemon(pair, RULES.format(rate=args.rate))
             try:
                 for _ in range(args.rounds):
-                    for name, port, pids in (("eBPF 429", 8080, [ebpf_nginx.pid]),
-                                             ("nginx 429", 8081, [limited_nginx.pid]),
-                                             ("ASGI 429", 8082, [asgi.pid])):  # fmt: skip
-                        r = run(pair, port, pids, args.seconds, args.connections)
-                        if name != "eBPF 429":
-                            r["bpf_cpu_s"] = (
-                                0.0  # the TC programs pass these ports' packets: not this server's cost
-                            )
-                        results[name].append(r)
+                    for mode, close in modes.items():
+                        for name, port, pid in (("eBPF 429", 8080, ebpf_nginx.pid),
+                                                ("nginx 429", 8081, limited_nginx.pid),
+                                                ("ASGI 429", 8082, asgi.pid)):  # fmt: skip
+                            r = run(pair, port, [pid], args.seconds, args.connections, close)
+                            if name != "eBPF 429":
+                                r["bpf_cpu_s"] = 0.0  # the programs pass other ports' packets: not their cost
+                            results[mode][name].append(r)
             finally:
                 d.close()
     finally:
         SYSCTL.write_text(old)
 
-    print(f"\n{'server':<10} {'req/s':>8} {'rejected/s':>10} {'passed/s':>8} {'server us/rejected':>18} "
-          f"{'vs eBPF':>8} {'machine us/request':>18}")  # fmt: skip
-    med: dict[str, float] = {}
-    for name, runs in results.items():
-        per_rej = statistics.median(
-            (r["proc_cpu_s"] + r["bpf_cpu_s"]) / max(1, r["rejected"]) * 1e6 for r in runs
-        )
-        med[name] = per_rej
-    for name, runs in results.items():
-        rps = statistics.median(r["requests"] / r["seconds"] for r in runs)
-        rej = statistics.median(r["rejected"] / r["seconds"] for r in runs)
-        passed = statistics.median(r["passed_per_s"] for r in runs)
-        machine = statistics.median(r["machine_cpu_s"] / max(1, r["requests"]) * 1e6 for r in runs)
-        print(f"{name:<10} {rps:>8,.0f} {rej:>10,.0f} {passed:>8,.1f} {med[name]:>18.2f} "
-              f"{med[name] / med['eBPF 429']:>8.1f} {machine:>18.2f}")  # fmt: skip
+    for mode, by_server in results.items():
+        print(f"\n== client: wrk, {args.connections} connections, {mode}")
+        print(f"{'server':<10} {'req/s':>8} {'rejected/s':>10} {'passed/s':>8} {'server us/rejected':>18} "
+              f"{'x eBPF':>7} {'machine us/request':>18}")  # fmt: skip
+        med = {
+            name: statistics.median(
+                (r["proc_cpu_s"] + r["bpf_cpu_s"]) / max(1, r["rejected"]) * 1e6 for r in runs
+            )
+            for name, runs in by_server.items()
+        }
+        for name, runs in by_server.items():
+            rps = statistics.median(r["requests"] / r["seconds"] for r in runs)
+            rej = statistics.median(r["rejected"] / r["seconds"] for r in runs)
+            passed = statistics.median(r["passed_per_s"] for r in runs)
+            machine = statistics.median(r["machine_cpu_s"] / max(1, r["requests"]) * 1e6 for r in runs)
+            print(f"{name:<10} {rps:>8,.0f} {rej:>10,.0f} {passed:>8,.1f} {med[name]:>18.2f} "
+                  f"{med[name] / med['eBPF 429']:>7.1f} {machine:>18.2f}")  # fmt: skip
     print(
-        "targets: server CPU per rejected request >= 10x lower than nginx limit_req, >= 50x lower than ASGI"
+        "\ntargets: server CPU per rejected request >= 10x lower than nginx limit_req, >= 50x lower than ASGI"
     )
-    print("\nraw:")
-    for name, runs in results.items():
-        for r in runs:
-            print(f"  {name}: {r}")
+    print("raw:")
+    for mode, by_server in results.items():
+        for name, runs in by_server.items():
+            for r in runs:
+                print(f"  {mode} / {name}: {r}")
     return 0
 
 

@@ -49,6 +49,15 @@ def run(
             "SENTINEL_RESOURCE, SENTINEL_BREAKER, SENTINEL_FROM, SENTINEL_TO set.",
         ),
     ] = None,
+    hotspot_keys: Annotated[
+        int,
+        typer.Option(
+            "--hotspot-keys",
+            help="Hotspot parameter values tracked at once (LRU; ~104 bytes of kernel memory each).",
+            min=1024,
+            max=1 << 24,
+        ),
+    ] = 262144,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Debug logging.")] = False,
 ) -> None:
     """Enforce the rules in the kernel until SIGTERM/SIGINT; reload on file change and SIGHUP."""
@@ -60,6 +69,7 @@ def run(
     config = DaemonConfig(
         rules=rules, interfaces=list(iface or []), metrics_addr=metrics_addr or None, log_dir=log_dir or None,
         app=app_name, control_socket=control_socket, state_dir=state_dir, on_breaker_change=on_breaker_change,
+        hotspot_keys=hotspot_keys,
     )  # fmt: skip
     try:
         Daemon(config).run()

@@ -61,6 +61,7 @@ class DaemonConfig:
     control_socket: str = DEFAULT_SOCKET
     state_dir: str = DEFAULT_STATE_DIR
     on_breaker_change: str | None = None  # a shell command run on each transition (SENTINEL_* variables)
+    hotspot_keys: int | None = None  # hotspot values tracked at once (None: SE_HOT_VALUES_MAX)
 
 
 class Stop(Exception):
@@ -118,7 +119,7 @@ class Daemon:
     def start(self) -> None:
         self.watcher.mark()
         rules = load_rules(self.rules_path)  # invalid at start: the caller reports and exits 1
-        self.dp = InboundDataplane()
+        self.dp = InboundDataplane(hotspot_values=self.config.hotspot_keys)
         compiled = self.dp.compile(rules)
         for note in compiled.notes:
             log.warning("%s", note)

@@ -106,11 +106,17 @@ class InboundDataplane:
     ``test_clock=True`` loads the programs with a clock the caller sets (``set_clock_ns``), for tests.
     """
 
-    def __init__(self, *, test_clock: bool = False) -> None:
+    def __init__(self, *, test_clock: bool = False, hotspot_values: int | None = None) -> None:
+        """``hotspot_values``: how many hotspot parameter values the kernel tracks at once (an LRU map,
+        preallocated: ~104 bytes of kernel memory each); default ``SE_HOT_VALUES_MAX``."""
+        if hotspot_values is not None and not 1024 <= hotspot_values <= 1 << 24:
+            raise ValueError(f"hotspot_values must be in 1024..{1 << 24}, got {hotspot_values}")
         self.obj = BpfObject.open(object_path("inbound"))
         try:
             if test_clock:
                 self.obj.set_rodata(use_test_clock=True)
+            if hotspot_values is not None:
+                self.obj.map("hot_values").set_max_entries(hotspot_values)
             self.obj.load()
         except BaseException:
             self.obj.close()
