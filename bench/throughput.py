@@ -59,13 +59,29 @@ def wrk(pair: NetnsPair, seconds: int, connections: int) -> float:
     return float(m.group(1))
 
 
-def tc_prog_stats() -> dict[str, tuple[int, int]]:
+def prog_ids(pid: int) -> set[int]:
+    """Ids of the BPF programs a process holds (its fdinfo), so other loaders' programs are not counted."""
+    ids = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            if fd.readlink().as_posix() == "anon_inode:bpf-prog":
+                m = re.search(r"^prog_id:\s*(\d+)", Path(f"/proc/{pid}/fdinfo/{fd.name}").read_text(), re.M)
+                if m:
+                    ids.add(int(m.group(1)))
+        except OSError:
+            continue
+    return ids
+
+
+def tc_prog_stats(pid: int) -> dict[str, tuple[int, int]]:
+    """(run time ns, run count) of the daemon's TC programs, by name."""
     out = subprocess.run(
         ["bpftool", "--json", "prog", "show"], capture_output=True, text=True, check=True
     ).stdout
+    mine = prog_ids(pid)
     stats: dict[str, tuple[int, int]] = {}
     for p in json.loads(out or "[]"):
-        if p.get("type") == "sched_cls" and p.get("name", "").startswith("tc_"):
+        if p["id"] in mine and p.get("type") == "sched_cls" and p.get("name", "").startswith("tc_"):
             prev = stats.get(p["name"], (0, 0))
             stats[p["name"]] = (prev[0] + p.get("run_time_ns", 0), prev[1] + p.get("run_cnt", 0))
     return stats
@@ -91,9 +107,9 @@ def main() -> int:
                 for mode, port in (("no match", PORT + 1), ("match", PORT)):
                     d = Daemon(pair, rules(port))
                     try:
-                        before = tc_prog_stats()
+                        before = tc_prog_stats(d.proc.pid)
                         rps[mode].append(wrk(pair, args.seconds, args.connections))
-                        after = tc_prog_stats()
+                        after = tc_prog_stats(d.proc.pid)
                         if mode == "match":
                             stats = d.stats()["resources"]["root"]
                             assert stats["block"] == 0 and stats["pass"] > 0, stats
