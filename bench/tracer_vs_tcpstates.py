@@ -96,7 +96,8 @@ def one_round(pair: NetnsPair, n: int, procs: int) -> dict[str, float]:
         return {
             "made": made, "rate": made / elapsed, "ours": count_ours(), "tcpstates": count_theirs(),
             "ours_lost": sum(int(m.group(1)) for ln in ours.stderr if (m := re.search(r"(\d+) connection events lost", ln))),
-            "tcpstates_lost": sum(1 for ln in theirs.stderr if "lost" in ln.lower()),
+            "tcpstates_lost": sum(int(m.group(1)) for ln in [*theirs.stderr, *theirs.stdout]
+                                  if (m := re.search(r"[Ll]ost (\d+) events", ln))),
         }  # fmt: skip
     finally:
         ours.close()
