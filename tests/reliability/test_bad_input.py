@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import random
 import sys
 from collections.abc import Iterator
@@ -162,7 +163,8 @@ def test_random_packets_never_block_or_count(enforcing: InboundDataplane) -> Non
     enforcing.apply(enforcing.compile(load_text(yaml.safe_dump(GOOD), "good.yaml")))
     prog = enforcing.obj.program("tc_ingress")
     rnd = random.Random(2024)
-    for frame in _mutations(rnd, 20_000):
+    # CI runs 20,000; the long variant: SENTINEL_RELIABILITY_PACKETS=1000000 pytest tests/reliability -k packets
+    for frame in _mutations(rnd, int(os.environ.get("SENTINEL_RELIABILITY_PACKETS", "20000"))):
         try:
             res = prog.test_run(frame)
         except Exception:  # the kernel refuses some frames before running the program (e.g. no IP header)
