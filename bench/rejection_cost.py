@@ -1,196 +1,307 @@
-#!/usr/bin/env python3
-"""What a rejected request costs the server: the eBPF data plane vs nginx ``limit_req`` vs a Python ASGI app.
+"""Server-side CPU per rejected request under the same overload: eBPF vs nginx limit_req vs slowapi.
 
-One server namespace, three servers, the same limit ``--rate`` requests per second on ``/``:
+usage: sudo flock /tmp/sentinel-bench.lock .venv/bin/python bench/rejection_cost.py
+           [--threshold 100] [--seconds 10] [--rounds 5] [--connections 64]
+           [--systems ebpf,ebpf-rst,ebpf-syn,nginx,python] [--loads keepalive,close]
+       (needs the ``bench`` extra: ``.venv/bin/pip install -e '.[bench]'`` for uvicorn and slowapi)
 
-  eBPF 429      nginx on 8080 (one worker, a 12-byte static file) behind ``sentinel-ebpf run``: a flow rule of
-                ``--rate`` QPS; excess requests are answered 429 by the TC program, nginx gets a RST
-  nginx 429     nginx on 8081 with ``limit_req`` (zone rate ``--rate``r/s, burst 0, nodelay, status 429)
-  ASGI 429      uvicorn + Starlette on 8082 behind slowapi's middleware (``--rate``/second, one shared key)
+One client/server namespace pair (tests/integration/netns.py). The server side is pinned to CPU 1 (its
+processes by taskset, the server veth's receive path by RPS: softirq work for packets to the server,
+TC programs included, runs there) and its processes run in a cgroup v2 of their own; wrk (closed loop,
+``--connections`` connections, 2 threads) and the client veth's receive path are on CPU 0
+(bench/_serverside.py). Each system limits one resource to ``--threshold`` requests per second:
 
-Each gets the same overload in turn, ``--rounds`` times: wrk (2 threads, ``--connections``, closed loop) for
-``--seconds`` from a client namespace, far above 10x the limit; once with keep-alive connections and once
-with ``Connection: close`` on every request (a new connection per request for every server). Measured per run: requests, rejected
-(wrk's non-2xx count), the server process's CPU time (/proc/PID/stat user + system; for eBPF, nginx's
-plus the TC programs' run time from ``kernel.bpf_stats_enabled``, where the rejections are made), and the
-whole machine's busy CPU time (/proc/stat) including the client. "server us/rejected" is server CPU
-divided by rejected requests; "machine us/request" is all CPU divided by all requests.
+  ebpf      nginx (1 worker) serving a 12-byte static file on 8080, the inbound data plane attached to
+            the server veth with {resource: all of port 8080 (http), threshold: T}: the kernel answers
+            429 (Connection: close) and resets the server side, so every rejected request costs the
+            client a new connection, and the server its handshake, accept and reset
+  ebpf-rst  the same with ``reject: {http: {mode: rst}}``: the request is answered with a reset
+  ebpf-syn  a TCP resource (port 8080, threshold T new connections/s): the SYN is answered with a RST,
+            nginx never sees the connection (only with the ``close`` load: with keep-alive it limits
+            connections, not requests)
+  nginx     the same nginx, port 8081: limit_req (zone rate=Tr/s, burst 0, nodelay, limit_req_status 429)
+            in front of the same file
+  python    uvicorn (uvloop, httptools, 1 worker, access log off) running bench/_asgi_limited.py:
+            Starlette behind slowapi's ASGI middleware, one in-memory fixed-window limit "T/second"
 
-Not charged to any server process: the kernel's TCP work in softirq (handshakes, ACKs). The kernel's 429
-closes the connection (``Connection: close``), so every request the eBPF rule rejects costs the client a
-new connection, while nginx's and slowapi's 429 keep it open: that shows in the machine-wide column.
+Two client loads (``--loads``): ``keepalive`` (wrk's default: a connection is reused until the server
+closes it; nginx's and slowapi's 429 keep it open, the kernel's closes it) and ``close`` (wrk sends
+``Connection: close``: a new connection for every request, whatever the answer).
 
-usage: sudo .venv/bin/python bench/rejection_cost.py [--rate 100] [--seconds 10] [--rounds 3]
-       (needs ``pip install -e '.[bench]'`` for uvicorn, starlette and slowapi)
+Every case runs in every round (order rotating), ``--seconds`` each, the data plane attached only during
+ebpf runs. Per run: wrk's responses (non-2xx = rejected; for ebpf-rst and ebpf-syn, which send no
+response, the kernel's block count), and the CPU the server side used:
+
+  server CPU = procs + softirq: **procs** is usage_usec of the server processes' cgroup (exact; without
+  CONFIG_IRQ_TIME_ACCOUNTING, as here, it also holds the softirq work that ran while a server process was
+  the current task); **softirq** is NET_RX + NET_TX softirq time on CPU 1 while any other task was current
+  (idle, ksoftirqd, an unrelated process), timed by bench/softirq_time.bpf.c (tp_btf softirq_entry/exit).
+  That is where the kernel's 429/RST path and the server's TCP receive work run when nginx is not.
+  Neither part is disturbed by other work on the machine (except its own network softirqs on CPU 1).
+  **CPU1 ticks** (for comparison): busy time of CPU 1 from /proc/stat (user, system, irq, softirq; not
+  steal; tick sampled at 250 Hz) minus what CPU 1 was busy with just before the run (a 0.5 s window
+  once CPU 1 has settled below 10% busy, or after 10 s); other work on the machine skews it.
+
+CPU per rejected request = CPU / rejected (the passed requests, T per second, are included and
+negligible next to thousands of rejections per second). Printed per load: medians over rounds, the
+ratio of the medians to ebpf and the median of the per-round ratios; then every raw run.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import re
-import shutil
+import shlex
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from integration.daemon_helpers import Daemon  # noqa: E402
-from integration.netns import NetnsPair  # noqa: E402
+from _serverside import (
+    CLIENT_CPU,
+    SERVER_CPU,
+    Cgroup,
+    SoftirqMeter,
+    idle_busy,
+    in_netns,
+    measured,
+    nginx_conf,
+    pin,
+    set_rps,
+    start_nginx,
+    wrk,
+)
+from netns import NetnsPair
 
-ASGI = Path(__file__).with_name("_asgi_limited.py")
+from sentinel_ebpf.inbound import InboundDataplane
+from sentinel_ebpf.rules import load_text
+
+EBPF_PORT, NGINX_PORT, PY_PORT = 8080, 8081, 8082
+PATH = "/static/small.txt"
+APP = Path(__file__).with_name("_asgi_limited.py")
+SYSTEMS = ("ebpf", "ebpf-rst", "ebpf-syn", "nginx", "python")
+LOADS = {
+    "keepalive": "keep-alive connections (a client reconnects only when the server closes)",
+    "close": "a new connection for every request (Connection: close sent by the client)",
+}
 RULES = """
 resources:
-  - {{name: root, match: {{protocol: http, port: 8080, path: /}}}}
+  - {{name: limited, match: {{protocol: http, port: {port}, path: /}}}}
 flowRules:
-  - {{resource: root, threshold: {rate}, statIntervalInMs: 1000}}
+  - {{resource: limited, threshold: {t}, statIntervalInMs: 1000}}
+{reject}
 """
-SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
-TICK = os.sysconf("SC_CLK_TCK")
+SYN_RULES = """
+resources:
+  - {{name: limited, match: {{protocol: tcp, port: {port}}}}}
+flowRules:
+  - {{resource: limited, threshold: {t}, statIntervalInMs: 1000}}
+"""
 
 
-def proc_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+def start_servers(pair: NetnsPair, args: argparse.Namespace, server: Cgroup) -> None:
+    work = pair.tmpdir / "nginx"
+    (work / "www" / "static").mkdir(parents=True)
+    (work / "www" / "static" / "small.txt").write_text("hello world\n")
+    body = f"""
+    limit_req_zone $server_port zone=bench:1m rate={args.threshold}r/s;
+    server {{ listen {EBPF_PORT} backlog=4096; location / {{ root {work}/www; }} }}
+    server {{
+        listen {NGINX_PORT} backlog=4096;
+        location / {{ limit_req zone=bench nodelay; limit_req_status 429; root {work}/www; }}
+    }}
+"""
+    start_nginx(pair, work, nginx_conf(work, 1, 8192, body), [EBPF_PORT, NGINX_PORT], SERVER_CPU, server)
+    if "python" in args.systems:
+        env = {**os.environ, "BENCH_LIMIT": f"{args.threshold}/second"}
+        proc = pair.popen(
+            pair.server, *pin(SERVER_CPU), sys.executable, "-m", "uvicorn", "--app-dir", str(APP.parent),
+            "--host", pair.server_ip, "--port", str(PY_PORT), "--workers", "1", "--loop", "uvloop",
+            "--http", "httptools", "--no-access-log", "--log-level", "warning", "--backlog", "4096",
+            f"{APP.stem}:app", env=env, stdin=subprocess.DEVNULL, preexec_fn=server.join,
+        )  # fmt: skip
+        pair.wait_listening(pair.server, PY_PORT, proc)
 
 
-def machine_busy() -> float:
-    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return (sum(fields[:8]) - idle) / TICK
+def rules_for(system: str, threshold: int) -> str:
+    if system == "ebpf-syn":
+        return SYN_RULES.format(port=EBPF_PORT, t=threshold)
+    reject = "reject: {http: {mode: rst}}" if system == "ebpf-rst" else ""
+    return RULES.format(port=EBPF_PORT, t=threshold, reject=reject)
 
 
-def tc_run_ns() -> int:
-    out = subprocess.run(
-        ["bpftool", "--json", "prog", "show"], capture_output=True, text=True, check=True
-    ).stdout
-    return sum(p.get("run_time_ns", 0) for p in json.loads(out or "[]")
-               if p.get("type") == "sched_cls" and p.get("name", "").startswith("tc_"))  # fmt: skip
-
-
-def start_nginx(pair: NetnsPair, port: int, rate: int | None) -> subprocess.Popen[Any]:
-    work = pair.tmpdir / f"nginx-{port}"
-    work.mkdir(parents=True)
-    temp = " ".join(
-        f"{k}_temp_path {work}/{k};" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+def run_once(
+    pair: NetnsPair,
+    dp: InboundDataplane,
+    meter: SoftirqMeter,
+    system: str,
+    load: str,
+    args: argparse.Namespace,
+    server: Cgroup,
+    client: Cgroup,
+) -> dict[str, Any]:
+    with in_netns(pair.server):
+        dp.detach_all()
+        if system.startswith("ebpf"):
+            dp.apply(dp.compile(load_text(rules_for(system, args.threshold))))
+            dp.attach(pair.server_if)
+    port = {"nginx": NGINX_PORT, "python": PY_PORT}.get(system, EBPF_PORT)
+    url = f"http://{pair.server_ip}:{port}{PATH}"
+    headers = ("Connection: close",) if load == "close" else ()
+    background = idle_busy()
+    k0 = dp.resource_stats()[0] if system.startswith("ebpf") else None
+    res, cpu = measured(
+        server,
+        client,
+        lambda: wrk(pair, url, args.seconds, args.connections, 2, CLIENT_CPU, cgroup=client, headers=headers),
+        meter,
     )
-    (work / "www").mkdir()
-    (work / "www" / "index.html").write_text(
-        "hello world\n"
-    )  # a static file: `return` would run before limit_req
-    zone = f"limit_req_zone $server_port zone=one:1m rate={rate}r/s; limit_req_status 429;" if rate else ""
-    limit = "limit_req zone=one nodelay;" if rate else ""
-    (work / "nginx.conf").write_text(f"""
-worker_processes 1;
-master_process off;
-pid {work}/nginx.pid;
-error_log {work}/error.log crit;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    keepalive_requests 1000000;
-    {temp}
-    {zone}
-    server {{ listen {port}; root {work}/www; location / {{ {limit} }} }}
-}}
-""")
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    proc = pair.popen(pair.server, nginx, "-p", str(work), "-c", str(work / "nginx.conf"), "-g", "daemon off;",
-                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    pair.wait_listening(pair.server, port, proc)
-    return proc
+    out: dict[str, Any] = {"system": system, "load": load, "requests": res.requests, "seconds": res.seconds}
+    out.update(cpu)
+    out["background_server_cpu"] = background["server_cpu"]
+    out["background_client_cpu"] = background["client_cpu"]
+    out["rejected"] = res.non2xx
+    out["passed"] = res.requests - res.non2xx
+    out["socket_errors"] = res.socket_errors
+    if k0 is not None:
+        k1 = dp.resource_stats()[0]
+        out["kernel_pass"], out["kernel_block"] = k1.passed - k0.passed, k1.blocked - k0.blocked
+    if system in (
+        "ebpf-rst",
+        "ebpf-syn",
+    ):  # no response: wrk counts a read or connect error, the kernel a block
+        out["rejected"] = out["kernel_block"]
+    n = max(1, out["rejected"])
+    out["server_s"] = cpu["server_cgroup_s"] + cpu["softirq_net_outside_s"]
+    out["us_per_rejected"] = 1e6 * out["server_s"] / n
+    out["cgroup_us_per_rejected"] = 1e6 * cpu["server_cgroup_s"] / n
+    out["softirq_us_per_rejected"] = 1e6 * cpu["softirq_net_outside_s"] / n
+    tick_s = max(0.0, cpu["server_cpu_busy_s"] - background["server_cpu"] * cpu["wall_s"])
+    out["tick_us_per_rejected"] = 1e6 * tick_s / n
+    return out
 
 
-def run(
-    pair: NetnsPair, port: int, pids: list[int], seconds: int, connections: int, close: bool
-) -> dict[str, float]:
-    cpu0 = sum(proc_cpu(p) for p in pids)
-    bpf0, busy0, t0 = tc_run_ns(), machine_busy(), time.monotonic()
-    header = ["-H", "Connection: close"] if close else []
-    res = pair.run(pair.client, "wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", *header,
-                   f"http://{pair.server_ip}:{port}/", timeout=seconds + 60)  # fmt: skip
-    elapsed = time.monotonic() - t0
-    cpu = sum(proc_cpu(p) for p in pids) - cpu0
-    bpf_s = (tc_run_ns() - bpf0) / 1e9
-    busy = machine_busy() - busy0
-    m = re.search(r"(\d+) requests in", res.stdout)
-    if not m:
-        raise RuntimeError(f"wrk output not understood:\n{res.stdout}{res.stderr}")
-    total = int(m.group(1))
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", res.stdout)
-    rejected = int(non2xx.group(1)) if non2xx else 0
-    errors = re.search(r"Socket errors: (.*)", res.stdout)
-    return {"requests": total, "rejected": rejected, "passed_per_s": (total - rejected) / elapsed,
-            "proc_cpu_s": cpu, "bpf_cpu_s": bpf_s, "machine_cpu_s": busy, "seconds": elapsed,
-            "socket_errors": errors.group(1) if errors else ""}  # type: ignore[dict-item]  # fmt: skip
+def measure_all(
+    pair: NetnsPair, dp: InboundDataplane, args: argparse.Namespace, server: Cgroup, client: Cgroup
+) -> list[dict[str, Any]]:
+    set_rps(pair, pair.server, pair.server_if, SERVER_CPU)
+    set_rps(pair, pair.client, pair.client_if, CLIENT_CPU)
+    # every kernel 429 ends its connection: give the client all the ports it can use
+    pair.run(pair.client, "sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65000", check=True)
+    pair.run(pair.client, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1", check=True)
+    start_servers(pair, args, server)
+    meter = SoftirqMeter(SERVER_CPU, server, pair.tmpdir)
+    try:
+        return run_cases(pair, dp, meter, args, server, client)
+    finally:
+        meter.close()
+
+
+def run_cases(
+    pair: NetnsPair,
+    dp: InboundDataplane,
+    meter: SoftirqMeter,
+    args: argparse.Namespace,
+    server: Cgroup,
+    client: Cgroup,
+) -> list[dict[str, Any]]:
+    for port in (EBPF_PORT, NGINX_PORT, *((PY_PORT,) if "python" in args.systems else ())):  # warm up
+        wrk(pair, f"http://{pair.server_ip}:{port}{PATH}", 2, args.connections, 2, CLIENT_CPU)
+    cases = [
+        (s, ld) for ld in args.loads for s in args.systems if not (s == "ebpf-syn" and ld == "keepalive")
+    ]
+    runs = []
+    for i in range(args.rounds):
+        for system, load in cases[i % len(cases) :] + cases[: i % len(cases)]:
+            r = run_once(pair, dp, meter, system, load, args, server, client)
+            r["round"] = i + 1
+            print(f"  round {i + 1} {load:<9} {system:<8} {r['rejected'] / r['seconds']:>9,.0f} rejected/s "
+                  f"{r['us_per_rejected']:>8.2f} us/rejected", file=sys.stderr, flush=True)  # fmt: skip
+            runs.append(r)
+    return runs
+
+
+def report(runs: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    keys = ("us_per_rejected", "cgroup_us_per_rejected", "softirq_us_per_rejected", "tick_us_per_rejected")
+    for load in args.loads:
+        lr = [r for r in runs if r["load"] == load]
+        med: dict[str, dict[str, float]] = {}
+        for system in args.systems:
+            rs = [r for r in lr if r["system"] == system]
+            if not rs:
+                continue
+            med[system] = {key: statistics.median(float(r[key]) for r in rs) for key in keys}
+            med[system]["rejected_per_s"] = statistics.median(r["rejected"] / r["seconds"] for r in rs)
+            med[system]["passed_per_s"] = statistics.median(r["passed"] / r["seconds"] for r in rs)
+            med[system]["server_busy"] = statistics.median(r["server_s"] / r["wall_s"] for r in rs)
+        if not med:
+            continue
+        base_name = "ebpf" if "ebpf" in med else next(iter(med))
+        base = med[base_name]
+        print(f"\n{load}: {LOADS[load]}; threshold {args.threshold}/s, wrk -c{args.connections}, "
+              f"{args.seconds} s x {args.rounds} rounds (medians)")  # fmt: skip
+        print(f"{'system':<9} {'rejected/s':>10} {'x T':>5} {'passed/s':>8} {'server CPU':>10} "
+              f"{'us/rejected':>11} {f'/ {base_name}':>9} {'round ratio':>11} {'procs us':>8} "
+              f"{'softirq us':>10} {'CPU1 ticks us':>13}")  # fmt: skip
+        for system, m in med.items():
+            ratios = []
+            for i in {r["round"] for r in lr}:
+                mine = [r["us_per_rejected"] for r in lr if r["round"] == i and r["system"] == system]
+                ref = [r["us_per_rejected"] for r in lr if r["round"] == i and r["system"] == base_name]
+                if mine and ref:
+                    ratios.append(mine[0] / ref[0])
+            print(f"{system:<9} {m['rejected_per_s']:>10,.0f} {m['rejected_per_s'] / args.threshold:>5.0f} "
+                  f"{m['passed_per_s']:>8.1f} {m['server_busy']:>10.2f} {m['us_per_rejected']:>11.2f} "
+                  f"{m['us_per_rejected'] / base['us_per_rejected']:>8.2f}x "
+                  f"{statistics.median(ratios):>10.2f}x {m['cgroup_us_per_rejected']:>8.2f} "
+                  f"{m['softirq_us_per_rejected']:>10.2f} {m['tick_us_per_rejected']:>13.2f}")  # fmt: skip
+    print("\nraw runs: round load system requests seconds rejected passed kernel_block | server side, s: "
+          "cgroup net-softirq-outside net-softirq-inside other-softirq | CPU 1 ticks, s: busy steal softirq "
+          "background-share | client CPU busy s | wrk socket errors")  # fmt: skip
+    for r in runs:
+        print(f"  {r['round']} {r['load']:<9} {r['system']:<8} {r['requests']:>8} {r['seconds']:>6.2f} "
+              f"{r['rejected']:>8} {r['passed']:>6} {r.get('kernel_block', '-')!s:>8} | "
+              f"{r['server_cgroup_s']:>6.2f} {r['softirq_net_outside_s']:>6.2f} {r['softirq_net_inside_s']:>6.2f} "
+              f"{r['softirq_other_s']:>6.2f} | {r['server_cpu_busy_s']:>6.2f} {r['server_cpu_steal_s']:>5.2f} "
+              f"{r['server_cpu_softirq_s']:>6.2f} {r['background_server_cpu']:>5.2f} | "
+              f"{r['client_cpu_busy_s']:>6.2f} | {r['socket_errors'] or '-'}")  # fmt: skip
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rate", type=int, default=100)
+    ap.add_argument("--threshold", type=int, default=100)
     ap.add_argument("--seconds", type=int, default=10)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated, of the default")
+    ap.add_argument("--loads", default=",".join(LOADS), help="comma-separated, of the default")
     args = ap.parse_args()
-    print(f"$ {' '.join(sys.argv)}")
-    modes = {"keep-alive": False, "new connection per request": True}
-    results = {m: {"eBPF 429": [], "nginx 429": [], "ASGI 429": []} for m in modes}
-    old = SYSCTL.read_text().strip()
-    SYSCTL.write_text("1")
+    args.systems = tuple(s for s in args.systems.split(",") if s)
+    args.loads = tuple(s for s in args.loads.split(",") if s)
+    if unknown := (set(args.systems) - set(SYSTEMS)) | (set(args.loads) - set(LOADS)):
+        sys.exit(f"unknown systems or loads: {', '.join(sorted(unknown))}")
+    if os.geteuid() != 0:
+        sys.exit("rejection_cost.py needs root")
+    print(f"command: {shlex.join(sys.argv)}")
+    print(f"kernel {os.uname().release}, {os.cpu_count()} cpus; server side on CPU {SERVER_CPU}, client on "
+          f"CPU {CLIENT_CPU}")  # fmt: skip
+    server, client = Cgroup("rc-server"), Cgroup("rc-client")
     try:
         with NetnsPair("rc") as pair:
-            ebpf_nginx = start_nginx(pair, 8080, None)
-            limited_nginx = start_nginx(pair, 8081, args.rate)
-            asgi = pair.popen(pair.server, sys.executable, str(ASGI), "8082", str(args.rate),
-                              stdin=subprocess.DEVNULL)  # fmt: skip
-            pair.wait_listening(pair.server, 8082, asgi)
-            d = Daemon(pair, RULES.format(rate=args.rate))
+            dp = InboundDataplane()
             try:
-                for _ in range(args.rounds):
-                    for mode, close in modes.items():
-                        for name, port, pid in (("eBPF 429", 8080, ebpf_nginx.pid),
-                                                ("nginx 429", 8081, limited_nginx.pid),
-                                                ("ASGI 429", 8082, asgi.pid)):  # fmt: skip
-                            r = run(pair, port, [pid], args.seconds, args.connections, close)
-                            if name != "eBPF 429":
-                                r["bpf_cpu_s"] = 0.0  # the programs pass other ports' packets: not their cost
-                            results[mode][name].append(r)
+                runs = measure_all(pair, dp, args, server, client)
             finally:
-                d.close()
+                with in_netns(pair.server):  # the ifindex is the namespace's: never detach from the host's
+                    dp.detach_all()
+                dp.close()
     finally:
-        SYSCTL.write_text(old)
-
-    for mode, by_server in results.items():
-        print(f"\n== client: wrk, {args.connections} connections, {mode}")
-        print(f"{'server':<10} {'req/s':>8} {'rejected/s':>10} {'passed/s':>8} {'server us/rejected':>18} "
-              f"{'x eBPF':>7} {'machine us/request':>18}")  # fmt: skip
-        med = {
-            name: statistics.median(
-                (r["proc_cpu_s"] + r["bpf_cpu_s"]) / max(1, r["rejected"]) * 1e6 for r in runs
-            )
-            for name, runs in by_server.items()
-        }
-        for name, runs in by_server.items():
-            rps = statistics.median(r["requests"] / r["seconds"] for r in runs)
-            rej = statistics.median(r["rejected"] / r["seconds"] for r in runs)
-            passed = statistics.median(r["passed_per_s"] for r in runs)
-            machine = statistics.median(r["machine_cpu_s"] / max(1, r["requests"]) * 1e6 for r in runs)
-            print(f"{name:<10} {rps:>8,.0f} {rej:>10,.0f} {passed:>8,.1f} {med[name]:>18.2f} "
-                  f"{med[name] / med['eBPF 429']:>7.1f} {machine:>18.2f}")  # fmt: skip
-    print(
-        "\ntargets: server CPU per rejected request >= 10x lower than nginx limit_req, >= 50x lower than ASGI"
-    )
-    print("raw:")
-    for mode, by_server in results.items():
-        for name, runs in by_server.items():
-            for r in runs:
-                print(f"  {mode} / {name}: {r}")
+        server.remove()
+        client.remove()
+    report(runs, args)
     return 0
 
 

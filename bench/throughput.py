@@ -1,137 +1,273 @@
-#!/usr/bin/env python3
-"""Throughput with the data plane attached vs without it, and the programs' in-situ cost.
+"""Throughput with the inbound data plane attached vs without it: wrk against nginx, interleaved runs.
 
-nginx (one worker, keep-alive, a 12-byte ``return 200``) in a server namespace; wrk (2 threads,
-``--connections``) in a client namespace for ``--seconds``. Per round, in turn:
+usage: sudo flock /tmp/sentinel-bench.lock .venv/bin/python bench/throughput.py
+           [--seconds 5] [--rounds 10] [--stats-rounds 3] [--connections 32] [--workers 1] [--others 300]
 
-  none       no program attached
-  no match   ``sentinel-ebpf run`` on the server veth with 1,000 HTTP resources on another port
-  match      the same daemon with 1,000 HTTP resources on nginx's port: the requests match ``/`` (a QPS
-             threshold far above the load) and are counted; nothing is blocked
+One client/server namespace pair (tests/integration/netns.py). nginx (``--workers`` workers, keep-alive,
+a static 12-byte file, access log off) in the server namespace; wrk (2 threads, ``--connections``
+keep-alive connections, closed loop) in the client namespace. Server processes are pinned to CPU 1 and
+the server veth's receive path to CPU 1 by RPS; wrk and the client veth's receive path to CPU 0
+(bench/_serverside.py). The TC programs (``tc_ingress``, ``tc_egress``) of one ``InboundDataplane`` are
+attached to the server veth or not, in three configurations run in turn in every round (the order
+rotates from round to round):
 
-``--rounds`` rounds; the table shows the median requests per second of each mode and its ratio to
-``none``. While wrk runs, ``kernel.bpf_stats_enabled`` is 1 and the run time and run count of the
-attached TC programs are read from ``bpftool prog show`` before and after: the in-situ ns per program
-run, over every packet of the run (both directions, ACKs included). The sysctl is restored afterwards.
+  none     no program attached
+  match    attached; the requested path is an HTTP resource with a flow rule it never reaches
+           (threshold 1e9 QPS), beside ``--others`` more HTTP resources with flow rules on the same port
+  nomatch  attached; ``--others`` HTTP resources with flow rules, all on another port
 
-usage: sudo .venv/bin/python bench/throughput.py [--seconds 10] [--rounds 5] [--connections 32]
+Printed: the median requests/s per configuration, its ratio to ``none`` (the figure to judge) and the
+median of per-round ratios; the busy share of both CPUs (/proc/stat ticks); and the server side's CPU
+per request, measured exactly as in rejection_cost.py (server cgroup usage + network softirq time on
+CPU 1 outside the server processes, bench/softirq_time.bpf.c), which other work on the machine does not
+disturb, with its ratio to ``none``. Every raw run follows. Then ``--stats-rounds`` more rounds with
+``kernel.bpf_stats_enabled=1`` (restored afterwards): the in-situ cost of each attached program,
+``run_time_ns / run_cnt`` from the program fd's fdinfo, cross-checked with ``bpftool prog show``, and
+program time per request. Statistics collection itself adds two clock reads per program run, so the
+throughput figures come from the rounds without it.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import re
+import os
+import shlex
 import statistics
-import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from integration.daemon_helpers import Daemon  # noqa: E402
-from integration.netns import NetnsPair  # noqa: E402
+from _serverside import (
+    CLIENT_CPU,
+    SERVER_CPU,
+    Cgroup,
+    CpuSample,
+    SoftirqMeter,
+    bpf_stats_enabled,
+    bpftool_prog,
+    fdinfo,
+    in_netns,
+    measured,
+    nginx_conf,
+    set_rps,
+    start_nginx,
+    wrk,
+)
+from netns import NetnsPair
 
-PORT = 8080
-SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
+from sentinel_ebpf.inbound import InboundDataplane
+from sentinel_ebpf.rules import load_text
+
+PORT, OTHER_PORT = 8080, 9090
+PATH = "/static/small.txt"
+BIG = 1_000_000_000
+CONFIGS = ("none", "match", "nomatch")
 
 
-def rules(port: int, n: int = 1000) -> str:
-    lines = ["resources:", f"  - {{name: root, match: {{protocol: http, port: {port}, path: /}}}}"]
+def rules(config: str, others: int) -> str:
+    port = PORT if config == "match" else OTHER_PORT
+    lines = ["resources:"]
+    if config == "match":
+        lines.append(f"  - {{name: bench, match: {{protocol: http, port: {PORT}, path: /static}}}}")
     lines += [
-        f"  - {{name: r{i}, match: {{protocol: http, port: {port}, method: GET, path: /p/{i}}}}}"
-        for i in range(n - 1)
+        f"  - {{name: r{i:04d}, match: {{protocol: http, port: {port}, method: GET, path: /api/r{i:04d}}}}}"
+        for i in range(others)
     ]
-    lines += ["flowRules:", "  - {resource: root, threshold: 1000000000}"]
-    lines += [f"  - {{resource: r{i}, threshold: 1000}}" for i in range(n - 1)]
+    lines.append("flowRules:")
+    if config == "match":
+        lines.append(f"  - {{resource: bench, threshold: {BIG}, statIntervalInMs: 1000}}")
+    lines += [f"  - {{resource: r{i:04d}, threshold: 1000, statIntervalInMs: 1000}}" for i in range(others)]
     return "\n".join(lines) + "\n"
 
 
-def wrk(pair: NetnsPair, seconds: int, connections: int) -> float:
-    res = pair.run(pair.client, "wrk", "-t2", f"-c{connections}", f"-d{seconds}s", f"http://{pair.server_ip}:{PORT}/",
-                   timeout=seconds + 60)  # fmt: skip
-    if "Non-2xx" in res.stdout or "Socket errors" in res.stdout:
-        raise RuntimeError(f"wrk saw failures:\n{res.stdout}")
-    m = re.search(r"Requests/sec:\s+([\d.]+)", res.stdout)
-    if not m:
-        raise RuntimeError(f"wrk output not understood:\n{res.stdout}{res.stderr}")
-    return float(m.group(1))
+def run_once(
+    pair: NetnsPair,
+    dp: InboundDataplane,
+    meter: SoftirqMeter,
+    config: str,
+    args: argparse.Namespace,
+    server: Cgroup,
+) -> dict[str, Any]:
+    with in_netns(pair.server):
+        dp.detach_all()
+        if config != "none":
+            dp.apply(dp.compile(load_text(rules(config, args.others))))
+            dp.attach(pair.server_if)
+    progs = {name: dp.obj.program(name).fd for name in ("tc_ingress", "tc_egress")}
+    before = {name: fdinfo(fd) for name, fd in progs.items()}
+    url = f"http://{pair.server_ip}:{PORT}{PATH}"
+    res, cpu = measured(
+        server, None, lambda: wrk(pair, url, args.seconds, args.connections, args.threads, CLIENT_CPU), meter
+    )
+    after = {name: fdinfo(fd) for name, fd in progs.items()}
+    if res.non2xx or res.socket_errors:
+        raise RuntimeError(f"{config}: wrk saw errors (the rules must not block):\n{res.output}")
+    out: dict[str, Any] = {"config": config, "requests": res.requests, "seconds": res.seconds, "rps": res.rps}
+    out.update(cpu)
+    out["server_ns_per_req"] = 1e9 * (cpu["server_cgroup_s"] + cpu["softirq_net_outside_s"]) / res.requests
+    if config != "none":
+        out["progs"] = {
+            name: {
+                "prog_id": after[name]["prog_id"],
+                "run_cnt": after[name]["run_cnt"] - before[name]["run_cnt"],
+                "run_time_ns": after[name]["run_time_ns"] - before[name]["run_time_ns"],
+                "bpftool": bpftool_prog(after[name]["prog_id"]),
+            }
+            for name in progs
+        }
+        if config == "match":
+            st = next(s for s in dp.resource_stats() if s.name == "bench")
+            out["kernel_pass"], out["kernel_block"] = st.passed, st.blocked
+    return out
 
 
-def prog_ids(pid: int) -> set[int]:
-    """Ids of the BPF programs a process holds (its fdinfo), so other loaders' programs are not counted."""
-    ids = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            if fd.readlink().as_posix() == "anon_inode:bpf-prog":
-                m = re.search(r"^prog_id:\s*(\d+)", Path(f"/proc/{pid}/fdinfo/{fd.name}").read_text(), re.M)
-                if m:
-                    ids.add(int(m.group(1)))
-        except OSError:
-            continue
-    return ids
+def rounds(pair: NetnsPair, dp: InboundDataplane, meter: SoftirqMeter, args: argparse.Namespace, server: Cgroup, n: int) -> list[dict[str, Any]]:  # fmt: skip
+    runs = []
+    for i in range(n):
+        order = CONFIGS[i % 3 :] + CONFIGS[: i % 3]
+        for config in order:
+            r = run_once(pair, dp, meter, config, args, server)
+            r["round"] = i + 1
+            print(f"  round {i + 1} {config:<8} {r['rps']:>10,.0f} req/s", file=sys.stderr, flush=True)
+            runs.append(r)
+    return runs
 
 
-def tc_prog_stats(pid: int) -> dict[str, tuple[int, int]]:
-    """(run time ns, run count) of the daemon's TC programs, by name."""
-    out = subprocess.run(
-        ["bpftool", "--json", "prog", "show"], capture_output=True, text=True, check=True
-    ).stdout
-    mine = prog_ids(pid)
-    stats: dict[str, tuple[int, int]] = {}
-    for p in json.loads(out or "[]"):
-        if p["id"] in mine and p.get("type") == "sched_cls" and p.get("name", "").startswith("tc_"):
-            prev = stats.get(p["name"], (0, 0))
-            stats[p["name"]] = (prev[0] + p.get("run_time_ns", 0), prev[1] + p.get("run_cnt", 0))
-    return stats
+def summary(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    out = {}
+    for config in CONFIGS:
+        rs = [r for r in runs if r["config"] == config]
+        out[config] = {
+            "rps": statistics.median(r["rps"] for r in rs),
+            "server_busy": statistics.median(r["server_cpu_busy_s"] / r["wall_s"] for r in rs),
+            "client_busy": statistics.median(r["client_cpu_busy_s"] / r["wall_s"] for r in rs),
+            "ns_per_req": statistics.median(r["server_ns_per_req"] for r in rs),
+        }
+    # per-round ratios: each attached run against the "none" run of the same round
+    for config in CONFIGS[1:]:
+        ratios, cpu_ratios = [], []
+        for i in {r["round"] for r in runs}:
+            base = next(r for r in runs if r["round"] == i and r["config"] == "none")
+            mine = next(r for r in runs if r["round"] == i and r["config"] == config)
+            ratios.append(mine["rps"] / base["rps"])
+            cpu_ratios.append(mine["server_ns_per_req"] / base["server_ns_per_req"])
+        out[config]["ratio_median_of_rounds"] = statistics.median(ratios)
+        out[config]["cpu_ratio_median_of_rounds"] = statistics.median(cpu_ratios)
+    return out
+
+
+def print_table(title: str, runs: list[dict[str, Any]]) -> None:
+    s = summary(runs)
+    base = s["none"]["rps"]
+    print(f"\n{title}")
+    print(f"{'config':<9} {'req/s (median)':>15} {'vs none':>8} {'round ratio':>11} {'server CPU':>10} "
+          f"{'client CPU':>10} {'server ns/req':>13} {'vs none':>8} {'round ratio':>11}")  # fmt: skip
+    for config in CONFIGS:
+        c = s[config]
+        rr = f"{c['ratio_median_of_rounds']:.4f}" if "ratio_median_of_rounds" in c else "-"
+        cr = f"{c['cpu_ratio_median_of_rounds']:.4f}" if "cpu_ratio_median_of_rounds" in c else "-"
+        print(f"{config:<9} {c['rps']:>15,.0f} {c['rps'] / base:>8.4f} {rr:>11} {c['server_busy']:>10.2f} "
+              f"{c['client_busy']:>10.2f} {c['ns_per_req']:>13,.0f} {c['ns_per_req'] / s['none']['ns_per_req']:>8.4f} "
+              f"{cr:>11}")  # fmt: skip
+    print("raw runs: round config req/s requests seconds | CPU 1 (ticks) busy/steal/softirq share, CPU 0 busy "
+          "share | server ns/req: procs + net softirq outside them, and CPU 1 ticks")  # fmt: skip
+    for r in runs:
+        w = r["wall_s"]
+        print(f"  {r['round']} {r['config']:<8} {r['rps']:>10,.0f} {r['requests']:>9} {r['seconds']:>6.2f} "
+              f"{r['server_cpu_busy_s'] / w:>5.2f} {r['server_cpu_steal_s'] / w:>5.2f} "
+              f"{r['server_cpu_softirq_s'] / w:>5.2f} {r['client_cpu_busy_s'] / w:>5.2f} "
+              f"| {r['server_ns_per_req']:>7,.0f} {1e9 * r['server_cpu_busy_s'] / r['requests']:>7,.0f}")  # fmt: skip
+
+
+def print_stats(runs: list[dict[str, Any]]) -> None:
+    print("\nin-situ program cost (kernel.bpf_stats_enabled=1): run_time_ns / run_cnt, per attached run")
+    print(f"{'config':<8} {'round':>5} {'program':<11} {'run_cnt':>10} {'ns/run':>7} {'runs/req':>8} "
+          f"{'ns/req':>7} {'bpftool ns/run (cumulative)':>28}")  # fmt: skip
+    per_config: dict[tuple[str, str], list[float]] = {}
+    for r in runs:
+        for name, p in r.get("progs", {}).items():
+            ns = p["run_time_ns"] / max(1, p["run_cnt"])
+            per_config.setdefault((r["config"], name), []).append(ns)
+            bt = p["bpftool"]
+            print(f"{r['config']:<8} {r['round']:>5} {name:<11} {p['run_cnt']:>10,} {ns:>7.1f} "
+                  f"{p['run_cnt'] / r['requests']:>8.2f} {p['run_time_ns'] / r['requests']:>7.1f} "
+                  f"{bt['run_time_ns'] / max(1, bt['run_cnt']):>28.1f}")  # fmt: skip
+    base = [r["server_ns_per_req"] for r in runs if r["config"] == "none"]
+    if base:
+        c = statistics.median(base)
+        print(f"server CPU per request without a program (median): {c:,.0f} ns")
+        for config in CONFIGS[1:]:
+            added = [sum(p["run_time_ns"] for p in r["progs"].values()) / r["requests"] for r in runs
+                     if r["config"] == config]  # fmt: skip
+            if added:
+                a = statistics.median(added)
+                print(f"  {config}: programs add {a:,.0f} ns per request -> expected ratio {c / (c + a):.4f}")
+    print(
+        "medians: "
+        + ", ".join(f"{c} {n} {statistics.median(v):.1f} ns/run" for (c, n), v in per_config.items())
+    )
+
+
+def measure_all(
+    pair: NetnsPair, dp: InboundDataplane, args: argparse.Namespace, server: Cgroup
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    set_rps(pair, pair.server, pair.server_if, SERVER_CPU)
+    set_rps(pair, pair.client, pair.client_if, CLIENT_CPU)
+    work = pair.tmpdir / "nginx"
+    (work / "www" / "static").mkdir(parents=True)
+    (work / "www" / "static" / "small.txt").write_text("hello world\n")
+    body = f"server {{ listen {PORT} backlog=4096; location / {{ root {work}/www; }} }}"
+    start_nginx(pair, work, nginx_conf(work, args.workers, 4096, body), [PORT], SERVER_CPU, server)
+    p0 = CpuSample.take()
+    time.sleep(2)
+    p1 = CpuSample.take()
+    print(f"background before the runs: server CPU {p0.busy_s(p1, SERVER_CPU) / 2:.2f}, client CPU "
+          f"{p0.busy_s(p1, CLIENT_CPU) / 2:.2f} busy")  # fmt: skip
+    wrk(pair, f"http://{pair.server_ip}:{PORT}{PATH}", 2, args.connections, args.threads, CLIENT_CPU)
+    meter = SoftirqMeter(SERVER_CPU, server, pair.tmpdir)
+    try:
+        runs = rounds(pair, dp, meter, args, server, args.rounds)
+        with bpf_stats_enabled():
+            stat_runs = rounds(pair, dp, meter, args, server, args.stats_rounds)
+    finally:
+        meter.close()
+    return runs, stat_runs
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=int, default=10)
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--stats-rounds", type=int, default=3)
     ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=1, help="nginx workers (all on the server CPU)")
+    ap.add_argument("--others", type=int, default=300, help="resources besides the matched one")
     args = ap.parse_args()
-    print(f"$ {' '.join(sys.argv)}")
-    rps: dict[str, list[float]] = {"none": [], "no match": [], "match": []}
-    insitu: dict[str, list[dict[str, float]]] = {"no match": [], "match": []}
-    old_sysctl = SYSCTL.read_text().strip()
-    SYSCTL.write_text("1")
+    if os.geteuid() != 0:
+        sys.exit("throughput.py needs root")
+    print(f"command: {shlex.join(sys.argv)}")
+    print(f"kernel {os.uname().release}, {os.cpu_count()} cpus; server on CPU {SERVER_CPU}, client on CPU "
+          f"{CLIENT_CPU}; {args.seconds} s per run; wrk -t{args.threads} -c{args.connections}; "
+          f"nginx {args.workers} worker(s)")  # fmt: skip
+    server = Cgroup("tp")
     try:
         with NetnsPair("tp") as pair:
-            pair.start_nginx(PORT)
-            wrk(pair, 2, args.connections)  # warm up
-            for _ in range(args.rounds):
-                rps["none"].append(wrk(pair, args.seconds, args.connections))
-                for mode, port in (("no match", PORT + 1), ("match", PORT)):
-                    d = Daemon(pair, rules(port))
-                    try:
-                        before = tc_prog_stats(d.proc.pid)
-                        rps[mode].append(wrk(pair, args.seconds, args.connections))
-                        after = tc_prog_stats(d.proc.pid)
-                        if mode == "match":
-                            stats = d.stats()["resources"]["root"]
-                            assert stats["block"] == 0 and stats["pass"] > 0, stats
-                    finally:
-                        d.close()
-                    insitu[mode].append({
-                        name: (after[name][0] - before.get(name, (0, 0))[0])
-                        / max(1, after[name][1] - before.get(name, (0, 0))[1])
-                        for name in after
-                    })  # fmt: skip
+            dp = InboundDataplane()
+            try:
+                runs, stat_runs = measure_all(pair, dp, args, server)
+            finally:
+                with in_netns(pair.server):  # the ifindex is the namespace's: never detach from the host's
+                    dp.detach_all()
+                dp.close()
     finally:
-        SYSCTL.write_text(old_sysctl)
-    base = statistics.median(rps["none"])
-    print(f"\n{'mode':<10} {'median req/s':>12} {'vs none':>8}   runs")
-    for mode, values in rps.items():
-        med = statistics.median(values)
-        print(f"{mode:<10} {med:>12,.0f} {med / base:>8.3f}   {', '.join(f'{v:,.0f}' for v in values)}")
-    print("\nin-situ cost per program run (kernel.bpf_stats_enabled), median over rounds:")
-    for mode, runs in insitu.items():
-        for name in sorted({n for r in runs for n in r}):
-            print(f"  {mode:<10} {name:<12} {statistics.median(r.get(name, 0.0) for r in runs):7.0f} ns")
-    print("target: >= 97% of the requests per second without the data plane")
+        server.remove()
+    print_table("throughput (kernel.bpf_stats_enabled=0)", runs)
+    print_table("throughput with kernel.bpf_stats_enabled=1 (for reference)", stat_runs)
+    print_stats(stat_runs)
     return 0
 
 
