@@ -158,6 +158,11 @@ static __always_inline int on_state_change(const struct sock *sk, int oldstate, 
 		p.pid = pid_tgid >> 32;
 		if (targ_tgid && p.pid != targ_tgid)
 			return 0;
+		/* connect() sets the destination before SYN_SENT: filter now, so that other traffic never
+		 * takes room in pending_connects (under heavy connection churn, LRU eviction could otherwise
+		 * drop an attempt we are asked to report) */
+		if (!port_allowed(bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport))))
+			return 0;
 		bpf_get_current_comm(p.comm, sizeof(p.comm));
 		if (!comm_allowed(p.comm))
 			return 0;

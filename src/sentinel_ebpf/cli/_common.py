@@ -14,8 +14,9 @@ import typer
 from sentinel_ebpf.errors import SentinelError
 
 
-class Stop(Exception):
-    """Raised from SIGTERM/SIGINT/SIGHUP handlers to unwind through cleanup code."""
+class Stop(BaseException):
+    """Raised from SIGTERM/SIGINT/SIGHUP handlers to unwind through cleanup code (a BaseException, so
+    an ``except Exception`` such as logging's own error handling cannot swallow it)."""
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:

@@ -64,8 +64,9 @@ class DaemonConfig:
     hotspot_keys: int | None = None  # hotspot values tracked at once (None: SE_HOT_VALUES_MAX)
 
 
-class Stop(Exception):
-    pass
+class Stop(BaseException):
+    """Raised from the SIGTERM/SIGINT handler. A BaseException: a signal that lands while the loop is
+    inside logging (or any ``except Exception``) must not be swallowed there."""
 
 
 def up_interfaces() -> list[str]:
@@ -324,9 +325,7 @@ class Daemon:
             return
         protocols = self.protocols
         completed = seconds.completed()
-        if not completed:
-            return
-        taken_ms = self.dp.now_ms()
+        taken_ms = seconds.now_ms()
         raw = self.dp.raw_stats_bytes()
         totals: dict[int, tuple[int, ...]] = {
             rid: _TOTALS.unpack_from(b, _TOTALS_AT) for rid, b in raw.items()
@@ -334,7 +333,8 @@ class Daemon:
         # A resource whose counters have not moved since before the first of these seconds began, and
         # that has nothing in flight, has no line to write (the writer drops all-zero items, as Go does):
         # skip the bucket arithmetic for it. With 1,000 idle resources this is most of the daemon's work.
-        before = next((t for at, t in reversed(self._totals_seen) if at <= completed[0]), {})
+        first = completed[0] if completed else taken_ms
+        before = next((t for at, t in reversed(self._totals_seen) if at <= first), {})
         self._totals_seen.append((taken_ms, totals))
         del self._totals_seen[:-3]
         for s in completed:

@@ -55,6 +55,9 @@ class KernelLike(FakeDataplane):
     def raw_stats(self, resource_id: int) -> ResStats:
         return self.buckets.get(resource_id, ResStats())
 
+    def raw_stats_bytes(self) -> dict[int, bytes]:
+        return {r.id: bytes(self.raw_stats(r.id)) for r in self.compiled.resources}
+
 
 def daemon(tmp_path: Path, text: str) -> tuple[Daemon, KernelLike]:
     path = tmp_path / "rules.yaml"
@@ -148,6 +151,34 @@ def test_metric_log_has_one_line_per_active_resource_per_completed_second(tmp_pa
     assert c.second_ms == seconds.epoch(5_000) and c.second_ms % 1000 == 0
     assert parsed["conns"].counts.pass_qps == 1
     assert parsed["GET:/api_v1"].classification == 1 and parsed["conns"].classification == 0
+
+
+def test_metric_log_skips_only_resources_quiet_since_before_the_second(tmp_path: Path) -> None:
+    """Counters unchanged since a snapshot taken before the second began: no line, no bucket arithmetic.
+    Counters unchanged only since a snapshot taken inside the second: its line is still written."""
+    d, dp = daemon(tmp_path, TCP_AND_HTTP)
+    api = d.dp.compiled.resource_id("GET:/api|v1")  # type: ignore[union-attr]
+    st = _buckets([(6_000, 4, 0, 4, 8)])
+    st.total_pass = st.total_complete = 4  # the kernel's running totals (they moved during second 6)
+    dp.buckets[api] = st
+    now = [6_100]
+    seconds = SecondCollector(lambda: now[0])
+    d.metric_log = MetricLogWriter(tmp_path / "log", "demo.app")
+    try:
+        now[0] = 6_400  # snapshot inside second 6: totals already include its traffic
+        d._write_metric_log(seconds)
+        now[0] = 7_400  # second 6 completes: its line is written although totals did not move since 6,400
+        d._write_metric_log(seconds)
+        # a bucket for second 7 the totals do not account for: written only if the skip is not taken
+        st.buckets[1].start_ms, st.buckets[1].complete = 7_000, 9
+        setattr(st.buckets[1], "pass", 9)
+        now[0] = 8_400  # second 7: quiet since a snapshot taken before it began: skipped
+        d._write_metric_log(seconds)
+        lines = d.metric_log.path.read_text().splitlines()
+    finally:
+        d.metric_log.close()
+    assert [parse_line(ln).counts.pass_qps for ln in lines] == [4]
+    assert parse_line(lines[0]).counts.second_ms == seconds.epoch(6_000)
 
 
 def test_a_daemon_that_fails_to_start_leaves_the_state_file_alone(tmp_path: Path) -> None:
