@@ -8,7 +8,7 @@
    kernel) and a threshold far above the load. Latency = the time from the change (the rename of the new
    file into place) to the first answer showing the new rule. Two ways to change:
    ``reload`` (the control socket's reload request, sent right after the rename) and ``file watch``
-   (only the rename; the daemon polls the file every 100 ms tick). Pauses between changes are random
+   (only the rename; the daemon polls the file every 50 ms). Pauses between changes are random
    (150-350 ms) so changes land at every phase of the daemon's tick. The figure includes the probe
    interval (the prober's own ~0.5-1 ms per request).
 2. Idle CPU: the daemon with rules loaded and no traffic, user + system time from /proc/PID/stat over

@@ -12,7 +12,7 @@ enum sentinel_limits {
 	SE_COMM_LEN = 16,
 	SE_ADDR_LEN = 16,         /* IPv4 uses the first 4 bytes */
 	SE_MAX_PORT_FILTERS = 8,
-	SE_TRACE_RINGBUF_BYTES = 256 * 1024,
+	SE_TRACE_RINGBUF_BYTES = 4 << 20,   /* ~45,000 connection events of backlog */
 	SE_TRACE_PENDING_MAX = 8192,
 	SE_MAX_RESOURCES = 4096,    /* resource ids are 1..SE_MAX_RESOURCES-1; 0 means none */
 	SE_PATH_MAX = 64,           /* bytes of an HTTP path prefix (LPM key) */

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
@@ -82,10 +83,9 @@ def trace(
 
     def emit(conn: Connection) -> None:
         nonlocal seen
-        if as_json:
-            print(json.dumps(conn.json_dict()), flush=True)
-        else:
-            print(conn.line(), flush=True)
+        # flushed once per poll, not per line: at thousands of connections a second a flush per line
+        # made the consumer fall behind the ring buffer
+        print(json.dumps(conn.json_dict()) if as_json else conn.line())
         seen += 1
         if count and seen >= count:
             raise Done
@@ -99,13 +99,9 @@ def trace(
         if not as_json:
             print(time.strftime("%Y/%m/%d %H:%M:%S ") + HEADER, flush=True)
         try:
-            while deadline is None or time.monotonic() < deadline:
-                tracer.poll(emit, 100)
-                lost = tracer.new_lost()
-                if lost:
-                    print(f"sentinel-ebpf: {lost} connection events lost", file=sys.stderr, flush=True)
+            _consume(lambda: tracer.poll(emit, 100), tracer.new_lost, deadline, "connection")
         except Done:
-            pass
+            sys.stdout.flush()
 
 
 def _trace_http(
@@ -124,7 +120,7 @@ def _trace_http(
 
     def emit(rec: HttpRecord) -> None:
         nonlocal seen
-        print(json.dumps(rec.json_dict()) if as_json else rec.line(), flush=True)
+        print(json.dumps(rec.json_dict()) if as_json else rec.line())  # flushed per poll
         seen += 1
         if count and seen >= count:
             raise Done
@@ -142,10 +138,24 @@ def _trace_http(
         if not as_json:
             print(HTTP_HEADER, flush=True)
         try:
-            while deadline is None or time.monotonic() < deadline:
-                tracer.poll(emit, 100)
-                lost = tracer.new_lost()
-                if lost:
-                    print(f"sentinel-ebpf: {lost} HTTP data events lost", file=sys.stderr, flush=True)
+            _consume(lambda: tracer.poll(emit, 100), tracer.new_lost, deadline, "HTTP data")
         except Done:
-            pass
+            sys.stdout.flush()
+
+
+def _consume(poll: Callable[[], int], new_lost: Callable[[], int], deadline: float | None, what: str) -> None:
+    """Poll until the deadline: output flushed after every poll, lost events read once a second."""
+    next_check = time.monotonic() + 1.0
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            poll()
+            sys.stdout.flush()
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + 1.0
+                lost = new_lost()
+                if lost:
+                    print(f"sentinel-ebpf: {lost} {what} events lost", file=sys.stderr, flush=True)
+    finally:
+        lost = new_lost()
+        if lost:
+            print(f"sentinel-ebpf: {lost} {what} events lost", file=sys.stderr, flush=True)
