@@ -113,11 +113,15 @@ class InboundDataplane:
     """``with InboundDataplane() as dp: dp.apply(compiled); dp.attach("lo")``.
 
     ``test_clock=True`` loads the programs with a clock the caller sets (``set_clock_ns``), for tests.
+    ``hot_values_max`` sizes the LRU of hotspot parameter values shared by all hotspot rules (default
+    SE_HOT_VALUES_MAX); its entries are preallocated, about 100 bytes of kernel memory each.
     """
 
-    def __init__(self, *, test_clock: bool = False) -> None:
+    def __init__(self, *, test_clock: bool = False, hot_values_max: int | None = None) -> None:
         self.obj = BpfObject.open(object_path("inbound"))
         try:
+            if hot_values_max is not None:
+                self.obj.map("hot_values").set_max_entries(hot_values_max)
             if test_clock:
                 self.obj.set_rodata(use_test_clock=True)
             self.obj.load()
