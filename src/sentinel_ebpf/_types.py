@@ -13,7 +13,7 @@ class SentinelLimits(IntEnum):
     SE_MAX_PORT_FILTERS = 8
     SE_TRACE_RINGBUF_BYTES = 4194304
     SE_TRACE_PENDING_MAX = 8192
-    SE_MAX_RESOURCES = 4096
+    SE_MAX_RESOURCES = 12288
     SE_PATH_MAX = 64
     SE_REQ_PEEK = 128
     SE_BUCKETS = 20
@@ -21,7 +21,10 @@ class SentinelLimits(IntEnum):
     SE_FLOW_RULES_PER_RESOURCE = 4
     SE_INFLIGHT_MAX = 65536
     SE_PORTS_MAX = 1024
-    SE_HTTP_ROUTES_MAX = 36864
+    SE_PORT_OUT_HTTP = 32768
+    SE_ROUTE_LENS_MAX = 65
+    SE_ROUTE_PROBES = 7
+    SE_HTTP_ROUTES_MAX = 131072
     SE_SYSTEM_RULES_MAX = 8
     SE_MIN_RT_INIT_MS = 60000
     SE_HOTSPOT_RULES_PER_RESOURCE = 2
@@ -155,8 +158,6 @@ class RouteFlags(IntEnum):
     """``enum route_flags``."""
 
     ROUTE_OUTBOUND = 128
-    ACTIVE_GEN_FLAGS = 1
-    FEATURE_OUTBOUND_HTTP = 1
     HTTP_REPLY_OUTBOUND = 2
 
 
@@ -236,18 +237,29 @@ class HttpTraceStat(IntEnum):
     HTTP_STAT_MAX = 5
 
 
-class PortKey(ctypes.Structure):
-    """``struct port_key``."""
+class PortSlots(ctypes.Structure):
+    """``struct port_slots``."""
 
     _pack_ = 1
     _fields_ = [
-        ("port", ctypes.c_uint16),
-        ("gen", ctypes.c_uint8),
-        ("_pad", ctypes.c_uint8),
+        ("slot", (ctypes.c_uint16 * 65536)),
     ]
 
 
-assert ctypes.sizeof(PortKey) == 4
+assert ctypes.sizeof(PortSlots) == 131072
+
+
+class RouteLens(ctypes.Structure):
+    """``struct route_lens``."""
+
+    _pack_ = 1
+    _fields_ = [
+        ("n", ctypes.c_uint8),
+        ("len", (ctypes.c_uint8 * 65)),
+    ]
+
+
+assert ctypes.sizeof(RouteLens) == 66
 
 
 class PortConf(ctypes.Structure):
@@ -260,10 +272,12 @@ class PortConf(ctypes.Structure):
         ("reject_tcp", ctypes.c_uint8),
         ("reject_http", ctypes.c_uint8),
         ("_pad", ctypes.c_uint8),
+        ("lens", RouteLens),
+        ("_pad0", ctypes.c_uint8 * 2),
     ]
 
 
-assert ctypes.sizeof(PortConf) == 8
+assert ctypes.sizeof(PortConf) == 76
 
 
 class HttpReply(ctypes.Structure):
@@ -456,11 +470,12 @@ class OutRoute(ctypes.Structure):
         ("cgroup_level", ctypes.c_uint32),
         ("cgroup_id", ctypes.c_uint64),
         ("http_service", ctypes.c_uint32),
-        ("_pad", ctypes.c_uint32),
+        ("lens", RouteLens),
+        ("_pad0", ctypes.c_uint8 * 2),
     ]
 
 
-assert ctypes.sizeof(OutRoute) == 24
+assert ctypes.sizeof(OutRoute) == 88
 
 
 class OutConn(ctypes.Structure):

@@ -23,22 +23,22 @@
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 2);
+	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u32);               /* [0] the generation in force, 0 or 1; [1] enum route_flags features */
+	__type(value, __u32);               /* the generation in force, 0 or 1 */
 } active_gen SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 2 * SE_PORTS_MAX);
-	__type(key, struct port_key);       /* a remote port of outbound HTTP resources */
-	__type(value, __u32);
-} out_ports SEC(".maps");
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2);             /* one per generation */
+	__type(key, __u32);
+	__type(value, struct port_slots);
+} port_slots SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 2 * SE_PORTS_MAX);
-	__type(key, struct port_key);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2 * SE_PORTS_MAX); /* gen * SE_PORTS_MAX + port slot - 1 */
+	__type(key, __u32);
 	__type(value, struct port_conf);
 } inbound_ports SEC(".maps");
 
@@ -50,11 +50,11 @@ struct {
 } port_stats SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 2 * SE_HTTP_ROUTES_MAX);   /* two generations during a reload */
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct http_route_key);
-	__type(value, __u32);               /* resource id */
+	__type(value, __u32);               /* resource id; 0 for a search marker that implies no route */
 } http_routes SEC(".maps");
 
 struct {
@@ -121,10 +121,14 @@ struct {
 	__type(value, struct http_reply);
 } http_reply SEC(".maps");
 
-/* Parsed packets live here, not on the 512-byte stack (TC ingress only: egress has its own). */
+/*
+ * Parsed packets live here, not on the 512-byte stack (TC ingress only: egress has its own). On the
+ * stack, the verifier tracks every parsed field and the program's states no longer fit its limits.
+ */
 struct ingress_scratch {
 	struct pkt p;
 	struct pkt reply;           /* the reply's view, when a request is answered */
+	struct flow_key fk;
 };
 
 struct {
@@ -141,17 +145,6 @@ struct {
 	__type(key, __u32);
 	__type(value, struct ingress_scratch);
 } egress_scratch SEC(".maps");
-
-struct peek {
-	__u8 buf[SE_REQ_PEEK];
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct peek);
-} peek_scratch SEC(".maps");
 
 /* Keep contract types in BTF for the generated Python layouts. */
 const enum block_type _block_type_unused __attribute__((unused)) = BLOCK_NONE;
@@ -173,23 +166,26 @@ static __always_inline __u8 current_gen(void)
 	__u32 zero = 0;
 	__u32 *gen = bpf_map_lookup_elem(&active_gen, &zero);
 
-	return gen && *gen ? 1 : 0;
+	return gen ? *gen & 1 : 0; /* no branch on the value: one verifier state for both generations */
 }
 
-static __always_inline struct port_conf *port_lookup(__u16 port, __u8 gen)
+/* The generation's port table (NULL only if the map is broken: then everything passes). */
+static __always_inline struct port_slots *port_table(__u8 gen)
 {
-	struct port_key k = { .port = port, .gen = gen };
+	__u32 idx = gen;
 
-	return bpf_map_lookup_elem(&inbound_ports, &k);
+	return bpf_map_lookup_elem(&port_slots, &idx);
 }
 
-static __always_inline bool outbound_http_port(__u16 port, __u8 gen)
+/* What is protected on a local port with port-table entry `slot`. */
+static __always_inline struct port_conf *port_lookup(__u16 slot, __u8 gen)
 {
-	__u32 flags_idx = ACTIVE_GEN_FLAGS;
-	__u32 *flags = bpf_map_lookup_elem(&active_gen, &flags_idx);
-	struct port_key k = { .port = port, .gen = gen };
+	__u32 idx = slot & ~SE_PORT_OUT_HTTP;
 
-	return flags && (*flags & FEATURE_OUTBOUND_HTTP) && bpf_map_lookup_elem(&out_ports, &k);
+	if (!idx || idx > SE_PORTS_MAX)
+		return NULL;
+	idx = gen * SE_PORTS_MAX + idx - 1;
+	return bpf_map_lookup_elem(&inbound_ports, &idx);
 }
 
 static __always_inline void port_count(__u16 port, __u32 what)
@@ -399,17 +395,32 @@ static __always_inline struct res_stats *inbound_node(void)
 	return bpf_map_lookup_elem(&inbound_total, &zero);
 }
 
-/* System rules first (they guard all inbound traffic), then the resource's own rules. */
-static __always_inline __u32 check_all(__u32 res, __u8 gen, struct res_stats *st, struct res_stats *in, __u64 now,
-				       struct __sk_buff *skb, const struct pkt *p, struct hot_key *held)
+/* The system rules of generation `gen`; 1 when one blocks. A global function: verified once. */
+__noinline int system_check(__u32 gen, __u64 now_ms)
 {
-	__u32 idx = gen, zero = 0;
+	__u32 zero = 0;
+	struct sys_conf *sc = bpf_map_lookup_elem(&sys_conf, &gen);
+	struct res_stats *in = inbound_node();
+
+	if (!sc || !in)
+		return 0;
+	return !system_admit(sc, in, bpf_map_lookup_elem(&sys_metrics, &zero), now_ms);
+}
+
+/* judge() flags, beside the generation in its second argument. */
+#define JUDGE_HTTP (1 << 8)
+#define JUDGE_SYSTEM_BLOCKED (1 << 9)   /* the system rules block inbound traffic now */
+
+/*
+ * JUDGE_SYSTEM_BLOCKED when the system rules of `gen` block inbound traffic now. Checked by the caller
+ * before judge(), so that no path nests three function frames (the stacks add up to at most 512 bytes).
+ */
+static __always_inline __u32 system_flag(__u8 gen)
+{
+	__u32 idx = gen;
 	struct sys_conf *sc = bpf_map_lookup_elem(&sys_conf, &idx);
 
-	if (sc && sc->nrules && in &&
-	    !system_admit(sc, in, bpf_map_lookup_elem(&sys_metrics, &zero), now / 1000000))
-		return BLOCK_SYSTEM;
-	return check_resource(res, gen, st, now, skb, p, held);
+	return sc && sc->nrules && system_check(gen, now_ns() / 1000000) ? JUDGE_SYSTEM_BLOCKED : 0;
 }
 
 /* Admit or block one request of `res`; on pass, track it as in flight under `key`. */
@@ -426,20 +437,32 @@ static __always_inline void hot_release(const struct hot_key *held)
 	}
 }
 
-static __always_inline __u32 judge(__u32 res, __u8 gen, const struct flow_key *key, __u8 is_http,
-				   struct __sk_buff *skb, const struct pkt *p)
+/*
+ * Admit or block one request or connection of `res` (gen_flags: the generation | JUDGE_* flags): system
+ * rules first (they guard all inbound traffic; the caller checked them), then the resource's own rules.
+ * On pass, track it as in flight under `key`. A global function: the verifier checks it once, not once
+ * per path that leads to it.
+ */
+__noinline __u32 judge(__u32 res, __u32 gen_flags, const struct flow_key *key, struct __sk_buff *skb,
+		       const struct pkt *p)
 {
+	__u8 gen = gen_flags & 1, is_http = !!(gen_flags & JUDGE_HTTP);
 	struct inflight entry = {};
-	struct res_stats *st = bpf_map_lookup_elem(&res_stats, &res);
-	/* outbound requests are not inbound traffic: no system rules, no inbound node statistics */
-	struct res_stats *in = key->kind == FLOW_KIND_OUT_REQUEST ? NULL : inbound_node();
-	__u64 now = now_ns();
-	__u64 now_ms = now / 1000000;
+	struct res_stats *st, *in;
+	__u64 now, now_ms;
 	__u32 verdict;
 
+	if (!key || !skb || !p)
+		return BLOCK_NONE;
+	st = bpf_map_lookup_elem(&res_stats, &res);
 	if (!st)
 		return BLOCK_NONE;
-	verdict = check_all(res, gen, st, in, now, skb, p, entry.hot);
+	/* outbound requests are not inbound traffic: no system rules, no inbound node statistics */
+	in = key->kind == FLOW_KIND_OUT_REQUEST ? NULL : inbound_node();
+	now = now_ns();
+	now_ms = now / 1000000;
+	verdict = in && (gen_flags & JUDGE_SYSTEM_BLOCKED) ? BLOCK_SYSTEM :
+		  check_resource(res, gen, st, now, skb, p, entry.hot);
 	if (verdict != BLOCK_NONE) {
 		stat_block(st, now_ms, verdict);
 		if (in)
@@ -451,6 +474,14 @@ static __always_inline __u32 judge(__u32 res, __u8 gen, const struct flow_key *k
 		stat_pass(in, now_ms);
 
 	struct inflight *old = bpf_map_lookup_elem(&inflight, key);
+	if (old && old->resource == res && !old->hot[0].uid && !old->hot[1].uid && !entry.hot[0].uid &&
+	    !entry.hot[1].uid) {
+		/* the same resource is still in flight on this tuple: one request ends and one starts, so the
+		 * concurrency counts stay; restart the entry in place (no LRU node to allocate) */
+		old->start_ns = now;
+		old->is_http = is_http;
+		return BLOCK_NONE;
+	}
 	if (old) {
 		/* a request without a seen response (pipelining, lost segment): it no longer counts as in flight */
 		struct res_stats *ost = bpf_map_lookup_elem(&res_stats, &old->resource);
@@ -480,15 +511,18 @@ static __always_inline __u32 judge(__u32 res, __u8 gen, const struct flow_key *k
 	return BLOCK_NONE;
 }
 
-/* The in-flight request or connection under `key` ended. */
-static __always_inline void complete(const struct flow_key *key, bool error)
+/* The in-flight request or connection under `key` ended. A global function: verified once, small frames. */
+__noinline int complete(const struct flow_key *key, __u32 error)
 {
-	struct inflight *f = bpf_map_lookup_elem(&inflight, key);
+	struct inflight *f;
 	struct res_stats *st, *in;
 	__u64 now, rt_ms;
 
+	if (!key)
+		return 0;
+	f = bpf_map_lookup_elem(&inflight, key);
 	if (!f)
-		return;
+		return 0;
 	st = bpf_map_lookup_elem(&res_stats, &f->resource);
 	in = key->kind == FLOW_KIND_OUT_REQUEST ? NULL : inbound_node();
 	now = now_ns();
@@ -504,88 +538,81 @@ static __always_inline void complete(const struct flow_key *key, bool error)
 	hot_release(f->hot);
 	breakers_complete(current_gen() * SE_MAX_RESOURCES + f->resource, f->resource, now / 1000000, rt_ms, error);
 	bpf_map_delete_elem(&inflight, key);
+	return 0;
 }
 
-static __always_inline bool bytes_eq(const __u8 *buf, const char *lit, int n)
-{
-	for (int i = 0; i < n; i++)
-		if (buf[i] != (__u8)lit[i])
-			return false;
-	return true;
-}
+/* Four or eight bytes of text as the little-endian word a load from a packet gives. */
+#define W4(a, b, c, d) ((__u64)(a) | (__u64)(b) << 8 | (__u64)(c) << 16 | (__u64)(d) << 24)
+#define W8(a, b, c, d, e, f, g, h) (W4(a, b, c, d) | W4(e, f, g, h) << 32)
+#define LOW_BYTES(n) ((n) >= 8 ? ~0ULL : (1ULL << ((n) * 8)) - 1)
 
-/* Method at the start of a request line; *len covers the method and its space. */
-static __always_inline __u8 parse_method(const __u8 *b, __u32 *len)
+/*
+ * Method at the start of a request line, from its first 8 bytes as a little-endian word; *len covers the
+ * method and its space.
+ */
+static __always_inline __u8 parse_method(__u64 w, __u32 *len)
 {
-	switch (b[0]) {
-	case 'G':
-		if (bytes_eq(b, "GET ", 4)) { *len = 4; return HTTP_GET; }
-		break;
-	case 'H':
-		if (bytes_eq(b, "HEAD ", 5)) { *len = 5; return HTTP_HEAD; }
-		break;
-	case 'P':
-		if (bytes_eq(b, "POST ", 5)) { *len = 5; return HTTP_POST; }
-		if (bytes_eq(b, "PUT ", 4)) { *len = 4; return HTTP_PUT; }
-		if (bytes_eq(b, "PATCH ", 6)) { *len = 6; return HTTP_PATCH; }
-		break;
-	case 'D':
-		if (bytes_eq(b, "DELETE ", 7)) { *len = 7; return HTTP_DELETE; }
-		break;
-	case 'C':
-		if (bytes_eq(b, "CONNECT ", 8)) { *len = 8; return HTTP_CONNECT; }
-		break;
-	case 'O':
-		if (bytes_eq(b, "OPTIONS ", 8)) { *len = 8; return HTTP_OPTIONS; }
-		break;
-	case 'T':
-		if (bytes_eq(b, "TRACE ", 6)) { *len = 6; return HTTP_TRACE; }
-		break;
-	}
+	__u64 w4 = w & LOW_BYTES(4), w5 = w & LOW_BYTES(5), w6 = w & LOW_BYTES(6), w7 = w & LOW_BYTES(7);
+
+	if (w4 == W4('G', 'E', 'T', ' ')) { *len = 4; return HTTP_GET; }
+	if (w5 == W8('P', 'O', 'S', 'T', ' ', 0, 0, 0)) { *len = 5; return HTTP_POST; }
+	if (w4 == W4('P', 'U', 'T', ' ')) { *len = 4; return HTTP_PUT; }
+	if (w5 == W8('H', 'E', 'A', 'D', ' ', 0, 0, 0)) { *len = 5; return HTTP_HEAD; }
+	if (w7 == W8('D', 'E', 'L', 'E', 'T', 'E', ' ', 0)) { *len = 7; return HTTP_DELETE; }
+	if (w6 == W8('P', 'A', 'T', 'C', 'H', ' ', 0, 0)) { *len = 6; return HTTP_PATCH; }
+	if (w == W8('O', 'P', 'T', 'I', 'O', 'N', 'S', ' ')) { *len = 8; return HTTP_OPTIONS; }
+	if (w == W8('C', 'O', 'N', 'N', 'E', 'C', 'T', ' ')) { *len = 8; return HTTP_CONNECT; }
+	if (w6 == W8('T', 'R', 'A', 'C', 'E', ' ', 0, 0)) { *len = 6; return HTTP_TRACE; }
 	return HTTP_METHOD_NONE;
 }
 
-/* Read the first bytes of the payload; returns how many (0 on failure). */
-static __always_inline __u32 peek_payload(struct __sk_buff *skb, const struct pkt *p, struct peek *pk)
+/* A status line at the start of the payload: true for "HTTP/1.", with its status class digit in *hundreds. */
+static __always_inline bool status_line(struct __sk_buff *skb, const struct pkt *p, __u8 *hundreds)
 {
-	__u32 n = p->payload_len < SE_REQ_PEEK ? p->payload_len : SE_REQ_PEEK;
+	__u8 buf[12];
 
-	if (n == 0)
-		return 0;
-	n = ((n - 1) & (SE_REQ_PEEK - 1)) + 1; /* same value; a range [1, SE_REQ_PEEK] the verifier can see */
-	if (bpf_skb_load_bytes(skb, p->payload_off, pk->buf, n))
-		return 0;
-	return n;
+	if (p->payload_len < sizeof(buf) || bpf_skb_load_bytes(skb, p->payload_off, buf, sizeof(buf)))
+		return false;
+	if (*(__u32 *)buf != W4('H', 'T', 'T', 'P') || buf[4] != '/' || buf[5] != '1' || buf[6] != '.')
+		return false;
+	*hundreds = buf[9];
+	return true;
 }
 
 /* Ingress from a server of outbound HTTP resources: the status line completes the local caller's request. */
-static __always_inline void out_response(struct __sk_buff *skb, const struct pkt *p)
+static __always_inline void out_response(struct __sk_buff *skb, const struct pkt *p, struct flow_key *fk)
 {
-	struct flow_key fk;
-	__u32 zero = 0;
+	__u8 hundreds;
 
-	make_key(&fk, p, false, FLOW_KIND_OUT_REQUEST);
+	make_key(fk, p, false, FLOW_KIND_OUT_REQUEST);
 	if (p->flags & (TCP_RST | TCP_FIN)) {
-		complete(&fk, true); /* the server closed without answering */
+		complete(fk, true); /* the server closed without answering */
 		return;
 	}
-	if (!p->payload_len)
-		return;
-	struct peek *pk = bpf_map_lookup_elem(&peek_scratch, &zero);
-	if (!pk || peek_payload(skb, p, pk) < 12 || !bytes_eq(pk->buf, "HTTP/1.", 7))
-		return;
-	complete(&fk, pk->buf[9] == '5');
+	if (p->payload_len && status_line(skb, p, &hundreds))
+		complete(fk, hundreds == '5');
 }
+
+/* reject()'s third argument: enum reject_mode | REJECT_* flags. */
+#define REJECT_SYN (1 << 8)
+#define REJECT_GEN1 (1 << 9)
+#define REJECT_OUTBOUND (1 << 10)
 
 /*
  * Answer a blocked request or SYN. Inbound (TC ingress): the reply goes back out of the device to the
- * client and the server gets a RST in place of the request. Outbound (TC egress, `outbound`): the reply
- * is cloned into the device's ingress so the local caller receives it, and the RST goes on to the server.
+ * client and the server gets a RST in place of the request. Outbound (TC egress, REJECT_OUTBOUND): the
+ * reply is cloned into the device's ingress so the local caller receives it, and the RST goes on to the
+ * server. A global function (the slow path): its frame is not on the stack of the checks.
  */
-static __always_inline int reject(struct __sk_buff *skb, const struct pkt *p, __u8 mode, bool syn, __u8 gen,
-				  bool outbound, struct ingress_scratch *scr)
+__noinline int reject(struct __sk_buff *skb, const struct pkt *p, __u32 how)
 {
-	__u32 clone_flags = outbound ? BPF_F_INGRESS : 0;
+	__u8 mode = how & 0xff, gen = !!(how & REJECT_GEN1);
+	bool syn = how & REJECT_SYN, outbound = how & REJECT_OUTBOUND;
+	__u32 clone_flags = outbound ? BPF_F_INGRESS : 0, zero = 0;
+	struct ingress_scratch *scr;
+
+	if (!skb || !p)
+		return TC_ACT_OK;
 
 	if (mode == REJECT_DROP)
 		return TC_ACT_SHOT;
@@ -601,7 +628,8 @@ static __always_inline int reject(struct __sk_buff *skb, const struct pkt *p, __
 		__u32 idx = (outbound ? HTTP_REPLY_OUTBOUND : 0) + gen;
 		struct http_reply *reply = bpf_map_lookup_elem(&http_reply, &idx);
 
-		if (!reply || !reply->len)
+		scr = bpf_map_lookup_elem(outbound ? (void *)&egress_scratch : (void *)&ingress_scratch, &zero);
+		if (!reply || !reply->len || !scr)
 			goto rst;
 		/* The response goes out toward the client; the same skb then becomes the RST the server
 		 * sees in place of the request (seq = the request's seq exactly, or both sides desync). */
@@ -634,68 +662,107 @@ fail:
 	return TC_ACT_SHOT;
 }
 
-/* The resource an HTTP request segment is for, or 0 (not a request line, no route: counted per port). */
-static __always_inline __u32 http_route(struct __sk_buff *skb, const struct pkt *p, __u16 port, __u8 key_gen,
-					  __u16 key_port)
+/* Bytes of `v` equal to `c`, as their high bits (exact for the lowest one: SWAR zero-byte test). */
+static __always_inline __u64 bytes_equal_to(__u64 v, __u8 c)
 {
-	__u32 zero = 0, n, mlen = 0, plen = 0;
-	struct peek *pk = bpf_map_lookup_elem(&peek_scratch, &zero);
-	struct http_route_key key = {};
-	__u8 method;
-	bool ended = false;
+	__u64 x = v ^ (0x0101010101010101ULL * c);
 
-	if (!pk)
+	return (x - 0x0101010101010101ULL) & ~x & 0x8080808080808080ULL;
+}
+
+/* Index of the lowest byte flagged by bytes_equal_to (mask != 0). */
+static __always_inline __u32 lowest_flagged_byte(__u64 mask)
+{
+	/* isolate the lowest flag 1 << (8k + 7); the multiply puts k in the top byte */
+	return (((mask & -mask) >> 7) * 0x0001020304050607ULL) >> 56;
+}
+
+/*
+ * The resource an HTTP request segment is for, or 0 (not a request line, no route: counted per `port`).
+ * The method is read as one word; the path goes straight into the route key; the longest route that is a
+ * prefix of it is found by binary search on the route lengths in `lens` (see struct route_lens). The key's
+ * gen and port fields come as gen << 16 | port. A global function: the verifier checks it once.
+ */
+__noinline __u32 http_route(struct __sk_buff *skb, const struct pkt *p, __u32 port, __u32 key_gen_port,
+			    const struct route_lens *lens)
+{
+	struct http_route_key key __attribute__((aligned(8))) = {};
+	__u64 path[SE_PATH_MAX / 8] = {};
+	__u64 head = 0, *kw = (__u64 *)key.path;
+	__u32 n, mlen = 0, plen = SE_PATH_MAX, best = 0, lo = 0, hi;
+	__u8 method;
+
+	if (!skb || !p || !lens || p->payload_len < 2)
 		return 0;
-	n = peek_payload(skb, p, pk);
-	if (n < 2)
+	n = p->payload_len < 8 ? p->payload_len : 8;
+	n = ((n - 1) & 7) + 1; /* same value; a range [1, 8] the verifier can see */
+	if (bpf_skb_load_bytes(skb, p->payload_off, &head, n))
 		return 0;
-	if (pk->buf[0] == 0x16 && pk->buf[1] == 0x03) {
+	if ((head & 0xffff) == 0x0316) {
 		port_count(port, PORT_TLS);
 		return 0;
 	}
-	if (n >= 4 && bytes_eq(pk->buf, "PRI ", 4)) {
+	if (n >= 4 && (head & LOW_BYTES(4)) == W4('P', 'R', 'I', ' ')) {
 		port_count(port, PORT_HTTP2);
 		return 0;
 	}
-	method = n >= 8 ? parse_method(pk->buf, &mlen) : HTTP_METHOD_NONE;
-	if (method == HTTP_METHOD_NONE || mlen >= n || pk->buf[mlen & (SE_REQ_PEEK - 1)] != '/') {
-		port_count(port, PORT_NOT_REQUEST_LINE);
-		return 0;
-	}
-	for (int i = 0; i < SE_PATH_MAX; i++) {
-		__u32 j = mlen + i;
-		__u8 c;
+	method = n == 8 ? parse_method(head, &mlen) : HTTP_METHOD_NONE;
+	if (method == HTTP_METHOD_NONE || p->payload_len <= mlen)
+		goto not_request_line;
+	n = p->payload_len - mlen < SE_PATH_MAX ? p->payload_len - mlen : SE_PATH_MAX;
+	n = ((n - 1) & (SE_PATH_MAX - 1)) + 1;
+	if (bpf_skb_load_bytes(skb, p->payload_off + mlen, path, n) || (path[0] & 0xff) != '/')
+		goto not_request_line;
+	for (int i = 0; i < SE_PATH_MAX / 8; i++) {
+		__u64 end = bytes_equal_to(path[i], ' ') | bytes_equal_to(path[i], '\r') |
+			    bytes_equal_to(path[i], '\n');
 
-		if (j >= n)
-			break;
-		c = pk->buf[j & (SE_REQ_PEEK - 1)];
-		if (c == ' ' || c == '\r' || c == '\n') {
-			ended = true;
+		if (end) {
+			plen = i * 8 + lowest_flagged_byte(end);
 			break;
 		}
-		key.path[i] = c;
-		plen = i + 1;
 	}
-	if (!ended && plen < SE_PATH_MAX) {
-		/* the request line goes on in a later segment: do not guess from a partial path */
-		port_count(port, PORT_NOT_REQUEST_LINE);
-		return 0;
-	}
+	if (plen >= n && n < SE_PATH_MAX)
+		goto not_request_line; /* the request line goes on in a later segment: do not guess */
 	if (skb->gso_segs > 1) {
 		port_count(port, PORT_GSO);
 		return 0;
 	}
-	key.prefixlen = 32 + plen * 8;
-	key.gen = key_gen;
-	key.port = key_port;
+	key.gen = key_gen_port >> 16;
+	key.port = key_gen_port;
 	key.method = method;
+	hi = lens->n;
+	for (int step = 0; step < SE_ROUTE_PROBES; step++) {
+		__u32 mid, len;
+		__u32 *v;
 
-	__u32 *res = bpf_map_lookup_elem(&http_routes, &key);
-	if (!res) {
-		port_count(port, PORT_NO_ROUTE);
-		return 0;
+		if (lo >= hi)
+			break;
+		mid = (lo + hi) / 2;
+		if (mid >= SE_ROUTE_LENS_MAX)
+			break;
+		len = lens->len[mid];
+		if (len > plen) {
+			hi = mid;
+			continue;
+		}
+		key.prefixlen = 32 + len * 8;
+		for (int i = 0; i < SE_PATH_MAX / 8; i++)
+			kw[i] = len >= i * 8 + 8 ? path[i] : len <= i * 8 ? 0 : path[i] & LOW_BYTES(len - i * 8);
+		v = bpf_map_lookup_elem(&http_routes, &key);
+		if (v) {
+			best = *v; /* a route, or a marker's best route so far */
+			lo = mid + 1;
+		} else {
+			hi = mid;
+		}
 	}
-	return *res;
+	if (!best)
+		port_count(port, PORT_NO_ROUTE);
+	return best;
+not_request_line:
+	port_count(port, PORT_NOT_REQUEST_LINE);
+	return 0;
 }
 
 SEC("tc")
@@ -703,37 +770,48 @@ int tc_ingress(struct __sk_buff *skb)
 {
 	__u32 zero = 0;
 	struct ingress_scratch *scr = bpf_map_lookup_elem(&ingress_scratch, &zero);
+	struct port_slots *ports;
+	struct port_conf *pc;
+	struct flow_key *fk;
 	struct pkt *p;
-	struct flow_key fk;
+	__u16 slot;
+	__u8 gen;
 	int r;
 
 	percpu_inc(&dp_counters, DP_PACKETS);
 	if (!scr)
 		return TC_ACT_OK;
 	p = &scr->p;
+	fk = &scr->fk;
 	r = parse_tcp(skb, p);
 	if (r != PARSE_OK) {
 		if (r == PARSE_MALFORMED)
 			percpu_inc(&dp_counters, DP_MALFORMED);
 		return TC_ACT_OK;
 	}
-	__u16 port = bpf_ntohs(p->dport);
-	__u8 gen = current_gen();
-	if (outbound_http_port(bpf_ntohs(p->sport), gen)) {
+	/* one load decides for a port nothing protects */
+	gen = current_gen();
+	ports = port_table(gen);
+	if (!ports)
+		return TC_ACT_OK;
+	if (ports->slot[bpf_ntohs(p->sport)] & SE_PORT_OUT_HTTP) {
 		/* a response of a server our outbound HTTP resources call */
-		out_response(skb, p);
+		out_response(skb, p, fk);
 		return TC_ACT_OK;
 	}
-	struct port_conf *pc = port_lookup(port, gen);
+	slot = ports->slot[bpf_ntohs(p->dport)];
+	if (!slot)
+		return TC_ACT_OK;
+	pc = port_lookup(slot, gen);
 	if (!pc)
 		return TC_ACT_OK;
 
 	if (p->flags & (TCP_RST | TCP_FIN)) {
 		/* the client ends the connection: its request (if any) and the connection are done */
-		make_key(&fk, p, true, FLOW_KIND_REQUEST);
-		complete(&fk, true);
-		make_key(&fk, p, true, FLOW_KIND_CONNECTION);
-		complete(&fk, false);
+		make_key(fk, p, true, FLOW_KIND_REQUEST);
+		complete(fk, true);
+		make_key(fk, p, true, FLOW_KIND_CONNECTION);
+		complete(fk, false);
 		return TC_ACT_OK;
 	}
 	bool syn = (p->flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
@@ -741,19 +819,17 @@ int tc_ingress(struct __sk_buff *skb)
 
 	if (syn) {
 		res = pc->tcp_resource;
-		make_key(&fk, p, true, FLOW_KIND_CONNECTION);
-		if (res && bpf_map_lookup_elem(&inflight, &fk))
+		make_key(fk, p, true, FLOW_KIND_CONNECTION);
+		if (res && bpf_map_lookup_elem(&inflight, fk))
 			return TC_ACT_OK; /* a retransmitted SYN was already counted */
 	} else if (p->payload_len && pc->has_http) {
-		res = http_route(skb, p, port, gen, p->dport);
-		make_key(&fk, p, true, FLOW_KIND_REQUEST);
+		res = http_route(skb, p, bpf_ntohs(p->dport), (__u32)gen << 16 | p->dport, &pc->lens);
+		make_key(fk, p, true, FLOW_KIND_REQUEST);
 	}
-	if (!res || judge(res, gen, &fk, !syn, skb, p) == BLOCK_NONE)
+	if (!res || judge(res, gen | (syn ? 0 : JUDGE_HTTP) | system_flag(gen), fk, skb, p) == BLOCK_NONE)
 		return TC_ACT_OK;
-	return reject(skb, p, syn ? pc->reject_tcp : pc->reject_http, syn, gen, false, scr);
+	return reject(skb, p, (syn ? pc->reject_tcp | REJECT_SYN : pc->reject_http) | (gen ? REJECT_GEN1 : 0));
 }
-
-
 
 /*
  * Outbound connections. cgroup/connect4|6 (attached at the cgroup2 root) judge each connect() to an
@@ -901,11 +977,10 @@ int out_sockops(struct bpf_sock_ops *skops)
 
 /* Egress toward a server of outbound HTTP resources: judge the local caller's request. */
 static __always_inline int out_request(struct __sk_buff *skb, const struct pkt *p, __u8 gen,
-				       struct ingress_scratch *scr)
+				       struct flow_key *fk)
 {
 	struct out_route_key key = { .gen = gen, .family = p->family, .port = p->dport };
 	struct out_route *route;
-	struct flow_key fk;
 	__u32 res;
 
 	__builtin_memcpy(key.addr, p->daddr, SE_ADDR_LEN);
@@ -913,13 +988,13 @@ static __always_inline int out_request(struct __sk_buff *skb, const struct pkt *
 	route = bpf_map_lookup_elem(&out_routes, &key);
 	if (!route || !route->http_service)
 		return TC_ACT_OK;
-	res = http_route(skb, p, 0, gen | ROUTE_OUTBOUND, (__u16)route->http_service);
+	res = http_route(skb, p, 0, (__u32)(gen | ROUTE_OUTBOUND) << 16 | (__u16)route->http_service, &route->lens);
 	if (!res)
 		return TC_ACT_OK;
-	make_key(&fk, p, true, FLOW_KIND_OUT_REQUEST);
-	if (judge(res, gen, &fk, 1, skb, p) == BLOCK_NONE)
+	make_key(fk, p, true, FLOW_KIND_OUT_REQUEST);
+	if (judge(res, gen | JUDGE_HTTP, fk, skb, p) == BLOCK_NONE)
 		return TC_ACT_OK;
-	return reject(skb, p, REJECT_HTTP_REPLY, false, gen, true, scr);
+	return reject(skb, p, REJECT_HTTP_REPLY | REJECT_OUTBOUND | (gen ? REJECT_GEN1 : 0));
 }
 
 SEC("tc")
@@ -927,38 +1002,44 @@ int tc_egress(struct __sk_buff *skb)
 {
 	__u32 zero = 0;
 	struct ingress_scratch *scr = bpf_map_lookup_elem(&egress_scratch, &zero);
-	struct flow_key fk;
+	struct port_slots *ports;
+	struct port_conf *pc;
+	struct flow_key *fk;
 	struct pkt *p;
+	__u8 gen, hundreds;
+	__u16 slot;
 
 	if (!scr)
 		return TC_ACT_OK;
 	p = &scr->p;
+	fk = &scr->fk;
 	if (parse_tcp(skb, p) != PARSE_OK)
 		return TC_ACT_OK;
-	__u8 gen = current_gen();
-	if (p->payload_len && !(p->flags & (TCP_RST | TCP_FIN | TCP_SYN)) && outbound_http_port(bpf_ntohs(p->dport), gen))
-		return out_request(skb, p, gen, scr);
-	__u16 port = bpf_ntohs(p->sport);
-	struct port_conf *pc = port_lookup(port, gen);
+	gen = current_gen();
+	ports = port_table(gen);
+	if (!ports)
+		return TC_ACT_OK;
+	if (p->payload_len && !(p->flags & (TCP_RST | TCP_FIN | TCP_SYN)) &&
+	    (ports->slot[bpf_ntohs(p->dport)] & SE_PORT_OUT_HTTP))
+		return out_request(skb, p, gen, fk);
+	slot = ports->slot[bpf_ntohs(p->sport)];
+	if (!slot)
+		return TC_ACT_OK;
+	pc = port_lookup(slot, gen);
 	if (!pc)
 		return TC_ACT_OK;
 
 	if (p->flags & (TCP_RST | TCP_FIN)) {
-		make_key(&fk, p, false, FLOW_KIND_REQUEST);
-		complete(&fk, true); /* the server closed without answering */
-		make_key(&fk, p, false, FLOW_KIND_CONNECTION);
-		complete(&fk, false);
+		make_key(fk, p, false, FLOW_KIND_REQUEST);
+		complete(fk, true); /* the server closed without answering */
+		make_key(fk, p, false, FLOW_KIND_CONNECTION);
+		complete(fk, false);
 		return TC_ACT_OK;
 	}
-	if (!p->payload_len || !pc->has_http)
+	if (!p->payload_len || !pc->has_http || !status_line(skb, p, &hundreds))
 		return TC_ACT_OK;
-
-	struct peek *pk = bpf_map_lookup_elem(&peek_scratch, &zero);
-	if (!pk || peek_payload(skb, p, pk) < 12 || !bytes_eq(pk->buf, "HTTP/1.", 7))
-		return TC_ACT_OK;
-	__u8 hundreds = pk->buf[9];
-	make_key(&fk, p, false, FLOW_KIND_REQUEST);
-	complete(&fk, hundreds == '5');
+	make_key(fk, p, false, FLOW_KIND_REQUEST);
+	complete(fk, hundreds == '5');
 	return TC_ACT_OK;
 }
 

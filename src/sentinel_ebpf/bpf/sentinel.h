@@ -14,7 +14,7 @@ enum sentinel_limits {
 	SE_MAX_PORT_FILTERS = 8,
 	SE_TRACE_RINGBUF_BYTES = 4 << 20,   /* ~45,000 connection events of backlog */
 	SE_TRACE_PENDING_MAX = 8192,
-	SE_MAX_RESOURCES = 4096,    /* resource ids are 1..SE_MAX_RESOURCES-1; 0 means none */
+	SE_MAX_RESOURCES = 12288,   /* resource ids are 1..SE_MAX_RESOURCES-1; 0 means none */
 	SE_PATH_MAX = 64,           /* bytes of an HTTP path prefix (LPM key) */
 	SE_REQ_PEEK = 128,          /* bytes of a segment read to find a request line or status line */
 	SE_BUCKETS = 20,            /* LeapArray: 20 x 500 ms = 10 s per resource */
@@ -22,14 +22,17 @@ enum sentinel_limits {
 	SE_FLOW_RULES_PER_RESOURCE = 4,
 	SE_INFLIGHT_MAX = 65536,    /* tracked in-flight requests/connections (LRU) */
 	SE_PORTS_MAX = 1024,
-	SE_HTTP_ROUTES_MAX = 36864, /* per generation: every resource with an any-method route (9 methods) */
+	SE_PORT_OUT_HTTP = 0x8000,  /* port_slots bit: a remote port of outbound HTTP resources */
+	SE_ROUTE_LENS_MAX = 65,     /* distinct path lengths of a port's routes: 0..SE_PATH_MAX */
+	SE_ROUTE_PROBES = 7,        /* binary search over SE_ROUTE_LENS_MAX lengths: ceil(log2(66)) probes */
+	SE_HTTP_ROUTES_MAX = 131072, /* per generation: routes (9 per any-method resource) and search markers */
 	SE_SYSTEM_RULES_MAX = 8,
 	SE_MIN_RT_INIT_MS = 60000,   /* a bucket's min RT before any completion (Sentinel's default) */
 	SE_HOTSPOT_RULES_PER_RESOURCE = 2,
 	SE_HOT_PATTERN_MAX = 72,    /* "\n" + header name + ":" or query name + "=" */
 	SE_HOT_VALUE_MAX = 64,      /* bytes of a parameter value that are hashed */
 	SE_PARAM_PEEK = 512,        /* bytes of a request searched for a header or query parameter */
-	SE_HOT_VALUES_MAX = 262144, /* per-value state shared by all hotspot rules (LRU) */
+	SE_HOT_VALUES_MAX = 262144, /* default size of the per-value LRU shared by all hotspot rules (set at load) */
 	SE_BREAKERS_PER_RESOURCE = 2,
 	SE_CB_BUCKETS_MAX = 16,     /* statSlidingWindowBucketCount the kernel can hold */
 	SE_CB_RINGBUF_BYTES = 64 * 1024,
@@ -107,7 +110,7 @@ enum port_counter {
 
 /* Global data-plane counters (per-CPU array `dp_counters`). */
 enum dp_counter {
-	DP_PACKETS = 0,
+	DP_PACKETS = 0,             /* every packet tc_ingress saw */
 	DP_MALFORMED = 1,           /* truncated or inconsistent headers: passed */
 	DP_INFLIGHT_FULL = 2,       /* could not track a request: passed, not counted as in flight */
 	DP_REPLY_FAILED = 3,        /* building a reject reply failed: packet dropped instead */
@@ -123,10 +126,26 @@ enum dp_counter {
  * old generation is deleted. Statistics are keyed by resource id alone, so a resource that stays keeps
  * its statistics across reloads.
  */
-struct port_key {
-	__u16 port;                 /* host byte order */
-	__u8 gen;                   /* 0 or 1 */
-	__u8 _pad;
+
+/*
+ * port_slots value, indexed by generation: every packet's first check, one load. slot[port] & 0x7fff is
+ * 0 for a port nothing protects, else 1 + the port's index in inbound_ports (gen * SE_PORTS_MAX +
+ * slot - 1); SE_PORT_OUT_HTTP marks a remote port of outbound HTTP resources. Ports in host byte order.
+ */
+struct port_slots {
+	__u16 slot[65536];
+};
+
+/*
+ * The path lengths (bytes) of the routes of one port or outbound service, ascending. A request's
+ * longest matching prefix is found by binary search on these lengths (Waldvogel et al., "Scalable
+ * high speed IP routing lookups", 1997): one exact-match hash probe per step, at most SE_ROUTE_PROBES,
+ * whatever the number of routes. The control plane adds a marker entry wherever the search must go on
+ * to a longer length; a marker's value is the best route it implies (0: none yet).
+ */
+struct route_lens {
+	__u8 n;
+	__u8 len[SE_ROUTE_LENS_MAX];
 };
 
 /* inbound_ports value: what is protected on a local port. */
@@ -136,6 +155,7 @@ struct port_conf {
 	__u8 reject_tcp;            /* enum reject_mode (RST or DROP) */
 	__u8 reject_http;           /* enum reject_mode */
 	__u8 _pad;
+	struct route_lens lens;     /* of this port's http_routes */
 };
 
 /* http_reply value, indexed by generation: the response sent to a blocked HTTP client. */
@@ -149,9 +169,9 @@ struct port_counts {
 	__u64 count[PORT_COUNTER_MAX];
 };
 
-/* http_routes LPM key: prefixlen counts bits after itself (port, method, path). */
+/* http_routes key (a hash, exact match): a path prefix, zero after its length. */
 struct http_route_key {
-	__u32 prefixlen;            /* 32 + 8 x path bytes: gen, method and port always match in full */
+	__u32 prefixlen;            /* 32 + 8 x path bytes (the key once was an LPM trie's) */
 	__u8 gen;
 	__u8 method;                /* enum http_method */
 	__u16 port;                 /* network byte order */
@@ -267,14 +287,12 @@ struct out_route {
 	__u32 cgroup_level;         /* the resource's cgroup depth below the cgroup2 root (0: any process) */
 	__u64 cgroup_id;
 	__u32 http_service;         /* HTTP resources of this host and port: http_routes keys with this id */
-	__u32 _pad;
+	struct route_lens lens;     /* of this service's http_routes */
 };
 
 /* The high bit of http_route_key.gen marks outbound routes, whose `port` field holds a service id. */
 enum route_flags {
 	ROUTE_OUTBOUND = 0x80,
-	ACTIVE_GEN_FLAGS = 1,       /* active_gen[1]: feature flags */
-	FEATURE_OUTBOUND_HTTP = 1,  /* outbound HTTP resources exist: look at remote ports too */
 	HTTP_REPLY_OUTBOUND = 2,    /* http_reply index offset of the outbound (503) replies */
 };
 

@@ -56,14 +56,28 @@ static __always_inline bool in_window(__u64 start, __u64 now_ms, __u32 interval_
 	return start >= lo && start <= cur;
 }
 
-/* Passes in the sliding window [current bucket - interval + one bucket, current bucket]. */
+/*
+ * Passes in the sliding window [current bucket - interval + one bucket, current bucket]: only the
+ * interval / SE_BUCKET_MS most recent slots can hold such a bucket (a 1 s rule reads 2 of the 20).
+ */
 static __always_inline __u64 window_pass(const struct res_stats *st, __u64 now_ms, __u32 interval_ms)
 {
-	__u64 sum = 0;
+	__u64 start = now_ms - now_ms % SE_BUCKET_MS, sum = 0;
+	__u32 idx = (now_ms / SE_BUCKET_MS) % SE_BUCKETS, k = interval_ms / SE_BUCKET_MS;
 
-	for (int i = 0; i < SE_BUCKETS; i++)
-		if (in_window(st->buckets[i].start_ms, now_ms, interval_ms))
-			sum += st->buckets[i].pass;
+	for (int i = 0; i < SE_BUCKETS; i++) {
+		const struct stat_bucket *b;
+
+		if (i >= k || start < (__u64)i * SE_BUCKET_MS)
+			break;
+		asm volatile("" : "+r"(idx)); /* keep the bound check: the verifier cannot see through % */
+		if (idx >= SE_BUCKETS)
+			break;
+		b = &st->buckets[idx];
+		if (b->start_ms == start - (__u64)i * SE_BUCKET_MS)
+			sum += b->pass;
+		idx = idx ? idx - 1 : SE_BUCKETS - 1;
+	}
 	return sum;
 }
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from sentinel_ebpf._types import FlowBehavior, HotParam, HttpMethod, RejectMode, SentinelLimits
 from sentinel_ebpf.errors import SentinelError
+from sentinel_ebpf.inbound import routes as route_table
 from sentinel_ebpf.rules import RuleSet
 from sentinel_ebpf.rules.circuitbreaker import Strategy as CbStrategy
 from sentinel_ebpf.rules.flow import ControlBehavior, FlowRule, RelationStrategy, TokenCalculateStrategy
@@ -24,6 +25,7 @@ from sentinel_ebpf.rules.hotspot import HotspotRule
 from sentinel_ebpf.rules.resource import Resource
 
 BUCKET_MS = int(SentinelLimits.SE_BUCKET_MS)
+PATH_MAX = int(SentinelLimits.SE_PATH_MAX)
 WINDOW_MS = BUCKET_MS * int(SentinelLimits.SE_BUCKETS)
 DEFAULT_INTERVAL_MS = 1000
 METHODS = {m.name.removeprefix("HTTP_"): int(m) for m in HttpMethod if m.name.startswith("HTTP_") and
@@ -97,6 +99,7 @@ class KPort:
     has_http: bool = False
     reject_tcp: int = int(RejectMode.REJECT_RST)
     reject_http: int = int(RejectMode.REJECT_RST)
+    lens: tuple[int, ...] = ()  # path lengths of the port's routes (struct route_lens)
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,7 @@ class KOutRoute:
     cgroup_level: int = 0  # 0: every process
     cgroup_id: int = 0
     http_service: int = 0  # HTTP resources of this destination (routes with outbound=True, port=id)
+    lens: tuple[int, ...] = ()  # path lengths of the service's routes (struct route_lens)
 
 
 @dataclass(frozen=True)
@@ -134,7 +138,7 @@ class CompiledInbound:
     out_http_ports: tuple[int, ...] = ()  # remote ports of outbound HTTP resources
     system: tuple[KSystemRule, ...] = ()
     ports: tuple[KPort, ...] = ()
-    routes: tuple[KRoute, ...] = ()
+    routes: tuple[route_table.RouteEntry, ...] = ()  # routes and search markers
     http_reply: bytes = b""
     notes: tuple[str, ...] = field(default=(), compare=False)
 
@@ -430,14 +434,24 @@ def compile_inbound(
             routes += [KRoute(r.match.port, m, path, ids[r.name]) for m in methods]
         ports[r.match.port] = port
     # A specific-method route must win over an any-method route with the same path.
+    any_method = {ids[r.name] for r in inbound if r.match.method is None}
     seen: dict[tuple[bool, int, int, bytes], KRoute] = {}
     for rt in routes:
-        key = (rt.outbound, rt.port, rt.method, rt.path)
-        res = next(x for x in inbound if ids[x.name] == rt.resource)
-        if key in seen and res.match.method is None:
+        key = (rt.outbound, rt.port, rt.method, rt.path[:PATH_MAX])
+        if key in seen and rt.resource in any_method:
             continue
         seen[key] = rt
-    # routes never exceed SE_HTTP_ROUTES_MAX: it is 9 methods x the resource limit checked above
+    lens, entries = route_table.build((*k, rt.resource) for k, rt in seen.items())
+    if len(entries) > int(SentinelLimits.SE_HTTP_ROUTES_MAX):
+        problems.append(
+            f"{len(entries)} HTTP route entries (routes per method and search markers): at most "
+            f"{int(SentinelLimits.SE_HTTP_ROUTES_MAX)}; give resources a method, or fewer distinct path lengths"
+        )
+    ports = {p: dataclasses.replace(kp, lens=lens.get((False, p), ())) for p, kp in ports.items()}
+    out_by_dest = {
+        d: dataclasses.replace(r, lens=lens.get((True, r.http_service), ())) if r.http_service else r
+        for d, r in out_by_dest.items()
+    }
     if len(ports) > int(SentinelLimits.SE_PORTS_MAX):
         problems.append(f"{len(ports)} protected ports: at most {int(SentinelLimits.SE_PORTS_MAX)}")
     if problems:
@@ -451,7 +465,7 @@ def compile_inbound(
         resources=resources,
         system=system,
         ports=tuple(ports.values()),
-        routes=tuple(seen.values()),
+        routes=tuple(entries),
         out_routes=tuple(out_by_dest.values()),
         out_http_ports=tuple(sorted({port for _, port in services})),
         http_reply=rules.reject.http.response_bytes(),

@@ -24,10 +24,11 @@ from sentinel_ebpf._types import (
     PortConf,
     PortCounter,
     PortCounts,
-    PortKey,
+    PortSlots,
     ResConf,
     ResStats,
     RouteFlags,
+    RouteLens,
     SentinelLimits,
     SysConf,
     SysMetrics,
@@ -59,6 +60,8 @@ OUT_REPLY = _reply(HttpReject(status=503, body="Service Unavailable (sentinel-eb
 PATH_MAX = int(SentinelLimits.SE_PATH_MAX)
 MAX_RESOURCES = int(SentinelLimits.SE_MAX_RESOURCES)
 FLOW_RULES = int(SentinelLimits.SE_FLOW_RULES_PER_RESOURCE)
+PORTS_MAX = int(SentinelLimits.SE_PORTS_MAX)
+PORT_OUT_HTTP = int(SentinelLimits.SE_PORT_OUT_HTTP)
 # TC filter identity: a fixed handle/priority so `down` can find and remove ours after a crash.
 TC_HANDLE = 0x5E17
 TC_PRIORITY = 0x5E17
@@ -80,6 +83,12 @@ def out_route_key(r: KOutRoute, gen: int) -> OutRouteKey:
     key = OutRouteKey(prefixlen=32 + r.prefix_bits, gen=gen, family=r.family, port=socket.htons(r.port))
     ctypes.memmove(key.addr, r.network, len(r.network))
     return key
+
+
+def route_lens(lens: tuple[int, ...]) -> RouteLens:
+    out = RouteLens(n=len(lens))
+    out.len[: len(lens)] = lens
+    return out
 
 
 def route_key(port: int, method: int, path: bytes, gen: int, outbound: bool = False) -> HttpRouteKey:
@@ -181,12 +190,7 @@ class InboundDataplane:
         except BaseException:
             self._clear_gen(new_gen, compiled)
             raise
-        flags = self.obj.map("active_gen")
-        features = int(RouteFlags.FEATURE_OUTBOUND_HTTP) if compiled.out_http_ports else 0
-        if features:  # on before the switch: the new generation's outbound ports are written
-            flags.update(_u32(int(RouteFlags.ACTIVE_GEN_FLAGS)), _u32(features))
-        flags.update(_u32(0), _u32(new_gen))
-        flags.update(_u32(int(RouteFlags.ACTIVE_GEN_FLAGS)), _u32(features))
+        self.obj.map("active_gen").update(_u32(0), _u32(new_gen))
         self._clear_gen(old_gen, self.compiled)
         self._drop_hot_specific(self.compiled, keep=compiled)
         self._drop_breakers(self.compiled, keep=compiled)
@@ -241,12 +245,11 @@ class InboundDataplane:
         m = self.obj.map("out_routes")
         for r in compiled.out_routes:
             m.update(bytes(out_route_key(r, gen)), bytes(OutRoute(resource=r.resource, cgroup_level=r.cgroup_level,
-                                                                  cgroup_id=r.cgroup_id, http_service=r.http_service)))  # fmt: skip
-        ports = self.obj.map("out_ports")
-        for port in compiled.out_http_ports:
-            ports.update(bytes(PortKey(port=port, gen=gen)), _u32(1))
+                                                                  cgroup_id=r.cgroup_id, http_service=r.http_service,
+                                                                  lens=route_lens(r.lens))))  # fmt: skip
 
     def _write_ports_routes(self, compiled: CompiledInbound, gen: int) -> None:
+        """Routes, then the ports' configurations, then the generation's port table that leads to them."""
         self._write_out_routes(compiled, gen)
         ports, routes, pstats = (
             self.obj.map("inbound_ports"),
@@ -258,12 +261,17 @@ class InboundDataplane:
                 bytes(route_key(route.port, route.method, route.path, gen, route.outbound)),
                 _u32(route.resource),
             )
-        for p in compiled.ports:
+        table = PortSlots()
+        for i, p in enumerate(compiled.ports):
             pc = PortConf(tcp_resource=p.tcp_resource, has_http=int(p.has_http), reject_tcp=p.reject_tcp,
-                          reject_http=p.reject_http)  # fmt: skip
+                          reject_http=p.reject_http, lens=route_lens(p.lens))  # fmt: skip
             if pstats.get(p.port.to_bytes(2, "little")) is None:
                 pstats.update(p.port.to_bytes(2, "little"), bytes(PortCounts()))
-            ports.update(bytes(PortKey(port=p.port, gen=gen)), bytes(pc))
+            ports.update(_u32(gen * PORTS_MAX + i), bytes(pc))
+            table.slot[p.port] = i + 1
+        for port in compiled.out_http_ports:
+            table.slot[port] |= PORT_OUT_HTTP
+        self.obj.map("port_slots").update(_u32(gen), bytes(table))
 
     def _create_breakers(self, compiled: CompiledInbound) -> None:
         """A new breaker starts Closed with an empty window; one that stays keeps its state."""
@@ -336,9 +344,9 @@ class InboundDataplane:
             self.obj.map("http_routes"),
             self.obj.map("res_conf"),
         )
-        for p in compiled.ports:
-            with contextlib.suppress(BpfKeyError):
-                ports.delete(bytes(PortKey(port=p.port, gen=gen)))
+        self.obj.map("port_slots").update(_u32(gen), bytes(ctypes.sizeof(PortSlots)))
+        for i in range(len(compiled.ports)):
+            ports.update(_u32(gen * PORTS_MAX + i), bytes(ctypes.sizeof(PortConf)))
         for route in compiled.routes:
             with contextlib.suppress(BpfKeyError):
                 routes.delete(bytes(route_key(route.port, route.method, route.path, gen, route.outbound)))
@@ -347,8 +355,13 @@ class InboundDataplane:
 
     def clear(self) -> None:
         """Remove every rule, route, statistic and in-flight entry (the programs then pass everything)."""
+        for gen in (0, 1):
+            self.obj.map("port_slots").update(_u32(gen), bytes(ctypes.sizeof(PortSlots)))
+            for i in range(len(self.compiled.ports)):
+                self.obj.map("inbound_ports").update(
+                    _u32(gen * PORTS_MAX + i), bytes(ctypes.sizeof(PortConf))
+                )
         for name in (
-            "inbound_ports",
             "http_routes",
             "inflight",
             "port_stats",
