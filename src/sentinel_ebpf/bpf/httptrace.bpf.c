@@ -29,6 +29,7 @@
 #include <bpf/bpf_endian.h>
 #include "sentinel.h"
 #include "maps.bpf.h"
+#include "sock.bpf.h"
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -173,22 +174,6 @@ static __always_inline struct sock *tcp_sock_of_fd(__u32 fd)
 	return sk;
 }
 
-static __always_inline void fill_tuple(struct http_event *e, const struct sock *sk)
-{
-	const struct inet_sock *inet = (const struct inet_sock *)sk;
-
-	e->family = BPF_CORE_READ(sk, __sk_common.skc_family);
-	e->sport = bpf_ntohs(BPF_CORE_READ(inet, inet_sport));
-	e->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
-	if (e->family == AF_INET) {
-		bpf_core_read(e->saddr, 4, &sk->__sk_common.skc_rcv_saddr);
-		bpf_core_read(e->daddr, 4, &sk->__sk_common.skc_daddr);
-	} else {
-		bpf_core_read(e->saddr, SE_ADDR_LEN, &sk->__sk_common.skc_v6_rcv_saddr);
-		bpf_core_read(e->daddr, SE_ADDR_LEN, &sk->__sk_common.skc_v6_daddr);
-	}
-}
-
 /* Does a stream start like HTTP/1.x: a method and a space, or "HTTP/1."? */
 static __always_inline bool looks_http(const __u8 *d, __u32 n)
 {
@@ -286,7 +271,7 @@ static __always_inline void emit(const struct active_call *c, __u32 len, const s
 	struct http_event *e = &s->hdr;
 	__builtin_memset(e, 0, sizeof(*e));
 	if (sk) {
-		fill_tuple(e, sk);
+		FILL_TUPLE(e, sk);
 		if (!port_allowed(e->sport, e->dport))
 			return;
 	} else if (targ_nports) {
@@ -463,7 +448,7 @@ static __always_inline int on_state_change(struct sock *sk, int newstate)
 		return 0;
 	}
 	__builtin_memset(e, 0, sizeof(*e));
-	fill_tuple(e, sk);
+	FILL_TUPLE(e, sk);
 	e->ts_ns = bpf_ktime_get_ns();
 	e->conn_id = (__u64)sk;
 	e->kind = HTTP_EV_CLOSE;

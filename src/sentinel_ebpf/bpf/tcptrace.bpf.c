@@ -20,6 +20,7 @@
 #include <bpf/bpf_endian.h>
 #include "sentinel.h"
 #include "maps.bpf.h"
+#include "sock.bpf.h"
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -101,31 +102,6 @@ static __always_inline bool port_allowed(__u16 port)
 	return false;
 }
 
-/*
- * Fill addresses and ports from the socket; false when it is neither IPv4 nor IPv6. The source port is
- * read from inet_sock: when a failed attempt reaches CLOSE the port is already released (skc_num = 0)
- * but inet_sport still says which port the attempt used, as getsockname() does.
- */
-static __always_inline bool fill_tuple(struct conn_event *e, const struct sock *sk)
-{
-	const struct inet_sock *inet = (const struct inet_sock *)sk;
-
-	e->family = BPF_CORE_READ(sk, __sk_common.skc_family);
-	e->sport = bpf_ntohs(BPF_CORE_READ(inet, inet_sport));
-	e->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
-	if (e->family == AF_INET) {
-		bpf_core_read(e->saddr, 4, &sk->__sk_common.skc_rcv_saddr);
-		bpf_core_read(e->daddr, 4, &sk->__sk_common.skc_daddr);
-		return true;
-	}
-	if (e->family == AF_INET6) {
-		bpf_core_read(e->saddr, SE_ADDR_LEN, &sk->__sk_common.skc_v6_rcv_saddr);
-		bpf_core_read(e->daddr, SE_ADDR_LEN, &sk->__sk_common.skc_v6_daddr);
-		return true;
-	}
-	return false;
-}
-
 static __always_inline struct conn_event *reserve_event(void)
 {
 	struct conn_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
@@ -184,7 +160,7 @@ static __always_inline int on_state_change(const struct sock *sk, int oldstate, 
 	struct conn_event *e = reserve_event();
 	if (!e)
 		goto out;
-	if (!fill_tuple(e, sk) || !port_allowed(e->dport)) {
+	if (!FILL_TUPLE(e, sk) || !port_allowed(e->dport)) {
 		bpf_ringbuf_discard(e, 0);
 		goto out;
 	}
@@ -269,7 +245,7 @@ static __always_inline int on_sys_exit(long ret)
 		return 0;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	/* For an accepted socket the local port is the service port: filter on it. */
-	if (!fill_tuple(e, sk) || !port_allowed(e->sport) || !comm_allowed(e->comm)) {
+	if (!FILL_TUPLE(e, sk) || !port_allowed(e->sport) || !comm_allowed(e->comm)) {
 		bpf_ringbuf_discard(e, 0);
 		return 0;
 	}
