@@ -30,11 +30,11 @@ from sentinel_ebpf._types import (
     HttpTraceStat,
     SentinelLimits,
 )
-from sentinel_ebpf.errors import BpfLoadError, SentinelError
+from sentinel_ebpf.errors import SentinelError
 from sentinel_ebpf.httpparse import Connection, Exchange
 from sentinel_ebpf.libbpf import BpfObject, Link, RingReader
 from sentinel_ebpf.objects import object_path
-from sentinel_ebpf.trace import _addr, _Clock
+from sentinel_ebpf.trace import _addr, _Clock, load_first_flavor
 
 # Syscall numbers of enum http_syscall, per architecture (raw syscall tracepoints report numbers).
 SYSCALLS: dict[str, dict[HttpSyscall, int]] = {
@@ -245,19 +245,7 @@ class HttpTracer:
         return obj
 
     def start(self) -> HttpTracer:
-        flavors = self.FLAVORS if self._want == "auto" else (self._want,)
-        last: BpfLoadError | None = None
-        for flavor in flavors:
-            try:
-                self._obj = self._open(flavor)
-            except BpfLoadError as exc:
-                last = exc
-                continue
-            self.flavor = flavor
-            break
-        if self._obj is None:
-            assert last is not None
-            raise last
+        self._obj, self.flavor = load_first_flavor(self._open, self._want, self.FLAVORS)
         try:
             for name, prog in self._obj.programs.items():
                 if prog.autoload and name.startswith("http_"):

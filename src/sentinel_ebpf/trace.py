@@ -12,7 +12,7 @@ import ipaddress
 import platform
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -122,6 +122,19 @@ def decode(raw: bytes, clock: _Clock | None = None) -> Connection:
     )
 
 
+def load_first_flavor(open_flavor: Callable[[str], BpfObject], want: str, flavors: Sequence[str]
+                      ) -> tuple[BpfObject, str]:  # fmt: skip
+    """Load with the first hook flavour that loads (``want`` "auto": each of ``flavors`` in turn)."""
+    last: BpfLoadError | None = None
+    for flavor in flavors if want == "auto" else (want,):
+        try:
+            return open_flavor(flavor), flavor
+        except BpfLoadError as exc:
+            last = exc
+    assert last is not None
+    raise last
+
+
 class ConnTracer:
     """Load, attach and consume the tracer. ``with ConnTracer(filter) as t: t.poll(cb, 100)``."""
 
@@ -168,19 +181,7 @@ class ConnTracer:
         return obj
 
     def start(self) -> ConnTracer:
-        flavors = self.FLAVORS if self._want == "auto" else (self._want,)
-        last: BpfLoadError | None = None
-        for flavor in flavors:
-            try:
-                self._obj = self._open(flavor)
-            except BpfLoadError as exc:
-                last = exc
-                continue
-            self.flavor = flavor
-            break
-        if self._obj is None:
-            assert last is not None
-            raise last
+        self._obj, self.flavor = load_first_flavor(self._open, self._want, self.FLAVORS)
         try:
             for prog in self._obj.programs.values():
                 if prog.autoload:
