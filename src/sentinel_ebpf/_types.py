@@ -20,6 +20,7 @@ class SentinelLimits(IntEnum):
     SE_BUCKET_MS = 500
     SE_FLOW_RULES_PER_RESOURCE = 4
     SE_INFLIGHT_MAX = 65536
+    SE_INFLIGHT_IDLE_MAX = 32768
     SE_PORTS_MAX = 1024
     SE_PORT_OUT_HTTP = 32768
     SE_ROUTE_LENS_MAX = 65
@@ -499,10 +500,10 @@ class ResConf(ctypes.Structure):
     _fields_ = [
         ("nflow", ctypes.c_uint32),
         ("isolation_threshold", ctypes.c_uint32),
-        ("flow", (FlowRuleK * 4)),
-        ("last_passed_ns", (ctypes.c_uint64 * 4)),
         ("nhot", ctypes.c_uint32),
         ("nbreakers", ctypes.c_uint32),
+        ("flow", (FlowRuleK * 4)),
+        ("last_passed_ns", (ctypes.c_uint64 * 4)),
         ("hot", (HotspotRuleK * 2)),
         ("breakers", (BreakerK * 2)),
     ]
@@ -618,14 +619,16 @@ class Inflight(ctypes.Structure):
     _pack_ = 1
     _fields_ = [
         ("start_ns", ctypes.c_uint64),
+        ("active", ctypes.c_uint64),
         ("resource", ctypes.c_uint32),
         ("is_http", ctypes.c_uint8),
-        ("_pad", (ctypes.c_uint8 * 3)),
+        ("inbound", ctypes.c_uint8),
+        ("_pad", (ctypes.c_uint8 * 2)),
         ("hot", (HotKey * 2)),
     ]
 
 
-assert ctypes.sizeof(Inflight) == 48
+assert ctypes.sizeof(Inflight) == 56
 
 
 class ConnEvent(ctypes.Structure):

@@ -19,7 +19,7 @@ from packets import (
     tcp_frame,
 )
 
-from sentinel_ebpf._types import PortSlots
+from sentinel_ebpf._types import Inflight, PortSlots
 from sentinel_ebpf.errors import BpfError
 from sentinel_ebpf.inbound import CompileError, InboundDataplane, compile_inbound
 from sentinel_ebpf.model.clock import ManualClock
@@ -454,3 +454,62 @@ systemRules:
     assert (st.passed, st.complete, st.error, st.concurrency, st.rt_sum_ms) == (2, 1, 1, 0, 30.0)
     inbound = dp.inbound_stats()
     assert (inbound.total_pass, inbound.total_complete, inbound.concurrency) == (0, 0, 0)
+
+
+def _inflight(dp: InboundDataplane) -> tuple[list[Inflight], int]:
+    """The in-flight entries and the kernel's count of idle ones."""
+    entries = [Inflight.from_buffer_copy(v) for _, v in dp.obj.map("inflight").items()]
+    return entries, int.from_bytes(dp.obj.map("inflight_idle").lookup((0).to_bytes(4, "little")), "little")
+
+
+def test_keep_alive_connection_reuses_its_entry_until_fin(dp: InboundDataplane) -> None:
+    h = Harness(
+        dp,
+        rules("""
+resources:
+  - {name: web, match: {protocol: http, port: 8080, path: /}}
+isolationRules:
+  - {resource: web, threshold: 1}
+"""),
+    )
+
+    def respond(status: int) -> None:
+        reply = tcp_frame(SERVER, CLIENT, 8080, 30001, flags=PSH | ACK, payload=http_response(status))
+        assert h.egress.test_run(reply).retval == TC_ACT_OK
+
+    h.at(0)
+    assert h.request("GET", "/a", sport=30001)
+    assert not h.request("GET", "/b", sport=30002)  # one in flight: isolation
+    h.at(100)
+    respond(200)
+    entries, idle = _inflight(dp)
+    assert [(e.active, idle) for e in entries] == [(0, 1)], "the completed request's entry stays, idle"
+    st = dp.resource_stats()[0]
+    assert (st.passed, st.complete, st.concurrency, st.rt_sum_ms) == (1, 1, 0, 100.0)
+
+    h.at(1000)
+    assert h.request("GET", "/c", sport=30001)  # the next request on the connection takes the entry over
+    assert not h.request("GET", "/d", sport=30002)
+    entries, idle = _inflight(dp)
+    assert [(e.active, idle) for e in entries] == [(1, 0)]
+    assert dp.resource_stats()[0].concurrency == 1
+    h.at(1300)
+    respond(503)
+    st = dp.resource_stats()[0]
+    assert (st.passed, st.blocked, st.complete, st.error, st.concurrency, st.rt_sum_ms) == (
+        2,
+        2,
+        2,
+        1,
+        0,
+        400.0,
+    )
+
+    h.at(2000)
+    fin = tcp_frame(CLIENT, SERVER, 30001, 8080, flags=FIN | ACK)
+    assert h.ingress.test_run(fin).retval == TC_ACT_OK
+    assert _inflight(dp) == ([], 0), "FIN removes the idle entry"
+    st = dp.resource_stats()[0]
+    assert (st.complete, st.error, st.concurrency) == (2, 1, 0), (
+        "an idle connection's close completes nothing"
+    )

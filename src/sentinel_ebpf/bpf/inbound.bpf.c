@@ -107,6 +107,17 @@ struct {
 	__type(value, struct inflight);
 } inflight SEC(".maps");
 
+/* At most this many inflight entries are kept idle (set before load; 0: delete at every response). */
+const volatile __s64 inflight_idle_max = SE_INFLIGHT_IDLE_MAX;
+
+/* How many inflight entries are idle (see struct inflight): an approximation that only errs upward. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __s64);
+} inflight_idle SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, DP_COUNTER_MAX);
@@ -410,6 +421,7 @@ __noinline int system_check(__u32 gen, __u64 now_ms)
 /* judge() flags, beside the generation in its second argument. */
 #define JUDGE_HTTP (1 << 8)
 #define JUDGE_SYSTEM_BLOCKED (1 << 9)   /* the system rules block inbound traffic now */
+#define JUDGE_INBOUND_NODE (1 << 10)    /* system rules are in force: keep the inbound node's statistics */
 
 /*
  * JUDGE_SYSTEM_BLOCKED when the system rules of `gen` block inbound traffic now. Checked by the caller
@@ -420,7 +432,9 @@ static __always_inline __u32 system_flag(__u8 gen)
 	__u32 idx = gen;
 	struct sys_conf *sc = bpf_map_lookup_elem(&sys_conf, &idx);
 
-	return sc && sc->nrules && system_check(gen, now_ns() / 1000000) ? JUDGE_SYSTEM_BLOCKED : 0;
+	if (!sc || !sc->nrules)
+		return 0;
+	return JUDGE_INBOUND_NODE | (system_check(gen, now_ns() / 1000000) ? JUDGE_SYSTEM_BLOCKED : 0);
 }
 
 /* Admit or block one request of `res`; on pass, track it as in flight under `key`. */
@@ -435,6 +449,30 @@ static __always_inline void hot_release(const struct hot_key *held)
 		if (hs)
 			__sync_fetch_and_add(&hs->concurrency, -1);
 	}
+}
+
+/* A request or connection starts: it counts in the concurrency of its resource, the inbound node (`in`,
+ * NULL for outbound requests) and the hotspot values it holds. */
+static __always_inline void hold(struct res_stats *st, struct res_stats *in, const struct hot_key *hot)
+{
+	__sync_fetch_and_add(&st->concurrency, 1);
+	if (in)
+		__sync_fetch_and_add(&in->concurrency, 1);
+	for (int i = 0; i < SE_HOTSPOT_RULES_PER_RESOURCE; i++) {
+		struct hot_state *hs = hot[i].uid ? bpf_map_lookup_elem(&hot_values, &hot[i]) : NULL;
+
+		if (hs)
+			__sync_fetch_and_add(&hs->concurrency, 1);
+	}
+}
+
+/* Adjust the idle-entry count; returns the count before. */
+static __always_inline __s64 idle_add(__s64 d)
+{
+	__u32 zero = 0;
+	__s64 *n = bpf_map_lookup_elem(&inflight_idle, &zero);
+
+	return n ? __sync_fetch_and_add(n, d) : inflight_idle_max;
 }
 
 /*
@@ -457,8 +495,9 @@ __noinline __u32 judge(__u32 res, __u32 gen_flags, const struct flow_key *key, s
 	st = bpf_map_lookup_elem(&res_stats, &res);
 	if (!st)
 		return BLOCK_NONE;
-	/* outbound requests are not inbound traffic: no system rules, no inbound node statistics */
-	in = key->kind == FLOW_KIND_OUT_REQUEST ? NULL : inbound_node();
+	/* Only the system rules read the inbound node: without them it is not kept (its atomics would be
+	 * paid by every request). Outbound requests are not inbound traffic. */
+	in = key->kind != FLOW_KIND_OUT_REQUEST && (gen_flags & JUDGE_INBOUND_NODE) ? inbound_node() : NULL;
 	now = now_ns();
 	now_ms = now / 1000000;
 	verdict = in && (gen_flags & JUDGE_SYSTEM_BLOCKED) ? BLOCK_SYSTEM :
@@ -474,57 +513,81 @@ __noinline __u32 judge(__u32 res, __u32 gen_flags, const struct flow_key *key, s
 		stat_pass(in, now_ms);
 
 	struct inflight *old = bpf_map_lookup_elem(&inflight, key);
-	if (old && old->resource == res && !old->hot[0].uid && !old->hot[1].uid && !entry.hot[0].uid &&
-	    !entry.hot[1].uid) {
-		/* the same resource is still in flight on this tuple: one request ends and one starts, so the
-		 * concurrency counts stay; restart the entry in place (no LRU node to allocate) */
+
+	if (old) {
+		/* No map update on this path: the connection's entry is taken over in place. */
+		if (__sync_val_compare_and_swap(&old->active, 0, 1) == 0) {
+			idle_add(-1); /* idle since its last response: this request reuses it */
+		} else if (old->resource == res && !old->hot[0].uid && !old->hot[1].uid && !entry.hot[0].uid &&
+			   !entry.hot[1].uid) {
+			/* the same resource is still in flight on this tuple: one request ends and one starts,
+			 * so the concurrency counts stay */
+			old->start_ns = now;
+			old->is_http = is_http;
+			return BLOCK_NONE;
+		} else {
+			/* a request without a seen response (pipelining, lost segment): it no longer counts */
+			struct res_stats *ost = bpf_map_lookup_elem(&res_stats, &old->resource);
+
+			struct res_stats *oin = old->inbound ? inbound_node() : NULL;
+
+			if (ost)
+				__sync_fetch_and_add(&ost->concurrency, -1);
+			if (oin)
+				__sync_fetch_and_add(&oin->concurrency, -1);
+			hot_release(old->hot);
+		}
 		old->start_ns = now;
+		old->resource = res;
 		old->is_http = is_http;
+		old->inbound = !!in;
+		__builtin_memcpy(old->hot, entry.hot, sizeof(entry.hot));
+		hold(st, in, entry.hot);
 		return BLOCK_NONE;
 	}
-	if (old) {
-		/* a request without a seen response (pipelining, lost segment): it no longer counts as in flight */
-		struct res_stats *ost = bpf_map_lookup_elem(&res_stats, &old->resource);
-
-		if (ost)
-			__sync_fetch_and_add(&ost->concurrency, -1);
-		if (in)
-			__sync_fetch_and_add(&in->concurrency, -1);
-		hot_release(old->hot);
-	}
 	entry.start_ns = now;
+	entry.active = 1;
 	entry.resource = res;
 	entry.is_http = is_http;
-	if (bpf_map_update_elem(&inflight, key, &entry, BPF_ANY) == 0) {
-		__sync_fetch_and_add(&st->concurrency, 1);
-		if (in)
-			__sync_fetch_and_add(&in->concurrency, 1);
-		for (int i = 0; i < SE_HOTSPOT_RULES_PER_RESOURCE; i++) {
-			struct hot_state *hs = entry.hot[i].uid ? bpf_map_lookup_elem(&hot_values, &entry.hot[i]) : NULL;
-
-			if (hs)
-				__sync_fetch_and_add(&hs->concurrency, 1);
-		}
-	} else {
+	entry.inbound = !!in;
+	if (bpf_map_update_elem(&inflight, key, &entry, BPF_ANY) == 0)
+		hold(st, in, entry.hot);
+	else
 		percpu_inc(&dp_counters, DP_INFLIGHT_FULL);
-	}
 	return BLOCK_NONE;
 }
 
-/* The in-flight request or connection under `key` ended. A global function: verified once, small frames. */
-__noinline int complete(const struct flow_key *key, __u32 error)
+/* complete()'s flags */
+#define COMPLETE_ERROR 1            /* the request failed (5xx, or no response before the close) */
+#define COMPLETE_END 2              /* the connection ended: its entry goes */
+
+/*
+ * The in-flight request or connection under `key` ended (COMPLETE_* flags in `how`). A request's entry
+ * stays, idle, for the connection's next request unless the connection ended or too many are idle.
+ * A global function: verified once, small frames.
+ */
+__noinline int complete(const struct flow_key *key, __u32 how)
 {
 	struct inflight *f;
 	struct res_stats *st, *in;
 	__u64 now, rt_ms;
+	bool error = how & COMPLETE_ERROR;
 
 	if (!key)
 		return 0;
 	f = bpf_map_lookup_elem(&inflight, key);
 	if (!f)
 		return 0;
+	if (__sync_val_compare_and_swap(&f->active, 1, 0) != 1) {
+		/* idle already: nothing in flight to complete */
+		if (how & COMPLETE_END) {
+			idle_add(-1);
+			bpf_map_delete_elem(&inflight, key);
+		}
+		return 0;
+	}
 	st = bpf_map_lookup_elem(&res_stats, &f->resource);
-	in = key->kind == FLOW_KIND_OUT_REQUEST ? NULL : inbound_node();
+	in = f->inbound ? inbound_node() : NULL;
 	now = now_ns();
 	rt_ms = now > f->start_ns ? (now - f->start_ns) / 1000000 : 0;
 	if (st) {
@@ -537,6 +600,13 @@ __noinline int complete(const struct flow_key *key, __u32 error)
 	}
 	hot_release(f->hot);
 	breakers_complete(current_gen() * SE_MAX_RESOURCES + f->resource, f->resource, now / 1000000, rt_ms, error);
+	if (!(how & COMPLETE_END)) {
+		if (idle_add(1) < inflight_idle_max) {
+			__builtin_memset(f->hot, 0, sizeof(f->hot));
+			return 0;
+		}
+		idle_add(-1);
+	}
 	bpf_map_delete_elem(&inflight, key);
 	return 0;
 }
@@ -586,11 +656,11 @@ static __always_inline void out_response(struct __sk_buff *skb, const struct pkt
 
 	make_key(fk, p, false, FLOW_KIND_OUT_REQUEST);
 	if (p->flags & (TCP_RST | TCP_FIN)) {
-		complete(fk, true); /* the server closed without answering */
+		complete(fk, COMPLETE_ERROR | COMPLETE_END); /* the server closed without answering */
 		return;
 	}
 	if (p->payload_len && status_line(skb, p, &hundreds))
-		complete(fk, hundreds == '5');
+		complete(fk, hundreds == '5' ? COMPLETE_ERROR : 0);
 }
 
 /* reject()'s third argument: enum reject_mode | REJECT_* flags. */
@@ -769,16 +839,27 @@ SEC("tc")
 int tc_ingress(struct __sk_buff *skb)
 {
 	__u32 zero = 0;
-	struct ingress_scratch *scr = bpf_map_lookup_elem(&ingress_scratch, &zero);
+	struct ingress_scratch *scr;
 	struct port_slots *ports;
 	struct port_conf *pc;
 	struct flow_key *fk;
+	__u16 slot, sport, dport;
 	struct pkt *p;
-	__u16 slot;
 	__u8 gen;
 	int r;
 
 	percpu_inc(&dp_counters, DP_PACKETS);
+	r = peek_ports(skb, &sport, &dport);
+	if (r == PEEK_NOT_TCP)
+		return TC_ACT_OK;
+	gen = current_gen();
+	ports = port_table(gen);
+	if (!ports)
+		return TC_ACT_OK;
+	/* two loads decide for a packet of ports nothing protects */
+	if (r == PEEK_PORTS && !(ports->slot[bpf_ntohs(sport)] & SE_PORT_OUT_HTTP) && !ports->slot[bpf_ntohs(dport)])
+		return TC_ACT_OK;
+	scr = bpf_map_lookup_elem(&ingress_scratch, &zero);
 	if (!scr)
 		return TC_ACT_OK;
 	p = &scr->p;
@@ -789,11 +870,6 @@ int tc_ingress(struct __sk_buff *skb)
 			percpu_inc(&dp_counters, DP_MALFORMED);
 		return TC_ACT_OK;
 	}
-	/* one load decides for a port nothing protects */
-	gen = current_gen();
-	ports = port_table(gen);
-	if (!ports)
-		return TC_ACT_OK;
 	if (ports->slot[bpf_ntohs(p->sport)] & SE_PORT_OUT_HTTP) {
 		/* a response of a server our outbound HTTP resources call */
 		out_response(skb, p, fk);
@@ -809,9 +885,9 @@ int tc_ingress(struct __sk_buff *skb)
 	if (p->flags & (TCP_RST | TCP_FIN)) {
 		/* the client ends the connection: its request (if any) and the connection are done */
 		make_key(fk, p, true, FLOW_KIND_REQUEST);
-		complete(fk, true);
+		complete(fk, COMPLETE_ERROR | COMPLETE_END);
 		make_key(fk, p, true, FLOW_KIND_CONNECTION);
-		complete(fk, false);
+		complete(fk, COMPLETE_END);
 		return TC_ACT_OK;
 	}
 	bool syn = (p->flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
@@ -1001,23 +1077,30 @@ SEC("tc")
 int tc_egress(struct __sk_buff *skb)
 {
 	__u32 zero = 0;
-	struct ingress_scratch *scr = bpf_map_lookup_elem(&egress_scratch, &zero);
+	struct ingress_scratch *scr;
 	struct port_slots *ports;
 	struct port_conf *pc;
 	struct flow_key *fk;
+	__u16 slot, sport, dport;
 	struct pkt *p;
 	__u8 gen, hundreds;
-	__u16 slot;
+	int r;
 
+	r = peek_ports(skb, &sport, &dport);
+	if (r == PEEK_NOT_TCP)
+		return TC_ACT_OK;
+	gen = current_gen();
+	ports = port_table(gen);
+	if (!ports)
+		return TC_ACT_OK;
+	if (r == PEEK_PORTS && !(ports->slot[bpf_ntohs(dport)] & SE_PORT_OUT_HTTP) && !ports->slot[bpf_ntohs(sport)])
+		return TC_ACT_OK;
+	scr = bpf_map_lookup_elem(&egress_scratch, &zero);
 	if (!scr)
 		return TC_ACT_OK;
 	p = &scr->p;
 	fk = &scr->fk;
 	if (parse_tcp(skb, p) != PARSE_OK)
-		return TC_ACT_OK;
-	gen = current_gen();
-	ports = port_table(gen);
-	if (!ports)
 		return TC_ACT_OK;
 	if (p->payload_len && !(p->flags & (TCP_RST | TCP_FIN | TCP_SYN)) &&
 	    (ports->slot[bpf_ntohs(p->dport)] & SE_PORT_OUT_HTTP))
@@ -1031,15 +1114,15 @@ int tc_egress(struct __sk_buff *skb)
 
 	if (p->flags & (TCP_RST | TCP_FIN)) {
 		make_key(fk, p, false, FLOW_KIND_REQUEST);
-		complete(fk, true); /* the server closed without answering */
+		complete(fk, COMPLETE_ERROR | COMPLETE_END); /* the server closed without answering */
 		make_key(fk, p, false, FLOW_KIND_CONNECTION);
-		complete(fk, false);
+		complete(fk, COMPLETE_END);
 		return TC_ACT_OK;
 	}
 	if (!p->payload_len || !pc->has_http || !status_line(skb, p, &hundreds))
 		return TC_ACT_OK;
 	make_key(fk, p, false, FLOW_KIND_REQUEST);
-	complete(fk, hundreds == '5');
+	complete(fk, hundreds == '5' ? COMPLETE_ERROR : 0);
 	return TC_ACT_OK;
 }
 

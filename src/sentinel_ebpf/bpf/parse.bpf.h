@@ -41,6 +41,51 @@ struct pkt {
 	__u8 daddr[SE_ADDR_LEN];
 };
 
+enum peek_result {
+	PEEK_PORTS = 0,             /* *sport and *dport hold the TCP ports */
+	PEEK_NOT_TCP = 1,           /* not TCP over IP: none of our business (parse_tcp agrees) */
+	PEEK_PARSE = 2,             /* headers not all in the linear data, or suspect: parse_tcp decides */
+};
+
+/*
+ * The TCP ports of a frame, read in place without copying anything, so that a packet for a port nothing
+ * protects costs a few loads. Anything unusual is left to parse_tcp, which also counts malformed headers.
+ */
+static __always_inline int peek_ports(struct __sk_buff *skb, __u16 *sport, __u16 *dport)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	__u16 *ports;
+
+	if ((void *)(eth + 1) > data_end)
+		return PEEK_PARSE;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+
+		if ((void *)(ip + 1) > data_end)
+			return PEEK_PARSE;
+		if (ip->protocol != IPPROTO_TCP)
+			return PEEK_NOT_TCP;
+		ports = (void *)ip + ip->ihl * 4;
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+
+		if ((void *)(ip6 + 1) > data_end)
+			return PEEK_PARSE;
+		if (ip6->nexthdr != IPPROTO_TCP)
+			return PEEK_NOT_TCP;
+		ports = (void *)(ip6 + 1);
+	} else {
+		return PEEK_NOT_TCP;
+	}
+	if ((void *)(ports + 2) > data_end)
+		return PEEK_PARSE;
+	*sport = ports[0];
+	*dport = ports[1];
+	return PEEK_PORTS;
+}
+
 static __always_inline int parse_tcp(struct __sk_buff *skb, struct pkt *p)
 {
 	void *data = (void *)(long)skb->data;

@@ -21,6 +21,7 @@ enum sentinel_limits {
 	SE_BUCKET_MS = 500,
 	SE_FLOW_RULES_PER_RESOURCE = 4,
 	SE_INFLIGHT_MAX = 65536,    /* tracked in-flight requests/connections (LRU) */
+	SE_INFLIGHT_IDLE_MAX = 32768, /* in-flight entries kept idle for their connection's next request */
 	SE_PORTS_MAX = 1024,
 	SE_PORT_OUT_HTTP = 0x8000,  /* port_slots bit: a remote port of outbound HTTP resources */
 	SE_ROUTE_LENS_MAX = 65,     /* distinct path lengths of a port's routes: 0..SE_PATH_MAX */
@@ -305,12 +306,13 @@ struct out_conn {
 
 /* res_conf value, indexed by gen * SE_MAX_RESOURCES + resource id. */
 struct res_conf {
+	/* the counts every request reads share the first cache line with the first flow rule */
 	__u32 nflow;
 	__u32 isolation_threshold;  /* 0 = no isolation rule */
-	struct flow_rule_k flow[SE_FLOW_RULES_PER_RESOURCE];
-	__u64 last_passed_ns[SE_FLOW_RULES_PER_RESOURCE]; /* Throttling state, written by the kernel */
 	__u32 nhot;
 	__u32 nbreakers;
+	struct flow_rule_k flow[SE_FLOW_RULES_PER_RESOURCE];
+	__u64 last_passed_ns[SE_FLOW_RULES_PER_RESOURCE]; /* Throttling state, written by the kernel */
 	struct hotspot_rule_k hot[SE_HOTSPOT_RULES_PER_RESOURCE];
 	struct breaker_k breakers[SE_BREAKERS_PER_RESOURCE];
 };
@@ -387,11 +389,20 @@ struct flow_key {
 	__u8 _pad[2];
 };
 
+/*
+ * inflight value. A request's entry is not deleted when its response is seen: it turns idle (active 0)
+ * and the connection's next request reuses it in place, so a keep-alive connection costs one map insert,
+ * not an insert and a delete per request. The entry goes at the connection's FIN or RST. At most
+ * SE_INFLIGHT_IDLE_MAX entries are kept idle (map `inflight_idle` counts them); past that, completion
+ * deletes as before, so idle connections never crowd out requests in flight.
+ */
 struct inflight {
 	__u64 start_ns;
+	__u64 active;               /* 1 while in flight (compare-and-swap), 0 idle */
 	__u32 resource;
 	__u8 is_http;
-	__u8 _pad[3];
+	__u8 inbound;               /* counted in the inbound node (system rules were in force at its start) */
+	__u8 _pad[2];
 	struct hot_key hot[SE_HOTSPOT_RULES_PER_RESOURCE]; /* concurrency hotspot values to release (uid 0: none) */
 };
 

@@ -62,6 +62,7 @@ MAX_RESOURCES = int(SentinelLimits.SE_MAX_RESOURCES)
 FLOW_RULES = int(SentinelLimits.SE_FLOW_RULES_PER_RESOURCE)
 PORTS_MAX = int(SentinelLimits.SE_PORTS_MAX)
 PORT_OUT_HTTP = int(SentinelLimits.SE_PORT_OUT_HTTP)
+INFLIGHT_MAX = int(SentinelLimits.SE_INFLIGHT_MAX)
 # TC filter identity: a fixed handle/priority so `down` can find and remove ours after a crash.
 TC_HANDLE = 0x5E17
 TC_PRIORITY = 0x5E17
@@ -115,15 +116,29 @@ class InboundDataplane:
     ``test_clock=True`` loads the programs with a clock the caller sets (``set_clock_ns``), for tests.
     """
 
-    def __init__(self, *, test_clock: bool = False, hotspot_values: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        test_clock: bool = False,
+        hotspot_values: int | None = None,
+        idle_connections: int | None = None,
+    ) -> None:
         """``hotspot_values``: how many hotspot parameter values the kernel tracks at once (an LRU map,
-        preallocated: ~104 bytes of kernel memory each); default ``SE_HOT_VALUES_MAX``."""
+        preallocated: ~104 bytes of kernel memory each); default ``SE_HOT_VALUES_MAX``.
+
+        ``idle_connections``: how many keep-alive connections between requests keep their in-flight entry
+        for the next request (saving a map insert and delete per request); default
+        ``SE_INFLIGHT_IDLE_MAX`` (half the in-flight table), 0 deletes the entry at every response."""
         if hotspot_values is not None and not 1024 <= hotspot_values <= 1 << 24:
             raise ValueError(f"hotspot_values must be in 1024..{1 << 24}, got {hotspot_values}")
+        if idle_connections is not None and not 0 <= idle_connections <= INFLIGHT_MAX // 2:
+            raise ValueError(f"idle_connections must be in 0..{INFLIGHT_MAX // 2}, got {idle_connections}")
         self.obj = BpfObject.open(object_path("inbound"))
         try:
             if test_clock:
                 self.obj.set_rodata(use_test_clock=True)
+            if idle_connections is not None:
+                self.obj.set_rodata(inflight_idle_max=idle_connections)
             if hotspot_values is not None:
                 self.obj.map("hot_values").set_max_entries(hotspot_values)
             self.obj.load()
@@ -379,6 +394,7 @@ class InboundDataplane:
             self.obj.map("sys_conf").update(_u32(gen), bytes(SysConf()))
         self.obj.map("inbound_total").update(_u32(0), bytes(ResStats()))
         self.obj.map("sys_metrics").update(_u32(0), bytes(SysMetrics()))
+        self.obj.map("inflight_idle").update(_u32(0), bytes(8))
         self.compiled = CompiledInbound()
         self.adaptive = AdaptiveThresholds(self.compiled, self.raw_stats, self.memory)
 
