@@ -107,17 +107,22 @@ class Cgroup:
             self.path.rmdir()
 
 
+def build_bench_object(src: Path, workdir: Path) -> Path:
+    """Compile a benchmark's own BPF source into ``workdir`` with the project's build flags."""
+    bundled = ROOT / "src" / "sentinel_ebpf" / "bpf" / "vmlinux.h"
+    if bundled.exists():
+        shutil.copy(bundled, workdir / "vmlinux.h")
+    else:
+        ensure_vmlinux_h(workdir)
+    return compile_object(src, find_clang(), workdir)
+
+
 class SoftirqMeter:
     """Softirq time on ``cpu`` split by whether the interrupted task is in ``cgroup``
     (bench/softirq_time.bpf.c, compiled here with the project's build flags into ``workdir``)."""
 
     def __init__(self, cpu: int, cgroup: Cgroup, workdir: Path) -> None:
-        bundled = ROOT / "src" / "sentinel_ebpf" / "bpf" / "vmlinux.h"
-        if bundled.exists():
-            shutil.copy(bundled, workdir / "vmlinux.h")
-        else:
-            ensure_vmlinux_h(workdir)
-        self.obj = BpfObject.open(compile_object(SOFTIRQ_SRC, find_clang(), workdir))
+        self.obj = BpfObject.open(build_bench_object(SOFTIRQ_SRC, workdir))
         self.links: list[Link] = []
         try:
             self.obj.set_rodata(target_cpu=cpu, target_cgroup_id=cgroup.id)

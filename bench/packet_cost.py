@@ -2,9 +2,10 @@
 
 usage: sudo python bench/packet_cost.py [--repeat N] [--rounds R] [--no-netns] [--json]
 
-Each case loads a rule set into one ``InboundDataplane`` (real clock, as attached), builds one frame and
-runs ``tc_ingress`` on it ``--repeat`` times per round (the kernel reports the average per run); the
-figure is the median of ``--rounds`` rounds. Printed: ns per packet and the ratio to the non-matching
+Each case loads a rule set into its own ``InboundDataplane`` (real clock, as attached), builds one frame
+and runs ``tc_ingress`` on it ``--repeat`` times per round (the kernel reports the average per run); the
+rounds of all cases are interleaved (case by case in turn, the order rotating each round) and the figure
+is the median of ``--rounds`` rounds, with the minimum beside it. Printed: ns per packet and the ratio to the non-matching
 TCP packet, then the raw round figures.
 
 Caveats, measured as they are:
@@ -34,19 +35,20 @@ Caveats, measured as they are:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import json
 import os
 import statistics
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "dataplane"))
 
-from packets import ACK, PSH, SYN, SYN_OPTIONS, http_request, tcp_frame
+from packets import ACK, PSH, SYN, SYN_OPTIONS, http_request, http_response, tcp_frame
 
 from sentinel_ebpf._types import SentinelLimits
 from sentinel_ebpf.inbound import InboundDataplane
@@ -105,6 +107,10 @@ def _with_sport(frame: bytes, sport: int) -> bytes:
     )  # fmt: skip
 
 
+def resp_frame(sport: int = 40000) -> bytes:
+    return tcp_frame(SERVER, CLIENT, HTTP_PORT, sport, flags=PSH | ACK, payload=http_response(200))
+
+
 def malformed_frame() -> bytes:
     """IPv4 claiming TCP, total length beyond the frame, TCP header cut after 8 bytes."""
     full = req_frame("/api/r00000")
@@ -119,6 +125,8 @@ class Case:
     note: str = ""
     per_call: bool = False  # the program rewrites the skb: one run per syscall (see module doc)
     new_tuple: bool = False  # per call, a new client port each call (a fresh in-flight entry)
+    response: bytes = b""  # per call, also run tc_egress on this frame (the request's response)
+    idle_connections: int | None = None  # InboundDataplane(idle_connections=...): None is the default
     rounds: list[float] = field(default_factory=list)
     retval: int = 0
     counters: dict[str, int] = field(default_factory=dict)
@@ -181,6 +189,23 @@ def cases() -> list[Case]:
             new_tuple=True,
         ),
         Case(
+            "keep-alive request + response, entry kept idle",
+            http_rules(1000, BIG),
+            req_frame(f"/api/r{mid:05d}/item?id=7"),
+            "per call: tc_ingress(request) + tc_egress(response); 2x the per-call baseline",
+            per_call=True,
+            response=resp_frame(),
+        ),
+        Case(
+            "keep-alive request + response, idle_connections=0",
+            http_rules(1000, BIG),
+            req_frame(f"/api/r{mid:05d}/item?id=7"),
+            "as above; the entry is deleted at each response (insert + delete per request)",
+            per_call=True,
+            response=resp_frame(),
+            idle_connections=0,
+        ),
+        Case(
             "HTTP request blocked, 429 reply built in kernel",
             http_rules(10, 0),
             req_frame("/api/r00005"),
@@ -199,26 +224,21 @@ def cases() -> list[Case]:
     return out
 
 
-def measure_floor(frame: bytes, repeat: int, rounds: int) -> Case:
+def floor_rounds(obj: BpfObject, case: Case, repeat: int, rounds: int) -> Iterator[None]:
     """An empty TC program (``return TC_ACT_OK``) through the same BPF_PROG_TEST_RUN loop."""
-    case = Case("empty TC program (test_run floor)", "", frame, "probes.bpf.o probe_tc")
-    with BpfObject.open(object_path("probes")) as obj:
-        for name, prog in obj.programs.items():
-            prog.autoload = name == "probe_tc"
-        obj.load()
-        prog = obj.program("probe_tc")
-        prog.test_run(frame, repeat=1000)
-        for _ in range(rounds):
-            res = prog.test_run(frame, repeat=repeat)
-            case.rounds.append(float(res.duration_ns))
-            case.retval = res.retval
-    return case
+    prog = obj.program("probe_tc")
+    prog.test_run(case.frame, repeat=1000)
+    for _ in range(rounds):
+        yield
+        res = prog.test_run(case.frame, repeat=repeat)
+        case.rounds.append(float(res.duration_ns))
+        case.retval = res.retval
 
 
-def measure(dp: InboundDataplane, case: Case, repeat: int, rounds: int) -> None:
-    dp.clear()
+def case_rounds(dp: InboundDataplane, case: Case, repeat: int, rounds: int) -> Iterator[None]:
+    """Measure one round of ``case`` per step (the caller interleaves the cases round by round)."""
     dp.apply(dp.compile(load_text(case.rules)))
-    prog = dp.obj.program("tc_ingress")
+    prog, egress = dp.obj.program("tc_ingress"), dp.obj.program("tc_egress")
     prog.test_run(case.frame, repeat=1000)  # warm up maps and caches
     calls = min(repeat, 10_000 if case.new_tuple else 20_000)
     frames = [case.frame]
@@ -227,12 +247,16 @@ def measure(dp: InboundDataplane, case: Case, repeat: int, rounds: int) -> None:
     k = 0
     before = dp.counters()
     for _ in range(rounds):
+        yield
         if case.per_call:
             runs = []
+            extra = 0
             for _ in range(calls):
                 runs.append(prog.test_run(frames[k % len(frames)]))
+                if case.response:
+                    extra += egress.test_run(case.response).duration_ns
                 k += 1
-            case.rounds.append(statistics.fmean(r.duration_ns for r in runs))
+            case.rounds.append(statistics.fmean(r.duration_ns for r in runs) + extra / calls)
             res = runs[-1]
         else:
             res = prog.test_run(case.frame, repeat=repeat)
@@ -247,11 +271,12 @@ def table(results: list[Case], repeat: int, rounds: int) -> str:
     base = next((c.ns for c in results if c.name.startswith("non-matching")), results[0].ns)
     rows = [
         f"tc_ingress via BPF_PROG_TEST_RUN: repeat={repeat:,}, median of {rounds} rounds",
-        f"{'case':<52} {'ns/pkt':>8} {'net ns':>7} {'x non-match':>11} {'tc ret':>6}  note",
+        f"{'case':<52} {'ns/pkt':>8} {'min':>7} {'net ns':>7} {'x non-match':>11} {'tc ret':>6}  note",
     ]
     for c in results:
         rows.append(
-            f"{c.name:<52} {c.ns:>8.1f} {c.ns - floor:>7.1f} {c.ns / base:>11.2f} {c.retval:>6}  {c.note}"
+            f"{c.name:<52} {c.ns:>8.1f} {min(c.rounds):>7.1f} {c.ns - floor:>7.1f} {c.ns / base:>11.2f} "
+            f"{c.retval:>6}  {c.note}"
         )
     flat = [c for c in results if c.name.startswith("HTTP request matched") and not c.per_call]
     if flat:
@@ -286,15 +311,30 @@ def main(argv: list[str] | None = None) -> None:
         private_netns()
     results = [c for c in cases() if args.only.lower() in c.name.lower()]
     progress: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
-    if not args.only:
-        progress("measuring: empty TC program (floor)")
-        results.insert(0, measure_floor(results[0].frame, args.repeat, args.rounds))
-    with InboundDataplane() as dp:
-        for case in results:
-            if case.name.startswith("empty"):
-                continue
-            progress(f"measuring: {case.name}")
-            measure(dp, case, args.repeat, args.rounds)
+    with contextlib.ExitStack() as stack:
+        # One loaded object per case, all loaded first: the rounds then go case by case in turn (the
+        # order rotating), so a burst of other work on the machine does not land on one case only.
+        steps: list[Iterator[None]] = []
+        if not args.only:
+            floor = Case("empty TC program (test_run floor)", "", results[0].frame, "probes.bpf.o probe_tc")
+            results.insert(0, floor)
+            probes = stack.enter_context(BpfObject.open(object_path("probes")))
+            for name, prog in probes.programs.items():
+                prog.autoload = name == "probe_tc"
+            probes.load()
+            steps.append(floor_rounds(probes, floor, args.repeat, args.rounds))
+        for case in results[len(steps) :]:
+            progress(f"loading: {case.name}")
+            dp = stack.enter_context(InboundDataplane(idle_connections=case.idle_connections))
+            steps.append(case_rounds(dp, case, args.repeat, args.rounds))
+            next(steps[-1])  # rules applied, warmed up
+        for r in range(args.rounds):
+            progress(f"round {r + 1}/{args.rounds}")
+            order = steps[r % len(steps) :] + steps[: r % len(steps)]
+            for step in order:
+                next(step, None)
+        for step in steps:
+            next(step, None)  # the final counters
     print("command: " + " ".join(["python", *sys.argv]))
     print(f"kernel: {os.uname().release}, cpus: {os.cpu_count()}")
     if args.json:
