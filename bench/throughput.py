@@ -15,6 +15,9 @@ rotates from round to round):
   match    attached; the requested path is an HTTP resource with a flow rule it never reaches
            (threshold 1e9 QPS), beside ``--others`` more HTTP resources with flow rules on the same port
   nomatch  attached; ``--others`` HTTP resources with flow rules, all on another port
+  match_del  as match, from a second object loaded with ``idle_connections=0``: each request's in-flight
+           entry is deleted at its response (an LRU insert and delete per request), as before entries
+           were kept per connection
 
 Printed: the median requests/s per configuration, its ratio to ``none`` (the figure to judge) and the
 median of per-round ratios; the busy share of both CPUs (/proc/stat ticks); and the server side's CPU
@@ -64,20 +67,20 @@ from sentinel_ebpf.rules import load_text
 PORT, OTHER_PORT = 8080, 9090
 PATH = "/static/small.txt"
 BIG = 1_000_000_000
-CONFIGS = ("none", "match", "nomatch")
+CONFIGS = ("none", "match", "nomatch", "match_del")
 
 
 def rules(config: str, others: int) -> str:
-    port = PORT if config == "match" else OTHER_PORT
+    port = PORT if config.startswith("match") else OTHER_PORT
     lines = ["resources:"]
-    if config == "match":
+    if config.startswith("match"):
         lines.append(f"  - {{name: bench, match: {{protocol: http, port: {PORT}, path: /static}}}}")
     lines += [
         f"  - {{name: r{i:04d}, match: {{protocol: http, port: {port}, method: GET, path: /api/r{i:04d}}}}}"
         for i in range(others)
     ]
     lines.append("flowRules:")
-    if config == "match":
+    if config.startswith("match"):
         lines.append(f"  - {{resource: bench, threshold: {BIG}, statIntervalInMs: 1000}}")
     lines += [f"  - {{resource: r{i:04d}, threshold: 1000, statIntervalInMs: 1000}}" for i in range(others)]
     return "\n".join(lines) + "\n"
@@ -85,14 +88,16 @@ def rules(config: str, others: int) -> str:
 
 def run_once(
     pair: NetnsPair,
-    dp: InboundDataplane,
+    dps: dict[str, InboundDataplane],
     meter: SoftirqMeter,
     config: str,
     args: argparse.Namespace,
     server: Cgroup,
 ) -> dict[str, Any]:
+    dp = dps["match_del" if config == "match_del" else "main"]
     with in_netns(pair.server):
-        dp.detach_all()
+        for d in dps.values():  # one object attached at a time
+            d.detach_all()
         if config != "none":
             dp.apply(dp.compile(load_text(rules(config, args.others))))
             dp.attach(pair.server_if)
@@ -118,18 +123,18 @@ def run_once(
             }
             for name in progs
         }
-        if config == "match":
+        if config.startswith("match"):
             st = next(s for s in dp.resource_stats() if s.name == "bench")
             out["kernel_pass"], out["kernel_block"] = st.passed, st.blocked
     return out
 
 
-def rounds(pair: NetnsPair, dp: InboundDataplane, meter: SoftirqMeter, args: argparse.Namespace, server: Cgroup, n: int) -> list[dict[str, Any]]:  # fmt: skip
+def rounds(pair: NetnsPair, dps: dict[str, InboundDataplane], meter: SoftirqMeter, args: argparse.Namespace, server: Cgroup, n: int) -> list[dict[str, Any]]:  # fmt: skip
     runs = []
     for i in range(n):
-        order = CONFIGS[i % 3 :] + CONFIGS[: i % 3]
+        order = CONFIGS[i % len(CONFIGS) :] + CONFIGS[: i % len(CONFIGS)]
         for config in order:
-            r = run_once(pair, dp, meter, config, args, server)
+            r = run_once(pair, dps, meter, config, args, server)
             r["round"] = i + 1
             print(f"  round {i + 1} {config:<8} {r['rps']:>10,.0f} req/s", file=sys.stderr, flush=True)
             runs.append(r)
@@ -212,7 +217,7 @@ def print_stats(runs: list[dict[str, Any]]) -> None:
 
 
 def measure_all(
-    pair: NetnsPair, dp: InboundDataplane, args: argparse.Namespace, server: Cgroup
+    pair: NetnsPair, dps: dict[str, InboundDataplane], args: argparse.Namespace, server: Cgroup
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     set_rps(pair, pair.server, pair.server_if, SERVER_CPU)
     set_rps(pair, pair.client, pair.client_if, CLIENT_CPU)
@@ -229,9 +234,9 @@ def measure_all(
     wrk(pair, f"http://{pair.server_ip}:{PORT}{PATH}", 2, args.connections, args.threads, CLIENT_CPU)
     meter = SoftirqMeter(SERVER_CPU, server, pair.tmpdir)
     try:
-        runs = rounds(pair, dp, meter, args, server, args.rounds)
+        runs = rounds(pair, dps, meter, args, server, args.rounds)
         with bpf_stats_enabled():
-            stat_runs = rounds(pair, dp, meter, args, server, args.stats_rounds)
+            stat_runs = rounds(pair, dps, meter, args, server, args.stats_rounds)
     finally:
         meter.close()
     return runs, stat_runs
@@ -256,13 +261,16 @@ def main() -> int:
     server = Cgroup("tp")
     try:
         with NetnsPair("tp") as pair:
-            dp = InboundDataplane()
+            dps: dict[str, InboundDataplane] = {}
             try:
-                runs, stat_runs = measure_all(pair, dp, args, server)
+                dps["main"] = InboundDataplane()
+                dps["match_del"] = InboundDataplane(idle_connections=0)
+                runs, stat_runs = measure_all(pair, dps, args, server)
             finally:
-                with in_netns(pair.server):  # the ifindex is the namespace's: never detach from the host's
-                    dp.detach_all()
-                dp.close()
+                for dp in dps.values():
+                    with in_netns(pair.server):  # the ifindex is the namespace's: never the host's
+                        dp.detach_all()
+                    dp.close()
     finally:
         server.remove()
     print_table("throughput (kernel.bpf_stats_enabled=0)", runs)
