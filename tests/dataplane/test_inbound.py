@@ -513,3 +513,33 @@ isolationRules:
     assert (st.complete, st.error, st.concurrency) == (2, 1, 0), (
         "an idle connection's close completes nothing"
     )
+
+
+def test_inbound_node_is_kept_only_while_system_rules_are_in_force(dp: InboundDataplane) -> None:
+    """Without system rules no request pays for the inbound node; a request that started before system
+    rules arrived is not in its concurrency, so its completion does not take one away."""
+    web = "resources:\n  - {name: web, match: {protocol: http, port: 8080, path: /}}\n"
+    h = Harness(dp, rules(web))
+    h.at(0)
+    assert h.request("GET", "/a", sport=30001)
+    inbound = dp.inbound_stats()
+    assert (inbound.total_pass, inbound.concurrency) == (0, 0)
+
+    dp.apply(dp.compile(rules(web + "systemRules:\n  - {metricType: 3, triggerCount: 1000}\n")))
+    h.at(10)
+    assert h.request("GET", "/b", sport=30002)
+    inbound = dp.inbound_stats()
+    assert (inbound.total_pass, inbound.concurrency) == (1, 1)
+    h.at(50)
+    for sport in (30001, 30002):  # the first started without the inbound node, the second with it
+        reply = tcp_frame(SERVER, CLIENT, 8080, sport, flags=PSH | ACK, payload=http_response(200))
+        assert h.egress.test_run(reply).retval == TC_ACT_OK
+    inbound = dp.inbound_stats()
+    assert (inbound.total_pass, inbound.total_complete, inbound.concurrency, inbound.total_rt_ms) == (
+        1,
+        1,
+        0,
+        40,
+    )
+    st = dp.resource_stats()[0]
+    assert (st.passed, st.complete, st.concurrency, st.rt_sum_ms) == (2, 2, 0, 90.0)
