@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from packets import ACK, PSH, TC_ACT_OK, http_request, http_response, tcp_frame
 
-from sentinel_ebpf.inbound import InboundDataplane
+from sentinel_ebpf.errors import SentinelError
+from sentinel_ebpf.inbound import InboundDataplane, compile_inbound
+from sentinel_ebpf.libbpf import program_id, program_maps
 from sentinel_ebpf.rules import load_text
 
 pytestmark = pytest.mark.kernel("inbound")
@@ -56,3 +60,81 @@ def test_idle_connections_bounds_the_entries_kept_between_requests(limit: int | 
 def test_idle_connections_out_of_range_is_refused(n: int) -> None:
     with pytest.raises(ValueError, match=r"idle_connections must be in 0\.\.32768"):
         InboundDataplane(idle_connections=n)
+
+
+RESUME_RULES = """
+resources:
+  - {name: web, match: {protocol: http, port: 8080, path: /}}
+flowRules:
+  - {resource: web, threshold: 3, statIntervalInMs: 1000}
+"""
+
+
+def _requests(dp: InboundDataplane, n: int, sport: int = 41000) -> list[bool]:
+    prog = dp.obj.program("tc_ingress")
+    out = []
+    for i in range(n):
+        frame = tcp_frame(CLIENT, SERVER, sport + i, 8080, flags=PSH | ACK, payload=http_request("GET", "/x"))
+        res = prog.test_run(frame)
+        out.append(res.retval == TC_ACT_OK and res.data_out == frame)
+    return out
+
+
+def test_a_second_instance_reuses_the_maps_and_goes_on_counting() -> None:
+    """What a daemon taking over from a crashed one does: same maps, statistics and windows go on."""
+    with InboundDataplane(test_clock=True) as first:
+        first.set_clock_ns(10**15)
+        first.apply(first.compile(load_text(RESUME_RULES, "r.yaml")))
+        first.apply(first.compile(load_text(RESUME_RULES.replace("threshold: 3", "threshold: 2"), "r.yaml")))
+        assert _requests(first, 1) == [True]
+        fds: dict[str, int] = {}
+        for prog in ("tc_ingress", "tc_egress"):
+            for name, fd in program_maps(program_id(first.obj.program(prog).fd)).items():
+                if name in fds:
+                    os.close(fd)
+                else:
+                    fds[name] = fd
+        try:
+            second = InboundDataplane(test_clock=True, reuse=fds)
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+        with second:
+            last = load_text(RESUME_RULES.replace("threshold: 3", "threshold: 2"), "r.yaml")
+            previous = {r.key: r.id for r in first.compiled.resources}
+            second.adopt(compile_inbound(last, previous, first._last_id), first._last_id)
+            assert second.gen == first.gen and second.compiled == first.compiled
+            second.set_clock_ns(10**15)
+            # the window the first instance counted in goes on: one more passes, then threshold 2 blocks
+            assert _requests(second, 2, sport=42000) == [True, False]
+            st = second.resource_stats()[0]
+            assert (st.name, st.passed, st.blocked) == ("web", 2, 1)
+            # a reload through the second instance keeps the resource's statistics
+            second.apply(second.compile(load_text(RESUME_RULES, "r.yaml")))
+            assert second.resource_stats()[0].passed == 2
+            assert _requests(second, 1, sport=43000) == [True]
+            assert first.resource_stats()[0].passed == 3, "one set of maps, seen by both"
+
+
+def test_reuse_refuses_maps_of_another_definition() -> None:
+    with InboundDataplane(hotspot_values=2048) as first:
+        fds = {name[:15]: m.fd for name, m in first.obj.maps.items() if "." not in name}
+        with pytest.raises(SentinelError, match="hot_values: cannot reuse map id"):
+            InboundDataplane(reuse=fds)
+        del fds["inflight"]
+        with pytest.raises(SentinelError, match=r"they have no inflight$"):
+            InboundDataplane(reuse=fds)
+
+
+def test_adopt_refuses_rules_the_maps_do_not_hold() -> None:
+    with InboundDataplane() as first:
+        first.apply(first.compile(load_text(RESUME_RULES, "r.yaml")))
+        fds = {name[:15]: m.fd for name, m in first.obj.maps.items() if "." not in name}
+        with InboundDataplane(reuse=fds) as second:
+            other = load_text(
+                "resources:\n  - {name: web, match: {protocol: http, port: 8080, path: /}}\n"
+                "isolationRules:\n  - {resource: web, threshold: 4}\n",
+                "o.yaml",
+            )
+            with pytest.raises(SentinelError, match="cannot adopt: resource 'web'"):
+                second.adopt(compile_inbound(other), 1)

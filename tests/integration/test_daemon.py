@@ -134,6 +134,39 @@ def test_restart_after_kill_9_takes_over_and_leaves_nothing(served: NetnsPair) -
     assert "clsact" not in left and "bpf" not in left, left
 
 
+def test_restart_after_kill_9_resumes_the_counters(served: NetnsPair) -> None:
+    """The crashed daemon's programs keep counting; the next daemon adopts their maps, so every request
+    is in its statistics: before the crash, between crash and restart, and after."""
+    rules = RULES.replace("THRESHOLD", "5")
+    first = Daemon(served, rules)
+    before = load(served, "/free", 0.5)
+    assert first.stats()["resources"]["free"]["pass"] == before["served"] > 0
+    first.proc.signal(signal.SIGKILL)
+    first.proc.wait_exit(20)
+    during = load(served, "/free", 0.5)
+    second = Daemon(
+        served,
+        rules.replace("/free}}", "/free}}\n  - {name: new, match: {protocol: http, port: 8000, path: /new}}"),
+    )
+    try:
+        second.wait_log("resumed the crashed daemon's statistics")
+        after = load(served, "/free", 0.5)
+        doc = second.stats()["resources"]
+        assert doc["free"]["pass"] == before["served"] + during["served"] + after["served"], (
+            before,
+            during,
+            after,
+        )
+        assert doc["new"]["pass"] == 0
+        assert "statistics start from zero" not in "".join(second.proc.stderr)
+        second.proc.signal(signal.SIGTERM)
+        assert second.proc.wait_exit(20) == 0
+    finally:
+        second.close()
+    left = _tc_left(served)
+    assert "clsact" not in left and "bpf" not in left, left
+
+
 def test_a_clsact_qdisc_that_was_there_stays_with_its_other_filters(served: NetnsPair) -> None:
     pair = served
     dev = pair.server_if

@@ -23,6 +23,7 @@ from sentinel_ebpf.daemon.collector import SecondCollector, second_counts
 from sentinel_ebpf.daemon.control import DEFAULT_SOCKET, ControlServer
 from sentinel_ebpf.daemon.demo import DEFAULT_RULES, DemoServer
 from sentinel_ebpf.daemon.reload import ReloadResult, reload_rules
+from sentinel_ebpf.daemon.resume import inbound_record, resume
 from sentinel_ebpf.daemon.sampling import CpuSampler, load1, process_memory_bytes
 from sentinel_ebpf.daemon.state import DEFAULT_STATE_DIR, Attachment, State, alive, remove_state
 from sentinel_ebpf.daemon.tls_observer import TlsObserver
@@ -120,7 +121,8 @@ class Daemon:
     def start(self) -> None:
         self.watcher.mark()
         rules = load_rules(self.rules_path)  # invalid at start: the caller reports and exits 1
-        self.dp = InboundDataplane(hotspot_values=self.config.hotspot_keys)
+        crashed = self._crashed_state()
+        self.dp = self._resume(crashed) or InboundDataplane(hotspot_values=self.config.hotspot_keys)
         compiled = self.dp.compile(rules)
         for note in compiled.notes:
             log.warning("%s", note)
@@ -134,7 +136,7 @@ class Daemon:
                 "built-in example: demo server on http://127.0.0.1:18080/ (/ at 5 QPS, /slow 2 at a time)"
             )
         interfaces = self.config.interfaces or (["lo"] if self.config.rules is None else up_interfaces())
-        inherited = self._crashed_state()
+        inherited = {a.ifname for a in crashed.attachments if a.created_qdisc} if crashed else set()
         try:
             for name in interfaces:
                 self.dp.attach(name)  # replaces filters a crashed daemon left (same handle and priority)
@@ -238,6 +240,8 @@ class Daemon:
         )
         if result.rules is not None:
             self._in_force(result.rules, changed=result.changed)
+            if result.changed and self._state_written:
+                self._write_state()  # what a daemon taking over after a crash adopts
         for waiter in waiters:
             waiter.put(result)
         return result
@@ -267,19 +271,35 @@ class Daemon:
                 self.tls = TlsObserver(tls).start()
 
     # -- outputs --------------------------------------------------------------------------------------
-    def _crashed_state(self) -> set[str]:
-        """Interfaces whose clsact qdisc a crashed daemon created: this one removes them when it stops."""
+    def _crashed_state(self) -> State | None:
+        """The record of a daemon that did not stop cleanly (this one removes the clsact qdiscs it created
+        when it stops), or None."""
         old = State.read(self.config.state_dir)
         if old is None:
-            return set()
+            return None
         if old.pid != os.getpid() and alive(old.pid):
             raise SentinelError(f"another daemon (pid {old.pid}) uses {self.config.state_dir}: stop it first")
         log.warning("taking over from a daemon that did not stop cleanly (pid %d)", old.pid)
-        return {a.ifname for a in old.attachments if a.created_qdisc}
+        return old
+
+    def _resume(self, crashed: State | None) -> InboundDataplane | None:
+        """The crashed daemon's maps, still used by its TC programs, so counting goes on (None: start afresh)."""
+        if crashed is None:
+            return None
+        try:
+            dp = resume(crashed, self.config.hotspot_keys)
+        except SentinelError as exc:
+            log.warning("statistics start from zero: cannot resume the crashed daemon's maps: %s", exc)
+            return None
+        log.info("resumed the crashed daemon's statistics, windows and in-flight requests (%d resources)",
+                 len(dp.compiled.resources))  # fmt: skip
+        return dp
 
     def _write_state(self) -> None:
         assert self.dp is not None
         state = State(os.getpid(), [Attachment(n, i, c) for n, i, c in self.dp.attached()])
+        if self.rules is not None:
+            state.inbound = inbound_record(self.dp, self.rules)
         state.write(self.config.state_dir)
         self._state_written = True
 

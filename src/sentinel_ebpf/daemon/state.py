@@ -1,7 +1,9 @@
 """What the daemon attached, recorded so `sentinel-ebpf down` can remove it after a crash.
 
 BPF links (tracepoints, cgroup hooks) are released by the kernel when the process dies; TC filters and
-clsact qdiscs made through netlink are not, so those are what the state file lists.
+clsact qdiscs made through netlink are not, so those are what the state file lists. It also records the
+rules in force in the kernel and their resource ids, so that a daemon taking over after a crash can
+adopt the maps of the programs left attached and go on counting where they are.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 import socket
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sentinel_ebpf.errors import SentinelError
 from sentinel_ebpf.inbound.dataplane import TC_HANDLE, TC_PRIORITY
@@ -32,6 +35,8 @@ class Attachment:
 class State:
     pid: int
     attachments: list[Attachment] = field(default_factory=list)
+    # the rules in force in the kernel: {"rules": document, "ids": {name: id}, "last_id", "fingerprint"}
+    inbound: dict[str, Any] | None = None
 
     def write(self, state_dir: str) -> Path:
         path = Path(state_dir, "state.json")
@@ -46,7 +51,10 @@ class State:
         path = Path(state_dir, "state.json")
         try:
             raw = json.loads(path.read_text())
-            return cls(int(raw["pid"]), [Attachment(**a) for a in raw.get("attachments", [])])
+            inbound = raw.get("inbound")
+            if inbound is not None and not isinstance(inbound, dict):
+                raise TypeError("inbound is not an object")
+            return cls(int(raw["pid"]), [Attachment(**a) for a in raw.get("attachments", [])], inbound)
         except FileNotFoundError:
             return None
         except (ValueError, KeyError, TypeError) as exc:

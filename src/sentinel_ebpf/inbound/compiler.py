@@ -8,6 +8,7 @@ silently dropped.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import ipaddress
 import math
 import os
@@ -141,6 +142,10 @@ class CompiledInbound:
     routes: tuple[route_table.RouteEntry, ...] = ()  # routes and search markers
     http_reply: bytes = b""
     notes: tuple[str, ...] = field(default=(), compare=False)
+
+    def fingerprint(self) -> str:
+        """A digest of everything the kernel is given (not the notes): equal rules, equal fingerprint."""
+        return hashlib.sha256(repr(dataclasses.replace(self, notes=())).encode()).hexdigest()
 
     def resource_id(self, name: str) -> int:
         for r in self.resources:

@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import socket
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sentinel_ebpf._types import (
@@ -35,7 +36,7 @@ from sentinel_ebpf._types import (
     SysRuleK,
 )
 from sentinel_ebpf.doctor import cgroup2_mount
-from sentinel_ebpf.errors import BpfKeyError, SentinelError
+from sentinel_ebpf.errors import BpfKeyError, BpfMapError, SentinelError
 from sentinel_ebpf.inbound.adaptive import AdaptiveThresholds, HostMemory
 from sentinel_ebpf.inbound.compiler import CompiledInbound, KOutRoute, KResource, compile_inbound
 from sentinel_ebpf.libbpf import BpfObject, Link, RingBuffer, TcAttachPoint, TcFilter, TcHook
@@ -122,13 +123,19 @@ class InboundDataplane:
         test_clock: bool = False,
         hotspot_values: int | None = None,
         idle_connections: int | None = None,
+        reuse: Mapping[str, int] | None = None,
     ) -> None:
         """``hotspot_values``: how many hotspot parameter values the kernel tracks at once (an LRU map,
         preallocated: ~104 bytes of kernel memory each); default ``SE_HOT_VALUES_MAX``.
 
         ``idle_connections``: how many keep-alive connections between requests keep their in-flight entry
         for the next request (saving a map insert and delete per request); default
-        ``SE_INFLIGHT_IDLE_MAX`` (half the in-flight table), 0 deletes the entry at every response."""
+        ``SE_INFLIGHT_IDLE_MAX`` (half the in-flight table), 0 deletes the entry at every response.
+
+        ``reuse``: map fds of another loaded instance (by kernel map name, see ``program_maps``), for a
+        daemon taking over from one that crashed: this instance then works on the same maps, so the
+        statistics, in-flight requests and breaker states go on; ``adopt`` then says what is in force.
+        Every map must be there with the same definition (SentinelError otherwise, nothing reused)."""
         if hotspot_values is not None and not 1024 <= hotspot_values <= 1 << 24:
             raise ValueError(f"hotspot_values must be in 1024..{1 << 24}, got {hotspot_values}")
         if idle_connections is not None and not 0 <= idle_connections <= INFLIGHT_MAX // 2:
@@ -141,6 +148,8 @@ class InboundDataplane:
                 self.obj.set_rodata(inflight_idle_max=idle_connections)
             if hotspot_values is not None:
                 self.obj.map("hot_values").set_max_entries(hotspot_values)
+            if reuse is not None:
+                self._reuse_maps(reuse)
             self.obj.load()
         except BaseException:
             self.obj.close()
@@ -157,6 +166,55 @@ class InboundDataplane:
         self._cb_pending: list[StateChange] = []
         self._cgroup_links: list[Link] = []
         self._attachments: list[_Attachment] = []
+
+    def _reuse_maps(self, fds: Mapping[str, int]) -> None:
+        # not .rodata/.bss; not out_conns: only the outbound cgroup programs, released with the process
+        # that loaded them, use it (adopt resets what it counted)
+        maps = [m for name, m in self.obj.maps.items() if "." not in name and name != "out_conns"]
+        missing = [m.name for m in maps if m.name[:15] not in fds]  # the kernel keeps 15 characters
+        if missing:
+            raise SentinelError(f"cannot reuse the running programs' maps: they have no {', '.join(missing)}")
+        try:
+            for m in maps:
+                m.reuse(fds[m.name[:15]])
+        except BpfMapError as exc:
+            raise SentinelError(f"cannot reuse the running programs' maps: {exc}") from None
+
+    def adopt(self, compiled: CompiledInbound, last_id: int) -> None:
+        """Take ``compiled`` as the rules in force in reused maps (what the previous instance applied
+        last, compiled again with its resource ids). SentinelError if the maps hold something else."""
+        gen = int.from_bytes(self.obj.map("active_gen").lookup(_u32(0)), "little") & 1
+        conf = self.obj.map("res_conf")
+        for r in compiled.resources:
+            rc = ResConf.from_buffer_copy(conf.lookup(_u32(gen * MAX_RESOURCES + r.id)))
+            have = (rc.nflow, rc.nhot, rc.nbreakers, rc.isolation_threshold)
+            if have != (len(r.flow), len(r.hot), len(r.breakers), r.isolation_threshold):
+                raise SentinelError(
+                    f"cannot adopt: resource {r.name!r} (id {r.id}) is not what the maps hold"
+                )
+        table = PortSlots.from_buffer_copy(self.obj.map("port_slots").lookup(_u32(gen)))
+        for i, p in enumerate(compiled.ports):
+            if table.slot[p.port] & ~PORT_OUT_HTTP != i + 1:
+                raise SentinelError(f"cannot adopt: port {p.port} is not what the maps hold")
+        # Outbound TCP resources count open connections in out_conns, which is new: those still open are
+        # not known to this instance, so their count starts again.
+        stats = self.obj.map("res_stats")
+        for rid in {r.resource for r in compiled.out_routes if r.resource}:
+            st = ResStats.from_buffer_copy(stats.lookup(_u32(rid)))
+            st.concurrency = 0
+            stats.update(_u32(rid), bytes(st))
+        self.gen = gen
+        self.compiled = compiled
+        self._last_id = max([last_id, *(r.id for r in compiled.resources)])
+        self.adaptive = AdaptiveThresholds(compiled, self.raw_stats, self.memory)
+        for r in compiled.resources:
+            for b in r.breakers:
+                self._breaker_names[b.uid] = (r.name, b.id)
+
+    @property
+    def last_id(self) -> int:
+        """The highest resource id handed out (ids are not reused while requests may be in flight)."""
+        return self._last_id
 
     # -- rules ------------------------------------------------------------------------------------
     def compile(self, rules: RuleSet) -> CompiledInbound:

@@ -50,6 +50,39 @@ class BpfTcOpts(Structure):
     ]
 
 
+class BpfMapInfo(Structure):
+    """The leading fields of the kernel's ``struct bpf_map_info`` (the kernel accepts a shorter size)."""
+
+    _fields_ = [
+        ("type", c_uint32),
+        ("id", c_uint32),
+        ("key_size", c_uint32),
+        ("value_size", c_uint32),
+        ("max_entries", c_uint32),
+        ("map_flags", c_uint32),
+        ("name", ctypes.c_char * 16),
+    ]
+
+
+class BpfProgInfo(Structure):
+    """The leading fields of the kernel's ``struct bpf_prog_info``, up to its name."""
+
+    _fields_ = [
+        ("type", c_uint32),
+        ("id", c_uint32),
+        ("tag", ctypes.c_uint8 * 8),
+        ("jited_prog_len", c_uint32),
+        ("xlated_prog_len", c_uint32),
+        ("jited_prog_insns", c_uint64),
+        ("xlated_prog_insns", c_uint64),
+        ("load_time", c_uint64),
+        ("created_by_uid", c_uint32),
+        ("nr_map_ids", c_uint32),
+        ("map_ids", c_uint64),
+        ("name", ctypes.c_char * 16),
+    ]
+
+
 class BpfTestRunOpts(Structure):
     _fields_ = [
         ("sz", c_size_t),
@@ -146,6 +179,11 @@ _PROTOTYPES: list[tuple[str, Any, list[Any]]] = [
         [c_int, c_void_p, c_void_p, c_void_p, c_void_p, POINTER(c_uint32), c_void_p],
     ),
     ("bpf_map_update_batch", c_int, [c_int, c_void_p, c_void_p, POINTER(c_uint32), c_void_p]),
+    ("bpf_map__reuse_fd", c_int, [c_void_p, c_int]),
+    ("bpf_map__map_flags", c_uint32, [c_void_p]),
+    ("bpf_map_get_fd_by_id", c_int, [c_uint32]),
+    ("bpf_prog_get_fd_by_id", c_int, [c_uint32]),
+    ("bpf_obj_get_info_by_fd", c_int, [c_int, c_void_p, POINTER(c_uint32)]),
     ("bpf_obj_pin", c_int, [c_int, c_char_p]),
     ("bpf_obj_get", c_int, [c_char_p]),
     ("bpf_prog_test_run_opts", c_int, [c_int, POINTER(BpfTestRunOpts)]),

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any
 
@@ -237,6 +239,25 @@ class Map:
             with contextlib.suppress(BpfKeyError):
                 self.delete(key)
 
+    # -- reuse ------------------------------------------------------------------------------------
+    def reuse(self, fd: int) -> None:
+        """Before load: use the existing kernel map ``fd`` (another loaded instance of the same object)
+        instead of creating one. Refused unless type, key and value size, max_entries and flags agree."""
+        assert self._ptr is not None
+        info = map_info(fd)
+        mine = (self.type, self.key_size, self.value_size, self.max_entries,
+                int(_lib.lib().bpf_map__map_flags(self._ptr)))  # fmt: skip
+        theirs = (info.type, info.key_size, info.value_size, info.max_entries, info.flags)
+        if mine != theirs:
+            raise BpfMapError(
+                f"map {self.name}: cannot reuse map id {info.id} "
+                f"(type, key size, value size, max_entries, flags {theirs}; this object's {mine})",
+                errno.EINVAL,
+            )
+        err = _lib.lib().bpf_map__reuse_fd(self._ptr, fd)
+        if err:
+            raise BpfMapError(f"map {self.name}: reuse map id {info.id}", err)
+
     # -- pinning ----------------------------------------------------------------------------------
     def pin(self, path: str) -> None:
         if _lib.lib().bpf_obj_pin(self.fd, path.encode()) != 0:
@@ -245,6 +266,70 @@ class Map:
                 _lib.errno_now(),
                 "is bpffs mounted at /sys/fs/bpf? (mount -t bpf bpf /sys/fs/bpf)",
             )
+
+
+@dataclass(frozen=True)
+class MapInfo:
+    id: int
+    name: str  # as the kernel keeps it: at most 15 characters
+    type: int
+    key_size: int
+    value_size: int
+    max_entries: int
+    flags: int
+
+
+def map_info(fd: int) -> MapInfo:
+    info = _lib.BpfMapInfo()
+    size = ctypes.c_uint32(ctypes.sizeof(info))
+    if _lib.lib().bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)) != 0:
+        raise BpfMapError(f"map fd {fd}: info", _lib.errno_now())
+    return MapInfo(info.id, info.name.decode(errors="replace"), info.type, info.key_size, info.value_size,
+                   info.max_entries, info.map_flags)  # fmt: skip
+
+
+def program_id(prog_fd: int) -> int:
+    """The kernel id of a loaded program."""
+    info = _lib.BpfProgInfo()
+    size = ctypes.c_uint32(ctypes.sizeof(info))
+    if _lib.lib().bpf_obj_get_info_by_fd(prog_fd, ctypes.byref(info), ctypes.byref(size)) != 0:
+        raise BpfMapError(f"program fd {prog_fd}: info", _lib.errno_now())
+    return int(info.id)
+
+
+def program_maps(prog_id: int) -> dict[str, int]:
+    """New fds of the maps loaded program ``prog_id`` uses, by their kernel name; the caller closes them."""
+    lib = _lib.lib()
+    prog_fd = int(lib.bpf_prog_get_fd_by_id(prog_id))
+    if prog_fd < 0:
+        raise BpfMapError(f"program id {prog_id}: open", _lib.errno_now())
+    fds: dict[str, int] = {}
+    try:
+        ids = (ctypes.c_uint32 * 64)()
+        info = _lib.BpfProgInfo(nr_map_ids=len(ids), map_ids=ctypes.addressof(ids))
+        size = ctypes.c_uint32(ctypes.sizeof(info))
+        if lib.bpf_obj_get_info_by_fd(prog_fd, ctypes.byref(info), ctypes.byref(size)) != 0:
+            raise BpfMapError(f"program id {prog_id}: info", _lib.errno_now())
+        if info.nr_map_ids > len(ids):
+            raise BpfMapError(
+                f"program id {prog_id}: uses {info.nr_map_ids} maps (at most 64 read)", errno.E2BIG
+            )
+        for map_id in ids[: info.nr_map_ids]:
+            fd = int(lib.bpf_map_get_fd_by_id(map_id))
+            if fd < 0:
+                raise BpfMapError(f"map id {map_id}: open", _lib.errno_now())
+            name = map_info(fd).name
+            if name in fds:
+                os.close(fd)
+                raise BpfMapError(f"program id {prog_id}: two maps named {name!r}", errno.EINVAL)
+            fds[name] = fd
+    except BaseException:
+        for fd in fds.values():
+            os.close(fd)
+        raise
+    finally:
+        os.close(prog_fd)
+    return fds
 
 
 class _BatchUnsupported(Exception):

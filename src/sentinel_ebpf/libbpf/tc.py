@@ -97,6 +97,13 @@ class TcHook:
         opts = _lib.BpfTcOpts(sz=ctypes.sizeof(_lib.BpfTcOpts), handle=handle, priority=priority)
         return int(_lib.lib().bpf_tc_query(ctypes.byref(self._struct(point)), ctypes.byref(opts))) == 0
 
+    def filter_prog_id(self, point: TcAttachPoint, handle: int, priority: int) -> int | None:
+        """The id of the program attached with this handle and priority, or None."""
+        opts = _lib.BpfTcOpts(sz=ctypes.sizeof(_lib.BpfTcOpts), handle=handle, priority=priority)
+        if int(_lib.lib().bpf_tc_query(ctypes.byref(self._struct(point)), ctypes.byref(opts))) != 0:
+            return None
+        return int(opts.prog_id)
+
     def destroy(self) -> None:
         """Remove the clsact qdisc (and every filter on it) if this hook created it."""
         if not self.created_qdisc:
