@@ -14,6 +14,7 @@ import pytest
 from sentinel_ebpf._types import ResStats
 from sentinel_ebpf.daemon.collector import SecondCollector, second_counts
 from sentinel_ebpf.daemon.control import ControlError, ControlServer, request
+from sentinel_ebpf.daemon.resume import resume
 from sentinel_ebpf.daemon.state import Attachment, State
 from sentinel_ebpf.errors import SentinelError
 
@@ -86,6 +87,38 @@ def test_state_file_round_trip(tmp_path: Path) -> None:
     with pytest.raises(SentinelError, match="unreadable state file"):
         State.read(str(tmp_path))
     assert State.read(str(tmp_path / "nowhere")) is None
+
+
+def test_state_file_keeps_the_record_of_the_rules_in_force(tmp_path: Path) -> None:
+    record = {"rules": "resources: []\n", "ids": {"a": 1}, "last_id": 3, "fingerprint": "x"}
+    State(7, [], record).write(str(tmp_path))
+    back = State.read(str(tmp_path))
+    assert back is not None and back.inbound == record
+    (tmp_path / "state.json").write_text('{"pid": 7, "inbound": [1]}')
+    with pytest.raises(SentinelError, match="unreadable state file"):
+        State.read(str(tmp_path))
+
+
+RESUMED = "resources:\n  - {name: web, match: {protocol: http, port: 8080, path: /}}\n"
+
+
+@pytest.mark.parametrize(
+    ("record", "reason"),
+    [
+        (None, "does not record the rules in force"),
+        ({"rules": RESUMED, "ids": {"web": 1}}, "record of the rules in force is unreadable"),
+        ({"rules": "resources: 7\n", "ids": {}, "last_id": 1, "fingerprint": ""}, "unreadable"),
+        (
+            {"rules": RESUMED, "ids": {"web": 2}, "last_id": 2, "fingerprint": ""},
+            "do not compile to what was",
+        ),
+        ({"rules": RESUMED, "ids": {"web": 1}, "last_id": 1, "fingerprint": "0" * 64}, "do not compile"),
+    ],
+)
+def test_resume_refuses_a_record_it_cannot_trust(record: dict[str, object] | None, reason: str) -> None:
+    """Checked before any map is touched: the daemon then starts with fresh statistics."""
+    with pytest.raises(SentinelError, match=reason):
+        resume(State(1, [Attachment("lo", 1, False)], record), None)
 
 
 def test_a_live_control_socket_is_not_taken_over(server: ControlServer) -> None:
