@@ -188,6 +188,30 @@ static __always_inline struct port_slots *port_table(__u8 gen)
 	return bpf_map_lookup_elem(&port_slots, &idx);
 }
 
+/*
+ * The generation in force (in *gen) and its port table, or NULL when the packet concerns no port the
+ * rules name (pass it): two loads of the table decide, from the ports read in place. `ingress`: the local
+ * port is the destination (TC ingress) or the source (TC egress); the other is the remote one.
+ */
+static __always_inline struct port_slots *ports_concerned(struct __sk_buff *skb, __u8 *gen, bool ingress)
+{
+	__u16 sport, dport, local, remote;
+	struct port_slots *ports;
+	int r = peek_ports(skb, &sport, &dport);
+
+	if (r == PEEK_NOT_TCP)
+		return NULL;
+	*gen = current_gen();
+	ports = port_table(*gen);
+	if (!ports || r != PEEK_PORTS)
+		return ports; /* headers to parse in full first */
+	local = ingress ? dport : sport;
+	remote = ingress ? sport : dport;
+	if (!(ports->slot[bpf_ntohs(remote)] & SE_PORT_OUT_HTTP) && !ports->slot[bpf_ntohs(local)])
+		return NULL;
+	return ports;
+}
+
 /* What is protected on a local port with port-table entry `slot`. */
 static __always_inline struct port_conf *port_lookup(__u16 slot, __u8 gen)
 {
@@ -843,21 +867,14 @@ int tc_ingress(struct __sk_buff *skb)
 	struct port_slots *ports;
 	struct port_conf *pc;
 	struct flow_key *fk;
-	__u16 slot, sport, dport;
+	__u16 slot;
 	struct pkt *p;
 	__u8 gen;
 	int r;
 
 	percpu_inc(&dp_counters, DP_PACKETS);
-	r = peek_ports(skb, &sport, &dport);
-	if (r == PEEK_NOT_TCP)
-		return TC_ACT_OK;
-	gen = current_gen();
-	ports = port_table(gen);
+	ports = ports_concerned(skb, &gen, true);
 	if (!ports)
-		return TC_ACT_OK;
-	/* two loads decide for a packet of ports nothing protects */
-	if (r == PEEK_PORTS && !(ports->slot[bpf_ntohs(sport)] & SE_PORT_OUT_HTTP) && !ports->slot[bpf_ntohs(dport)])
 		return TC_ACT_OK;
 	scr = bpf_map_lookup_elem(&ingress_scratch, &zero);
 	if (!scr)
@@ -1081,19 +1098,12 @@ int tc_egress(struct __sk_buff *skb)
 	struct port_slots *ports;
 	struct port_conf *pc;
 	struct flow_key *fk;
-	__u16 slot, sport, dport;
+	__u16 slot;
 	struct pkt *p;
 	__u8 gen, hundreds;
-	int r;
 
-	r = peek_ports(skb, &sport, &dport);
-	if (r == PEEK_NOT_TCP)
-		return TC_ACT_OK;
-	gen = current_gen();
-	ports = port_table(gen);
+	ports = ports_concerned(skb, &gen, false);
 	if (!ports)
-		return TC_ACT_OK;
-	if (r == PEEK_PORTS && !(ports->slot[bpf_ntohs(dport)] & SE_PORT_OUT_HTTP) && !ports->slot[bpf_ntohs(sport)])
 		return TC_ACT_OK;
 	scr = bpf_map_lookup_elem(&egress_scratch, &zero);
 	if (!scr)
