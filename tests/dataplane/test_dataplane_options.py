@@ -102,7 +102,9 @@ def test_a_second_instance_reuses_the_maps_and_goes_on_counting() -> None:
         with second:
             last = load_text(RESUME_RULES.replace("threshold: 3", "threshold: 2"), "r.yaml")
             previous = {r.key: r.id for r in first.compiled.resources}
-            second.adopt(compile_inbound(last, previous, first._last_id), first._last_id)
+            with pytest.raises(SentinelError, match="generation 0 is in force, the record is of 1"):
+                second.adopt(compile_inbound(last, previous, first.last_id), first.last_id, 1 - first.gen)
+            second.adopt(compile_inbound(last, previous, first.last_id), first.last_id, first.gen)
             assert second.gen == first.gen and second.compiled == first.compiled
             second.set_clock_ns(10**15)
             # the window the first instance counted in goes on: one more passes, then threshold 2 blocks
@@ -137,4 +139,4 @@ def test_adopt_refuses_rules_the_maps_do_not_hold() -> None:
                 "o.yaml",
             )
             with pytest.raises(SentinelError, match="cannot adopt: resource 'web'"):
-                second.adopt(compile_inbound(other), 1)
+                second.adopt(compile_inbound(other), 1, first.gen)

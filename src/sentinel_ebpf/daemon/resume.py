@@ -32,6 +32,7 @@ def inbound_record(dp: InboundDataplane, rules: RuleSet) -> dict[str, Any]:
         "rules": yaml.safe_dump(to_project(rules), sort_keys=False),
         "ids": {r.name: r.id for r in dp.compiled.resources},
         "last_id": dp.last_id,
+        "gen": dp.gen,
         "fingerprint": dp.compiled.fingerprint(),
     }
 
@@ -75,6 +76,7 @@ def resume(state: State, hotspot_keys: int | None) -> InboundDataplane:
         rules = load_text(str(record["rules"]), "rules of the crashed daemon")
         ids = {str(k): int(v) for k, v in dict(record["ids"]).items()}
         last_id = int(record["last_id"])
+        gen = int(record["gen"])
         fingerprint = str(record["fingerprint"])
     except (KeyError, TypeError, ValueError, RulesError) as exc:
         raise SentinelError(f"the state file's record of the rules in force is unreadable ({exc})") from None
@@ -90,7 +92,7 @@ def resume(state: State, hotspot_keys: int | None) -> InboundDataplane:
             with contextlib.suppress(OSError):
                 os.close(fd)
     try:
-        dp.adopt(compiled, last_id)
+        dp.adopt(compiled, last_id, gen)
     except BaseException:
         dp.close()
         raise

@@ -180,10 +180,13 @@ class InboundDataplane:
         except BpfMapError as exc:
             raise SentinelError(f"cannot reuse the running programs' maps: {exc}") from None
 
-    def adopt(self, compiled: CompiledInbound, last_id: int) -> None:
+    def adopt(self, compiled: CompiledInbound, last_id: int, gen: int) -> None:
         """Take ``compiled`` as the rules in force in reused maps (what the previous instance applied
-        last, compiled again with its resource ids). SentinelError if the maps hold something else."""
-        gen = int.from_bytes(self.obj.map("active_gen").lookup(_u32(0)), "little") & 1
+        last as generation ``gen``, compiled again with its resource ids). SentinelError if the maps
+        hold something else (a crash between switching generations and recording them, among others)."""
+        active = int.from_bytes(self.obj.map("active_gen").lookup(_u32(0)), "little") & 1
+        if active != gen:
+            raise SentinelError(f"cannot adopt: generation {active} is in force, the record is of {gen}")
         conf = self.obj.map("res_conf")
         for r in compiled.resources:
             rc = ResConf.from_buffer_copy(conf.lookup(_u32(gen * MAX_RESOURCES + r.id)))

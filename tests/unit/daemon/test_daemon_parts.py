@@ -107,12 +107,15 @@ RESUMED = "resources:\n  - {name: web, match: {protocol: http, port: 8080, path:
     [
         (None, "does not record the rules in force"),
         ({"rules": RESUMED, "ids": {"web": 1}}, "record of the rules in force is unreadable"),
-        ({"rules": "resources: 7\n", "ids": {}, "last_id": 1, "fingerprint": ""}, "unreadable"),
+        ({"rules": "resources: 7\n", "ids": {}, "last_id": 1, "gen": 0, "fingerprint": ""}, "unreadable"),
         (
-            {"rules": RESUMED, "ids": {"web": 2}, "last_id": 2, "fingerprint": ""},
+            {"rules": RESUMED, "ids": {"web": 2}, "last_id": 2, "gen": 0, "fingerprint": ""},
             "do not compile to what was",
         ),
-        ({"rules": RESUMED, "ids": {"web": 1}, "last_id": 1, "fingerprint": "0" * 64}, "do not compile"),
+        (
+            {"rules": RESUMED, "ids": {"web": 1}, "last_id": 1, "gen": 0, "fingerprint": "0" * 64},
+            "do not compile",
+        ),
     ],
 )
 def test_resume_refuses_a_record_it_cannot_trust(record: dict[str, object] | None, reason: str) -> None:
