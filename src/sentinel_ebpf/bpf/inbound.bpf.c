@@ -475,8 +475,8 @@ static __always_inline void hot_release(const struct hot_key *held)
 	}
 }
 
-/* A request or connection starts: it counts in the concurrency of its resource, the inbound node (`in`,
- * NULL for outbound requests) and the hotspot values it holds. */
+/* A request or connection starts: it counts in the concurrency of its resource, the inbound node (`in`;
+ * NULL for outbound requests and while no system rule is in force) and the hotspot values it holds. */
 static __always_inline void hold(struct res_stats *st, struct res_stats *in, const struct hot_key *hot)
 {
 	__sync_fetch_and_add(&st->concurrency, 1);
@@ -552,7 +552,6 @@ __noinline __u32 judge(__u32 res, __u32 gen_flags, const struct flow_key *key, s
 		} else {
 			/* a request without a seen response (pipelining, lost segment): it no longer counts */
 			struct res_stats *ost = bpf_map_lookup_elem(&res_stats, &old->resource);
-
 			struct res_stats *oin = old->inbound ? inbound_node() : NULL;
 
 			if (ost)
