@@ -32,9 +32,9 @@ from sentinel_ebpf._types import (
 )
 from sentinel_ebpf.errors import SentinelError
 from sentinel_ebpf.httpparse import Connection, Exchange
-from sentinel_ebpf.libbpf import BpfObject, Link, RingReader
+from sentinel_ebpf.libbpf import BpfObject, RingReader
 from sentinel_ebpf.objects import object_path
-from sentinel_ebpf.trace import _addr, _Clock, load_first_flavor
+from sentinel_ebpf.trace import BpfTracer, _addr, load_first_flavor
 
 # Syscall numbers of enum http_syscall, per architecture (raw syscall tracepoints report numbers).
 SYSCALLS: dict[str, dict[HttpSyscall, int]] = {
@@ -191,26 +191,19 @@ def find_libssl(pid: int = 0) -> list[str]:
     return sorted(p for p in real if os.path.isfile(p))
 
 
-class HttpTracer:
+class HttpTracer(BpfTracer):
     """Load, attach and consume the HTTP tracer: ``with HttpTracer(f) as t: t.poll(cb, 100)``."""
 
-    FLAVORS = ("btf", "raw")
+    LOST = ("lost", "active_full")  # ring buffer full, or calls not remembered
+    _ring: RingReader | None
 
     def __init__(self, filters: HttpTraceFilter | None = None, flavor: str = "auto") -> None:
+        super().__init__(flavor)
         self.filters = filters or HttpTraceFilter()
-        if flavor not in ("auto", *self.FLAVORS):
-            raise ValueError(f"flavor must be auto, btf or raw, not {flavor!r}")
-        self._want = flavor
-        self.flavor: str | None = None
         self.tls_libraries: list[str] = []
         self.tls_errors: list[str] = []
-        self._obj: BpfObject | None = None
-        self._links: list[Link] = []
-        self._ring: RingReader | None = None
-        self._clock = _Clock()
         self._callback: Callable[[HttpRecord], None] | None = None
         self._conns: OrderedDict[tuple[int, int], _Conn] = OrderedDict()
-        self._reported_lost = 0
         self.events = 0
         self.evicted = 0
 
@@ -370,42 +363,15 @@ class HttpTracer:
 
     def counters(self) -> dict[str, int]:
         """Kernel counters (events, lost, truncated, active_full, skipped) and user-space ones."""
-        assert self._obj is not None, "tracer not started"
-        stats = self._obj.map("http_stats")
-        out = {}
-        for stat in HttpTraceStat:
-            if stat == HttpTraceStat.HTTP_STAT_MAX:
-                continue
-            per_cpu = stats.lookup(int(stat).to_bytes(4, "little"))
-            out[stat.name.removeprefix("HTTP_STAT_").lower()] = sum(
-                int.from_bytes(v, "little") for v in per_cpu
-            )
+        stats = [s for s in HttpTraceStat if s != HttpTraceStat.HTTP_STAT_MAX]
+        out = self._percpu_sums("http_stats", stats, "HTTP_STAT_")
         out["desyncs"] = sum(c.parser.desyncs for c in self._conns.values())
         out["connections"] = len(self._conns)
         out["evicted"] = self.evicted
         return out
 
-    def new_lost(self) -> int:
-        """Events lost since the last call (ring buffer full, or calls not remembered)."""
-        c = self.counters()
-        lost = c["lost"] + c["active_full"]
-        new, self._reported_lost = lost - self._reported_lost, lost
-        return new
-
-    def close(self) -> None:
-        if self._ring is not None:
-            self._ring.close()
-            self._ring = None
-        if self._obj is not None:
-            self._obj.close()  # detaches the tracked links first
-            self._obj = None
-        self._links.clear()
-
     def __enter__(self) -> HttpTracer:
         return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 __all__ = [

@@ -15,11 +15,12 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from enum import IntEnum
 from typing import Any
 
 from sentinel_ebpf._types import ConnDirection, ConnEvent, ConnOutcome, SentinelLimits, TraceStat
 from sentinel_ebpf.errors import BpfLoadError, SentinelError
-from sentinel_ebpf.libbpf import BpfObject, Link, RingBuffer
+from sentinel_ebpf.libbpf import BpfObject, Link, RingBuffer, RingReader
 from sentinel_ebpf.objects import object_path
 
 # accept and accept4 syscall numbers (the raw syscall tracepoints report numbers, not names)
@@ -135,23 +136,68 @@ def load_first_flavor(open_flavor: Callable[[str], BpfObject], want: str, flavor
     raise last
 
 
-class ConnTracer:
-    """Load, attach and consume the tracer. ``with ConnTracer(filter) as t: t.poll(cb, 100)``."""
+class BpfTracer:
+    """What the tracers share: the hook flavour, the loaded object and its links, the ring buffer,
+    per-CPU counters, loss reporting, close. A tracer is a context manager (``start`` on entry)."""
 
     FLAVORS = ("btf", "raw")
+    LOST: tuple[str, ...] = ()  # the counters whose sum new_lost() reports
 
-    def __init__(self, filters: TraceFilter | None = None, flavor: str = "auto") -> None:
-        self.filters = filters or TraceFilter()
+    def __init__(self, flavor: str) -> None:
         if flavor not in ("auto", *self.FLAVORS):
             raise ValueError(f"flavor must be auto, btf or raw, not {flavor!r}")
         self._want = flavor
         self.flavor: str | None = None
         self._obj: BpfObject | None = None
         self._links: list[Link] = []
-        self._ring: RingBuffer | None = None
+        self._ring: RingBuffer | RingReader | None = None
         self._clock = _Clock()
-        self._callback: Callable[[Connection], None] | None = None
         self._reported_lost = 0
+
+    def _percpu_sums(self, map_name: str, stats: Iterable[IntEnum], prefix: str) -> dict[str, int]:
+        """Each counter of a per-CPU array summed over the CPUs, named after its enum member."""
+        assert self._obj is not None, "tracer not started"
+        counters = self._obj.map(map_name)
+        return {
+            stat.name.removeprefix(prefix).lower(): sum(
+                int.from_bytes(v, "little") for v in counters.lookup(int(stat).to_bytes(4, "little"))
+            )
+            for stat in stats
+        }
+
+    def counters(self) -> dict[str, int]:
+        raise NotImplementedError
+
+    def new_lost(self) -> int:
+        """Events lost since the last call (the LOST counters)."""
+        c = self.counters()
+        lost = sum(c[k] for k in self.LOST)
+        new, self._reported_lost = lost - self._reported_lost, lost
+        return new
+
+    def close(self) -> None:
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
+        if self._obj is not None:
+            self._obj.close()  # detaches the tracked links first
+            self._obj = None
+        self._links.clear()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ConnTracer(BpfTracer):
+    """Load, attach and consume the tracer. ``with ConnTracer(filter) as t: t.poll(cb, 100)``."""
+
+    LOST = ("lost", "pending_full")  # ring buffer full, or no room to remember an attempt
+    _ring: RingBuffer | None
+
+    def __init__(self, filters: TraceFilter | None = None, flavor: str = "auto") -> None:
+        super().__init__(flavor)
+        self.filters = filters or TraceFilter()
+        self._callback: Callable[[Connection], None] | None = None
 
     def _open(self, flavor: str) -> BpfObject:
         f = self.filters
@@ -207,38 +253,8 @@ class ConnTracer:
         return self._ring.consume()
 
     def counters(self) -> dict[str, int]:
-        assert self._obj is not None, "tracer not started"
-        stats = self._obj.map("trace_stats")
-        out = {}
-        for stat in (
-            TraceStat.TRACE_STAT_EVENTS,
-            TraceStat.TRACE_STAT_LOST,
-            TraceStat.TRACE_STAT_PENDING_FULL,
-        ):
-            per_cpu = stats.lookup(int(stat).to_bytes(4, "little"))
-            out[stat.name.removeprefix("TRACE_STAT_").lower()] = sum(
-                int.from_bytes(v, "little") for v in per_cpu
-            )
-        return out
-
-    def new_lost(self) -> int:
-        """Events lost since the last call (ring buffer full or no room to remember an attempt)."""
-        c = self.counters()
-        lost = c["lost"] + c["pending_full"]
-        new, self._reported_lost = lost - self._reported_lost, lost
-        return new
-
-    def close(self) -> None:
-        if self._ring is not None:
-            self._ring.close()
-            self._ring = None
-        if self._obj is not None:
-            self._obj.close()  # detaches the tracked links first
-            self._obj = None
-        self._links.clear()
+        stats = (TraceStat.TRACE_STAT_EVENTS, TraceStat.TRACE_STAT_LOST, TraceStat.TRACE_STAT_PENDING_FULL)
+        return self._percpu_sums("trace_stats", stats, "TRACE_STAT_")
 
     def __enter__(self) -> ConnTracer:
         return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
