@@ -28,13 +28,12 @@ from sentinel_ebpf._types import (
     HttpSyscall,
     HttpTraceLimits,
     HttpTraceStat,
-    SentinelLimits,
 )
 from sentinel_ebpf.errors import SentinelError
 from sentinel_ebpf.httpparse import Connection, Exchange
 from sentinel_ebpf.libbpf import BpfObject, RingReader
 from sentinel_ebpf.objects import object_path
-from sentinel_ebpf.trace import BpfTracer, _addr, load_first_flavor
+from sentinel_ebpf.trace import BpfTracer, _addr, check_pid_ports, load_first_flavor
 
 # Syscall numbers of enum http_syscall, per architecture (raw syscall tracepoints report numbers).
 SYSCALLS: dict[str, dict[HttpSyscall, int]] = {
@@ -88,15 +87,7 @@ class HttpTraceFilter:
     tls: bool = True  # hook OpenSSL too
 
     def __post_init__(self) -> None:
-        if self.pid < 0:
-            raise ValueError(f"pid must be >= 0, got {self.pid}")
-        if len(self.ports) > SentinelLimits.SE_MAX_PORT_FILTERS:
-            raise ValueError(
-                f"at most {int(SentinelLimits.SE_MAX_PORT_FILTERS)} ports, got {len(self.ports)}"
-            )
-        for port in self.ports:
-            if not 1 <= port <= 65535:
-                raise ValueError(f"port {port} out of range 1..65535")
+        check_pid_ports(self.pid, self.ports)
 
 
 @dataclass(slots=True)  # not frozen: built for every request, and frozen dataclasses build slowly

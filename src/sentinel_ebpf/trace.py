@@ -29,6 +29,17 @@ ACCEPT_SYSCALLS: dict[str, tuple[int, int]] = {"x86_64": (43, 288), "aarch64": (
 HEADER = f"{'Comm':<16} {'Src addr':<15} {'Port':<6} -> {'Dest addr':<15} Port"
 
 
+def check_pid_ports(pid: int, ports: tuple[int, ...]) -> None:
+    """ValueError unless ``pid`` (0: every process) and ``ports`` fit a tracer's filters."""
+    if pid < 0:
+        raise ValueError(f"pid must be >= 0, got {pid}")
+    if len(ports) > SentinelLimits.SE_MAX_PORT_FILTERS:
+        raise ValueError(f"at most {int(SentinelLimits.SE_MAX_PORT_FILTERS)} ports, got {len(ports)}")
+    for port in ports:
+        if not 1 <= port <= 65535:
+            raise ValueError(f"port {port} out of range 1..65535")
+
+
 @dataclass(frozen=True)
 class TraceFilter:
     pid: int = 0  # 0: every process
@@ -37,15 +48,7 @@ class TraceFilter:
     accept: bool = False  # also report inbound (accepted) connections
 
     def __post_init__(self) -> None:
-        if self.pid < 0:
-            raise ValueError(f"pid must be >= 0, got {self.pid}")
-        if len(self.ports) > SentinelLimits.SE_MAX_PORT_FILTERS:
-            raise ValueError(
-                f"at most {int(SentinelLimits.SE_MAX_PORT_FILTERS)} ports, got {len(self.ports)}"
-            )
-        for port in self.ports:
-            if not 1 <= port <= 65535:
-                raise ValueError(f"port {port} out of range 1..65535")
+        check_pid_ports(self.pid, self.ports)
         if self.comm is not None and not 0 < len(self.comm.encode()) < SentinelLimits.SE_COMM_LEN:
             raise ValueError(
                 f"comm must be 1..{int(SentinelLimits.SE_COMM_LEN) - 1} bytes, got {self.comm!r}"

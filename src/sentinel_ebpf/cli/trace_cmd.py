@@ -6,7 +6,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 
@@ -75,21 +75,6 @@ def trace(
     except ValueError as exc:
         raise fail(str(exc), code=2) from None
     require_root("trace")
-    seen = 0
-    deadline = time.monotonic() + duration if duration else None
-
-    class Done(Exception):
-        pass
-
-    def emit(conn: Connection) -> None:
-        nonlocal seen
-        # flushed once per poll, not per line: at thousands of connections a second a flush per line
-        # made the consumer fall behind the ring buffer
-        print(json.dumps(conn.json_dict()) if as_json else conn.line())
-        seen += 1
-        if count and seen >= count:
-            raise Done
-
     with reported_errors(), stop_on_signals(), ConnTracer(filters, flavor=flavor) as tracer:
         print(
             f"sentinel-ebpf: tracing TCP connections ({tracer.flavor} hooks); Ctrl-C to stop",
@@ -98,10 +83,7 @@ def trace(
         )
         if not as_json:
             print(time.strftime("%Y/%m/%d %H:%M:%S ") + HEADER, flush=True)
-        try:
-            _consume(lambda: tracer.poll(emit, 100), tracer.new_lost, deadline, "connection")
-        except Done:
-            sys.stdout.flush()
+        _consume(tracer.poll, tracer.new_lost, count, duration, as_json, "connection")
 
 
 def _trace_http(
@@ -112,19 +94,6 @@ def _trace_http(
     except ValueError as exc:
         raise fail(str(exc), code=2) from None
     require_root("trace --http")
-    seen = 0
-    deadline = time.monotonic() + duration if duration else None
-
-    class Done(Exception):
-        pass
-
-    def emit(rec: HttpRecord) -> None:
-        nonlocal seen
-        print(json.dumps(rec.json_dict()) if as_json else rec.line())  # flushed per poll
-        seen += 1
-        if count and seen >= count:
-            raise Done
-
     with reported_errors(), stop_on_signals(), HttpTracer(filters, flavor=flavor) as tracer:
         libs = ", ".join(tracer.tls_libraries) or "none found"
         print(
@@ -137,25 +106,52 @@ def _trace_http(
             print(f"sentinel-ebpf: {problem}", file=sys.stderr, flush=True)
         if not as_json:
             print(HTTP_HEADER, flush=True)
-        try:
-            _consume(lambda: tracer.poll(emit, 100), tracer.new_lost, deadline, "HTTP data")
-        except Done:
-            sys.stdout.flush()
+        _consume(tracer.poll, tracer.new_lost, count, duration, as_json, "HTTP data")
 
 
-def _consume(poll: Callable[[], int], new_lost: Callable[[], int], deadline: float | None, what: str) -> None:
-    """Poll until the deadline: output flushed after every poll, lost events read once a second."""
-    next_check = time.monotonic() + 1.0
-    try:
-        while deadline is None or time.monotonic() < deadline:
-            poll()
-            sys.stdout.flush()
-            if time.monotonic() >= next_check:
-                next_check = time.monotonic() + 1.0
-                lost = new_lost()
-                if lost:
-                    print(f"sentinel-ebpf: {lost} {what} events lost", file=sys.stderr, flush=True)
-    finally:
+R = TypeVar("R", Connection, HttpRecord)
+
+
+class _Done(Exception):
+    pass
+
+
+def _consume(
+    poll: Callable[[Callable[[R], None], int], int],
+    new_lost: Callable[[], int],
+    count: int,
+    duration: float,
+    as_json: bool,
+    what: str,
+) -> None:
+    """Print each record (a line, or a JSON object) until ``count`` records or ``duration`` seconds (0:
+    no limit). Output is flushed once per poll, not per line (at thousands of records a second a flush
+    per line made the consumer fall behind the ring buffer); lost events are read once a second."""
+    seen = 0
+    deadline = time.monotonic() + duration if duration else None
+
+    def emit(rec: R) -> None:
+        nonlocal seen
+        print(json.dumps(rec.json_dict()) if as_json else rec.line())
+        seen += 1
+        if count and seen >= count:
+            raise _Done
+
+    def report_lost() -> None:
         lost = new_lost()
         if lost:
             print(f"sentinel-ebpf: {lost} {what} events lost", file=sys.stderr, flush=True)
+
+    next_check = time.monotonic() + 1.0
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            poll(emit, 100)
+            sys.stdout.flush()
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + 1.0
+                report_lost()
+    except _Done:
+        pass
+    finally:
+        sys.stdout.flush()
+        report_lost()
