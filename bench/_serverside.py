@@ -199,13 +199,16 @@ def pin(cpu: int) -> list[str]:
     return ["taskset", "-c", str(cpu)]
 
 
-def nginx_conf(work: Path, workers: int, events: int, http_body: str) -> str:
+def nginx_conf(work: Path, workers: int, events: int, http_body: str, master: bool = True) -> str:
+    """An nginx configuration whose files all live in ``work``; ``master=False``: one process that serves
+    (``master_process off``), so its pid is the server's (for tracing or reading its memory)."""
     temp = " ".join(
         f"{k}_temp_path {work}/{k};" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     )
     return f"""
 user root;
 worker_processes {workers};
+{"" if master else "master_process off;"}
 pid {work}/nginx.pid;
 error_log {work}/error.log warn;
 events {{ worker_connections {events}; }}

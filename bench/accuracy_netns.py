@@ -21,8 +21,6 @@ sliding one-second window the rule enforces); for nginx it is computed from the 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import json
 import os
 import shlex
@@ -31,7 +29,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,10 +37,12 @@ sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
 from netns import NetnsPair  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _serverside import in_netns  # noqa: E402
+
 from sentinel_ebpf.inbound import InboundDataplane  # noqa: E402
 from sentinel_ebpf.rules import load_text  # noqa: E402
 
-CLONE_NEWNET = 0x40000000
 GUARDED, LIMIT_REQ = 8080, 8081
 PATH = "/limited"
 CLIENT = Path(__file__).with_name("_ratedclient.py")
@@ -53,25 +52,6 @@ resources:
 flowRules:
   - {{resource: limited, threshold: {t}, statIntervalInMs: 1000}}
 """
-
-
-@contextlib.contextmanager
-def in_netns(name: str) -> Iterator[None]:
-    """Run the calling thread inside network namespace ``name`` (for netlink TC attach/detach)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    home = os.open("/proc/self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        if libc.setns(target, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {name}")
-        try:
-            yield
-        finally:
-            if libc.setns(home, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns back")
-    finally:
-        os.close(home)
-        os.close(target)
 
 
 def start_nginx(pair: NetnsPair, threshold: int) -> tuple[subprocess.Popen[bytes], Path]:

@@ -30,6 +30,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from integration.netns import NetnsPair  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _serverside import nginx_conf  # noqa: E402
+
 from sentinel_ebpf.httptrace import HttpRecord, HttpTraceFilter, HttpTracer  # noqa: E402
 
 PORT = 8380
@@ -39,22 +43,8 @@ PACED = Path(__file__).with_name("_wrk_paced.lua")
 def start_nginx(pair: NetnsPair) -> subprocess.Popen[Any]:
     work = pair.tmpdir / "nginx-bench"
     work.mkdir(parents=True)
-    temp = " ".join(
-        f"{k}_temp_path {work}/{k};" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    (work / "nginx.conf").write_text(f"""
-worker_processes 1;
-master_process off;
-pid {work}/nginx.pid;
-error_log {work}/error.log;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    keepalive_requests 1000000;
-    {temp}
-    server {{ listen {PORT}; location / {{ return 200 "hello world\\n"; }} }}
-}}
-""")
+    server = f'server {{ listen {PORT}; location / {{ return 200 "hello world\\n"; }} }}'
+    (work / "nginx.conf").write_text(nginx_conf(work, 1, 1024, server, master=False))
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     proc = pair.popen(pair.server, nginx, "-p", str(work), "-c", str(work / "nginx.conf"), "-g", "daemon off;",
                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip

@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _procstat import bpf_map_fds, cpu_seconds, open_fds, status_kib  # noqa: E402
+from _serverside import nginx_conf  # noqa: E402
 
 from integration.daemon_helpers import Daemon  # noqa: E402
 from integration.netns import NetnsPair  # noqa: E402
@@ -78,22 +79,8 @@ hotSpotParamRules:
 def start_nginx(pair: NetnsPair) -> subprocess.Popen[Any]:
     work = pair.tmpdir / "nginx-soak"
     work.mkdir(parents=True)
-    temp = " ".join(
-        f"{k}_temp_path {work}/{k};" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    (work / "nginx.conf").write_text(f"""
-worker_processes 1;
-master_process off;
-pid {work}/nginx.pid;
-error_log {work}/error.log;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    keepalive_requests 1000000;
-    {temp}
-    server {{ listen {PORT} backlog=4096; location / {{ return 200 "ok\\n"; }} }}
-}}
-""")
+    server = f'server {{ listen {PORT} backlog=4096; location / {{ return 200 "ok\\n"; }} }}'
+    (work / "nginx.conf").write_text(nginx_conf(work, 1, 4096, server, master=False))
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     proc = pair.popen(pair.server, nginx, "-p", str(work), "-c", str(work / "nginx.conf"), "-g", "daemon off;",
                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
