@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import platform
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from enum import Enum
@@ -46,18 +47,19 @@ class Feature:
 
 FEATURES: tuple[tuple[str, tuple[str, ...], bool], ...] = (
     ("trace (TCP connection tracer)",
-     ("privileges", "libbpf", "btf", "objects", "map ringbuf", "map lru_hash", "map percpu_array", "hook tp_btf|hook raw_tp"),
+     ("privileges", "libbpf", "btf", "objects", "map ringbuf", "map lru_hash", "map percpu_array", "hook tp_btf|hook raw_tp",
+      "load tcptrace"),
      True),
-    ("trace --accept", ("hook tp_btf|hook raw_tp", "syscall numbers"), False),
-    ("trace --http (HTTP requests from syscalls)", ("hook tp_btf|hook raw_tp", "syscall numbers", "map ringbuf"),
-     False),
-    ("trace --http over TLS (OpenSSL uprobes); tls resources", ("hook uprobe",), False),
+    ("trace --accept", ("hook tp_btf|hook raw_tp", "syscall numbers", "load tcptrace"), False),
+    ("trace --http (HTTP requests from syscalls)",
+     ("hook tp_btf|hook raw_tp", "syscall numbers", "map ringbuf", "load httptrace"), False),
+    ("trace --http over TLS (OpenSSL uprobes); tls resources", ("hook uprobe", "load httptrace"), False),
     ("inbound enforcement (TC ingress/egress)",
      ("privileges", "btf", "objects", "prog sched_cls", "map lru_hash", "map lpm_trie", "map percpu_array",
-      "BPF_PROG_TEST_RUN"),
+      "BPF_PROG_TEST_RUN", "load inbound"),
      True),
-    ("outbound connect enforcement (cgroup/connect4|6)", ("prog cgroup_sock_addr", "hook cgroup/connect4", "cgroup2"),
-     False),
+    ("outbound connect enforcement (cgroup/connect4|6)",
+     ("prog cgroup_sock_addr", "hook cgroup/connect4", "cgroup2", "load inbound"), False),
     ("kprobe-based tracing", ("hook kprobe",), False),
     ("fentry/fexit tracing", ("hook fentry",), False),
     ("BPF LSM", ("hook lsm",), False),
@@ -150,7 +152,7 @@ def system_checks() -> list[Check]:
         )
     )
     try:
-        objs = [object_path(n).name for n in ("tcptrace", "probes")]
+        objs = [object_path(n).name for n in ("tcptrace", "httptrace", "inbound", "probes")]
         checks.append(Check("system", "objects", Status.OK, ", ".join(objs)))
     except SentinelError as exc:
         checks.append(Check("system", "objects", Status.MISSING, str(exc)))
@@ -313,6 +315,89 @@ def _hook_detail(check: str, exc: BpfError) -> str:
     return base
 
 
+_PROG_FAILED = re.compile(r"libbpf: prog '([^']+)': (?:BPF program load failed|failed to load)")
+_PROCESSED = re.compile(r"^processed \d+ insns")
+
+
+def verifier_complaint(log: str) -> tuple[str | None, str]:
+    """(program, the verifier's complaint) from a failed load's libbpf log: the program libbpf names
+    first, and the log line before the verifier's closing "processed N insns" line (the verifier stops at
+    its first complaint). (None, "") when the log names no program."""
+    lines = log.splitlines()
+    prog = None
+    for i, line in enumerate(lines):
+        m = _PROG_FAILED.search(line)
+        if m is None:
+            continue
+        prog = m.group(1)
+        for j in range(i + 1, len(lines)):
+            if _PROCESSED.match(lines[j].strip()):
+                k = j - 1
+                while k > i and not lines[k].strip():
+                    k -= 1
+                return prog, lines[k].strip()
+            if "END PROG LOAD LOG" in lines[j]:
+                break
+        break
+    return prog, ""
+
+
+def describe_load_error(exc: BpfError) -> str:
+    """One line for a failed object load: the program and the verifier's first complaint when known."""
+    prog, complaint = verifier_complaint(getattr(exc, "log", ""))
+    if prog and complaint:
+        return f"{exc.op}: program {prog} rejected by the verifier: {complaint}"
+    if prog:
+        return f"{exc.op}: program {prog}: {os.strerror(exc.errno)}"
+    return str(exc).splitlines()[0]
+
+
+def _insns(programs: dict[str, Any]) -> str:
+    counts = [(name, p.verified_insns) for name, p in sorted(programs.items()) if p.fd >= 0]
+    if not any(n for _, n in counts):
+        return f"{len(counts)} programs loaded (this kernel does not report verified instructions)"
+    return "verified insns: " + ", ".join(f"{name} {n:,}" for name, n in counts)
+
+
+def _load_inbound() -> str:
+    from sentinel_ebpf.inbound.dataplane import InboundDataplane  # the data plane imports this module
+
+    with InboundDataplane() as dp:
+        return _insns(dp.obj.programs)
+
+
+def _load_tracer(kind: str) -> str:
+    from sentinel_ebpf.httptrace import HttpTraceFilter, HttpTracer
+    from sentinel_ebpf.trace import BpfTracer, ConnTracer, TraceFilter
+
+    # every program of the object: --accept's syscall hooks, and the OpenSSL uprobes
+    tracer: BpfTracer = (
+        ConnTracer(TraceFilter(accept=True)) if kind == "tcptrace" else HttpTracer(HttpTraceFilter(tls=True))
+    )
+    obj, flavor = tracer.load()
+    with obj:
+        return f"{flavor} hooks; {_insns(obj.programs)}"
+
+
+# check name -> what loads the object the way the tool loads it, and unloads it again
+LOAD_CHECKS: dict[str, Callable[[], str]] = {
+    "load inbound": _load_inbound,
+    "load tcptrace": lambda: _load_tracer("tcptrace"),
+    "load httptrace": lambda: _load_tracer("httptrace"),
+}
+
+
+def load_check(check: str) -> Check:
+    """Load one of the real objects as the tool does (then unload it): the verifier has the last word."""
+    with _lib.capture_log():
+        try:
+            return Check("object", check, Status.OK, LOAD_CHECKS[check]())
+        except BpfError as exc:
+            return Check("object", check, Status.MISSING, describe_load_error(exc))
+        except SentinelError as exc:
+            return Check("object", check, Status.MISSING, str(exc))
+
+
 def run_checks() -> Report:
     report = Report(kernel=platform.release(), arch=platform.machine())
     report.checks.extend(system_checks())
@@ -321,6 +406,7 @@ def run_checks() -> Report:
         report.checks.extend(_probe_types())
         if by_name["objects"].status is Status.OK and by_name["privileges"].status is Status.OK:
             report.checks.extend(probe_hook(name) for name in HOOK_PROBES)
+            report.checks.extend(load_check(name) for name in LOAD_CHECKS)
     report.features = verdict(report.checks)
     return report
 

@@ -33,7 +33,7 @@ from sentinel_ebpf.errors import SentinelError
 from sentinel_ebpf.httpparse import Connection, Exchange
 from sentinel_ebpf.libbpf import BpfObject, RingReader
 from sentinel_ebpf.objects import object_path
-from sentinel_ebpf.trace import BpfTracer, _addr, check_pid_ports, load_first_flavor
+from sentinel_ebpf.trace import BpfTracer, _addr, check_pid_ports
 
 # Syscall numbers of enum http_syscall, per architecture (raw syscall tracepoints report numbers).
 SYSCALLS: dict[str, dict[HttpSyscall, int]] = {
@@ -229,7 +229,7 @@ class HttpTracer(BpfTracer):
         return obj
 
     def start(self) -> HttpTracer:
-        self._obj, self.flavor = load_first_flavor(self._open, self._want, self.FLAVORS)
+        self._obj, self.flavor = self.load()
         try:
             for name, prog in self._obj.programs.items():
                 if prog.autoload and name.startswith("http_"):

@@ -157,6 +157,14 @@ class BpfTracer:
         self._clock = _Clock()
         self._reported_lost = 0
 
+    def _open(self, flavor: str) -> BpfObject:
+        raise NotImplementedError
+
+    def load(self) -> tuple[BpfObject, str]:
+        """Load the object as ``start`` does (first flavour that loads), without attaching anything: what
+        ``doctor`` checks. Returns the object, which the caller closes, and the flavour."""
+        return load_first_flavor(self._open, self._want, self.FLAVORS)
+
     def _percpu_sums(self, map_name: str, stats: Iterable[IntEnum], prefix: str) -> dict[str, int]:
         """Each counter of a per-CPU array summed over the CPUs, named after its enum member."""
         assert self._obj is not None, "tracer not started"
@@ -230,7 +238,7 @@ class ConnTracer(BpfTracer):
         return obj
 
     def start(self) -> ConnTracer:
-        self._obj, self.flavor = load_first_flavor(self._open, self._want, self.FLAVORS)
+        self._obj, self.flavor = self.load()
         try:
             for prog in self._obj.programs.values():
                 if prog.autoload:

@@ -137,9 +137,9 @@ struct {
  * stack, the verifier tracks every parsed field and the program's states no longer fit its limits.
  */
 struct ingress_scratch {
+	struct flow_key fk;         /* first: its address is the value's, no arithmetic on a maybe-NULL pointer */
 	struct pkt p;
 	struct pkt reply;           /* the reply's view, when a request is answered */
-	struct flow_key fk;
 };
 
 struct {
@@ -156,6 +156,20 @@ struct {
 	__type(key, __u32);
 	__type(value, struct ingress_scratch);
 } egress_scratch SEC(".maps");
+
+/*
+ * The flow key judge() and complete() work on: scratch->fk of ingress (or egress, `egress`). Global
+ * functions take it from the map rather than as a pointer argument, which kernels before 6.2 do not
+ * accept as a map key ("R2 type=mem expected=fp, pkt, pkt_meta, map_key, map_value").
+ */
+static __always_inline struct flow_key *scratch_key(bool egress)
+{
+	__u32 zero = 0;
+	struct ingress_scratch *scr =
+		bpf_map_lookup_elem(egress ? (void *)&egress_scratch : (void *)&ingress_scratch, &zero);
+
+	return (struct flow_key *)scr; /* fk is the first member */
+}
 
 /* Keep contract types in BTF for the generated Python layouts. */
 const enum block_type _block_type_unused __attribute__((unused)) = BLOCK_NONE;
@@ -207,7 +221,7 @@ static __always_inline struct port_slots *ports_concerned(struct __sk_buff *skb,
 		return ports; /* headers to parse in full first */
 	local = ingress ? dport : sport;
 	remote = ingress ? sport : dport;
-	if (!(ports->slot[bpf_ntohs(remote)] & SE_PORT_OUT_HTTP) && !ports->slot[bpf_ntohs(local)])
+	if (!(ports->slot[remote] & SE_PORT_OUT_HTTP) && !ports->slot[local])
 		return NULL;
 	return ports;
 }
@@ -436,16 +450,20 @@ __noinline int system_check(__u32 gen, __u64 now_ms)
 	__u32 zero = 0;
 	struct sys_conf *sc = bpf_map_lookup_elem(&sys_conf, &gen);
 	struct res_stats *in = inbound_node();
+	struct sys_metrics *m = bpf_map_lookup_elem(&sys_metrics, &zero);
 
-	if (!sc || !in)
+	/* m checked here, before system_admit computes field addresses (5.x/6.1 refuse arithmetic on
+	 * a pointer that may be NULL) */
+	if (!sc || !in || !m)
 		return 0;
-	return !system_admit(sc, in, bpf_map_lookup_elem(&sys_metrics, &zero), now_ms);
+	return !system_admit(sc, in, m, now_ms);
 }
 
 /* judge() flags, beside the generation in its second argument. */
 #define JUDGE_HTTP (1 << 8)
 #define JUDGE_SYSTEM_BLOCKED (1 << 9)   /* the system rules block inbound traffic now */
 #define JUDGE_INBOUND_NODE (1 << 10)    /* system rules are in force: keep the inbound node's statistics */
+#define JUDGE_EGRESS (1 << 11)          /* the key is in egress_scratch (else ingress_scratch) */
 
 /*
  * JUDGE_SYSTEM_BLOCKED when the system rules of `gen` block inbound traffic now. Checked by the caller
@@ -502,13 +520,13 @@ static __always_inline __s64 idle_add(__s64 d)
 /*
  * Admit or block one request or connection of `res` (gen_flags: the generation | JUDGE_* flags): system
  * rules first (they guard all inbound traffic; the caller checked them), then the resource's own rules.
- * On pass, track it as in flight under `key`. A global function: the verifier checks it once, not once
- * per path that leads to it.
+ * On pass, track it as in flight under the scratch's key (see scratch_key). A global function: the
+ * verifier checks it once, not once per path that leads to it.
  */
-__noinline __u32 judge(__u32 res, __u32 gen_flags, const struct flow_key *key, struct __sk_buff *skb,
-		       const struct pkt *p)
+__noinline __u32 judge(__u32 res, __u32 gen_flags, struct __sk_buff *skb, const struct pkt *p)
 {
 	__u8 gen = gen_flags & 1, is_http = !!(gen_flags & JUDGE_HTTP);
+	struct flow_key *key = scratch_key(gen_flags & JUDGE_EGRESS);
 	struct inflight entry = {};
 	struct res_stats *st, *in;
 	__u64 now, now_ms;
@@ -583,14 +601,17 @@ __noinline __u32 judge(__u32 res, __u32 gen_flags, const struct flow_key *key, s
 /* complete()'s flags */
 #define COMPLETE_ERROR 1            /* the request failed (5xx, or no response before the close) */
 #define COMPLETE_END 2              /* the connection ended: its entry goes */
+#define COMPLETE_EGRESS 4           /* the key is in egress_scratch (else ingress_scratch) */
 
 /*
- * The in-flight request or connection under `key` ended (COMPLETE_* flags in `how`). A request's entry
+ * The in-flight request or connection under the scratch's key (see scratch_key) ended (COMPLETE_* flags
+ * in `how`). A request's entry
  * stays, idle, for the connection's next request unless the connection ended or too many are idle.
  * A global function: verified once, small frames.
  */
-__noinline int complete(const struct flow_key *key, __u32 how)
+__noinline int complete(__u32 how)
 {
+	struct flow_key *key = scratch_key(how & COMPLETE_EGRESS);
 	struct inflight *f;
 	struct res_stats *st, *in;
 	__u64 now, rt_ms;
@@ -679,11 +700,11 @@ static __always_inline void out_response(struct __sk_buff *skb, const struct pkt
 
 	make_key(fk, p, false, FLOW_KIND_OUT_REQUEST);
 	if (p->flags & (TCP_RST | TCP_FIN)) {
-		complete(fk, COMPLETE_ERROR | COMPLETE_END); /* the server closed without answering */
+		complete(COMPLETE_ERROR | COMPLETE_END); /* the server closed without answering */
 		return;
 	}
 	if (p->payload_len && status_line(skb, p, &hundreds))
-		complete(fk, hundreds == '5' ? COMPLETE_ERROR : 0);
+		complete(hundreds == '5' ? COMPLETE_ERROR : 0);
 }
 
 /* reject()'s third argument: enum reject_mode | REJECT_* flags. */
@@ -886,12 +907,12 @@ int tc_ingress(struct __sk_buff *skb)
 			percpu_inc(&dp_counters, DP_MALFORMED);
 		return TC_ACT_OK;
 	}
-	if (ports->slot[bpf_ntohs(p->sport)] & SE_PORT_OUT_HTTP) {
+	if (ports->slot[p->sport] & SE_PORT_OUT_HTTP) {
 		/* a response of a server our outbound HTTP resources call */
 		out_response(skb, p, fk);
 		return TC_ACT_OK;
 	}
-	slot = ports->slot[bpf_ntohs(p->dport)];
+	slot = ports->slot[p->dport];
 	if (!slot)
 		return TC_ACT_OK;
 	pc = port_lookup(slot, gen);
@@ -901,9 +922,9 @@ int tc_ingress(struct __sk_buff *skb)
 	if (p->flags & (TCP_RST | TCP_FIN)) {
 		/* the client ends the connection: its request (if any) and the connection are done */
 		make_key(fk, p, true, FLOW_KIND_REQUEST);
-		complete(fk, COMPLETE_ERROR | COMPLETE_END);
+		complete(COMPLETE_ERROR | COMPLETE_END);
 		make_key(fk, p, true, FLOW_KIND_CONNECTION);
-		complete(fk, COMPLETE_END);
+		complete(COMPLETE_END);
 		return TC_ACT_OK;
 	}
 	bool syn = (p->flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
@@ -918,7 +939,7 @@ int tc_ingress(struct __sk_buff *skb)
 		res = http_route(skb, p, bpf_ntohs(p->dport), (__u32)gen << 16 | p->dport, &pc->lens);
 		make_key(fk, p, true, FLOW_KIND_REQUEST);
 	}
-	if (!res || judge(res, gen | (syn ? 0 : JUDGE_HTTP) | system_flag(gen), fk, skb, p) == BLOCK_NONE)
+	if (!res || judge(res, gen | (syn ? 0 : JUDGE_HTTP) | system_flag(gen), skb, p) == BLOCK_NONE)
 		return TC_ACT_OK;
 	return reject(skb, p, (syn ? pc->reject_tcp | REJECT_SYN : pc->reject_http) | (gen ? REJECT_GEN1 : 0));
 }
@@ -1084,7 +1105,7 @@ static __always_inline int out_request(struct __sk_buff *skb, const struct pkt *
 	if (!res)
 		return TC_ACT_OK;
 	make_key(fk, p, true, FLOW_KIND_OUT_REQUEST);
-	if (judge(res, gen | JUDGE_HTTP, fk, skb, p) == BLOCK_NONE)
+	if (judge(res, gen | JUDGE_HTTP | JUDGE_EGRESS, skb, p) == BLOCK_NONE)
 		return TC_ACT_OK;
 	return reject(skb, p, REJECT_HTTP_REPLY | REJECT_OUTBOUND | (gen ? REJECT_GEN1 : 0));
 }
@@ -1112,9 +1133,9 @@ int tc_egress(struct __sk_buff *skb)
 	if (parse_tcp(skb, p) != PARSE_OK)
 		return TC_ACT_OK;
 	if (p->payload_len && !(p->flags & (TCP_RST | TCP_FIN | TCP_SYN)) &&
-	    (ports->slot[bpf_ntohs(p->dport)] & SE_PORT_OUT_HTTP))
+	    (ports->slot[p->dport] & SE_PORT_OUT_HTTP))
 		return out_request(skb, p, gen, fk);
-	slot = ports->slot[bpf_ntohs(p->sport)];
+	slot = ports->slot[p->sport];
 	if (!slot)
 		return TC_ACT_OK;
 	pc = port_lookup(slot, gen);
@@ -1123,15 +1144,15 @@ int tc_egress(struct __sk_buff *skb)
 
 	if (p->flags & (TCP_RST | TCP_FIN)) {
 		make_key(fk, p, false, FLOW_KIND_REQUEST);
-		complete(fk, COMPLETE_ERROR | COMPLETE_END); /* the server closed without answering */
+		complete(COMPLETE_EGRESS | COMPLETE_ERROR | COMPLETE_END); /* the server closed without answering */
 		make_key(fk, p, false, FLOW_KIND_CONNECTION);
-		complete(fk, COMPLETE_END);
+		complete(COMPLETE_EGRESS | COMPLETE_END);
 		return TC_ACT_OK;
 	}
 	if (!p->payload_len || !pc->has_http || !status_line(skb, p, &hundreds))
 		return TC_ACT_OK;
 	make_key(fk, p, false, FLOW_KIND_REQUEST);
-	complete(fk, hundreds == '5' ? COMPLETE_ERROR : 0);
+	complete(COMPLETE_EGRESS | (hundreds == '5' ? COMPLETE_ERROR : 0));
 	return TC_ACT_OK;
 }
 

@@ -131,7 +131,9 @@ enum dp_counter {
 /*
  * port_slots value, indexed by generation: every packet's first check, one load. slot[port] & 0x7fff is
  * 0 for a port nothing protects, else 1 + the port's index in inbound_ports (gen * SE_PORTS_MAX +
- * slot - 1); SE_PORT_OUT_HTTP marks a remote port of outbound HTTP resources. Ports in host byte order.
+ * slot - 1); SE_PORT_OUT_HTTP marks a remote port of outbound HTTP resources. Indexed by the port's 16
+ * bits as they stand in the TCP header (network byte order): no byte swap, so every verifier can bound
+ * the index (5.x/6.1 cannot bound the result of a swap).
  */
 struct port_slots {
 	__u16 slot[65536];

@@ -81,6 +81,11 @@ def _u32(v: int) -> bytes:
     return v.to_bytes(4, "little")
 
 
+def _wire_port(port: int) -> int:
+    """A port's index in the kernel's port table: its 16 bits as they stand in the TCP header."""
+    return socket.htons(port)
+
+
 def out_route_key(r: KOutRoute, gen: int) -> OutRouteKey:
     key = OutRouteKey(prefixlen=32 + r.prefix_bits, gen=gen, family=r.family, port=socket.htons(r.port))
     ctypes.memmove(key.addr, r.network, len(r.network))
@@ -197,7 +202,7 @@ class InboundDataplane:
                 )
         table = PortSlots.from_buffer_copy(self.obj.map("port_slots").lookup(_u32(gen)))
         for i, p in enumerate(compiled.ports):
-            if table.slot[p.port] & ~PORT_OUT_HTTP != i + 1:
+            if table.slot[_wire_port(p.port)] & ~PORT_OUT_HTTP != i + 1:
                 raise SentinelError(f"cannot adopt: port {p.port} is not what the maps hold")
         # Outbound TCP resources count open connections in out_conns, which is new: those still open are
         # not known to this instance, so their count starts again.
@@ -344,9 +349,9 @@ class InboundDataplane:
             if pstats.get(p.port.to_bytes(2, "little")) is None:
                 pstats.update(p.port.to_bytes(2, "little"), bytes(PortCounts()))
             ports.update(_u32(gen * PORTS_MAX + i), bytes(pc))
-            table.slot[p.port] = i + 1
+            table.slot[_wire_port(p.port)] = i + 1
         for port in compiled.out_http_ports:
-            table.slot[port] |= PORT_OUT_HTTP
+            table.slot[_wire_port(port)] |= PORT_OUT_HTTP
         self.obj.map("port_slots").update(_u32(gen), bytes(table))
 
     def _create_breakers(self, compiled: CompiledInbound) -> None:

@@ -65,7 +65,8 @@ class BpfMapInfo(Structure):
 
 
 class BpfProgInfo(Structure):
-    """The leading fields of the kernel's ``struct bpf_prog_info``, up to its name."""
+    """The leading fields of the kernel's ``struct bpf_prog_info``, up to ``verified_insns`` (5.16; older
+    kernels leave it 0, and accept the longer size because its tail is zero)."""
 
     _fields_ = [
         ("type", c_uint32),
@@ -80,6 +81,31 @@ class BpfProgInfo(Structure):
         ("nr_map_ids", c_uint32),
         ("map_ids", c_uint64),
         ("name", ctypes.c_char * 16),
+        ("ifindex", c_uint32),
+        ("gpl_compatible", c_uint32),
+        ("netns_dev", c_uint64),
+        ("netns_ino", c_uint64),
+        ("nr_jited_ksyms", c_uint32),
+        ("nr_jited_func_lens", c_uint32),
+        ("jited_ksyms", c_uint64),
+        ("jited_func_lens", c_uint64),
+        ("btf_id", c_uint32),
+        ("func_info_rec_size", c_uint32),
+        ("func_info", c_uint64),
+        ("nr_func_info", c_uint32),
+        ("nr_line_info", c_uint32),
+        ("line_info", c_uint64),
+        ("jited_line_info", c_uint64),
+        ("nr_jited_line_info", c_uint32),
+        ("line_info_rec_size", c_uint32),
+        ("jited_line_info_rec_size", c_uint32),
+        ("nr_prog_tags", c_uint32),
+        ("prog_tags", c_uint64),
+        ("run_time_ns", c_uint64),
+        ("run_cnt", c_uint64),
+        ("recursion_misses", c_uint64),
+        ("verified_insns", c_uint32),
+        ("attach_btf_obj_id", c_uint32),
     ]
 
 

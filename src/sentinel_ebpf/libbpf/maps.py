@@ -288,13 +288,18 @@ def map_info(fd: int) -> MapInfo:
                    info.max_entries, info.map_flags)  # fmt: skip
 
 
-def program_id(prog_fd: int) -> int:
-    """The kernel id of a loaded program."""
+def program_info(prog_fd: int) -> _lib.BpfProgInfo:
+    """The kernel's ``bpf_prog_info`` of a loaded program (see ``_lib.BpfProgInfo``)."""
     info = _lib.BpfProgInfo()
     size = ctypes.c_uint32(ctypes.sizeof(info))
     if _lib.lib().bpf_obj_get_info_by_fd(prog_fd, ctypes.byref(info), ctypes.byref(size)) != 0:
         raise BpfMapError(f"program fd {prog_fd}: info", _lib.errno_now())
-    return int(info.id)
+    return info
+
+
+def program_id(prog_fd: int) -> int:
+    """The kernel id of a loaded program."""
+    return int(program_info(prog_fd).id)
 
 
 def program_maps(prog_id: int) -> dict[str, int]:

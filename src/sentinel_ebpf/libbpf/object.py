@@ -15,7 +15,7 @@ from typing import Any
 
 from sentinel_ebpf.errors import BpfAttachError, BpfError, BpfLoadError
 from sentinel_ebpf.libbpf import _lib
-from sentinel_ebpf.libbpf.maps import Map
+from sentinel_ebpf.libbpf.maps import Map, program_info
 
 BTF_KIND_ARRAY = 3
 BTF_KIND_TYPEDEF = 8
@@ -111,6 +111,11 @@ class Program:
     @property
     def type(self) -> int:
         return int(_lib.lib().bpf_program__type(self._ptr))
+
+    @property
+    def verified_insns(self) -> int:
+        """Instructions the verifier processed to accept this program (0 before 5.16, or not loaded)."""
+        return int(program_info(self.fd).verified_insns) if self.fd >= 0 else 0
 
     @property
     def autoload(self) -> bool:
