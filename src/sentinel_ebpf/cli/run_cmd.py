@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import platform
 from typing import Annotated
 
 import typer
@@ -12,7 +13,8 @@ from sentinel_ebpf.cli._common import fail, require_root
 from sentinel_ebpf.daemon import Daemon, DaemonConfig
 from sentinel_ebpf.daemon.control import DEFAULT_SOCKET
 from sentinel_ebpf.daemon.state import DEFAULT_STATE_DIR
-from sentinel_ebpf.errors import SentinelError
+from sentinel_ebpf.doctor import describe_load_error
+from sentinel_ebpf.errors import BpfLoadError, SentinelError
 from sentinel_ebpf.inbound import CompileError
 from sentinel_ebpf.rules import RulesError
 
@@ -76,5 +78,9 @@ def run(
     except (RulesError, CompileError) as exc:
         lines = "\n".join(f"  {p}" for p in exc.problems)
         raise fail(f"{rules}: not started, the rules are invalid:\n{lines}") from None
+    except BpfLoadError as exc:
+        # the same words as doctor's "load inbound" check
+        raise fail(f"cannot enforce on this kernel ({platform.release()}): {describe_load_error(exc)}; "
+                   "`sentinel-ebpf doctor` lists what this kernel supports") from None  # fmt: skip
     except (SentinelError, OSError) as exc:
         raise fail(str(exc)) from None

@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# Run the dataplane tier and an integration smoke on another kernel: a Debian kernel package, downloaded
+# and unpacked (never installed as this machine's kernel), booted with virtme-ng and qemu over this
+# checkout (the guest sees the host's filesystem read-only, so it uses the checkout's .venv and BPF objects).
+#
+#   bash scripts/kernel-matrix.sh [KERNEL_PACKAGE]
+#
+# KERNEL_PACKAGE defaults to the newest linux-image-6.1.0-*-amd64-unsigned (Debian 12's kernel).
+# KERNEL_MATRIX_ACCEL=kvm|tcg forces the accelerator (default: KVM when a probe boot shows it works).
+# KERNEL_MATRIX_TESTS overrides the pytest arguments run in the guest.
+# Prints the guest's kernel version and pytest's summary; exits with pytest's status (or the smoke's).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+if [ "$(id -u)" != 0 ]; then
+    exec sudo -E bash "$0" "$@"
+fi
+[ -x .venv/bin/python ] || { echo "kernel-matrix: run scripts/setup.sh first (no .venv)" >&2; exit 2; }
+
+CACHE=$ROOT/.kernel-matrix
+mkdir -p "$CACHE"
+
+need=()
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+command -v depmod >/dev/null || [ -x /usr/sbin/depmod ] || need+=(kmod)
+command -v busybox >/dev/null || need+=(busybox-static)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "kernel-matrix: installing ${need[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+if [ ! -x "$CACHE/vng/bin/vng" ]; then
+    echo "kernel-matrix: installing virtme-ng into $CACHE/vng"
+    python3 -m venv "$CACHE/vng"
+    "$CACHE/vng/bin/pip" install -q "virtme-ng==1.42" >/dev/null
+fi
+export PATH="$CACHE/vng/bin:$PATH:/usr/sbin:/sbin"
+
+pkg=${1:-}
+if [ -z "$pkg" ]; then
+    pkg=$(apt-cache search --names-only '^linux-image-6\.1\.0-[0-9]+-amd64-unsigned$' | awk '{print $1}' |
+        sort -V | tail -1)
+    if [ -z "$pkg" ]; then
+        apt-get update -qq
+        pkg=$(apt-cache search --names-only '^linux-image-6\.1\.0-[0-9]+-amd64-unsigned$' | awk '{print $1}' |
+            sort -V | tail -1)
+    fi
+    [ -n "$pkg" ] || { echo "kernel-matrix: no linux-image-6.1.0-*-amd64-unsigned package found" >&2; exit 2; }
+fi
+kdir=$CACHE/$pkg
+if [ ! -d "$kdir/root/boot" ]; then
+    echo "kernel-matrix: downloading $pkg"
+    rm -rf "$kdir"
+    mkdir -p "$kdir"
+    (cd "$kdir" && apt-get download -q "$pkg" 2>&1 | grep -v '^W: Download is performed unsandboxed' || true)
+    deb=$(ls "$kdir"/*.deb 2>/dev/null | head -1)
+    [ -n "$deb" ] || { echo "kernel-matrix: could not download $pkg" >&2; exit 2; }
+    dpkg-deb -x "$deb" "$kdir/root"
+    rm -f "$deb"
+fi
+kimg=$(ls "$kdir"/root/boot/vmlinuz-* | head -1)
+kver=${kimg##*/vmlinuz-}
+
+accel=${KERNEL_MATRIX_ACCEL:-}
+if [ -z "$accel" ]; then
+    # /dev/kvm may exist and still not run a guest (nested virtualisation): boot once and look for the
+    # kernel's first line on the serial console.
+    accel=tcg
+    if [ -w /dev/kvm ]; then
+        probe=$(timeout 20 qemu-system-x86_64 -accel kvm -machine q35 -cpu host -display none -nodefaults \
+            -no-reboot -m 256 -kernel "$kimg" -append "console=ttyS0 panic=-1" -serial stdio 2>/dev/null |
+            grep -m1 -a "Linux version" || true)
+        [ -n "$probe" ] && accel=kvm
+    fi
+fi
+vng_accel=()
+[ "$accel" = kvm ] || vng_accel=(--disable-kvm)
+
+out=$CACHE/out-$kver
+rm -rf "$out"
+mkdir -p "$out"
+
+# One test per rule kind through the daemon, the reject paths, outbound, the tracers and cleanup.
+SMOKE=(
+    tests/integration/test_daemon.py::test_qps_rule_stats_metric_log_and_prometheus_agree
+    tests/integration/test_daemon.py::test_sigterm_leaves_nothing
+    tests/integration/test_daemon_rules.py::test_isolation_caps_in_flight_requests_to_a_slow_handler
+    tests/integration/test_daemon_rules.py::test_hotspot_limits_one_client_address_not_another
+    tests/integration/test_daemon_rules.py::test_tcp_rule_refuses_excess_connections_with_a_reset
+    tests/integration/test_breakers.py::test_breaker_cycle
+    tests/integration/test_inbound_reject.py::test_keep_alive_connection_gets_200_then_429
+    tests/integration/test_outbound.py::test_flow_limit_refuses_excess_connects_fast
+    tests/integration/test_outbound_http.py::test_outbound_flow_limit_answers_503
+    tests/integration/test_trace.py::test_curl_connections_text_and_json
+    tests/integration/test_http_trace.py::test_records_match_what_the_client_sent_and_received
+    tests/integration/test_doctor.py::test_doctor_reports_this_machine
+)
+if [ -n "${KERNEL_MATRIX_TESTS:-}" ]; then
+    read -r -a TESTS <<< "$KERNEL_MATRIX_TESTS"
+else
+    TESTS=(tests/dataplane "${SMOKE[@]}")
+fi
+
+# The guest: the demo's daemon path (run with no rules file: 200s and 429s from the built-in example),
+# then pytest. Bytecode is not written (the checkout is read-only there).
+cat > "$out/guest.sh" <<EOF
+#!/bin/bash
+set -u
+cd "$ROOT"
+export CI=${CI:-} PYTHONDONTWRITEBYTECODE=1 PATH="$ROOT/.venv/bin:\$PATH"
+echo "kernel: \$(uname -r)"
+mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf 2>/dev/null || true
+ip link set lo up
+bash scripts/demo-smoke.sh > "$out/demo.log" 2>&1
+echo \$? > "$out/demo.rc"
+python -m pytest -p no:cacheprovider -q -o addopts="" -rfEs ${TESTS[*]} > "$out/pytest.log" 2>&1
+echo \$? > "$out/pytest.rc"
+EOF
+chmod +x "$out/guest.sh"
+
+echo "kernel-matrix: booting $kver ($accel) and running: ${TESTS[*]}"
+start=$(date +%s)
+set +e
+timeout 1800 vng --run "$kimg" "${vng_accel[@]}" -m 4G -p 2 \
+    --rodir=/lib/modules="$kdir/root/lib/modules" --rwdir="$out" \
+    --exec "bash $out/guest.sh > $out/guest.log 2>&1" > "$out/vng.log" 2>&1
+vng_rc=$?
+set -e
+echo "kernel-matrix: guest ran for $(( $(date +%s) - start )) s"
+
+cat "$out/guest.log" 2>/dev/null || true
+if [ ! -f "$out/pytest.rc" ]; then
+    echo "kernel-matrix: the guest did not finish (vng exit $vng_rc); last lines of its console:" >&2
+    tail -30 "$out/vng.log" >&2
+    exit 1
+fi
+demo_rc=$(cat "$out/demo.rc")
+pytest_rc=$(cat "$out/pytest.rc")
+echo "== demo smoke on $kver: exit $demo_rc"
+[ "$demo_rc" = 0 ] || cat "$out/demo.log"
+echo "== pytest on $kver: exit $pytest_rc"
+if [ "$pytest_rc" != 0 ]; then
+    cat "$out/pytest.log"
+else
+    grep -E '^(FAILED|ERROR|SKIPPED)' "$out/pytest.log" || true
+    tail -1 "$out/pytest.log"
+fi
+[ "$demo_rc" = 0 ] || exit 1
+exit "$pytest_rc"
