@@ -45,7 +45,7 @@ flowRules:
 def virtual(threshold: int, seconds: int, poisson: bool) -> dict[str, float]:
     rate = 10 * threshold
     rnd = random.Random(1)
-    with InboundDataplane(test_clock=True) as dp:
+    with InboundDataplane(test_clock=True, socket_lookup=False) as dp:
         dp.apply(dp.compile(load_text(RULES.format(t=threshold), "bench.yaml")))
         prog = dp.obj.program("tc_ingress")
         per_second = [0] * seconds

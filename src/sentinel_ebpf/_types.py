@@ -38,6 +38,7 @@ class SentinelLimits(IntEnum):
     SE_CB_RINGBUF_BYTES = 65536
     SE_HTTP_REPLY_MAX = 512
     SE_REPLY_REQUEST_MAX = 1536
+    SE_INCOMPLETE_TRIES = 6
 
 
 class ConnDirection(IntEnum):
@@ -84,6 +85,13 @@ class RejectMode(IntEnum):
     REJECT_DROP = 2
 
 
+class IncompleteMode(IntEnum):
+    """``enum incomplete_mode``."""
+
+    INCOMPLETE_DROP = 0
+    INCOMPLETE_PASS = 1
+
+
 class HttpMethod(IntEnum):
     """``enum http_method``."""
 
@@ -115,7 +123,13 @@ class PortCounter(IntEnum):
     PORT_NOT_REQUEST_LINE = 2
     PORT_NO_ROUTE = 3
     PORT_GSO = 4
-    PORT_COUNTER_MAX = 5
+    PORT_RETRANSMIT = 5
+    PORT_OUT_OF_ORDER = 6
+    PORT_NO_SOCKET = 7
+    PORT_INCOMPLETE = 8
+    PORT_INCOMPLETE_PASSED = 9
+    PORT_INCOMPLETE_RESET = 10
+    PORT_COUNTER_MAX = 11
 
 
 class DpCounter(IntEnum):
@@ -128,7 +142,8 @@ class DpCounter(IntEnum):
     DP_REPLY_SENT = 4
     DP_RST_SENT = 5
     DP_CONNECT_REFUSED = 6
-    DP_COUNTER_MAX = 7
+    DP_GSO_DROPPED = 7
+    DP_COUNTER_MAX = 8
 
 
 class HotParam(IntEnum):
@@ -272,7 +287,7 @@ class PortConf(ctypes.Structure):
         ("has_http", ctypes.c_uint8),
         ("reject_tcp", ctypes.c_uint8),
         ("reject_http", ctypes.c_uint8),
-        ("_pad", ctypes.c_uint8),
+        ("incomplete", ctypes.c_uint8),
         ("lens", RouteLens),
         ("_pad0", ctypes.c_uint8 * 2),
     ]
@@ -299,11 +314,11 @@ class PortCounts(ctypes.Structure):
 
     _pack_ = 1
     _fields_ = [
-        ("count", (ctypes.c_uint64 * 5)),
+        ("count", (ctypes.c_uint64 * 11)),
     ]
 
 
-assert ctypes.sizeof(PortCounts) == 40
+assert ctypes.sizeof(PortCounts) == 88
 
 
 class HttpRouteKey(ctypes.Structure):

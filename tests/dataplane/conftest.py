@@ -11,8 +11,9 @@ from sentinel_ebpf.inbound import InboundDataplane
 
 @pytest.fixture(scope="module")
 def loaded() -> Iterator[InboundDataplane]:
-    """The inbound programs with a test clock (loading and verifying takes a while: once per module)."""
-    with InboundDataplane(test_clock=True) as d:
+    """The inbound programs with a test clock, taking every crafted segment as next in its stream (no
+    socket lookup: their connections do not exist). Loading and verifying takes a while: once per module."""
+    with InboundDataplane(test_clock=True, socket_lookup=False) as d:
         yield d
 
 

@@ -47,7 +47,7 @@ def _complete_requests(dp: InboundDataplane, sports: range) -> None:
 
 @pytest.mark.parametrize(("limit", "kept"), [(0, 0), (3, 3), (None, 10)])
 def test_idle_connections_bounds_the_entries_kept_between_requests(limit: int | None, kept: int) -> None:
-    with InboundDataplane(idle_connections=limit) as dp:
+    with InboundDataplane(idle_connections=limit, socket_lookup=False) as dp:
         _complete_requests(dp, range(40000, 40010))
         assert len(list(dp.obj.map("inflight").keys())) == kept
         idle = dp.obj.map("inflight_idle").lookup((0).to_bytes(4, "little"))
@@ -82,7 +82,7 @@ def _requests(dp: InboundDataplane, n: int, sport: int = 41000) -> list[bool]:
 
 def test_a_second_instance_reuses_the_maps_and_goes_on_counting() -> None:
     """What a daemon taking over from a crashed one does: same maps, statistics and windows go on."""
-    with InboundDataplane(test_clock=True) as first:
+    with InboundDataplane(test_clock=True, socket_lookup=False) as first:
         first.set_clock_ns(10**15)
         first.apply(first.compile(load_text(RESUME_RULES, "r.yaml")))
         first.apply(first.compile(load_text(RESUME_RULES.replace("threshold: 3", "threshold: 2"), "r.yaml")))
@@ -95,7 +95,7 @@ def test_a_second_instance_reuses_the_maps_and_goes_on_counting() -> None:
                 else:
                     fds[name] = fd
         try:
-            second = InboundDataplane(test_clock=True, reuse=fds)
+            second = InboundDataplane(test_clock=True, socket_lookup=False, reuse=fds)
         finally:
             for fd in fds.values():
                 os.close(fd)

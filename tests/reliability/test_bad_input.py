@@ -109,7 +109,7 @@ def _verdicts(dp: InboundDataplane) -> list[bool]:
 
 @pytest.fixture(scope="module")
 def enforcing() -> Iterator[InboundDataplane]:
-    with InboundDataplane(test_clock=True) as dp:
+    with InboundDataplane(test_clock=True, socket_lookup=False) as dp:
         dp.apply(dp.compile(load_text(yaml.safe_dump(GOOD), "good.yaml")))
         yield dp
 

@@ -17,6 +17,7 @@
 #include "system.bpf.h"
 #include "hotspot.bpf.h"
 #include "breaker.bpf.h"
+#include "stream.bpf.h"
 
 #define TC_ACT_OK 0
 #define TC_ACT_SHOT 2
@@ -174,6 +175,7 @@ static __always_inline struct flow_key *scratch_key(bool egress)
 /* Keep contract types in BTF for the generated Python layouts. */
 const enum block_type _block_type_unused __attribute__((unused)) = BLOCK_NONE;
 const enum reject_mode _reject_mode_unused __attribute__((unused)) = REJECT_HTTP_REPLY;
+const enum incomplete_mode _incomplete_mode_unused __attribute__((unused)) = INCOMPLETE_DROP;
 const enum http_method _http_method_unused __attribute__((unused)) = HTTP_METHOD_NONE;
 const enum flow_behavior _flow_behavior_unused __attribute__((unused)) = FLOW_REJECT;
 const enum port_counter _port_counter_unused __attribute__((unused)) = PORT_TLS;
@@ -731,8 +733,8 @@ __noinline int reject(struct __sk_buff *skb, const struct pkt *p, __u32 how)
 	if (mode == REJECT_DROP)
 		return TC_ACT_SHOT;
 	if (syn) {
-		/* RST|ACK for the SYN: seq 0, ack = ISN + 1; the SYN never reaches the server */
-		if (rewrite_to_rst(skb, p, 0, p->seq + 1, true))
+		/* RST|ACK for the SYN: seq 0, ack = ISN + 1 (+ its data, TFO); the SYN never reaches the server */
+		if (rewrite_to_rst(skb, p, 0, p->seq + 1 + p->payload_len, true))
 			goto fail;
 		percpu_inc(&dp_counters, DP_RST_SENT);
 		return bpf_redirect(skb->ifindex, 0);
@@ -766,7 +768,7 @@ rst:;
 		goto fail;
 	if (bpf_clone_redirect(skb, skb->ifindex, clone_flags))
 		goto fail;
-	if (rst_back_to_server(skb, p, c_seq, c_ack))
+	if (rst_back_to_server(skb, p, c_seq, c_ack, p->seq + (how >> 16)))
 		goto fail;
 	percpu_inc(&dp_counters, DP_RST_SENT);
 	return TC_ACT_OK;
@@ -792,41 +794,230 @@ static __always_inline __u32 lowest_flagged_byte(__u64 mask)
 }
 
 /*
- * The resource an HTTP request segment is for, or 0 (not a request line, no route: counted per `port`).
- * The method is read as one word; the path goes straight into the route key; the longest route that is a
- * prefix of it is found by binary search on the route lengths in `lens` (see struct route_lens). The key's
- * gen and port fields come as gen << 16 | port. A global function: the verifier checks it once.
+ * The method of a request line from its first 8 bytes: enum http_method | the length of the method and
+ * its space << 8. A global function: the caller gets one unknown value, not one verifier state per method.
  */
-__noinline __u32 http_route(struct __sk_buff *skb, const struct pkt *p, __u32 port, __u32 key_gen_port,
-			    const struct route_lens *lens)
+__noinline __u32 request_method(__u64 head)
+{
+	__u32 mlen = 0;
+	__u8 method = parse_method(head, &mlen);
+
+	return method | mlen << 8;
+}
+
+/*
+ * The resource of the longest route for q's method and port that is a prefix of q's path (`plen` bytes
+ * long), or 0: a binary search on the route lengths in `lens` (see struct route_lens), one hash lookup
+ * per probe. A global function: verified once, whatever path led to it.
+ */
+__noinline __u32 route_search(const struct http_route_key *q, __u32 plen, const struct route_lens *lens)
 {
 	struct http_route_key key __attribute__((aligned(8))) = {};
+	const __u64 *path;
+	__u64 *kw = (__u64 *)key.path;
+	__u32 best = 0, lo = 0, hi;
+
+	if (!q || !lens)
+		return 0;
+	path = (const __u64 *)q->path;
+	key.gen = q->gen;
+	key.port = q->port;
+	key.method = q->method;
+	hi = lens->n;
+	for (int step = 0; step < SE_ROUTE_PROBES; step++) {
+		__u32 mid, rlen;
+		__u32 *v;
+
+		if (lo >= hi)
+			break;
+		mid = (lo + hi) / 2;
+		if (mid >= SE_ROUTE_LENS_MAX)
+			break;
+		rlen = lens->len[mid];
+		if (rlen > plen) {
+			hi = mid;
+			continue;
+		}
+		key.prefixlen = 32 + rlen * 8;
+		for (int i = 0; i < SE_PATH_MAX / 8; i++)
+			kw[i] = rlen >= i * 8 + 8 ? path[i] : rlen <= i * 8 ? 0 : path[i] & LOW_BYTES(rlen - i * 8);
+		v = bpf_map_lookup_elem(&http_routes, &key);
+		if (v) {
+			best = *v; /* a route, or a marker's best route so far */
+			lo = mid + 1;
+		} else {
+			hi = mid;
+		}
+	}
+	return best;
+}
+
+/* http_route()'s answer when the request line does not end in this segment: do not guess, see it whole. */
+#define ROUTE_INCOMPLETE 0xffffffffU
+/* CR/LF bytes before a request line (servers skip them) and spaces after the method looked past. */
+#define SE_LEAD_MAX 16
+
+/* Up to SE_PATH_MAX bytes at `off` (of `len` left in the segment) into `path`; how many, 0 on error. */
+static __always_inline __u32 load_path(struct __sk_buff *skb, __u32 off, __u32 len, __u64 *path)
+{
+	__u32 n = len < SE_PATH_MAX ? len : SE_PATH_MAX;
+
+	if (n == 0)
+		return 0;
+	n = ((n - 1) & (SE_PATH_MAX - 1)) + 1; /* same value; a range [1, SE_PATH_MAX] the verifier can see */
+	return bpf_skb_load_bytes(skb, off, path, n) ? 0 : n;
+}
+
+/*
+ * How many bytes at `off` (of `len` left) are `a` or `b`, at most SE_LEAD_MAX. A global function: the
+ * caller gets one unknown count, not one verifier state per possible count.
+ */
+__noinline __u32 leading(struct __sk_buff *skb, __u32 off, __u32 len, __u32 a, __u32 b)
+{
+	__u8 buf[SE_LEAD_MAX] = {};
+	__u32 i, n = len < SE_LEAD_MAX ? len : SE_LEAD_MAX;
+
+	if (!skb || n == 0)
+		return 0;
+	n = ((n - 1) & (SE_LEAD_MAX - 1)) + 1;
+	if (bpf_skb_load_bytes(skb, off, buf, n))
+		return 0;
+	for (i = 0; i < SE_LEAD_MAX; i++) {
+		if (i >= n || (buf[i] != a && buf[i] != b))
+			break;
+	}
+	return i;
+}
+
+/*
+ * Where the path of an absolute-form target starts ("http://host/path": the offset of "/path" from `off`),
+ * ABS_ROOT when the target has no path (then it is "/"), or ABS_UNKNOWN when the authority does not end
+ * within what is read. `start`: the scheme's length (7 or 8). A global function, like leading().
+ */
+#define ABS_ROOT 0xfffffffeU
+#define ABS_UNKNOWN 0xffffffffU
+__noinline __u32 absolute_path_at(struct __sk_buff *skb, __u32 off, __u32 len, __u32 start)
+{
 	__u64 path[SE_PATH_MAX / 8] = {};
-	__u64 head = 0, *kw = (__u64 *)key.path;
-	__u32 n, mlen = 0, plen = SE_PATH_MAX, best = 0, lo = 0, hi;
+	__u32 n = load_path(skb, off, len, path);
+
+	if (!n || start > 8)
+		return ABS_UNKNOWN;
+	for (int i = 0; i < SE_PATH_MAX / 8; i++) {
+		__u64 w = path[i], slash, end;
+		__u32 base = i * 8, at;
+
+		if (base >= n)
+			break;
+		if (base + 8 <= start)
+			continue; /* the scheme */
+		if (base < start) /* the scheme's bytes in this word read as 'A's, which end nothing */
+			w = (w & ~LOW_BYTES(start - base)) | (0x4141414141414141ULL & LOW_BYTES(start - base));
+		slash = bytes_equal_to(w, '/');
+		end = bytes_equal_to(w, ' ') | bytes_equal_to(w, '\r') | bytes_equal_to(w, '?');
+		if (!(slash | end))
+			continue;
+		at = base + lowest_flagged_byte(slash | end);
+		if (at >= n)
+			break;
+		return slash && lowest_flagged_byte(slash) == lowest_flagged_byte(slash | end) ? at : ABS_ROOT;
+	}
+	return ABS_UNKNOWN;
+}
+
+/* Lower-case ASCII letters of a little-endian word of text (other bytes may change: compare letters only). */
+#define LOWER_WORD(w) ((w) | 0x2020202020202020ULL)
+
+/*
+ * The resource an HTTP request is for, 0 (not a request line, no route: counted per port) or
+ * ROUTE_INCOMPLETE. The request line starts `skip` bytes into the payload (port_skip = skip << 16 |
+ * port, the port in host order for the counters), after any empty lines; the method is read as one word;
+ * spaces after it are skipped; an absolute-form target (http://host/path) is reduced to its path; the path
+ * goes straight into the route key; the longest route that is a prefix of it is found by binary search on
+ * the route lengths in `lens` (see struct route_lens). HEAD falls back to GET when no route names HEAD.
+ * The key's gen and port fields come as gen << 16 | port. A global function: the verifier checks it once.
+ */
+__noinline __u32 http_route(struct __sk_buff *skb, const struct pkt *p, __u32 port_skip, __u32 key_gen_port,
+			    const struct route_lens *lens)
+{
+	struct http_route_key q __attribute__((aligned(8))) = {};
+	__u64 path[SE_PATH_MAX / 8] = {};
+	__u64 head = 0;
+	__u32 port = port_skip & 0xffff, skip = port_skip >> 16;
+	__u32 n, off, len, lead, mlen, plen = SE_PATH_MAX, best;
 	__u8 method;
 
-	if (!skb || !p || !lens || p->payload_len < 2)
+	if (!skb || !p || !lens || skip >= p->payload_len)
 		return 0;
-	n = p->payload_len < 8 ? p->payload_len : 8;
-	n = ((n - 1) & 7) + 1; /* same value; a range [1, 8] the verifier can see */
-	if (bpf_skb_load_bytes(skb, p->payload_off, &head, n))
+	off = p->payload_off + skip;
+	len = p->payload_len - skip;
+	/* empty lines before the request line */
+	lead = leading(skb, off, len, '\r', '\n');
+	if (lead == len)
+		return 0; /* only line ends: the request starts in a later segment, at its first byte */
+	if (lead >= SE_LEAD_MAX)
+		goto incomplete;
+	off += lead;
+	len -= lead;
+	if (len < 8)
+		goto short_line;
+	if (bpf_skb_load_bytes(skb, off, &head, 8))
 		return 0;
-	if ((head & 0xffff) == 0x0316) {
+	if (!lead && (head & 0xffff) == 0x0316) {
 		port_count(port, PORT_TLS);
 		return 0;
 	}
-	if (n >= 4 && (head & LOW_BYTES(4)) == W4('P', 'R', 'I', ' ')) {
+	if (!lead && (head & LOW_BYTES(4)) == W4('P', 'R', 'I', ' ')) {
 		port_count(port, PORT_HTTP2);
 		return 0;
 	}
-	method = n == 8 ? parse_method(head, &mlen) : HTTP_METHOD_NONE;
-	if (method == HTTP_METHOD_NONE || p->payload_len <= mlen)
+	mlen = request_method(head);
+	method = mlen & 0xff;
+	mlen = (mlen >> 8) & 0xf;
+	if (method == HTTP_METHOD_NONE || !mlen)
 		goto not_request_line;
-	n = p->payload_len - mlen < SE_PATH_MAX ? p->payload_len - mlen : SE_PATH_MAX;
-	n = ((n - 1) & (SE_PATH_MAX - 1)) + 1;
-	if (bpf_skb_load_bytes(skb, p->payload_off + mlen, path, n) || (path[0] & 0xff) != '/')
-		goto not_request_line;
+	off += mlen;
+	len -= mlen;
+	/* more spaces after the method's one */
+	lead = leading(skb, off, len, ' ', ' ');
+	if (lead >= SE_LEAD_MAX || lead >= len)
+		goto incomplete;
+	off += lead;
+	len -= lead;
+	n = load_path(skb, off, len, path);
+	if (!n)
+		goto incomplete;
+	if ((path[0] & 0xff) != '/') {
+		/* absolute-form: http://authority/path, or http://authority alone (the path is "/") */
+		__u32 start, at;
+
+		if ((LOWER_WORD(path[0]) & LOW_BYTES(7)) == W8('h', 't', 't', 'p', ':', '/', '/', 0) &&
+		    ((path[0] >> 32) & 0xff) == ':')
+			start = 7;
+		else if (LOWER_WORD(path[0]) == W8('h', 't', 't', 'p', 's', ':', '/', '/') &&
+			 ((path[0] >> 40) & 0xff) == ':')
+			start = 8;
+		else
+			goto not_request_line;
+		at = absolute_path_at(skb, off, len, start);
+		if (at == ABS_UNKNOWN)
+			goto incomplete; /* the authority goes on past what is read: do not guess */
+		if (at == ABS_ROOT) {
+			__builtin_memset(path, 0, sizeof(path));
+			path[0] = W4('/', ' ', 0, 0); /* no path: the target is the server's root */
+			n = 2;
+			goto have_path;
+		}
+		if (at >= len)
+			goto incomplete;
+		off += at;
+		len -= at;
+		n = load_path(skb, off, len, path);
+		if (!n)
+			goto incomplete;
+		goto have_path;
+	}
+have_path:
 	for (int i = 0; i < SE_PATH_MAX / 8; i++) {
 		__u64 end = bytes_equal_to(path[i], ' ') | bytes_equal_to(path[i], '\r') |
 			    bytes_equal_to(path[i], '\n');
@@ -837,46 +1028,77 @@ __noinline __u32 http_route(struct __sk_buff *skb, const struct pkt *p, __u32 po
 		}
 	}
 	if (plen >= n && n < SE_PATH_MAX)
-		goto not_request_line; /* the request line goes on in a later segment: do not guess */
-	if (skb->gso_segs > 1) {
-		port_count(port, PORT_GSO);
-		return 0;
-	}
-	key.gen = key_gen_port >> 16;
-	key.port = key_gen_port;
-	key.method = method;
-	hi = lens->n;
-	for (int step = 0; step < SE_ROUTE_PROBES; step++) {
-		__u32 mid, len;
-		__u32 *v;
-
-		if (lo >= hi)
-			break;
-		mid = (lo + hi) / 2;
-		if (mid >= SE_ROUTE_LENS_MAX)
-			break;
-		len = lens->len[mid];
-		if (len > plen) {
-			hi = mid;
-			continue;
-		}
-		key.prefixlen = 32 + len * 8;
-		for (int i = 0; i < SE_PATH_MAX / 8; i++)
-			kw[i] = len >= i * 8 + 8 ? path[i] : len <= i * 8 ? 0 : path[i] & LOW_BYTES(len - i * 8);
-		v = bpf_map_lookup_elem(&http_routes, &key);
-		if (v) {
-			best = *v; /* a route, or a marker's best route so far */
-			lo = mid + 1;
-		} else {
-			hi = mid;
-		}
+		goto incomplete; /* the request line goes on in a later segment */
+	if (skb->gso_segs > 1)
+		port_count(port, PORT_GSO); /* judged all the same; see tc_ingress */
+	q.gen = key_gen_port >> 16;
+	q.port = key_gen_port;
+	q.method = method;
+	__builtin_memcpy(q.path, path, sizeof(q.path));
+	best = route_search(&q, plen, lens);
+	if (!best && method == HTTP_HEAD) {
+		q.method = HTTP_GET; /* HEAD is a GET without the body, unless a resource names HEAD */
+		best = route_search(&q, plen, lens);
 	}
 	if (!best)
 		port_count(port, PORT_NO_ROUTE);
 	return best;
+short_line:
+	/* fewer than 8 bytes: a request line's beginning ("GET /"), or something else */
+	if (bpf_skb_load_bytes(skb, off, &head, 1) || (head & 0xff) < 'A' || (head & 0xff) > 'Z')
+		goto not_request_line;
+incomplete:
+	port_count(port, PORT_INCOMPLETE);
+	return ROUTE_INCOMPLETE;
 not_request_line:
 	port_count(port, PORT_NOT_REQUEST_LINE);
 	return 0;
+}
+
+/* http_segment()'s answers besides a resource id (or 0: pass unjudged). */
+#define SEGMENT_DROP 0xfffffffeU    /* drop it: the client sends it again */
+#define SEGMENT_RESET 0xfffffffdU   /* reset the connection */
+
+/*
+ * A client's data segment on a port with HTTP resources: where it stands in the stream (segment_position)
+ * decides whether its request line is looked up at all. An incomplete request line at rcv_nxt is dropped,
+ * so that the client sends it again, merged with what follows (Linux merges small unacknowledged segments
+ * when it retransmits), up to SE_INCOMPLETE_TRIES times; then the connection is reset. `reject.incomplete:
+ * pass` lets it through instead. *skip: bytes of the segment received before (judged from there on).
+ */
+static __always_inline __u32 http_segment(struct __sk_buff *skb, const struct pkt *p, const struct port_conf *pc,
+					  __u8 gen, __u32 *skip)
+{
+	__u16 port = bpf_ntohs(p->dport);
+	__u32 res;
+
+	switch (segment_position(skb, p, skip)) {
+	case SEG_OLD:
+		port_count(port, PORT_RETRANSMIT);
+		return 0;
+	case SEG_FUTURE:
+		port_count(port, PORT_OUT_OF_ORDER);
+		return SEGMENT_DROP;
+	case SEG_NO_SOCKET:
+		port_count(port, PORT_NO_SOCKET);
+		return 0;
+	}
+	if (*skip > 0xffff) {
+		port_count(port, PORT_OUT_OF_ORDER);
+		return SEGMENT_DROP;
+	}
+	res = http_route(skb, p, *skip << 16 | port, (__u32)gen << 16 | p->dport, &pc->lens);
+	if (res != ROUTE_INCOMPLETE)
+		return res;
+	if (pc->incomplete == INCOMPLETE_PASS) {
+		port_count(port, PORT_INCOMPLETE_PASSED);
+		return 0;
+	}
+	if (incomplete_try(skb, p) > SE_INCOMPLETE_TRIES) {
+		port_count(port, PORT_INCOMPLETE_RESET);
+		return SEGMENT_RESET;
+	}
+	return SEGMENT_DROP;
 }
 
 SEC("tc")
@@ -919,29 +1141,48 @@ int tc_ingress(struct __sk_buff *skb)
 	if (!pc)
 		return TC_ACT_OK;
 
-	if (p->flags & (TCP_RST | TCP_FIN)) {
-		/* the client ends the connection: its request (if any) and the connection are done */
+	bool http_data = p->payload_len && pc->has_http && !(p->flags & TCP_RST);
+	bool syn = (p->flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
+	__u32 res, skip = 0, how;
+
+	if ((p->flags & TCP_RST) || ((p->flags & TCP_FIN) && !http_data)) {
+		/* the client ends the connection: its request (if any) and the connection are done. (A FIN
+		 * on a request only half-closes: the request is judged below, and the response completes it.) */
 		make_key(fk, p, true, FLOW_KIND_REQUEST);
 		complete(COMPLETE_ERROR | COMPLETE_END);
 		make_key(fk, p, true, FLOW_KIND_CONNECTION);
 		complete(COMPLETE_END);
 		return TC_ACT_OK;
 	}
-	bool syn = (p->flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
-	__u32 res = 0;
-
 	if (syn) {
 		res = pc->tcp_resource;
 		make_key(fk, p, true, FLOW_KIND_CONNECTION);
 		if (res && bpf_map_lookup_elem(&inflight, fk))
 			return TC_ACT_OK; /* a retransmitted SYN was already counted */
-	} else if (p->payload_len && pc->has_http) {
-		res = http_route(skb, p, bpf_ntohs(p->dport), (__u32)gen << 16 | p->dport, &pc->lens);
-		make_key(fk, p, true, FLOW_KIND_REQUEST);
+		if (res && judge(res, gen | system_flag(gen), skb, p) != BLOCK_NONE)
+			return reject(skb, p, pc->reject_tcp | REJECT_SYN | (gen ? REJECT_GEN1 : 0));
+		/* a SYN with data (TCP Fast Open) carries a request: judged like any other */
 	}
-	if (!res || judge(res, gen | (syn ? 0 : JUDGE_HTTP) | system_flag(gen), skb, p) == BLOCK_NONE)
+	if (!http_data)
 		return TC_ACT_OK;
-	return reject(skb, p, (syn ? pc->reject_tcp | REJECT_SYN : pc->reject_http) | (gen ? REJECT_GEN1 : 0));
+	res = http_segment(skb, p, pc, gen, &skip);
+	if (res == SEGMENT_DROP)
+		return TC_ACT_SHOT;
+	how = (syn ? REJECT_SYN : 0) | (gen ? REJECT_GEN1 : 0);
+	if (res == SEGMENT_RESET)
+		return reject(skb, p, REJECT_RST | how);
+	make_key(fk, p, true, FLOW_KIND_REQUEST);
+	if (!res || judge(res, gen | JUDGE_HTTP | system_flag(gen), skb, p) == BLOCK_NONE)
+		return TC_ACT_OK;
+	if (skb->gso_segs > 1) {
+		percpu_inc(&dp_counters, DP_GSO_DROPPED); /* no reply built from a merged skb: it comes again */
+		return TC_ACT_SHOT;
+	}
+	if (syn || skip)
+		/* a reply needs the request's exact place in the stream: reset instead (a blocked TFO
+		 * request; a segment that also carries bytes received before, see segment_position) */
+		return reject(skb, p, (pc->reject_http == REJECT_DROP ? REJECT_DROP : REJECT_RST) | how | skip << 16);
+	return reject(skb, p, pc->reject_http | how);
 }
 
 /*

@@ -154,7 +154,8 @@ __noinline int rewrite_to_rst(struct __sk_buff *skb, const struct pkt *p, __u32 
  * After rewrite_to_rst(..., to_sender=true) produced the RST for the client (seq = c_seq, ack = c_ack),
  * turn the same skb into the RST the server should see in place of the request (seq = request's seq).
  */
-static __always_inline int rst_back_to_server(struct __sk_buff *skb, const struct pkt *p, __u32 c_seq, __u32 c_ack)
+static __always_inline int rst_back_to_server(struct __sk_buff *skb, const struct pkt *p, __u32 c_seq, __u32 c_ack,
+					      __u32 s_seq)
 {
 	__u32 csum_off = p->l4_off + 16;
 	struct pkt swapped = *p;
@@ -166,7 +167,7 @@ static __always_inline int rst_back_to_server(struct __sk_buff *skb, const struc
 	swapped.dport = p->sport;
 	if (swap_endpoints(skb, &swapped))
 		return -1;
-	if (store_csum32(skb, csum_off, p->l4_off + 4, bpf_htonl(c_seq), bpf_htonl(p->seq)) ||
+	if (store_csum32(skb, csum_off, p->l4_off + 4, bpf_htonl(c_seq), bpf_htonl(s_seq)) ||
 	    store_csum32(skb, csum_off, p->l4_off + 8, bpf_htonl(c_ack), bpf_htonl(p->ack)))
 		return -1;
 	return 0;

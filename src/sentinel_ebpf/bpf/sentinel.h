@@ -39,6 +39,7 @@ enum sentinel_limits {
 	SE_CB_RINGBUF_BYTES = 64 * 1024,
 	SE_HTTP_REPLY_MAX = 512,    /* bytes of the kernel-built HTTP response (bpf_csum_diff's limit) */
 	SE_REPLY_REQUEST_MAX = 1536, /* a request segment longer than this is answered with RST instead */
+	SE_INCOMPLETE_TRIES = 6,    /* drops of one incomplete request line before the connection is reset */
 };
 
 /* Why a connection event was emitted. */
@@ -80,6 +81,12 @@ enum reject_mode {
 	REJECT_DROP = 2,
 };
 
+/* What happens to a request line that does not end in the segment where it starts (reject.incomplete). */
+enum incomplete_mode {
+	INCOMPLETE_DROP = 0,        /* drop the segment so the client sends it again whole; reset after tries */
+	INCOMPLETE_PASS = 1,        /* let it through unjudged (fail open), counted */
+};
+
 enum http_method {
 	HTTP_METHOD_NONE = 0,
 	HTTP_GET = 1,
@@ -103,10 +110,16 @@ enum flow_behavior {
 enum port_counter {
 	PORT_TLS = 0,               /* TLS record on an HTTP resource port */
 	PORT_HTTP2 = 1,             /* HTTP/2 preface */
-	PORT_NOT_REQUEST_LINE = 2,  /* payload that does not start a request (bodies, split request lines) */
+	PORT_NOT_REQUEST_LINE = 2,  /* payload at the stream's next byte that does not start a request (bodies) */
 	PORT_NO_ROUTE = 3,          /* request line that matches no resource on this port */
-	PORT_GSO = 4,               /* GRO/GSO-merged segment: too risky to answer in the kernel */
-	PORT_COUNTER_MAX = 5,
+	PORT_GSO = 4,               /* GRO/GSO-merged segment judged (a blocked one is dropped: it comes again) */
+	PORT_RETRANSMIT = 5,        /* data the server's stack received already: not judged again */
+	PORT_OUT_OF_ORDER = 6,      /* data beyond a gap in the stream: dropped, judged when it comes in order */
+	PORT_NO_SOCKET = 7,         /* data of a connection this host does not have (spoofed, closed): not judged */
+	PORT_INCOMPLETE = 8,        /* a request line that does not end in its segment */
+	PORT_INCOMPLETE_PASSED = 9, /* ... passed unjudged (reject.incomplete: pass) */
+	PORT_INCOMPLETE_RESET = 10, /* ... still incomplete after SE_INCOMPLETE_TRIES drops: connection reset */
+	PORT_COUNTER_MAX = 11,
 };
 
 /* Global data-plane counters (per-CPU array `dp_counters`). */
@@ -118,7 +131,8 @@ enum dp_counter {
 	DP_REPLY_SENT = 4,
 	DP_RST_SENT = 5,
 	DP_CONNECT_REFUSED = 6,     /* outbound connect() failed fast by a rule */
-	DP_COUNTER_MAX = 7,
+	DP_GSO_DROPPED = 7,         /* a blocked request in a GRO-merged skb: dropped, not answered */
+	DP_COUNTER_MAX = 8,
 };
 
 /*
@@ -157,7 +171,7 @@ struct port_conf {
 	__u8 has_http;              /* HTTP resources exist: look up request lines */
 	__u8 reject_tcp;            /* enum reject_mode (RST or DROP) */
 	__u8 reject_http;           /* enum reject_mode */
-	__u8 _pad;
+	__u8 incomplete;            /* enum incomplete_mode: a request line split over segments */
 	struct route_lens lens;     /* of this port's http_routes */
 };
 

@@ -16,7 +16,14 @@ import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from sentinel_ebpf._types import FlowBehavior, HotParam, HttpMethod, RejectMode, SentinelLimits
+from sentinel_ebpf._types import (
+    FlowBehavior,
+    HotParam,
+    HttpMethod,
+    IncompleteMode,
+    RejectMode,
+    SentinelLimits,
+)
 from sentinel_ebpf.errors import SentinelError
 from sentinel_ebpf.inbound import routes as route_table
 from sentinel_ebpf.rules import RuleSet
@@ -100,6 +107,7 @@ class KPort:
     has_http: bool = False
     reject_tcp: int = int(RejectMode.REJECT_RST)
     reject_http: int = int(RejectMode.REJECT_RST)
+    incomplete: int = int(IncompleteMode.INCOMPLETE_DROP)
     lens: tuple[int, ...] = ()  # path lengths of the port's routes (struct route_lens)
 
 
@@ -404,6 +412,11 @@ def compile_inbound(
     http_mode = {"rst": RejectMode.REJECT_RST, "drop": RejectMode.REJECT_DROP}.get(
         rules.reject.http.mode, RejectMode.REJECT_HTTP_REPLY
     )
+    incomplete = (
+        IncompleteMode.INCOMPLETE_PASS
+        if rules.reject.incomplete == "pass"
+        else IncompleteMode.INCOMPLETE_DROP
+    )
     notes: list[str] = []
     ports: dict[int, KPort] = {}
     routes: list[KRoute] = []
@@ -428,12 +441,18 @@ def compile_inbound(
             out_by_dest[dest] = route
             continue
         port = ports.get(
-            r.match.port, KPort(r.match.port, reject_tcp=int(reject_tcp), reject_http=int(http_mode))
+            r.match.port,
+            KPort(
+                r.match.port,
+                reject_tcp=int(reject_tcp),
+                reject_http=int(http_mode),
+                incomplete=int(incomplete),
+            ),
         )
         if r.match.protocol == "tcp":
-            port = KPort(port.port, ids[r.name], port.has_http, port.reject_tcp, port.reject_http)
+            port = dataclasses.replace(port, tcp_resource=ids[r.name])
         else:
-            port = KPort(port.port, port.tcp_resource, True, port.reject_tcp, port.reject_http)
+            port = dataclasses.replace(port, has_http=True)
             path = (r.match.path or "/").encode()
             methods = [METHODS[r.match.method]] if r.match.method else list(METHODS.values())
             routes += [KRoute(r.match.port, m, path, ids[r.name]) for m in methods]

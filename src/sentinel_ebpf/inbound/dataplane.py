@@ -126,6 +126,7 @@ class InboundDataplane:
         self,
         *,
         test_clock: bool = False,
+        socket_lookup: bool = True,
         hotspot_values: int | None = None,
         idle_connections: int | None = None,
         reuse: Mapping[str, int] | None = None,
@@ -136,6 +137,10 @@ class InboundDataplane:
         ``idle_connections``: how many keep-alive connections between requests keep their in-flight entry
         for the next request (saving a map insert and delete per request); default
         ``SE_INFLIGHT_IDLE_MAX`` (half the in-flight table), 0 deletes the entry at every response.
+
+        ``socket_lookup``: judge a client's data only when the local stack has its connection and the data
+        comes next in the stream (see bpf/stream.bpf.h). False for tests that feed crafted packets of
+        connections that do not exist: every segment is then taken as next in its stream.
 
         ``reuse``: map fds of another loaded instance (by kernel map name, see ``program_maps``), for a
         daemon taking over from one that crashed: this instance then works on the same maps, so the
@@ -149,6 +154,8 @@ class InboundDataplane:
         try:
             if test_clock:
                 self.obj.set_rodata(use_test_clock=True)
+            if not socket_lookup:
+                self.obj.set_rodata(socket_lookup=False)
             if idle_connections is not None:
                 self.obj.set_rodata(inflight_idle_max=idle_connections)
             if hotspot_values is not None:
@@ -345,7 +352,7 @@ class InboundDataplane:
         table = PortSlots()
         for i, p in enumerate(compiled.ports):
             pc = PortConf(tcp_resource=p.tcp_resource, has_http=int(p.has_http), reject_tcp=p.reject_tcp,
-                          reject_http=p.reject_http, lens=route_lens(p.lens))  # fmt: skip
+                          reject_http=p.reject_http, incomplete=p.incomplete, lens=route_lens(p.lens))  # fmt: skip
             if pstats.get(p.port.to_bytes(2, "little")) is None:
                 pstats.update(p.port.to_bytes(2, "little"), bytes(PortCounts()))
             ports.update(_u32(gen * PORTS_MAX + i), bytes(pc))

@@ -67,7 +67,7 @@ def to_project(rs: RuleSet, *, defaults: bool = False) -> dict[str, Any]:
         if http.mode != "response"
         else {"status": http.status, "body": http.body, "headers": dict(http.headers)}
     )
-    out["reject"] = {"http": http_out, "tcp": rs.reject.tcp}
+    out["reject"] = {"http": http_out, "tcp": rs.reject.tcp, "incomplete": rs.reject.incomplete}
     return out
 
 

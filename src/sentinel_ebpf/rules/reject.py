@@ -5,7 +5,13 @@ reject:
   http: {status: 429, body: "Too Many Requests\\n", headers: {Retry-After: "1"}}
   # or http: {mode: rst} / {mode: drop}
   tcp: rst    # or drop
+  incomplete: drop   # or pass: a request line split over several segments
 ```
+
+``incomplete``: a request line that does not end in the segment where it starts cannot be matched. By
+default (``drop``) the kernel drops that segment so that the client sends it again, merged with what
+follows, and resets the connection after a few tries; ``pass`` lets such requests through unjudged
+(counted per port as ``port_incomplete_passed``).
 
 The HTTP answer is built in the kernel from the request packet, so the whole response (status line,
 headers, the ``Content-Length`` and ``Connection: close`` added here, blank line and body) must fit in
@@ -53,22 +59,27 @@ class HttpReject:
 class RejectConfig:
     http: HttpReject = field(default_factory=HttpReject)
     tcp: str = "rst"  # "rst" or "drop"
+    incomplete: str = "drop"  # "drop" or "pass"
 
 
 def parse(raw: Any, ctx: RuleContext) -> RejectConfig:
     if raw is None:
         return RejectConfig()
     if not isinstance(raw, Mapping):
-        ctx.add(f"reject must be an object {{http, tcp}}, got {type_name(raw)}")
+        ctx.add(f"reject must be an object {{http, tcp, incomplete}}, got {type_name(raw)}")
         return RejectConfig()
     for key in raw:
-        if key not in ("http", "tcp"):
-            ctx.add(f"unknown key {key!r}; reject has http and tcp", str(key))
+        if key not in ("http", "tcp", "incomplete"):
+            ctx.add(f"unknown key {key!r}; reject has http, tcp and incomplete", str(key))
     tcp = raw.get("tcp", "rst")
     if tcp not in ("rst", "drop"):
         ctx.add(f"tcp must be rst or drop, got {tcp!r}", "tcp")
         tcp = "rst"
-    return RejectConfig(http=_parse_http(raw.get("http"), ctx), tcp=tcp)
+    incomplete = raw.get("incomplete", "drop")
+    if incomplete not in ("drop", "pass"):
+        ctx.add(f"incomplete must be drop or pass, got {incomplete!r}", "incomplete")
+        incomplete = "drop"
+    return RejectConfig(http=_parse_http(raw.get("http"), ctx), tcp=tcp, incomplete=incomplete)
 
 
 def _parse_http(raw: Any, ctx: RuleContext) -> HttpReject:

@@ -1,0 +1,136 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * Where a client's data segment stands in its connection's byte stream, from the local TCP stack itself:
+ * the socket lookup says whether the connection exists here, and the established socket's rcv_nxt says
+ * whether the segment's bytes were received (and so judged) already, come next, or lie beyond a gap.
+ * Only bytes at rcv_nxt are judged: a retransmission is not judged twice, a segment of a connection that
+ * does not exist (spoofed) spends nobody's quota, and a request cannot slip in out of order.
+ */
+#ifndef SENTINEL_STREAM_BPF_H
+#define SENTINEL_STREAM_BPF_H
+
+#include "parse.bpf.h"
+
+#define BPF_F_CURRENT_NETNS_ID (-1)
+
+/* Set before load: 0 for tests that feed crafted packets of connections that do not exist. */
+const volatile bool socket_lookup = true;
+
+enum seg_position {
+	SEG_NEXT = 0,       /* starts at rcv_nxt (or no lookup): judge it */
+	SEG_OVERLAP = 1,    /* starts before rcv_nxt and goes beyond: judge the bytes from rcv_nxt on */
+	SEG_HANDSHAKE = 2,  /* data for a listener or a pending handshake (TFO, data on the final ACK): judge */
+	SEG_OLD = 3,        /* every byte received already: a retransmission, judged when it first came */
+	SEG_FUTURE = 4,     /* beyond a gap: dropped, so that it comes again in order and is judged then */
+	SEG_NO_SOCKET = 5,  /* no connection here (spoofed, or closed): not judged; the stack answers it */
+};
+
+/* Per connection (socket-local storage, freed by the kernel with the socket). */
+struct conn_state {
+	__u32 incomplete_seq;       /* where the last segment dropped for an incomplete request line started */
+	__u32 incomplete_tries;     /* how many times that segment was dropped */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct conn_state);
+} conn_state SEC(".maps");
+
+/* Sequence comparison modulo 2^32. */
+static __always_inline bool seq_before(__u32 a, __u32 b)
+{
+	return (__s32)(a - b) < 0;
+}
+
+/* The local socket of the connection `p` belongs to (a reference the caller releases), or NULL. */
+static __always_inline struct bpf_sock *lookup_conn(struct __sk_buff *skb, const struct pkt *p)
+{
+	struct bpf_sock_tuple t = {};
+	__u32 size;
+
+	if (p->family == 4) {
+		__builtin_memcpy(&t.ipv4.saddr, p->saddr, 4);
+		__builtin_memcpy(&t.ipv4.daddr, p->daddr, 4);
+		t.ipv4.sport = p->sport;
+		t.ipv4.dport = p->dport;
+		size = sizeof(t.ipv4);
+	} else {
+		__builtin_memcpy(t.ipv6.saddr, p->saddr, 16);
+		__builtin_memcpy(t.ipv6.daddr, p->daddr, 16);
+		t.ipv6.sport = p->sport;
+		t.ipv6.dport = p->dport;
+		size = sizeof(t.ipv6);
+	}
+	return bpf_skc_lookup_tcp(skb, &t, size, BPF_F_CURRENT_NETNS_ID, 0);
+}
+
+/*
+ * The segment's place in its stream (enum seg_position); *skip: how many of its payload bytes were
+ * received already (SEG_OVERLAP).
+ */
+static __always_inline int segment_position(struct __sk_buff *skb, const struct pkt *p, __u32 *skip)
+{
+	__u32 rcv_nxt, end = p->seq + p->payload_len;
+	struct bpf_sock *sk;
+	struct tcp_sock *tp;
+	int pos = SEG_NEXT;
+
+	*skip = 0;
+	if (!socket_lookup)
+		return SEG_NEXT;
+	sk = lookup_conn(skb, p);
+	if (!sk)
+		return SEG_NO_SOCKET;
+	if (sk->state == BPF_TCP_LISTEN || sk->state == BPF_TCP_NEW_SYN_RECV) {
+		pos = SEG_HANDSHAKE;
+	} else if (sk->state != BPF_TCP_ESTABLISHED) {
+		pos = SEG_NO_SOCKET; /* closing, or TIME_WAIT: nothing more goes to the application */
+	} else if ((tp = bpf_skc_to_tcp_sock(sk))) {
+		rcv_nxt = tp->rcv_nxt;
+		if (!seq_before(rcv_nxt, end)) {
+			pos = SEG_OLD;
+		} else if (seq_before(rcv_nxt, p->seq)) {
+			pos = SEG_FUTURE;
+		} else if (p->seq != rcv_nxt) {
+			*skip = rcv_nxt - p->seq;
+			pos = SEG_OVERLAP;
+		}
+	}
+	bpf_sk_release(sk);
+	return pos;
+}
+
+/*
+ * One more drop of the segment at `p->seq` for an incomplete request line: how many times it was dropped
+ * (1 the first time), or 0 when the connection has no socket state to count in (then the caller's bound
+ * cannot be reached: it keeps dropping, as the client keeps retransmitting).
+ */
+static __always_inline __u32 incomplete_try(struct __sk_buff *skb, const struct pkt *p)
+{
+	struct bpf_sock *sk;
+	struct conn_state *cs = NULL;
+	struct bpf_sock *full;
+	__u32 tries = 0;
+
+	if (!socket_lookup)
+		return 0;
+	sk = lookup_conn(skb, p);
+	if (!sk)
+		return 0;
+	full = bpf_sk_fullsock(sk);
+	if (full)
+		cs = bpf_sk_storage_get(&conn_state, full, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (cs) {
+		if (cs->incomplete_seq != p->seq || !cs->incomplete_tries) {
+			cs->incomplete_seq = p->seq;
+			cs->incomplete_tries = 0;
+		}
+		tries = ++cs->incomplete_tries;
+	}
+	bpf_sk_release(sk);
+	return tries;
+}
+
+#endif /* SENTINEL_STREAM_BPF_H */

@@ -1,0 +1,254 @@
+"""Requests framed the way a hostile client would frame them: each is judged, or held back until it can be.
+
+The limit in these tests blocks every request to /api, so a request that is judged never goes on
+unchanged; one that slipped past the judgment would.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Iterator
+
+import pytest
+from packets import (
+    ACK,
+    FIN,
+    PSH,
+    RST,
+    SYN,
+    SYN_OPTIONS,
+    TC_ACT_OK,
+    TC_ACT_REDIRECT,
+    TC_ACT_SHOT,
+    parse_frame,
+    tcp_frame,
+)
+
+from sentinel_ebpf.inbound import InboundDataplane
+from sentinel_ebpf.rules import RuleSet, load_text
+
+pytestmark = pytest.mark.kernel("inbound")
+
+CLIENT, SERVER = "127.0.0.2", "127.0.0.1"
+BLOCK_API = """
+resources:
+  - {name: api, match: {protocol: http, port: 8080, method: GET, path: /api}}
+flowRules:
+  - {resource: api, threshold: 0}
+"""
+TAIL = b" HTTP/1.1\r\nHost: svc\r\n\r\n"
+
+
+def rules(text: str) -> RuleSet:
+    return load_text(text, "test.yaml")
+
+
+def send(dp: InboundDataplane, payload: bytes, *, flags: int = PSH | ACK, sport: int = 40000,
+         seq: int = 1000, dport: int = 8080, src: str = CLIENT, dst: str = SERVER) -> tuple[int, bytes, bytes]:  # fmt: skip
+    frame = tcp_frame(src, dst, sport, dport, flags=flags, seq=seq, payload=payload,
+                      options=SYN_OPTIONS if flags & SYN else b"")  # fmt: skip
+    res = dp.obj.program("tc_ingress").test_run(frame)
+    return res.retval, res.data_out, frame
+
+
+def passed_unjudged(dp: InboundDataplane, payload: bytes, **kw: object) -> bool:
+    retval, out, frame = send(dp, payload, **kw)  # type: ignore[arg-type]
+    return retval == TC_ACT_OK and out == frame
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"GET /api" + TAIL,
+        b"\r\nGET /api" + TAIL,  # empty lines before the request line (servers skip them)
+        b"\r\n\r\n\n\nGET /api" + TAIL,
+        b"GET  /api" + TAIL,  # runs of spaces after the method
+        b"GET       /api/x" + TAIL,
+        b"GET http://svc/api" + TAIL,  # absolute-form
+        b"GET HTTP://svc:8080/api/orders" + TAIL,
+        b"GET https://svc/api?x=1" + TAIL,
+        b"HEAD /api" + TAIL,  # HEAD counts against a GET resource
+    ],
+)
+def test_each_framing_of_a_blocked_request_is_judged(dp: InboundDataplane, payload: bytes) -> None:
+    dp.apply(dp.compile(rules(BLOCK_API)))
+    assert not passed_unjudged(dp, payload)
+    st = dp.resource_stats()[0]
+    assert (st.passed, st.blocked) == (0, 1)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"GET /other" + TAIL, b"GET http://svc/other" + TAIL, b"POST /api" + TAIL, b"\r\nGET /ap" + b"x" + TAIL],
+)
+def test_other_requests_still_pass(dp: InboundDataplane, payload: bytes) -> None:
+    dp.apply(dp.compile(rules(BLOCK_API)))
+    assert passed_unjudged(dp, payload)
+    assert dp.resource_stats()[0].blocked == 0
+
+
+def test_absolute_form_without_a_path_is_the_root(dp: InboundDataplane) -> None:
+    dp.apply(dp.compile(rules(BLOCK_API.replace("path: /api", "path: /"))))
+    assert not passed_unjudged(dp, b"GET http://svc" + TAIL)
+    assert dp.resource_stats()[0].blocked == 1
+
+
+def test_a_resource_naming_head_takes_head_requests(dp: InboundDataplane) -> None:
+    dp.apply(
+        dp.compile(
+            rules("""
+resources:
+  - {name: api, match: {protocol: http, port: 8080, method: GET, path: /api}}
+  - {name: head, match: {protocol: http, port: 8080, method: HEAD, path: /api}}
+flowRules:
+  - {resource: api, threshold: 0}
+  - {resource: head, threshold: 100}
+""")
+        )
+    )
+    assert passed_unjudged(dp, b"HEAD /api" + TAIL)
+    by_name = {s.name: s for s in dp.resource_stats()}
+    assert (by_name["head"].passed, by_name["api"].blocked) == (1, 0)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"GET /ap", b"GET ", b"GE", b"GET /api", b"GET http://svc", b"GET  ", b"\r\n" * 17 + b"GET /api" + TAIL],
+)
+def test_an_incomplete_request_line_is_dropped_to_come_again(dp: InboundDataplane, payload: bytes) -> None:
+    dp.apply(dp.compile(rules(BLOCK_API)))
+    retval, _, _ = send(dp, payload)
+    assert retval == TC_ACT_SHOT
+    assert dp.port_counters(8080)["incomplete"] == 1
+    assert dp.resource_stats()[0].blocked == 0  # not judged yet: judged once, when it comes whole
+
+
+def test_reject_incomplete_pass_lets_it_through_counted(dp: InboundDataplane) -> None:
+    dp.apply(dp.compile(rules(BLOCK_API + "reject: {incomplete: pass}\n")))
+    assert passed_unjudged(dp, b"GET /ap")
+    assert dp.port_counters(8080)["incomplete_passed"] == 1
+
+
+def test_a_segment_of_empty_lines_passes(dp: InboundDataplane) -> None:
+    dp.apply(dp.compile(rules(BLOCK_API)))
+    assert passed_unjudged(dp, b"\r\n")
+    assert dp.port_counters(8080)["incomplete"] == 0
+
+
+def test_a_request_on_a_fin_segment_is_judged(dp: InboundDataplane) -> None:
+    dp.apply(dp.compile(rules(BLOCK_API)))
+    assert not passed_unjudged(dp, b"GET /api" + TAIL, flags=FIN | PSH | ACK)
+    assert dp.resource_stats()[0].blocked == 1
+
+
+def test_a_request_in_a_syn_is_judged_and_refused_with_a_reset(dp: InboundDataplane) -> None:
+    """TCP Fast Open: the request rides on the SYN; a blocked one resets the attempt."""
+    dp.apply(dp.compile(rules(BLOCK_API)))
+    payload = b"GET /api" + TAIL
+    retval, out, _ = send(dp, payload, flags=SYN, seq=7000)
+    assert retval == TC_ACT_REDIRECT
+    reply = parse_frame(out)
+    assert (reply.flags, reply.ack, reply.payload) == (RST | ACK, 7001 + len(payload), b"")
+    assert dp.resource_stats()[0].blocked == 1
+
+
+# --- the stream position, from the local TCP stack's own sockets ---------------------------------------
+
+TCP_REPAIR, TCP_REPAIR_QUEUE, TCP_QUEUE_SEQ, TCP_RECV_QUEUE = 19, 20, 21, 1
+
+
+@pytest.fixture(scope="module")
+def live() -> Iterator[InboundDataplane]:
+    """The programs as the daemon loads them: segments judged only at the local socket's rcv_nxt."""
+    with InboundDataplane(test_clock=True) as d:
+        yield d
+
+
+@pytest.fixture
+def conn() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """An established connection on 127.0.0.1 in this namespace: (client, server side)."""
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen()
+    cli = socket.create_connection(lsock.getsockname())
+    srv, _ = lsock.accept()
+    lsock.close()
+    try:
+        yield cli, srv
+    finally:
+        cli.close()
+        srv.close()
+
+
+def rcv_nxt(srv: socket.socket) -> int:
+    """The server socket's next expected sequence number (read in TCP repair mode, then left)."""
+    srv.setsockopt(socket.SOL_TCP, TCP_REPAIR, 1)
+    try:
+        srv.setsockopt(socket.SOL_TCP, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)
+        value: int = struct.unpack("I", srv.getsockopt(socket.SOL_TCP, TCP_QUEUE_SEQ, 4))[0]
+        return value
+    finally:
+        srv.setsockopt(socket.SOL_TCP, TCP_REPAIR, 0)
+
+
+def live_rules(live: InboundDataplane, port: int) -> None:
+    live.clear()
+    live.apply(live.compile(rules(BLOCK_API.replace("8080", str(port)))))
+
+
+def test_only_the_next_bytes_of_a_real_connection_are_judged(
+    live: InboundDataplane, conn: tuple[socket.socket, socket.socket]
+) -> None:
+    cli, srv = conn
+    (cip, cport), (sip, sport) = cli.getsockname(), srv.getsockname()
+    live_rules(live, sport)
+    nxt = rcv_nxt(srv)
+    req = b"GET /api" + TAIL
+    at = {"src": cip, "dst": sip, "sport": cport, "dport": sport}
+
+    # already received (a retransmission): not judged again
+    assert passed_unjudged(live, req, seq=nxt - len(req), **at)
+    # beyond a gap: dropped, judged when it comes in order
+    assert send(live, req, seq=nxt + 100, **at)[0] == TC_ACT_SHOT
+    # a connection this host does not have (spoofed): not judged, spends nobody's quota
+    assert passed_unjudged(live, req, seq=nxt, **{**at, "sport": cport ^ 1})
+    counters = live.port_counters(sport)
+    assert (counters["retransmit"], counters["out_of_order"], counters["no_socket"]) == (1, 1, 1)
+    assert live.resource_stats()[0].blocked == 0
+    # at rcv_nxt: judged
+    assert not passed_unjudged(live, req, seq=nxt, **at)
+    assert live.resource_stats()[0].blocked == 1
+
+
+def test_new_bytes_after_old_ones_in_one_segment_are_judged(
+    live: InboundDataplane, conn: tuple[socket.socket, socket.socket]
+) -> None:
+    """A segment that repeats received bytes and carries a new request after them."""
+    cli, srv = conn
+    (cip, cport), (sip, sport) = cli.getsockname(), srv.getsockname()
+    live_rules(live, sport)
+    nxt = rcv_nxt(srv)
+    retval, out, _ = send(
+        live, b"older" + b"GET /api" + TAIL, seq=nxt - 5, src=cip, dst=sip, sport=cport, dport=sport
+    )
+    assert live.resource_stats()[0].blocked == 1
+    # no reply can be placed in that stream: the connection is reset, the server's RST at its rcv_nxt
+    rst = parse_frame(out)
+    assert retval == TC_ACT_OK and rst.flags & RST and (rst.dport, rst.seq) == (sport, nxt)
+
+
+def test_an_incomplete_request_line_resets_the_connection_after_the_tries(
+    live: InboundDataplane, conn: tuple[socket.socket, socket.socket]
+) -> None:
+    cli, srv = conn
+    (cip, cport), (sip, sport) = cli.getsockname(), srv.getsockname()
+    live_rules(live, sport)
+    nxt = rcv_nxt(srv)
+    at = {"src": cip, "dst": sip, "sport": cport, "dport": sport, "seq": nxt}
+    verdicts = [send(live, b"GET /ap", **at)[0] for _ in range(6)]  # type: ignore[arg-type]
+    assert verdicts == [TC_ACT_SHOT] * 6
+    retval, out, _ = send(live, b"GET /ap", **at)  # type: ignore[arg-type]
+    assert retval == TC_ACT_OK and parse_frame(out).flags & RST  # reset, both ways
+    counters = live.port_counters(sport)
+    assert (counters["incomplete"], counters["incomplete_reset"]) == (7, 1)
