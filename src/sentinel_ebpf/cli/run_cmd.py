@@ -9,18 +9,25 @@ import typer
 
 from sentinel_ebpf.cli import app
 from sentinel_ebpf.cli._common import fail, require_root
+from sentinel_ebpf.cli.etcd_options import EtcdCacert, EtcdCert, EtcdKey
 from sentinel_ebpf.daemon import Daemon, DaemonConfig
 from sentinel_ebpf.daemon.control import DEFAULT_SOCKET
 from sentinel_ebpf.daemon.state import DEFAULT_STATE_DIR
 from sentinel_ebpf.errors import SentinelError
 from sentinel_ebpf.inbound import CompileError
 from sentinel_ebpf.rules import RulesError
+from sentinel_ebpf.sources.url import EtcdTls
 
 
 @app.command()
 def run(
     rules: Annotated[
-        str | None, typer.Option("-r", "--rules", help="Rules file (default: built-in example).")
+        str | None,
+        typer.Option(
+            "-r",
+            "--rules",
+            help="Rules file, or etcd://HOST:PORT[,HOST:PORT]/KEY (default: built-in example).",
+        ),
     ] = None,
     iface: Annotated[
         list[str] | None,
@@ -58,6 +65,9 @@ def run(
             max=1 << 24,
         ),
     ] = 262144,
+    etcd_cacert: EtcdCacert = None,
+    etcd_cert: EtcdCert = None,
+    etcd_key: EtcdKey = None,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Debug logging.")] = False,
 ) -> None:
     """Enforce the rules in the kernel until SIGTERM/SIGINT; reload on file change and SIGHUP."""
@@ -69,7 +79,7 @@ def run(
     config = DaemonConfig(
         rules=rules, interfaces=list(iface or []), metrics_addr=metrics_addr or None, log_dir=log_dir or None,
         app=app_name, control_socket=control_socket, state_dir=state_dir, on_breaker_change=on_breaker_change,
-        hotspot_keys=hotspot_keys,
+        hotspot_keys=hotspot_keys, etcd_tls=EtcdTls(etcd_cacert, etcd_cert, etcd_key),
     )  # fmt: skip
     try:
         Daemon(config).run()
