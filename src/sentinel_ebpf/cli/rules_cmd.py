@@ -19,8 +19,6 @@ from sentinel_ebpf.cli.etcd_options import EtcdCacert, EtcdCert, EtcdKey
 from sentinel_ebpf.rules import Problem, RulesError, RuleSet, RulesFileError, load_file
 from sentinel_ebpf.rules.loader import normalize_kind
 from sentinel_ebpf.rules.ruleset import SECTIONS
-from sentinel_ebpf.sources.etcd import EtcdError
-from sentinel_ebpf.sources.etcd_source import read_version
 from sentinel_ebpf.sources.url import EtcdTls, EtcdUrlError, check_tls, is_etcd_url, parse_etcd_url
 
 rules_app = typer.Typer(name="rules", help="Work with Sentinel rules files.", no_args_is_help=True)
@@ -33,6 +31,9 @@ EXIT_UNREADABLE = 2
 def _load(source: str, kind: str | None, tls: EtcdTls) -> RuleSet:
     if not is_etcd_url(source):
         return load_file(Path(source), kind=kind)
+    from sentinel_ebpf.sources.etcd import EtcdError  # etcd3gw and requests: only for etcd URLs
+    from sentinel_ebpf.sources.etcd_source import read_version
+
     try:
         url = parse_etcd_url(source)
         check_tls(url, tls)

@@ -41,7 +41,6 @@ from sentinel_ebpf.outputs.stats_json import stats_document
 from sentinel_ebpf.rules import RuleSet
 from sentinel_ebpf.rules.dump import to_project
 from sentinel_ebpf.sources.base import RulesSource
-from sentinel_ebpf.sources.etcd_source import EtcdSource
 from sentinel_ebpf.sources.url import EtcdTls, check_tls, is_etcd_url, parse_etcd_url
 from sentinel_ebpf.stats import ResourceStats, StateChange
 
@@ -92,6 +91,8 @@ def open_source(config: DaemonConfig) -> RulesSource:
     if config.rules is not None and is_etcd_url(config.rules):
         url = parse_etcd_url(config.rules)
         check_tls(url, config.etcd_tls or EtcdTls())
+        from sentinel_ebpf.sources.etcd_source import EtcdSource  # etcd3gw and requests: only when used
+
         return EtcdSource(url, config.etcd_tls, config.state_dir)
     return FileSource(config.rules or str(DEFAULT_RULES))
 

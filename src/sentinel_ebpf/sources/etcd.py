@@ -31,7 +31,8 @@ from sentinel_ebpf.sources.url import EtcdTls, EtcdUrl
 
 T = TypeVar("T")
 REQUEST_TIMEOUT_S = 3.0  # one request to one endpoint (connect + answer)
-_ERRNO = re.compile(r"\[Errno -?\d+\] ([^\"'()]+)")
+# the reason inside requests' wrapped errors: "[Errno 111] Connection refused", "[SSL: ...] ..."
+_REASON = re.compile(r"\[Errno -?\d+\] ([^\"'()]+)|(\[SSL: [A-Z0-9_]+\] [^\"'()]+)")
 WATCH_IDLE_S = 30.0  # a watch stream silent this long is re-established (finds a half-open connection)
 
 
@@ -80,9 +81,9 @@ def _describe(exc: Exception) -> str:
     if isinstance(exc, (ConnectionTimeoutError, requests.Timeout)):
         return "timed out"
     detail = getattr(exc, "detail_text", None)
-    found = _ERRNO.search(f"{exc} {detail}")
+    found = _REASON.search(f"{exc} {detail}")
     if found:
-        return found.group(1).strip()
+        return (found.group(1) or found.group(2)).strip()
     text = str(exc) or type(exc).__name__
     if detail:
         with contextlib.suppress(ValueError, TypeError, AttributeError):
