@@ -72,7 +72,9 @@ class EtcdSource:
         self.client = client or EtcdClient(url, tls)
         self.cache = RulesCache(state_dir)
         self.idle_s = idle_s
-        self.backoff = backoff or Backoff()
+        self.backoff = backoff or Backoff()  # while etcd cannot be reached
+        # while watches end as soon as they start (etcd cancelling them): no busy loop
+        self.churn = Backoff(first_s=min(QUICK_WATCH_S / 2, self.backoff.max_s), max_s=self.backoff.max_s)
         self.state = "connecting"  # connected | unreachable | error
         self._lock = threading.Lock()
         self._latest: Version | None = None
@@ -156,7 +158,6 @@ class EtcdSource:
         return document_version(self.url, kv.value, kv.mod_revision)
 
     def _follow(self) -> None:
-        churn = Backoff(first_s=0.5, max_s=self.backoff.max_s)
         while not self._stop.is_set():
             try:
                 kv = self.client.get()
@@ -169,9 +170,9 @@ class EtcdSource:
                         return
                     self._offer(ev.value, ev.mod_revision)
                 if time.monotonic() - started < QUICK_WATCH_S:
-                    self._stop.wait(churn.next_s())
+                    self._stop.wait(self.churn.next_s())
                 else:
-                    churn.reset()
+                    self.churn.reset()
             except EtcdUnavailable as exc:
                 self._set_state("unreachable", str(exc))
                 self._stop.wait(self.backoff.next_s())
