@@ -162,7 +162,6 @@ class EtcdSource:
             try:
                 kv = self.client.get()
                 self._set_state("connected", f"at revision {kv.revision}")
-                self.backoff.reset()
                 self._offer(kv.value, kv.mod_revision if kv.value is not None else kv.revision)
                 started = time.monotonic()
                 for ev in self.client.watch(kv.revision + 1, self.idle_s):
@@ -171,8 +170,9 @@ class EtcdSource:
                     self._offer(ev.value, ev.mod_revision)
                 if time.monotonic() - started < QUICK_WATCH_S:
                     self._stop.wait(self.churn.next_s())
-                else:
+                else:  # a watch that held: etcd works, the next failure starts the backoff afresh
                     self.churn.reset()
+                    self.backoff.reset()
             except EtcdUnavailable as exc:
                 self._set_state("unreachable", str(exc))
                 self._stop.wait(self.backoff.next_s())
