@@ -69,6 +69,18 @@ def source(d: Daemon) -> dict[str, object]:
     return src
 
 
+def wait_source(d: Daemon, timeout_s: float = 5.0, **want: object) -> dict[str, object]:
+    """``rules_source`` once it shows ``want``: the log line of a reload comes just before the daemon
+    records what it put in force."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        src = source(d)
+        if all(src[k] == v for k, v in want.items()) or time.monotonic() > deadline:
+            assert {k: src[k] for k in want} == want, src
+            return src
+        time.sleep(0.05)
+
+
 def test_revisions_reach_the_daemon_and_an_invalid_one_keeps_the_rules(
     fleet: tuple[NetnsPair, EtcdServer],
 ) -> None:
@@ -87,8 +99,8 @@ def test_revisions_reach_the_daemon_and_an_invalid_one_keeps_the_rules(
         pushed_at = time.time()
         r2 = push(pair, etcd, 40)
         d.wait_log(f"@{r2}: applied", after=mark)
-        src = source(d)
-        assert src["revision"] == r2 and float(src["applied_at"]) >= pushed_at - 1  # type: ignore[arg-type]
+        src = wait_source(d, revision=r2)
+        assert float(src["applied_at"]) >= pushed_at - 1  # type: ignore[arg-type]
         time.sleep(1.1)  # a fresh window
         after = load(pair, "/limited", 1.0)
         assert after["served"] > before["served"] + 10, (before, after)
@@ -132,7 +144,7 @@ def test_etcd_outage_keeps_enforcing_and_a_restart_without_etcd_uses_the_cache(
         d.wait_log("etcd answers again", after=mark)
         r2 = push(pair, etcd, 40)
         d.wait_log(f"@{r2}: applied", after=mark)
-        assert (source(d)["revision"], source(d)["etcd"]) == (r2, "connected")
+        wait_source(d, revision=r2, etcd="connected")
         d.proc.signal(signal.SIGTERM)
         assert d.proc.wait_exit(30) == 0
     finally:
@@ -152,7 +164,7 @@ def test_etcd_outage_keeps_enforcing_and_a_restart_without_etcd_uses_the_cache(
         etcd.start()
         d.wait_log("etcd answers again", after=mark)
         d.wait_log(f"@{r2}: unchanged", after=mark)
-        assert (source(d)["from_cache"], source(d)["etcd"]) == (False, "connected")
+        wait_source(d, from_cache=False, etcd="connected")
         r3 = push(pair, etcd, 5)
         d.wait_log(f"@{r3}: applied", after=mark)
         time.sleep(1.1)
