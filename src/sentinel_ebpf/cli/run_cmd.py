@@ -70,7 +70,7 @@ def run(
     etcd_key: EtcdKey = None,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Debug logging.")] = False,
 ) -> None:
-    """Enforce the rules in the kernel until SIGTERM/SIGINT; reload on file change and SIGHUP."""
+    """Enforce the rules in the kernel until SIGTERM/SIGINT; reload when the file or etcd key changes, and on SIGHUP."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
     if metrics_addr and ":" not in metrics_addr:
