@@ -29,15 +29,22 @@ def free_port() -> int:
 
 class EtcdServer:
     def __init__(
-        self, workdir: Path, pair: NetnsPair | None = None, tls: dict[str, str] | None = None
+        self,
+        workdir: Path,
+        pair: NetnsPair | None = None,
+        tls: dict[str, str] | None = None,
+        also_on: str | None = None,
     ) -> None:
-        """``tls``: {"cert", "key", "ca"} files: serve HTTPS and require client certificates from ``ca``."""
+        """``tls``: {"cert", "key", "ca"} files: serve HTTPS and require client certificates from ``ca``.
+        ``also_on``: another local address to serve clients on (the server's veth address, for clients
+        in the pair's client namespace)."""
         self.dir = workdir / "etcd"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.pair = pair
         self.tls = tls
         # a namespace of the test's own has every port free; the host's shares them with other tests
         self.port, self.peer_port = (2379, 2380) if pair else (free_port(), free_port())
+        self.also_on = also_on
         self.proc: subprocess.Popen[Any] | None = None
 
     def url(self, key: str) -> str:
@@ -48,8 +55,9 @@ class EtcdServer:
             raise FileNotFoundError("etcd is not installed (apt-get install etcd-server)")
         scheme = "https" if self.tls else "http"
         client = f"{scheme}://127.0.0.1:{self.port}"
+        listen = client + (f",{scheme}://{self.also_on}:{self.port}" if self.also_on else "")
         peer = f"http://127.0.0.1:{self.peer_port}"
-        argv = [ETCD, "--name", "test", "--data-dir", str(self.dir / "data"), "--listen-client-urls", client,
+        argv = [ETCD, "--name", "test", "--data-dir", str(self.dir / "data"), "--listen-client-urls", listen,
                 "--advertise-client-urls", client, "--listen-peer-urls", peer, "--initial-advertise-peer-urls",
                 peer, "--initial-cluster", f"test={peer}", "--log-outputs", "stderr"]  # fmt: skip
         if self.tls:

@@ -3,13 +3,16 @@
 a daemon started while etcd is down enforces the cached revision, then follows etcd when it returns.
 
 etcd runs inside the server namespace on its 127.0.0.1:2379, where the daemon (attached to the veth
-only) reaches it; pushes run there too, through the CLI.
+only) reaches it; pushes run there too, through the CLI. For two daemons at once, etcd also listens on
+the server's veth address, which the daemon in the client namespace uses.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -19,7 +22,7 @@ import pytest
 from sentinel_ebpf.daemon import request
 
 from .background import sentinel_cli
-from .daemon_helpers import Daemon, load
+from .daemon_helpers import LOAD, Daemon, load
 from .etcd_server import EtcdServer
 from .netns import NetnsPair
 
@@ -173,3 +176,42 @@ def test_etcd_outage_keeps_enforcing_and_a_restart_without_etcd_uses_the_cache(
         assert source(d)["revision"] == r3
     finally:
         d.close()
+
+
+def test_one_push_reaches_every_daemon_following_the_key(fresh_netns_pair: NetnsPair) -> None:
+    pair = fresh_netns_pair
+    pair.start_http_server(8000)
+    web = pair.tmpdir / "client-www"
+    web.mkdir()
+    pair.popen(pair.client, sys.executable, "-m", "http.server", "--bind", "0.0.0.0", "--directory", str(web),
+               "8000", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    pair.wait_listening(pair.client, 8000)
+    etcd = EtcdServer(pair.tmpdir, pair=pair, also_on=pair.server_ip).start()
+    try:
+        push(pair, etcd, 5)
+        daemons = [
+            Daemon(pair, "", source=etcd.url(KEY), name="server-daemon"),
+            Daemon(
+                pair, "", source=f"etcd://{pair.server_ip}:2379{KEY}", side="client", name="client-daemon"
+            ),
+        ]
+        try:
+            marks = [len(d.proc.stderr) for d in daemons]
+            r = push(pair, etcd, 40)
+            for d, mark in zip(daemons, marks, strict=True):
+                d.wait_log(f"@{r}: applied", after=mark)
+                wait_source(d, revision=r, etcd="connected")
+            time.sleep(1.1)  # a fresh window
+            to_server = load(pair, "/limited", 1.0)  # judged by the server's daemon
+            res = pair.run(pair.server, sys.executable, str(LOAD), pair.client_ip, "8000", "/limited", "1.0",
+                           timeout=60)  # fmt: skip
+            assert res.returncode == 0, res.stderr
+            to_client = json.loads(res.stdout)["status"]  # judged by the client's daemon
+            served_by_client = sum(n for k, n in to_client.items() if k not in ("429", "reset", "error"))
+            assert 20 < to_server["served"] <= 45 and to_server["429"] > 0, to_server
+            assert 20 < served_by_client <= 45 and to_client.get("429", 0) > 0, to_client
+        finally:
+            for d in daemons:
+                d.close()
+    finally:
+        etcd.stop()
