@@ -118,6 +118,11 @@ def check(
             normalize_kind(kind)
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--kind") from None
+        if any(is_etcd_url(f) for f in files):
+            raise typer.BadParameter(
+                "applies to files only: a daemon reads an etcd key without it, so check it the same way",
+                param_hint="--kind",
+            )
     status = 0
     results = []
     for path in files:
