@@ -18,17 +18,26 @@ LOAD = Path(__file__).with_name("httpload.py")
 
 
 class Daemon:
-    def __init__(self, pair: NetnsPair, rules: str, *extra: str, side: str = "server") -> None:
+    def __init__(
+        self,
+        pair: NetnsPair,
+        rules: str,
+        *extra: str,
+        side: str = "server",
+        source: str | None = None,
+        name: str = "daemon",
+    ) -> None:
         """The daemon runs in the ``side`` namespace ("server" for inbound, "client" for outbound rules),
-        attached to that side's veth."""
+        attached to that side's veth. ``rules`` go to a file, or ``source`` (an etcd URL) is ``-r``.
+        ``name``: its directory (state, socket, logs) under the pair's, for several daemons at once."""
         self.pair = pair
         ns, iface = (pair.server, pair.server_if) if side == "server" else (pair.client, pair.client_if)
-        self.dir = pair.tmpdir / "daemon"
+        self.dir = pair.tmpdir / name
         self.dir.mkdir(exist_ok=True)
         self.rules = self.dir / "rules.yaml"
         self.rules.write_text(rules)
         self.socket = str(self.dir / "control.sock")
-        self.proc = LineProcess(pair.cmd(ns, *sentinel_cli(), "run", "-r", str(self.rules),
+        self.proc = LineProcess(pair.cmd(ns, *sentinel_cli(), "run", "-r", source or str(self.rules),
                                          "-i", iface, "--control-socket", self.socket,
                                          "--state-dir", str(self.dir / "state"), "--log-dir",
                                          str(self.dir / "log"), "--metrics-addr", "127.0.0.1:0", *extra))  # fmt: skip

@@ -10,6 +10,7 @@ import typer
 
 from sentinel_ebpf.cli import app
 from sentinel_ebpf.cli._common import fail, require_root
+from sentinel_ebpf.cli.etcd_options import EtcdCacert, EtcdCert, EtcdKey
 from sentinel_ebpf.daemon import Daemon, DaemonConfig
 from sentinel_ebpf.daemon.control import DEFAULT_SOCKET
 from sentinel_ebpf.daemon.state import DEFAULT_STATE_DIR
@@ -17,12 +18,18 @@ from sentinel_ebpf.doctor import describe_load_error
 from sentinel_ebpf.errors import BpfLoadError, SentinelError
 from sentinel_ebpf.inbound import CompileError
 from sentinel_ebpf.rules import RulesError
+from sentinel_ebpf.sources.url import EtcdTls
 
 
 @app.command()
 def run(
     rules: Annotated[
-        str | None, typer.Option("-r", "--rules", help="Rules file (default: built-in example).")
+        str | None,
+        typer.Option(
+            "-r",
+            "--rules",
+            help="Rules file, or etcd://HOST:PORT[,HOST:PORT]/KEY (default: built-in example).",
+        ),
     ] = None,
     iface: Annotated[
         list[str] | None,
@@ -60,9 +67,12 @@ def run(
             max=1 << 24,
         ),
     ] = 262144,
+    etcd_cacert: EtcdCacert = None,
+    etcd_cert: EtcdCert = None,
+    etcd_key: EtcdKey = None,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Debug logging.")] = False,
 ) -> None:
-    """Enforce the rules in the kernel until SIGTERM/SIGINT; reload on file change and SIGHUP."""
+    """Enforce the rules in the kernel until SIGTERM/SIGINT; reload when the file or etcd key changes, and on SIGHUP."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
     if metrics_addr and ":" not in metrics_addr:
@@ -71,7 +81,7 @@ def run(
     config = DaemonConfig(
         rules=rules, interfaces=list(iface or []), metrics_addr=metrics_addr or None, log_dir=log_dir or None,
         app=app_name, control_socket=control_socket, state_dir=state_dir, on_breaker_change=on_breaker_change,
-        hotspot_keys=hotspot_keys,
+        hotspot_keys=hotspot_keys, etcd_tls=EtcdTls(etcd_cacert, etcd_cert, etcd_key),
     )  # fmt: skip
     try:
         Daemon(config).run()

@@ -27,7 +27,7 @@ from sentinel_ebpf.daemon.resume import inbound_record, resume
 from sentinel_ebpf.daemon.sampling import CpuSampler, load1, process_memory_bytes
 from sentinel_ebpf.daemon.state import DEFAULT_STATE_DIR, Attachment, State, alive, remove_state
 from sentinel_ebpf.daemon.tls_observer import TlsObserver
-from sentinel_ebpf.daemon.watch import FileWatcher
+from sentinel_ebpf.daemon.watch import FileSource
 from sentinel_ebpf.errors import BpfKeyError, SentinelError
 from sentinel_ebpf.inbound import InboundDataplane
 from sentinel_ebpf.outputs.metric_log import MetricItem, MetricLogWriter, classification_of
@@ -38,8 +38,10 @@ from sentinel_ebpf.outputs.prometheus import (
     start_http_server,
 )
 from sentinel_ebpf.outputs.stats_json import stats_document
-from sentinel_ebpf.rules import RuleSet, load_file
+from sentinel_ebpf.rules import RuleSet
 from sentinel_ebpf.rules.dump import to_project
+from sentinel_ebpf.sources.base import RulesSource
+from sentinel_ebpf.sources.url import EtcdTls, check_tls, is_etcd_url, parse_etcd_url
 from sentinel_ebpf.stats import ResourceStats, StateChange
 
 log = logging.getLogger("sentinel_ebpf.daemon")
@@ -54,7 +56,7 @@ RELOAD_WAIT_S = 8.0  # a `reload` request waits this long for the loop (clients 
 
 @dataclass
 class DaemonConfig:
-    rules: str | None = None  # None: the built-in example (and its demo server)
+    rules: str | None = None  # a file or etcd://HOST/KEY; None: the built-in example and its demo server
     interfaces: list[str] = field(default_factory=list)  # empty: every up interface (lo only for the demo)
     metrics_addr: str | None = "127.0.0.1:9464"
     log_dir: str | None = "/var/log/sentinel-ebpf"
@@ -63,6 +65,7 @@ class DaemonConfig:
     state_dir: str = DEFAULT_STATE_DIR
     on_breaker_change: str | None = None  # a shell command run on each transition (SENTINEL_* variables)
     hotspot_keys: int | None = None  # hotspot values tracked at once (None: SE_HOT_VALUES_MAX)
+    etcd_tls: EtcdTls | None = None  # client TLS files for etcds:// rules
 
 
 class Stop(BaseException):
@@ -83,9 +86,15 @@ def up_interfaces() -> list[str]:
     return names
 
 
-def load_rules(path: str) -> RuleSet:
-    """Read and validate; RulesError/RulesFileError carry every problem."""
-    return load_file(path)
+def open_source(config: DaemonConfig) -> RulesSource:
+    """The rules file, or the etcd key of an ``etcd://``/``etcds://`` URL (EtcdUrlError when malformed)."""
+    if config.rules is not None and is_etcd_url(config.rules):
+        url = parse_etcd_url(config.rules)
+        check_tls(url, config.etcd_tls or EtcdTls())
+        from sentinel_ebpf.sources.etcd_source import EtcdSource  # etcd3gw and requests: only when used
+
+        return EtcdSource(url, config.etcd_tls, config.state_dir)
+    return FileSource(config.rules or str(DEFAULT_RULES))
 
 
 class Daemon:
@@ -106,7 +115,7 @@ class Daemon:
         # (data-plane ms, {resource id: (concurrency, pass, block, complete, error)}) of recent seconds
         self._totals_seen: list[tuple[int, dict[int, tuple[int, ...]]]] = []
         self._reload_waiters: list[queue.Queue[ReloadResult]] = []
-        self.watcher = FileWatcher(self.rules_path)
+        self.source = open_source(config)
         self._state_written = False  # only then is the state file ours to remove
         self.loaded_at = 0.0
         self.rules: RuleSet | None = None  # the rule set in force
@@ -119,8 +128,8 @@ class Daemon:
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> None:
-        self.watcher.mark()
-        rules = load_rules(self.rules_path)  # invalid at start: the caller reports and exits 1
+        version = self.source.current()
+        rules = version.load()  # invalid at start: the caller reports and exits 1
         crashed = self._crashed_state()
         self.dp = self._resume(crashed) or InboundDataplane(hotspot_values=self.config.hotspot_keys)
         compiled = self.dp.compile(rules)
@@ -128,6 +137,7 @@ class Daemon:
             log.warning("%s", note)
         self.dp.apply(compiled)
         self._in_force(rules)
+        self.source.in_force(version)
         # before attaching: a daemon already listening there must not lose its filters to this one
         self.control = ControlServer(self.config.control_socket, self.handle)
         if self.config.rules is None:
@@ -153,8 +163,9 @@ class Daemon:
             collector = SentinelCollector(self.metrics_snapshot)
             self.metrics = start_http_server(collector, int(port), host or "127.0.0.1")
             log.info("Prometheus metrics at %s", self.metrics.url)
-        log.info("enforcing %s (%d resources); control socket %s", self.rules_path,
+        log.info("enforcing %s (%d resources); control socket %s", version.label,
                  len(compiled.resources), self.config.control_socket)  # fmt: skip
+        self.source.start(self._wake.set)
 
     def run(self) -> None:
         """Until SIGTERM/SIGINT: tick thresholds, sample the host, reload, write the metric log."""
@@ -180,7 +191,7 @@ class Daemon:
                     self._note_state_changes()
                 # A control-socket reload wakes the loop at once; SIGHUP and an edit of the file (one
                 # stat per wake-up) are seen within WATCH_S.
-                if self._reload_requested or self.watcher.changed():
+                if self._reload_requested or self.source.changed():
                     self.reload()
                 if now - last_slow >= 1.0:
                     last_slow = now
@@ -197,6 +208,7 @@ class Daemon:
                 signal.signal(sig, handler)
 
     def close(self) -> None:
+        self.source.close()
         if self.tls is not None:
             self.tls.stop()
             self.tls = None
@@ -234,12 +246,13 @@ class Daemon:
         with self._reload_lock:  # requests arriving from here on get the next reload
             self._reload_requested = False
             waiters, self._reload_waiters = self._reload_waiters, []
-        self.watcher.mark()
+        version = self.source.current()
         result = reload_rules(
-            self.rules_path, self.dp, load=load_rules, prepare=self._attach_outbound_if_needed
+            version.label, self.dp, load=lambda _: version.load(), prepare=self._attach_outbound_if_needed
         )
         if result.rules is not None:
             self._in_force(result.rules, changed=result.changed)
+            self.source.in_force(version)
             if result.changed and self._state_written:
                 self._write_state()  # what a daemon taking over after a crash adopts
         for waiter in waiters:
@@ -390,10 +403,12 @@ class Daemon:
             doc["dataplane"] = self.dp.counters()
             doc["ports"] = self._port_counters()
             doc["loaded_at"] = self.loaded_at
+            doc["rules_source"] = self.source.describe()
             return doc
         if cmd == "rules":
             return {
                 "file": self.rules_path,
+                "rules_source": self.source.describe(),
                 "loaded_at": self.loaded_at,
                 "resources": [r.name for r in self.dp.compiled.resources],
                 "document": to_project(self.rules) if self.rules is not None else None,

@@ -95,3 +95,9 @@ def test_kind_option() -> None:
     assert result.exit_code == 0
     result = runner.invoke(app, ["rules", "check", "--kind", "nope", str(EXAMPLES / "rules.yaml")])
     assert result.exit_code == 2 and "unknown rule kind" in result.output
+
+
+def test_kind_is_refused_for_etcd_urls() -> None:
+    # a daemon reads an etcd key without --kind: checking it with one would not say what the daemon does
+    res = runner.invoke(app, ["rules", "check", "--kind", "flow", "etcd://127.0.0.1:1/k"])
+    assert res.exit_code == 2 and "applies to files only" in res.output
