@@ -270,6 +270,7 @@ class InboundDataplane:
         self._clear_gen(old_gen, self.compiled)
         self._drop_hot_specific(self.compiled, keep=compiled)
         self._drop_breakers(self.compiled, keep=compiled)
+        self._drop_port_stats(keep=compiled)
         self.gen = new_gen
         self.compiled = compiled
         self.adaptive = adaptive
@@ -366,6 +367,16 @@ class InboundDataplane:
                 if b.uid not in kept:
                     with contextlib.suppress(BpfKeyError):
                         m.delete(_u32(b.uid))
+
+    def _drop_port_stats(self, keep: CompiledInbound) -> None:
+        """Remove the counters of ports no longer protected (the map holds SE_PORTS_MAX ports: without
+        this, ports protected once and dropped since would fill it and make every apply fail). A sweep
+        over the map, so entries a crashed daemon left are removed too."""
+        m = self.obj.map("port_stats")
+        kept = {p.port.to_bytes(2, "little") for p in keep.ports}
+        for key in [k for k in m if k not in kept]:
+            with contextlib.suppress(BpfKeyError):
+                m.delete(key)
 
     def breaker_states(self) -> dict[str, tuple[BreakerSnapshot, ...]]:
         """resource name -> its breakers' ids and states."""
