@@ -26,6 +26,7 @@ from sentinel_ebpf.daemon.reload import ReloadResult, reload_rules
 from sentinel_ebpf.daemon.resume import inbound_record, resume
 from sentinel_ebpf.daemon.sampling import CpuSampler, load1, process_memory_bytes
 from sentinel_ebpf.daemon.state import DEFAULT_STATE_DIR, Attachment, State, alive, remove_state
+from sentinel_ebpf.daemon.ticker import Ticker
 from sentinel_ebpf.daemon.tls_observer import TlsObserver
 from sentinel_ebpf.daemon.watch import FileWatcher
 from sentinel_ebpf.errors import BpfKeyError, SentinelError
@@ -43,7 +44,7 @@ from sentinel_ebpf.rules.dump import to_project
 from sentinel_ebpf.stats import ResourceStats, StateChange
 
 log = logging.getLogger("sentinel_ebpf.daemon")
-TICK_S = 0.1
+STATE_POLL_S = 0.1  # circuit breaker transitions are read this often
 # concurrency, total_pass, total_block, total_complete, total_error: contiguous in struct res_stats
 _TOTALS = struct.Struct("<qQQQQ")
 _TOTALS_AT = ResStats.concurrency.offset
@@ -116,6 +117,9 @@ class Daemon:
         self._hook_queue: queue.Queue[StateChange | None] = queue.Queue()
         self._hook_thread: threading.Thread | None = None
         self.tls: TlsObserver | None = None  # counts of tls resources, from the HTTP tracer
+        # The threshold timer runs on its own thread; it and reloads change the data plane under this lock.
+        self._dp_lock = threading.Lock()
+        self.ticker: Ticker | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -128,6 +132,7 @@ class Daemon:
             log.warning("%s", note)
         self.dp.apply(compiled)
         self._in_force(rules)
+        self.ticker = Ticker(self.dp.tick, self._dp_lock).start()
         # before attaching: a daemon already listening there must not lose its filters to this one
         self.control = ControlServer(self.config.control_socket, self.handle)
         if self.config.rules is None:
@@ -171,12 +176,11 @@ class Daemon:
             self.start()
             assert self.dp is not None
             seconds = SecondCollector(self.dp.now_ms)
-            last_slow = next_tick = 0.0
+            last_slow = next_poll = 0.0
             while True:
                 now = time.monotonic()
-                if now >= next_tick:
-                    next_tick = now + TICK_S
-                    self.dp.tick()
+                if now >= next_poll:
+                    next_poll = now + STATE_POLL_S
                     self._note_state_changes()
                 # A control-socket reload wakes the loop at once; SIGHUP and an edit of the file (one
                 # stat per wake-up) are seen within WATCH_S.
@@ -187,7 +191,7 @@ class Daemon:
                     self.cpu_ratio = self.cpu.sample()
                     self.dp.set_system_metrics(load1(), self.cpu_ratio)
                     self._write_metric_log(seconds)
-                self._wake.wait(max(0.0, min(WATCH_S, next_tick - time.monotonic())))
+                self._wake.wait(max(0.0, min(WATCH_S, next_poll - time.monotonic())))
                 self._wake.clear()
         except Stop:
             log.info("stopping")
@@ -197,6 +201,9 @@ class Daemon:
                 signal.signal(sig, handler)
 
     def close(self) -> None:
+        if self.ticker is not None:
+            self.ticker.stop()
+            self.ticker = None
         if self.tls is not None:
             self.tls.stop()
             self.tls = None
@@ -235,9 +242,10 @@ class Daemon:
             self._reload_requested = False
             waiters, self._reload_waiters = self._reload_waiters, []
         self.watcher.mark()
-        result = reload_rules(
-            self.rules_path, self.dp, load=load_rules, prepare=self._attach_outbound_if_needed
-        )
+        with self._dp_lock:
+            result = reload_rules(
+                self.rules_path, self.dp, load=load_rules, prepare=self._attach_outbound_if_needed
+            )
         if result.rules is not None:
             self._in_force(result.rules, changed=result.changed)
             if result.changed and self._state_written:
@@ -390,6 +398,10 @@ class Daemon:
             doc["dataplane"] = self.dp.counters()
             doc["ports"] = self._port_counters()
             doc["loaded_at"] = self.loaded_at
+            if self.ticker is not None:
+                t = self.ticker
+                doc["threshold_ticks"] = {"ticks": t.ticks, "late": t.late, "failed": t.failures,
+                                          "max_late_ms": t.max_late_ns // 1_000_000}  # fmt: skip
             return doc
         if cmd == "rules":
             return {
