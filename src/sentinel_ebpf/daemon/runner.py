@@ -6,7 +6,6 @@ import logging
 import os
 import queue
 import signal
-import socket
 import struct
 import subprocess
 import threading
@@ -14,7 +13,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -22,6 +20,7 @@ from sentinel_ebpf._types import ResStats
 from sentinel_ebpf.daemon.collector import SecondCollector, second_counts
 from sentinel_ebpf.daemon.control import DEFAULT_SOCKET, ControlServer
 from sentinel_ebpf.daemon.demo import DEFAULT_RULES, DemoServer
+from sentinel_ebpf.daemon.links import LinkSet, LinkWatcher, interfaces, reconcile
 from sentinel_ebpf.daemon.reload import ReloadResult, reload_rules
 from sentinel_ebpf.daemon.resume import inbound_record, resume
 from sentinel_ebpf.daemon.sampling import CpuSampler, load1, process_memory_bytes
@@ -71,19 +70,6 @@ class Stop(BaseException):
     inside logging (or any ``except Exception``) must not be swallowed there."""
 
 
-def up_interfaces() -> list[str]:
-    """Every interface that is administratively up, loopback included."""
-    names = []
-    for _, name in socket.if_nameindex():
-        try:
-            flags = int(Path(f"/sys/class/net/{name}/flags").read_text(), 16)
-        except (OSError, ValueError):
-            continue
-        if flags & 0x1:  # IFF_UP
-            names.append(name)
-    return names
-
-
 def load_rules(path: str) -> RuleSet:
     """Read and validate; RulesError/RulesFileError carry every problem."""
     return load_file(path)
@@ -120,6 +106,9 @@ class Daemon:
         # The threshold timer runs on its own thread; it and reloads change the data plane under this lock.
         self._dp_lock = threading.Lock()
         self.ticker: Ticker | None = None
+        self.links = LinkSet([])
+        self.link_watcher: LinkWatcher | None = None
+        self._links_changed = threading.Event()
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -140,16 +129,21 @@ class Daemon:
             log.info(
                 "built-in example: demo server on http://127.0.0.1:18080/ (/ at 5 QPS, /slow 2 at a time)"
             )
-        interfaces = self.config.interfaces or (["lo"] if self.config.rules is None else up_interfaces())
+        self.links = LinkSet(self.config.interfaces or (["lo"] if self.config.rules is None else []))
+        present = interfaces()
+        self.links.check_literals(present)
         inherited = {a.ifname for a in crashed.attachments if a.created_qdisc} if crashed else set()
         try:
-            for name in interfaces:
+            for name in self.links.wanted(present):
                 self.dp.attach(name)  # replaces filters a crashed daemon left (same handle and priority)
                 if name in inherited:
                     self.dp.adopt_qdisc(name)
                 log.info("attached to %s", name)
         finally:
             self._write_state()
+        # interfaces that appear (or come up) from now on; one made since the scan above is seen now
+        self.link_watcher = LinkWatcher(self._on_link_change).start()
+        self._sync_links()
         self._attach_outbound_if_needed(rules)
         if self.config.log_dir:
             self.metric_log = MetricLogWriter(self.config.log_dir, self.config.app)
@@ -186,6 +180,8 @@ class Daemon:
                 # stat per wake-up) are seen within WATCH_S.
                 if self._reload_requested or self.watcher.changed():
                     self.reload()
+                if self._links_changed.is_set():
+                    self._sync_links()
                 if now - last_slow >= 1.0:
                     last_slow = now
                     self.cpu_ratio = self.cpu.sample()
@@ -201,6 +197,9 @@ class Daemon:
                 signal.signal(sig, handler)
 
     def close(self) -> None:
+        if self.link_watcher is not None:
+            self.link_watcher.stop()
+            self.link_watcher = None
         if self.ticker is not None:
             self.ticker.stop()
             self.ticker = None
@@ -224,6 +223,20 @@ class Daemon:
         if self._state_written:  # a daemon that failed to start leaves another's (or a crash's) record
             remove_state(self.config.state_dir)
             self._state_written = False
+
+    def _on_link_change(self) -> None:
+        self._links_changed.set()
+        self._wake.set()
+
+    def _sync_links(self) -> None:
+        """Attach to interfaces of the configured set that appeared, forget those that went (daemon loop)."""
+        assert self.dp is not None
+        self._links_changed.clear()
+        changes = reconcile(self.dp, self.links)
+        for change in changes:
+            log.info("%s", change)
+        if changes:
+            self._write_state()
 
     def _attach_outbound_if_needed(self, rules: RuleSet) -> None:
         assert self.dp is not None

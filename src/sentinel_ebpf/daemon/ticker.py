@@ -20,7 +20,8 @@ from collections.abc import Callable
 log = logging.getLogger("sentinel_ebpf.daemon")
 TICK_NS = 100_000_000
 TICK_OFFSET_NS = 1_000_000  # after the boundary: a bucket that ends there is complete
-LATE_NS = 50_000_000  # a tick this late is counted (and logged, at most every LOG_EVERY_NS)
+LATE_NS = 50_000_000  # a tick this late is counted
+LOG_LATE_NS = 500_000_000  # one this late (a bucket) is logged, at most every LOG_EVERY_NS
 LOG_EVERY_NS = 10_000_000_000
 
 
@@ -80,8 +81,8 @@ class Ticker:
         if late_ns < LATE_NS:
             return
         self.late += 1
-        if now_ns - self._logged_ns >= LOG_EVERY_NS:
+        if late_ns >= LOG_LATE_NS and now_ns - self._logged_ns >= LOG_EVERY_NS:
             self._logged_ns = now_ns
-            log.warning("threshold tick ran %d ms late (%d late ticks so far): the host starves the "
-                        "daemon; missed seconds were caught up from the kernel's buckets",
-                        late_ns // 1_000_000, self.late)  # fmt: skip
+            log.warning("threshold tick ran %d ms late (%d ticks late by %d ms or more so far): the host is "
+                        "starving the daemon; WarmUp seconds it missed are caught up from the kernel's buckets",
+                        late_ns // 1_000_000, self.late, LATE_NS // 1_000_000)  # fmt: skip

@@ -527,6 +527,15 @@ class InboundDataplane:
         for prog in ("out_connect4", "out_connect6", "out_sockops"):
             self._cgroup_links.append(self.obj.program(prog).attach_cgroup(root))
 
+    def detach(self, ifname: str) -> None:
+        """Remove the filters from ``ifname`` (and the clsact qdisc if we created it); an interface that
+        is gone took them with it, which is not an error."""
+        for att in [a for a in self._attachments if a.ifname == ifname]:
+            self._attachments.remove(att)
+            for f in att.filters:
+                f.close()
+            att.hook.destroy()
+
     def detach_all(self) -> None:
         while self._cgroup_links:
             self._cgroup_links.pop().close()
