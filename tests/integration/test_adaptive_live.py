@@ -229,10 +229,10 @@ def test_warm_up_from_a_cold_start_follows_the_model(fresh_netns_pair: NetnsPair
 
 
 def test_warm_up_catches_up_the_seconds_a_stalled_daemon_missed(fresh_netns_pair: NetnsPair) -> None:
-    """The daemon stopped for 2.5 s of every 4: thresholds cannot change while it is stopped (the kernel
+    """The daemon stopped for 2.2 s of every 4: thresholds cannot change while it is stopped (the kernel
     keeps the last one written), but once it runs again they are the model's, every missed second synced
     from the kernel's buckets."""
-    run, stalls = live_run(fresh_netns_pair, WARM_UP, stall=(4.0, 2.5))
+    run, stalls = live_run(fresh_netns_pair, WARM_UP, stall=(4.0, 2.2))
     assert stalls is not None and len(stalls.intervals) >= 2
     # seconds whose start (the tick) and first bucket the daemon ran through
     live = [s for s in range(1, len(run.kernel) - 1)

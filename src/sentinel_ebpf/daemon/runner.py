@@ -142,7 +142,10 @@ class Daemon:
         finally:
             self._write_state()
         # interfaces that appear (or come up) from now on; one made since the scan above is seen now
-        self.link_watcher = LinkWatcher(self._on_link_change).start()
+        try:
+            self.link_watcher = LinkWatcher(self._on_link_change).start()
+        except SentinelError as exc:
+            log.warning("%s: interfaces that appear from now on will not be attached", exc)
         self._sync_links()
         self._attach_outbound_if_needed(rules)
         if self.config.log_dir:
