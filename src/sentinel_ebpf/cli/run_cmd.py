@@ -33,7 +33,12 @@ def run(
     ] = None,
     iface: Annotated[
         list[str] | None,
-        typer.Option("-i", "--iface", help="Interface to protect; repeatable (default: all up)."),
+        typer.Option(
+            "-i",
+            "--iface",
+            help="Interface name or pattern ('veth*') to protect; repeatable. Interfaces that appear "
+            "later and match are attached too (default: every interface that is up).",
+        ),
     ] = None,
     metrics_addr: Annotated[
         str, typer.Option("--metrics-addr", help="Prometheus HOST:PORT; empty to disable.")

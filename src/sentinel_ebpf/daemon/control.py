@@ -1,7 +1,9 @@
 """The local control socket: one JSON request line, one JSON reply line, then the connection closes.
 
 Requests: ``{"cmd": "stats"}``, ``{"cmd": "rules"}``, ``{"cmd": "reload"}``. Replies carry ``"ok"`` and
-either the payload or ``"error"``. The socket is created with mode 0600 (root only).
+either the payload or ``"error"``. The socket is created with mode 0600 (root only), in a directory
+that only the daemon's user controls (``private_dir``); a symbolic link, a non-socket or another user's
+socket at its path is refused, never replaced.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ import logging
 import os
 import socket
 import socketserver
+import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sentinel_ebpf.daemon.private_dir import UnsafePathError, open_private_dir, owner_name
 from sentinel_ebpf.errors import SentinelError
 
 log = logging.getLogger("sentinel_ebpf.control")
@@ -53,8 +57,11 @@ class _RequestHandler(socketserver.StreamRequestHandler):
 class ControlServer:
     def __init__(self, path: str, handler: Handler) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists() or self.path.is_symlink():
+        fd = open_private_dir(self.path.parent, "control socket directory")
+        assert fd is not None
+        os.close(fd)
+        _check_socket_path(self.path)
+        if self.path.exists():
             if _answers(str(self.path)):
                 raise ControlError(
                     f"another daemon listens at {self.path}: stop it or use another --control-socket"
@@ -74,6 +81,23 @@ class ControlServer:
         self._server.server_close()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+
+
+def _check_socket_path(path: Path) -> None:
+    """Refuse a symbolic link, a file that is not a socket, or another user's socket at ``path``."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise UnsafePathError(f"control socket {path} is a symbolic link: refusing to follow it (remove it)")
+    if not stat.S_ISSOCK(st.st_mode):
+        raise UnsafePathError(f"control socket {path} exists and is not a socket: refusing to replace it")
+    if st.st_uid != os.geteuid():
+        raise UnsafePathError(
+            f"control socket {path} is owned by {owner_name(st.st_uid)}, not by {owner_name(os.geteuid())}: "
+            f"refusing it (remove it, or use another --control-socket)"
+        )
 
 
 def _answers(path: str) -> bool:

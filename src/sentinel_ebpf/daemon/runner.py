@@ -6,7 +6,6 @@ import logging
 import os
 import queue
 import signal
-import socket
 import struct
 import subprocess
 import threading
@@ -14,7 +13,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -22,10 +20,12 @@ from sentinel_ebpf._types import ResStats
 from sentinel_ebpf.daemon.collector import SecondCollector, second_counts
 from sentinel_ebpf.daemon.control import DEFAULT_SOCKET, ControlServer
 from sentinel_ebpf.daemon.demo import DEFAULT_RULES, DemoServer
+from sentinel_ebpf.daemon.links import LinkSet, LinkWatcher, interfaces, reconcile
 from sentinel_ebpf.daemon.reload import ReloadResult, reload_rules
 from sentinel_ebpf.daemon.resume import inbound_record, resume
 from sentinel_ebpf.daemon.sampling import CpuSampler, load1, process_memory_bytes
 from sentinel_ebpf.daemon.state import DEFAULT_STATE_DIR, Attachment, State, alive, remove_state
+from sentinel_ebpf.daemon.ticker import Ticker
 from sentinel_ebpf.daemon.tls_observer import TlsObserver
 from sentinel_ebpf.daemon.watch import FileSource
 from sentinel_ebpf.errors import BpfKeyError, SentinelError
@@ -45,7 +45,7 @@ from sentinel_ebpf.sources.url import EtcdTls, check_tls, is_etcd_url, parse_etc
 from sentinel_ebpf.stats import ResourceStats, StateChange
 
 log = logging.getLogger("sentinel_ebpf.daemon")
-TICK_S = 0.1
+STATE_POLL_S = 0.1  # circuit breaker transitions are read this often
 # concurrency, total_pass, total_block, total_complete, total_error: contiguous in struct res_stats
 _TOTALS = struct.Struct("<qQQQQ")
 _TOTALS_AT = ResStats.concurrency.offset
@@ -71,19 +71,6 @@ class DaemonConfig:
 class Stop(BaseException):
     """Raised from the SIGTERM/SIGINT handler. A BaseException: a signal that lands while the loop is
     inside logging (or any ``except Exception``) must not be swallowed there."""
-
-
-def up_interfaces() -> list[str]:
-    """Every interface that is administratively up, loopback included."""
-    names = []
-    for _, name in socket.if_nameindex():
-        try:
-            flags = int(Path(f"/sys/class/net/{name}/flags").read_text(), 16)
-        except (OSError, ValueError):
-            continue
-        if flags & 0x1:  # IFF_UP
-            names.append(name)
-    return names
 
 
 def open_source(config: DaemonConfig) -> RulesSource:
@@ -125,6 +112,12 @@ class Daemon:
         self._hook_queue: queue.Queue[StateChange | None] = queue.Queue()
         self._hook_thread: threading.Thread | None = None
         self.tls: TlsObserver | None = None  # counts of tls resources, from the HTTP tracer
+        # The threshold timer runs on its own thread; it and reloads change the data plane under this lock.
+        self._dp_lock = threading.Lock()
+        self.ticker: Ticker | None = None
+        self.links = LinkSet([])
+        self.link_watcher: LinkWatcher | None = None
+        self._links_changed = threading.Event()
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -138,6 +131,7 @@ class Daemon:
         self.dp.apply(compiled)
         self._in_force(rules)
         self.source.in_force(version)
+        self.ticker = Ticker(self.dp.tick, self._dp_lock).start()
         # before attaching: a daemon already listening there must not lose its filters to this one
         self.control = ControlServer(self.config.control_socket, self.handle)
         if self.config.rules is None:
@@ -145,16 +139,24 @@ class Daemon:
             log.info(
                 "built-in example: demo server on http://127.0.0.1:18080/ (/ at 5 QPS, /slow 2 at a time)"
             )
-        interfaces = self.config.interfaces or (["lo"] if self.config.rules is None else up_interfaces())
+        self.links = LinkSet(self.config.interfaces or (["lo"] if self.config.rules is None else []))
+        present = interfaces()
+        self.links.check_literals(present)
         inherited = {a.ifname for a in crashed.attachments if a.created_qdisc} if crashed else set()
         try:
-            for name in interfaces:
+            for name in self.links.wanted(present):
                 self.dp.attach(name)  # replaces filters a crashed daemon left (same handle and priority)
                 if name in inherited:
                     self.dp.adopt_qdisc(name)
                 log.info("attached to %s", name)
         finally:
             self._write_state()
+        # interfaces that appear (or come up) from now on; one made since the scan above is seen now
+        try:
+            self.link_watcher = LinkWatcher(self._on_link_change).start()
+        except SentinelError as exc:
+            log.warning("%s: interfaces that appear from now on will not be attached", exc)
+        self._sync_links()
         self._attach_outbound_if_needed(rules)
         if self.config.log_dir:
             self.metric_log = MetricLogWriter(self.config.log_dir, self.config.app)
@@ -182,23 +184,24 @@ class Daemon:
             self.start()
             assert self.dp is not None
             seconds = SecondCollector(self.dp.now_ms)
-            last_slow = next_tick = 0.0
+            last_slow = next_poll = 0.0
             while True:
                 now = time.monotonic()
-                if now >= next_tick:
-                    next_tick = now + TICK_S
-                    self.dp.tick()
+                if now >= next_poll:
+                    next_poll = now + STATE_POLL_S
                     self._note_state_changes()
                 # A control-socket reload wakes the loop at once; SIGHUP and an edit of the file (one
                 # stat per wake-up) are seen within WATCH_S.
                 if self._reload_requested or self.source.changed():
                     self.reload()
+                if self._links_changed.is_set():
+                    self._sync_links()
                 if now - last_slow >= 1.0:
                     last_slow = now
                     self.cpu_ratio = self.cpu.sample()
                     self.dp.set_system_metrics(load1(), self.cpu_ratio)
                     self._write_metric_log(seconds)
-                self._wake.wait(max(0.0, min(WATCH_S, next_tick - time.monotonic())))
+                self._wake.wait(max(0.0, min(WATCH_S, next_poll - time.monotonic())))
                 self._wake.clear()
         except Stop:
             log.info("stopping")
@@ -209,6 +212,12 @@ class Daemon:
 
     def close(self) -> None:
         self.source.close()
+        if self.link_watcher is not None:
+            self.link_watcher.stop()
+            self.link_watcher = None
+        if self.ticker is not None:
+            self.ticker.stop()
+            self.ticker = None
         if self.tls is not None:
             self.tls.stop()
             self.tls = None
@@ -230,6 +239,20 @@ class Daemon:
             remove_state(self.config.state_dir)
             self._state_written = False
 
+    def _on_link_change(self) -> None:
+        self._links_changed.set()
+        self._wake.set()
+
+    def _sync_links(self) -> None:
+        """Attach to interfaces of the configured set that appeared, forget those that went (daemon loop)."""
+        assert self.dp is not None
+        self._links_changed.clear()
+        changes = reconcile(self.dp, self.links)
+        for change in changes:
+            log.info("%s", change)
+        if changes:
+            self._write_state()
+
     def _attach_outbound_if_needed(self, rules: RuleSet) -> None:
         assert self.dp is not None
         if not self.dp.outbound_attached and any(
@@ -247,9 +270,10 @@ class Daemon:
             self._reload_requested = False
             waiters, self._reload_waiters = self._reload_waiters, []
         version = self.source.current()
-        result = reload_rules(
-            version.label, self.dp, load=lambda _: version.load(), prepare=self._attach_outbound_if_needed
-        )
+        with self._dp_lock:
+            result = reload_rules(
+                version.label, self.dp, load=lambda _: version.load(), prepare=self._attach_outbound_if_needed
+            )
         if result.rules is not None:
             self._in_force(result.rules, changed=result.changed)
             self.source.in_force(version)
@@ -404,6 +428,10 @@ class Daemon:
             doc["ports"] = self._port_counters()
             doc["loaded_at"] = self.loaded_at
             doc["rules_source"] = self.source.describe()
+            if self.ticker is not None:
+                t = self.ticker
+                doc["threshold_ticks"] = {"ticks": t.ticks, "late": t.late, "failed": t.failures,
+                                          "max_late_ms": t.max_late_ns // 1_000_000}  # fmt: skip
             return doc
         if cmd == "rules":
             return {

@@ -16,12 +16,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sentinel_ebpf.daemon.private_dir import open_private_dir, read_private, write_private
 from sentinel_ebpf.errors import SentinelError
 from sentinel_ebpf.inbound.dataplane import TC_HANDLE, TC_PRIORITY
 from sentinel_ebpf.libbpf import TcAttachPoint, TcFilter, TcHook
 
 DEFAULT_STATE_DIR = "/run/sentinel-ebpf"
 PIN_DIR = Path("/sys/fs/bpf/sentinel-ebpf")
+STATE_FILE = "state.json"
 
 
 @dataclass
@@ -39,31 +41,40 @@ class State:
     inbound: dict[str, Any] | None = None
 
     def write(self, state_dir: str) -> Path:
-        path = Path(state_dir, "state.json")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self)))
-        tmp.replace(path)
-        return path
+        """Mode 0600 (it holds the rules), in a directory only the daemon's user controls."""
+        fd = open_private_dir(state_dir)
+        assert fd is not None
+        try:
+            write_private(fd, STATE_FILE, json.dumps(asdict(self)).encode())
+        finally:
+            os.close(fd)
+        return Path(state_dir, STATE_FILE)
 
     @classmethod
     def read(cls, state_dir: str) -> State | None:
-        path = Path(state_dir, "state.json")
+        path = Path(state_dir, STATE_FILE)
+        fd = open_private_dir(state_dir, create=False)
+        if fd is None:
+            return None
         try:
-            raw = json.loads(path.read_text())
+            data = read_private(fd, STATE_FILE, path)
+        finally:
+            os.close(fd)
+        if data is None:
+            return None
+        try:
+            raw = json.loads(data)
             inbound = raw.get("inbound")
             if inbound is not None and not isinstance(inbound, dict):
                 raise TypeError("inbound is not an object")
             return cls(int(raw["pid"]), [Attachment(**a) for a in raw.get("attachments", [])], inbound)
-        except FileNotFoundError:
-            return None
         except (ValueError, KeyError, TypeError) as exc:
             raise SentinelError(f"{path}: unreadable state file ({exc}); remove it") from None
 
 
 def remove_state(state_dir: str) -> None:
     with contextlib.suppress(FileNotFoundError):
-        Path(state_dir, "state.json").unlink()
+        Path(state_dir, STATE_FILE).unlink()  # unlink never follows a symbolic link
 
 
 def alive(pid: int) -> bool:

@@ -282,6 +282,7 @@ class InboundDataplane:
         self._clear_gen(old_gen, self.compiled)
         self._drop_hot_specific(self.compiled, keep=compiled)
         self._drop_breakers(self.compiled, keep=compiled)
+        self._drop_port_stats(keep=compiled)
         self.gen = new_gen
         self.compiled = compiled
         self.adaptive = adaptive
@@ -378,6 +379,16 @@ class InboundDataplane:
                 if b.uid not in kept:
                     with contextlib.suppress(BpfKeyError):
                         m.delete(_u32(b.uid))
+
+    def _drop_port_stats(self, keep: CompiledInbound) -> None:
+        """Remove the counters of ports no longer protected (the map holds SE_PORTS_MAX ports: without
+        this, ports protected once and dropped since would fill it and make every apply fail). A sweep
+        over the map, so entries a crashed daemon left are removed too."""
+        m = self.obj.map("port_stats")
+        kept = {p.port.to_bytes(2, "little") for p in keep.ports}
+        for key in [k for k in m if k not in kept]:
+            with contextlib.suppress(BpfKeyError):
+                m.delete(key)
 
     def breaker_states(self) -> dict[str, tuple[BreakerSnapshot, ...]]:
         """resource name -> its breakers' ids and states."""
@@ -527,6 +538,15 @@ class InboundDataplane:
             raise SentinelError("cgroup2 is not mounted: outbound resources cannot be enforced")
         for prog in ("out_connect4", "out_connect6", "out_sockops"):
             self._cgroup_links.append(self.obj.program(prog).attach_cgroup(root))
+
+    def detach(self, ifname: str) -> None:
+        """Remove the filters from ``ifname`` (and the clsact qdisc if we created it); an interface that
+        is gone took them with it, which is not an error."""
+        for att in [a for a in self._attachments if a.ifname == ifname]:
+            self._attachments.remove(att)
+            for f in att.filters:
+                f.close()
+            att.hook.destroy()
 
     def detach_all(self) -> None:
         while self._cgroup_links:

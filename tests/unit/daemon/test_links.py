@@ -1,0 +1,89 @@
+"""The configured set of interfaces (`run -i`), and keeping attachments right as interfaces come and go."""
+
+from __future__ import annotations
+
+import pytest
+
+from sentinel_ebpf.daemon.links import LinkSet, reconcile
+from sentinel_ebpf.errors import SentinelError
+
+
+class FakeDataplane:
+    def __init__(self) -> None:
+        self.present: dict[str, int] = {}
+        self.on: dict[str, int] = {}
+        self.calls: list[str] = []
+
+    def attach(self, ifname: str) -> None:
+        if ifname not in self.present:
+            raise OSError(19, "No such device")
+        self.on[ifname] = self.present[ifname]
+        self.calls.append(f"attach {ifname}")
+
+    def detach(self, ifname: str) -> None:
+        del self.on[ifname]
+        self.calls.append(f"detach {ifname}")
+
+    def attached(self) -> list[tuple[str, int, bool]]:
+        return [(n, i, True) for n, i in self.on.items()]
+
+
+UP = {"lo", "eth0", "veth1", "veth2", "br0"}
+
+
+def up(name: str) -> bool:
+    return name in UP
+
+
+def test_default_is_every_interface_that_is_up() -> None:
+    present = {"lo": 1, "eth0": 2, "eth1": 3, "veth1": 4}
+    assert LinkSet([]).wanted(present, up) == ["lo", "eth0", "veth1"]
+
+
+def test_patterns_match_up_interfaces_and_literal_names_attach_even_when_down() -> None:
+    present = {"lo": 1, "eth0": 2, "eth1": 3, "veth1": 4, "veth9": 5, "vethx": 6}
+    links = LinkSet(["veth[0-8]", "eth1"])
+    assert links.wanted(present, up) == ["eth1", "veth1"]  # eth1 is down, named literally
+    links.check_literals(present)
+    with pytest.raises(SentinelError, match=r"no interface named eth7 .*quote a pattern such as 'veth\*'"):
+        LinkSet(["eth7", "veth*"]).check_literals(present)
+
+
+def test_new_interfaces_are_attached_and_gone_ones_forgotten() -> None:
+    dp = FakeDataplane()
+    links = LinkSet(["veth*"])
+    dp.present = {"lo": 1, "veth1": 4}
+    assert reconcile(dp, links, dp.present, up) == ["attached to veth1"]
+    assert reconcile(dp, links, dp.present, up) == []  # nothing changed: nothing done
+    dp.present = {"lo": 1, "veth1": 4, "veth2": 7, "veth3": 8}  # veth3 is down: not yet
+    assert reconcile(dp, links, dp.present, up) == ["attached to veth2"]
+    UP.add("veth3")
+    try:
+        assert reconcile(dp, links, dp.present, up) == ["attached to veth3"]
+    finally:
+        UP.discard("veth3")
+    dp.present = {"lo": 1, "veth2": 7, "veth3": 8}
+    assert reconcile(dp, links, dp.present, up) == ["detached from veth1 (ifindex 4): the interface is gone"]
+    assert sorted(dp.on) == ["veth2", "veth3"]
+
+
+def test_a_name_reused_by_a_new_interface_is_attached_again() -> None:
+    dp = FakeDataplane()
+    links = LinkSet(["veth*"])
+    dp.present = {"veth1": 4}
+    reconcile(dp, links, dp.present, up)
+    dp.present = {"veth1": 9}  # deleted and created again between two events
+    assert reconcile(dp, links, dp.present, up) == [
+        "detached from veth1 (ifindex 4): the interface is gone",
+        "attached to veth1",
+    ]
+    assert dp.on == {"veth1": 9}
+
+
+def test_an_interface_that_vanishes_while_being_attached_is_skipped() -> None:
+    dp = FakeDataplane()
+    links = LinkSet([])
+    listed = {"lo": 1, "veth2": 7}
+    dp.present = {"lo": 1}  # veth2 listed, then gone before attach
+    assert reconcile(dp, links, listed, up) == ["attached to lo"]
+    assert dp.on == {"lo": 1}
