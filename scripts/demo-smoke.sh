@@ -23,7 +23,9 @@ echo "20 requests to /: $codes"
 [[ "$codes" =~ [0-9]+\ 200 ]] || fail "no request to / was answered 200"
 [[ "$codes" =~ [0-9]+\ 429 ]] || fail "no request to / was refused with 429"
 [[ "$codes" =~ 000 ]] && fail "a request to / got no answer"
-slow=$(for _ in $(seq 4); do curl -s -o /dev/null -m 5 -w '%{http_code}\n' http://127.0.0.1:18080/slow & done |
+# four at once from one process, so that a slow machine still has them in flight together
+slow=$(curl -s --no-progress-meter -m 20 --parallel --parallel-immediate --parallel-max 4 \
+    $(for _ in $(seq 4); do echo "-o /dev/null http://127.0.0.1:18080/slow"; done) -w '%{http_code}\n' |
     sort | uniq -c | tr '\n' ' ')
 echo "4 concurrent requests to /slow: $slow"
 [[ "$slow" =~ 2\ 200 ]] && [[ "$slow" =~ 2\ 429 ]] || fail "/slow: expected 2 x 200 and 2 x 429"
