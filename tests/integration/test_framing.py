@@ -1,0 +1,88 @@
+"""A limit on GET /api holds however a client frames the request: nginx behind the daemon, raw clients.
+
+Each blocked framing must get the kernel's 429 and never reach nginx (its access log); each allowed one
+must be served. Split request lines are dropped until the client's stack sends them again merged.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .daemon_helpers import Daemon
+from .netns import NetnsPair, Server
+
+pytestmark = pytest.mark.kernel
+CLIENT = Path(__file__).with_name("framingclient.py")
+RULES = """
+resources:
+  - {name: api, match: {protocol: http, port: 8080, method: GET, path: /api}}
+flowRules:
+  - {resource: api, threshold: 0}
+"""
+TAIL = b" HTTP/1.1\r\nHost: svc\r\n\r\n"
+
+
+@pytest.fixture(scope="module")
+def guarded() -> Iterator[tuple[NetnsPair, Server, Daemon]]:
+    with NetnsPair("fr") as pair:
+        nginx = pair.start_nginx(8080)
+        daemon = Daemon(pair, RULES)
+        try:
+            yield pair, nginx, daemon
+        finally:
+            daemon.close()
+
+
+def request(pair: NetnsPair, *pieces: bytes, delay_ms: float = 50, nodelay: bool = True) -> dict[str, object]:
+    res = pair.run(pair.client, sys.executable, str(CLIENT), pair.server_ip, "8080", str(delay_ms),
+                   "1" if nodelay else "0", *map(repr, pieces), timeout=30)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    out: dict[str, object] = json.loads(res.stdout)
+    return out
+
+
+def served(nginx: Server) -> list[str]:
+    log = nginx.workdir / "access.log"
+    return log.read_text().splitlines() if log.exists() else []
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        (b"GET /api" + TAIL,),
+        (b"GET /a", b"pi" + TAIL),  # the request line split over two segments
+        (b"GE", b"T /a", b"pi" + TAIL),  # and over three
+        (b"\r\nGET /api" + TAIL,),  # an empty line first
+        (b"GET  /api" + TAIL,),  # two spaces after the method
+        (b"GET http://svc/api" + TAIL,),  # absolute-form
+        (b"HEAD /api" + TAIL,),
+    ],
+    ids=["plain", "split2", "split3", "crlf", "spaces", "absolute", "head"],
+)
+def test_a_blocked_request_is_refused_however_it_is_framed(
+    guarded: tuple[NetnsPair, Server, Daemon], pieces: tuple[bytes, ...]
+) -> None:
+    pair, nginx, daemon = guarded
+    before = len(served(nginx))
+    blocked_before = daemon.stats()["resources"]["api"]["block"]
+    answer = request(pair, *pieces)
+    assert answer["status"] == 429, answer
+    assert len(served(nginx)) == before, "nginx saw the request"
+    assert daemon.stats()["resources"]["api"]["block"] == blocked_before + 1  # judged exactly once
+
+
+@pytest.mark.parametrize("nodelay", [True, False], ids=["nodelay", "nagle"])
+def test_a_split_allowed_request_is_served_once(
+    guarded: tuple[NetnsPair, Server, Daemon], nodelay: bool
+) -> None:
+    pair, nginx, daemon = guarded
+    before = len(served(nginx))
+    answer = request(pair, b"GET /o", b"k" + TAIL, nodelay=nodelay)
+    assert answer["status"] == 200, answer
+    assert len(served(nginx)) == before + 1
+    assert daemon.stats()["ports"]["8080"]["incomplete"] >= 1
