@@ -15,7 +15,15 @@ app = typer.Typer(
 
 def _register() -> None:
     # Imported for their side effect of adding commands to ``app``.
-    from sentinel_ebpf.cli import doctor_cmd, down_cmd, rules_cmd, run_cmd, stats_cmd, trace_cmd  # noqa: F401
+    from sentinel_ebpf.cli import (  # noqa: F401
+        dashboard_cmd,
+        doctor_cmd,
+        down_cmd,
+        rules_cmd,
+        run_cmd,
+        stats_cmd,
+        trace_cmd,
+    )
 
 
 def main() -> None:
