@@ -65,9 +65,10 @@ def test_collected_seconds_feed_the_history_with_blocks_by_kind(tmp_path: Path) 
     dp.buckets[api] = st
     now = [5_100]
     seconds = SecondCollector(lambda: now[0])
+    st.total_block = st.block_by_type[int(BlockType.BLOCK_FLOW)] = 1  # blocked before
     d._collect_seconds(seconds)  # baseline of the block counters (nothing complete yet)
-    st.total_block = 3
-    st.block_by_type[int(BlockType.BLOCK_FLOW)] = 2
+    st.total_block = 4
+    st.block_by_type[int(BlockType.BLOCK_FLOW)] = 3
     st.block_by_type[int(BlockType.BLOCK_HOTSPOT)] = 1
     now[0] = 6_200
     d._collect_seconds(seconds)  # no metric log configured: the history is still fed

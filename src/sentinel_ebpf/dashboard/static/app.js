@@ -2,13 +2,14 @@
 // Text from the daemon is only ever put in the page as text (textContent), never as HTML.
 "use strict";
 (() => {
-  const WINDOW_MS = 300_000;
+  const WINDOW_MS = 300_000; // what the daemon keeps
+  const MIN_WINDOW_MS = 60_000; // a young daemon's charts span at least this, not 5 empty minutes
   const SECTIONS = ["resources", "flowRules", "isolationRules", "circuitBreakerRules", "hotSpotParamRules", "systemRules"];
   const BLOCK_TYPES = ["flow", "isolation", "circuit_breaking", "system", "hotspot"];
   const state = {
     daemon: 0, token: sessionStorage.getItem("sentinel-ebpf-token") || "", editsEnabled: false,
     points: new Map(), // resource -> Map(t_ms -> point)
-    toMs: 0, transitions: [], cards: new Map(), stats: null, rules: null, base: "", busy: false,
+    toMs: 0, startMs: 0, transitions: [], cards: new Map(), stats: null, rules: null, base: "", busy: false,
   };
 
   const $ = (sel) => document.querySelector(sel);
@@ -22,6 +23,7 @@
     for (const c of children) if (c !== null && c !== undefined) e.append(c instanceof Node ? c : String(c));
     return e;
   }
+  const fill = (node, ...children) => node.replaceChildren(...children.filter((c) => c !== null && c !== undefined));
   const fmtTime = (s) => new Date(s * 1000).toLocaleTimeString();
   const fmtNum = (n, d = 0) => Number(n).toLocaleString(undefined, { maximumFractionDigits: d });
 
@@ -50,6 +52,7 @@
     const seen = new Set(state.transitions.map((t) => `${t.t}|${t.resource}|${t.breaker}|${t.to}`));
     for (const t of doc.transitions) if (!seen.has(`${t.t}|${t.resource}|${t.breaker}|${t.to}`)) state.transitions.push(t);
     state.toMs = Math.max(state.toMs, doc.to_ms);
+    if (!state.startMs) state.startMs = doc.from_ms; // the oldest second the daemon had
     const oldest = state.toMs - WINDOW_MS;
     for (const m of state.points.values()) for (const t of m.keys()) if (t < oldest) m.delete(t);
     state.transitions = state.transitions.filter((t) => t.t >= oldest);
@@ -60,7 +63,8 @@
     const m = state.points.get(name) || new Map();
     const blocks = Object.fromEntries(BLOCK_TYPES.map((k) => [k, 0]));
     const end = state.toMs || Math.floor(Date.now() / 1000) * 1000;
-    for (let t = end - WINDOW_MS; t < end; t += 1000) {
+    const begin = Math.max(end - WINDOW_MS, Math.min(state.startMs || end, end - MIN_WINDOW_MS));
+    for (let t = begin; t < end; t += 1000) {
       xs.push(t / 1000);
       const p = m.get(t);
       for (const k of Object.keys(cols)) cols[k].push(p ? p[k] : 0);
@@ -69,22 +73,27 @@
     return { xs, cols, blocks };
   }
 
-  // Breaker transitions as vertical lines, labelled with the state entered.
+  // Breaker transitions as vertical lines, labelled with the state entered (colours apart from the
+  // series'; labels of transitions close to each other are stacked).
+  const TRANSITION_COLORS = { open: "#d81b60", half_open: "#b26a00", closed: "#546e7a" };
   function transitionsPlugin(name) {
     return { hooks: { draw: [(u) => {
-      const ctx = u.ctx;
+      const ctx = u.ctx, placed = [];
       ctx.save();
       for (const t of state.transitions) {
         if (t.resource !== name) continue;
-        const x = u.valToPos(t.t / 1000, "x", true);
+        const x = Math.round(u.valToPos(t.t / 1000, "x", true)); // whole pixels: a crisp line
         if (x < u.bbox.left || x > u.bbox.left + u.bbox.width) continue;
-        ctx.strokeStyle = t.to === "open" ? "#c62828" : t.to === "half_open" ? "#b26a00" : "#2e7d32";
+        ctx.strokeStyle = TRANSITION_COLORS[t.to] || "#000";
         ctx.lineWidth = 2 * devicePixelRatio;
         ctx.setLineDash([4 * devicePixelRatio, 3 * devicePixelRatio]);
         ctx.beginPath(); ctx.moveTo(x, u.bbox.top); ctx.lineTo(x, u.bbox.top + u.bbox.height); ctx.stroke();
         ctx.fillStyle = ctx.strokeStyle;
         ctx.font = `${11 * devicePixelRatio}px sans-serif`;
-        ctx.fillText(`${t.breaker} → ${t.to}`, x + 3 * devicePixelRatio, u.bbox.top + 12 * devicePixelRatio);
+        const label = `${t.breaker} → ${t.to}`, w = ctx.measureText(label).width;
+        const row = placed.filter((px) => Math.abs(px - x) < w + 8 * devicePixelRatio).length;
+        placed.push(x);
+        ctx.fillText(label, x - 4 * devicePixelRatio - w, u.bbox.top + (12 + 13 * row) * devicePixelRatio);
       }
       ctx.restore();
     }] } };
@@ -101,14 +110,15 @@
     const width = Math.max(320, Math.floor((card.clientWidth - 40) / 2));
     const { xs, cols } = series(name);
     const qps = new uPlot({
-      title: "requests per second", width, height: 190, plugins: [transitionsPlugin(name)],
+      title: "requests per second", width, height: 190, legend: { live: false }, plugins: [transitionsPlugin(name)],
       scales: { x: { time: true } },
-      series: [{}, { label: "pass", stroke: "#2e7d32" }, { label: "block", stroke: "#c62828" },
-        { label: "complete", stroke: "#1565c0" }, { label: "error", stroke: "#ef6c00" }],
+      // complete is dashed: it equals pass for quick requests, and pass must stay visible under it
+      series: [{}, { label: "pass", stroke: "#2e7d32", width: 2 }, { label: "block", stroke: "#c62828" },
+        { label: "complete", stroke: "#1565c0", dash: [5, 5] }, { label: "error", stroke: "#ef6c00" }],
       axes: [{}, { label: "req/s" }],
     }, [xs, cols.pass, cols.block, cols.complete, cols.error], qpsBox);
     const rt = new uPlot({
-      title: "average RT and concurrency", width, height: 190, plugins: [transitionsPlugin(name)],
+      title: "average RT and concurrency", width, height: 190, legend: { live: false }, plugins: [transitionsPlugin(name)],
       scales: { x: { time: true }, conc: {} },
       series: [{}, { label: "avg RT ms", stroke: "#6a1b9a" }, { label: "concurrency", stroke: "#00838f", scale: "conc" }],
       axes: [{}, { label: "ms" }, { side: 1, scale: "conc", label: "in flight", grid: { show: false } }],
@@ -121,22 +131,22 @@
   function renderResources(stats) {
     const names = Object.keys(stats.resources);
     for (const [name, c] of state.cards) if (!names.includes(name)) { c.qps.destroy(); c.rt.destroy(); c.card.remove(); state.cards.delete(name); }
-    if (!names.length) $("#resource-list").replaceChildren(el("p", { class: "muted" }, "no resources in force"));
-    else if (!state.cards.size) $("#resource-list").replaceChildren();
+    if (!names.length) fill($("#resource-list"), el("p", { class: "muted" }, "no resources in force"));
+    else if (!state.cards.size) fill($("#resource-list"));
     for (const name of names) {
       const r = stats.resources[name];
       const c = state.cards.get(name) || makeCard(name);
       const { xs, cols, blocks } = series(name);
       const last = (k) => cols[k][cols[k].length - 1] || 0;
-      c.facts.replaceChildren(
+      fill(c.facts,
         ...[["pass/s", last("pass")], ["block/s", last("block")], ["complete/s", last("complete")], ["error/s", last("error")],
           ["avg RT ms", last("avg_rt_ms")], ["concurrency", r.concurrency],
           ["total pass", r.pass], ["total block", r.block]].map(([k, v]) => el("span", {}, `${k} `, el("b", {}, fmtNum(v)))),
         r.source === "tls_trace" ? el("span", { class: "muted" }, "(tls, observed: never blocked)") : null);
-      c.breakers.replaceChildren(...(r.circuit_breakers.length ? ["circuit breakers: ",
+      fill(c.breakers, ...(r.circuit_breakers.length ? ["circuit breakers: ",
         ...r.circuit_breakers.map((b) => el("span", { class: `badge state-${b.state}`, "data-breaker": b.id }, `${b.id}: ${b.state}`))] : []));
       const total = BLOCK_TYPES.filter((k) => r.block_by_type[k]);
-      c.reasons.replaceChildren(total.length
+      fill(c.reasons, total.length
         ? `blocked by: ${BLOCK_TYPES.map((k) => `${k} ${fmtNum(blocks[k])}`).join(", ")} (last 5 min); ` +
           `since load: ${total.map((k) => `${k} ${fmtNum(r.block_by_type[k])}`).join(", ")}`
         : "nothing blocked since the rules were loaded");
@@ -151,20 +161,20 @@
   }
 
   function renderDataplane(stats) {
-    $("#dp-counters").replaceChildren(table(["counter", "total"], Object.entries(stats.dataplane || {})));
+    fill($("#dp-counters"), table(["counter", "total"], Object.entries(stats.dataplane || {})));
     const ports = Object.entries(stats.ports || {});
     const kinds = ports.length ? Object.keys(ports[0][1]) : [];
-    $("#dp-ports").replaceChildren(ports.length
+    fill($("#dp-ports"), ports.length
       ? table(["port (passed unclassified)", ...kinds], ports.map(([p, c]) => [p, ...kinds.map((k) => c[k])]))
       : el("p", { class: "muted" }, "no protected port has passed unclassified traffic"));
   }
 
   async function renderDoctor() {
     let d;
-    try { d = await api("doctor"); } catch (e) { $("#doctor").replaceChildren(el("p", { class: "error" }, e.message)); return; }
-    if (d.state === "running") { $("#doctor").replaceChildren(el("p", { class: "muted" }, "doctor is running…")); setTimeout(renderDoctor, 2000); return; }
-    if (d.state === "failed") { $("#doctor").replaceChildren(el("p", { class: "error" }, d.error)); return; }
-    $("#doctor").replaceChildren(
+    try { d = await api("doctor"); } catch (e) { fill($("#doctor"), el("p", { class: "error" }, e.message)); return; }
+    if (d.state === "running") { fill($("#doctor"), el("p", { class: "muted" }, "doctor is running…")); setTimeout(renderDoctor, 2000); return; }
+    if (d.state === "failed") { fill($("#doctor"), el("p", { class: "error" }, d.error)); return; }
+    fill($("#doctor"),
       el("p", {}, `kernel ${d.kernel} (${d.arch}): `, el("b", { class: d.ok ? "state-closed" : "state-open" }, d.ok ? "everything essential is available" : "an essential feature is missing")),
       table(["feature", "available", "missing"], d.features.map((f) => [f.name + (f.essential ? " (essential)" : ""), f.available ? "yes" : "no", f.missing.join(", ")])),
       d.not_ok.length ? el("p", { class: "muted" }, "checks not ok: " + d.not_ok.map((c) => `${c.name} (${c.status}${c.detail ? ": " + c.detail : ""})`).join("; ")) : null);
@@ -207,12 +217,12 @@
     state.rules = doc; state.base = doc.revision;
     const editable = doc.editable && state.editsEnabled;
     const why = !doc.editable ? doc.not_editable : !state.editsEnabled ? "read-only: start the dashboard with --token-file FILE and enter the token to edit" : "";
-    $("#rules-status").replaceChildren(
+    fill($("#rules-status"),
       note ? el("p", { class: "applied" }, note) : null,
       el("p", {}, `file ${doc.file}, revision `, el("code", { id: "rules-revision" }, doc.revision),
         `, in force since `, el("b", { id: "rules-loaded-at" }, fmtTime(doc.loaded_at))),
       why ? el("p", { class: "muted" }, why) : null);
-    $("#rules-problems").replaceChildren();
+    fill($("#rules-problems"));
     const tables = [];
     for (const section of SECTIONS) {
       const schema = doc.schema[section];
@@ -227,7 +237,7 @@
     const reject = el("textarea", { disabled: !editable, spellcheck: false, value: JSON.stringify((doc.document || {}).reject || {}, null, 1) });
     reject.setAttribute("aria-label", "reject");
     tables.push(el("div", { class: "rules-table", "data-section": "reject" }, el("h3", {}, "reject (what a block looks like)"), el("div", { class: "cell" }, reject)));
-    $("#rules-tables").replaceChildren(...tables);
+    fill($("#rules-tables"), ...tables);
     for (const s of SECTIONS) renumber(s);
     for (const id of ["#rules-check", "#rules-apply", "#rules-discard"]) $(id).disabled = !editable;
   }
@@ -259,7 +269,7 @@
   function clearProblems() {
     document.querySelectorAll(".invalid").forEach((e) => e.classList.remove("invalid"));
     document.querySelectorAll("#rules-tables .problem").forEach((e) => e.remove());
-    $("#rules-problems").replaceChildren();
+    fill($("#rules-problems"));
   }
 
   function showProblems(problems, summary) {
@@ -307,7 +317,7 @@
 
   async function loadRules(note) {
     try { renderRules(await api(`daemons/${state.daemon}/rules`), note); }
-    catch (e) { $("#rules-status").replaceChildren(el("p", { class: "error" }, e.message)); }
+    catch (e) { fill($("#rules-status"), el("p", { class: "error" }, e.message)); }
   }
 
   // -- polling --------------------------------------------------------------------------------------
@@ -342,9 +352,9 @@
     sel.replaceChildren(...overview.daemons.map((d) => el("option", { value: d.id }, d.socket + (d.up ? "" : " (down)"))));
     sel.value = String(state.daemon);
     sel.onchange = () => {
-      state.daemon = Number(sel.value); state.points.clear(); state.transitions = []; state.toMs = 0;
+      state.daemon = Number(sel.value); state.points.clear(); state.transitions = []; state.toMs = state.startMs = 0;
       for (const c of state.cards.values()) { c.qps.destroy(); c.rt.destroy(); }
-      state.cards.clear(); $("#resource-list").replaceChildren(); loadRules(); tick();
+      state.cards.clear(); fill($("#resource-list")); loadRules(); tick();
     };
     await loadRules();
     renderDoctor();
