@@ -93,7 +93,8 @@
         const label = `${t.breaker} → ${t.to}`, w = ctx.measureText(label).width;
         const row = placed.filter((px) => Math.abs(px - x) < w + 8 * devicePixelRatio).length;
         placed.push(x);
-        ctx.fillText(label, x - 4 * devicePixelRatio - w, u.bbox.top + (12 + 13 * row) * devicePixelRatio);
+        const left = x - 4 * devicePixelRatio - w; // left of the line, or right of it near the left edge
+        ctx.fillText(label, left < u.bbox.left ? x + 4 * devicePixelRatio : left, u.bbox.top + (12 + 13 * row) * devicePixelRatio);
       }
       ctx.restore();
     }] } };
