@@ -179,6 +179,11 @@ def test_the_page_shows_every_resource_with_live_charts_breakers_dataplane_and_d
             int(c.inner_text().replace(",", "")) for c in s.page.query_selector_all("#dp-counters td.num")
         ]
         assert len(counters) > 2 and sum(counters) > 0
+        # the fleet: this host's one daemon, up, with the revision the rules section shows
+        node = [td.inner_text() for td in s.page.query_selector_all("#fleet-nodes tr:nth-child(2) td")]
+        assert (
+            node[0] == s.daemon.socket and node[1] == "up" and node[3] == s.page.inner_text("#rules-revision")
+        )
         s.page.wait_for_selector("#doctor >> text=kernel", timeout=60_000)
         if SCREENSHOT:
             api.wait(timeout=TRAFFIC_S + 30)

@@ -72,10 +72,20 @@ class RulesEditor:
         self.compile_rules = compile_rules
         self.reload = reload
         self._lock = threading.Lock()  # one edit at a time
+        self._revision: tuple[RuleSet | None, str] = (None, "")  # (rule set, its revision): computed once
+
+    def revision(self) -> str:
+        """The revision of the rule set in force (cached per rule set: ``stats`` reports it every second)."""
+        rules = self.in_force()
+        cached, rev = self._revision
+        if rules is not cached:
+            rev = revision(rules)
+            self._revision = (rules, rev)
+        return rev
 
     def describe(self) -> dict[str, Any]:
         why = None if self.path else "the built-in example is not editable: run the daemon with -r FILE"
-        return {"revision": revision(self.in_force()), "editable": why is None, "not_editable": why}
+        return {"revision": self.revision(), "editable": why is None, "not_editable": why}
 
     def handle(self, cmd: str, request: dict[str, Any]) -> dict[str, Any]:
         document = request.get("document")
@@ -103,7 +113,7 @@ class RulesEditor:
         if not self.path:
             raise SentinelError(self.describe()["not_editable"])
         with self._lock:
-            current = revision(self.in_force())
+            current = self.revision()
             if base != current:
                 reason = (f"the rules in force changed (revision {current}, your edit is based on {base}): "
                           "load them again and redo the edit")  # fmt: skip

@@ -18,6 +18,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from sentinel_ebpf import __version__
 from sentinel_ebpf._types import ResStats
 from sentinel_ebpf.daemon.collector import BlockDeltas, SecondCollector, second_counts
 from sentinel_ebpf.daemon.control import DEFAULT_SOCKET, ControlServer
@@ -413,6 +414,8 @@ class Daemon:
             doc["dataplane"] = self.dp.counters()
             doc["ports"] = self._port_counters()
             doc["loaded_at"] = self.loaded_at
+            doc["version"] = __version__
+            doc["revision"] = self.editor.revision()
             return doc
         if cmd == "rules":
             return {

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sentinel_ebpf.daemon.control import ControlError, request
+from sentinel_ebpf.dashboard.fleet import LocalSockets, NodeSource, fleet_view
 from sentinel_ebpf.rules.dump import FIELDS
 
 Ask = Callable[..., dict[str, Any]]
@@ -87,12 +88,18 @@ def run_doctor() -> dict[str, Any]:
 class Backend:
     """The daemons (by index into ``sockets``) and the host."""
 
-    def __init__(self, sockets: list[str], doctor: DoctorCache, ask: Ask = request) -> None:
+    def __init__(
+        self, sockets: list[str], doctor: DoctorCache, ask: Ask = request, fleet: NodeSource | None = None
+    ) -> None:
         if not sockets:
             raise ValueError("at least one control socket is needed")
         self.sockets = sockets
         self.doctor = doctor
         self.ask = ask
+        self.fleet_source = fleet or LocalSockets(sockets, ask)
+
+    def fleet(self) -> dict[str, Any]:
+        return fleet_view(self.fleet_source.records())
 
     def _socket(self, daemon: int) -> str:
         if not 0 <= daemon < len(self.sockets):

@@ -187,6 +187,9 @@ def _handler(app: DashboardServer) -> type[BaseHTTPRequestHandler]:
                 self._json(200, self._get(parts, query))
             except BackendError as exc:
                 self._error(exc.status, str(exc))
+            except Exception as exc:  # an answer, never a dropped connection
+                log.exception("GET %s", self.path)
+                self._error(500, f"internal error: {type(exc).__name__}: {exc}")
 
         do_HEAD = do_GET
 
@@ -208,6 +211,8 @@ def _handler(app: DashboardServer) -> type[BaseHTTPRequestHandler]:
                 }
             if parts == ["doctor"]:
                 return app.backend.doctor.summary()
+            if parts == ["fleet"]:
+                return app.backend.fleet()
             if len(parts) == 3 and parts[0] == "daemons":
                 daemon = _int(parts[1], "daemon")
                 if parts[2] == "stats":
@@ -236,6 +241,9 @@ def _handler(app: DashboardServer) -> type[BaseHTTPRequestHandler]:
                 raise BackendError(404, f"no API endpoint POST {self.path}")
             except BackendError as exc:
                 self._error(exc.status, str(exc))
+            except Exception as exc:
+                log.exception("POST %s", self.path)
+                self._error(500, f"internal error: {type(exc).__name__}: {exc}")
 
         def _body(self) -> dict[str, Any]:
             length = int(self.headers.get("Content-Length") or 0)

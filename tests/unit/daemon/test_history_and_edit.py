@@ -200,3 +200,14 @@ def test_compile_problems_without_a_known_field_stay_on_the_rule() -> None:
     assert (p["section"], p["index"], p["field"]) == ("flowRules", 3, None)
     assert compile_problem("something global", fields)["section"] is None
     assert revision(None) == ""
+
+
+def test_stats_name_the_version_and_the_revision_in_force(tmp_path: Path) -> None:
+    from sentinel_ebpf import __version__
+
+    d, _ = daemon(tmp_path, rules("5"))
+    stats = d.handle({"cmd": "stats"})
+    assert stats["version"] == __version__ and stats["revision"] == d.handle({"cmd": "rules"})["revision"]
+    (tmp_path / "rules.yaml").write_text(rules("9"))
+    d.reload()
+    assert d.handle({"cmd": "stats"})["revision"] not in ("", stats["revision"])

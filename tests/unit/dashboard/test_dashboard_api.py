@@ -223,3 +223,9 @@ def test_listen_and_token_file_checks(tmp_path: Path) -> None:
     token.write_text("short")
     with pytest.raises(ValueError, match="at least 16"):
         read_token(str(token))
+
+
+def test_fleet_lists_every_daemon_given(app: Setup) -> None:
+    status, doc, _ = app.call("GET", "/api/fleet")
+    assert status == 200 and [n["health"] for n in doc["nodes"]] == ["down", "down"]
+    assert "older version" in doc["nodes"][0]["error"] and "no daemon" in doc["nodes"][1]["error"]

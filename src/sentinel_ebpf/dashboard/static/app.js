@@ -170,6 +170,18 @@
       : el("p", { class: "muted" }, "no protected port has passed unclassified traffic"));
   }
 
+  async function renderFleet() {
+    let f;
+    try { f = await api("fleet"); } catch (e) { fill($("#fleet-nodes"), el("p", { class: "error" }, e.message)); return; }
+    fill($("#fleet-nodes"), table(["node", "health", "version", "rules revision", "rules in force since"],
+      f.nodes.map((n) => [n.node, n.health === "up" ? "up" : `down: ${n.error}`, n.version || "", n.rules_revision || "",
+        n.loaded_at ? fmtTime(n.loaded_at) : ""])),
+      f.same_rules ? null : el("p", { class: "error" }, "the nodes do not run the same rules"));
+    const keys = ["pass_qps", "block_qps", "concurrency", "pass", "block", "complete", "error", "nodes"];
+    fill($("#fleet-sums"), el("h3", { class: "small" }, "per resource, summed over the nodes that are up"),
+      table(["resource", ...keys], Object.entries(f.resources).map(([name, r]) => [name, ...keys.map((k) => r[k])])));
+  }
+
   async function renderDoctor() {
     let d;
     try { d = await api("doctor"); } catch (e) { fill($("#doctor"), el("p", { class: "error" }, e.message)); return; }
@@ -331,6 +343,7 @@
       state.stats = stats;
       renderResources(stats);
       renderDataplane(stats);
+      renderFleet();
       setStatus(`updated ${new Date().toLocaleTimeString()}`);
       if (state.rules && stats.loaded_at && Math.abs(stats.loaded_at - state.rules.loaded_at) > 0.001 && !$("#rules-stale")) {
         $("#rules-status").append(el("p", { id: "rules-stale", class: "error" }, "the rules in force changed since this table was loaded: Discard edits shows them"));
