@@ -90,6 +90,8 @@
         ctx.beginPath(); ctx.moveTo(x, u.bbox.top); ctx.lineTo(x, u.bbox.top + u.bbox.height); ctx.stroke();
         ctx.fillStyle = ctx.strokeStyle;
         ctx.font = `${11 * devicePixelRatio}px sans-serif`;
+        ctx.textAlign = "left"; // uPlot leaves the context as its axes last set it
+        ctx.textBaseline = "alphabetic";
         const label = `${t.breaker} → ${t.to}`, w = ctx.measureText(label).width;
         const row = placed.filter((px) => Math.abs(px - x) < w + 8 * devicePixelRatio).length;
         placed.push(x);
