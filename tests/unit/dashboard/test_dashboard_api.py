@@ -229,3 +229,32 @@ def test_fleet_lists_every_daemon_given(app: Setup) -> None:
     status, doc, _ = app.call("GET", "/api/fleet")
     assert status == 200 and [n["health"] for n in doc["nodes"]] == ["down", "down"]
     assert "older version" in doc["nodes"][0]["error"] and "no daemon" in doc["nodes"][1]["error"]
+
+
+def test_the_command_serves_until_sigterm_and_refuses_bad_setups(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    argv = [sys.executable, "-m", "sentinel_ebpf", "dashboard", "--no-doctor", "--control-socket",
+            str(tmp_path / "none.sock")]  # fmt: skip
+    bad = subprocess.run([*argv, "--listen", "0.0.0.0:0"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "needs a token: pass --token-file" in bad.stderr
+    bad = subprocess.run([*argv, "--token-file", str(tmp_path / "missing")], capture_output=True, text=True,
+                         timeout=60)  # fmt: skip
+    assert bad.returncode == 2 and "--token-file" in bad.stderr and "No such file" in bad.stderr
+    proc = subprocess.Popen([*argv, "--listen", "127.0.0.1:0"], stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert "dashboard at http://127.0.0.1:" in line and "read-only" in line, line
+        url = line.split("dashboard at ")[1].split()[0]
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            assert resp.status == 200 and b"sentinel-ebpf" in resp.read()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
