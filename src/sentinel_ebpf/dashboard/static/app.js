@@ -295,8 +295,8 @@
       let target = null;
       if (p.section === "reject") target = document.querySelector('[data-section="reject"] .cell');
       else if (p.section !== null && p.index !== null) {
-        const row = document.querySelector(`table[data-section="${p.section}"] tr[data-index="${p.index}"]`);
-        if (row) target = (top && row.querySelector(`td[data-field="${top}"]`)) || row.querySelector("td.row-problems");
+        const row = document.querySelector(`table[data-section="${CSS.escape(String(p.section))}"] tr[data-index="${CSS.escape(String(p.index))}"]`);
+        if (row) target = (top && row.querySelector(`td[data-field="${CSS.escape(top)}"]`)) || row.querySelector("td.row-problems");
       }
       if (target) { target.classList.add("invalid"); target.append(msg); }
       else $("#rules-problems").append(el("li", {}, [p.section, p.index, p.field].filter((x) => x !== null && x !== undefined).join(" ") + (p.section ? ": " : "") + p.reason));
