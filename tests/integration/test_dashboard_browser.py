@@ -55,6 +55,7 @@ class Stack:
     mode: Path
     url: str
     page: Any
+    browser: Any
 
     def get(self, path: str) -> str:
         return self.pair.run(self.pair.client, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
@@ -98,7 +99,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                         errors: list[str] = []
                         page.on("pageerror", lambda exc: errors.append(str(exc)))
                         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-                        yield Stack(pair, daemon, mode, url, page)
+                        yield Stack(pair, daemon, mode, url, page, browser)
                         assert errors == [], errors  # no script error, no CSP violation
                     finally:
                         browser.close()
@@ -228,3 +229,22 @@ def test_an_invalid_edit_shows_its_problems_and_changes_nothing_a_valid_one_take
     limited = load(s.pair, "/api", 2.0)
     assert limited["429"] > 0 and limited["served"] <= 5 * 3 + 5, limited
     assert s.daemon.stats()["resources"]["GET:/api"]["block"] - blocked_before == limited["429"]
+
+
+def test_without_the_token_the_page_reads_but_cannot_edit(stack: Stack) -> None:
+    s = stack
+    page = s.browser.new_page()  # a fresh context: no token in its session storage
+    try:
+        page.goto(s.url)
+        page.wait_for_selector(f"{_card('GET:/api')} .chart-qps canvas", timeout=15_000)
+        page.wait_for_selector("#rules-tables table[data-section='flowRules'] tr.rule-row", timeout=15_000)
+        assert "read-only" in page.inner_text("#rules-status")
+        assert page.is_disabled("#rules-apply") and page.is_disabled(f"{_rule_cell(s, 'threshold')} input")
+        # and the API refuses an edit without the token, even from the page's own origin
+        status = page.evaluate(
+            """async () => (await fetch('/api/daemons/0/rules/apply', {method: 'POST',
+                 headers: {'Content-Type': 'application/json'}, body: JSON.stringify({document: {}, base: ''})})).status"""
+        )
+        assert status == 401
+    finally:
+        page.close()
