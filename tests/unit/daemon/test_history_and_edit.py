@@ -211,3 +211,16 @@ def test_stats_name_the_version_and_the_revision_in_force(tmp_path: Path) -> Non
     (tmp_path / "rules.yaml").write_text(rules("9"))
     d.reload()
     assert d.handle({"cmd": "stats"})["revision"] not in ("", stats["revision"])
+
+
+def test_observed_resources_get_what_their_counters_gained_each_sample() -> None:
+    from sentinel_ebpf.daemon.history import ObservedDeltas
+    from sentinel_ebpf.stats import ResourceStats
+
+    d = ObservedDeltas()
+    first = d.step(1000, [ResourceStats("tls", passed=10, complete=10, rt_sum_ms=50.0, source="tls_trace")])
+    assert first["tls"].counts.is_zero()  # the first sight is the baseline
+    p = d.step(2000, [ResourceStats("tls", passed=14, complete=13, error=1, rt_sum_ms=80.0)])["tls"].counts
+    assert (p.second_ms, p.pass_qps, p.complete_qps, p.error_qps, p.avg_rt_ms) == (2000, 4, 3, 1, 10)
+    reset = d.step(3000, [ResourceStats("tls", passed=2, complete=2, rt_sum_ms=4.0)])["tls"].counts
+    assert (reset.pass_qps, reset.avg_rt_ms) == (2, 2)  # counters restarted (a reload): counted from zero

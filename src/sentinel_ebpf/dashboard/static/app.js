@@ -9,7 +9,7 @@
   const state = {
     daemon: 0, token: sessionStorage.getItem("sentinel-ebpf-token") || "", editsEnabled: false,
     points: new Map(), // resource -> Map(t_ms -> point)
-    toMs: 0, startMs: 0, transitions: [], cards: new Map(), stats: null, rules: null, base: "", busy: false,
+    toMs: 0, startMs: 0, ticks: 0, transitions: [], cards: new Map(), stats: null, rules: null, base: "", busy: false,
   };
 
   const $ = (sel) => document.querySelector(sel);
@@ -345,7 +345,7 @@
       state.stats = stats;
       renderResources(stats);
       renderDataplane(stats);
-      renderFleet();
+      if (!(state.ticks++ % 5)) renderFleet(); // asks every daemon twice: not every second
       setStatus(`updated ${new Date().toLocaleTimeString()}`);
       if (state.rules && stats.loaded_at && Math.abs(stats.loaded_at - state.rules.loaded_at) > 0.001 && !$("#rules-stale")) {
         $("#rules-status").append(el("p", { id: "rules-stale", class: "error" }, "the rules in force changed since this table was loaded: Discard edits shows them"));
