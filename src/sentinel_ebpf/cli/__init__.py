@@ -16,6 +16,7 @@ app = typer.Typer(
 def _register() -> None:
     # Imported for their side effect of adding commands to ``app``.
     from sentinel_ebpf.cli import (  # noqa: F401
+        dashboard_cmd,
         doctor_cmd,
         down_cmd,
         rules_cmd,

@@ -14,9 +14,10 @@ from sentinel_ebpf.cli import app
 from sentinel_ebpf.cli._common import fail, stop_on_signals
 from sentinel_ebpf.daemon import ControlError, request
 from sentinel_ebpf.daemon.control import DEFAULT_SOCKET
-from sentinel_ebpf.outputs.stats_table import stats_table
+from sentinel_ebpf.outputs.stats_table import per_second, stats_table
 from sentinel_ebpf.stats import BreakerState, ResourceStats
 
+HISTORY_S = 30  # the sparkline's span in `top`
 SocketOption = Annotated[str, typer.Option("--control-socket", help="The daemon's control socket.")]
 
 
@@ -38,6 +39,15 @@ def _fetch(path: str) -> dict[str, Any]:
         return request(path, "stats")
     except ControlError as exc:
         raise fail(str(exc)) from None
+
+
+def _history(path: str) -> dict[str, list[int]] | None:
+    """Pass per second over the last HISTORY_S seconds, from the daemon's memory (None: a daemon without it)."""
+    since_ms = (int(time.time()) - HISTORY_S - 1) * 1000
+    try:
+        return per_second(request(path, "metrics", since=since_ms), "pass", HISTORY_S)
+    except ControlError:
+        return None
 
 
 @app.command()
@@ -62,7 +72,7 @@ def top(
         int, typer.Option("--count", help="Stop after this many refreshes (0: never).", min=0)
     ] = 0,
 ) -> None:
-    """A live per-resource table: pass/block QPS, RT, concurrency, breaker states."""
+    """A live per-resource table: pass/block QPS, RT, concurrency, breaker states, the last 30 s."""
     previous = _resources(_fetch(control_socket))
     then = time.monotonic()
     shown = 0
@@ -71,6 +81,6 @@ def top(
             time.sleep(interval)
             current = _resources(_fetch(control_socket))
             now = time.monotonic()
-            live.update(stats_table(current, previous, now - then), refresh=True)
+            live.update(stats_table(current, previous, now - then, _history(control_socket)), refresh=True)
             previous, then = current, now
             shown += 1

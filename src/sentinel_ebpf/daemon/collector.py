@@ -7,7 +7,7 @@ import struct
 import time
 from collections.abc import Callable
 
-from sentinel_ebpf._types import ResStats, StatBucket
+from sentinel_ebpf._types import BlockType, ResStats, StatBucket
 from sentinel_ebpf.stats import SecondCounts
 
 SECOND_MS = 1000
@@ -38,6 +38,50 @@ def second_counts(st: ResStats, second_ms: int, concurrency: int, epoch_ms: int)
         second_ms=epoch_ms, pass_qps=passed, block_qps=blocked, complete_qps=complete, error_qps=error,
         avg_rt_ms=rt // complete if complete else 0, concurrency=concurrency,
     )  # fmt: skip
+
+
+_BLOCKS = struct.Struct(f"<{int(BlockType.BLOCK_TYPE_MAX)}Q")
+_BLOCK_NAMES = {
+    int(t): t.name.removeprefix("BLOCK_").lower()
+    for t in BlockType
+    if t not in (BlockType.BLOCK_NONE, BlockType.BLOCK_TYPE_MAX)
+}
+
+
+def block_counts(raw: bytes) -> dict[str, int]:
+    """Cumulative blocks by rule kind (``flow``, ``isolation``...) from a raw ``struct res_stats``."""
+    counts = _BLOCKS.unpack_from(raw, ResStats.block_by_type.offset)
+    return {name: counts[code] for code, name in _BLOCK_NAMES.items()}
+
+
+def delta(now: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    """What cumulative counters gained; counters that went down restarted from zero (a reload)."""
+    if any(v < before.get(k, 0) for k, v in now.items()):
+        return dict(now)
+    return {k: v - before.get(k, 0) for k, v in now.items()}
+
+
+class BlockDeltas:
+    """Blocks by rule kind gained since the previous call, per resource id. The kernel counts blocks by
+    kind cumulatively (not per bucket), so a second gets what was added since the previous sample. Only
+    resources whose block total moved are read again."""
+
+    def __init__(self) -> None:
+        self._seen: dict[int, tuple[int, dict[str, int]]] = {}  # id -> (block total, by kind)
+
+    def step(self, raw: dict[int, bytes], block_totals: dict[int, int]) -> dict[int, dict[str, int]]:
+        out = {}
+        for rid in self._seen.keys() - block_totals.keys():
+            del self._seen[rid]  # removed by a reload
+        for rid, blocked in block_totals.items():
+            last = self._seen.get(rid)
+            if last is not None and last[0] == blocked:
+                continue
+            counts = block_counts(raw[rid])
+            if last is not None:  # the first sight of a resource is the baseline
+                out[rid] = delta(counts, last[1])
+            self._seen[rid] = (blocked, counts)
+        return out
 
 
 class SecondCollector:

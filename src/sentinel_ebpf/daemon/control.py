@@ -1,6 +1,7 @@
 """The local control socket: one JSON request line, one JSON reply line, then the connection closes.
 
-Requests: ``{"cmd": "stats"}``, ``{"cmd": "rules"}``, ``{"cmd": "reload"}``. Replies carry ``"ok"`` and
+Requests: ``{"cmd": "stats"}``, ``{"cmd": "rules"}``, ``{"cmd": "reload"}``, ``{"cmd": "metrics", "since":
+T}``, ``{"cmd": "check"|"apply", "document": {...}, "base": REVISION}``. Replies carry ``"ok"`` and
 either the payload or ``"error"``. The socket is created with mode 0600 (root only), in a directory
 that only the daemon's user controls (``private_dir``); a symbolic link, a non-socket or another user's
 socket at its path is refused, never replaced.
@@ -25,7 +26,7 @@ from sentinel_ebpf.errors import SentinelError
 
 log = logging.getLogger("sentinel_ebpf.control")
 DEFAULT_SOCKET = "/run/sentinel-ebpf/control.sock"
-MAX_REQUEST_BYTES = 4096
+MAX_REQUEST_BYTES = 4 << 20  # a rules document for check/apply
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 

@@ -16,10 +16,13 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
+from sentinel_ebpf import __version__
 from sentinel_ebpf._types import ResStats
-from sentinel_ebpf.daemon.collector import SecondCollector, second_counts
+from sentinel_ebpf.daemon.collector import BlockDeltas, SecondCollector, second_counts
 from sentinel_ebpf.daemon.control import DEFAULT_SOCKET, ControlServer
 from sentinel_ebpf.daemon.demo import DEFAULT_RULES, DemoServer
+from sentinel_ebpf.daemon.edit import RulesEditor
+from sentinel_ebpf.daemon.history import History, ObservedDeltas, Point
 from sentinel_ebpf.daemon.links import LinkSet, LinkWatcher, interfaces, reconcile
 from sentinel_ebpf.daemon.reload import ReloadResult, reload_rules
 from sentinel_ebpf.daemon.resume import inbound_record, resume
@@ -118,6 +121,16 @@ class Daemon:
         self.links = LinkSet([])
         self.link_watcher: LinkWatcher | None = None
         self._links_changed = threading.Event()
+        self.history = History()  # the last minutes per second, for `metrics` (dashboard, top)
+        self._block_deltas = BlockDeltas()
+        self._tls_deltas = ObservedDeltas()
+        self.listeners.append(lambda c: self.history.transition(round(time.time() * 1000), c))
+        self.editor = RulesEditor(
+            None if config.rules is None or is_etcd_url(config.rules) else config.rules,
+            lambda: self.rules,
+            lambda rs: self._dp().compile(rs),
+            self.request_reload,
+        )
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -200,7 +213,7 @@ class Daemon:
                     last_slow = now
                     self.cpu_ratio = self.cpu.sample()
                     self.dp.set_system_metrics(load1(), self.cpu_ratio)
-                    self._write_metric_log(seconds)
+                    self._collect_seconds(seconds)
                 self._wake.wait(max(0.0, min(WATCH_S, next_poll - time.monotonic())))
                 self._wake.clear()
         except Stop:
@@ -340,6 +353,11 @@ class Daemon:
         state.write(self.config.state_dir)
         self._state_written = True
 
+    def _dp(self) -> InboundDataplane:
+        if self.dp is None:
+            raise SentinelError("the daemon is not running")
+        return self.dp
+
     def add_state_listener(self, listener: Callable[[StateChange], None]) -> None:
         """Call ``listener`` (on the daemon's thread) for every circuit breaker transition."""
         self.listeners.append(listener)
@@ -377,8 +395,9 @@ class Daemon:
             except (OSError, subprocess.TimeoutExpired) as exc:
                 log.error("breaker hook %r: %s", command, exc)
 
-    def _write_metric_log(self, seconds: SecondCollector) -> None:
-        if self.metric_log is None or self.dp is None:
+    def _collect_seconds(self, seconds: SecondCollector) -> None:
+        """Each completed second: the history's points and the metric log's lines."""
+        if self.dp is None:
             return
         protocols = self.protocols
         completed = seconds.completed()
@@ -394,8 +413,12 @@ class Daemon:
         before = next((t for at, t in reversed(self._totals_seen) if at <= first), {})
         self._totals_seen.append((taken_ms, totals))
         del self._totals_seen[:-3]
+        blocks = self._block_deltas.step(raw, {rid: t[2] for rid, t in totals.items()})
+        tls = self.tls.stats() if self.tls is not None else []
         for s in completed:
             items = []
+            last = s == completed[-1]  # blocks by kind and tls counts are known since the last sample
+            points = self._tls_deltas.step(seconds.epoch(s), tls) if last else {}
             for r in self.dp.compiled.resources:
                 now = totals[r.id]
                 if not now[0] and before.get(r.id) == now:
@@ -403,6 +426,10 @@ class Daemon:
                 st = ResStats.from_buffer_copy(raw[r.id])
                 counts = second_counts(st, s, max(0, int(st.concurrency)), seconds.epoch(s))
                 items.append(MetricItem(r.name, counts, classification_of(protocols.get(r.name, "tcp"))))
+                points[r.name] = Point(counts, blocks.get(r.id, {}) if last else {})
+            self.history.record(seconds.epoch(s), points)
+            if self.metric_log is None:
+                continue
             try:
                 self.metric_log.write(seconds.epoch(s), items)
             except OSError as exc:  # a full disk must not stop enforcement
@@ -432,6 +459,8 @@ class Daemon:
                 t = self.ticker
                 doc["threshold_ticks"] = {"ticks": t.ticks, "late": t.late, "failed": t.failures,
                                           "max_late_ms": t.max_late_ns // 1_000_000}  # fmt: skip
+            doc["version"] = __version__
+            doc["revision"] = self.editor.revision()
             return doc
         if cmd == "rules":
             return {
@@ -440,10 +469,15 @@ class Daemon:
                 "loaded_at": self.loaded_at,
                 "resources": [r.name for r in self.dp.compiled.resources],
                 "document": to_project(self.rules) if self.rules is not None else None,
+                **self.editor.describe(),
             }
         if cmd == "reload":
             return self.request_reload().as_dict()
-        raise SentinelError(f"unknown command {cmd!r} (stats, rules, reload)")
+        if cmd == "metrics":
+            return self.history.since(_int_arg(request, "since"))
+        if cmd in ("check", "apply"):
+            return self.editor.handle(cmd, request)
+        raise SentinelError(f"unknown command {cmd!r} (stats, rules, reload, metrics, check, apply)")
 
     def _port_counters(self) -> dict[str, dict[str, int]]:
         """Traffic on each protected port that passed unclassified (TLS, HTTP/2, split request lines)."""
@@ -455,3 +489,10 @@ class Daemon:
             except BpfKeyError:
                 continue  # nothing counted on that port yet
         return out
+
+
+def _int_arg(request: dict[str, Any], name: str) -> int:
+    value = request.get(name, 0)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise SentinelError(f"{name!r} must be a non-negative integer (epoch milliseconds), got {value!r}")
+    return value

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from sentinel_ebpf.daemon.sampling import CpuSampler, process_memory_bytes
 from sentinel_ebpf.daemon.state import Attachment, State, down
 from sentinel_ebpf.errors import SentinelError
 from sentinel_ebpf.outputs.stats_json import stats_document
+from sentinel_ebpf.outputs.stats_table import per_second, sparkline
 from sentinel_ebpf.stats import BreakerState, ResourceStats
 
 _register()
@@ -112,3 +114,33 @@ def test_process_memory_is_rss_in_bytes(tmp_path: Path) -> None:
     assert process_memory_bytes(status) == 2048 * 1024
     assert process_memory_bytes(tmp_path / "missing") is None
     assert (process_memory_bytes() or 0) > 0  # this process, for real
+
+
+def test_top_shows_the_last_seconds_from_the_daemons_memory(tmp_path: Path) -> None:
+    def handle(request: dict[str, Any]) -> dict[str, Any]:
+        if request["cmd"] == "metrics":
+            to_ms = (int(time.time()) + 1) * 1000
+            assert to_ms - 32_000 <= request["since"] <= to_ms - 30_000
+            # pass 8 in the newest second, 4 the one before, nothing earlier
+            return {"to_ms": to_ms, "resources": {"GET:/api": [{"t": to_ms - 2000, "pass": 4},
+                                                               {"t": to_ms - 1000, "pass": 8}]}}  # fmt: skip
+        return stats_document([ResourceStats("GET:/api", passed=1), ResourceStats("idle")])
+
+    server = ControlServer(str(tmp_path / "control.sock"), handle)
+    try:
+        result = runner.invoke(app, ["top", "--control-socket", str(server.path), "--interval", "0.1",
+                                     "--count", "1"], env={"COLUMNS": "250"})  # fmt: skip
+    finally:
+        server.close()
+    assert result.exit_code == 0, result.output
+    assert "Pass/s, last 30 s" in result.output
+    assert "▁" * 28 + "▅█" in result.output  # 4 of 8 is half height
+    assert "│ " + "▁" * 30 + " │" in result.output  # the idle resource
+
+
+def test_sparklines_scale_to_the_largest_value() -> None:
+    assert sparkline([0, 1, 2, 4]) == "▁▄▅█"
+    assert sparkline([0, 0]) == "▁▁" and sparkline([]) == ""
+    assert per_second({"to_ms": 5000, "resources": {"a": [{"t": 3000, "pass": 7}]}}, "pass", 3) == {
+        "a": [0, 7, 0]
+    }

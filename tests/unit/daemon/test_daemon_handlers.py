@@ -93,7 +93,9 @@ def test_rules_reports_what_is_in_force_not_what_is_on_disk(tmp_path: Path) -> N
 
 def test_unknown_commands_are_refused(tmp_path: Path) -> None:
     d, _ = daemon(tmp_path, rules("5"))
-    with pytest.raises(SentinelError, match=r"unknown command 'nope' \(stats, rules, reload\)"):
+    with pytest.raises(
+        SentinelError, match=r"unknown command 'nope' \(stats, rules, reload, metrics, check, apply\)"
+    ):
         d.handle({"cmd": "nope"})
 
 
@@ -137,8 +139,8 @@ def test_metric_log_has_one_line_per_active_resource_per_completed_second(tmp_pa
     d.metric_log = MetricLogWriter(tmp_path / "log", "demo.app")
     try:
         now[0] = 6_400  # second 5 is complete, second 6 is not
-        d._write_metric_log(seconds)
-        d._write_metric_log(seconds)  # nothing new: nothing written twice
+        d._collect_seconds(seconds)
+        d._collect_seconds(seconds)  # nothing new: nothing written twice
         path = d.metric_log.path
         lines = path.read_text().splitlines()
     finally:
@@ -166,14 +168,14 @@ def test_metric_log_skips_only_resources_quiet_since_before_the_second(tmp_path:
     d.metric_log = MetricLogWriter(tmp_path / "log", "demo.app")
     try:
         now[0] = 6_400  # snapshot inside second 6: totals already include its traffic
-        d._write_metric_log(seconds)
+        d._collect_seconds(seconds)
         now[0] = 7_400  # second 6 completes: its line is written although totals did not move since 6,400
-        d._write_metric_log(seconds)
+        d._collect_seconds(seconds)
         # a bucket for second 7 the totals do not account for: written only if the skip is not taken
         st.buckets[1].start_ms, st.buckets[1].complete = 7_000, 9
         setattr(st.buckets[1], "pass", 9)
         now[0] = 8_400  # second 7: quiet since a snapshot taken before it began: skipped
-        d._write_metric_log(seconds)
+        d._collect_seconds(seconds)
         lines = d.metric_log.path.read_text().splitlines()
     finally:
         d.metric_log.close()
