@@ -342,10 +342,24 @@ def verifier_complaint(log: str) -> tuple[str | None, str]:
     return prog, ""
 
 
+# Helpers the objects call that came late, by id: what an older verifier says is "invalid func unknown#ID".
+HELPERS_SINCE: dict[int, tuple[str, str]] = {
+    137: ("bpf_skc_to_tcp_sock", "5.9"),
+    181: ("bpf_loop", "5.17"),
+    187: ("bpf_set_retval", "5.18"),
+}
+_INVALID_FUNC = re.compile(r"invalid func (\w+)#(\d+)")
+
+
 def describe_load_error(exc: BpfError) -> str:
-    """One line for a failed object load: the program and the verifier's first complaint when known."""
+    """One line for a failed object load: the program and the verifier's first complaint when known,
+    and the kernel version a missing helper needs."""
     prog, complaint = verifier_complaint(getattr(exc, "log", ""))
     if prog and complaint:
+        m = _INVALID_FUNC.search(complaint)
+        since = HELPERS_SINCE.get(int(m.group(2))) if m else None
+        if since is not None:
+            complaint += f" ({since[0]}: needs Linux {since[1]} or newer)"
         return f"{exc.op}: program {prog} rejected by the verifier: {complaint}"
     if prog:
         return f"{exc.op}: program {prog}: {os.strerror(exc.errno)}"

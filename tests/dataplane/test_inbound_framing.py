@@ -11,6 +11,8 @@ import struct
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from packets import (
     ACK,
     FIN,
@@ -27,6 +29,7 @@ from packets import (
 
 from sentinel_ebpf.inbound import InboundDataplane
 from sentinel_ebpf.rules import RuleSet, load_text
+from sentinel_ebpf.rules.target import normalize_target
 
 pytestmark = pytest.mark.kernel("inbound")
 
@@ -69,6 +72,17 @@ def passed_unjudged(dp: InboundDataplane, payload: bytes, **kw: object) -> bool:
         b"GET HTTP://svc:8080/api/orders" + TAIL,
         b"GET https://svc/api?x=1" + TAIL,
         b"HEAD /api" + TAIL,  # HEAD counts against a GET resource
+        # targets servers normalise before they match them
+        b"GET /%61pi" + TAIL,
+        b"GET //api" + TAIL,
+        b"GET ///api//x" + TAIL,
+        b"GET /./api" + TAIL,
+        b"GET /x/../api" + TAIL,
+        b"GET /x/y/../../api?q=1" + TAIL,
+        b"GET /../../api" + TAIL,  # ".." at the root stays at the root
+        b"GET /%2e%2e/%2E/api" + TAIL,
+        b"GET /" + b"a" * 70 + b"/../api" + TAIL,  # the ".." is beyond the first 64 bytes
+        b"GET http://svc//x/../api" + TAIL,
     ],
 )
 def test_each_framing_of_a_blocked_request_is_judged(dp: InboundDataplane, payload: bytes) -> None:
@@ -80,7 +94,16 @@ def test_each_framing_of_a_blocked_request_is_judged(dp: InboundDataplane, paylo
 
 @pytest.mark.parametrize(
     "payload",
-    [b"GET /other" + TAIL, b"GET http://svc/other" + TAIL, b"POST /api" + TAIL, b"\r\nGET /ap" + b"x" + TAIL],
+    [
+        b"GET /other" + TAIL,
+        b"GET http://svc/other" + TAIL,
+        b"POST /api" + TAIL,
+        b"\r\nGET /ap" + b"x" + TAIL,
+        b"GET /api/../other" + TAIL,  # "/other" once normalised
+        b"GET /%41PI" + TAIL,  # "/API": paths are case-sensitive
+        b"GET /a%00pi" + TAIL,  # control characters stay encoded
+        b"GET /x?q=/../api" + TAIL,  # the query is not a path
+    ],
 )
 def test_other_requests_still_pass(dp: InboundDataplane, payload: bytes) -> None:
     dp.apply(dp.compile(rules(BLOCK_API)))
@@ -252,3 +275,26 @@ def test_an_incomplete_request_line_resets_the_connection_after_the_tries(
     assert retval == TC_ACT_OK and parse_frame(out).flags & RST  # reset, both ways
     counters = live.port_counters(sport)
     assert (counters["incomplete"], counters["incomplete_reset"]) == (7, 1)
+
+
+# --- the kernel's normal form against the Python one, on generated targets ----------------------------
+
+_SEGMENT = st.one_of(
+    st.sampled_from(
+        [".", "..", "", "a", "b", "%62", "a%2Fb", "%61", "%2e", "%2E%2e", "%2F", "%25", "%zz", "%0a", "b.c"]
+    ),
+    st.text(alphabet="ab.%/2eE", min_size=1, max_size=4),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(segments=st.lists(_SEGMENT, min_size=1, max_size=12), query=st.sampled_from(["", "?q=/../a", "?%61"]))
+def test_the_kernel_normalises_targets_as_the_rules_do(
+    dp: InboundDataplane, segments: list[str], query: str
+) -> None:
+    """A limit on /a/b: blocked exactly when the normal form of the target starts with it."""
+    target = "/" + "/".join(segments) + query
+    dp.clear()
+    dp.apply(dp.compile(rules(BLOCK_API.replace("/api", "/a/b"))))
+    expected = normalize_target(target).startswith("/a/b")
+    assert passed_unjudged(dp, f"GET {target}".encode() + TAIL) is not expected, normalize_target(target)

@@ -18,6 +18,7 @@
 #include "hotspot.bpf.h"
 #include "breaker.bpf.h"
 #include "stream.bpf.h"
+#include "normalize.bpf.h"
 
 #define TC_ACT_OK 0
 #define TC_ACT_SHOT 2
@@ -778,21 +779,6 @@ fail:
 	return TC_ACT_SHOT;
 }
 
-/* Bytes of `v` equal to `c`, as their high bits (exact for the lowest one: SWAR zero-byte test). */
-static __always_inline __u64 bytes_equal_to(__u64 v, __u8 c)
-{
-	__u64 x = v ^ (0x0101010101010101ULL * c);
-
-	return (x - 0x0101010101010101ULL) & ~x & 0x8080808080808080ULL;
-}
-
-/* Index of the lowest byte flagged by bytes_equal_to (mask != 0). */
-static __always_inline __u32 lowest_flagged_byte(__u64 mask)
-{
-	/* isolate the lowest flag 1 << (8k + 7); the multiply puts k in the top byte */
-	return (((mask & -mask) >> 7) * 0x0001020304050607ULL) >> 56;
-}
-
 /*
  * The method of a request line from its first 8 bytes: enum http_method | the length of the method and
  * its space << 8. A global function: the caller gets one unknown value, not one verifier state per method.
@@ -941,8 +927,8 @@ __noinline __u32 http_route(struct __sk_buff *skb, const struct pkt *p, __u32 po
 			    const struct route_lens *lens)
 {
 	struct http_route_key q __attribute__((aligned(8))) = {};
-	__u64 path[SE_PATH_MAX / 8] = {};
-	__u64 head = 0;
+	struct path_words pw = {};
+	__u64 *path = pw.w, head = 0;
 	__u32 port = port_skip & 0xffff, skip = port_skip >> 16;
 	__u32 n, off, len, lead, mlen, plen = SE_PATH_MAX, best;
 	__u8 method;
@@ -1003,7 +989,7 @@ __noinline __u32 http_route(struct __sk_buff *skb, const struct pkt *p, __u32 po
 		if (at == ABS_UNKNOWN)
 			goto incomplete; /* the authority goes on past what is read: do not guess */
 		if (at == ABS_ROOT) {
-			__builtin_memset(path, 0, sizeof(path));
+			__builtin_memset(&pw, 0, sizeof(pw));
 			path[0] = W4('/', ' ', 0, 0); /* no path: the target is the server's root */
 			n = 2;
 			goto have_path;
@@ -1029,12 +1015,17 @@ have_path:
 	}
 	if (plen >= n && n < SE_PATH_MAX)
 		goto incomplete; /* the request line goes on in a later segment */
+	if (needs_normalizing(path, plen)) {
+		n = normalize_target(skb, off, len, &pw);
+		if (n)
+			plen = n;
+	}
 	if (skb->gso_segs > 1)
 		port_count(port, PORT_GSO); /* judged all the same; see tc_ingress */
 	q.gen = key_gen_port >> 16;
 	q.port = key_gen_port;
 	q.method = method;
-	__builtin_memcpy(q.path, path, sizeof(q.path));
+	__builtin_memcpy(q.path, pw.w, sizeof(q.path));
 	best = route_search(&q, plen, lens);
 	if (!best && method == HTTP_HEAD) {
 		q.method = HTTP_GET; /* HEAD is a GET without the body, unless a resource names HEAD */

@@ -154,4 +154,19 @@ static __always_inline int parse_tcp(struct __sk_buff *skb, struct pkt *p)
 	return PARSE_OK;
 }
 
+/* Bytes of `v` equal to `c`, as their high bits (exact for the lowest one: SWAR zero-byte test). */
+static __always_inline __u64 bytes_equal_to(__u64 v, __u8 c)
+{
+	__u64 x = v ^ (0x0101010101010101ULL * c);
+
+	return (x - 0x0101010101010101ULL) & ~x & 0x8080808080808080ULL;
+}
+
+/* Index of the lowest byte flagged by bytes_equal_to (mask != 0). */
+static __always_inline __u32 lowest_flagged_byte(__u64 mask)
+{
+	/* isolate the lowest flag 1 << (8k + 7); the multiply puts k in the top byte */
+	return (((mask & -mask) >> 7) * 0x0001020304050607ULL) >> 56;
+}
+
 #endif /* SENTINEL_PARSE_BPF_H */

@@ -31,6 +31,7 @@ from sentinel_ebpf.rules.circuitbreaker import Strategy as CbStrategy
 from sentinel_ebpf.rules.flow import ControlBehavior, FlowRule, RelationStrategy, TokenCalculateStrategy
 from sentinel_ebpf.rules.hotspot import HotspotRule
 from sentinel_ebpf.rules.resource import Resource
+from sentinel_ebpf.rules.target import normalize_target
 
 BUCKET_MS = int(SentinelLimits.SE_BUCKET_MS)
 PATH_MAX = int(SentinelLimits.SE_PATH_MAX)
@@ -428,7 +429,7 @@ def compile_inbound(
             dest = (str(r.match.host or "0.0.0.0/0"), r.match.port)
             if r.match.protocol == "http":
                 sid = services.setdefault(dest, len(services) + 1)
-                path = (r.match.path or "/").encode()
+                path = normalize_target(r.match.path or "/").encode("latin-1")  # as the kernel reads targets
                 methods = [METHODS[r.match.method]] if r.match.method else list(METHODS.values())
                 routes += [KRoute(sid, m, path, ids[r.name], outbound=True) for m in methods]
                 route = dataclasses.replace(route, http_service=sid)
@@ -453,7 +454,7 @@ def compile_inbound(
             port = dataclasses.replace(port, tcp_resource=ids[r.name])
         else:
             port = dataclasses.replace(port, has_http=True)
-            path = (r.match.path or "/").encode()
+            path = normalize_target(r.match.path or "/").encode("latin-1")  # as the kernel reads targets
             methods = [METHODS[r.match.method]] if r.match.method else list(METHODS.values())
             routes += [KRoute(r.match.port, m, path, ids[r.name]) for m in methods]
         ports[r.match.port] = port

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sentinel_ebpf.rules._fields import RuleContext, type_name
+from sentinel_ebpf.rules.target import normalize_target
 
 SECTION = "resources"
 PATH_MAX_BYTES = 64
@@ -68,7 +69,8 @@ class Match:
         if self.method:
             parts.append(self.method)
         if self.path:
-            parts.append(f"path {self.path}*")
+            normal = normalize_target(self.path)
+            parts.append(f"path {self.path}*" + (f" (normalised: {normal}*)" if normal != self.path else ""))
         if self.cgroup:
             parts.append(f"cgroup {self.cgroup}")
         if self.tls:

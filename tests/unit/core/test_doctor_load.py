@@ -95,3 +95,16 @@ def test_run_refuses_with_the_program_and_the_complaint(monkeypatch: pytest.Monk
     assert result.exit_code == 1
     assert "cannot enforce on this kernel" in result.output
     assert "program tc_ingress rejected by the verifier: R2 type=mem expected=fp" in result.output
+
+
+def test_a_helper_the_kernel_lacks_is_named_with_the_version_it_needs() -> None:
+    log = (
+        "libbpf: prog 'out_connect4': BPF program load failed: Invalid argument\n"
+        "libbpf: prog 'out_connect4': -- BEGIN PROG LOAD LOG --\n"
+        "123: (85) call unknown#187\n"
+        "invalid func unknown#187\n"
+        "processed 140 insns (limit 1000000) max_states_per_insn 0 total_states 9\n"
+        "-- END PROG LOAD LOG --\n"
+    )
+    msg = describe_load_error(BpfLoadError("load inbound.bpf.o", -errno.EINVAL, log))
+    assert msg.endswith("invalid func unknown#187 (bpf_set_retval: needs Linux 5.18 or newer)")
