@@ -19,6 +19,9 @@ from types import FrameType
 from typing import Any
 
 from sentinel_ebpf._types import ResStats
+from sentinel_ebpf.cluster import ClusterClient, RedisLeaseStore
+from sentinel_ebpf.cluster.client import SLOW_MS
+from sentinel_ebpf.cluster.store import redacted
 from sentinel_ebpf.daemon.collector import SecondCollector, second_counts
 from sentinel_ebpf.daemon.control import DEFAULT_SOCKET, ControlServer
 from sentinel_ebpf.daemon.demo import DEFAULT_RULES, DemoServer
@@ -30,6 +33,7 @@ from sentinel_ebpf.daemon.tls_observer import TlsObserver
 from sentinel_ebpf.daemon.watch import FileWatcher
 from sentinel_ebpf.errors import BpfKeyError, SentinelError
 from sentinel_ebpf.inbound import InboundDataplane
+from sentinel_ebpf.inbound.adaptive import AdaptiveThresholds
 from sentinel_ebpf.outputs.metric_log import MetricItem, MetricLogWriter, classification_of
 from sentinel_ebpf.outputs.prometheus import (
     MetricsServer,
@@ -63,6 +67,7 @@ class DaemonConfig:
     state_dir: str = DEFAULT_STATE_DIR
     on_breaker_change: str | None = None  # a shell command run on each transition (SENTINEL_* variables)
     hotspot_keys: int | None = None  # hotspot values tracked at once (None: SE_HOT_VALUES_MAX)
+    cluster: str | None = None  # Redis URL shared by the fleet for cluster flow rules (keys under `app`)
 
 
 class Stop(BaseException):
@@ -116,6 +121,9 @@ class Daemon:
         self._hook_queue: queue.Queue[StateChange | None] = queue.Queue()
         self._hook_thread: threading.Thread | None = None
         self.tls: TlsObserver | None = None  # counts of tls resources, from the HTTP tracer
+        self.cluster: ClusterClient | None = None  # leases of cluster flow rules (--cluster)
+        # the cluster thread rewrites thresholds; never while a reload switches generations
+        self._dp_lock = threading.Lock()
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -123,11 +131,16 @@ class Daemon:
         rules = load_rules(self.rules_path)  # invalid at start: the caller reports and exits 1
         crashed = self._crashed_state()
         self.dp = self._resume(crashed) or InboundDataplane(hotspot_values=self.config.hotspot_keys)
+        if self.config.cluster:
+            self._join_cluster(self.config.cluster)
         compiled = self.dp.compile(rules)
         for note in compiled.notes:
             log.warning("%s", note)
         self.dp.apply(compiled)
         self._in_force(rules)
+        if self.cluster is not None:
+            self.cluster.track(self.dp.adaptive.calculators.values())
+            self.cluster.start()
         # before attaching: a daemon already listening there must not lose its filters to this one
         self.control = ControlServer(self.config.control_socket, self.handle)
         if self.config.rules is None:
@@ -156,6 +169,23 @@ class Daemon:
         log.info("enforcing %s (%d resources); control socket %s", self.rules_path,
                  len(compiled.resources), self.config.control_socket)  # fmt: skip
 
+    def _join_cluster(self, url: str) -> None:
+        assert self.dp is not None
+        store = RedisLeaseStore(url, self.config.app, SLOW_MS / 1000)
+        self.cluster = ClusterClient(store, url=url, app=self.config.app, refresh=self._refresh_thresholds)
+        self.dp.external_thresholds = self.cluster.thresholds
+        # a resumed data plane made its threshold sources before it knew of the cluster
+        self.dp.adaptive = AdaptiveThresholds(self.dp.compiled, self.dp.raw_stats, self.dp.memory,
+                                              external=self.cluster.thresholds)  # fmt: skip
+        log.info("cluster flow rules through Redis %s (app %r, node %s)", redacted(url), self.config.app,
+                 self.cluster.node_id)  # fmt: skip
+
+    def _refresh_thresholds(self) -> None:
+        """Rewrite the kernel's dynamic thresholds now (the cluster thread, after a lease or a bucket)."""
+        with self._dp_lock:
+            if self.dp is not None:
+                self.dp.tick()
+
     def run(self) -> None:
         """Until SIGTERM/SIGINT: tick thresholds, sample the host, reload, write the metric log."""
 
@@ -176,7 +206,8 @@ class Daemon:
                 now = time.monotonic()
                 if now >= next_tick:
                     next_tick = now + TICK_S
-                    self.dp.tick()
+                    with self._dp_lock:
+                        self.dp.tick()
                     self._note_state_changes()
                 # A control-socket reload wakes the loop at once; SIGHUP and an edit of the file (one
                 # stat per wake-up) are seen within WATCH_S.
@@ -197,6 +228,9 @@ class Daemon:
                 signal.signal(sig, handler)
 
     def close(self) -> None:
+        if self.cluster is not None:
+            self.cluster.stop()
+            self.cluster = None
         if self.tls is not None:
             self.tls.stop()
             self.tls = None
@@ -235,9 +269,12 @@ class Daemon:
             self._reload_requested = False
             waiters, self._reload_waiters = self._reload_waiters, []
         self.watcher.mark()
-        result = reload_rules(
-            self.rules_path, self.dp, load=load_rules, prepare=self._attach_outbound_if_needed
-        )
+        with self._dp_lock:
+            result = reload_rules(
+                self.rules_path, self.dp, load=load_rules, prepare=self._attach_outbound_if_needed
+            )
+            if self.cluster is not None:
+                self.cluster.track(self.dp.adaptive.calculators.values())
         if result.rules is not None:
             self._in_force(result.rules, changed=result.changed)
             if result.changed and self._state_written:
@@ -390,6 +427,8 @@ class Daemon:
             doc["dataplane"] = self.dp.counters()
             doc["ports"] = self._port_counters()
             doc["loaded_at"] = self.loaded_at
+            if self.cluster is not None:
+                doc["cluster"] = self.cluster.status()
             return doc
         if cmd == "rules":
             return {

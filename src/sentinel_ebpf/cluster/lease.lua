@@ -1,0 +1,92 @@
+-- Lease tokens of cluster flow rules to one node, and record its heartbeat, in one round trip.
+-- KEYS[2r-1]  rule r's nodes: hash node id -> "<heartbeat expiry ms> <demand per window>"
+-- KEYS[2r]    rule r's window: hash "w" window index, "t" tokens taken by all, <node id> tokens it took
+-- ARGV        node id, heartbeat ttl ms, then per rule: interval ms, threshold, threshold type
+--             (0 per node, 1 global), tokens wanted, debt (passes beyond the lease), demand per window
+-- Returns     server ms, then per rule: window, ms left in it, live nodes, limit, this node's fair
+--             share, tokens granted now, tokens this node has taken in the window (grant and debt included)
+-- Time comes from the server (TIME), so nodes agree on windows whatever their clocks say. All keys of an
+-- app share a hash tag: one slot in Redis Cluster.
+local node = ARGV[1]
+local ttl = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {now}
+for r = 1, #KEYS / 2 do
+  local a = 2 + (r - 1) * 6
+  local interval = tonumber(ARGV[a + 1])
+  local threshold = tonumber(ARGV[a + 2])
+  local ttype = tonumber(ARGV[a + 3])
+  local want = tonumber(ARGV[a + 4])
+  local debt = tonumber(ARGV[a + 5])
+  local demand = tonumber(ARGV[a + 6])
+  local nodes, win = KEYS[2 * r - 1], KEYS[2 * r]
+
+  -- heartbeat; entries past their expiry are dropped and not counted
+  redis.call('HSET', nodes, node, (now + ttl) .. ' ' .. demand)
+  redis.call('PEXPIRE', nodes, ttl * 4)
+  local entries = redis.call('HGETALL', nodes)
+  local ids, demands = {}, {}
+  for i = 1, #entries, 2 do
+    local sp = string.find(entries[i + 1], ' ', 1, true)
+    if tonumber(string.sub(entries[i + 1], 1, sp - 1)) < now then
+      redis.call('HDEL', nodes, entries[i])
+    else
+      ids[#ids + 1] = entries[i]
+      demands[entries[i]] = tonumber(string.sub(entries[i + 1], sp + 1))
+    end
+  end
+  local live = #ids
+  local limit = threshold
+  if ttype == 0 then limit = threshold * live end
+
+  -- the window's counter, reset when the window changes
+  local w = math.floor(now / interval)
+  local left = interval - now % interval
+  if redis.call('HGET', win, 'w') ~= string.format('%d', w) then
+    redis.call('DEL', win)
+    redis.call('HSET', win, 'w', string.format('%d', w), 't', 0)
+    redis.call('PEXPIRE', win, interval * 2 + 1000)
+  end
+  local taken = redis.call('HMGET', win, 't', unpack(ids))
+  local total = tonumber(taken[1]) or 0
+  local got = {}
+  for i, id in ipairs(ids) do got[id] = tonumber(taken[i + 1]) or 0 end
+
+  -- max-min fair shares of the limit by demand (water filling): a node asking less than an even split
+  -- gets what it asks, the rest is split evenly among the others
+  local order = {}
+  for i, id in ipairs(ids) do order[i] = id end
+  table.sort(order, function(x, y) return demands[x] < demands[y] end)
+  local share, rest = {}, limit
+  for i, id in ipairs(order) do
+    local s = math.min(demands[id], rest / (#order - i + 1))
+    share[id] = s
+    rest = rest - s
+  end
+
+  -- what the others may still need of their shares in the rest of the window is kept for them;
+  -- beyond its own share a node may take what nobody else is expected to need
+  local reserved = 0
+  for _, id in ipairs(ids) do
+    if id ~= node then
+      reserved = reserved + math.max(0, math.min(share[id] - got[id], demands[id] * left / interval))
+    end
+  end
+  local free = limit - total
+  local grant = math.min(want, free, math.max(share[node] - got[node], free - reserved))
+  grant = math.max(0, math.floor(grant))
+  if grant + debt > 0 then
+    redis.call('HINCRBY', win, node, grant + debt)
+    redis.call('HINCRBY', win, 't', grant + debt)
+  end
+  local n = #out
+  out[n + 1] = w
+  out[n + 2] = left
+  out[n + 3] = live
+  out[n + 4] = math.floor(limit)
+  out[n + 5] = math.floor(share[node])
+  out[n + 6] = grant
+  out[n + 7] = got[node] + grant + debt
+end
+return out
