@@ -29,6 +29,16 @@ def have_redis() -> bool:
     return Path(REDIS_SERVER).exists()
 
 
+def require_redis() -> None:
+    """Skip without redis-server; under CI=true, where scripts/setup.sh installs it, fail instead."""
+    import pytest
+
+    if not have_redis():
+        if os.environ.get("CI", "").strip().lower() in ("true", "1", "yes"):
+            pytest.fail("redis-server is not installed (scripts/setup.sh installs it)")
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+
+
 def _free(port: int) -> bool:
     with socket.socket() as s:
         try:
@@ -143,7 +153,10 @@ class RedisClusterServers:
 
     def __init__(self, n: int = 3) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="se-rcluster-"))
-        self.nodes = [RedisServer(port=free_port(cluster=True), cluster=True, directory=self.dir / str(i)) for i in range(n)]
+        self.nodes = [
+            RedisServer(port=free_port(cluster=True), cluster=True, directory=self.dir / str(i))
+            for i in range(n)
+        ]
 
     @property
     def url(self) -> str:

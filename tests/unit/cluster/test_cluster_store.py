@@ -7,9 +7,8 @@ import time
 
 import pytest
 import redis
-from conftest import need_redis
 from redis.cluster import RedisCluster
-from redisserver import RedisClusterServers, RedisServer, free_port
+from redisserver import RedisClusterServers, RedisServer, free_port, require_redis
 
 from sentinel_ebpf.cluster.store import LeaseRequest, RedisLeaseStore, check_url, connect, redacted
 from sentinel_ebpf.errors import SentinelError
@@ -98,7 +97,7 @@ def test_several_rules_in_one_round_trip_and_apps_apart(redis_server: RedisServe
 
 
 def test_loopback_url_and_a_stopped_server() -> None:
-    need_redis()
+    require_redis()
     with RedisServer(port=free_port()) as server:
         store = RedisLeaseStore(server.url, "app", 0.05)
         assert store.lease("A", 5000, ask(10, 10))[1][0].grant == 10
@@ -126,7 +125,7 @@ def test_a_paused_server_times_out_within_the_limit(redis_server: RedisServer) -
 
 @pytest.mark.parametrize("listed", [True, False])
 def test_redis_cluster(listed: bool) -> None:
-    need_redis()
+    require_redis()
     with RedisClusterServers(3) as servers:
         url = servers.url if listed else f"redis://127.0.0.1:{servers.nodes[1].port}"
         assert isinstance(connect(url, 0.5), RedisCluster)  # several hosts, or detected from one
