@@ -22,13 +22,12 @@ from typing import Any
 import redis
 
 from sentinel_ebpf._types import ResStats
-from sentinel_ebpf.cluster.lease import BUCKET_MS, RuleLease
+from sentinel_ebpf.cluster.lease import BUCKET_MS, RENEW_S, RuleLease
 from sentinel_ebpf.cluster.store import LeaseStore, redacted
 from sentinel_ebpf.errors import SentinelError
 from sentinel_ebpf.inbound.compiler import KFlowRule
 
 log = logging.getLogger("sentinel_ebpf.cluster")
-RENEW_S = 0.1
 SLOW_MS = 50  # Redis slower than this counts as unreachable
 FALLBACK_AFTER_MS = 250  # without contact this long, rules fall back (two missed renewals)
 HEARTBEAT_TTL_MS = 1000  # a node not heard from for this long is no longer counted live
@@ -87,6 +86,7 @@ class ClusterClient:
         old = self._by_key.get(key)
         if old is not None and old.interval_ms == lease.interval_ms:
             lease.account, lease.demand_qps, lease._last_count = old.account, old.demand_qps, old._last_count
+            lease.window_end_ms = old.window_end_ms
             lease.live_nodes, lease.limit, lease.share = old.live_nodes, old.limit, old.share
         self._by_key[key] = lease
         return lease
@@ -124,7 +124,7 @@ class ClusterClient:
         elapsed_ms = (time.monotonic() - start) * 1000
         self.renewals += 1
         for lease, st, q, reply in zip(leases, stats, asked, replies, strict=True):
-            lease.on_reply(st, q, reply)
+            lease.on_reply(st, q, reply, now_ms)
         if elapsed_ms > self.slow_ms:
             self._failed(f"answered in {elapsed_ms:.0f} ms (more than {self.slow_ms} ms)")
             return False

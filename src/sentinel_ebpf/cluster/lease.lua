@@ -2,9 +2,11 @@
 -- KEYS[2r-1]  rule r's nodes: hash node id -> "<heartbeat expiry ms> <demand per window>"
 -- KEYS[2r]    rule r's window: hash "w" window index, "t" tokens taken by all, <node id> tokens it took
 -- ARGV        node id, heartbeat ttl ms, then per rule: interval ms, threshold, threshold type
---             (0 per node, 1 global), tokens wanted, debt (passes beyond the lease), demand per window
+--             (0 per node, 1 global), tokens the node wants to hold, tokens it holds, the window they
+--             belong to (-1: none), debt (passes beyond the lease), demand per window
 -- Returns     server ms, then per rule: window, ms left in it, live nodes, limit, this node's fair
---             share, tokens granted now, tokens this node has taken in the window (grant and debt included)
+--             share, tokens granted now (negative: given back), tokens this node has taken in the window
+--             (grant and debt included)
 -- Time comes from the server (TIME), so nodes agree on windows whatever their clocks say. All keys of an
 -- app share a hash tag: one slot in Redis Cluster.
 local node = ARGV[1]
@@ -13,13 +15,15 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {now}
 for r = 1, #KEYS / 2 do
-  local a = 2 + (r - 1) * 6
+  local a = 2 + (r - 1) * 8
   local interval = tonumber(ARGV[a + 1])
   local threshold = tonumber(ARGV[a + 2])
   local ttype = tonumber(ARGV[a + 3])
-  local want = tonumber(ARGV[a + 4])
-  local debt = tonumber(ARGV[a + 5])
-  local demand = tonumber(ARGV[a + 6])
+  local target = tonumber(ARGV[a + 4])
+  local held = tonumber(ARGV[a + 5])
+  local held_window = tonumber(ARGV[a + 6])
+  local debt = tonumber(ARGV[a + 7])
+  local demand = tonumber(ARGV[a + 8])
   local nodes, win = KEYS[2 * r - 1], KEYS[2 * r]
 
   -- heartbeat; entries past their expiry are dropped and not counted
@@ -74,9 +78,17 @@ for r = 1, #KEYS / 2 do
     end
   end
   local free = limit - total
-  local grant = math.min(want, free, math.max(share[node] - got[node], free - reserved))
-  grant = math.max(0, math.floor(grant))
-  if grant + debt > 0 then
+  local grant
+  if held_window == w and held > 2 * target + 1 then
+    -- demand fell: give back what it will not use, so others can have it in this window
+    grant = target - held
+  else
+    local want = target
+    if held_window == w then want = math.max(0, target - held) end  -- tokens of an old window are void
+    grant = math.min(want, free, math.max(share[node] - got[node], free - reserved))
+    grant = math.max(0, math.floor(grant))
+  end
+  if grant + debt ~= 0 then
     redis.call('HINCRBY', win, node, grant + debt)
     redis.call('HINCRBY', win, 't', grant + debt)
   end

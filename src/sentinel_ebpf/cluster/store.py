@@ -26,7 +26,9 @@ class LeaseRequest:
     interval_ms: int
     threshold: float
     threshold_type: int  # 0 per node (x live nodes), 1 global
-    want: int  # tokens asked for now
+    target: int  # tokens the node wants to hold (its demand over the lease horizon)
+    held: int  # unused tokens it holds
+    held_window: int  # the server window they were leased in (-1: none); other windows' tokens are void
     debt: int  # passes beyond the tokens held, charged to the window
     demand: float  # requests per window this node expects (for the fair shares)
 
@@ -38,7 +40,7 @@ class LeaseReply:
     live_nodes: int
     limit: int  # the fleet's limit for the window
     share: int  # this node's max-min fair share of it
-    grant: int  # tokens granted by this call
+    grant: int  # tokens granted by this call (negative: given back)
     taken: int  # tokens this node has taken in the window
 
 
@@ -136,8 +138,8 @@ class RedisLeaseStore:
         args: list[Any] = [node, ttl_ms]
         for q in requests:
             keys.extend(self.keys(q.key))
-            args.extend([q.interval_ms, repr(float(q.threshold)), q.threshold_type, q.want, q.debt,
-                         f"{q.demand:.3f}"])  # fmt: skip
+            args.extend([q.interval_ms, repr(float(q.threshold)), q.threshold_type, q.target, q.held,
+                         q.held_window, q.debt, f"{q.demand:.3f}"])  # fmt: skip
         self.calls += 1
         raw = script(keys=keys, args=args)
         values = [int(v) for v in raw]

@@ -15,9 +15,9 @@ from sentinel_ebpf.errors import SentinelError
 
 
 def ask(want: int, demand: float, *, threshold: float = 100, ttype: int = 1, debt: int = 0,
-        interval_ms: int = 60000, key: str = "web#0") -> list[LeaseRequest]:  # fmt: skip
+        interval_ms: int = 60000, key: str = "web#0", held: int = 0, window: int = -1) -> list[LeaseRequest]:  # fmt: skip
     # a 60 s window: the tests run inside one window (or wait for the next one on purpose)
-    return [LeaseRequest(key, interval_ms, threshold, ttype, want, debt, demand)]
+    return [LeaseRequest(key, interval_ms, threshold, ttype, want + held, held, window, debt, demand)]
 
 
 def test_fair_shares_and_the_global_cap(redis_server: RedisServer) -> None:
@@ -58,6 +58,23 @@ def test_debt_counts_against_the_window(redis_server: RedisServer) -> None:
     assert r.taken == 97
     _, [r] = store.lease("A", 5000, ask(50, demand=100))
     assert r.grant == 3
+
+
+def test_tokens_held_count_only_in_their_window_and_spare_ones_go_back(redis_server: RedisServer) -> None:
+    store = RedisLeaseStore(redis_server.url, "app", 0.5)
+    _, [r] = store.lease("A", 5000, ask(60, demand=100))
+    w = r.window
+    # holding 20 of this window and wanting 30 in all: 10 more
+    _, [r] = store.lease("A", 5000, [LeaseRequest("web#0", 60000, 100, 1, 30, 20, w, 0, 100)])
+    assert (r.grant, r.taken) == (10, 70)
+    # 20 held from an older window are void: the whole 30 is granted (only 30 are free)
+    _, [r] = store.lease("A", 5000, [LeaseRequest("web#0", 60000, 100, 1, 30, 20, w - 1, 0, 100)])
+    assert (r.grant, r.taken) == (30, 100)
+    # demand fell: holding 50 while wanting 5, it gives 45 back, which another node can then take
+    _, [r] = store.lease("A", 5000, [LeaseRequest("web#0", 60000, 100, 1, 5, 50, w, 0, 10)])
+    assert (r.grant, r.taken) == (-45, 55)
+    _, [b] = store.lease("B", 5000, ask(100, demand=1000))
+    assert b.grant == 45
 
 
 def test_per_node_threshold_times_live_nodes(redis_server: RedisServer) -> None:
