@@ -63,7 +63,7 @@ def passed(d: Daemon) -> tuple[float, int, int]:
 
 def load(pair: NetnsPair, rate: float, seconds: float) -> subprocess.Popen[str]:
     return pair.popen(pair.client, sys.executable, str(CLIENT), pair.server_ip, "8080", "/", f"{rate:g}",
-                      f"{seconds:g}", "32", stdout=subprocess.PIPE, text=True)  # fmt: skip
+                      f"{seconds:g}", "64", stdout=subprocess.PIPE, text=True)  # fmt: skip
 
 
 def commandstats(redis: RedisServer) -> dict[str, int]:

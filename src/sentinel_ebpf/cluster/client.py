@@ -86,7 +86,6 @@ class ClusterClient:
         old = self._by_key.get(key)
         if old is not None and old.interval_ms == lease.interval_ms:
             lease.account, lease.demand_qps, lease._last_count = old.account, old.demand_qps, old._last_count
-            lease.window_end_ms = old.window_end_ms
             lease.live_nodes, lease.limit, lease.share = old.live_nodes, old.limit, old.share
         self._by_key[key] = lease
         return lease
@@ -124,7 +123,7 @@ class ClusterClient:
         elapsed_ms = (time.monotonic() - start) * 1000
         self.renewals += 1
         for lease, st, q, reply in zip(leases, stats, asked, replies, strict=True):
-            lease.on_reply(st, q, reply, now_ms)
+            lease.on_reply(st, q, reply)
         if elapsed_ms > self.slow_ms:
             self._failed(f"answered in {elapsed_ms:.0f} ms (more than {self.slow_ms} ms)")
             return False

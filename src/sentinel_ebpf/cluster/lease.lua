@@ -1,9 +1,9 @@
 -- Lease tokens of cluster flow rules to one node, and record its heartbeat, in one round trip.
 -- KEYS[2r-1]  rule r's nodes: hash node id -> "<heartbeat expiry ms> <demand per window>"
 -- KEYS[2r]    rule r's window: hash "w" window index, "t" tokens taken by all, <node id> tokens it took
--- ARGV        node id, heartbeat ttl ms, then per rule: interval ms, threshold, threshold type
+-- ARGV        node id, heartbeat ttl ms, lease horizon ms, then per rule: interval ms, threshold, threshold type
 --             (0 per node, 1 global), tokens the node wants to hold, tokens it holds, the window they
---             belong to (-1: none), debt (passes beyond the lease), demand per window
+--             were counted in (-1: none), debt (passes beyond the lease), demand per window
 -- Returns     server ms, then per rule: window, ms left in it, live nodes, limit, this node's fair
 --             share, tokens granted now (negative: given back), tokens this node has taken in the window
 --             (grant and debt included)
@@ -11,11 +11,12 @@
 -- app share a hash tag: one slot in Redis Cluster.
 local node = ARGV[1]
 local ttl = tonumber(ARGV[2])
+local horizon = tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {now}
 for r = 1, #KEYS / 2 do
-  local a = 2 + (r - 1) * 8
+  local a = 3 + (r - 1) * 8
   local interval = tonumber(ARGV[a + 1])
   local threshold = tonumber(ARGV[a + 2])
   local ttype = tonumber(ARGV[a + 3])
@@ -69,23 +70,27 @@ for r = 1, #KEYS / 2 do
     rest = rest - s
   end
 
-  -- what the others may still need of their shares in the rest of the window is kept for them;
-  -- beyond its own share a node may take what nobody else is expected to need
+  -- Paced: by a fraction f of the window, a node may have taken its share x (f + one lease horizon), the
+  -- fleet the limit x the same; so the limit is spread over the window instead of spent at its start.
+  local pace = math.min(1, (interval - left + horizon) / interval)
+  -- what the others may still need of their shares in the next horizon is kept for them; beyond its own
+  -- share a node may take what nobody else is expected to need
   local reserved = 0
   for _, id in ipairs(ids) do
     if id ~= node then
-      reserved = reserved + math.max(0, math.min(share[id] - got[id], demands[id] * left / interval))
+      reserved = reserved + math.max(0, math.min(share[id] * pace - got[id], demands[id] * horizon / interval))
     end
   end
-  local free = limit - total
+  local free = limit * pace - total
   local grant
   if held_window == w and held > 2 * target + 1 then
     -- demand fell: give back what it will not use, so others can have it in this window
     grant = target - held
   else
-    local want = target
-    if held_window == w then want = math.max(0, target - held) end  -- tokens of an old window are void
-    grant = math.min(want, free, math.max(share[node] - got[node], free - reserved))
+    -- tokens held from an earlier window stay the node's: they were counted there, so every pass is
+    -- counted once, and none is lost at a window's end
+    local want = math.max(0, target - held)
+    grant = math.min(want, free, math.max(share[node] * pace - got[node], free - reserved))
     grant = math.max(0, math.floor(grant))
   end
   if grant + debt ~= 0 then

@@ -27,7 +27,6 @@ log = logging.getLogger("sentinel_ebpf.cluster")
 BUCKET_MS = int(SentinelLimits.SE_BUCKET_MS)
 RENEW_S = 0.1  # how often a node renews its leases
 HORIZON_S = 0.3  # a lease covers this much of the node's demand (three renewals)
-DEMAND_HEADROOM = 1.2  # demand reported for the fair shares: a light node's share covers its bursts
 DEMAND_WEIGHT = 0.5  # weight of the newest renewal period in the demand estimate
 LOOKAHEAD_MS = 10  # passes leaving the window this soon are taken off the next threshold
 MIN_LEASE = 1  # tokens an idle node holds, so its first request is not refused for want of a lease
@@ -74,7 +73,6 @@ class RuleLease:
         self.account: Account | None = None
         self.demand_qps = 0.0
         self._last_count: tuple[int, int] | None = None  # (ms, demand_count)
-        self.window_end_ms: int | None = None  # the server window's end on this node's clock (estimate)
         # the cluster's view, from the last reply
         self.live_nodes = 1
         self.limit = 0
@@ -89,27 +87,23 @@ class RuleLease:
             self.demand_qps += DEMAND_WEIGHT * (rate - self.demand_qps)
         self._last_count = (now_ms, count)
         left = self.tokens_left(st)
-        # Near a window's end hold only what the rest of it needs (tokens are void in the next window),
-        # plus one renewal: until then the kernel spends tokens of the old window.
-        horizon_s = HORIZON_S
-        if self.window_end_ms is not None and now_ms < self.window_end_ms:
-            horizon_s = min(HORIZON_S, (self.window_end_ms - now_ms) / 1000 + RENEW_S)
+        target = max(MIN_LEASE, math.ceil(self.demand_qps * HORIZON_S - 1e-6))
+        # for the fair shares: the window's demand and the tokens the node holds as a buffer, which
+        # matter most to a light node
+        demand = self.demand_qps * self.interval_ms / 1000 + target
         return LeaseRequest(
             key=self.key, interval_ms=self.interval_ms, threshold=self.rule.threshold,
-            threshold_type=int(self.rule.cluster_config.threshold_type),
-            target=max(MIN_LEASE, math.ceil(self.demand_qps * horizon_s - 1e-6)), held=max(0, left),
-            held_window=self.account.window if self.account else -1, debt=max(0, -left),
-            demand=self.demand_qps * self.interval_ms / 1000 * DEMAND_HEADROOM,
+            threshold_type=int(self.rule.cluster_config.threshold_type), target=target, held=max(0, left),
+            held_window=self.account.window if self.account else -1, debt=max(0, -left), demand=demand,
         )  # fmt: skip
 
-    def on_reply(self, st: ResStats, asked: LeaseRequest, reply: LeaseReply, now_ms: int) -> None:
-        """Take the reply to ``asked`` (made at ``now_ms`` with ``st``, the statistics read just before)."""
+    def on_reply(self, st: ResStats, asked: LeaseRequest, reply: LeaseReply) -> None:
+        """Take the reply to ``asked`` (made with ``st``, the statistics read just before)."""
         self.live_nodes, self.limit, self.share = reply.live_nodes, reply.limit, reply.share
-        self.window_end_ms = now_ms + reply.left_ms
         acc = self.account
         if acc is None or acc.window != reply.window:
-            # a new window: what passed until the request belongs to the old one (its debt is paid now)
-            self.account = Account(reply.window, reply.grant, int(st.total_pass))
+            # a new window: the tokens held go on (counted in their window), the debt is paid now
+            self.account = Account(reply.window, asked.held + reply.grant, int(st.total_pass))
         else:
             self.account = Account(acc.window, acc.granted + reply.grant + asked.debt, acc.base_pass)
 

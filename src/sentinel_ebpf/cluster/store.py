@@ -114,8 +114,10 @@ class RedisLeaseStore:
     """Leases through ``lease.lua``. Keys: ``sentinel-ebpf:{APP}:RULE:nodes`` and ``...:win``; the app
     is the hash tag, so one app's keys live in one slot of a Redis Cluster."""
 
-    def __init__(self, url: str, app: str, timeout_s: float) -> None:
+    def __init__(self, url: str, app: str, timeout_s: float, horizon_ms: int = 300) -> None:
+        """``horizon_ms``: how far ahead of the window's pace a node may hold tokens (its lease horizon)."""
         self.url = url
+        self.horizon_ms = horizon_ms
         self.app = app
         self.timeout_s = timeout_s
         self.calls = 0  # round trips made (each is one EVALSHA, or EVAL after a script cache miss)
@@ -135,7 +137,7 @@ class RedisLeaseStore:
     def lease(self, node: str, ttl_ms: int, requests: list[LeaseRequest]) -> tuple[int, list[LeaseReply]]:
         script = self._connected()
         keys: list[str] = []
-        args: list[Any] = [node, ttl_ms]
+        args: list[Any] = [node, ttl_ms, self.horizon_ms]
         for q in requests:
             keys.extend(self.keys(q.key))
             args.extend([q.interval_ms, repr(float(q.threshold)), q.threshold_type, q.target, q.held,

@@ -21,6 +21,7 @@ from typing import Any
 from sentinel_ebpf._types import ResStats
 from sentinel_ebpf.cluster import ClusterClient, RedisLeaseStore
 from sentinel_ebpf.cluster.client import SLOW_MS
+from sentinel_ebpf.cluster.lease import HORIZON_S
 from sentinel_ebpf.cluster.store import redacted
 from sentinel_ebpf.daemon.collector import SecondCollector, second_counts
 from sentinel_ebpf.daemon.control import DEFAULT_SOCKET, ControlServer
@@ -171,7 +172,7 @@ class Daemon:
 
     def _join_cluster(self, url: str) -> None:
         assert self.dp is not None
-        store = RedisLeaseStore(url, self.config.app, SLOW_MS / 1000)
+        store = RedisLeaseStore(url, self.config.app, SLOW_MS / 1000, round(HORIZON_S * 1000))
         self.cluster = ClusterClient(store, url=url, app=self.config.app, refresh=self._refresh_thresholds)
         self.dp.external_thresholds = self.cluster.thresholds
         # a resumed data plane made its threshold sources before it knew of the cluster
