@@ -8,9 +8,9 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
-APT_PACKAGES=(clang-19 libbpf-dev bpftool iproute2 curl nginx-light wrk libcap2-bin openssl)
+APT_PACKAGES=(clang-19 libbpf-dev bpftool iproute2 curl nginx-light wrk libcap2-bin openssl redis-server)
 missing=0
-for cmd in clang-19 bpftool ip tc curl nginx wrk capsh openssl; do
+for cmd in clang-19 bpftool ip tc curl nginx wrk capsh openssl redis-server; do
     command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing=1
 done
 [ -f /usr/include/bpf/bpf_helpers.h ] || missing=1
@@ -21,7 +21,8 @@ if [ "$missing" = 1 ]; then
     apt-get install -y -qq --no-install-recommends "${APT_PACKAGES[@]}" >/dev/null
 fi
 
-# The Debian nginx package may start a system nginx; the tests run their own on other addresses.
+# The Debian nginx and redis-server packages may start system services; the tests run their own on other
+# addresses (redis-server on Unix sockets in temporary directories).
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv

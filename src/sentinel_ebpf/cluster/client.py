@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import redis
+from redis.exceptions import RedisClusterException
 
 from sentinel_ebpf._types import ResStats
 from sentinel_ebpf.cluster.lease import BUCKET_MS, RENEW_S, RuleLease
@@ -117,7 +118,7 @@ class ClusterClient:
         start = time.monotonic()
         try:
             _, replies = self.store.lease(self.node_id, self.ttl_ms, asked)
-        except (redis.RedisError, OSError, SentinelError) as exc:
+        except (redis.RedisError, RedisClusterException, OSError, SentinelError) as exc:
             self._failed(f"{type(exc).__name__}: {exc}")
             return False
         elapsed_ms = (time.monotonic() - start) * 1000

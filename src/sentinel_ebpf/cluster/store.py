@@ -143,7 +143,11 @@ class RedisLeaseStore:
             args.extend([q.interval_ms, repr(float(q.threshold)), q.threshold_type, q.target, q.held,
                          q.held_window, q.debt, f"{q.demand:.3f}"])  # fmt: skip
         self.calls += 1
-        raw = script(keys=keys, args=args)
+        try:
+            raw = script(keys=keys, args=args)
+        except redis.exceptions.MovedError:
+            self.close()  # a cluster node seen as a plain server (unreachable at the first connect): again
+            raise
         values = [int(v) for v in raw]
         replies = [
             LeaseReply(*values[1 + i * _REPLY_FIELDS : 1 + (i + 1) * _REPLY_FIELDS])
