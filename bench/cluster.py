@@ -19,6 +19,8 @@ T / (4 x nodes) (well under an even share), for 9 s. Measured, per fleet size:
   nodes' demand), polled every 50 ms from its control socket.
 - fallback and rejoin: redis-server is stopped, then started again; time until each daemon logs the
   change (its log's timestamps; the worst node is reported).
+- daemon idle CPU: the busiest daemon's CPU (utime + stime) over 3 s before any load, renewing its lease
+  10 times a second (a daemon without --cluster idles at ~0.6%, bench/control_plane.py).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import argparse
 import contextlib
 import datetime
 import json
+import os
 import subprocess
 import sys
 import time
@@ -66,6 +69,12 @@ def load(pair: NetnsPair, rate: float, seconds: float) -> subprocess.Popen[str]:
                       f"{seconds:g}", "64", stdout=subprocess.PIPE, text=True)  # fmt: skip
 
 
+def cpu_seconds(d: Daemon) -> float:
+    """utime + stime of the daemon (``ip netns exec`` execs it: the same pid)."""
+    fields = Path(f"/proc/{d.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def commandstats(redis: RedisServer) -> dict[str, int]:
     out = {}
     for line in redis.cli("info", "commandstats").splitlines():
@@ -98,6 +107,12 @@ def run(n: int, threshold: float) -> dict[str, Any]:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the {n} daemons do not see each other")
             time.sleep(0.2)
+
+        # the daemons' own CPU with nothing to do but renew their leases
+        cpu0, cpu_t0 = [cpu_seconds(d) for d in daemons], time.monotonic()
+        time.sleep(3.0)
+        idle_cpu = max(c1 - c0 for c0, c1 in zip(cpu0, [cpu_seconds(d) for d in daemons], strict=True))
+        idle_cpu_pct = idle_cpu / (time.monotonic() - cpu_t0) * 100
 
         # accuracy and Redis load: node 0 hot, the others light
         t_start = time.monotonic()
@@ -170,6 +185,7 @@ def run(n: int, threshold: float) -> dict[str, Any]:
             "redis_commands_per_s_per_node": round(commands, 1),
             "fallback_ms_max": round(max(fell)),
             "rejoin_ms_max": round(max(back_ms)),
+            "daemon_idle_cpu_pct_max": round(idle_cpu_pct, 2),
         }
 
 
@@ -185,14 +201,14 @@ def main() -> None:
         return
     print(
         "| nodes | threshold/s | admitted/s | error | light nodes got | rebalance | Redis round trips/s/node "
-        "| Redis commands/s/node | fallback | rejoin |"
+        "| Redis commands/s/node | fallback | rejoin | daemon idle CPU |"
     )
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         print(f"| {r['nodes']} | {r['threshold']:g} | {r['admitted_per_s']} | {r['error_pct']:+.2f} % "
               f"| {r['light_min_admitted_ratio'] * 100:.0f} % | {r['rebalance_ms']} ms "
               f"| {r['redis_round_trips_per_s_per_node']} | {r['redis_commands_per_s_per_node']} "
-              f"| {r['fallback_ms_max']} ms | {r['rejoin_ms_max']} ms |")  # fmt: skip
+              f"| {r['fallback_ms_max']} ms | {r['rejoin_ms_max']} ms | {r['daemon_idle_cpu_pct_max']} % |")  # fmt: skip
 
 
 if __name__ == "__main__":

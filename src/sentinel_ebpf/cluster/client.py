@@ -1,7 +1,8 @@
 """The daemon's cluster client: renews the leases of every cluster rule in force from its own thread.
 
 Each renewal is one Redis round trip (``lease.lua``) for all of the node's cluster rules; it is also the
-node's heartbeat. Renewals run every ``renew_s`` (100 ms); after each one, and right after each of the
+node's heartbeat. Renewals run every ``renew_s`` (100 ms) while the rules see requests, every
+``idle_renew_ms`` (300 ms) otherwise; after each one, and right after each of the
 kernel's 500 ms bucket boundaries, ``refresh`` rewrites the thresholds in the kernel (the daemon's
 ``dp.tick()``). A call that fails, or answers after ``slow_ms``, does not count as contact; without
 contact for ``fallback_after_ms`` every cluster rule falls back (``RuleLease.allowed``), and the first good
@@ -32,6 +33,7 @@ log = logging.getLogger("sentinel_ebpf.cluster")
 SLOW_MS = 50  # Redis slower than this counts as unreachable
 FALLBACK_AFTER_MS = 250  # without contact this long, rules fall back (two missed renewals)
 HEARTBEAT_TTL_MS = 1000  # a node not heard from for this long is no longer counted live
+IDLE_RENEW_MS = 300  # a node whose cluster rules see no requests renews (its heartbeat) this often
 
 
 def _monotonic_ms() -> int:
@@ -56,6 +58,7 @@ class ClusterClient:
         slow_ms: int = SLOW_MS,
         fallback_after_ms: int = FALLBACK_AFTER_MS,
         ttl_ms: int = HEARTBEAT_TTL_MS,
+        idle_renew_ms: int = IDLE_RENEW_MS,
     ) -> None:
         self.store = store
         self.url = url
@@ -67,6 +70,8 @@ class ClusterClient:
         self.slow_ms = slow_ms
         self.fallback_after_ms = fallback_after_ms
         self.ttl_ms = ttl_ms
+        self.idle_renew_ms = idle_renew_ms
+        self._last_renew_ms: int | None = None
         self.active: tuple[RuleLease, ...] = ()
         self._by_key: dict[str, RuleLease] = {}
         self.started_ms = now_ms()
@@ -144,13 +149,22 @@ class ClusterClient:
         self._thread.start()
         return self
 
+    def due(self, now_ms: int) -> bool:
+        """Renew now? Always while any rule sees requests (or has never been leased), else every
+        ``idle_renew_ms`` (the heartbeat): an idle node's lease does not change. One map read per rule."""
+        if self._last_renew_ms is None or now_ms - self._last_renew_ms >= self.idle_renew_ms:
+            return True
+        return any(lease.account is None or lease.seen_requests() for lease in self.active)
+
     def _run(self) -> None:
         next_renew = 0.0
         while not self._stop.is_set():
             if time.monotonic() >= next_renew:
                 next_renew = time.monotonic() + self.renew_s
                 try:
-                    self.renew()
+                    if self.due(self.now_ms()):
+                        self._last_renew_ms = self.now_ms()
+                        self.renew()
                 except Exception:  # the thread must go on: rules fall back while it fails
                     log.exception("cluster: renewal failed")
             try:

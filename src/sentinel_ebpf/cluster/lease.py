@@ -97,6 +97,12 @@ class RuleLease:
             held_window=self.account.window if self.account else -1, debt=max(0, -left), demand=demand,
         )  # fmt: skip
 
+    def seen_requests(self) -> bool:
+        """Requests reached the rule since the last renewal (or the node holds no tokens to spare)."""
+        if self._last_count is None:
+            return True
+        return demand_count(self.read()) != self._last_count[1] or self.demand_qps >= 1.0
+
     def on_reply(self, st: ResStats, asked: LeaseRequest, reply: LeaseReply) -> None:
         """Take the reply to ``asked`` (made with ``st``, the statistics read just before)."""
         self.live_nodes, self.limit, self.share = reply.live_nodes, reply.limit, reply.share

@@ -184,3 +184,23 @@ def test_tokens_held_go_on_into_the_next_window() -> None:
     lease.on_reply(st, q, reply(window=8, grant=5))
     # counted in window 7 and not spent yet: still this node's, with the new grant
     assert lease.tokens_left(st) == 25
+
+
+def test_an_idle_node_renews_less_often() -> None:
+    from sentinel_ebpf.inbound.compiler import KFlowRule
+
+    now = [0]
+    client = ClusterClient(FakeStore(), now_ms=lambda: now[0], idle_renew_ms=300)
+    st = stats({}, total_pass=0)
+    lease = client.thresholds("web", 0, KFlowRule(1, 0, 1000, 0, 0, 0, True, rule(100)), lambda: st)
+    client.track([lease])
+    assert client.due(now[0])  # never renewed
+    client._last_renew_ms = now[0]
+    client.renew()
+    now[0] = 100
+    assert not client.due(now[0])  # no request since: the lease stands, the heartbeat can wait
+    st.block_by_type[1] = 1  # a request reached the rule
+    assert client.due(now[0])
+    st.block_by_type[1] = 0
+    now[0] = 300
+    assert client.due(now[0])  # the heartbeat
