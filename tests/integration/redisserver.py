@@ -63,10 +63,13 @@ def free_port(cluster: bool = False) -> int:
 
 
 class RedisServer:
-    def __init__(self, *, port: int = 0, cluster: bool = False, directory: Path | None = None) -> None:
-        """``port`` 0: a Unix socket only; else that loopback port (``cluster``: in cluster mode)."""
+    def __init__(self, *, port: int = 0, cluster: bool = False, tls: bool = False,
+                 directory: Path | None = None) -> None:  # fmt: skip
+        """``port`` 0: a Unix socket only; else that loopback port (``cluster``: in cluster mode; ``tls``:
+        TLS on it, with a self-signed certificate made here by openssl)."""
         self.port = port
         self.cluster = cluster
+        self.tls = tls
         self._own_dir = directory is None
         self.dir = directory or Path(tempfile.mkdtemp(prefix="se-redis-"))
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -76,6 +79,8 @@ class RedisServer:
 
     @property
     def url(self) -> str:
+        if self.tls:
+            return f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={self.dir / 'cert.pem'}"
         return f"redis://127.0.0.1:{self.port}" if self.port else f"unix://{self.socket}"
 
     def start(self) -> RedisServer:
@@ -83,6 +88,14 @@ class RedisServer:
                 "--dir", str(self.dir), "--unixsocket", str(self.socket), "--unixsocketperm", "777"]  # fmt: skip
         if self.cluster:
             argv += ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{self.port}.conf"]
+        if self.tls:
+            cert, key = self.dir / "cert.pem", self.dir / "key.pem"
+            if not cert.exists():
+                subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+                                "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext",
+                                "subjectAltName=IP:127.0.0.1"], capture_output=True, timeout=60, check=True)  # fmt: skip
+            argv[1:3] = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(cert),
+                         "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no"]  # fmt: skip
         log = open(self.dir / f"redis-{self.port}.log", "a")  # noqa: SIM115 - the child keeps it
         with log:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,

@@ -139,6 +139,15 @@ def test_loopback_url_and_a_stopped_server() -> None:
         assert store.lease("A", 5000, ask(10, 10))[1][0].live_nodes == 1  # reconnects by itself
 
 
+def test_tls() -> None:
+    require_redis()
+    with RedisServer(port=free_port(), tls=True) as server:
+        assert server.url.startswith("rediss://")
+        store = RedisLeaseStore(server.url, "app", 0.5, NO_PACING)
+        assert store.lease("A", 5000, ask(10, 10))[1][0].grant == 10
+        store.close()
+
+
 def test_a_paused_server_times_out_within_the_limit(redis_server: RedisServer) -> None:
     store = RedisLeaseStore(redis_server.url, "app", 0.05, NO_PACING)
     store.lease("A", 5000, ask(1, 1))
