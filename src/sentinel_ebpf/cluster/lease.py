@@ -28,6 +28,7 @@ BUCKET_MS = int(SentinelLimits.SE_BUCKET_MS)
 RENEW_S = 0.1  # how often a node renews its leases
 HORIZON_S = 0.3  # a lease covers this much of the node's demand (three renewals)
 DEMAND_WEIGHT = 0.5  # weight of the newest renewal period in the demand estimate
+DEMAND_WEIGHT_FALLING = 0.75  # when it is lower: a node whose demand left frees its share sooner
 LOOKAHEAD_MS = 10  # passes leaving the window this soon are taken off the next threshold
 MIN_LEASE = 1  # tokens an idle node holds, so its first request is not refused for want of a lease
 UNLIMITED = 1e15  # "let the rule's requests pass"
@@ -84,7 +85,8 @@ class RuleLease:
         count = demand_count(st)
         if self._last_count is not None and now_ms > self._last_count[0]:
             rate = (count - self._last_count[1]) * 1000 / (now_ms - self._last_count[0])
-            self.demand_qps += DEMAND_WEIGHT * (rate - self.demand_qps)
+            weight = DEMAND_WEIGHT if rate >= self.demand_qps else DEMAND_WEIGHT_FALLING
+            self.demand_qps += weight * (rate - self.demand_qps)
         self._last_count = (now_ms, count)
         left = self.tokens_left(st)
         target = max(MIN_LEASE, math.ceil(self.demand_qps * HORIZON_S - 1e-6))

@@ -80,6 +80,8 @@ def test_demand_and_want_follow_the_traffic() -> None:
     assert q.target == 150  # 0.3 s of demand
     # for the fair shares: demand per 1 s window, plus the tokens it wants to hold
     assert q.demand == pytest.approx(500 + 150)
+    lease.request(st, 200)  # nothing in the next 100 ms: the estimate falls faster than it rises
+    assert lease.demand_qps == pytest.approx(500 * 0.25)
 
 
 @pytest.mark.parametrize(
