@@ -141,3 +141,25 @@ def test_redis_stopped_then_back(fleet: tuple[RedisServer, list[Node]]) -> None:
         assert hot.cluster()["rules"][0]["live_nodes"] == 3
     finally:
         results(proc)
+
+
+def test_without_fallback_the_rules_requests_pass_while_redis_is_away(fresh_netns_pair: NetnsPair) -> None:
+    require_redis()
+    pair = fresh_netns_pair
+    pair.start_nginx(8080)
+    rules = RULES.replace("fallbackToLocalWhenFail: true", "fallbackToLocalWhenFail: false")
+    with RedisServer() as redis:
+        daemon = Daemon(pair, rules, "--cluster", redis.url, "--app", f"it-nofallback-{time.monotonic_ns()}")
+        node = Node(pair, daemon)
+        try:
+            proc = node.load(6.0, 150)
+            try:
+                assert pass_rate(node, 1.5) <= THRESHOLD * 1.2  # in the cluster: limited
+                mark = len(daemon.proc.stderr)
+                redis.stop()
+                daemon.wait_log("letting its requests pass (fallbackToLocalWhenFail is false)", 5, mark)
+                assert pass_rate(node, 1.5) >= 150 * 0.8  # everything offered passes, nothing is blocked
+            finally:
+                results(proc)
+        finally:
+            daemon.close()
