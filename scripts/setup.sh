@@ -8,9 +8,10 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
-APT_PACKAGES=(clang-19 libbpf-dev bpftool iproute2 curl nginx-light wrk libcap2-bin openssl etcd-server chromium)
+APT_PACKAGES=(clang-19 libbpf-dev bpftool iproute2 curl nginx-light wrk libcap2-bin openssl etcd-server chromium
+              redis-server)
 missing=0
-for cmd in clang-19 bpftool ip tc curl nginx wrk capsh openssl etcd chromium; do
+for cmd in clang-19 bpftool ip tc curl nginx wrk capsh openssl etcd chromium redis-server; do
     command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing=1
 done
 [ -f /usr/include/bpf/bpf_helpers.h ] || missing=1
@@ -21,7 +22,8 @@ if [ "$missing" = 1 ]; then
     apt-get install -y -qq --no-install-recommends "${APT_PACKAGES[@]}" >/dev/null
 fi
 
-# The Debian nginx package may start a system nginx; the tests run their own on other addresses.
+# The Debian nginx and redis-server packages may start system services; the tests run their own on other
+# addresses (redis-server on Unix sockets in temporary directories).
 # chromium: the dashboard's browser tests drive it through Playwright (pip, `test` extra); Playwright's
 # own browser download (`playwright install`) is never used.
 PYTHON=${PYTHON:-python3}

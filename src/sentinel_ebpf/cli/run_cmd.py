@@ -11,6 +11,7 @@ import typer
 from sentinel_ebpf.cli import app
 from sentinel_ebpf.cli._common import fail, require_root
 from sentinel_ebpf.cli.etcd_options import EtcdCacert, EtcdCert, EtcdKey
+from sentinel_ebpf.cluster import check_url
 from sentinel_ebpf.daemon import Daemon, DaemonConfig
 from sentinel_ebpf.daemon.control import DEFAULT_SOCKET
 from sentinel_ebpf.daemon.state import DEFAULT_STATE_DIR
@@ -47,7 +48,7 @@ def run(
         str, typer.Option("--log-dir", help="Sentinel metric log directory; empty to disable.")
     ] = "/var/log/sentinel-ebpf",
     app_name: Annotated[
-        str, typer.Option("--app", help="App name in metric log file names.")
+        str, typer.Option("--app", help="App name in metric log file names and cluster keys.")
     ] = "sentinel-ebpf",
     control_socket: Annotated[
         str, typer.Option("--control-socket", help="Unix socket for stats/top.")
@@ -75,6 +76,14 @@ def run(
     etcd_cacert: EtcdCacert = None,
     etcd_cert: EtcdCert = None,
     etcd_key: EtcdKey = None,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            "--cluster",
+            help="Redis shared by the fleet for clusterMode flow rules: redis://HOST:PORT[/DB], "
+            "rediss://..., unix:///PATH.sock, or redis://H1:P1,H2:P2 for Redis Cluster.",
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Debug logging.")] = False,
 ) -> None:
     """Enforce the rules in the kernel until SIGTERM/SIGINT; reload when the file or etcd key changes, and on SIGHUP."""
@@ -82,11 +91,16 @@ def run(
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
     if metrics_addr and ":" not in metrics_addr:
         raise fail(f"--metrics-addr must be HOST:PORT, got {metrics_addr!r}", code=2)
+    if cluster:
+        try:
+            check_url(cluster)
+        except SentinelError as exc:
+            raise fail(str(exc), code=2) from None
     require_root("run")
     config = DaemonConfig(
         rules=rules, interfaces=list(iface or []), metrics_addr=metrics_addr or None, log_dir=log_dir or None,
         app=app_name, control_socket=control_socket, state_dir=state_dir, on_breaker_change=on_breaker_change,
-        hotspot_keys=hotspot_keys, etcd_tls=EtcdTls(etcd_cacert, etcd_cert, etcd_key),
+        hotspot_keys=hotspot_keys, etcd_tls=EtcdTls(etcd_cacert, etcd_cert, etcd_key), cluster=cluster,
     )  # fmt: skip
     try:
         Daemon(config).run()

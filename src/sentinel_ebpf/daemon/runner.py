@@ -18,6 +18,10 @@ from typing import Any
 
 from sentinel_ebpf import __version__
 from sentinel_ebpf._types import ResStats
+from sentinel_ebpf.cluster import ClusterClient, RedisLeaseStore
+from sentinel_ebpf.cluster.client import SLOW_MS
+from sentinel_ebpf.cluster.lease import HORIZON_S
+from sentinel_ebpf.cluster.store import redacted
 from sentinel_ebpf.daemon.collector import BlockDeltas, SecondCollector, second_counts
 from sentinel_ebpf.daemon.control import DEFAULT_SOCKET, ControlServer
 from sentinel_ebpf.daemon.demo import DEFAULT_RULES, DemoServer
@@ -33,6 +37,7 @@ from sentinel_ebpf.daemon.tls_observer import TlsObserver
 from sentinel_ebpf.daemon.watch import FileSource
 from sentinel_ebpf.errors import BpfKeyError, SentinelError
 from sentinel_ebpf.inbound import InboundDataplane
+from sentinel_ebpf.inbound.adaptive import AdaptiveThresholds
 from sentinel_ebpf.outputs.metric_log import MetricItem, MetricLogWriter, classification_of
 from sentinel_ebpf.outputs.prometheus import (
     MetricsServer,
@@ -69,6 +74,7 @@ class DaemonConfig:
     on_breaker_change: str | None = None  # a shell command run on each transition (SENTINEL_* variables)
     hotspot_keys: int | None = None  # hotspot values tracked at once (None: SE_HOT_VALUES_MAX)
     etcd_tls: EtcdTls | None = None  # client TLS files for etcds:// rules
+    cluster: str | None = None  # Redis URL shared by the fleet for cluster flow rules (keys under `app`)
 
 
 class Stop(BaseException):
@@ -131,6 +137,7 @@ class Daemon:
             lambda rs: self._dp().compile(rs),
             self.request_reload,
         )
+        self.cluster: ClusterClient | None = None  # leases of cluster flow rules (--cluster)
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -138,6 +145,8 @@ class Daemon:
         rules = version.load()  # invalid at start: the caller reports and exits 1
         crashed = self._crashed_state()
         self.dp = self._resume(crashed) or InboundDataplane(hotspot_values=self.config.hotspot_keys)
+        if self.config.cluster:
+            self._join_cluster(self.config.cluster)
         compiled = self.dp.compile(rules)
         for note in compiled.notes:
             log.warning("%s", note)
@@ -145,6 +154,9 @@ class Daemon:
         self._in_force(rules)
         self.source.in_force(version)
         self.ticker = Ticker(self.dp.tick, self._dp_lock).start()
+        if self.cluster is not None:
+            self.cluster.track(self.dp.adaptive.calculators.values())
+            self.cluster.start()
         # before attaching: a daemon already listening there must not lose its filters to this one
         self.control = ControlServer(self.config.control_socket, self.handle)
         if self.config.rules is None:
@@ -181,6 +193,23 @@ class Daemon:
         log.info("enforcing %s (%d resources); control socket %s", version.label,
                  len(compiled.resources), self.config.control_socket)  # fmt: skip
         self.source.start(self._wake.set)
+
+    def _join_cluster(self, url: str) -> None:
+        assert self.dp is not None
+        store = RedisLeaseStore(url, self.config.app, SLOW_MS / 1000, round(HORIZON_S * 1000))
+        self.cluster = ClusterClient(store, url=url, app=self.config.app, refresh=self._refresh_thresholds)
+        self.dp.external_thresholds = self.cluster.thresholds
+        # a resumed data plane made its threshold sources before it knew of the cluster
+        self.dp.adaptive = AdaptiveThresholds(self.dp.compiled, self.dp.raw_stats, self.dp.memory,
+                                              external=self.cluster.thresholds)  # fmt: skip
+        log.info("cluster flow rules through Redis %s (app %r, node %s)", redacted(url), self.config.app,
+                 self.cluster.node_id)  # fmt: skip
+
+    def _refresh_thresholds(self) -> None:
+        """Rewrite the kernel's dynamic thresholds now (the cluster thread, after a lease or a bucket)."""
+        with self._dp_lock:
+            if self.dp is not None:
+                self.dp.tick()
 
     def run(self) -> None:
         """Until SIGTERM/SIGINT: tick thresholds, sample the host, reload, write the metric log."""
@@ -231,6 +260,9 @@ class Daemon:
         if self.ticker is not None:
             self.ticker.stop()
             self.ticker = None
+        if self.cluster is not None:
+            self.cluster.stop()
+            self.cluster = None
         if self.tls is not None:
             self.tls.stop()
             self.tls = None
@@ -287,6 +319,8 @@ class Daemon:
             result = reload_rules(
                 version.label, self.dp, load=lambda _: version.load(), prepare=self._attach_outbound_if_needed
             )
+            if self.cluster is not None:
+                self.cluster.track(self.dp.adaptive.calculators.values())
         if result.rules is not None:
             self._in_force(result.rules, changed=result.changed)
             self.source.in_force(version)
@@ -461,6 +495,8 @@ class Daemon:
                                           "max_late_ms": t.max_late_ns // 1_000_000}  # fmt: skip
             doc["version"] = __version__
             doc["revision"] = self.editor.revision()
+            if self.cluster is not None:
+                doc["cluster"] = self.cluster.status()
             return doc
         if cmd == "rules":
             return {

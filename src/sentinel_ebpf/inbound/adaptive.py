@@ -10,6 +10,8 @@ sync is the same whenever the tick runs: a tick that comes late (a daemon starve
 syncs every second it missed, in order, while the kernel still holds their buckets (``CATCH_UP_MS``).
 Until the tick after a second's first request, the kernel judges with the threshold synced before.
 MemoryAdaptive reads the host's used memory (MemTotal - MemAvailable), not one process's.
+Cluster flow rules (``clusterMode``) take their threshold from an outside source, the daemon's lease
+from Redis (``sentinel_ebpf.cluster``); without one they are local rules with their own threshold.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from sentinel_ebpf._types import ResStats, SentinelLimits
 from sentinel_ebpf.inbound.compiler import CompiledInbound, KFlowRule
@@ -67,7 +70,25 @@ class _KernelWindow:
         return window_sum(self.read(), now_ms - BUCKET_MS, self.interval_ms) / (self.interval_ms / 1000.0)
 
 
-Calculator = WarmUpCalculator | MemoryAdaptiveCalculator
+class ThresholdSource(Protocol):
+    def allowed(self, now_ms: int) -> float: ...
+
+
+# (resource name, index among the resource's flow rules, the rule, a reader of its statistics) -> source
+ExternalThresholds = Callable[[str, int, KFlowRule, Callable[[], ResStats]], ThresholdSource]
+
+
+class FixedThreshold:
+    """A cluster rule where no cluster is configured: the rule's own threshold, as a local rule."""
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold = threshold
+
+    def allowed(self, now_ms: int) -> float:
+        return self.threshold
+
+
+Calculator = WarmUpCalculator | MemoryAdaptiveCalculator | ThresholdSource
 SlotKey = tuple[tuple[str, tuple[object, ...]], int, KFlowRule]
 
 
@@ -75,7 +96,8 @@ class AdaptiveThresholds:
     """One calculator per dynamic flow rule; unchanged rules keep their calculator (and warm-up state)."""
 
     def __init__(self, compiled: CompiledInbound, read_stats: Callable[[int], ResStats], memory: MemoryReader,
-                 previous: AdaptiveThresholds | None = None) -> None:  # fmt: skip
+                 previous: AdaptiveThresholds | None = None, external: ExternalThresholds | None = None,
+                 ) -> None:  # fmt: skip
         self.read_stats = read_stats
         self.calculators: dict[SlotKey, Calculator] = {}
         self.slots: dict[SlotKey, tuple[int, int]] = {}  # -> (resource id, rule index)
@@ -87,7 +109,15 @@ class AdaptiveThresholds:
                 key: SlotKey = (r.key, i, f)
                 calc = old.get(key)
                 if calc is None:
-                    if f.source.token_calculate_strategy is TokenCalculateStrategy.WarmUp:
+                    if f.source.cluster_mode:
+
+                        def read(sid: int = f.stat_resource) -> ResStats:
+                            return read_stats(sid)
+
+                        calc = (
+                            external(r.name, i, f, read) if external else FixedThreshold(f.source.threshold)
+                        )
+                    elif f.source.token_calculate_strategy is TokenCalculateStrategy.WarmUp:
                         stat_id = f.stat_resource
                         window = _KernelWindow(lambda sid=stat_id: read_stats(sid), f.interval_ms)  # type: ignore[misc]
                         calc = WarmUpCalculator(f.source, window)  # type: ignore[arg-type]

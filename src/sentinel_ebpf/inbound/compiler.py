@@ -168,7 +168,8 @@ def _interval(rule: FlowRule) -> int:
 
 
 def _flow(rule: FlowRule, ids: dict[str, int], where: str, problems: list[str]) -> KFlowRule | None:
-    dynamic = rule.token_calculate_strategy is not TokenCalculateStrategy.Direct
+    # cluster rules too: the daemon sets the node's threshold from its lease (sentinel_ebpf.cluster)
+    dynamic = rule.token_calculate_strategy is not TokenCalculateStrategy.Direct or rule.cluster_mode
     interval = _interval(rule)
     if rule.control_behavior is ControlBehavior.Reject and (interval % BUCKET_MS or interval > WINDOW_MS):
         problems.append(

@@ -37,7 +37,7 @@ from sentinel_ebpf._types import (
 )
 from sentinel_ebpf.doctor import cgroup2_mount
 from sentinel_ebpf.errors import BpfKeyError, BpfMapError, SentinelError
-from sentinel_ebpf.inbound.adaptive import AdaptiveThresholds, HostMemory
+from sentinel_ebpf.inbound.adaptive import AdaptiveThresholds, ExternalThresholds, HostMemory
 from sentinel_ebpf.inbound.compiler import CompiledInbound, KOutRoute, KResource, compile_inbound
 from sentinel_ebpf.libbpf import BpfObject, Link, RingBuffer, TcAttachPoint, TcFilter, TcHook
 from sentinel_ebpf.model.flow import MemoryReader
@@ -172,6 +172,8 @@ class InboundDataplane:
         self._last_id = 0
         self._test_now_ns = 0
         self.memory: MemoryReader = HostMemory()
+        # thresholds of cluster flow rules (set by the daemon before apply; see inbound.adaptive)
+        self.external_thresholds: ExternalThresholds | None = None
         self.adaptive = AdaptiveThresholds(self.compiled, self.raw_stats, self.memory)
         self._breaker_names: dict[int, tuple[str, str]] = {}
         self._cb_ring: RingBuffer | None = None
@@ -221,7 +223,8 @@ class InboundDataplane:
         self.gen = gen
         self.compiled = compiled
         self._last_id = max([last_id, *(r.id for r in compiled.resources)])
-        self.adaptive = AdaptiveThresholds(compiled, self.raw_stats, self.memory)
+        self.adaptive = AdaptiveThresholds(compiled, self.raw_stats, self.memory,
+                                           external=self.external_thresholds)  # fmt: skip
         for r in compiled.resources:
             for b in r.breakers:
                 self._breaker_names[b.uid] = (r.name, b.id)
@@ -270,7 +273,8 @@ class InboundDataplane:
                     metric=rule.metric, bbr=int(rule.bbr), trigger_milli=rule.trigger_milli
                 )
             self.obj.map("sys_conf").update(_u32(new_gen), bytes(sc))
-            adaptive = AdaptiveThresholds(compiled, self.raw_stats, self.memory, self.adaptive)
+            adaptive = AdaptiveThresholds(compiled, self.raw_stats, self.memory, self.adaptive,
+                                          self.external_thresholds)  # fmt: skip
             self._write_thresholds(adaptive, new_gen)
             self._write_hot_specific(compiled)
             self._create_breakers(compiled)

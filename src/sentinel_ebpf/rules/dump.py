@@ -46,6 +46,12 @@ def rule_to_dict(
                 }
                 for item in value
             ]
+        elif isinstance(value, flow.ClusterConfig):
+            kind = value.threshold_type
+            value = {
+                "thresholdType": kind.name if enum_names else int(kind),
+                "fallbackToLocalWhenFail": value.fallback_to_local_when_fail,
+            }
         elif isinstance(value, enum.IntEnum):
             value = value.name if enum_names else int(value)
         out[spec.key] = value

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sentinel_ebpf.rules._fields import (
+    _BAD,
     U32_MAX,
     FieldSpec,
     KeyMode,
     RuleContext,
     check_resource_name,
+    convert,
+    match_keys,
     read_fields,
+    type_name,
 )
 
 KIND = "flowRules"
@@ -33,6 +37,21 @@ class ControlBehavior(enum.IntEnum):
 class RelationStrategy(enum.IntEnum):
     CurrentResource = 0
     AssociatedResource = 1
+
+
+class ClusterThresholdType(enum.IntEnum):
+    """Sentinel's ``ClusterRuleConstant``: what ``threshold`` means in cluster mode."""
+
+    AvgLocal = 0  # per node: the fleet's limit is threshold x live nodes
+    Global = 1  # one limit for the whole fleet
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """``clusterConfig`` of a flow rule with ``clusterMode: true`` (Sentinel's field names and defaults)."""
+
+    threshold_type: ClusterThresholdType = ClusterThresholdType.AvgLocal
+    fallback_to_local_when_fail: bool = True
 
 
 DEFAULT_WARM_UP_COLD_FACTOR = 3
@@ -57,6 +76,8 @@ class FlowRule:
     high_mem_usage_threshold: int = 0
     mem_low_water_mark_bytes: int = 0
     mem_high_water_mark_bytes: int = 0
+    cluster_mode: bool = False
+    cluster_config: ClusterConfig = field(default_factory=ClusterConfig)
 
     @property
     def effective_cold_factor(self) -> int:
@@ -106,7 +127,16 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("highMemUsageThreshold", "high_mem_usage_threshold", "int", 0, min=-I64 - 1, max=U32_MAX),
     FieldSpec("memLowWaterMarkBytes", "mem_low_water_mark_bytes", "int", 0, min=-I64 - 1, max=I64),
     FieldSpec("memHighWaterMarkBytes", "mem_high_water_mark_bytes", "int", 0, min=-I64 - 1, max=I64),
+    FieldSpec("clusterMode", "cluster_mode", "bool", False),
+    FieldSpec("clusterConfig", "cluster_config", "any", ClusterConfig()),
     FieldSpec("regex", "regex", "bool", False),
+)
+
+CLUSTER_FIELDS: tuple[FieldSpec, ...] = (
+    FieldSpec(
+        "thresholdType", "threshold_type", "enum", ClusterThresholdType.AvgLocal, enum=ClusterThresholdType
+    ),
+    FieldSpec("fallbackToLocalWhenFail", "fallback_to_local_when_fail", "bool", True),
 )
 
 
@@ -118,9 +148,36 @@ def parse(
         return None
     ctx.rule_id = values["id"] or None
     regex = values.pop("regex")
+    values["cluster_config"] = _parse_cluster_config(
+        values["cluster_config"], ctx, mode, enum_names=enum_names, enum_ints=enum_ints
+    )
     rule = FlowRule(**values)
     validate(rule, ctx, regex=regex)
     return rule
+
+
+def _parse_cluster_config(
+    raw: Any, ctx: RuleContext, mode: KeyMode, *, enum_names: bool, enum_ints: bool
+) -> ClusterConfig:
+    if isinstance(raw, ClusterConfig):
+        return raw
+    if not isinstance(raw, dict):
+        ctx.add(f"must be an object {{thresholdType, fallbackToLocalWhenFail}}, got {type_name(raw)}",
+                "clusterConfig")  # fmt: skip
+        return ClusterConfig()
+    found, unknown = match_keys(raw, [s.key for s in CLUSTER_FIELDS], mode)
+    if mode is KeyMode.STRICT:
+        for key in unknown:
+            ctx.add(f"unknown key {key!r} (known: thresholdType, fallbackToLocalWhenFail)", "clusterConfig")
+    values: dict[str, Any] = {}
+    for spec in CLUSTER_FIELDS:
+        values[spec.attr] = spec.default
+        if spec.key in found and raw[found[spec.key]] is not None:
+            named = FieldSpec(f"clusterConfig.{spec.key}", spec.attr, spec.kind, spec.default, enum=spec.enum)
+            v = convert(raw[found[spec.key]], named, ctx, enum_names=enum_names, enum_ints=enum_ints)
+            if v is not _BAD:
+                values[spec.attr] = v
+    return ClusterConfig(**values)
 
 
 def validate(rule: FlowRule, ctx: RuleContext, *, regex: bool = False) -> None:
@@ -151,3 +208,14 @@ def validate(rule: FlowRule, ctx: RuleContext, *, regex: bool = False) -> None:
             ctx.add("memHighWaterMarkBytes must be > 0", "memHighWaterMarkBytes")
         if rule.mem_low_water_mark_bytes >= rule.mem_high_water_mark_bytes:
             ctx.add("memLowWaterMarkBytes must be < memHighWaterMarkBytes", "memLowWaterMarkBytes")
+    if rule.cluster_mode:
+        # The fleet shares a count per window (leased into the kernel's Reject check): the other
+        # behaviours have no shared count to lease from.
+        if rule.token_calculate_strategy is not TokenCalculateStrategy.Direct:
+            ctx.add("a cluster rule needs tokenCalculateStrategy Direct (WarmUp and MemoryAdaptive are "
+                    "computed per node)", "clusterMode")  # fmt: skip
+        if rule.control_behavior is not ControlBehavior.Reject:
+            ctx.add("a cluster rule needs controlBehavior Reject (Throttling paces each node's own queue)",
+                    "clusterMode")  # fmt: skip
+        if rule.relation_strategy is not RelationStrategy.CurrentResource:
+            ctx.add("a cluster rule needs relationStrategy CurrentResource", "clusterMode")

@@ -79,3 +79,10 @@ def test_too_many_protected_ports_is_refused_by_count() -> None:
     )
     with pytest.raises(CompileError, match="1025 protected ports: at most 1024"):
         compile_inbound(load_text(text, "ports.yaml"))
+
+
+def test_run_rejects_a_bad_cluster_url() -> None:
+    result = runner.invoke(app, ["run", "--cluster", "http://10.0.0.5:6379"])
+    assert result.exit_code == 2 and "the scheme must be redis://, rediss:// or unix://" in result.output
+    result = runner.invoke(app, ["run", "--cluster", "redis://:secret@"])
+    assert result.exit_code == 2 and "no host" in result.output and "secret" not in result.output

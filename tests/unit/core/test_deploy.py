@@ -15,9 +15,6 @@ from sentinel_ebpf.sources.url import parse_etcd_url
 
 DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
 # added by the Redis cluster work (branch fleet-redis); checked like the others once it is merged
-NOT_YET_MERGED = {"--cluster"}
-
-
 def run_options() -> set[str]:
     _register()
     command = typer.main.get_command(app).commands["run"]  # type: ignore[attr-defined]
@@ -35,7 +32,7 @@ def test_daemonset_runs_with_etcd_rules_host_network_and_what_it_mounts() -> Non
     assert pod["hostNetwork"] is True
     (container,) = pod["containers"]
     args = container["args"]
-    assert args[0] == "run" and options_in(args) - run_options() <= NOT_YET_MERGED
+    assert args[0] == "run" and options_in(args) <= run_options()
     rules = next(a.split("=", 1)[1] for a in args if a.startswith("--rules="))
     assert parse_etcd_url(rules).tls  # etcds://, with the client files below
     caps = set(container["securityContext"]["capabilities"]["add"])

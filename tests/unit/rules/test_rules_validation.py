@@ -693,3 +693,58 @@ def test_document_level_problems(text: str, reason: str) -> None:
     with pytest.raises(RulesError) as info:
         load_text(text, "d.yaml")
     assert any(reason in p.reason for p in info.value.problems), info.value.problems
+
+
+# --- flow: clusterMode / clusterConfig ----------------------------------------------------------------
+
+
+def test_flow_cluster_fields_and_defaults() -> None:
+    from sentinel_ebpf.rules.flow import ClusterThresholdType
+
+    rs = load_data(doc("flowRules", {"resource": "web", "threshold": 100, "clusterMode": True}), "t.yaml")
+    rule = rs.rules("flowRules")[0]
+    # Sentinel's defaults: threshold per node (AvgLocal), fall back to local enforcement
+    assert rule.cluster_mode is True
+    assert rule.cluster_config.threshold_type is ClusterThresholdType.AvgLocal
+    assert rule.cluster_config.fallback_to_local_when_fail is True
+    rs = load_data(doc("flowRules", {"resource": "web", "threshold": 100, "clusterMode": True,
+                                     "clusterConfig": {"thresholdType": 1, "fallbackToLocalWhenFail": False}}),
+                   "t.yaml")  # fmt: skip
+    cfg = rs.rules("flowRules")[0].cluster_config
+    assert (cfg.threshold_type, cfg.fallback_to_local_when_fail) == (ClusterThresholdType.Global, False)
+
+
+def test_flow_cluster_round_trips() -> None:
+    from sentinel_ebpf.rules.dump import to_project, to_sentinel_json
+
+    rule = {"resource": "web", "threshold": 100, "clusterMode": True,
+            "clusterConfig": {"thresholdType": "Global", "fallbackToLocalWhenFail": False}}  # fmt: skip
+    rs = load_data(doc("flowRules", rule), "t.yaml")
+    out = to_project(rs)["flowRules"][0]
+    assert out["clusterMode"] is True
+    assert out["clusterConfig"] == {"thresholdType": "Global", "fallbackToLocalWhenFail": False}
+    assert to_sentinel_json(rs, "flowRules")[0]["clusterConfig"]["thresholdType"] == 1
+    assert load_data({"resources": RES, "flowRules": [out]}, "t.yaml") == rs
+
+
+@pytest.mark.parametrize(
+    ("rule", "field", "reason"),
+    [
+        ({"clusterMode": 1}, "clusterMode", "true or false"),
+        ({"clusterMode": True, "clusterConfig": 5}, "clusterConfig", "must be an object"),
+        ({"clusterMode": True, "clusterConfig": {"thresholdType": 2}}, "clusterConfig.thresholdType",
+         "invalid value 2"),
+        ({"clusterMode": True, "clusterConfig": {"thresholdType": "Everywhere"}}, "clusterConfig.thresholdType",
+         "unknown value"),
+        ({"clusterMode": True, "clusterConfig": {"fallbackToLocalWhenFail": "yes"}},
+         "clusterConfig.fallbackToLocalWhenFail", "true or false"),
+        ({"clusterMode": True, "clusterConfig": {"flowId": 7}}, "clusterConfig", "unknown key 'flowId'"),
+        ({"clusterMode": True, "controlBehavior": 1}, "clusterMode", "controlBehavior Reject"),
+        ({"clusterMode": True, "tokenCalculateStrategy": 1, "warmUpPeriodSec": 5}, "clusterMode",
+         "tokenCalculateStrategy Direct"),
+        ({"clusterMode": True, "relationStrategy": 1, "refResource": "ref"}, "clusterMode",
+         "relationStrategy CurrentResource"),
+    ],
+)  # fmt: skip
+def test_flow_cluster_invalid(rule: dict[str, Any], field: str, reason: str) -> None:
+    assert_invalid("flowRules", {"resource": "web", "threshold": 10, **rule}, field, reason)

@@ -1,0 +1,165 @@
+"""Cluster flow rules: several daemons, each in its own network namespaces with its own nginx and client,
+sharing one threshold through a real redis-server on a Unix socket (namespaces share the filesystem)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sentinel_ebpf.daemon import request
+
+from .daemon_helpers import Daemon
+from .netns import NetnsPair
+from .redisserver import RedisServer, require_redis
+
+pytestmark = pytest.mark.kernel
+LOAD = Path(__file__).with_name("ratedload.py")
+THRESHOLD = 60  # per second, for the whole fleet
+RULES = f"""
+resources:
+  - {{name: web, match: {{protocol: http, port: 8080, path: /}}}}
+flowRules:
+  - {{id: web-global, resource: web, threshold: {THRESHOLD}, clusterMode: true,
+     clusterConfig: {{thresholdType: 1, fallbackToLocalWhenFail: true}}}}
+"""
+
+
+@dataclass
+class Node:
+    pair: NetnsPair
+    daemon: Daemon
+
+    def stats(self) -> dict[str, Any]:
+        # straight to the control socket: the CLI's start-up takes seconds on a busy machine
+        return request(self.daemon.socket, "stats")
+
+    def passed(self) -> int:
+        return int(self.stats()["resources"]["web"]["pass"])
+
+    def cluster(self) -> dict[str, Any]:
+        return self.stats()["cluster"]  # type: ignore[no-any-return]
+
+    def load(self, seconds: float, rate: float) -> subprocess.Popen[str]:
+        return self.pair.popen(self.pair.client, sys.executable, str(LOAD), self.pair.server_ip, "8080", "/",
+                               str(seconds), str(rate), stdout=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def pass_rate(node: Node, seconds: float) -> float:
+    """Passes per second over about ``seconds``, after half a second to settle."""
+    time.sleep(0.5)
+    t0, p0 = time.monotonic(), node.passed()
+    time.sleep(seconds)
+    t1, p1 = time.monotonic(), node.passed()
+    return (p1 - p0) / (t1 - t0)
+
+
+def results(proc: subprocess.Popen[str]) -> dict[str, int]:
+    out, _ = proc.communicate(timeout=60)
+    return json.loads(out)["status"]  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def fleet(request: pytest.FixtureRequest) -> Iterator[tuple[RedisServer, list[Node]]]:
+    """Redis and three nodes (namespace pair, nginx, daemon) on one --cluster URL and --app."""
+    require_redis()
+    app = f"it-{request.node.name[:20]}-{time.monotonic_ns() % 10**6}"
+    with contextlib.ExitStack() as stack:
+        redis = stack.enter_context(RedisServer())
+        nodes = []
+        for _ in range(3):
+            pair = stack.enter_context(NetnsPair())
+            pair.start_nginx(8080)
+            daemon = Daemon(pair, RULES, "--cluster", redis.url, "--app", app)
+            stack.callback(daemon.close)
+            nodes.append(Node(pair, daemon))
+        deadline = time.monotonic() + 10
+        while any(n.cluster()["rules"][0]["live_nodes"] != 3 for n in nodes):
+            assert time.monotonic() < deadline, [n.cluster() for n in nodes]
+            time.sleep(0.2)
+        yield redis, nodes
+
+
+def test_a_global_limit_holds_under_skewed_load(fleet: tuple[RedisServer, list[Node]]) -> None:
+    _, nodes = fleet
+    seconds = 6.0
+    rates = (300, 20, 10)  # one hot node, two light ones (each under an even third of 60)
+    before = [n.passed() for n in nodes]
+    procs = [n.load(seconds, rate) for n, rate in zip(nodes, rates, strict=True)]
+    outcomes = [results(p) for p in procs]
+    passed = [n.passed() - b for n, b in zip(nodes, before, strict=True)]
+    served = [o.get("200", 0) for o in outcomes]
+    sent = [sum(o.values()) for o in outcomes]
+    total = sum(passed)
+    # the fleet admits the threshold per second (not 3x it, as three local rules would)
+    assert THRESHOLD * seconds * 0.85 <= total <= THRESHOLD * seconds * 1.15, (passed, sent)
+    assert served == passed, (served, passed)  # what the kernel counted is what the clients got
+    # fairness: the light nodes get (nearly) all they ask for, the hot one the rest
+    for i in (1, 2):
+        assert passed[i] >= 0.85 * sent[i], (passed, sent)
+    assert passed[0] >= THRESHOLD * seconds - sent[1] - sent[2] - 0.15 * THRESHOLD * seconds, (passed, sent)
+    view = nodes[0].cluster()
+    assert view["state"] == "cluster"
+    rule = view["rules"][0]
+    assert (rule["rule"], rule["live_nodes"], rule["limit"], rule["fallback"]) == ("web-global", 3, 60, False)
+
+
+def test_redis_stopped_then_back(fleet: tuple[RedisServer, list[Node]]) -> None:
+    redis, nodes = fleet
+    hot = nodes[0]
+    proc = hot.load(9.0, 250)
+    try:
+        time.sleep(2.0)
+        marks = [len(n.daemon.proc.stderr) for n in nodes]
+        stopped = time.monotonic()
+        redis.stop()
+        for n, mark in zip(nodes, marks, strict=True):
+            n.daemon.wait_log("Redis unreachable, enforcing 20 per 1000 ms locally", timeout=5, after=mark)
+        fell_back_s = time.monotonic() - stopped
+        assert fell_back_s < 1.5, fell_back_s  # within a second (plus this test's polling)
+        outage = pass_rate(hot, 2.0)
+        # still enforcing, locally: its share 60 / 3 live nodes = 20 per second, not everything nor nothing
+        assert 12 <= outage <= 30, outage
+        view = hot.cluster()
+        assert view["state"] == "fallback" and view["rules"][0]["fallback"] is True
+        assert view["rules"][0]["local_threshold"] == 20
+        marks = [len(n.daemon.proc.stderr) for n in nodes]
+        redis.start()
+        for n, mark in zip(nodes, marks, strict=True):
+            n.daemon.wait_log("back in the cluster", timeout=5, after=mark)
+        back = pass_rate(hot, 2.0)
+        # the only node with demand gets the whole global threshold again
+        assert 0.8 * THRESHOLD <= back <= 1.2 * THRESHOLD, back
+        assert hot.cluster()["rules"][0]["live_nodes"] == 3
+    finally:
+        results(proc)
+
+
+def test_without_fallback_the_rules_requests_pass_while_redis_is_away(fresh_netns_pair: NetnsPair) -> None:
+    require_redis()
+    pair = fresh_netns_pair
+    pair.start_nginx(8080)
+    rules = RULES.replace("fallbackToLocalWhenFail: true", "fallbackToLocalWhenFail: false")
+    with RedisServer() as redis:
+        daemon = Daemon(pair, rules, "--cluster", redis.url, "--app", f"it-nofallback-{time.monotonic_ns()}")
+        node = Node(pair, daemon)
+        try:
+            proc = node.load(6.0, 150)
+            try:
+                assert pass_rate(node, 1.5) <= THRESHOLD * 1.2  # in the cluster: limited
+                mark = len(daemon.proc.stderr)
+                redis.stop()
+                daemon.wait_log("letting its requests pass (fallbackToLocalWhenFail is false)", 5, mark)
+                assert pass_rate(node, 1.5) >= 150 * 0.8  # everything offered passes, nothing is blocked
+            finally:
+                results(proc)
+        finally:
+            daemon.close()
