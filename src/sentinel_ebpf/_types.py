@@ -129,7 +129,8 @@ class PortCounter(IntEnum):
     PORT_INCOMPLETE = 8
     PORT_INCOMPLETE_PASSED = 9
     PORT_INCOMPLETE_RESET = 10
-    PORT_COUNTER_MAX = 11
+    PORT_DEFERRED_ACK = 11
+    PORT_COUNTER_MAX = 12
 
 
 class DpCounter(IntEnum):
@@ -288,8 +289,9 @@ class PortConf(ctypes.Structure):
         ("reject_tcp", ctypes.c_uint8),
         ("reject_http", ctypes.c_uint8),
         ("incomplete", ctypes.c_uint8),
+        ("defer_accept", ctypes.c_uint8),
         ("lens", RouteLens),
-        ("_pad0", ctypes.c_uint8 * 2),
+        ("_pad0", ctypes.c_uint8 * 1),
     ]
 
 
@@ -314,11 +316,11 @@ class PortCounts(ctypes.Structure):
 
     _pack_ = 1
     _fields_ = [
-        ("count", (ctypes.c_uint64 * 11)),
+        ("count", (ctypes.c_uint64 * 12)),
     ]
 
 
-assert ctypes.sizeof(PortCounts) == 88
+assert ctypes.sizeof(PortCounts) == 96
 
 
 class HttpRouteKey(ctypes.Structure):

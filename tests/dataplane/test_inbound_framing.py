@@ -298,3 +298,45 @@ def test_the_kernel_normalises_targets_as_the_rules_do(
     dp.apply(dp.compile(rules(BLOCK_API.replace("/api", "/a/b"))))
     expected = normalize_target(target).startswith("/a/b")
     assert passed_unjudged(dp, f"GET {target}".encode() + TAIL) is not expected, normalize_target(target)
+
+
+# --- deferred accept -----------------------------------------------------------------------------------
+
+
+def test_deferred_accept_drops_only_the_bare_ack_of_a_pending_handshake(live: InboundDataplane) -> None:
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen()
+    port = lsock.getsockname()[1]
+    try:
+        live.clear()
+        live.apply(
+            live.compile(rules(BLOCK_API.replace("8080", str(port)) + f"reject: {{deferAccept: [{port}]}}\n"))
+        )
+        # only the listener has this tuple: the ACK would complete a handshake
+        assert (
+            send(live, b"", flags=ACK, src="127.0.0.1", dst="127.0.0.1", sport=45678, dport=port)[0]
+            == TC_ACT_SHOT
+        )
+        assert live.port_counters(port)["deferred_ack"] == 1
+        # a connection that exists: its ACKs pass
+        cli = socket.create_connection(("127.0.0.1", port))
+        srv, _ = lsock.accept()
+        try:
+            cport = cli.getsockname()[1]
+            assert passed_unjudged(
+                live, b"", flags=ACK, src="127.0.0.1", dst="127.0.0.1", sport=cport, dport=port
+            )
+            assert live.port_counters(port)["deferred_ack"] == 1
+        finally:
+            cli.close()
+            srv.close()
+    finally:
+        lsock.close()
+
+
+def test_defer_accept_names_ports_with_http_resources() -> None:
+    from sentinel_ebpf.inbound import CompileError, compile_inbound
+
+    with pytest.raises(CompileError, match=r"reject\.deferAccept: port 9999 has no inbound HTTP resource"):
+        compile_inbound(rules(BLOCK_API + "reject: {deferAccept: [8080, 9999]}\n"))

@@ -1132,6 +1132,13 @@ int tc_ingress(struct __sk_buff *skb)
 	if (!pc)
 		return TC_ACT_OK;
 
+	if (pc->defer_accept && !p->payload_len && (p->flags & (TCP_SYN | TCP_FIN | TCP_RST | TCP_ACK)) == TCP_ACK &&
+	    handshake_pending(skb, p)) {
+		/* deferred accept: the server's stack makes the connection when the first request comes
+		 * (and is judged); a refused first request then costs the server no accept, no reset to read */
+		port_count(bpf_ntohs(p->dport), PORT_DEFERRED_ACK);
+		return TC_ACT_SHOT;
+	}
 	bool http_data = p->payload_len && pc->has_http && !(p->flags & TCP_RST);
 	bool syn = (p->flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
 	__u32 res, skip = 0, how;

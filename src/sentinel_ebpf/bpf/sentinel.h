@@ -119,7 +119,8 @@ enum port_counter {
 	PORT_INCOMPLETE = 8,        /* a request line that does not end in its segment */
 	PORT_INCOMPLETE_PASSED = 9, /* ... passed unjudged (reject.incomplete: pass) */
 	PORT_INCOMPLETE_RESET = 10, /* ... still incomplete after SE_INCOMPLETE_TRIES drops: connection reset */
-	PORT_COUNTER_MAX = 11,
+	PORT_DEFERRED_ACK = 11,     /* a handshake's bare last ACK dropped (deferred accept) */
+	PORT_COUNTER_MAX = 12,
 };
 
 /* Global data-plane counters (per-CPU array `dp_counters`). */
@@ -172,6 +173,7 @@ struct port_conf {
 	__u8 reject_tcp;            /* enum reject_mode (RST or DROP) */
 	__u8 reject_http;           /* enum reject_mode */
 	__u8 incomplete;            /* enum incomplete_mode: a request line split over segments */
+	__u8 defer_accept;          /* hold the handshake's bare last ACK: the first request completes it */
 	struct route_lens lens;     /* of this port's http_routes */
 };
 

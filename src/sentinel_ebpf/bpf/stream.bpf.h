@@ -103,6 +103,25 @@ static __always_inline int segment_position(struct __sk_buff *skb, const struct 
 }
 
 /*
+ * The local stack has only a listener or a pending handshake for the connection `p` belongs to: a bare
+ * ACK then completes the handshake (deferred accept drops it, so that the first request does).
+ */
+static __always_inline bool handshake_pending(struct __sk_buff *skb, const struct pkt *p)
+{
+	struct bpf_sock *sk;
+	bool pending;
+
+	if (!socket_lookup)
+		return false;
+	sk = lookup_conn(skb, p);
+	if (!sk)
+		return false;
+	pending = sk->state == BPF_TCP_LISTEN || sk->state == BPF_TCP_NEW_SYN_RECV;
+	bpf_sk_release(sk);
+	return pending;
+}
+
+/*
  * One more drop of the segment at `p->seq` for an incomplete request line: how many times it was dropped
  * (1 the first time), or 0 when the connection has no socket state to count in (then the caller's bound
  * cannot be reached: it keeps dropping, as the client keeps retransmitting).

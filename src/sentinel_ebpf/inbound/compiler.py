@@ -109,6 +109,7 @@ class KPort:
     reject_tcp: int = int(RejectMode.REJECT_RST)
     reject_http: int = int(RejectMode.REJECT_RST)
     incomplete: int = int(IncompleteMode.INCOMPLETE_DROP)
+    defer_accept: bool = False
     lens: tuple[int, ...] = ()  # path lengths of the port's routes (struct route_lens)
 
 
@@ -454,7 +455,12 @@ def compile_inbound(
         if r.match.protocol == "tcp":
             port = dataclasses.replace(port, tcp_resource=ids[r.name])
         else:
-            port = dataclasses.replace(port, has_http=True)
+            defer = rules.reject.defer_accept
+            port = dataclasses.replace(
+                port,
+                has_http=True,
+                defer_accept=defer is True or (not isinstance(defer, bool) and port.port in defer),
+            )
             path = normalize_target(r.match.path or "/").encode("latin-1")  # as the kernel reads targets
             methods = [METHODS[r.match.method]] if r.match.method else list(METHODS.values())
             routes += [KRoute(r.match.port, m, path, ids[r.name]) for m in methods]
@@ -480,6 +486,10 @@ def compile_inbound(
     }
     if len(ports) > int(SentinelLimits.SE_PORTS_MAX):
         problems.append(f"{len(ports)} protected ports: at most {int(SentinelLimits.SE_PORTS_MAX)}")
+    if not isinstance(rules.reject.defer_accept, bool):
+        http_ports = {p for p, kp in ports.items() if kp.has_http}
+        for p in sorted(set(rules.reject.defer_accept) - http_ports):
+            problems.append(f"reject.deferAccept: port {p} has no inbound HTTP resource")
     if problems:
         raise CompileError(problems)
     resources = tuple(

@@ -357,7 +357,7 @@ class InboundDataplane:
         table = PortSlots()
         for i, p in enumerate(compiled.ports):
             pc = PortConf(tcp_resource=p.tcp_resource, has_http=int(p.has_http), reject_tcp=p.reject_tcp,
-                          reject_http=p.reject_http, incomplete=p.incomplete, lens=route_lens(p.lens))  # fmt: skip
+                          reject_http=p.reject_http, incomplete=p.incomplete, defer_accept=int(p.defer_accept), lens=route_lens(p.lens))  # fmt: skip
             if pstats.get(p.port.to_bytes(2, "little")) is None:
                 pstats.update(p.port.to_bytes(2, "little"), bytes(PortCounts()))
             ports.update(_u32(gen * PORTS_MAX + i), bytes(pc))

@@ -73,7 +73,11 @@ def to_project(rs: RuleSet, *, defaults: bool = False) -> dict[str, Any]:
         if http.mode != "response"
         else {"status": http.status, "body": http.body, "headers": dict(http.headers)}
     )
-    out["reject"] = {"http": http_out, "tcp": rs.reject.tcp, "incomplete": rs.reject.incomplete}
+    defer = rs.reject.defer_accept
+    out["reject"] = {
+        "http": http_out, "tcp": rs.reject.tcp, "incomplete": rs.reject.incomplete,
+        "deferAccept": defer if isinstance(defer, bool) else list(defer),
+    }  # fmt: skip
     return out
 
 

@@ -6,12 +6,20 @@ reject:
   # or http: {mode: rst} / {mode: drop}
   tcp: rst    # or drop
   incomplete: drop   # or pass: a request line split over several segments
+  deferAccept: [8080]   # ports whose handshakes complete with the first request (or true: every HTTP port)
 ```
 
 ``incomplete``: a request line that does not end in the segment where it starts cannot be matched. By
 default (``drop``) the kernel drops that segment so that the client sends it again, merged with what
 follows, and resets the connection after a few tries; ``pass`` lets such requests through unjudged
 (counted per port as ``port_incomplete_passed``).
+
+``deferAccept``: on these ports (``true``: every port with HTTP resources) the bare ACK that completes a
+client's handshake is dropped while the server's stack holds only the pending handshake, so the
+connection is made by the client's first request, judged on the way (what ``TCP_DEFER_ACCEPT`` and
+nginx's ``listen ... deferred`` do). A refused first request then resets the pending handshake: the
+server accepts nothing and reads no reset. A client that connects and stays silent for longer than the
+server's SYN-ACK retries (about a minute) is reset when it finally writes.
 
 The HTTP answer is built in the kernel from the request packet, so the whole response (status line,
 headers, the ``Content-Length`` and ``Connection: close`` added here, blank line and body) must fit in
@@ -60,6 +68,7 @@ class RejectConfig:
     http: HttpReject = field(default_factory=HttpReject)
     tcp: str = "rst"  # "rst" or "drop"
     incomplete: str = "drop"  # "drop" or "pass"
+    defer_accept: bool | tuple[int, ...] = False  # True: every HTTP port
 
 
 def parse(raw: Any, ctx: RuleContext) -> RejectConfig:
@@ -69,8 +78,8 @@ def parse(raw: Any, ctx: RuleContext) -> RejectConfig:
         ctx.add(f"reject must be an object {{http, tcp, incomplete}}, got {type_name(raw)}")
         return RejectConfig()
     for key in raw:
-        if key not in ("http", "tcp", "incomplete"):
-            ctx.add(f"unknown key {key!r}; reject has http, tcp and incomplete", str(key))
+        if key not in ("http", "tcp", "incomplete", "deferAccept"):
+            ctx.add(f"unknown key {key!r}; reject has http, tcp, incomplete and deferAccept", str(key))
     tcp = raw.get("tcp", "rst")
     if tcp not in ("rst", "drop"):
         ctx.add(f"tcp must be rst or drop, got {tcp!r}", "tcp")
@@ -79,7 +88,21 @@ def parse(raw: Any, ctx: RuleContext) -> RejectConfig:
     if incomplete not in ("drop", "pass"):
         ctx.add(f"incomplete must be drop or pass, got {incomplete!r}", "incomplete")
         incomplete = "drop"
-    return RejectConfig(http=_parse_http(raw.get("http"), ctx), tcp=tcp, incomplete=incomplete)
+    return RejectConfig(
+        http=_parse_http(raw.get("http"), ctx), tcp=tcp, incomplete=incomplete,
+        defer_accept=_parse_defer_accept(raw.get("deferAccept", False), ctx),
+    )  # fmt: skip
+
+
+def _parse_defer_accept(raw: Any, ctx: RuleContext) -> bool | tuple[int, ...]:
+    if isinstance(raw, bool):
+        return raw
+    if not isinstance(raw, list) or not all(
+        isinstance(p, int) and not isinstance(p, bool) and 1 <= p <= 65535 for p in raw
+    ):
+        ctx.add(f"deferAccept must be true, false or a list of ports 1..65535, got {raw!r}", "deferAccept")
+        return False
+    return tuple(raw)
 
 
 def _parse_http(raw: Any, ctx: RuleContext) -> HttpReject:

@@ -14,6 +14,8 @@ from sentinel_ebpf.cli import _register, app
 from sentinel_ebpf.sources.url import parse_etcd_url
 
 DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
+
+
 # added by the Redis cluster work (branch fleet-redis); checked like the others once it is merged
 def run_options() -> set[str]:
     _register()

@@ -1,0 +1,58 @@
+"""Deferred accept: a refused first request costs the server no connection at all."""
+
+from __future__ import annotations
+
+import pytest
+
+from .daemon_helpers import Daemon
+from .netns import NetnsPair
+
+pytestmark = pytest.mark.kernel
+RULES = """
+resources:
+  - {name: api, match: {protocol: http, port: 8080, method: GET, path: /api}}
+flowRules:
+  - {resource: api, threshold: 0}
+"""
+
+
+def tcp_mib(pair: NetnsPair) -> dict[str, int]:
+    """The server namespace's TCP counters (/proc/net/snmp and netstat's TcpExt)."""
+    out: dict[str, int] = {}
+    for f in ("/proc/net/snmp", "/proc/net/netstat"):
+        lines = pair.run(pair.server, "cat", f, check=True).stdout.splitlines()
+        for head, values in zip(lines[::2], lines[1::2], strict=True):
+            names, nums = head.split()[1:], values.split()[1:]
+            prefix = head.split(":")[0]
+            out.update({f"{prefix}{n}": int(v) for n, v in zip(names, nums, strict=True)})
+    return out
+
+
+@pytest.mark.parametrize("defer", [True, False], ids=["deferred", "not-deferred"])
+def test_refused_first_requests_never_become_connections(fresh_netns_pair: NetnsPair, defer: bool) -> None:
+    pair = fresh_netns_pair
+    nginx = pair.start_nginx(8080)
+    d = Daemon(pair, RULES + ("reject: {deferAccept: true}\n" if defer else ""))
+    try:
+        url = f"http://{pair.server_ip}:8080"
+        before = tcp_mib(pair)
+        codes = pair.run(pair.client, "curl", "-s", "-m", "10", *[x for _ in range(20) for x in ("-o", "/dev/null", f"{url}/api")],
+                         "-w", "%{http_code}\\n", timeout=60).stdout.split()  # fmt: skip
+        after = tcp_mib(pair)
+        assert codes == ["429"] * 20
+        opened = after["TcpPassiveOpens"] - before["TcpPassiveOpens"]
+        assert opened == (0 if defer else 20), (
+            opened,
+            after["TcpExtEmbryonicRsts"] - before["TcpExtEmbryonicRsts"],
+        )
+        if defer:
+            assert d.stats()["ports"]["8080"]["deferred_ack"] >= 20
+        # an allowed request still works, deferred or not
+        ok = pair.run(
+            pair.client, "curl", "-s", "-m", "10", "-o", "/dev/null", "-w", "%{http_code}", f"{url}/ok"
+        )
+        assert ok.stdout == "200"
+        log = (nginx.workdir / "access.log").read_text()
+        assert "/api" not in log and log.count("/ok") == 1
+    finally:
+        d.close()
