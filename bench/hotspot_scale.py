@@ -46,7 +46,7 @@ def main() -> int:
     ap.add_argument("--values", type=int, default=1_000_000)
     args = ap.parse_args()
     print(f"$ {' '.join(sys.argv)}")
-    with InboundDataplane(hotspot_values=args.keys) as dp:
+    with InboundDataplane(hotspot_values=args.keys, socket_lookup=False) as dp:
         dp.apply(dp.compile(load_text(RULES)))
         prog = dp.obj.program("tc_ingress")
         hot = dp.obj.map("hot_values")
