@@ -166,8 +166,8 @@ def test_redis_cluster(listed: bool) -> None:
     require_redis()
     with RedisClusterServers(3) as servers:
         url = servers.url if listed else f"redis://127.0.0.1:{servers.nodes[1].port}"
-        assert isinstance(connect(url, 0.5), RedisCluster)  # several hosts, or detected from one
-        store = RedisLeaseStore(url, "app", 0.5, NO_PACING)
+        assert isinstance(connect(url, 5.0), RedisCluster)  # several hosts, or detected from one
+        store = RedisLeaseStore(url, "app", 5.0, NO_PACING)
         _, [r] = store.lease("A", 5000, ask(60, 100))
         _, [r] = store.lease("B", 5000, ask(60, 100))
         assert (r.live_nodes, r.grant) == (2, 40)
