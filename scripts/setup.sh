@@ -8,12 +8,15 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
-APT_PACKAGES=(clang-19 libbpf-dev bpftool iproute2 curl nginx-light wrk libcap2-bin openssl)
+PYTHON=${PYTHON:-python3}
+# python3-venv: a fresh Debian 12 has python3 without the venv module's ensurepip (no `python3 -m venv`)
+APT_PACKAGES=(clang-19 libbpf-dev bpftool iproute2 curl nginx-light wrk libcap2-bin openssl python3 python3-venv)
 missing=0
-for cmd in clang-19 bpftool ip tc curl nginx wrk capsh openssl; do
+for cmd in clang-19 bpftool ip tc curl nginx wrk capsh openssl "$PYTHON"; do
     command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing=1
 done
 [ -f /usr/include/bpf/bpf_helpers.h ] || missing=1
+"$PYTHON" -c "import venv, ensurepip" >/dev/null 2>&1 || missing=1
 if [ "$missing" = 1 ]; then
     echo "setup.sh: installing ${APT_PACKAGES[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -22,7 +25,6 @@ if [ "$missing" = 1 ]; then
 fi
 
 # The Debian nginx package may start a system nginx; the tests run their own on other addresses.
-PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
