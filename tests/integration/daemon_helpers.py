@@ -18,11 +18,14 @@ LOAD = Path(__file__).with_name("httpload.py")
 
 
 class Daemon:
-    def __init__(self, pair: NetnsPair, rules: str, *extra: str, side: str = "server") -> None:
+    def __init__(
+        self, pair: NetnsPair, rules: str, *extra: str, side: str = "server", iface: str | None = None
+    ) -> None:
         """The daemon runs in the ``side`` namespace ("server" for inbound, "client" for outbound rules),
-        attached to that side's veth."""
+        attached to that side's veth (or to ``iface`` of that namespace, e.g. ``lo``)."""
         self.pair = pair
-        ns, iface = (pair.server, pair.server_if) if side == "server" else (pair.client, pair.client_if)
+        ns, veth = (pair.server, pair.server_if) if side == "server" else (pair.client, pair.client_if)
+        iface = iface or veth
         self.dir = pair.tmpdir / "daemon"
         self.dir.mkdir(exist_ok=True)
         self.rules = self.dir / "rules.yaml"
