@@ -83,6 +83,7 @@ def test_outbound_breaker_cycle(fresh_netns_pair: NetnsPair, strategy: str) -> N
     pair = fresh_netns_pair
     failing, rule = STRATEGIES[strategy]
     mode = start_backend(pair, failing)
+    transitions = pair.tmpdir / "transitions"
     d = Daemon(
         pair,
         f"""
@@ -93,6 +94,8 @@ circuitBreakerRules:
   - {{id: backend-{strategy}, resource: backend-api, {rule}, statIntervalMs: 10000, statSlidingWindowBucketCount: 10,
      retryTimeoutMs: {RETRY_MS}, probeNum: 1}}
 """,
+        "--on-breaker-change",
+        f'echo "$SENTINEL_RESOURCE $SENTINEL_BREAKER $SENTINEL_FROM $SENTINEL_TO" >> {transitions}',
         side="client",
     )
     url = f"http://{pair.server_ip}:8000/api"
@@ -120,5 +123,14 @@ circuitBreakerRules:
         assert [curl(pair)[0] for _ in range(3)] == ["200"] * 3  # the probe closes it
         doc = d.stats()["resources"]["backend-api"]
         assert doc["circuit_breakers"] == [{"id": f"backend-{strategy}", "state": "closed"}]
+        # --on-breaker-change ran for each transition, in order, with the resource and breaker named
+        expected = [
+            f"backend-api backend-{strategy} {t}"
+            for t in ("closed open", "open half_open", "half_open closed")
+        ]
+        deadline = time.monotonic() + 10
+        while (lines := transitions.read_text().splitlines() if transitions.exists() else []) != expected:
+            assert time.monotonic() < deadline, lines
+            time.sleep(0.05)
     finally:
         d.close()
