@@ -256,6 +256,36 @@ def test_no_events_lost_and_no_desynchronisation(
     }, counters  # fmt: skip
 
 
+def test_pid_filter_and_no_tls(
+    traced: tuple[NetnsPair, list[Scenario], list[dict[str, Any]], LineProcess],
+) -> None:
+    """`trace --http -p NGINX --no-tls`: only nginx's side of plain HTTP; HTTPS (OpenSSL not hooked:
+    encrypted bytes are no HTTP) and other processes give no record."""
+    pair, *_ = traced
+    pids = pair.run(pair.server, "ip", "netns", "pids", pair.server).stdout.split()
+    nginx = next(int(p) for p in pids if Path(f"/proc/{p}/comm").read_text().strip() == "nginx")
+    ports = [f"-P{p}" for p in (NGINX_HTTP, NGINX_TLS, PY_HTTP)]
+    tracer = LineProcess([*sentinel_cli(), "trace", "--http", "--json", "--no-tls", "-p", str(nginx), *ports])
+    try:
+        ready = tracer.wait_stderr("sentinel-ebpf: tracing HTTP", timeout=60)
+        assert "OpenSSL: off" in ready, ready
+        plain, tls, other = (Scenario(n, "curl", t, port) for n, t, port in
+                             (("plain", False, NGINX_HTTP), ("tls", True, NGINX_TLS), ("other", False, PY_HTTP)))  # fmt: skip
+        curl(pair, tls, "/hello")
+        curl(pair, other, "/bytes/10")
+        curl(pair, plain, "/hello")  # the last: once its record is out, the others would be too
+        tracer.wait_until(lambda: tracer.stdout or None, 30, "the plain request's record")
+        tracer.signal(signal.SIGINT)
+        assert tracer.wait_exit(30) == 0, tracer.describe()
+    finally:
+        tracer.close()
+    records = [json.loads(line) for line in tracer.stdout if line.startswith("{")]
+    assert len(records) == 1, records
+    r = records[0]
+    assert (r["pid"], r["direction"], r["path"], r["tls"]) == (nginx, "server", "/hello", False), r
+    assert r["remote"] == f"{pair.client_ip}:{plain.local_ports[0]}", r
+
+
 def test_http_flag_rejects_connection_options() -> None:
     res = subprocess.run(
         [*sentinel_cli(), "trace", "--http", "--accept"], capture_output=True, text=True, timeout=60
