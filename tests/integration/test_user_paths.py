@@ -9,6 +9,8 @@ Everything runs in namespaces this module creates (their own loopback included),
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -249,3 +251,49 @@ def test_control_socket_refuses_a_non_root_client(fresh_netns_pair: NetnsPair) -
         assert "api" in d.stats()["resources"]
     finally:
         d.close()
+
+
+# -- lost events are reported, on the way and at exit ----------------------------------------------------
+
+
+def test_trace_reports_lost_events(fresh_netns_pair: NetnsPair) -> None:
+    """The tracer is stopped (SIGSTOP) while 60,000 connection attempts overflow its ring buffer: the losses
+    are reported on stderr, the counters at exit agree, and every attempt is either printed or lost."""
+    pair = fresh_netns_pair
+    # nothing listens on 47: each connect() is refused at once; the ring buffer holds ~45,000 events
+    port, attempts = 47, 60_000
+    tracer = LineProcess([*sentinel_cli(), "trace", "--json", "-P", str(port)])
+    try:
+        tracer.wait_stderr("sentinel-ebpf: tracing TCP", timeout=60)
+        os.kill(tracer.pid, signal.SIGSTOP)
+        try:
+            res = pair.run(pair.client, sys.executable, str(OUTCLIENT), pair.server_ip, str(port), str(attempts),
+                           timeout=120)  # fmt: skip
+        finally:
+            os.kill(tracer.pid, signal.SIGCONT)
+        assert res.returncode == 0 and all(r["errno"] == 111 for r in json.loads(res.stdout)), res.stderr[
+            -500:
+        ]
+        tracer.wait_until(lambda: next((ln for ln in tracer.stderr if ln.endswith("events lost")), None), 10,
+                          "a lost-events report")  # fmt: skip
+
+        def all_accounted() -> bool | None:  # the backlog in the ring buffer printed too
+            return len(tracer.stdout) + _reported_lost(tracer) >= attempts or None
+
+        tracer.wait_until(all_accounted, 60, "every attempt printed or reported lost")
+        tracer.signal(signal.SIGINT)
+        assert tracer.wait_exit(30) == 0, tracer.describe()
+    finally:
+        tracer.close()
+    reported = _reported_lost(tracer)
+    prefix = "sentinel-ebpf: counters at exit: "
+    counters = next(json.loads(ln.removeprefix(prefix)) for ln in tracer.stderr if ln.startswith(prefix))
+    records = [json.loads(ln) for ln in tracer.stdout if ln.startswith("{")]
+    lost = counters["lost"] + counters["pending_full"]
+    print(f"\n{len(records)} printed, {lost} lost ({reported} reported on the way)")
+    assert lost > 0 and reported == lost, (reported, counters)
+    assert len(records) == counters["events"] and len(records) + lost == attempts, (len(records), counters)
+
+
+def _reported_lost(tracer: LineProcess) -> int:
+    return sum(int(ln.split()[1]) for ln in tracer.stderr if ln.endswith("connection events lost"))
