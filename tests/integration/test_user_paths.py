@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -297,3 +298,50 @@ def test_trace_reports_lost_events(fresh_netns_pair: NetnsPair) -> None:
 
 def _reported_lost(tracer: LineProcess) -> int:
     return sum(int(ln.split()[1]) for ln in tracer.stderr if ln.endswith("connection events lost"))
+
+
+# -- a hook command that hangs -----------------------------------------------------------------------------
+
+
+def test_hung_breaker_hook_does_not_stall_the_daemon(fresh_netns_pair: NetnsPair) -> None:
+    """`--on-breaker-change` runs a command that never returns: breakers still open and refuse, the
+    control socket answers, and SIGTERM still stops the daemon promptly (the hook gets 5 s, then is killed
+    with its process group), leaving no hook process behind."""
+    pair = fresh_netns_pair
+    mode = start_flaky(pair, pair.server)
+    mode.write_text("500")
+    tag = f"{os.getpid()}.{time.monotonic_ns() % 1000:03d}"
+    hook = f"sleep 6{tag}"  # a unique command line, found below if it outlives the daemon
+    d = Daemon(
+        pair,
+        """
+resources:
+  - {name: api, match: {protocol: http, port: 8000, path: /api}}
+circuitBreakerRules:
+  - {id: api-cb, resource: api, strategy: 2, threshold: 2, minRequestAmount: 1, statIntervalMs: 10000,
+     retryTimeoutMs: 60000}
+""",
+        "--on-breaker-change",
+        hook,
+    )
+    try:
+        url = f"http://{pair.server_ip}:8000/api"
+        codes = [curl_code(pair, pair.client, url)[1] for _ in range(4)]
+        assert codes == ["500", "500", "429", "429"], codes  # opened; the hook now hangs
+        deadline = time.monotonic() + 10
+        while subprocess.run(["pgrep", "-f", hook], capture_output=True, check=False).returncode != 0:
+            assert time.monotonic() < deadline, "the hook never started"
+            time.sleep(0.05)
+        assert curl_code(pair, pair.client, url)[1] == "429"  # still enforcing
+        doc = d.stats()["resources"]["api"]  # still answering
+        assert doc["circuit_breakers"] == [{"id": "api-cb", "state": "open"}], doc
+        t0 = time.monotonic()
+        d.proc.signal(signal.SIGTERM)
+        assert d.proc.wait_exit(45) == 0, d.proc.describe()
+        stopped_s = time.monotonic() - t0
+        print(f"\nstopped {stopped_s:.1f} s after SIGTERM with the hook hung")
+        assert stopped_s < 20, "a hung hook holds up the stop (the daemon gives it 5 s, then kills it)"
+    finally:
+        d.close()
+    left = subprocess.run(["pgrep", "-f", hook], capture_output=True, text=True, check=False).stdout
+    assert not left, f"hook process left running: {left}"
