@@ -10,9 +10,9 @@ fi
 
 PYTHON=${PYTHON:-python3}
 # python3-venv: a fresh Debian 12 has python3 without the venv module's ensurepip (no `python3 -m venv`)
-APT_PACKAGES=(clang-19 libbpf-dev bpftool iproute2 curl nginx-light wrk libcap2-bin openssl python3 python3-venv)
+APT_PACKAGES=(clang-19 libbpf-dev bpftool iproute2 curl nginx-light wrk libcap2-bin openssl procps python3 python3-venv)
 missing=0
-for cmd in clang-19 bpftool ip tc curl nginx wrk capsh openssl "$PYTHON"; do
+for cmd in clang-19 bpftool ip tc curl nginx wrk capsh openssl pgrep "$PYTHON"; do
     command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing=1
 done
 [ -f /usr/include/bpf/bpf_helpers.h ] || missing=1
