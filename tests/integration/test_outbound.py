@@ -98,7 +98,7 @@ def test_flow_limit_refuses_excess_connects_fast(fresh_netns_pair: NetnsPair, cg
     # refused in the connect() call: no SYN sent for them (the client namespace's TCP counted 3 active
     # opens), and at once (a loose bound: the count is the proof)
     assert active_opens(pair) - opens == 3
-    assert max(r["ms"] for r in results[3:]) < 250, results
+    assert max(r["ms"] for r in results[3:]) < 1000, results
     # a process outside the cgroup is not limited
     assert all(r["ok"] for r in connects(pair, None, 8000, 4))
     st = guard.resource_stats()[0]

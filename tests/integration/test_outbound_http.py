@@ -108,10 +108,10 @@ circuitBreakerRules:
         assert [code for code, _ in refused] == ["503"] * 5, refused
         # at once, without the backend: it never saw them (time: a loose bound)
         assert backend_requests(mode) == seen
-        assert max(t for _, t in refused) < 0.25, refused
+        assert max(t for _, t in refused) < 1.0, refused  # machine stalls aside; the count above is the proof
         # a Python requests client and wrk see the same
         out = pair.run(pair.client, sys.executable, "-c", REQUESTS_CLIENT, url).stdout.split()
-        assert out[0] == "503" and float(out[1]) < 0.25, out
+        assert out[0] == "503" and float(out[1]) < 1.0, out
         wrk = pair.run(pair.client, "wrk", "-t1", "-c2", "-d1s", url, timeout=30).stdout
         total = int(re.search(r"(\d+) requests in", wrk).group(1))  # type: ignore[union-attr]
         non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", wrk)

@@ -227,7 +227,7 @@ flowRules:
         assert res.returncode == 0, res.stderr
         results = json.loads(res.stdout)
         assert [r["errno"] for r in results] == [0, 0, 0, 111, 111, 111], results  # ECONNREFUSED
-        assert max(r["ms"] for r in results[3:]) < 250, results  # at once (a loose bound)
+        assert max(r["ms"] for r in results[3:]) < 1000, results  # at once (a loose bound: machine stalls)
         doc = d.stats()["resources"]["backend"]
         assert (doc["pass"], doc["block"], doc["block_by_type"]["flow"]) == (3, 3, 3), doc
     finally:
