@@ -96,14 +96,16 @@ flowRules:
         # wrk offers far more than 60/s, so the rule binds in every second (blocks in each) and the passes
         # are the rule's rate, not the client's speed
         pair.run(
-            pair.client, "wrk", "-t1", "-c2", "-d6s", f"http://{pair.server_ip}:8000/", timeout=60, check=True
+            pair.client, "wrk", "-t1", "-c2", "-d8s", f"http://{pair.server_ip}:8000/", timeout=60, check=True
         )
         time.sleep(2.5)  # the metric log is written once a second
         seconds = d.metric_log()["api"][1:-1]  # whole seconds under load
-        assert len(seconds) >= 4 and all(block > 0 for _, block in seconds), seconds
+        assert len(seconds) >= 6 and all(block > 0 for _, block in seconds), seconds
         passes = [p for p, _ in seconds]
-        assert passes[0] <= 30 and 55 <= passes[-1] <= 61, passes  # cold at ~60/3, warm at 60
-        assert passes == sorted(passes), passes  # it only ramps up
+        # cold at ~60/3, then up towards 60, never above it. Not "monotonic, 55+ in the last second": the
+        # warm-up follows the passed QPS, so a second in which a loaded machine stalls wrk or nginx cools it
+        # again (seen: 23, 29, 42, 18, 42)
+        assert passes[0] <= 30 and max(passes) >= 50 and max(passes) <= 61, passes
     finally:
         d.close()
 
