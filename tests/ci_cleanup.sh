@@ -53,7 +53,7 @@ if [ -z "$ONLY" ]; then
     for d in /proc/[0-9]*; do
         pid=${d#/proc/}
         [[ "$keep" == *" $pid "* ]] && continue
-        argv0=$(tr '\0' '\n' <"$d/cmdline" 2>/dev/null | head -n1) || continue
+        argv0=$(tr '\0' '\n' 2>/dev/null <"$d/cmdline" | head -n1) || continue
         [ -n "$argv0" ] || continue
         [[ "$argv0" == /* ]] || argv0=$(realpath -ms "$(readlink "$d/cwd" 2>/dev/null)/$argv0")
         [[ "$argv0" == "$REPO/.venv/"* ]] && victims+=("$pid")
@@ -110,7 +110,7 @@ if [ -z "$ONLY" ] || [ -n "$TC_NETNS" ]; then
     running=""
     for d in /proc/[0-9]*; do
         [ "$(readlink "$d/ns/net" 2>/dev/null)" = "$me" ] || continue
-        args=$(tr '\0' ' ' <"$d/cmdline" 2>/dev/null) || continue
+        args=$(tr '\0' ' ' 2>/dev/null <"$d/cmdline") || continue
         if [[ "$args" =~ sentinel[-_]ebpf[^\ ]*\ run( |$) ]]; then running="${d#/proc/} $running"; fi
     done
     if [ -n "$running" ]; then
