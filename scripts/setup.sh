@@ -8,13 +8,16 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
-APT_PACKAGES=(clang-19 libbpf-dev bpftool iproute2 curl nginx-light wrk libcap2-bin openssl etcd-server chromium
-              redis-server)
+PYTHON=${PYTHON:-python3}
+# python3-venv: a fresh Debian 12 has python3 without the venv module's ensurepip (no `python3 -m venv`)
+APT_PACKAGES=(clang-19 libbpf-dev bpftool iproute2 curl nginx-light wrk libcap2-bin openssl procps python3 python3-venv
+              etcd-server chromium redis-server)
 missing=0
-for cmd in clang-19 bpftool ip tc curl nginx wrk capsh openssl etcd chromium redis-server; do
+for cmd in clang-19 bpftool ip tc curl nginx wrk capsh openssl pgrep "$PYTHON" etcd chromium redis-server; do
     command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing=1
 done
 [ -f /usr/include/bpf/bpf_helpers.h ] || missing=1
+"$PYTHON" -c "import venv, ensurepip" >/dev/null 2>&1 || missing=1
 if [ "$missing" = 1 ]; then
     echo "setup.sh: installing ${APT_PACKAGES[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -26,7 +29,6 @@ fi
 # addresses (redis-server on Unix sockets in temporary directories).
 # chromium: the dashboard's browser tests drive it through Playwright (pip, `test` extra); Playwright's
 # own browser download (`playwright install`) is never used.
-PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi

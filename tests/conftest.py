@@ -3,8 +3,9 @@
 * Before such a test runs: it is skipped, with the reason, when not running as root, when the kernel has
   no BTF, or when the BPF objects it needs are not built. ``@pytest.mark.kernel("tcptrace")`` names the
   objects it needs; a bare ``@pytest.mark.kernel`` needs every ``bpf/*.bpf.c`` built.
-* In CI (environment ``CI=true``) a kernel test that skips, for that or any other reason (a missing tool,
-  a ``pytest.skip`` in a fixture), is reported as a FAILURE: CI must run the kernel tiers for real.
+* In CI (environment ``CI=true``) EVERY skip is reported as a FAILURE, whatever the test's markers: a
+  kernel test that cannot run, a ``pytest.skip`` in a test or fixture, a ``skipif`` marker, a module
+  skipped at collection. CI must run every tier for real; only ``xfail`` stays what it says.
 """
 
 from __future__ import annotations
@@ -57,19 +58,31 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pytest.skip(f"kernel test: {reason}")
 
 
+def _reason(longrepr: object) -> str:
+    return longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> pytest.TestReport:
     report: pytest.TestReport = yield
-    if (
-        report.skipped
-        and in_ci()
-        and item.get_closest_marker("kernel") is not None
-        and not hasattr(report, "wasxfail")
-    ):
-        longrepr = report.longrepr
-        reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    if report.skipped and in_ci() and not hasattr(report, "wasxfail"):
+        kind = "kernel test" if item.get_closest_marker("kernel") is not None else "test"
         report.outcome = "failed"
         report.longrepr = (
-            f"kernel test skipped in CI (CI={os.environ.get('CI')}), which counts as a failure: {reason}"
+            f"{kind} skipped in CI (CI={os.environ.get('CI')}), which counts as a failure: "
+            f"{_reason(report.longrepr)}"
+        )
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> pytest.CollectReport:
+    """A module skipped as a whole (``pytest.skip(..., allow_module_level=True)``, ``importorskip``)."""
+    report: pytest.CollectReport = yield
+    if report.skipped and in_ci():
+        report.outcome = "failed"
+        report.longrepr = (
+            f"{collector.nodeid} skipped at collection in CI (CI={os.environ.get('CI')}), which counts "
+            f"as a failure: {_reason(report.longrepr)}"
         )
     return report

@@ -58,8 +58,9 @@ FEATURES: tuple[tuple[str, tuple[str, ...], bool], ...] = (
      ("privileges", "btf", "objects", "prog sched_cls", "map lru_hash", "map lpm_trie", "map percpu_array",
       "BPF_PROG_TEST_RUN", "load inbound"),
      True),
+    # `run` attaches out_connect4, out_connect6 and out_sockops (connection outcomes, concurrency)
     ("outbound connect enforcement (cgroup/connect4|6)",
-     ("prog cgroup_sock_addr", "hook cgroup/connect4", "cgroup2", "load inbound"), False),
+     ("prog cgroup_sock_addr", "hook cgroup/connect4", "hook sock_ops", "cgroup2", "load inbound"), False),
     ("kprobe-based tracing", ("hook kprobe",), False),
     ("fentry/fexit tracing", ("hook fentry",), False),
     ("BPF LSM", ("hook lsm",), False),

@@ -197,6 +197,7 @@ class HttpTracer(BpfTracer):
         self._conns: OrderedDict[tuple[int, int], _Conn] = OrderedDict()
         self.events = 0
         self.evicted = 0
+        self._gone_desyncs = 0  # desyncs of connections no longer followed (closed, replaced, evicted)
 
     # --- kernel ----------------------------------------------------------------------------------------
 
@@ -272,12 +273,14 @@ class HttpTracer(BpfTracer):
                 conn = self._conns.pop((conn_id, src), None)
                 if conn is not None:
                     conn.parser.close(ts)
+                    self._gone_desyncs += conn.parser.desyncs
             return
         conn = self._conns.get(key)
         if conn is not None and conn.ports != (sport, dport):
             # The socket's memory now holds another connection (its close was not seen): start over.
             del self._conns[key]
             conn.parser.close(ts)
+            self._gone_desyncs += conn.parser.desyncs
             conn = None
         if conn is None:
             conn = self._new_conn(key, pid, comm, source, family, saddr, sport, daddr, dport)
@@ -295,7 +298,8 @@ class HttpTracer(BpfTracer):
     def _new_conn(self, key: tuple[int, int], pid: int, comm: bytes, source: int, family: int,
                   saddr: bytes, sport: int, daddr: bytes, dport: int) -> _Conn:  # fmt: skip
         if len(self._conns) >= MAX_CONNECTIONS:
-            self._conns.popitem(last=False)
+            _, old = self._conns.popitem(last=False)
+            self._gone_desyncs += old.parser.desyncs
             self.evicted += 1
         holder: list[_Conn] = []
 
@@ -356,7 +360,7 @@ class HttpTracer(BpfTracer):
         """Kernel counters (events, lost, truncated, active_full, skipped) and user-space ones."""
         stats = [s for s in HttpTraceStat if s != HttpTraceStat.HTTP_STAT_MAX]
         out = self._percpu_sums("http_stats", stats, "HTTP_STAT_")
-        out["desyncs"] = sum(c.parser.desyncs for c in self._conns.values())
+        out["desyncs"] = self._gone_desyncs + sum(c.parser.desyncs for c in self._conns.values())
         out["connections"] = len(self._conns)
         out["evicted"] = self.evicted
         return out

@@ -182,7 +182,7 @@ def test_tc_hook_keeps_a_qdisc_it_did_not_create(probes: BpfObject, dummy_iface:
 def test_cgroup_attach_is_released_on_close(probes: BpfObject) -> None:
     root = cgroup2_mount()
     assert root is not None, "cgroup2 is not mounted"
-    cg = Path(root) / f"sentinel-test-{uuid.uuid4().hex[:8]}"
+    cg = Path(root) / f"sentinel-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"  # tests/ci_cleanup.sh naming
     cg.mkdir()
     try:
         with probes.program("probe_connect4").attach_cgroup(cg):

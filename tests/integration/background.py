@@ -117,6 +117,11 @@ class LineProcess:
             self.proc.wait(10)
         for t in self._threads:
             t.join(5)
+        if any(t.is_alive() for t in self._threads):
+            # closing a pipe another thread is blocked reading would hang this thread too: leave it, say why
+            raise AssertionError(
+                f"{' '.join(self.argv)}: exited, but a process it left behind still holds its output open"
+            )
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 stream.close()

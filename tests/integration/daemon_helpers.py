@@ -26,18 +26,27 @@ class Daemon:
         side: str = "server",
         source: str | None = None,
         name: str = "daemon",
+        iface: str | None = None,
+        cgroup2: bool = False,
     ) -> None:
         """The daemon runs in the ``side`` namespace ("server" for inbound, "client" for outbound rules),
-        attached to that side's veth. ``rules`` go to a file, or ``source`` (an etcd URL) is ``-r``.
-        ``name``: its directory (state, socket, logs) under the pair's, for several daemons at once."""
+        attached to that side's veth (or to ``iface`` of that namespace, e.g. ``lo``). ``rules`` go to a
+        file, or ``source`` (an etcd URL) is ``-r``. ``name``: its directory (state, socket, logs) under
+        the pair's, for several daemons at once.
+
+        ``cgroup2``: mount the cgroup2 hierarchy (the host's, there is one) in the daemon's mount namespace
+        first, for outbound TCP resources: `ip netns exec` gives it a fresh /sys without the host's
+        cgroup2 mount, and the daemon attaches its connect() hooks at the cgroup2 root it finds mounted."""
         self.pair = pair
-        ns, iface = (pair.server, pair.server_if) if side == "server" else (pair.client, pair.client_if)
+        ns, veth = (pair.server, pair.server_if) if side == "server" else (pair.client, pair.client_if)
+        iface = iface or veth
         self.dir = pair.tmpdir / name
         self.dir.mkdir(exist_ok=True)
         self.rules = self.dir / "rules.yaml"
         self.rules.write_text(rules)
         self.socket = str(self.dir / "control.sock")
-        self.proc = LineProcess(pair.cmd(ns, *sentinel_cli(), "run", "-r", source or str(self.rules),
+        mount = ["sh", "-c", 'mount -t cgroup2 cgroup2 /sys/fs/cgroup && exec "$@"', "sh"] if cgroup2 else []
+        self.proc = LineProcess(pair.cmd(ns, *mount, *sentinel_cli(), "run", "-r", source or str(self.rules),
                                          "-i", iface, "--control-socket", self.socket,
                                          "--state-dir", str(self.dir / "state"), "--log-dir",
                                          str(self.dir / "log"), "--metrics-addr", "127.0.0.1:0", *extra))  # fmt: skip

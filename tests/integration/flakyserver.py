@@ -1,5 +1,6 @@
 """A test backend. The first word of MODE_FILE says how it answers: ok | 500 | slow (0.3 s, then 200);
-paths under /slow always answer after SLOW_S seconds (default 1).
+paths under /slow always answer after SLOW_S seconds (default 1). Every request it receives is appended
+to MODE_FILE.requests (one path per line), so tests can tell what reached it.
 
 usage: flakyserver.py PORT [MODE_FILE] [SLOW_S]
 """
@@ -19,6 +20,9 @@ class Handler(BaseHTTPRequestHandler):
     slow_path_s = 1.0
 
     def do_GET(self) -> None:
+        if self.mode_file != Path("/dev/null"):
+            with open(f"{self.mode_file}.requests", "a") as log:
+                log.write(self.path + "\n")
         mode = (self.mode_file.read_text().split() or ["ok"])[0]
         if self.path.startswith("/slow"):
             time.sleep(self.slow_path_s)

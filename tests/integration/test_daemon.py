@@ -4,8 +4,10 @@ test_daemon_reload.py)."""
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -15,8 +17,8 @@ import pytest
 from sentinel_ebpf.inbound.dataplane import TC_PRIORITY
 
 from .background import sentinel_cli
-from .daemon_helpers import Daemon, load
-from .netns import NetnsPair
+from .daemon_helpers import LOAD, Daemon, load
+from .netns import CLEAN_ENV, NetnsPair
 
 pytestmark = pytest.mark.kernel
 RULES = """
@@ -78,12 +80,44 @@ def _metric_log_sums(daemon: Daemon) -> dict[str, list[int]]:
     return sums
 
 
+def _top_rows(out: str) -> dict[str, list[float]]:
+    """resource -> [pass, block, complete, error] per second, from top's table."""
+    rows = {}
+    for line in out.splitlines():
+        cells = [c.strip() for c in re.split(r"[│|]", line) if c.strip()]
+        if len(cells) >= 5 and cells[0] in ("limited", "free"):
+            rows[cells[0]] = [float(c) for c in cells[1:5]]
+    return rows
+
+
 def test_top_shows_rates(daemon: Daemon) -> None:
-    load(daemon.pair, "/limited", 0.5)
-    res = subprocess.run([*sentinel_cli(), "top", "--count", "2", "--interval", "0.3", "--control-socket",
-                          daemon.socket], capture_output=True, text=True, timeout=30)  # fmt: skip
+    """Paced clients (20/s to /limited with its 5/s rule, 10/s to /free) run throughout top's interval:
+    top's rates must be those."""
+    pair = daemon.pair
+    loads = []
+    for path, rate in (("/limited", 20), ("/free", 10)):
+        argv = [sys.executable, str(LOAD), pair.server_ip, "8000", path, "12", "1000", str(rate)]
+        loads.append(pair.popen(pair.client, *argv, stdout=subprocess.DEVNULL))
+    deadline = time.monotonic() + 10
+    while daemon.stats()["resources"]["free"]["pass"] < 5:  # both clients are under way
+        assert time.monotonic() < deadline and all(p.poll() is None for p in loads), (
+            "the clients did not start"
+        )
+        time.sleep(0.1)
+    res = subprocess.run([*sentinel_cli(), "top", "--count", "1", "--interval", "3", "--control-socket",
+                          daemon.socket], capture_output=True, text=True, timeout=60,
+                         env={**CLEAN_ENV, "COLUMNS": "200"})  # fmt: skip
+    assert all(p.poll() is None for p in loads), "a client stopped before top's interval ended"
     assert res.returncode == 0, res.stderr
-    assert "limited" in res.stdout and "free" in res.stdout and "per second" in res.stdout
+    assert "per second" in res.stdout, res.stdout
+    rows = _top_rows(res.stdout)
+    limited_pass, limited_block = rows["limited"][:2]
+    free_pass, free_block = rows["free"][:2]
+    # over 3 s the 5/s rule lets 10 to 20 through (windows need not line up with top's); pacing is loose
+    assert 3.0 <= limited_pass <= 7.0 and 10.0 <= limited_block <= 20.0, res.stdout
+    assert 7.0 <= free_pass <= 13.0 and free_block == 0.0, res.stdout
+    # each request is answered: complete follows pass (the handler is fast)
+    assert abs(rows["free"][2] - free_pass) <= 1.0, res.stdout
 
 
 def _tc_left(pair: NetnsPair) -> str:

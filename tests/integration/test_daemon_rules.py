@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .daemon_helpers import Daemon, load
+from .daemon_helpers import Daemon
 from .netns import NetnsPair
 
 pytestmark = pytest.mark.kernel
@@ -93,11 +93,19 @@ flowRules:
 """,
     )
     try:
-        load(pair, "/", 6.0)
-        time.sleep(2.5)
-        passes = [p for p, _ in d.metric_log()["api"]][1:-1]  # whole seconds under load
-        assert passes[0] <= 30 and passes[-1] >= 55, passes  # cold at ~60/3, warm at 60
-        assert passes[-1] > passes[0]
+        # wrk offers far more than 60/s, so the rule binds in every second (blocks in each) and the passes
+        # are the rule's rate, not the client's speed
+        pair.run(
+            pair.client, "wrk", "-t1", "-c2", "-d8s", f"http://{pair.server_ip}:8000/", timeout=60, check=True
+        )
+        time.sleep(2.5)  # the metric log is written once a second
+        seconds = d.metric_log()["api"][1:-1]  # whole seconds under load
+        assert len(seconds) >= 6 and all(block > 0 for _, block in seconds), seconds
+        passes = [p for p, _ in seconds]
+        # cold at ~60/3, then up towards 60, never above it. Not "monotonic, 55+ in the last second": the
+        # warm-up follows the passed QPS, so a second in which a loaded machine stalls wrk or nginx cools it
+        # again (seen: 23, 29, 42, 18, 42)
+        assert passes[0] <= 30 and max(passes) >= 50 and max(passes) <= 61, passes
     finally:
         d.close()
 

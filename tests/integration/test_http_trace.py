@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -184,6 +185,10 @@ def traced() -> Iterator[tuple[NetnsPair, list[Scenario], list[dict[str, Any]], 
                 return True if len(hits) >= 2 else None
 
             tracer.wait_until(marker_seen, 30, "the marker request's client and server records")
+            # stop it: at exit it reports its counters (lost events and desyncs of the last second too)
+            tracer.signal(signal.SIGINT)
+            assert tracer.wait_exit(30) == 0, tracer.describe()
+            marker_seen()
             yield pair, scenarios, records, tracer
         finally:
             tracer.close()
@@ -238,8 +243,47 @@ def test_records_match_what_the_client_sent_and_received(
 def test_no_events_lost_and_no_desynchronisation(
     traced: tuple[NetnsPair, list[Scenario], list[dict[str, Any]], LineProcess],
 ) -> None:
-    *_, tracer = traced
-    assert not any("lost" in line for line in tracer.stderr), tracer.describe()
+    *_, records, tracer = traced
+    assert not any(line.endswith("events lost") for line in tracer.stderr), tracer.describe()
+    # the counters the tracer read at exit: nothing lost, no parser desynchronised, nothing evicted
+    prefix = "sentinel-ebpf: counters at exit: "
+    final = [json.loads(line.removeprefix(prefix)) for line in tracer.stderr if line.startswith(prefix)]
+    assert len(final) == 1, tracer.describe()
+    counters = final[0]
+    assert counters["events"] > len(records) > 0, counters
+    assert {k: counters[k] for k in ("lost", "active_full", "desyncs", "evicted")} == {
+        "lost": 0, "active_full": 0, "desyncs": 0, "evicted": 0,
+    }, counters  # fmt: skip
+
+
+def test_pid_filter_and_no_tls(
+    traced: tuple[NetnsPair, list[Scenario], list[dict[str, Any]], LineProcess],
+) -> None:
+    """`trace --http -p NGINX --no-tls`: only nginx's side of plain HTTP; HTTPS (OpenSSL not hooked:
+    encrypted bytes are no HTTP) and other processes give no record."""
+    pair, *_ = traced
+    pids = pair.run(pair.server, "ip", "netns", "pids", pair.server).stdout.split()
+    nginx = next(int(p) for p in pids if Path(f"/proc/{p}/comm").read_text().strip() == "nginx")
+    ports = [f"-P{p}" for p in (NGINX_HTTP, NGINX_TLS, PY_HTTP)]
+    tracer = LineProcess([*sentinel_cli(), "trace", "--http", "--json", "--no-tls", "-p", str(nginx), *ports])
+    try:
+        ready = tracer.wait_stderr("sentinel-ebpf: tracing HTTP", timeout=60)
+        assert "OpenSSL: off" in ready, ready
+        plain, tls, other = (Scenario(n, "curl", t, port) for n, t, port in
+                             (("plain", False, NGINX_HTTP), ("tls", True, NGINX_TLS), ("other", False, PY_HTTP)))  # fmt: skip
+        curl(pair, tls, "/hello")
+        curl(pair, other, "/bytes/10")
+        curl(pair, plain, "/hello")  # the last: once its record is out, the others would be too
+        tracer.wait_until(lambda: tracer.stdout or None, 30, "the plain request's record")
+        tracer.signal(signal.SIGINT)
+        assert tracer.wait_exit(30) == 0, tracer.describe()
+    finally:
+        tracer.close()
+    records = [json.loads(line) for line in tracer.stdout if line.startswith("{")]
+    assert len(records) == 1, records
+    r = records[0]
+    assert (r["pid"], r["direction"], r["path"], r["tls"]) == (nginx, "server", "/hello", False), r
+    assert r["remote"] == f"{pair.client_ip}:{plain.local_ports[0]}", r
 
 
 def test_http_flag_rejects_connection_options() -> None:

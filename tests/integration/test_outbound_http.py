@@ -23,6 +23,12 @@ def curl(pair: NetnsPair, path: str = "/api") -> tuple[str, float]:
     return out[0], float(out[1])
 
 
+def backend_requests(mode: Path) -> int:
+    """How many requests the flaky backend received (it logs each)."""
+    log = Path(f"{mode}.requests")
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
 def start_backend(pair: NetnsPair, mode: str) -> Path:
     mode_file = pair.tmpdir / "mode"
     mode_file.write_text(mode)
@@ -61,6 +67,9 @@ STRATEGIES = {
     "slow_ratio": ("slow", "strategy: 0, maxAllowedRtMs: 100, threshold: 0.5, minRequestAmount: 3"),
 }
 
+# long enough for the whole refused phase (curl x5, a Python client, wrk for 1 s) on a loaded machine
+RETRY_MS = 5000
+
 REQUESTS_CLIENT = """
 import sys, time, requests
 t0 = time.perf_counter()
@@ -74,6 +83,7 @@ def test_outbound_breaker_cycle(fresh_netns_pair: NetnsPair, strategy: str) -> N
     pair = fresh_netns_pair
     failing, rule = STRATEGIES[strategy]
     mode = start_backend(pair, failing)
+    transitions = pair.tmpdir / "transitions"
     d = Daemon(
         pair,
         f"""
@@ -81,28 +91,46 @@ resources:
   - {{name: backend-api, match: {{direction: outbound, protocol: http, host: {pair.server_ip}/32, port: 8000,
      path: /api}}}}
 circuitBreakerRules:
-  - {{id: backend-{strategy}, resource: backend-api, {rule}, statIntervalMs: 10000, statSlidingWindowBucketCount: 10, retryTimeoutMs: 1000,
-     probeNum: 1}}
+  - {{id: backend-{strategy}, resource: backend-api, {rule}, statIntervalMs: 10000, statSlidingWindowBucketCount: 10,
+     retryTimeoutMs: {RETRY_MS}, probeNum: 1}}
 """,
+        "--on-breaker-change",
+        f'echo "$SENTINEL_RESOURCE $SENTINEL_BREAKER $SENTINEL_FROM $SENTINEL_TO" >> {transitions}',
         side="client",
     )
     url = f"http://{pair.server_ip}:8000/api"
     try:
-        assert [curl(pair)[0] for _ in range(3)][-1] != "503"  # the third failure opens it
+        # the backend answers 500 (or 200 after 0.3 s): three such answers open it
+        assert [curl(pair)[0] for _ in range(3)] == ["200" if strategy == "slow_ratio" else "500"] * 3
+        opened = time.monotonic()  # the third answer opened it before curl returned
+        seen = backend_requests(mode)
         refused = [curl(pair) for _ in range(5)]
-        assert all(code == "503" for code, _ in refused), refused
-        assert max(t for _, t in refused) < 0.05, refused  # at once, without the backend
+        assert [code for code, _ in refused] == ["503"] * 5, refused
+        # at once, without the backend: it never saw them (time: a loose bound)
+        assert backend_requests(mode) == seen
+        assert max(t for _, t in refused) < 1.0, refused  # machine stalls aside; the count above is the proof
         # a Python requests client and wrk see the same
         out = pair.run(pair.client, sys.executable, "-c", REQUESTS_CLIENT, url).stdout.split()
-        assert out[0] == "503" and float(out[1]) < 0.05, out
+        assert out[0] == "503" and float(out[1]) < 1.0, out
         wrk = pair.run(pair.client, "wrk", "-t1", "-c2", "-d1s", url, timeout=30).stdout
         total = int(re.search(r"(\d+) requests in", wrk).group(1))  # type: ignore[union-attr]
         non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", wrk)
         assert total > 50 and non2xx is not None and int(non2xx.group(1)) == total, wrk
+        assert backend_requests(mode) == seen
+        assert time.monotonic() < opened + RETRY_MS / 1000, "the refused phase outlasted the retry timeout"
         mode.write_text("ok")
-        time.sleep(1.1)
+        time.sleep(max(0.0, opened + RETRY_MS / 1000 + 0.1 - time.monotonic()))
         assert [curl(pair)[0] for _ in range(3)] == ["200"] * 3  # the probe closes it
         doc = d.stats()["resources"]["backend-api"]
         assert doc["circuit_breakers"] == [{"id": f"backend-{strategy}", "state": "closed"}]
+        # --on-breaker-change ran for each transition, in order, with the resource and breaker named
+        expected = [
+            f"backend-api backend-{strategy} {t}"
+            for t in ("closed open", "open half_open", "half_open closed")
+        ]
+        deadline = time.monotonic() + 10
+        while (lines := transitions.read_text().splitlines() if transitions.exists() else []) != expected:
+            assert time.monotonic() < deadline, lines
+            time.sleep(0.05)
     finally:
         d.close()

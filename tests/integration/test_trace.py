@@ -281,8 +281,7 @@ def test_curl_connections_text_and_json(
         (pair.server_ip, 8080, 0),
         (pair.server_ip, REFUSED, 7),
     ]
-    if pair.ipv6:
-        targets += [(pair.server_ip6, 8000, 0), (pair.server_ip6, 8080, 0), (pair.server_ip6, REFUSED, 7)]
+    targets += [(pair.server_ip6, 8000, 0), (pair.server_ip6, 8080, 0), (pair.server_ip6, REFUSED, 7)]
     runs = [(host, port, curl(pair, host, port, expect_exit=code)) for host, port, code in targets]
     marker = curl(pair, pair.server_ip, MARKER, expect_exit=7)
     js.wait_marker(marker)
@@ -326,9 +325,7 @@ def test_events_match_client_sockets(netns_pair: NetnsPair, http_server: Server,
     from sentinel_ebpf.trace import Connection, ConnTracer, TraceFilter
 
     pair = netns_pair
-    families = [(4, pair.server_ip, pair.client_ip)]
-    if pair.ipv6:
-        families.append((6, pair.server_ip6, pair.client_ip6))
+    families = [(4, pair.server_ip, pair.client_ip), (6, pair.server_ip6, pair.client_ip6)]
 
     got: list[Connection] = []
     results: list[dict[str, Any]] = []
@@ -375,8 +372,6 @@ def test_events_match_client_sockets(netns_pair: NetnsPair, http_server: Server,
         check_timestamp(c.timestamp, r["t_start"], r["t_end"], slack=0.5)
         # the line format of the same event
         assert c.line()[20:] == f"{c.comm:<16} {c.saddr:<15} {c.sport:<6} -> {c.daddr:<15} {c.dport}"
-    if not pair.ipv6:
-        pytest.skip(f"IPv4 checked; no IPv6 in the namespaces: {pair.ipv6_error}")
 
 
 def test_attempt_closed_before_established(netns_pair: NetnsPair, trace: Callable[..., Trace]) -> None:
@@ -460,9 +455,7 @@ def test_accept_shows_server_side(
     pair = netns_pair
     t = trace("--json", "--accept", "-P", "8000")
     server_comm = Path(f"/proc/{http_server.pid}/comm").read_text().strip()
-    hosts = [(pair.server_ip, pair.client_ip, 4)]
-    if pair.ipv6:
-        hosts.append((pair.server_ip6, pair.client_ip6, 6))
+    hosts = [(pair.server_ip, pair.client_ip, 4), (pair.server_ip6, pair.client_ip6, 6)]
     for server, src, family in hosts:
         excluded = curl(pair, server, 8080)  # nginx: port not selected, neither side shows
         c = curl(pair, server, 8000)

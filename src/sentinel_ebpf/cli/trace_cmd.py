@@ -83,7 +83,7 @@ def trace(
         )
         if not as_json:
             print(time.strftime("%Y/%m/%d %H:%M:%S ") + HEADER, flush=True)
-        _consume(tracer.poll, tracer.new_lost, count, duration, as_json, "connection")
+        _consume(tracer.poll, tracer.new_lost, count, duration, as_json, "connection", tracer.counters)
 
 
 def _trace_http(
@@ -106,7 +106,7 @@ def _trace_http(
             print(f"sentinel-ebpf: {problem}", file=sys.stderr, flush=True)
         if not as_json:
             print(HTTP_HEADER, flush=True)
-        _consume(tracer.poll, tracer.new_lost, count, duration, as_json, "HTTP data")
+        _consume(tracer.poll, tracer.new_lost, count, duration, as_json, "HTTP data", tracer.counters)
 
 
 R = TypeVar("R", Connection, HttpRecord)
@@ -123,10 +123,12 @@ def _consume(
     duration: float,
     as_json: bool,
     what: str,
+    counters: Callable[[], dict[str, int]],
 ) -> None:
     """Print each record (a line, or a JSON object) until ``count`` records or ``duration`` seconds (0:
     no limit). Output is flushed once per poll, not per line (at thousands of records a second a flush
-    per line made the consumer fall behind the ring buffer); lost events are read once a second."""
+    per line made the consumer fall behind the ring buffer); lost events are read once a second, and
+    at exit, with every counter of the tracer (one JSON line on stderr)."""
     seen = 0
     deadline = time.monotonic() + duration if duration else None
 
@@ -155,3 +157,4 @@ def _consume(
     finally:
         sys.stdout.flush()
         report_lost()
+        print(f"sentinel-ebpf: counters at exit: {json.dumps(counters())}", file=sys.stderr, flush=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -60,6 +61,18 @@ _TOTALS_AT = ResStats.concurrency.offset
 assert ResStats.total_error.offset == _TOTALS_AT + 32
 WATCH_S = 0.05  # the loop wakes at least this often to look for reload requests and file changes
 RELOAD_WAIT_S = 8.0  # a `reload` request waits this long for the loop (clients wait 10 s by default)
+HOOK_TIMEOUT_S = 30.0  # a breaker hook command running longer is killed (with its process group)
+HOOK_STOP_GRACE_S = 5.0  # at stop, a hook still running after this is killed
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a hook's process group (it is the leader of its own session), then reap it."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        log.error("breaker hook (pid %d) did not die", proc.pid)
 
 
 @dataclass
@@ -120,6 +133,7 @@ class Daemon:
         # hook commands run one at a time, in transition order, off the daemon's loop
         self._hook_queue: queue.Queue[StateChange | None] = queue.Queue()
         self._hook_thread: threading.Thread | None = None
+        self._hook_proc: subprocess.Popen[bytes] | None = None  # the hook command running now
         self.tls: TlsObserver | None = None  # counts of tls resources, from the HTTP tracer
         # The threshold timer runs on its own thread; it and reloads change the data plane under this lock.
         self._dp_lock = threading.Lock()
@@ -268,7 +282,14 @@ class Daemon:
             self.tls = None
         if self._hook_thread is not None:
             self._hook_queue.put(None)
-            self._hook_thread.join(timeout=30)
+            self._hook_thread.join(timeout=HOOK_STOP_GRACE_S)
+            hook = self._hook_proc
+            if (
+                self._hook_thread.is_alive() and hook is not None
+            ):  # a hook still running: end it, and its children
+                log.warning("stopping: breaker hook still running after %g s: killed", HOOK_STOP_GRACE_S)
+                _kill_group(hook)
+                self._hook_thread.join(timeout=HOOK_STOP_GRACE_S)
             self._hook_thread = None
         for closer in (self.control, self.metrics, self.demo, self.metric_log):
             if closer is not None:
@@ -422,12 +443,23 @@ class Daemon:
             env = {**os.environ, "SENTINEL_RESOURCE": change.resource, "SENTINEL_BREAKER": change.breaker_id,
                    "SENTINEL_FROM": change.from_state, "SENTINEL_TO": change.to_state}  # fmt: skip
             try:
-                done = subprocess.run(["/bin/sh", "-c", command], env=env, stdin=subprocess.DEVNULL, timeout=30,
-                                      check=False)  # fmt: skip
-                if done.returncode:
-                    log.error("breaker hook %r exited with %d", command, done.returncode)
-            except (OSError, subprocess.TimeoutExpired) as exc:
+                # its own process group: a hook that hangs is killed with whatever it started
+                hook = subprocess.Popen(["/bin/sh", "-c", command], env=env, stdin=subprocess.DEVNULL,
+                                        start_new_session=True)  # fmt: skip
+            except OSError as exc:
                 log.error("breaker hook %r: %s", command, exc)
+                continue
+            self._hook_proc = hook
+            try:
+                rc = hook.wait(timeout=HOOK_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                _kill_group(hook)
+                log.error("breaker hook %r: still running after %g s: killed", command, HOOK_TIMEOUT_S)
+                continue
+            finally:
+                self._hook_proc = None
+            if rc:
+                log.error("breaker hook %r exited with %d", command, rc)
 
     def _collect_seconds(self, seconds: SecondCollector) -> None:
         """Each completed second: the history's points and the metric log's lines."""

@@ -9,12 +9,7 @@ from typer.testing import CliRunner
 
 from sentinel_ebpf.cli import _register, app
 from sentinel_ebpf.doctor import (
-    FEATURES,
-    LOAD_CHECKS,
-    Check,
-    Status,
     describe_load_error,
-    verdict,
     verifier_complaint,
 )
 from sentinel_ebpf.errors import BpfLoadError
@@ -56,29 +51,6 @@ def test_describe_names_object_program_and_complaint() -> None:
         "load inbound.bpf.o: program tc_ingress rejected by the verifier: "
         "R2 type=mem expected=fp, pkt, pkt_meta, map_key, map_value"
     )
-
-
-def _all_ok() -> list[Check]:
-    names = {alt for _, needs, _ in FEATURES for n in needs for alt in n.split("|")}
-    return [Check("g", n, Status.OK) for n in sorted(names)]
-
-
-@pytest.mark.parametrize(
-    ("check", "unavailable"),
-    [
-        ("load inbound", {"inbound enforcement (TC ingress/egress)", "outbound connect enforcement (cgroup/connect4|6)"}),
-        ("load tcptrace", {"trace (TCP connection tracer)", "trace --accept"}),
-        ("load httptrace", {"trace --http (HTTP requests from syscalls)",
-                            "trace --http over TLS (OpenSSL uprobes); tls resources"}),
-    ],
-)  # fmt: skip
-def test_an_object_the_verifier_rejects_disables_what_needs_it(check: str, unavailable: set[str]) -> None:
-    assert check in LOAD_CHECKS
-    checks = [c if c.name != check else Check("object", check, Status.MISSING, "rejected") for c in _all_ok()]
-    features = verdict(checks)
-    assert {f.name for f in features if not f.available} == unavailable
-    essential_lost = any(f.essential for f in features if f.name in unavailable)
-    assert all(f.available for f in features if f.essential) is not essential_lost
 
 
 def test_run_refuses_with_the_program_and_the_complaint(monkeypatch: pytest.MonkeyPatch) -> None:

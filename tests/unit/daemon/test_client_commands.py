@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,7 +84,15 @@ def test_top_refreshes_count_times_with_rates(served: tuple[str, FakeDaemon]) ->
     )
     assert result.exit_code == 0, result.output
     assert fake.asked == 3  # the first read, then one per refresh
-    assert "per second" in result.output and "GET:/api" in result.output
+    assert "per second" in result.output
+    row = next(ln for ln in result.output.splitlines() if "GET:/api" in ln)
+    cells = [c.strip() for c in re.split(r"[│|┃]", row) if c.strip()]
+    pass_qps, block_qps, complete_qps, error_qps, avg_rt_ms = (float(c) for c in cells[1:6])
+    # 10 passes and 4 blocks per refresh of at least 0.1 s (at most 100/s; above 10/s unless one
+    # refresh took over a second); RT 2 ms each
+    assert 10.0 < pass_qps <= 100.0, row
+    assert block_qps == pytest.approx(0.4 * pass_qps, abs=0.1) and complete_qps == pass_qps, row
+    assert (error_qps, avg_rt_ms) == (0.0, 2.0), row
 
 
 def test_without_a_daemon_stats_says_how_to_start_one(tmp_path: Path) -> None:
