@@ -92,7 +92,8 @@ SMOKE=(
     tests/integration/test_outbound.py::test_flow_limit_refuses_excess_connects_fast
     tests/integration/test_outbound_http.py::test_outbound_flow_limit_answers_503
     tests/integration/test_trace.py::test_curl_connections_text_and_json
-    tests/integration/test_http_trace.py::test_records_match_what_the_client_sent_and_received
+    "tests/integration/test_http_trace.py::test_records_match_what_the_client_sent_and_received[client-curl-nginx-http]"
+    tests/integration/test_framing.py
     tests/integration/test_doctor.py::test_doctor_reports_this_machine
 )
 if [ -n "${KERNEL_MATRIX_TESTS:-}" ]; then
@@ -107,13 +108,13 @@ cat > "$out/guest.sh" <<EOF
 #!/bin/bash
 set -u
 cd "$ROOT"
-export CI=${CI:-} PYTHONDONTWRITEBYTECODE=1 PATH="$ROOT/.venv/bin:\$PATH"
+export CI=${CI:-} PYTHONDONTWRITEBYTECODE=1 PATH="$ROOT/.venv/bin:\$PATH" SENTINEL_TEST_TIMEOUT_SCALE=\${SENTINEL_TEST_TIMEOUT_SCALE:-8}
 echo "kernel: \$(uname -r)"
 mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf 2>/dev/null || true
 ip link set lo up
 bash scripts/demo-smoke.sh > "$out/demo.log" 2>&1
 echo \$? > "$out/demo.rc"
-python -m pytest -p no:cacheprovider -q -o addopts="" -rfEs ${TESTS[*]} > "$out/pytest.log" 2>&1
+python -m pytest -p no:cacheprovider -q -o addopts="" -rfEs $(printf '%q ' "${TESTS[@]}") > "$out/pytest.log" 2>&1
 echo \$? > "$out/pytest.rc"
 EOF
 chmod +x "$out/guest.sh"

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .netns import CLEAN_ENV
+from .netns import CLEAN_ENV, TIMEOUT_SCALE
 
 T = TypeVar("T")
 
@@ -74,6 +74,7 @@ class LineProcess:
 
     def wait_until(self, check: Callable[[], T | None], timeout: float, what: str) -> T:
         """Wait until ``check()`` (called under the lock, on each new line) returns something not None."""
+        timeout *= TIMEOUT_SCALE
         deadline = time.monotonic() + timeout
         with self._cv:
             while True:
@@ -98,6 +99,7 @@ class LineProcess:
         return self.wait_until(lambda: next((ln for ln in self.stdout if match(ln)), None), timeout, what)
 
     def wait_exit(self, timeout: float = 15) -> int:
+        timeout *= TIMEOUT_SCALE
         try:
             rc = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:

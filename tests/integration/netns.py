@@ -30,6 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+# Waits for processes are multiplied by this: an emulated guest (scripts/kernel-matrix.sh) starts Python
+# and loads the BPF objects several times slower than the host.
+TIMEOUT_SCALE = float(os.environ.get("SENTINEL_TEST_TIMEOUT_SCALE", "1"))
+
 IP = shutil.which("ip") or "/usr/sbin/ip"
 SS = shutil.which("ss") or "/usr/bin/ss"
 IFNAMSIZ = 15  # usable characters of a Linux interface name
@@ -236,7 +240,12 @@ class NetnsPair:
     ) -> subprocess.CompletedProcess[str]:
         kw.setdefault("env", CLEAN_ENV)
         return subprocess.run(
-            self.cmd(ns, *argv), capture_output=True, text=True, timeout=timeout, check=check, **kw
+            self.cmd(ns, *argv),
+            capture_output=True,
+            text=True,
+            timeout=timeout * TIMEOUT_SCALE,
+            check=check,
+            **kw,
         )
 
     def popen(self, ns: str, *argv: str, **kw: Any) -> subprocess.Popen[Any]:
@@ -251,6 +260,7 @@ class NetnsPair:
         self, ns: str, port: int, proc: subprocess.Popen[Any] | None = None, timeout: float = 15
     ) -> None:
         """Wait until a TCP socket listens on ``port`` in ``ns`` (checked with ss, no traffic)."""
+        timeout *= TIMEOUT_SCALE
         deadline = time.monotonic() + timeout
         while True:
             res = subprocess.run(
