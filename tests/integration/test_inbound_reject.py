@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from .background import LineProcess
 from .netns import NetnsPair
 
 pytestmark = pytest.mark.kernel
@@ -35,17 +36,25 @@ class Guarded:
         self.pair = pair
         path = pair.tmpdir / "rules.yaml"
         path.write_text(rules)
-        self.proc = pair.popen(pair.server, sys.executable, str(SERVER), str(path), pair.server_if, str(PORT),
-                               stdout=subprocess.PIPE, text=True)  # fmt: skip
-        assert self.proc.stdout is not None
-        first = self.proc.stdout.readline()
-        assert first.strip() == '"ready"', f"guarded server did not start: {first!r}"
+        self.proc = LineProcess(
+            pair.cmd(pair.server, sys.executable, str(SERVER), str(path), pair.server_if, str(PORT))
+        )
+        self.proc.wait_stdout(lambda ln: ln.strip() == '"ready"', what="the guarded server's ready line")
 
-    def stop(self) -> list[Any]:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        out, _ = self.proc.communicate(timeout=20)
-        return [json.loads(line) for line in out.splitlines() if line.strip()]
+    def stop(self, connections: int = 0) -> list[Any]:
+        """The server's events, once it has reported ``connections`` ended connections (its handler
+        threads see the kernel's RST or the client's close a moment after curl returns), then stopped."""
+        if connections:
+            self.proc.wait_until(
+                lambda: True if sum('"requests"' in ln for ln in self.proc.stdout) >= connections else None,
+                15,
+                f"{connections} connections reported by the guarded server",
+            )
+        if self.proc.proc.poll() is None:
+            self.proc.signal(signal.SIGTERM)
+            self.proc.wait_exit(20)
+        self.proc.close()
+        return [json.loads(line) for line in self.proc.stdout if line.strip()]
 
 
 @pytest.fixture
@@ -76,7 +85,7 @@ def test_blocked_request_gets_429_and_server_never_sees_it(guarded: Guarded, v6:
     assert head.startswith("HTTP/1.1 429 Too Many Requests")
     assert "Retry-After: 1" in head and "Connection: close" in head
     assert body == "Too Many Requests\n", repr(blocked.stdout)
-    events = guarded.stop()
+    events = guarded.stop(connections=2)
     conns = [e for e in events if isinstance(e, dict) and "requests" in e]
     assert {"requests": ["GET /ok HTTP/1.1"], "reset": False} in conns
     assert {"requests": [], "reset": True} in conns, "the server side must get a RST, never the request"
@@ -89,7 +98,7 @@ def test_keep_alive_connection_gets_200_then_429(guarded: Guarded) -> None:
     res = curl(guarded.pair, "/ok", "/limited")
     assert res.returncode == 0, res.stderr
     assert res.stdout.count("HTTP/1.1 200 OK") == 1 and "HTTP/1.1 429 Too Many Requests" in res.stdout
-    events = guarded.stop()
+    events = guarded.stop(connections=1)
     conns = [e for e in events if isinstance(e, dict) and "requests" in e]
     assert conns == [{"requests": ["GET /ok HTTP/1.1"], "reset": True}]
 
