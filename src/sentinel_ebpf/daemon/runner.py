@@ -314,10 +314,10 @@ class Daemon:
         assert self.dp is not None
         self._links_changed.clear()
         changes = reconcile(self.dp, self.links)
+        if changes:
+            self._write_state()  # first: what is attached is on record before anyone reads the log
         for change in changes:
             log.info("%s", change)
-        if changes:
-            self._write_state()
 
     def _attach_outbound_if_needed(self, rules: RuleSet) -> None:
         assert self.dp is not None
