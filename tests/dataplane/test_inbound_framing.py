@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import struct
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -215,27 +216,29 @@ def rcv_nxt(srv: socket.socket) -> int:
         srv.setsockopt(socket.SOL_TCP, TCP_REPAIR, 0)
 
 
-def live_rules(live: InboundDataplane, port: int) -> None:
+def on_conn(
+    live: InboundDataplane, conn: tuple[socket.socket, socket.socket]
+) -> tuple[dict[str, Any], int, int]:
+    """/api blocked on the connection's server port; (its client's frame fields, rcv_nxt, the port)."""
+    cli, srv = conn
+    (cip, cport), (sip, sport) = cli.getsockname(), srv.getsockname()
     live.clear()
-    live.apply(live.compile(rules(BLOCK_API.replace("8080", str(port)))))
+    live.apply(live.compile(rules(BLOCK_API.replace("8080", str(sport)))))
+    return {"src": cip, "dst": sip, "sport": cport, "dport": sport}, rcv_nxt(srv), sport
 
 
 def test_only_the_next_bytes_of_a_real_connection_are_judged(
     live: InboundDataplane, conn: tuple[socket.socket, socket.socket]
 ) -> None:
-    cli, srv = conn
-    (cip, cport), (sip, sport) = cli.getsockname(), srv.getsockname()
-    live_rules(live, sport)
-    nxt = rcv_nxt(srv)
+    at, nxt, sport = on_conn(live, conn)
     req = b"GET /api" + TAIL
-    at = {"src": cip, "dst": sip, "sport": cport, "dport": sport}
 
     # already received (a retransmission): not judged again
     assert passed_unjudged(live, req, seq=nxt - len(req), **at)
     # beyond a gap: dropped, judged when it comes in order
     assert send(live, req, seq=nxt + 100, **at)[0] == TC_ACT_SHOT
     # a connection this host does not have (spoofed): not judged, spends nobody's quota
-    assert passed_unjudged(live, req, seq=nxt, **{**at, "sport": cport ^ 1})
+    assert passed_unjudged(live, req, seq=nxt, **{**at, "sport": at["sport"] ^ 1})
     counters = live.port_counters(sport)
     assert (counters["retransmit"], counters["out_of_order"], counters["no_socket"]) == (1, 1, 1)
     assert live.resource_stats()[0].blocked == 0
@@ -248,13 +251,8 @@ def test_new_bytes_after_old_ones_in_one_segment_are_judged(
     live: InboundDataplane, conn: tuple[socket.socket, socket.socket]
 ) -> None:
     """A segment that repeats received bytes and carries a new request after them."""
-    cli, srv = conn
-    (cip, cport), (sip, sport) = cli.getsockname(), srv.getsockname()
-    live_rules(live, sport)
-    nxt = rcv_nxt(srv)
-    retval, out, _ = send(
-        live, b"older" + b"GET /api" + TAIL, seq=nxt - 5, src=cip, dst=sip, sport=cport, dport=sport
-    )
+    at, nxt, sport = on_conn(live, conn)
+    retval, out, _ = send(live, b"older" + b"GET /api" + TAIL, seq=nxt - 5, **at)
     assert live.resource_stats()[0].blocked == 1
     # no reply can be placed in that stream: the connection is reset, the server's RST at its rcv_nxt
     rst = parse_frame(out)
@@ -264,14 +262,10 @@ def test_new_bytes_after_old_ones_in_one_segment_are_judged(
 def test_an_incomplete_request_line_resets_the_connection_after_the_tries(
     live: InboundDataplane, conn: tuple[socket.socket, socket.socket]
 ) -> None:
-    cli, srv = conn
-    (cip, cport), (sip, sport) = cli.getsockname(), srv.getsockname()
-    live_rules(live, sport)
-    nxt = rcv_nxt(srv)
-    at = {"src": cip, "dst": sip, "sport": cport, "dport": sport, "seq": nxt}
-    verdicts = [send(live, b"GET /ap", **at)[0] for _ in range(6)]  # type: ignore[arg-type]
+    at, nxt, sport = on_conn(live, conn)
+    verdicts = [send(live, b"GET /ap", seq=nxt, **at)[0] for _ in range(6)]
     assert verdicts == [TC_ACT_SHOT] * 6
-    retval, out, _ = send(live, b"GET /ap", **at)  # type: ignore[arg-type]
+    retval, out, _ = send(live, b"GET /ap", seq=nxt, **at)
     assert retval == TC_ACT_OK and parse_frame(out).flags & RST  # reset, both ways
     counters = live.port_counters(sport)
     assert (counters["incomplete"], counters["incomplete_reset"]) == (7, 1)

@@ -22,7 +22,7 @@ from .netns import NetnsPair
 from .redisserver import RedisServer, require_redis
 
 pytestmark = pytest.mark.kernel
-LOAD = Path(__file__).with_name("ratedload.py")
+LOAD = Path(__file__).with_name("httpload.py")
 THRESHOLD = 60  # per second, for the whole fleet
 RULES = f"""
 resources:
@@ -50,7 +50,7 @@ class Node:
 
     def load(self, seconds: float, rate: float) -> subprocess.Popen[str]:
         return self.pair.popen(self.pair.client, sys.executable, str(LOAD), self.pair.server_ip, "8080", "/",
-                               str(seconds), str(rate), stdout=subprocess.PIPE, text=True)  # fmt: skip
+                               str(seconds), "1000000", str(rate), stdout=subprocess.PIPE, text=True)  # fmt: skip
 
 
 def pass_rate(node: Node, seconds: float) -> float:
