@@ -11,7 +11,6 @@ import typer
 from sentinel_ebpf.cli import app
 from sentinel_ebpf.cli._common import fail, require_root
 from sentinel_ebpf.cli.etcd_options import EtcdCacert, EtcdCert, EtcdKey
-from sentinel_ebpf.cluster import check_url
 from sentinel_ebpf.daemon import Daemon, DaemonConfig
 from sentinel_ebpf.daemon.control import DEFAULT_SOCKET
 from sentinel_ebpf.daemon.state import DEFAULT_STATE_DIR
@@ -92,6 +91,8 @@ def run(
     if metrics_addr and ":" not in metrics_addr:
         raise fail(f"--metrics-addr must be HOST:PORT, got {metrics_addr!r}", code=2)
     if cluster:
+        from sentinel_ebpf.cluster.store import check_url  # redis only when used
+
         try:
             check_url(cluster)
         except SentinelError as exc:

@@ -15,14 +15,10 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sentinel_ebpf import __version__
 from sentinel_ebpf._types import ResStats
-from sentinel_ebpf.cluster import ClusterClient, RedisLeaseStore
-from sentinel_ebpf.cluster.client import SLOW_MS
-from sentinel_ebpf.cluster.lease import HORIZON_S
-from sentinel_ebpf.cluster.store import redacted
 from sentinel_ebpf.daemon.collector import BlockDeltas, SecondCollector, second_counts
 from sentinel_ebpf.daemon.control import DEFAULT_SOCKET, ControlServer
 from sentinel_ebpf.daemon.demo import DEFAULT_RULES, DemoServer
@@ -52,6 +48,9 @@ from sentinel_ebpf.rules.dump import to_project
 from sentinel_ebpf.sources.base import RulesSource
 from sentinel_ebpf.sources.url import EtcdTls, check_tls, is_etcd_url, parse_etcd_url
 from sentinel_ebpf.stats import ResourceStats, StateChange
+
+if TYPE_CHECKING:
+    from sentinel_ebpf.cluster import ClusterClient
 
 log = logging.getLogger("sentinel_ebpf.daemon")
 STATE_POLL_S = 0.1  # circuit breaker transitions are read this often
@@ -209,6 +208,12 @@ class Daemon:
         self.source.start(self._wake.set)
 
     def _join_cluster(self, url: str) -> None:
+        # redis only when used: every CLI command imports this module
+        from sentinel_ebpf.cluster import ClusterClient, RedisLeaseStore
+        from sentinel_ebpf.cluster.client import SLOW_MS
+        from sentinel_ebpf.cluster.lease import HORIZON_S
+        from sentinel_ebpf.cluster.store import redacted
+
         assert self.dp is not None
         store = RedisLeaseStore(url, self.config.app, SLOW_MS / 1000, round(HORIZON_S * 1000))
         self.cluster = ClusterClient(store, url=url, app=self.config.app, refresh=self._refresh_thresholds)
