@@ -31,6 +31,9 @@ class SentinelLimits(IntEnum):
     SE_HOTSPOT_RULES_PER_RESOURCE = 2
     SE_HOT_PATTERN_MAX = 72
     SE_HOT_VALUE_MAX = 64
+    SE_HOT_VALUE_SCAN = 192
+    SE_VLAN_MAX = 2
+    SE_IPV6_EXT_MAX = 4
     SE_PARAM_PEEK = 512
     SE_HOT_VALUES_MAX = 262144
     SE_BREAKERS_PER_RESOURCE = 2
@@ -115,7 +118,8 @@ class PortCounter(IntEnum):
     PORT_NOT_REQUEST_LINE = 2
     PORT_NO_ROUTE = 3
     PORT_GSO = 4
-    PORT_COUNTER_MAX = 5
+    PORT_FRAGMENT = 5
+    PORT_COUNTER_MAX = 6
 
 
 class DpCounter(IntEnum):
@@ -128,7 +132,9 @@ class DpCounter(IntEnum):
     DP_REPLY_SENT = 4
     DP_RST_SENT = 5
     DP_CONNECT_REFUSED = 6
-    DP_COUNTER_MAX = 7
+    DP_THROTTLE_CONTENDED = 7
+    DP_UNPARSED = 8
+    DP_COUNTER_MAX = 9
 
 
 class HotParam(IntEnum):
@@ -299,11 +305,11 @@ class PortCounts(ctypes.Structure):
 
     _pack_ = 1
     _fields_ = [
-        ("count", (ctypes.c_uint64 * 5)),
+        ("count", (ctypes.c_uint64 * 6)),
     ]
 
 
-assert ctypes.sizeof(PortCounts) == 40
+assert ctypes.sizeof(PortCounts) == 48
 
 
 class HttpRouteKey(ctypes.Structure):
@@ -353,6 +359,8 @@ class HotspotRuleK(ctypes.Structure):
         ("param", ctypes.c_uint8),
         ("pattern_len", ctypes.c_uint8),
         ("pattern", (ctypes.c_uint8 * 72)),
+        ("v6_prefix_len", ctypes.c_uint8),
+        ("_pad", (ctypes.c_uint8 * 7)),
         ("threshold", ctypes.c_uint64),
         ("burst", ctypes.c_uint64),
         ("duration_ms", ctypes.c_uint64),
@@ -360,7 +368,7 @@ class HotspotRuleK(ctypes.Structure):
     ]
 
 
-assert ctypes.sizeof(HotspotRuleK) == 112
+assert ctypes.sizeof(HotspotRuleK) == 120
 
 
 class HotKey(ctypes.Structure):
@@ -509,7 +517,7 @@ class ResConf(ctypes.Structure):
     ]
 
 
-assert ctypes.sizeof(ResConf) == 528
+assert ctypes.sizeof(ResConf) == 544
 
 
 class StatBucket(ctypes.Structure):
@@ -589,10 +597,11 @@ class ResStats(ctypes.Structure):
         ("total_rt_ms", ctypes.c_uint64),
         ("block_by_type", (ctypes.c_uint64 * 6)),
         ("flow_wait", ctypes.c_uint64),
+        ("total_abort", ctypes.c_uint64),
     ]
 
 
-assert ctypes.sizeof(ResStats) == 1224
+assert ctypes.sizeof(ResStats) == 1232
 
 
 class FlowKey(ctypes.Structure):
@@ -623,7 +632,8 @@ class Inflight(ctypes.Structure):
         ("resource", ctypes.c_uint32),
         ("is_http", ctypes.c_uint8),
         ("inbound", ctypes.c_uint8),
-        ("_pad", (ctypes.c_uint8 * 2)),
+        ("client_closed", ctypes.c_uint8),
+        ("_pad", ctypes.c_uint8),
         ("hot", (HotKey * 2)),
     ]
 

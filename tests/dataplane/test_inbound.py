@@ -332,7 +332,7 @@ resources:
 """),
     )
     h.at(0)
-    expected = dict.fromkeys(("tls", "http2", "not_request_line", "no_route", "gso"), 0)
+    expected = dict.fromkeys(("tls", "http2", "not_request_line", "no_route", "gso", "fragment"), 0)
     for payload, counter in (
         (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", "tls"),
         (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "http2"),

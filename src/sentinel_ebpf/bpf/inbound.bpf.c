@@ -292,13 +292,13 @@ __noinline int hot_param_hash(struct __sk_buff *skb, __u32 conf_idx, __u32 rule_
 	}
 	if (!find_param(scan, r))
 		return 0;
-	scan->hash = fnv1a(scan->buf, scan->vstart, scan->vend, r->param == HOT_HEADER);
+	scan->hash = hash_value(scan, r->param == HOT_HEADER);
 	return 1;
 }
 
 /* Hotspot rules of the resource: keys of Concurrency rules' values go to `held` (released on completion). */
 static __always_inline __u32 check_hotspot(const struct res_conf *rc, __u32 conf_idx, struct __sk_buff *skb,
-					   const struct pkt *p, __u64 now_ms, struct hot_key *held)
+					   const struct pkt *p, __u64 now_ns, struct hot_key *held)
 {
 	__u32 zero = 0;
 	bool loaded = false;
@@ -310,7 +310,7 @@ static __always_inline __u32 check_hotspot(const struct res_conf *rc, __u32 conf
 		if (i >= rc->nhot)
 			break;
 		if (r->param == HOT_REMOTE_IP) {
-			k.hash = hash_addr(p->saddr);
+			k.hash = hash_addr(p->saddr, p->family, r->v6_prefix_len);
 		} else {
 			struct param_scan *scan;
 
@@ -324,8 +324,12 @@ static __always_inline __u32 check_hotspot(const struct res_conf *rc, __u32 conf
 				continue;
 			k.hash = scan->hash;
 		}
-		if (hot_check(r, &k, now_ms) == HOT_BLOCK)
+		int v = hot_check(r, &k, now_ns);
+
+		if (v == HOT_BLOCK)
 			return BLOCK_HOTSPOT;
+		if (v == HOT_PASS_CONTENDED)
+			percpu_inc(&dp_counters, DP_THROTTLE_CONTENDED);
 		if (r->metric == 0)
 			held[i] = k;
 	}
@@ -394,7 +398,9 @@ static __always_inline __u32 check_flow_isolation(__u32 res, __u32 idx, struct r
 
 			if (!throttle_admit(&rc->last_passed_ns[i], r, cost_ns, now, &waited))
 				return BLOCK_FLOW;
-			if (waited)
+			if (waited == 2)
+				percpu_inc(&dp_counters, DP_THROTTLE_CONTENDED);
+			else if (waited)
 				__sync_fetch_and_add(&st->flow_wait, 1);
 			continue;
 		}
@@ -428,7 +434,7 @@ static __always_inline __u32 check_resource(__u32 res, __u8 gen, struct res_stat
 	if (v != BLOCK_NONE)
 		return v;
 	if (rc->nhot) {
-		v = check_hotspot(rc, idx, skb, p, now_ms, held);
+		v = check_hotspot(rc, idx, skb, p, now, held);
 		if (v != BLOCK_NONE)
 			return v;
 	}
@@ -582,6 +588,7 @@ __noinline __u32 judge(__u32 res, __u32 gen_flags, struct __sk_buff *skb, const 
 		old->resource = res;
 		old->is_http = is_http;
 		old->inbound = !!in;
+		old->client_closed = 0;
 		__builtin_memcpy(old->hot, entry.hot, sizeof(entry.hot));
 		hold(st, in, entry.hot);
 		return BLOCK_NONE;
@@ -602,6 +609,9 @@ __noinline __u32 judge(__u32 res, __u32 gen_flags, struct __sk_buff *skb, const 
 #define COMPLETE_ERROR 1            /* the request failed (5xx, or no response before the close) */
 #define COMPLETE_END 2              /* the connection ended: its entry goes */
 #define COMPLETE_EGRESS 4           /* the key is in egress_scratch (else ingress_scratch) */
+#define COMPLETE_ABORT 8            /* the client reset the connection: an abort, not an error */
+#define COMPLETE_CLIENT_FIN 16      /* the client sent FIN: its request may still be answered */
+#define COMPLETE_NO_ANSWER 32       /* the server closed without answering (an abort after COMPLETE_CLIENT_FIN) */
 
 /*
  * The in-flight request or connection under the scratch's key (see scratch_key) ended (COMPLETE_* flags
@@ -622,9 +632,14 @@ __noinline int complete(__u32 how)
 	f = bpf_map_lookup_elem(&inflight, key);
 	if (!f)
 		return 0;
+	if ((how & COMPLETE_CLIENT_FIN) && f->active) {
+		/* half-closed: the response (or the server's close) completes the request */
+		f->client_closed = 1;
+		return 0;
+	}
 	if (__sync_val_compare_and_swap(&f->active, 1, 0) != 1) {
 		/* idle already: nothing in flight to complete */
-		if (how & COMPLETE_END) {
+		if (how & (COMPLETE_END | COMPLETE_CLIENT_FIN)) {
 			idle_add(-1);
 			bpf_map_delete_elem(&inflight, key);
 		}
@@ -632,6 +647,18 @@ __noinline int complete(__u32 how)
 	}
 	st = bpf_map_lookup_elem(&res_stats, &f->resource);
 	in = f->inbound ? inbound_node() : NULL;
+	if ((how & COMPLETE_ABORT) || ((how & COMPLETE_NO_ANSWER) && f->client_closed)) {
+		/* the client gave up before the response: not the server's error, breakers never see it */
+		if (st) {
+			__sync_fetch_and_add(&st->total_abort, 1);
+			__sync_fetch_and_add(&st->concurrency, -1);
+		}
+		if (in)
+			__sync_fetch_and_add(&in->concurrency, -1);
+		hot_release(f->hot);
+		bpf_map_delete_elem(&inflight, key);
+		return 0;
+	}
 	now = now_ns();
 	rt_ms = now > f->start_ns ? (now - f->start_ns) / 1000000 : 0;
 	if (st) {
@@ -680,7 +707,10 @@ static __always_inline __u8 parse_method(__u64 w, __u32 *len)
 	return HTTP_METHOD_NONE;
 }
 
-/* A status line at the start of the payload: true for "HTTP/1.", with its status class digit in *hundreds. */
+/*
+ * A final response's status line at the start of the payload: true for "HTTP/1." (interim 1xx responses
+ * other than 101 excluded), with its status class digit in *hundreds.
+ */
 static __always_inline bool status_line(struct __sk_buff *skb, const struct pkt *p, __u8 *hundreds)
 {
 	__u8 buf[12];
@@ -689,6 +719,8 @@ static __always_inline bool status_line(struct __sk_buff *skb, const struct pkt 
 		return false;
 	if (*(__u32 *)buf != W4('H', 'T', 'T', 'P') || buf[4] != '/' || buf[5] != '1' || buf[6] != '.')
 		return false;
+	if (buf[9] == '1' && !(buf[10] == '0' && buf[11] == '1'))
+		return false; /* interim (100 Continue, 103 Early Hints): the final response follows */
 	*hundreds = buf[9];
 	return true;
 }
@@ -907,8 +939,9 @@ int tc_ingress(struct __sk_buff *skb)
 			percpu_inc(&dp_counters, DP_MALFORMED);
 		return TC_ACT_OK;
 	}
-	if (ports->slot[p->sport] & SE_PORT_OUT_HTTP) {
-		/* a response of a server our outbound HTTP resources call */
+	if ((ports->slot[p->sport] & SE_PORT_OUT_HTTP) && !(ports->slot[p->dport] & ~SE_PORT_OUT_HTTP)) {
+		/* a response of a server our outbound HTTP resources call (to a local port nothing protects:
+		 * a client whose source port is such a server's port is still judged) */
 		out_response(skb, p, fk);
 		return TC_ACT_OK;
 	}
@@ -920,9 +953,10 @@ int tc_ingress(struct __sk_buff *skb)
 		return TC_ACT_OK;
 
 	if (p->flags & (TCP_RST | TCP_FIN)) {
-		/* the client ends the connection: its request (if any) and the connection are done */
+		/* the client ends the connection: a reset abandons its request (an abort); after a FIN the
+		 * server may still answer it. The connection is done. */
 		make_key(fk, p, true, FLOW_KIND_REQUEST);
-		complete(COMPLETE_ERROR | COMPLETE_END);
+		complete(p->flags & TCP_RST ? COMPLETE_ABORT | COMPLETE_END : COMPLETE_CLIENT_FIN);
 		make_key(fk, p, true, FLOW_KIND_CONNECTION);
 		complete(COMPLETE_END);
 		return TC_ACT_OK;
@@ -1133,7 +1167,7 @@ int tc_egress(struct __sk_buff *skb)
 	if (parse_tcp(skb, p) != PARSE_OK)
 		return TC_ACT_OK;
 	if (p->payload_len && !(p->flags & (TCP_RST | TCP_FIN | TCP_SYN)) &&
-	    (ports->slot[p->dport] & SE_PORT_OUT_HTTP))
+	    (ports->slot[p->dport] & SE_PORT_OUT_HTTP) && !(ports->slot[p->sport] & ~SE_PORT_OUT_HTTP))
 		return out_request(skb, p, gen, fk);
 	slot = ports->slot[p->sport];
 	if (!slot)
@@ -1144,7 +1178,7 @@ int tc_egress(struct __sk_buff *skb)
 
 	if (p->flags & (TCP_RST | TCP_FIN)) {
 		make_key(fk, p, false, FLOW_KIND_REQUEST);
-		complete(COMPLETE_EGRESS | COMPLETE_ERROR | COMPLETE_END); /* the server closed without answering */
+		complete(COMPLETE_EGRESS | COMPLETE_ERROR | COMPLETE_END | COMPLETE_NO_ANSWER);
 		make_key(fk, p, false, FLOW_KIND_CONNECTION);
 		complete(COMPLETE_EGRESS | COMPLETE_END);
 		return TC_ACT_OK;

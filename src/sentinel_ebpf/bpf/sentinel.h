@@ -31,7 +31,10 @@ enum sentinel_limits {
 	SE_MIN_RT_INIT_MS = 60000,   /* a bucket's min RT before any completion (Sentinel's default) */
 	SE_HOTSPOT_RULES_PER_RESOURCE = 2,
 	SE_HOT_PATTERN_MAX = 72,    /* "\n" + header name + ":" or query name + "=" */
-	SE_HOT_VALUE_MAX = 64,      /* bytes of a parameter value that are hashed */
+	SE_HOT_VALUE_MAX = 64,      /* bytes of a parameter value that are hashed (decoded, OWS trimmed) */
+	SE_HOT_VALUE_SCAN = 192,    /* bytes of a raw value read to find them (3 per %XX-encoded byte) */
+	SE_VLAN_MAX = 2,            /* 802.1Q / 802.1ad tags parsed (QinQ) */
+	SE_IPV6_EXT_MAX = 4,        /* IPv6 extension headers parsed before the TCP header */
 	SE_PARAM_PEEK = 512,        /* bytes of a request searched for a header or query parameter */
 	SE_HOT_VALUES_MAX = 262144, /* default size of the per-value LRU shared by all hotspot rules (set at load) */
 	SE_BREAKERS_PER_RESOURCE = 2,
@@ -106,7 +109,8 @@ enum port_counter {
 	PORT_NOT_REQUEST_LINE = 2,  /* payload that does not start a request (bodies, split request lines) */
 	PORT_NO_ROUTE = 3,          /* request line that matches no resource on this port */
 	PORT_GSO = 4,               /* GRO/GSO-merged segment: too risky to answer in the kernel */
-	PORT_COUNTER_MAX = 5,
+	PORT_FRAGMENT = 5,          /* first IP fragment of a TCP segment: ports readable, not reassembled */
+	PORT_COUNTER_MAX = 6,
 };
 
 /* Global data-plane counters (per-CPU array `dp_counters`). */
@@ -118,7 +122,10 @@ enum dp_counter {
 	DP_REPLY_SENT = 4,
 	DP_RST_SENT = 5,
 	DP_CONNECT_REFUSED = 6,     /* outbound connect() failed fast by a rule */
-	DP_COUNTER_MAX = 7,
+	DP_THROTTLE_CONTENDED = 7,  /* throttling: compare-and-swap lost 4 times in a row, request passed */
+	DP_UNPARSED = 8,            /* IP traffic whose TCP ports cannot be read: later fragments, header
+				     * chains past the bound (VLAN tags, IPv6 extension headers): passed */
+	DP_COUNTER_MAX = 9,
 };
 
 /*
@@ -201,7 +208,7 @@ struct flow_rule_k {
 enum hot_param {
 	HOT_REMOTE_IP = 0,          /* the client address (16 bytes; IPv4 in the first 4) */
 	HOT_HEADER = 1,             /* an HTTP header's value, name matched case-insensitively */
-	HOT_QUERY = 2,              /* a query parameter's raw (not URL-decoded) value */
+	HOT_QUERY = 2,              /* a query parameter's value; name and value %XX-decoded */
 };
 
 struct hotspot_rule_k {
@@ -211,6 +218,8 @@ struct hotspot_rule_k {
 	__u8 param;                 /* enum hot_param */
 	__u8 pattern_len;
 	__u8 pattern[SE_HOT_PATTERN_MAX];
+	__u8 v6_prefix_len;         /* remote_ip: IPv6 clients are keyed by this prefix of their address */
+	__u8 _pad[7];
 	__u64 threshold;
 	__u64 burst;
 	__u64 duration_ms;
@@ -372,6 +381,7 @@ struct res_stats {
 	__u64 total_rt_ms;
 	__u64 block_by_type[BLOCK_TYPE_MAX];
 	__u64 flow_wait;            /* admitted into the throttling virtual queue with a wait > 0 */
+	__u64 total_abort;          /* requests the client abandoned (RST, or FIN and no response): not errors */
 };
 
 enum flow_kind {
@@ -404,7 +414,8 @@ struct inflight {
 	__u32 resource;
 	__u8 is_http;
 	__u8 inbound;               /* counted in the inbound node (system rules were in force at its start) */
-	__u8 _pad[2];
+	__u8 client_closed;         /* the client sent FIN with the request in flight: no response is an abort */
+	__u8 _pad;
 	struct hot_key hot[SE_HOTSPOT_RULES_PER_RESOURCE]; /* concurrency hotspot values to release (uid 0: none) */
 };
 

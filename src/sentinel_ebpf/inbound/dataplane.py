@@ -311,7 +311,7 @@ class InboundDataplane:
         for i, h in enumerate(r.hot):
             rc.hot[i] = HotspotRuleK(
                 uid=h.uid, metric=h.metric, behavior=h.behavior, param=h.param, pattern_len=len(h.pattern),
-                threshold=h.threshold, burst=h.burst, duration_ms=h.duration_ms, max_queue_ms=h.max_queue_ms,
+                v6_prefix_len=h.v6_prefix_len, threshold=h.threshold, burst=h.burst, duration_ms=h.duration_ms, max_queue_ms=h.max_queue_ms,
             )  # fmt: skip
             ctypes.memmove(rc.hot[i].pattern, h.pattern, len(h.pattern))
         for i, f in enumerate(r.flow):
@@ -558,7 +558,7 @@ class InboundDataplane:
             out.append(ResourceStats(
                 name=r.name, passed=st.total_pass, blocked=st.total_block, complete=st.total_complete,
                 error=st.total_error, concurrency=max(0, st.concurrency), rt_sum_ms=float(st.total_rt_ms),
-                block_by_type=by_type, flow_wait_total=st.flow_wait,
+                block_by_type=by_type, flow_wait_total=st.flow_wait, abort=st.total_abort,
                 circuit_breakers=breakers.get(r.name, ()),
                 flow_threshold=(r.flow[0].threshold_milli / 1000 if r.flow else None),
             ))  # fmt: skip

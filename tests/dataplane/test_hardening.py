@@ -1,0 +1,238 @@
+"""Hostile and unusual traffic must not disable, evade or poison enforcement (issue 17, kernel side).
+
+Completion that clients control (interim responses, client aborts), throttling arithmetic, hotspot value
+normalisation, and direction by local port, through BPF_PROG_TEST_RUN on the test clock.
+"""
+
+from __future__ import annotations
+
+import pytest
+from packets import ACK, FIN, PSH, RST, SYN, TC_ACT_OK, http_request, http_response, tcp_frame
+from test_inbound import CLIENT, SERVER, T0_MS, Harness, rules
+
+from sentinel_ebpf.inbound import InboundDataplane
+from sentinel_ebpf.stats import ResourceStats
+
+pytestmark = pytest.mark.kernel
+
+ISOLATED = """
+resources:
+  - {name: api, match: {protocol: http, port: 8080, path: /}}
+isolationRules:
+  - {resource: api, threshold: 1}
+circuitBreakerRules:
+  - {id: errors, resource: api, strategy: 2, retryTimeoutMs: 5000, minRequestAmount: 1, statIntervalMs: 1000,
+     threshold: 1}
+"""
+
+
+STEP_NS = 50_000  # arrivals every 50 us
+ARRIVALS = 20_000
+
+
+def at_ns(h: Harness, ns: int) -> None:
+    """Harness.at in exact nanoseconds (a float of ms since the epoch has a 256 ns grain)."""
+    h.clock.set_ns(T0_MS * 1_000_000 + ns)
+    h.dp.set_clock_ns(h.clock.now_ns())
+
+
+def stats(dp: InboundDataplane, name: str) -> ResourceStats:
+    return next(st for st in dp.resource_stats() if st.name == name)
+
+
+def respond(h: Harness, sport: int, payload: bytes, flags: int = PSH | ACK) -> None:
+    reply = tcp_frame(SERVER, CLIENT, 8080, sport, flags=flags, payload=payload)
+    assert h.egress.test_run(reply).retval == TC_ACT_OK
+
+
+def client_segment(h: Harness, sport: int, flags: int) -> None:
+    assert h.ingress.test_run(tcp_frame(CLIENT, SERVER, sport, 8080, flags=flags)).retval == TC_ACT_OK
+
+
+def test_interim_responses_do_not_complete_a_request(dp: InboundDataplane) -> None:
+    """`Expect: 100-continue` must not free the client's slot nor hide the final status."""
+    h = Harness(dp, rules(ISOLATED))
+    h.at(0)
+    assert h.request("POST", "/upload", sport=30001)
+    for interim in (b"HTTP/1.1 100 Continue\r\n\r\n", b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"):
+        respond(h, 30001, interim)
+        st = dp.resource_stats()[0]
+        assert (st.complete, st.concurrency) == (0, 1), interim
+        assert not h.request("POST", "/upload", sport=30002), "still one in flight: isolation"
+    h.at(40)
+    respond(h, 30001, http_response(503))
+    st = dp.resource_stats()[0]
+    assert (st.complete, st.error, st.concurrency, st.rt_sum_ms) == (1, 1, 0, 40.0)
+
+
+def test_interim_response_does_not_complete_an_outbound_request(dp: InboundDataplane) -> None:
+    h = Harness(
+        dp,
+        rules("""
+resources:
+  - {name: backend, match: {direction: outbound, protocol: http, host: 10.9.9.9/32, port: 8000, path: /}}
+"""),
+    )
+    h.at(0)
+    local, remote = "10.9.9.1", "10.9.9.9"
+    request = tcp_frame(local, remote, 45000, 8000, flags=PSH | ACK, payload=http_request("POST", "/x"))
+    assert h.egress.test_run(request).retval == TC_ACT_OK
+    interim = tcp_frame(remote, local, 8000, 45000, flags=PSH | ACK, payload=b"HTTP/1.1 100 Continue\r\n\r\n")
+    assert h.ingress.test_run(interim).retval == TC_ACT_OK
+    assert (dp.resource_stats()[0].complete, dp.resource_stats()[0].concurrency) == (0, 1)
+    h.at(25)
+    final = tcp_frame(remote, local, 8000, 45000, flags=PSH | ACK, payload=http_response(200))
+    assert h.ingress.test_run(final).retval == TC_ACT_OK
+    st = dp.resource_stats()[0]
+    assert (st.complete, st.error, st.concurrency, st.rt_sum_ms) == (1, 0, 0, 25.0)
+
+
+def test_switching_protocols_completes_the_request(dp: InboundDataplane) -> None:
+    h = Harness(dp, rules(ISOLATED))
+    h.at(0)
+    assert h.request("GET", "/ws", sport=30001)
+    respond(h, 30001, b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n")
+    st = dp.resource_stats()[0]
+    assert (st.complete, st.error, st.concurrency) == (1, 0, 0)
+
+
+def test_client_reset_is_an_abort_not_an_error(dp: InboundDataplane) -> None:
+    """Any client could open an error-count breaker for everyone by resetting its own requests."""
+    h = Harness(dp, rules(ISOLATED))
+    for i in range(3):
+        h.at(i * 10)
+        sport = 30001 + i
+        assert h.request("GET", "/a", sport=sport)
+        client_segment(h, sport, RST | ACK)
+    st = dp.resource_stats()[0]
+    assert (st.passed, st.complete, st.error, st.abort, st.concurrency) == (3, 0, 0, 3, 0)
+    assert [b.state for b in st.circuit_breakers] == ["closed"]
+    assert h.request("GET", "/a", sport=30010), "the slot came back and no breaker opened"
+
+
+def test_client_fin_then_server_close_is_an_abort(dp: InboundDataplane) -> None:
+    h = Harness(dp, rules(ISOLATED))
+    h.at(0)
+    assert h.request("GET", "/a", sport=30001)
+    client_segment(h, 30001, FIN | ACK)
+    assert dp.resource_stats()[0].concurrency == 1, "half-closed: the server may still answer"
+    respond(h, 30001, b"", flags=FIN | ACK)  # the server saw EOF and closed without answering
+    st = dp.resource_stats()[0]
+    assert (st.complete, st.error, st.abort, st.concurrency) == (0, 0, 1, 0)
+    assert [b.state for b in st.circuit_breakers] == ["closed"]
+
+
+def test_client_fin_then_response_completes(dp: InboundDataplane) -> None:
+    """A client that half-closes after its request (shutdown(SHUT_WR)) still gets its response counted."""
+    h = Harness(dp, rules(ISOLATED))
+    h.at(0)
+    assert h.request("GET", "/a", sport=30001)
+    client_segment(h, 30001, FIN | ACK)
+    h.at(15)
+    respond(h, 30001, http_response(500))
+    st = dp.resource_stats()[0]
+    assert (st.complete, st.error, st.abort, st.concurrency, st.rt_sum_ms) == (1, 1, 0, 0, 15.0)
+    respond(h, 30001, b"", flags=FIN | ACK)
+    assert dp.resource_stats()[0].abort == 0
+    assert [(k, v) for k, v in dp.obj.map("inflight").items()] == [], "the connection's entry is gone"
+
+
+def test_server_close_without_answer_is_still_an_error(dp: InboundDataplane) -> None:
+    h = Harness(dp, rules(ISOLATED))
+    h.at(0)
+    assert h.request("GET", "/a", sport=30001)
+    respond(h, 30001, b"", flags=RST | ACK)
+    st = dp.resource_stats()[0]
+    assert (st.complete, st.error, st.abort) == (1, 1, 0)
+
+
+@pytest.mark.parametrize("rate_per_s", [600, 1500, 5000])
+def test_flow_throttling_at_high_rates_matches_the_model(dp: InboundDataplane, rate_per_s: int) -> None:
+    """Costs are nanoseconds: dense arrivals for one second admit the limit, not more, not less."""
+    h = Harness(
+        dp,
+        rules(f"""
+resources:
+  - {{name: t, match: {{protocol: tcp, port: 8080}}}}
+flowRules:
+  - {{resource: t, threshold: {rate_per_s}, controlBehavior: 1, maxQueueingTimeMs: 0}}
+"""),
+    )
+    passed = 0
+    for i in range(ARRIVALS):  # one second, far denser than the limit
+        at_ns(h, i * STEP_NS)
+        kernel = h.syn() == TC_ACT_OK
+        assert kernel == h.model.entry("t").passed, f"arrival {i}"
+        passed += kernel
+    # never above the limit; below it only by the arrivals' 50 us grid (a pass waits for the next arrival)
+    assert rate_per_s * 0.95 <= passed <= rate_per_s + 1
+
+
+@pytest.mark.parametrize("rate_per_s", [600, 1500, 5000])
+def test_hotspot_throttling_at_high_rates_matches_the_model(dp: InboundDataplane, rate_per_s: int) -> None:
+    """A cost in whole milliseconds admitted 1,000/s for a limit of 600/s and had no limit above 1,000/s."""
+    h = Harness(
+        dp,
+        rules(f"""
+resources:
+  - {{name: api, match: {{protocol: http, port: 8080, path: /}}}}
+hotSpotParamRules:
+  - {{resource: api, paramKey: remote_ip, metricType: 1, controlBehavior: 1, threshold: {rate_per_s},
+     durationInSec: 1, maxQueueingTimeMs: 0}}
+"""),
+    )
+    passed = 0
+    for i in range(ARRIVALS):
+        at_ns(h, i * STEP_NS)
+        kernel = h.request("GET", "/x", sport=20000 + i % 40000)
+        entry = h.model.entry("api", param={"remote_ip": CLIENT})
+        assert kernel == entry.passed, f"arrival {i}"
+        if entry.passed:
+            entry.exit()
+            respond(h, 20000 + i % 40000, http_response(200))
+        passed += kernel
+    # never above the limit; below it only by the arrivals' 50 us grid (a pass waits for the next arrival)
+    assert rate_per_s * 0.95 <= passed <= rate_per_s + 1
+
+
+def test_a_client_whose_source_port_is_an_outbound_http_port_is_judged(dp: InboundDataplane) -> None:
+    """Direction by the local port: a client connecting from port 8000 (the port of an outbound HTTP
+    resource's server) to a protected local port is inbound traffic."""
+    h = Harness(
+        dp,
+        rules("""
+resources:
+  - {name: api, match: {protocol: http, port: 8080, path: /}}
+  - {name: backend, match: {direction: outbound, protocol: http, host: 10.9.9.9/32, port: 8000, path: /}}
+flowRules:
+  - {resource: api, threshold: 1}
+"""),
+    )
+    h.at(0)
+    assert h.request("GET", "/a", sport=8000)
+    assert not h.request("GET", "/a", sport=8000), "the second request in the second is blocked"
+    h.at(10)
+    respond(h, 8000, http_response(200))
+    api = stats(dp, "api")
+    assert (api.passed, api.blocked, api.complete) == (1, 1, 1)
+
+
+def test_syn_from_an_outbound_http_port_counts(dp: InboundDataplane) -> None:
+    h = Harness(
+        dp,
+        rules("""
+resources:
+  - {name: conns, match: {protocol: tcp, port: 8080}}
+  - {name: backend, match: {direction: outbound, protocol: http, host: 10.9.9.9/32, port: 8000, path: /}}
+flowRules:
+  - {resource: conns, threshold: 1}
+"""),
+    )
+    h.at(0)
+    verdicts = [
+        h.ingress.test_run(tcp_frame(client, SERVER, 8000, 8080, flags=SYN, seq=5, ack=0)).retval
+        for client in ("127.0.0.2", "127.0.0.3")
+    ]
+    assert verdicts[0] == TC_ACT_OK and verdicts[1] != TC_ACT_OK
+    st = stats(dp, "conns")
+    assert (st.passed, st.blocked) == (1, 1)
