@@ -236,3 +236,111 @@ flowRules:
     assert verdicts[0] == TC_ACT_OK and verdicts[1] != TC_ACT_OK
     st = stats(dp, "conns")
     assert (st.passed, st.blocked) == (1, 1)
+
+
+HOT = """
+resources:
+  - {name: api, match: {protocol: http, port: 8080, path: /}}
+  - {name: conns, match: {protocol: tcp, port: 9090}}
+hotSpotParamRules:
+"""
+
+
+def raw_request(h: Harness, head: str, client: str = CLIENT) -> bool:
+    """True when the request (request line and headers, as written) went on to the server unchanged."""
+    h.sport += 1
+    frame = tcp_frame(client, SERVER, h.sport, 8080, flags=PSH | ACK, payload=(head + "\r\n\r\n").encode())
+    res = h.ingress.test_run(frame)
+    return res.retval == TC_ACT_OK and res.data_out == frame
+
+
+def test_a_specific_item_matches_at_the_64_byte_boundary(dp: InboundDataplane) -> None:
+    """User space and the kernel hash the same 64 bytes: a longer value is its first 64 (the kernel
+    once hashed up to 72, so values of 65..72 bytes never met a 64-byte item)."""
+    item = "k" * 63 + "Z"
+    h = Harness(
+        dp,
+        rules(
+            HOT
+            + "  - {resource: api, paramKey: 'header:X-Key', metricType: 1, threshold: 0, durationInSec: 1,"
+            f" specificItems: [{{valKind: 1, valStr: {item}, threshold: 1000}}]}}\n"
+        ),
+    )
+    h.at(0)
+    assert raw_request(h, f"GET / HTTP/1.1\r\nX-Key: {item}")
+    assert raw_request(h, f"GET / HTTP/1.1\r\nX-Key: {item}more"), "65+ bytes: the first 64 are the item's"
+    assert not raw_request(h, f"GET / HTTP/1.1\r\nX-Key: {'k' * 63}Y"), "another 64-byte value: threshold 0"
+    assert not raw_request(h, f"GET / HTTP/1.1\r\nX-Key: {item[:63]}"), "63 bytes of it: not the item"
+
+
+def test_header_whitespace_does_not_make_new_buckets(dp: InboundDataplane) -> None:
+    h = Harness(
+        dp,
+        rules(
+            HOT
+            + "  - {resource: api, paramKey: 'header:X-User', metricType: 1, threshold: 2, durationInSec: 1}\n"
+        ),
+    )
+    h.at(0)
+    assert raw_request(h, "GET / HTTP/1.1\r\nX-User: alice")
+    assert raw_request(h, "GET / HTTP/1.1\r\nx-user:\talice \t ")
+    assert not raw_request(h, "GET / HTTP/1.1\r\nX-USER:   alice   "), "one value, one bucket"
+    assert raw_request(h, "GET / HTTP/1.1\r\nX-User: al ice"), "whitespace inside a value is kept"
+
+
+def test_percent_encoded_query_names_and_values_share_a_bucket(dp: InboundDataplane) -> None:
+    h = Harness(
+        dp,
+        rules(
+            HOT
+            + "  - {resource: api, paramKey: 'query:tenant', metricType: 1, threshold: 3, durationInSec: 1}\n"
+        ),
+    )
+    h.at(0)
+    assert raw_request(h, "GET /q?tenant=acme HTTP/1.1")
+    assert raw_request(h, "GET /q?x=1&tenant=ac%6De HTTP/1.1")
+    assert raw_request(h, "GET /q?%74en%61nt=%61cme&y=2 HTTP/1.1")
+    assert not raw_request(h, "GET /q?%74ENANT=x&tenant=a%63me HTTP/1.1"), "the fourth acme in the second"
+    assert raw_request(h, "GET /q?tenant=acme%26x HTTP/1.1"), "%26 is a byte of the value, not a delimiter"
+    assert raw_request(h, "GET /q?tenant%3Dacme=1 HTTP/1.1"), "%3D is a byte of the name: no tenant here"
+
+
+def _ipv6_syns(h: Harness, clients: list[str]) -> list[bool]:
+    out = []
+    for i, client in enumerate(clients):
+        frame = tcp_frame(client, "2001:db8:ffff::1", 41000 + i, 9090, flags=SYN, seq=1, ack=0)
+        out.append(h.ingress.test_run(frame).retval == TC_ACT_OK)
+    return out
+
+
+@pytest.mark.parametrize(("prefix", "expect"), [("", [True, True, False, True]), (128, [True] * 4)])
+def test_ipv6_clients_are_keyed_by_a_prefix(
+    dp: InboundDataplane, prefix: int | str, expect: list[bool]
+) -> None:
+    """Per /128, one client with a /64 has 2**64 addresses, each a fresh bucket: the default is /64."""
+    field = f", ipv6PrefixLen: {prefix}" if prefix else ""
+    h = Harness(
+        dp,
+        rules(
+            HOT + "  - {resource: conns, paramKey: remote_ip, metricType: 1, threshold: 2, durationInSec: 1"
+            f"{field}}}\n"
+        ),
+    )
+    h.at(0)
+    clients = ["2001:db8:1:2::1", "2001:db8:1:2::2", "2001:db8:1:2:ffff::3", "2001:db8:1:3::1"]
+    assert _ipv6_syns(h, clients) == expect
+    assert [h.model.entry("conns", param={"remote_ip": c}).passed for c in clients] == expect, (
+        "the model agrees"
+    )
+
+
+def test_ipv6_specific_item_is_keyed_by_the_prefix(dp: InboundDataplane) -> None:
+    h = Harness(
+        dp,
+        rules(
+            HOT + "  - {resource: conns, paramKey: remote_ip, metricType: 1, threshold: 0, durationInSec: 1,"
+            " ipv6PrefixLen: 48, specificItems: [{valKind: 1, valStr: '2001:db8:7::1', threshold: 100}]}\n"
+        ),
+    )
+    h.at(0)
+    assert _ipv6_syns(h, ["2001:db8:7:1::5", "2001:db8:8::1"]) == [True, False]

@@ -46,6 +46,8 @@ struct param_scan {
 	__u32 prev;
 	__u32 pct;                  /* query names: 1 after '%', 2 after its first hex digit */
 	__u32 pct_hi;
+	__u32 hashed;               /* hash_value: bytes hashed */
+	__u32 skip;                 /* hash_value: hex digits of an escape already hashed */
 	__u64 hash;
 };
 
@@ -172,12 +174,10 @@ static __always_inline bool is_ows(__u8 c)
 }
 
 /* One step of trimming a header value's optional whitespace, at either end (a bpf_loop callback). */
+/* The state lives in the map value (s), not on the stack, so the verifier does not follow its values. */
 struct hash_ctx {
 	struct param_scan *s;
 	__u32 query;
-	__u32 skip;                 /* hex digits of an escape already hashed */
-	__u32 n;                    /* bytes hashed */
-	__u64 h;
 };
 
 static long trim_step(__u32 i, struct hash_ctx *ctx)
@@ -205,10 +205,10 @@ static long hash_step(__u32 i, struct hash_ctx *ctx)
 	__u32 j = s->vstart + i, end = s->vend;
 	__u8 c;
 
-	if (j >= end || end > SE_PARAM_PEEK || ctx->n >= SE_HOT_VALUE_MAX)
+	if (j >= end || end > SE_PARAM_PEEK || s->hashed >= SE_HOT_VALUE_MAX)
 		return 1;
-	if (ctx->skip) {
-		ctx->skip--;
+	if (s->skip) {
+		s->skip--;
 		return 0;
 	}
 	c = buf_at(s, j);
@@ -217,11 +217,11 @@ static long hash_step(__u32 i, struct hash_ctx *ctx)
 
 		if (hi >= 0 && lo >= 0) {
 			c = hi << 4 | lo;
-			ctx->skip = 2;
+			s->skip = 2;
 		}
 	}
-	ctx->h = (ctx->h ^ c) * FNV_PRIME;
-	ctx->n++;
+	s->hash = (s->hash ^ c) * FNV_PRIME;
+	s->hashed++;
 	return 0;
 }
 
@@ -231,12 +231,15 @@ static long hash_step(__u32 i, struct hash_ctx *ctx)
  */
 static __always_inline __u64 hash_value(struct param_scan *s, bool header)
 {
-	struct hash_ctx ctx = { .s = s, .query = !header, .h = FNV_OFFSET };
+	struct hash_ctx ctx = { .s = s, .query = !header };
 
+	s->hash = FNV_OFFSET;
+	s->hashed = 0;
+	s->skip = 0;
 	if (header)
 		bpf_loop(SE_PARAM_PEEK, trim_step, &ctx, 0);
 	bpf_loop(SE_HOT_VALUE_SCAN, hash_step, &ctx, 0);
-	return ctx.h;
+	return s->hash;
 }
 
 /* FNV-1a of a client address; an IPv6 one keyed by its first `v6_prefix_len` bits (an IPv4 one whole). */

@@ -693,3 +693,22 @@ def test_document_level_problems(text: str, reason: str) -> None:
     with pytest.raises(RulesError) as info:
         load_text(text, "d.yaml")
     assert any(reason in p.reason for p in info.value.problems), info.value.problems
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        (
+            "{resource: api, paramKey: 'header:X-Id', threshold: 1, ipv6PrefixLen: 64}",
+            "ipv6PrefixLen applies to paramKey remote_ip only",
+        ),
+        (
+            "{resource: api, paramKey: remote_ip, threshold: 1, ipv6PrefixLen: 129}",
+            "ipv6PrefixLen: must be <= 128",
+        ),
+    ],
+)
+def test_ipv6_prefix_len_is_validated(rule: str, message: str) -> None:
+    text = f"resources:\n  - {{name: api, match: {{protocol: http, port: 8080, path: /}}}}\nhotSpotParamRules:\n  - {rule}\n"
+    with pytest.raises(RulesError, match=message):
+        load_text(text, "hot.yaml")
