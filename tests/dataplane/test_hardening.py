@@ -6,8 +6,10 @@ normalisation, and direction by local port, through BPF_PROG_TEST_RUN on the tes
 
 from __future__ import annotations
 
+import struct
+
 import pytest
-from packets import ACK, FIN, PSH, RST, SYN, TC_ACT_OK, http_request, http_response, tcp_frame
+from packets import ACK, FIN, PSH, RST, SYN, TC_ACT_OK, TC_ACT_SHOT, http_request, http_response, tcp_frame
 from test_inbound import CLIENT, SERVER, T0_MS, Harness, rules
 
 from sentinel_ebpf.inbound import InboundDataplane
@@ -344,3 +346,134 @@ def test_ipv6_specific_item_is_keyed_by_the_prefix(dp: InboundDataplane) -> None
     )
     h.at(0)
     assert _ipv6_syns(h, ["2001:db8:7:1::5", "2001:db8:8::1"]) == [True, False]
+
+
+def vlan(frame: bytes, *tags: tuple[int, int]) -> bytes:
+    """The frame with 802.1Q/802.1ad tags (TPID, VLAN id), outermost first, after the MAC addresses."""
+    inserted = b"".join(struct.pack("!HH", tpid, vid) for tpid, vid in tags)
+    return frame[:12] + inserted + frame[12:]
+
+
+def ipv6_with_ext(frame: bytes, headers: list[tuple[int, bytes]]) -> bytes:
+    """An IPv6 frame from tcp_frame with extension headers (protocol number, body) before its TCP header.
+    Each body is padded to the header's length unit (AH: 4 bytes, others 8)."""
+    eth, ip6, tcp = frame[:14], bytearray(frame[14:54]), frame[54:]
+    chain = b""
+    protos = [proto for proto, _ in headers] + [6]
+    for i, (proto, body) in enumerate(headers):
+        if proto == 44:
+            chain += bytes([protos[i + 1], 0]) + body
+        elif proto == 51:
+            raw = bytes([protos[i + 1], 0]) + body
+            raw += b"\0" * (-len(raw) % 4)
+            chain += bytes([protos[i + 1], len(raw) // 4 - 2]) + raw[2:]
+        else:
+            raw = bytes([protos[i + 1], 0]) + body
+            raw += b"\0" * (-len(raw) % 8)
+            chain += bytes([protos[i + 1], len(raw) // 8 - 1]) + raw[2:]
+    ip6[6] = protos[0]
+    ip6[4:6] = struct.pack("!H", len(chain) + len(tcp))
+    return eth + bytes(ip6) + chain + tcp
+
+
+def ipv4_fragment(frame: bytes, offset_units: int, more: bool) -> bytes:
+    ip = bytearray(frame[14:34])
+    ip[6:8] = struct.pack("!H", (0x2000 if more else 0) | offset_units)
+    return frame[:14] + bytes(ip) + frame[34:]
+
+
+CONNS_LIMITED = """
+resources:
+  - {name: conns, match: {protocol: tcp, port: 8080}}
+flowRules:
+  - {resource: conns, threshold: 2}
+"""
+
+
+def _syns(h: Harness, frames: list[bytes]) -> list[int]:
+    return [h.ingress.test_run(f).retval for f in frames]
+
+
+@pytest.mark.parametrize("tags", [((0x8100, 7),), ((0x88A8, 100), (0x8100, 7))], ids=["802.1Q", "QinQ"])
+def test_vlan_tagged_syns_are_judged(dp: InboundDataplane, tags: tuple[tuple[int, int], ...]) -> None:
+    h = Harness(dp, rules(CONNS_LIMITED))
+    h.at(0)
+    frames = [
+        vlan(tcp_frame(CLIENT, SERVER, 41000 + i, 8080, flags=SYN, seq=1, ack=0), *tags) for i in range(3)
+    ]
+    verdicts = _syns(h, frames)
+    assert verdicts[:2] == [TC_ACT_OK, TC_ACT_OK] and verdicts[2] != TC_ACT_OK
+    st = stats(dp, "conns")
+    assert (st.passed, st.blocked) == (2, 1)
+    out = h.ingress.test_run(frames[2]).data_out  # the RST keeps the tags; its TCP header sits after them
+    tcp_at = 14 + 4 * len(tags) + 20
+    assert out[12 : 12 + 4 * len(tags)] == frames[2][12 : 12 + 4 * len(tags)]
+    assert out[tcp_at + 13] & RST and struct.unpack("!H", out[tcp_at : tcp_at + 2])[0] == 8080
+
+
+def test_three_vlan_tags_are_counted_not_judged(dp: InboundDataplane) -> None:
+    h = Harness(dp, rules(CONNS_LIMITED))
+    h.at(0)
+    tags = ((0x88A8, 1), (0x8100, 2), (0x8100, 3))
+    frames = [
+        vlan(tcp_frame(CLIENT, SERVER, 41000 + i, 8080, flags=SYN, seq=1, ack=0), *tags) for i in range(3)
+    ]
+    assert _syns(h, frames) == [TC_ACT_OK] * 3
+    assert dp.counters()["unparsed"] == 3
+    assert stats(dp, "conns").passed == 0
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [(0, b"\x01\x04\0\0\0\0")],  # hop-by-hop (PadN)
+        [
+            (0, b""),
+            (60, b""),
+            (43, b"\0\0\0\0\0\0"),
+        ],  # hop-by-hop, destination options, routing (type 0, 0 left)
+        [(51, b"\0\0" + b"\0" * 12)],  # AH
+    ],
+    ids=["hop-by-hop", "chain-of-3", "ah"],
+)
+def test_ipv6_extension_headers_are_walked(dp: InboundDataplane, headers: list[tuple[int, bytes]]) -> None:
+    h = Harness(dp, rules(CONNS_LIMITED))
+    h.at(0)
+    frames = [
+        ipv6_with_ext(
+            tcp_frame("2001:db8::2", "2001:db8::1", 41000 + i, 8080, flags=SYN, seq=1, ack=0), headers
+        )
+        for i in range(3)
+    ]
+    verdicts = _syns(h, frames)
+    assert verdicts[:2] == [TC_ACT_OK, TC_ACT_OK]
+    assert verdicts[2] == TC_ACT_SHOT, "blocked: dropped (a reply would carry the extension headers back)"
+    st = stats(dp, "conns")
+    assert (st.passed, st.blocked) == (2, 1)
+
+
+def test_ipv6_chains_past_the_bound_are_counted(dp: InboundDataplane) -> None:
+    h = Harness(dp, rules(CONNS_LIMITED))
+    h.at(0)
+    frame = ipv6_with_ext(
+        tcp_frame("2001:db8::2", "2001:db8::1", 41000, 8080, flags=SYN, seq=1, ack=0), [(60, b"")] * 5
+    )
+    assert _syns(h, [frame]) == [TC_ACT_OK]
+    assert dp.counters()["unparsed"] == 1 and stats(dp, "conns").passed == 0
+
+
+def test_fragments_are_counted_per_port(dp: InboundDataplane) -> None:
+    h = Harness(dp, rules(CONNS_LIMITED))
+    h.at(0)
+    syn4 = tcp_frame(CLIENT, SERVER, 41000, 8080, flags=SYN, seq=1, ack=0)
+    syn6 = tcp_frame("2001:db8::2", "2001:db8::1", 41000, 8080, flags=SYN, seq=1, ack=0)
+    frames = [
+        ipv4_fragment(syn4, 0, more=True),  # first fragment: its ports are readable
+        ipv4_fragment(syn4, 3, more=False),  # a later one: no TCP header
+        ipv6_with_ext(syn6, [(44, b"\x00\x01" + b"\0\0\0\x07")]),  # first (offset 0, M)
+        ipv6_with_ext(syn6, [(44, b"\x00\x18" + b"\0\0\0\x07")]),  # offset 3 units
+    ]
+    assert _syns(h, frames) == [TC_ACT_OK] * 4
+    assert dp.port_counters(8080)["fragment"] == 2
+    assert dp.counters()["unparsed"] == 2
+    assert stats(dp, "conns").passed == 0

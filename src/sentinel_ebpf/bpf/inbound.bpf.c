@@ -760,8 +760,8 @@ __noinline int reject(struct __sk_buff *skb, const struct pkt *p, __u32 how)
 	if (!skb || !p)
 		return TC_ACT_OK;
 
-	if (mode == REJECT_DROP)
-		return TC_ACT_SHOT;
+	if (mode == REJECT_DROP || (p->family == 6 && p->l4_off != p->l3_off + 40))
+		return TC_ACT_SHOT; /* a reply would carry IPv6 extension headers (a routing header!) back: drop */
 	if (syn) {
 		/* RST|ACK for the SYN: seq 0, ack = ISN + 1; the SYN never reaches the server */
 		if (rewrite_to_rst(skb, p, 0, p->seq + 1, true))
@@ -937,6 +937,10 @@ int tc_ingress(struct __sk_buff *skb)
 	if (r != PARSE_OK) {
 		if (r == PARSE_MALFORMED)
 			percpu_inc(&dp_counters, DP_MALFORMED);
+		else if (r == PARSE_FRAGMENT && p->dport && ports->slot[p->dport])
+			port_count(bpf_ntohs(p->dport), PORT_FRAGMENT);
+		else if (r == PARSE_FRAGMENT || r == PARSE_UNPARSED)
+			percpu_inc(&dp_counters, DP_UNPARSED);
 		return TC_ACT_OK;
 	}
 	if ((ports->slot[p->sport] & SE_PORT_OUT_HTTP) && !(ports->slot[p->dport] & ~SE_PORT_OUT_HTTP)) {
