@@ -134,7 +134,8 @@ class DpCounter(IntEnum):
     DP_CONNECT_REFUSED = 6
     DP_THROTTLE_CONTENDED = 7
     DP_UNPARSED = 8
-    DP_COUNTER_MAX = 9
+    DP_CONCURRENCY_REPAIRED = 9
+    DP_COUNTER_MAX = 10
 
 
 class HotParam(IntEnum):
@@ -184,6 +185,13 @@ class FlowKind(IntEnum):
     FLOW_KIND_CONNECTION = 0
     FLOW_KIND_REQUEST = 1
     FLOW_KIND_OUT_REQUEST = 2
+
+
+class ReconcileOp(IntEnum):
+    """``enum reconcile_op``."""
+
+    RECONCILE_RELEASE = 0
+    RECONCILE_ADJUST = 1
 
 
 class HttpTraceLimits(IntEnum):
@@ -639,6 +647,23 @@ class Inflight(ctypes.Structure):
 
 
 assert ctypes.sizeof(Inflight) == 56
+
+
+class ReconcileReq(ctypes.Structure):
+    """``struct reconcile_req``."""
+
+    _pack_ = 1
+    _fields_ = [
+        ("key", FlowKey),
+        ("delta", ctypes.c_int64),
+        ("grace_ns", ctypes.c_uint64),
+        ("resource", ctypes.c_uint32),
+        ("op", ctypes.c_uint8),
+        ("_pad", (ctypes.c_uint8 * 3)),
+    ]
+
+
+assert ctypes.sizeof(ReconcileReq) == 64
 
 
 class ConnEvent(ctypes.Structure):

@@ -6,7 +6,9 @@ normalisation, and direction by local port, through BPF_PROG_TEST_RUN on the tes
 
 from __future__ import annotations
 
+import socket
 import struct
+from collections.abc import Iterator
 
 import pytest
 from packets import ACK, FIN, PSH, RST, SYN, TC_ACT_OK, TC_ACT_SHOT, http_request, http_response, tcp_frame
@@ -477,3 +479,80 @@ def test_fragments_are_counted_per_port(dp: InboundDataplane) -> None:
     assert dp.port_counters(8080)["fragment"] == 2
     assert dp.counters()["unparsed"] == 2
     assert stats(dp, "conns").passed == 0
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    """A TCP listener on 127.0.0.1 (the server whose half-open and gone connections are reconciled)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(16)
+        yield s
+
+
+def isolated_conns(port: int) -> str:
+    return f"""
+resources:
+  - {{name: conns, match: {{protocol: tcp, port: {port}}}}}
+isolationRules:
+  - {{resource: conns, threshold: 1}}
+"""
+
+
+def test_half_open_connections_give_their_slot_back(dp: InboundDataplane, listener: socket.socket) -> None:
+    """A SYN whose handshake never completes held its slot until FIN or RST, i.e. for good."""
+    port = listener.getsockname()[1]
+    h = Harness(dp, rules(isolated_conns(port)))
+    h.at(0)
+    assert h.syn(port) == TC_ACT_OK  # this SYN never reaches the stack: no socket will ever exist
+    assert h.syn(port) != TC_ACT_OK, "isolation: one connection in flight"
+    report = dp.reconciler.run(grace_ns=10**9)
+    assert report.released == 0, "younger than the grace period: kept"
+    h.at(2000)
+    report = dp.reconciler.run(grace_ns=10**9)
+    assert report.released == 1
+    st = stats(dp, "conns")
+    assert (st.concurrency, st.complete, st.error) == (0, 0, 0)
+    assert dp.counters()["concurrency_repaired"] == 1
+    assert h.syn(port) == TC_ACT_OK, "the slot came back"
+
+
+def test_live_connections_and_unknown_servers_are_kept(dp: InboundDataplane, listener: socket.socket) -> None:
+    port = listener.getsockname()[1]
+    h = Harness(
+        dp,
+        rules(f"""
+resources:
+  - {{name: conns, match: {{protocol: tcp, port: {port}}}}}
+  - {{name: other, match: {{protocol: tcp, port: 1}}}}
+isolationRules:
+  - {{resource: conns, threshold: 1}}
+  - {{resource: other, threshold: 1}}
+"""),
+    )
+    h.at(0)
+    with socket.create_connection(("127.0.0.1", port)) as client:
+        cport = client.getsockname()[1]
+        syn = tcp_frame("127.0.0.1", "127.0.0.1", cport, port, flags=SYN, seq=1, ack=0)
+        assert h.ingress.test_run(syn).retval == TC_ACT_OK  # the entry of a connection that exists
+        no_server = tcp_frame(CLIENT, SERVER, 40000, 1, flags=SYN, seq=1, ack=0)  # nothing listens on port 1
+        assert h.ingress.test_run(no_server).retval == TC_ACT_OK
+        h.at(60_000)
+        assert dp.reconciler.run(grace_ns=0).released == 0
+        assert (stats(dp, "conns").concurrency, stats(dp, "other").concurrency) == (1, 1)
+
+
+def test_drift_from_an_evicted_entry_is_repaired(dp: InboundDataplane, listener: socket.socket) -> None:
+    port = listener.getsockname()[1]
+    h = Harness(dp, rules(isolated_conns(port)))
+    h.at(0)
+    assert h.syn(port) == TC_ACT_OK
+    inflight = dp.obj.map("inflight")
+    for key, _ in list(inflight.items()):
+        inflight.delete(key)  # as the LRU does under pressure: nothing gives the count back
+    assert stats(dp, "conns").concurrency == 1 and h.syn(port) != TC_ACT_OK
+    assert dp.reconciler.run().adjusted == {}, "a difference seen once may be traffic: not yet"
+    assert dp.reconciler.run().adjusted == {next(iter(dp.raw_stats_all())): -1}
+    assert stats(dp, "conns").concurrency == 0 and dp.counters()["concurrency_repaired"] == 1
+    assert h.syn(port) == TC_ACT_OK
+    assert dp.reconciler.run().adjusted == {}, "nothing drifts now"

@@ -1194,4 +1194,84 @@ int tc_egress(struct __sk_buff *skb)
 	return TC_ACT_OK;
 }
 
+/*
+ * Reconciliation, run by the control plane through BPF_PROG_TEST_RUN (never attached). An in-flight entry
+ * whose connection is gone (a half-open connection that timed out or was never kept, a FIN or RST this
+ * host never saw) would hold its slot for good: RECONCILE_RELEASE gives it back when the server's
+ * listener is found but no socket of the connection. When not even a listener is found the answer is
+ * unknown (another network namespace, the server stopped): the entry is kept. RECONCILE_ADJUST corrects
+ * a count that drifted from the in-flight entries (an entry evicted from the LRU, say).
+ */
+#define TCP_LISTEN_STATE 10
+
+const enum reconcile_op _reconcile_op_unused __attribute__((unused)) = RECONCILE_RELEASE;
+const struct reconcile_req _reconcile_req_unused __attribute__((unused)) = {};
+
+static __always_inline int connection_gone(struct __sk_buff *skb, const struct flow_key *k)
+{
+	struct bpf_sock_tuple t = {};
+	struct bpf_sock *sk;
+	__u32 len;
+	int gone;
+
+	if (k->family == 4) {
+		__builtin_memcpy(&t.ipv4.saddr, k->saddr, 4);
+		__builtin_memcpy(&t.ipv4.daddr, k->daddr, 4);
+		t.ipv4.sport = k->sport;
+		t.ipv4.dport = k->dport;
+		len = sizeof(t.ipv4);
+	} else {
+		__builtin_memcpy(t.ipv6.saddr, k->saddr, 16);
+		__builtin_memcpy(t.ipv6.daddr, k->daddr, 16);
+		t.ipv6.sport = k->sport;
+		t.ipv6.dport = k->dport;
+		len = sizeof(t.ipv6);
+	}
+	sk = bpf_skc_lookup_tcp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return 0; /* no listener either: nothing known */
+	gone = sk->state == TCP_LISTEN_STATE;
+	bpf_sk_release(sk);
+	return gone;
+}
+
+SEC("tc")
+int reconcile(struct __sk_buff *skb)
+{
+	struct reconcile_req req;
+	struct res_stats *st, *in;
+	struct inflight *f;
+
+	if (bpf_skb_load_bytes(skb, 0, &req, sizeof(req)))
+		return -1;
+	if (req.op == RECONCILE_ADJUST) {
+		st = req.resource ? bpf_map_lookup_elem(&res_stats, &req.resource) : inbound_node();
+		if (!st)
+			return -1;
+		__sync_fetch_and_add(&st->concurrency, req.delta);
+		percpu_inc(&dp_counters, DP_CONCURRENCY_REPAIRED);
+		return 0;
+	}
+	if (req.key.kind == FLOW_KIND_OUT_REQUEST)
+		return 0; /* a local client's socket: no listener tells that it is gone */
+	f = bpf_map_lookup_elem(&inflight, &req.key);
+	if (!f || now_ns() - f->start_ns < req.grace_ns || !connection_gone(skb, &req.key))
+		return 0;
+	if (__sync_val_compare_and_swap(&f->active, 1, 0) != 1) {
+		idle_add(-1); /* an idle keep-alive entry whose close was never seen */
+		bpf_map_delete_elem(&inflight, &req.key);
+		return 0;
+	}
+	st = bpf_map_lookup_elem(&res_stats, &f->resource);
+	in = f->inbound ? inbound_node() : NULL;
+	if (st)
+		__sync_fetch_and_add(&st->concurrency, -1);
+	if (in)
+		__sync_fetch_and_add(&in->concurrency, -1);
+	hot_release(f->hot);
+	bpf_map_delete_elem(&inflight, &req.key);
+	percpu_inc(&dp_counters, DP_CONCURRENCY_REPAIRED);
+	return 1;
+}
+
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -125,7 +125,8 @@ enum dp_counter {
 	DP_THROTTLE_CONTENDED = 7,  /* throttling: compare-and-swap lost 4 times in a row, request passed */
 	DP_UNPARSED = 8,            /* IP traffic whose TCP ports cannot be read: later fragments, header
 				     * chains past the bound (VLAN tags, IPv6 extension headers): passed */
-	DP_COUNTER_MAX = 9,
+	DP_CONCURRENCY_REPAIRED = 9, /* reconcile: in-flight entries released, or drift corrected */
+	DP_COUNTER_MAX = 10,
 };
 
 /*
@@ -417,6 +418,24 @@ struct inflight {
 	__u8 client_closed;         /* the client sent FIN with the request in flight: no response is an abort */
 	__u8 _pad;
 	struct hot_key hot[SE_HOTSPOT_RULES_PER_RESOURCE]; /* concurrency hotspot values to release (uid 0: none) */
+};
+
+/*
+ * The control plane's reconciliation runs program `reconcile` through BPF_PROG_TEST_RUN with one of these
+ * as packet data (atomic updates beside the data plane's own).
+ */
+enum reconcile_op {
+	RECONCILE_RELEASE = 0,      /* release key's entry if its connection has no socket (returns 1) */
+	RECONCILE_ADJUST = 1,       /* add delta to resource's concurrency (0: the inbound node) */
+};
+
+struct reconcile_req {
+	struct flow_key key;
+	__s64 delta;
+	__u64 grace_ns;             /* RELEASE: entries younger than this are kept */
+	__u32 resource;
+	__u8 op;                    /* enum reconcile_op */
+	__u8 _pad[3];
 };
 
 struct conn_event {

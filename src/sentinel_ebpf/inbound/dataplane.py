@@ -39,6 +39,7 @@ from sentinel_ebpf.doctor import cgroup2_mount
 from sentinel_ebpf.errors import BpfKeyError, BpfMapError, SentinelError
 from sentinel_ebpf.inbound.adaptive import AdaptiveThresholds, HostMemory
 from sentinel_ebpf.inbound.compiler import CompiledInbound, KOutRoute, KResource, compile_inbound
+from sentinel_ebpf.inbound.reconcile import RECONCILE_PERIOD_NS, Reconciler
 from sentinel_ebpf.libbpf import BpfObject, Link, RingBuffer, TcAttachPoint, TcFilter, TcHook
 from sentinel_ebpf.model.flow import MemoryReader
 from sentinel_ebpf.objects import object_path
@@ -168,6 +169,8 @@ class InboundDataplane:
         self.adaptive = AdaptiveThresholds(self.compiled, self.raw_stats, self.memory)
         self._breaker_names: dict[int, tuple[str, str]] = {}
         self._cb_ring: RingBuffer | None = None
+        self.reconciler = Reconciler(self)
+        self._next_reconcile_ns = time.monotonic_ns() + RECONCILE_PERIOD_NS
         self._cb_pending: list[StateChange] = []
         self._cgroup_links: list[Link] = []
         self._attachments: list[_Attachment] = []
@@ -291,9 +294,13 @@ class InboundDataplane:
             dyn.update(_u32((gen * MAX_RESOURCES + rid) * FLOW_RULES + i), milli.to_bytes(8, "little"))
 
     def tick(self) -> None:
-        """Recompute WarmUp and MemoryAdaptive thresholds now (the daemon calls this every 100 ms)."""
+        """Recompute WarmUp and MemoryAdaptive thresholds now (the daemon calls this every 100 ms); every
+        RECONCILE_PERIOD_NS give back concurrency that escaped (see inbound.reconcile)."""
         if self.adaptive.calculators:
             self._write_thresholds(self.adaptive, self.gen)
+        if not self.test_clock and time.monotonic_ns() >= self._next_reconcile_ns:
+            self.reconciler.run()
+            self._next_reconcile_ns = time.monotonic_ns() + RECONCILE_PERIOD_NS
 
     @staticmethod
     def _res_conf(r: KResource) -> ResConf:
@@ -311,7 +318,8 @@ class InboundDataplane:
         for i, h in enumerate(r.hot):
             rc.hot[i] = HotspotRuleK(
                 uid=h.uid, metric=h.metric, behavior=h.behavior, param=h.param, pattern_len=len(h.pattern),
-                v6_prefix_len=h.v6_prefix_len, threshold=h.threshold, burst=h.burst, duration_ms=h.duration_ms, max_queue_ms=h.max_queue_ms,
+                v6_prefix_len=h.v6_prefix_len, threshold=h.threshold, burst=h.burst, duration_ms=h.duration_ms,
+                max_queue_ms=h.max_queue_ms,
             )  # fmt: skip
             ctypes.memmove(rc.hot[i].pattern, h.pattern, len(h.pattern))
         for i, f in enumerate(r.flow):
