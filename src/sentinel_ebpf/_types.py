@@ -179,6 +179,14 @@ class SystemMetric(IntEnum):
     SYS_CPU_USAGE = 4
 
 
+class InflightState(IntEnum):
+    """``enum inflight_state``."""
+
+    INFLIGHT_IDLE = 0
+    INFLIGHT_ACTIVE = 1
+    INFLIGHT_PENDING = 2
+
+
 class FlowKind(IntEnum):
     """``enum flow_kind``."""
 

@@ -107,6 +107,26 @@ struct {
 	__type(value, struct inflight);
 } inflight SEC(".maps");
 
+/*
+ * 1 while out_sockops is attached at the cgroup2 root: a TCP resource's connection then takes its
+ * concurrency slot when its handshake completes (a SYN alone takes none, so half-open connections hold
+ * nothing); 0: at the SYN. Written by the control plane.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} establish_hook SEC(".maps");
+
+static __always_inline bool establish_hooked(void)
+{
+	__u32 zero = 0;
+	__u32 *on = bpf_map_lookup_elem(&establish_hook, &zero);
+
+	return on && *on;
+}
+
 /* At most this many inflight entries are kept idle (set before load; 0: delete at every response). */
 const volatile __s64 inflight_idle_max = SE_INFLIGHT_IDLE_MAX;
 
@@ -179,6 +199,7 @@ const enum flow_behavior _flow_behavior_unused __attribute__((unused)) = FLOW_RE
 const enum port_counter _port_counter_unused __attribute__((unused)) = PORT_TLS;
 const enum dp_counter _dp_counter_unused __attribute__((unused)) = DP_PACKETS;
 const enum flow_kind _flow_kind_unused __attribute__((unused)) = FLOW_KIND_CONNECTION;
+const enum inflight_state _inflight_state_unused __attribute__((unused)) = INFLIGHT_IDLE;
 const enum system_metric _system_metric_unused __attribute__((unused)) = SYS_LOAD;
 const enum route_flags _route_flags_unused __attribute__((unused)) = ROUTE_OUTBOUND;
 const enum hot_param _hot_param_unused __attribute__((unused)) = HOT_REMOTE_IP;
@@ -593,14 +614,17 @@ __noinline __u32 judge(__u32 res, __u32 gen_flags, struct __sk_buff *skb, const 
 		hold(st, in, entry.hot);
 		return BLOCK_NONE;
 	}
+	bool pending = key->kind == FLOW_KIND_CONNECTION && establish_hooked();
+
 	entry.start_ns = now;
-	entry.active = 1;
+	entry.active = pending ? INFLIGHT_PENDING : INFLIGHT_ACTIVE;
 	entry.resource = res;
 	entry.is_http = is_http;
 	entry.inbound = !!in;
-	if (bpf_map_update_elem(&inflight, key, &entry, BPF_ANY) == 0)
-		hold(st, in, entry.hot);
-	else
+	if (bpf_map_update_elem(&inflight, key, &entry, BPF_ANY) == 0) {
+		if (!pending)
+			hold(st, in, entry.hot);
+	} else
 		percpu_inc(&dp_counters, DP_INFLIGHT_FULL);
 	return BLOCK_NONE;
 }
@@ -632,6 +656,12 @@ __noinline int complete(__u32 how)
 	f = bpf_map_lookup_elem(&inflight, key);
 	if (!f)
 		return 0;
+	if (f->active == INFLIGHT_PENDING) {
+		/* a connection that ends before its handshake completed never took a slot */
+		if (how & COMPLETE_END)
+			bpf_map_delete_elem(&inflight, key);
+		return 0;
+	}
 	if ((how & COMPLETE_CLIENT_FIN) && f->active) {
 		/* half-closed: the response (or the server's close) completes the request */
 		f->client_closed = 1;
@@ -1093,6 +1123,39 @@ static __always_inline void out_resolved(struct out_conn *c, bool error)
 	breakers_complete(current_gen() * SE_MAX_RESOURCES + c->resource, c->resource, now / 1000000, rt_ms, error);
 }
 
+/* A connection to a TCP resource completed its handshake: it takes the slot its SYN was admitted to. */
+static __always_inline void inbound_established(struct bpf_sock_ops *skops)
+{
+	struct flow_key k = { .kind = FLOW_KIND_CONNECTION };
+	struct inflight *f;
+
+	if (skops->family == AF_INET) {
+		__u32 r = skops->remote_ip4, l = skops->local_ip4;
+
+		k.family = 4;
+		__builtin_memcpy(k.saddr, &r, 4);
+		__builtin_memcpy(k.daddr, &l, 4);
+	} else if (skops->family == AF_INET6) {
+		__u32 r[4] = { skops->remote_ip6[0], skops->remote_ip6[1], skops->remote_ip6[2], skops->remote_ip6[3] };
+		__u32 l[4] = { skops->local_ip6[0], skops->local_ip6[1], skops->local_ip6[2], skops->local_ip6[3] };
+
+		k.family = 6;
+		__builtin_memcpy(k.saddr, r, 16);
+		__builtin_memcpy(k.daddr, l, 16);
+	} else {
+		return;
+	}
+	k.sport = bpf_htons((__u16)bpf_ntohl(skops->remote_port)); /* remote_port: the port << 16 in network order */
+	k.dport = bpf_htons((__u16)skops->local_port);
+	f = bpf_map_lookup_elem(&inflight, &k);
+	if (!f || __sync_val_compare_and_swap(&f->active, INFLIGHT_PENDING, INFLIGHT_ACTIVE) != INFLIGHT_PENDING)
+		return;
+	struct res_stats *st = bpf_map_lookup_elem(&res_stats, &f->resource);
+
+	if (st)
+		hold(st, f->inbound ? inbound_node() : NULL, f->hot);
+}
+
 SEC("sockops")
 int out_sockops(struct bpf_sock_ops *skops)
 {
@@ -1108,6 +1171,9 @@ int out_sockops(struct bpf_sock_ops *skops)
 		c = bpf_map_lookup_elem(&out_conns, &cookie);
 		if (c && !c->established)
 			out_resolved(c, false);
+		return 1;
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		inbound_established(skops);
 		return 1;
 	case BPF_SOCK_OPS_STATE_CB:
 		if (skops->args[1] != TCP_CLOSE_STATE)
@@ -1257,6 +1323,10 @@ int reconcile(struct __sk_buff *skb)
 	f = bpf_map_lookup_elem(&inflight, &req.key);
 	if (!f || now_ns() - f->start_ns < req.grace_ns || !connection_gone(skb, &req.key))
 		return 0;
+	if (f->active == INFLIGHT_PENDING) {
+		bpf_map_delete_elem(&inflight, &req.key); /* half-open and gone: it never took a slot */
+		return 1;
+	}
 	if (__sync_val_compare_and_swap(&f->active, 1, 0) != 1) {
 		idle_add(-1); /* an idle keep-alive entry whose close was never seen */
 		bpf_map_delete_elem(&inflight, &req.key);

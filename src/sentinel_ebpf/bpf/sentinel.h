@@ -385,6 +385,12 @@ struct res_stats {
 	__u64 total_abort;          /* requests the client abandoned (RST, or FIN and no response): not errors */
 };
 
+enum inflight_state {
+	INFLIGHT_IDLE = 0,
+	INFLIGHT_ACTIVE = 1,
+	INFLIGHT_PENDING = 2,
+};
+
 enum flow_kind {
 	FLOW_KIND_CONNECTION = 0,   /* a TCP resource's connection, from SYN to FIN/RST */
 	FLOW_KIND_REQUEST = 1,      /* an HTTP request, from request line to response status line */
@@ -411,7 +417,9 @@ struct flow_key {
  */
 struct inflight {
 	__u64 start_ns;
-	__u64 active;               /* 1 while in flight (compare-and-swap), 0 idle */
+	__u64 active;               /* 1 while in flight (compare-and-swap), 0 idle, 2 a connection's
+				     * handshake not complete (INFLIGHT_PENDING: its slot is taken at
+				     * BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB) */
 	__u32 resource;
 	__u8 is_http;
 	__u8 inbound;               /* counted in the inbound node (system rules were in force at its start) */

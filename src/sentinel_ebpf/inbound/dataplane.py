@@ -170,6 +170,8 @@ class InboundDataplane:
         self._breaker_names: dict[int, tuple[str, str]] = {}
         self._cb_ring: RingBuffer | None = None
         self.reconciler = Reconciler(self)
+        self._sockops_link: Link | None = None
+        self._connect_attached = False
         self._next_reconcile_ns = time.monotonic_ns() + RECONCILE_PERIOD_NS
         self._cb_pending: list[StateChange] = []
         self._cgroup_links: list[Link] = []
@@ -518,7 +520,7 @@ class InboundDataplane:
 
     @property
     def outbound_attached(self) -> bool:
-        return bool(self._cgroup_links)
+        return self._connect_attached
 
     def attach_outbound(self, cgroup_root: str | None = None) -> None:
         """Judge outbound connect()s of every process: cgroup/connect4|6 and sock_ops at the cgroup2 root
@@ -526,10 +528,33 @@ class InboundDataplane:
         root = cgroup_root or cgroup2_mount()
         if root is None:
             raise SentinelError("cgroup2 is not mounted: outbound resources cannot be enforced")
-        for prog in ("out_connect4", "out_connect6", "out_sockops"):
+        for prog in ("out_connect4", "out_connect6"):
             self._cgroup_links.append(self.obj.program(prog).attach_cgroup(root))
+        self._connect_attached = True
+        self.attach_sockops(root)
+
+    def attach_sockops(self, cgroup_root: str | None = None) -> None:
+        """sock_ops at the cgroup2 root: outbound connections' outcomes and closes, and the handshake of
+        inbound TCP resources' connections, which then take their concurrency slot when established
+        rather than at the SYN (half-open connections hold none)."""
+        if self._sockops_link is not None:
+            return
+        root = cgroup_root or cgroup2_mount()
+        if root is None:
+            raise SentinelError("cgroup2 is not mounted: sock_ops cannot be attached")
+        self._sockops_link = self.obj.program("out_sockops").attach_cgroup(root)
+        self._cgroup_links.append(self._sockops_link)
+        self.obj.map("establish_hook").update(_u32(0), _u32(1))
+
+    @property
+    def sockops_attached(self) -> bool:
+        return self._sockops_link is not None
 
     def detach_all(self) -> None:
+        if self._sockops_link is not None:
+            self.obj.map("establish_hook").update(_u32(0), _u32(0))  # connections count from the SYN again
+            self._sockops_link = None
+        self._connect_attached = False
         while self._cgroup_links:
             self._cgroup_links.pop().close()
         while self._attachments:

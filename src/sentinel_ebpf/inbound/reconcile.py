@@ -20,7 +20,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from sentinel_ebpf._types import FlowKey, FlowKind, Inflight, OutConn, ReconcileOp, ReconcileReq
+from sentinel_ebpf._types import (
+    FlowKey,
+    FlowKind,
+    Inflight,
+    InflightState,
+    OutConn,
+    ReconcileOp,
+    ReconcileReq,
+)
 
 if TYPE_CHECKING:
     from sentinel_ebpf.inbound.dataplane import InboundDataplane
@@ -56,10 +64,10 @@ class Reconciler:
             if fk.kind == FlowKind.FLOW_KIND_OUT_REQUEST:
                 continue
             req = ReconcileReq(key=fk, grace_ns=grace_ns, op=ReconcileOp.RECONCILE_RELEASE)
-            if entry.active and self._request(req) == 1:
-                report.released += 1
-            elif not entry.active:
+            if entry.active == InflightState.INFLIGHT_IDLE:
                 self._request(req)  # an idle entry of a connection that is gone goes too
+            elif self._request(req) == 1:
+                report.released += 1
         self._repair_drift(report)
         return report
 
@@ -69,7 +77,7 @@ class Reconciler:
         inbound = 0
         for _, value in self.dp.obj.map("inflight").items():
             entry = Inflight.from_buffer_copy(value)
-            if entry.active:
+            if entry.active == InflightState.INFLIGHT_ACTIVE:
                 per_resource[entry.resource] += 1
                 inbound += entry.inbound
         for _, value in self.dp.obj.map("out_conns").items():
