@@ -172,6 +172,8 @@ class InboundDataplane:
         self.reconciler = Reconciler(self)
         self._sockops_link: Link | None = None
         self._connect_attached = False
+        # no sock_ops of ours yet (a crashed daemon's reused map may still say there is)
+        self.obj.map("establish_hook").update(_u32(0), _u32(0))
         self._next_reconcile_ns = time.monotonic_ns() + RECONCILE_PERIOD_NS
         self._cb_pending: list[StateChange] = []
         self._cgroup_links: list[Link] = []
