@@ -31,6 +31,9 @@ class SentinelLimits(IntEnum):
     SE_HOTSPOT_RULES_PER_RESOURCE = 2
     SE_HOT_PATTERN_MAX = 72
     SE_HOT_VALUE_MAX = 64
+    SE_HOT_VALUE_SCAN = 192
+    SE_VLAN_MAX = 2
+    SE_IPV6_EXT_MAX = 4
     SE_PARAM_PEEK = 512
     SE_HOT_VALUES_MAX = 262144
     SE_BREAKERS_PER_RESOURCE = 2
@@ -130,7 +133,8 @@ class PortCounter(IntEnum):
     PORT_INCOMPLETE_PASSED = 9
     PORT_INCOMPLETE_RESET = 10
     PORT_DEFERRED_ACK = 11
-    PORT_COUNTER_MAX = 12
+    PORT_FRAGMENT = 12
+    PORT_COUNTER_MAX = 13
 
 
 class DpCounter(IntEnum):
@@ -144,7 +148,10 @@ class DpCounter(IntEnum):
     DP_RST_SENT = 5
     DP_CONNECT_REFUSED = 6
     DP_GSO_DROPPED = 7
-    DP_COUNTER_MAX = 8
+    DP_THROTTLE_CONTENDED = 8
+    DP_UNPARSED = 9
+    DP_CONCURRENCY_REPAIRED = 10
+    DP_COUNTER_MAX = 11
 
 
 class HotParam(IntEnum):
@@ -188,12 +195,27 @@ class SystemMetric(IntEnum):
     SYS_CPU_USAGE = 4
 
 
+class InflightState(IntEnum):
+    """``enum inflight_state``."""
+
+    INFLIGHT_IDLE = 0
+    INFLIGHT_ACTIVE = 1
+    INFLIGHT_PENDING = 2
+
+
 class FlowKind(IntEnum):
     """``enum flow_kind``."""
 
     FLOW_KIND_CONNECTION = 0
     FLOW_KIND_REQUEST = 1
     FLOW_KIND_OUT_REQUEST = 2
+
+
+class ReconcileOp(IntEnum):
+    """``enum reconcile_op``."""
+
+    RECONCILE_RELEASE = 0
+    RECONCILE_ADJUST = 1
 
 
 class HttpTraceLimits(IntEnum):
@@ -316,11 +338,11 @@ class PortCounts(ctypes.Structure):
 
     _pack_ = 1
     _fields_ = [
-        ("count", (ctypes.c_uint64 * 12)),
+        ("count", (ctypes.c_uint64 * 13)),
     ]
 
 
-assert ctypes.sizeof(PortCounts) == 96
+assert ctypes.sizeof(PortCounts) == 104
 
 
 class HttpRouteKey(ctypes.Structure):
@@ -370,6 +392,8 @@ class HotspotRuleK(ctypes.Structure):
         ("param", ctypes.c_uint8),
         ("pattern_len", ctypes.c_uint8),
         ("pattern", (ctypes.c_uint8 * 72)),
+        ("v6_prefix_len", ctypes.c_uint8),
+        ("_pad", (ctypes.c_uint8 * 7)),
         ("threshold", ctypes.c_uint64),
         ("burst", ctypes.c_uint64),
         ("duration_ms", ctypes.c_uint64),
@@ -377,7 +401,7 @@ class HotspotRuleK(ctypes.Structure):
     ]
 
 
-assert ctypes.sizeof(HotspotRuleK) == 112
+assert ctypes.sizeof(HotspotRuleK) == 120
 
 
 class HotKey(ctypes.Structure):
@@ -526,7 +550,7 @@ class ResConf(ctypes.Structure):
     ]
 
 
-assert ctypes.sizeof(ResConf) == 528
+assert ctypes.sizeof(ResConf) == 544
 
 
 class StatBucket(ctypes.Structure):
@@ -606,10 +630,11 @@ class ResStats(ctypes.Structure):
         ("total_rt_ms", ctypes.c_uint64),
         ("block_by_type", (ctypes.c_uint64 * 6)),
         ("flow_wait", ctypes.c_uint64),
+        ("total_abort", ctypes.c_uint64),
     ]
 
 
-assert ctypes.sizeof(ResStats) == 1224
+assert ctypes.sizeof(ResStats) == 1232
 
 
 class FlowKey(ctypes.Structure):
@@ -640,12 +665,30 @@ class Inflight(ctypes.Structure):
         ("resource", ctypes.c_uint32),
         ("is_http", ctypes.c_uint8),
         ("inbound", ctypes.c_uint8),
-        ("_pad", (ctypes.c_uint8 * 2)),
+        ("client_closed", ctypes.c_uint8),
+        ("_pad", ctypes.c_uint8),
         ("hot", (HotKey * 2)),
     ]
 
 
 assert ctypes.sizeof(Inflight) == 56
+
+
+class ReconcileReq(ctypes.Structure):
+    """``struct reconcile_req``."""
+
+    _pack_ = 1
+    _fields_ = [
+        ("key", FlowKey),
+        ("delta", ctypes.c_int64),
+        ("grace_ns", ctypes.c_uint64),
+        ("resource", ctypes.c_uint32),
+        ("op", ctypes.c_uint8),
+        ("_pad", (ctypes.c_uint8 * 3)),
+    ]
+
+
+assert ctypes.sizeof(ReconcileReq) == 64
 
 
 class ConnEvent(ctypes.Structure):

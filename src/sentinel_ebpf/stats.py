@@ -56,6 +56,7 @@ class ResourceStats:
     blocked: int = 0
     complete: int = 0
     error: int = 0
+    abort: int = 0  # requests the client abandoned before the response (not errors, breakers ignore them)
     concurrency: int = 0
     rt_sum_ms: float = 0.0
     block_by_type: dict[str, int] = field(default_factory=lambda: dict.fromkeys(BLOCK_TYPES, 0))

@@ -8,7 +8,7 @@
 /*
  * Throttling cannot sleep in the kernel: a request whose wait would be <= maxQueueingTimeMs is admitted
  * at once and reserves its slot (last_passed moves forward by one cost), so the admitted rate is exact
- * over time. Compare-and-swap retries are bounded; on persistent contention the request passes.
+ * over time. Compare-and-swap retries are bounded; on persistent contention the request passes (*waited = 2).
  */
 static __always_inline bool throttle_admit(__u64 *last_passed, const struct flow_rule_k *r, __u64 cost_ns,
 					   __u64 now, __u64 *waited)
@@ -31,6 +31,7 @@ static __always_inline bool throttle_admit(__u64 *last_passed, const struct flow
 			return true;
 		}
 	}
+	*waited = 2; /* contended: the caller counts it */
 	return true;
 }
 

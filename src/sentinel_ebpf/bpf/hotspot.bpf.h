@@ -16,7 +16,7 @@
 /* Updated with compare-and-swap as sentinel-golang does (LRU maps cannot hold a bpf_spin_lock). */
 struct hot_state {
 	__s64 tokens;               /* QPS Reject: tokens left */
-	__u64 last_ms;              /* QPS Reject: last refill; Throttling: last pass */
+	__u64 last;                 /* QPS Reject: last refill (ms); Throttling: last pass (ns) */
 	__s64 concurrency;          /* Concurrency: in flight with this value */
 };
 
@@ -44,6 +44,10 @@ struct param_scan {
 	__u32 vend;
 	__u32 found;
 	__u32 prev;
+	__u32 pct;                  /* query names: 1 after '%', 2 after its first hex digit */
+	__u32 pct_hi;
+	__u32 hashed;               /* hash_value: bytes hashed */
+	__u32 skip;                 /* hash_value: hex digits of an escape already hashed */
 	__u64 hash;
 };
 
@@ -57,6 +61,14 @@ struct {
 static __always_inline __u8 lower(__u8 c)
 {
 	return c >= 'A' && c <= 'Z' ? c | 0x20 : c;
+}
+
+static __always_inline int hex_digit(__u8 c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	c |= 0x20;
+	return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
 }
 
 struct scan_ctx {
@@ -88,6 +100,27 @@ static long scan_byte(__u32 i, struct scan_ctx *ctx)
 	}
 	if (ctx->query && (c == '\r' || c == '\n'))
 		return 1; /* the request line ended */
+	if (ctx->query && s->pct) {
+		/* a name is matched %XX-decoded; a decoded '=' or '&' is no delimiter */
+		int v = hex_digit(c);
+
+		if (v >= 0 && s->pct == 1) {
+			s->pct = 2;
+			s->pct_hi = v;
+			return 0;
+		}
+		s->pct = 0;
+		if (v < 0) {
+			s->match = 0; /* not an escape: no name matches across it */
+		} else {
+			c = s->pct_hi << 4 | v;
+			if (c == '=' || c == '&' || c == '?')
+				c = 0;
+		}
+	} else if (ctx->query && c == '%') {
+		s->pct = 1;
+		return 0;
+	}
 	if (!ctx->query)
 		c = lower(c);
 	m = s->match;
@@ -119,6 +152,7 @@ static __always_inline bool find_param(struct param_scan *s, const struct hotspo
 	s->match = 0;
 	s->found = 0;
 	s->prev = 0;
+	s->pct = 0;
 	bpf_loop(SE_PARAM_PEEK, scan_byte, &ctx, 0);
 	if (!s->found)
 		return false;
@@ -127,45 +161,112 @@ static __always_inline bool find_param(struct param_scan *s, const struct hotspo
 	return true;
 }
 
-static __always_inline __u64 fnv1a(const __u8 *buf, __u32 start, __u32 end, bool skip_space)
+/* buf[j], j masked where the compiler cannot drop the mask (it knows j < SE_PARAM_PEEK; the verifier not) */
+static __always_inline __u8 buf_at(const struct param_scan *s, __u32 j)
 {
-	__u64 h = FNV_OFFSET;
-	bool leading = skip_space;
-
-	for (int i = 0; i < SE_HOT_VALUE_MAX + 8; i++) {
-		__u32 j = start + i;
-		__u8 c;
-
-		if (j >= end)
-			break;
-		asm volatile("" : "+r"(j));
-		j &= SE_PARAM_PEEK - 1; /* a bound the verifier can see (j < SE_PARAM_PEEK already) */
-		c = buf[j];
-		if (leading && (c == ' ' || c == '\t'))
-			continue;
-		leading = false;
-		h ^= c;
-		h *= FNV_PRIME;
-	}
-	return h;
+	asm volatile("" : "+r"(j));
+	return s->buf[j & (SE_PARAM_PEEK - 1)];
 }
 
-static __always_inline __u64 hash_addr(const __u8 *addr)
+static __always_inline bool is_ows(__u8 c)
 {
+	return c == ' ' || c == '\t';
+}
+
+/* One step of trimming a header value's optional whitespace, at either end (a bpf_loop callback). */
+/* The state lives in the map value (s), not on the stack, so the verifier does not follow its values. */
+struct hash_ctx {
+	struct param_scan *s;
+	__u32 query;
+};
+
+static long trim_step(__u32 i, struct hash_ctx *ctx)
+{
+	struct param_scan *s = ctx->s;
+	__u32 a = s->vstart, b = s->vend;
+
+	if (a >= b || b > SE_PARAM_PEEK)
+		return 1;
+	if (is_ows(buf_at(s, a))) {
+		s->vstart = a + 1;
+		return 0;
+	}
+	if (is_ows(buf_at(s, b - 1))) {
+		s->vend = b - 1;
+		return 0;
+	}
+	return 1;
+}
+
+/* One byte of the value into the hash; a query value's %XX counts as the byte it encodes. */
+static long hash_step(__u32 i, struct hash_ctx *ctx)
+{
+	struct param_scan *s = ctx->s;
+	__u32 j = s->vstart + i, end = s->vend;
+	__u8 c;
+
+	if (j >= end || end > SE_PARAM_PEEK || s->hashed >= SE_HOT_VALUE_MAX)
+		return 1;
+	if (s->skip) {
+		s->skip--;
+		return 0;
+	}
+	c = buf_at(s, j);
+	if (ctx->query && c == '%' && j + 2 < end) {
+		int hi = hex_digit(buf_at(s, j + 1)), lo = hex_digit(buf_at(s, j + 2));
+
+		if (hi >= 0 && lo >= 0) {
+			c = hi << 4 | lo;
+			s->skip = 2;
+		}
+	}
+	s->hash = (s->hash ^ c) * FNV_PRIME;
+	s->hashed++;
+	return 0;
+}
+
+/*
+ * FNV-1a of the value find_param located: a header's value without its optional whitespace, a query
+ * value %XX-decoded, at most SE_HOT_VALUE_MAX bytes of it (user space hashes specific items the same way).
+ */
+static __always_inline __u64 hash_value(struct param_scan *s, bool header)
+{
+	struct hash_ctx ctx = { .s = s, .query = !header };
+
+	s->hash = FNV_OFFSET;
+	s->hashed = 0;
+	s->skip = 0;
+	if (header)
+		bpf_loop(SE_PARAM_PEEK, trim_step, &ctx, 0);
+	bpf_loop(SE_HOT_VALUE_SCAN, hash_step, &ctx, 0);
+	return s->hash;
+}
+
+/* FNV-1a of a client address; an IPv6 one keyed by its first `v6_prefix_len` bits (an IPv4 one whole). */
+static __always_inline __u64 hash_addr(const __u8 *addr, __u8 family, __u8 v6_prefix_len)
+{
+	__u32 bits = family == 6 ? v6_prefix_len : 8 * SE_ADDR_LEN;
 	__u64 h = FNV_OFFSET;
 
 	for (int i = 0; i < SE_ADDR_LEN; i++) {
-		h ^= addr[i];
+		__u8 b = addr[i];
+
+		if (bits <= i * 8)
+			b = 0;
+		else if (bits < i * 8 + 8)
+			b &= 0xff << (i * 8 + 8 - bits);
+		h ^= b;
 		h *= FNV_PRIME;
 	}
 	return h;
 }
 
-enum hot_verdict { HOT_PASS = 0, HOT_BLOCK = 1 };
+enum hot_verdict { HOT_PASS = 0, HOT_BLOCK = 1, HOT_PASS_CONTENDED = 2 };
 
 /* One value's check (sentinel-golang's three traffic-shaping checkers). */
-static __always_inline int hot_check(const struct hotspot_rule_k *r, const struct hot_key *k, __u64 now_ms)
+static __always_inline int hot_check(const struct hotspot_rule_k *r, const struct hot_key *k, __u64 now_ns)
 {
+	__u64 now_ms = now_ns / 1000000;
 	__u64 *specific = bpf_map_lookup_elem(&hot_specific, k);
 	__s64 limit = specific ? *specific : r->threshold;
 	struct hot_state *st = bpf_map_lookup_elem(&hot_values, k);
@@ -187,7 +288,7 @@ static __always_inline int hot_check(const struct hotspot_rule_k *r, const struc
 		if (1 > max)
 			return HOT_BLOCK;
 		if (!st) {
-			struct hot_state fresh = { .tokens = max - 1, .last_ms = now_ms };
+			struct hot_state fresh = { .tokens = max - 1, .last = now_ms };
 
 			if (bpf_map_update_elem(&hot_values, k, &fresh, BPF_NOEXIST) == 0)
 				return HOT_PASS;
@@ -196,7 +297,7 @@ static __always_inline int hot_check(const struct hotspot_rule_k *r, const struc
 				return HOT_PASS;
 		}
 		for (int attempt = 0; attempt < 4; attempt++) {
-			__u64 last = st->last_ms;
+			__u64 last = st->last;
 			__s64 rest = st->tokens;
 
 			if (now_ms > last && now_ms - last > r->duration_ms && r->duration_ms) {
@@ -206,7 +307,7 @@ static __always_inline int hot_check(const struct hotspot_rule_k *r, const struc
 				if (next < 0)
 					return HOT_BLOCK;
 				if (__sync_val_compare_and_swap(&st->tokens, rest, next) == rest) {
-					st->last_ms = now_ms;
+					st->last = now_ms;
 					return HOT_PASS;
 				}
 			} else {
@@ -216,16 +317,17 @@ static __always_inline int hot_check(const struct hotspot_rule_k *r, const struc
 					return HOT_PASS;
 			}
 		}
-		return HOT_PASS; /* persistent contention: fail open */
+		return HOT_PASS_CONTENDED; /* persistent contention: fail open */
 	}
-	/* QPS Throttling */
-	__u64 cost = r->duration_ms / limit;
+	/* QPS Throttling, in nanoseconds: a cost rounded to milliseconds would admit 1,000/s for a limit of
+	 * 600/s, and nothing would limit above 1,000/s. Rounded up: never more than the limit. */
+	__u64 duration_ns = r->duration_ms * 1000000, max_queue_ns = r->max_queue_ms * 1000000;
+	__u64 cost = (duration_ns + limit - 1) / (__u64)limit;
 
 	if (!st) {
-		struct hot_state fresh = { .last_ms = now_ms - r->duration_ms + cost };
-
 		/* first sight: expected = now - duration + cost <= now, so it passes and sets last = now */
-		fresh.last_ms = now_ms;
+		struct hot_state fresh = { .last = now_ns };
+
 		if (bpf_map_update_elem(&hot_values, k, &fresh, BPF_NOEXIST) == 0)
 			return HOT_PASS;
 		st = bpf_map_lookup_elem(&hot_values, k);
@@ -233,18 +335,18 @@ static __always_inline int hot_check(const struct hotspot_rule_k *r, const struc
 			return HOT_PASS;
 	}
 	for (int attempt = 0; attempt < 4; attempt++) {
-		__u64 last = st->last_ms, expected;
+		__u64 last = st->last, expected;
 
-		if (last + r->duration_ms < now_ms)
-			expected = now_ms - r->duration_ms + cost;
+		if (last + duration_ns < now_ns)
+			expected = now_ns - duration_ns + cost;
 		else
 			expected = last + cost;
-		if (expected > now_ms && expected - now_ms >= r->max_queue_ms)
+		if (expected > now_ns && expected - now_ns >= max_queue_ns)
 			return HOT_BLOCK;
-		if (__sync_val_compare_and_swap(&st->last_ms, last, expected > now_ms ? expected : now_ms) == last)
+		if (__sync_val_compare_and_swap(&st->last, last, expected > now_ns ? expected : now_ns) == last)
 			return HOT_PASS;
 	}
-	return HOT_PASS;
+	return HOT_PASS_CONTENDED;
 }
 
 #endif /* SENTINEL_HOTSPOT_BPF_H */

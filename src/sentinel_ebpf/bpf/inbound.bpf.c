@@ -109,6 +109,26 @@ struct {
 	__type(value, struct inflight);
 } inflight SEC(".maps");
 
+/*
+ * 1 while out_sockops is attached at the cgroup2 root: a TCP resource's connection then takes its
+ * concurrency slot when its handshake completes (a SYN alone takes none, so half-open connections hold
+ * nothing); 0: at the SYN. Written by the control plane.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} establish_hook SEC(".maps");
+
+static __always_inline bool establish_hooked(void)
+{
+	__u32 zero = 0;
+	__u32 *on = bpf_map_lookup_elem(&establish_hook, &zero);
+
+	return on && *on;
+}
+
 /* At most this many inflight entries are kept idle (set before load; 0: delete at every response). */
 const volatile __s64 inflight_idle_max = SE_INFLIGHT_IDLE_MAX;
 
@@ -182,6 +202,7 @@ const enum flow_behavior _flow_behavior_unused __attribute__((unused)) = FLOW_RE
 const enum port_counter _port_counter_unused __attribute__((unused)) = PORT_TLS;
 const enum dp_counter _dp_counter_unused __attribute__((unused)) = DP_PACKETS;
 const enum flow_kind _flow_kind_unused __attribute__((unused)) = FLOW_KIND_CONNECTION;
+const enum inflight_state _inflight_state_unused __attribute__((unused)) = INFLIGHT_IDLE;
 const enum system_metric _system_metric_unused __attribute__((unused)) = SYS_LOAD;
 const enum route_flags _route_flags_unused __attribute__((unused)) = ROUTE_OUTBOUND;
 const enum hot_param _hot_param_unused __attribute__((unused)) = HOT_REMOTE_IP;
@@ -295,13 +316,13 @@ __noinline int hot_param_hash(struct __sk_buff *skb, __u32 conf_idx, __u32 rule_
 	}
 	if (!find_param(scan, r))
 		return 0;
-	scan->hash = fnv1a(scan->buf, scan->vstart, scan->vend, r->param == HOT_HEADER);
+	scan->hash = hash_value(scan, r->param == HOT_HEADER);
 	return 1;
 }
 
 /* Hotspot rules of the resource: keys of Concurrency rules' values go to `held` (released on completion). */
 static __always_inline __u32 check_hotspot(const struct res_conf *rc, __u32 conf_idx, struct __sk_buff *skb,
-					   const struct pkt *p, __u64 now_ms, struct hot_key *held)
+					   const struct pkt *p, __u64 now_ns, struct hot_key *held)
 {
 	__u32 zero = 0;
 	bool loaded = false;
@@ -313,7 +334,7 @@ static __always_inline __u32 check_hotspot(const struct res_conf *rc, __u32 conf
 		if (i >= rc->nhot)
 			break;
 		if (r->param == HOT_REMOTE_IP) {
-			k.hash = hash_addr(p->saddr);
+			k.hash = hash_addr(p->saddr, p->family, r->v6_prefix_len);
 		} else {
 			struct param_scan *scan;
 
@@ -327,8 +348,12 @@ static __always_inline __u32 check_hotspot(const struct res_conf *rc, __u32 conf
 				continue;
 			k.hash = scan->hash;
 		}
-		if (hot_check(r, &k, now_ms) == HOT_BLOCK)
+		int v = hot_check(r, &k, now_ns);
+
+		if (v == HOT_BLOCK)
 			return BLOCK_HOTSPOT;
+		if (v == HOT_PASS_CONTENDED)
+			percpu_inc(&dp_counters, DP_THROTTLE_CONTENDED);
 		if (r->metric == 0)
 			held[i] = k;
 	}
@@ -397,7 +422,9 @@ static __always_inline __u32 check_flow_isolation(__u32 res, __u32 idx, struct r
 
 			if (!throttle_admit(&rc->last_passed_ns[i], r, cost_ns, now, &waited))
 				return BLOCK_FLOW;
-			if (waited)
+			if (waited == 2)
+				percpu_inc(&dp_counters, DP_THROTTLE_CONTENDED);
+			else if (waited)
 				__sync_fetch_and_add(&st->flow_wait, 1);
 			continue;
 		}
@@ -431,7 +458,7 @@ static __always_inline __u32 check_resource(__u32 res, __u8 gen, struct res_stat
 	if (v != BLOCK_NONE)
 		return v;
 	if (rc->nhot) {
-		v = check_hotspot(rc, idx, skb, p, now_ms, held);
+		v = check_hotspot(rc, idx, skb, p, now, held);
 		if (v != BLOCK_NONE)
 			return v;
 	}
@@ -585,18 +612,22 @@ __noinline __u32 judge(__u32 res, __u32 gen_flags, struct __sk_buff *skb, const 
 		old->resource = res;
 		old->is_http = is_http;
 		old->inbound = !!in;
+		old->client_closed = 0;
 		__builtin_memcpy(old->hot, entry.hot, sizeof(entry.hot));
 		hold(st, in, entry.hot);
 		return BLOCK_NONE;
 	}
+	bool pending = key->kind == FLOW_KIND_CONNECTION && establish_hooked();
+
 	entry.start_ns = now;
-	entry.active = 1;
+	entry.active = pending ? INFLIGHT_PENDING : INFLIGHT_ACTIVE;
 	entry.resource = res;
 	entry.is_http = is_http;
 	entry.inbound = !!in;
-	if (bpf_map_update_elem(&inflight, key, &entry, BPF_ANY) == 0)
-		hold(st, in, entry.hot);
-	else
+	if (bpf_map_update_elem(&inflight, key, &entry, BPF_ANY) == 0) {
+		if (!pending)
+			hold(st, in, entry.hot);
+	} else
 		percpu_inc(&dp_counters, DP_INFLIGHT_FULL);
 	return BLOCK_NONE;
 }
@@ -605,6 +636,9 @@ __noinline __u32 judge(__u32 res, __u32 gen_flags, struct __sk_buff *skb, const 
 #define COMPLETE_ERROR 1            /* the request failed (5xx, or no response before the close) */
 #define COMPLETE_END 2              /* the connection ended: its entry goes */
 #define COMPLETE_EGRESS 4           /* the key is in egress_scratch (else ingress_scratch) */
+#define COMPLETE_ABORT 8            /* the client reset the connection: an abort, not an error */
+#define COMPLETE_CLIENT_FIN 16      /* the client sent FIN: its request may still be answered */
+#define COMPLETE_NO_ANSWER 32       /* the server closed without answering (an abort after COMPLETE_CLIENT_FIN) */
 
 /*
  * The in-flight request or connection under the scratch's key (see scratch_key) ended (COMPLETE_* flags
@@ -625,9 +659,20 @@ __noinline int complete(__u32 how)
 	f = bpf_map_lookup_elem(&inflight, key);
 	if (!f)
 		return 0;
+	if (f->active == INFLIGHT_PENDING) {
+		/* a connection that ends before its handshake completed never took a slot */
+		if (how & COMPLETE_END)
+			bpf_map_delete_elem(&inflight, key);
+		return 0;
+	}
+	if ((how & COMPLETE_CLIENT_FIN) && f->active) {
+		/* half-closed: the response (or the server's close) completes the request */
+		f->client_closed = 1;
+		return 0;
+	}
 	if (__sync_val_compare_and_swap(&f->active, 1, 0) != 1) {
 		/* idle already: nothing in flight to complete */
-		if (how & COMPLETE_END) {
+		if (how & (COMPLETE_END | COMPLETE_CLIENT_FIN)) {
 			idle_add(-1);
 			bpf_map_delete_elem(&inflight, key);
 		}
@@ -635,6 +680,18 @@ __noinline int complete(__u32 how)
 	}
 	st = bpf_map_lookup_elem(&res_stats, &f->resource);
 	in = f->inbound ? inbound_node() : NULL;
+	if ((how & COMPLETE_ABORT) || ((how & COMPLETE_NO_ANSWER) && f->client_closed)) {
+		/* the client gave up before the response: not the server's error, breakers never see it */
+		if (st) {
+			__sync_fetch_and_add(&st->total_abort, 1);
+			__sync_fetch_and_add(&st->concurrency, -1);
+		}
+		if (in)
+			__sync_fetch_and_add(&in->concurrency, -1);
+		hot_release(f->hot);
+		bpf_map_delete_elem(&inflight, key);
+		return 0;
+	}
 	now = now_ns();
 	rt_ms = now > f->start_ns ? (now - f->start_ns) / 1000000 : 0;
 	if (st) {
@@ -683,7 +740,10 @@ static __always_inline __u8 parse_method(__u64 w, __u32 *len)
 	return HTTP_METHOD_NONE;
 }
 
-/* A status line at the start of the payload: true for "HTTP/1.", with its status class digit in *hundreds. */
+/*
+ * A final response's status line at the start of the payload: true for "HTTP/1." (interim 1xx responses
+ * other than 101 excluded), with its status class digit in *hundreds.
+ */
 static __always_inline bool status_line(struct __sk_buff *skb, const struct pkt *p, __u8 *hundreds)
 {
 	__u8 buf[12];
@@ -692,6 +752,8 @@ static __always_inline bool status_line(struct __sk_buff *skb, const struct pkt 
 		return false;
 	if (*(__u32 *)buf != W4('H', 'T', 'T', 'P') || buf[4] != '/' || buf[5] != '1' || buf[6] != '.')
 		return false;
+	if (buf[9] == '1' && !(buf[10] == '0' && buf[11] == '1'))
+		return false; /* interim (100 Continue, 103 Early Hints): the final response follows */
 	*hundreds = buf[9];
 	return true;
 }
@@ -731,8 +793,8 @@ __noinline int reject(struct __sk_buff *skb, const struct pkt *p, __u32 how)
 	if (!skb || !p)
 		return TC_ACT_OK;
 
-	if (mode == REJECT_DROP)
-		return TC_ACT_SHOT;
+	if (mode == REJECT_DROP || (p->family == 6 && p->l4_off != p->l3_off + 40))
+		return TC_ACT_SHOT; /* a reply would carry IPv6 extension headers (a routing header!) back: drop */
 	if (syn) {
 		/* RST|ACK for the SYN: seq 0, ack = ISN + 1 (+ its data, TFO); the SYN never reaches the server */
 		if (rewrite_to_rst(skb, p, 0, p->seq + 1 + p->payload_len, true))
@@ -1118,10 +1180,15 @@ int tc_ingress(struct __sk_buff *skb)
 	if (r != PARSE_OK) {
 		if (r == PARSE_MALFORMED)
 			percpu_inc(&dp_counters, DP_MALFORMED);
+		else if (r == PARSE_FRAGMENT && p->dport && ports->slot[p->dport])
+			port_count(bpf_ntohs(p->dport), PORT_FRAGMENT);
+		else if (r == PARSE_FRAGMENT || r == PARSE_UNPARSED)
+			percpu_inc(&dp_counters, DP_UNPARSED);
 		return TC_ACT_OK;
 	}
-	if (ports->slot[p->sport] & SE_PORT_OUT_HTTP) {
-		/* a response of a server our outbound HTTP resources call */
+	if ((ports->slot[p->sport] & SE_PORT_OUT_HTTP) && !(ports->slot[p->dport] & ~SE_PORT_OUT_HTTP)) {
+		/* a response of a server our outbound HTTP resources call (to a local port nothing protects:
+		 * a client whose source port is such a server's port is still judged) */
 		out_response(skb, p, fk);
 		return TC_ACT_OK;
 	}
@@ -1144,10 +1211,11 @@ int tc_ingress(struct __sk_buff *skb)
 	__u32 res, skip = 0, how;
 
 	if ((p->flags & TCP_RST) || ((p->flags & TCP_FIN) && !http_data)) {
-		/* the client ends the connection: its request (if any) and the connection are done. (A FIN
-		 * on a request only half-closes: the request is judged below, and the response completes it.) */
+		/* the client ends the connection: a reset abandons its request (an abort); after a FIN the
+		 * server may still answer it. The connection is done. (A FIN carrying a request only
+		 * half-closes: the request is judged below, and the response completes it.) */
 		make_key(fk, p, true, FLOW_KIND_REQUEST);
-		complete(COMPLETE_ERROR | COMPLETE_END);
+		complete(p->flags & TCP_RST ? COMPLETE_ABORT | COMPLETE_END : COMPLETE_CLIENT_FIN);
 		make_key(fk, p, true, FLOW_KIND_CONNECTION);
 		complete(COMPLETE_END);
 		return TC_ACT_OK;
@@ -1294,6 +1362,39 @@ static __always_inline void out_resolved(struct out_conn *c, bool error)
 	breakers_complete(current_gen() * SE_MAX_RESOURCES + c->resource, c->resource, now / 1000000, rt_ms, error);
 }
 
+/* A connection to a TCP resource completed its handshake: it takes the slot its SYN was admitted to. */
+static __always_inline void inbound_established(struct bpf_sock_ops *skops)
+{
+	struct flow_key k = { .kind = FLOW_KIND_CONNECTION };
+	struct inflight *f;
+
+	if (skops->family == AF_INET) {
+		__u32 r = skops->remote_ip4, l = skops->local_ip4;
+
+		k.family = 4;
+		__builtin_memcpy(k.saddr, &r, 4);
+		__builtin_memcpy(k.daddr, &l, 4);
+	} else if (skops->family == AF_INET6) {
+		__u32 r[4] = { skops->remote_ip6[0], skops->remote_ip6[1], skops->remote_ip6[2], skops->remote_ip6[3] };
+		__u32 l[4] = { skops->local_ip6[0], skops->local_ip6[1], skops->local_ip6[2], skops->local_ip6[3] };
+
+		k.family = 6;
+		__builtin_memcpy(k.saddr, r, 16);
+		__builtin_memcpy(k.daddr, l, 16);
+	} else {
+		return;
+	}
+	k.sport = bpf_htons((__u16)bpf_ntohl(skops->remote_port)); /* remote_port: the port << 16 in network order */
+	k.dport = bpf_htons((__u16)skops->local_port);
+	f = bpf_map_lookup_elem(&inflight, &k);
+	if (!f || __sync_val_compare_and_swap(&f->active, INFLIGHT_PENDING, INFLIGHT_ACTIVE) != INFLIGHT_PENDING)
+		return;
+	struct res_stats *st = bpf_map_lookup_elem(&res_stats, &f->resource);
+
+	if (st)
+		hold(st, f->inbound ? inbound_node() : NULL, f->hot);
+}
+
 SEC("sockops")
 int out_sockops(struct bpf_sock_ops *skops)
 {
@@ -1309,6 +1410,9 @@ int out_sockops(struct bpf_sock_ops *skops)
 		c = bpf_map_lookup_elem(&out_conns, &cookie);
 		if (c && !c->established)
 			out_resolved(c, false);
+		return 1;
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		inbound_established(skops);
 		return 1;
 	case BPF_SOCK_OPS_STATE_CB:
 		if (skops->args[1] != TCP_CLOSE_STATE)
@@ -1372,7 +1476,7 @@ int tc_egress(struct __sk_buff *skb)
 	if (parse_tcp(skb, p) != PARSE_OK)
 		return TC_ACT_OK;
 	if (p->payload_len && !(p->flags & (TCP_RST | TCP_FIN | TCP_SYN)) &&
-	    (ports->slot[p->dport] & SE_PORT_OUT_HTTP))
+	    (ports->slot[p->dport] & SE_PORT_OUT_HTTP) && !(ports->slot[p->sport] & ~SE_PORT_OUT_HTTP))
 		return out_request(skb, p, gen, fk);
 	slot = ports->slot[p->sport];
 	if (!slot)
@@ -1383,7 +1487,7 @@ int tc_egress(struct __sk_buff *skb)
 
 	if (p->flags & (TCP_RST | TCP_FIN)) {
 		make_key(fk, p, false, FLOW_KIND_REQUEST);
-		complete(COMPLETE_EGRESS | COMPLETE_ERROR | COMPLETE_END); /* the server closed without answering */
+		complete(COMPLETE_EGRESS | COMPLETE_ERROR | COMPLETE_END | COMPLETE_NO_ANSWER);
 		make_key(fk, p, false, FLOW_KIND_CONNECTION);
 		complete(COMPLETE_EGRESS | COMPLETE_END);
 		return TC_ACT_OK;
@@ -1393,6 +1497,90 @@ int tc_egress(struct __sk_buff *skb)
 	make_key(fk, p, false, FLOW_KIND_REQUEST);
 	complete(COMPLETE_EGRESS | (hundreds == '5' ? COMPLETE_ERROR : 0));
 	return TC_ACT_OK;
+}
+
+/*
+ * Reconciliation, run by the control plane through BPF_PROG_TEST_RUN (never attached). An in-flight entry
+ * whose connection is gone (a half-open connection that timed out or was never kept, a FIN or RST this
+ * host never saw) would hold its slot for good: RECONCILE_RELEASE gives it back when the server's
+ * listener is found but no socket of the connection. When not even a listener is found the answer is
+ * unknown (another network namespace, the server stopped): the entry is kept. RECONCILE_ADJUST corrects
+ * a count that drifted from the in-flight entries (an entry evicted from the LRU, say).
+ */
+#define TCP_LISTEN_STATE 10
+
+const enum reconcile_op _reconcile_op_unused __attribute__((unused)) = RECONCILE_RELEASE;
+const struct reconcile_req _reconcile_req_unused __attribute__((unused)) = {};
+
+static __always_inline int connection_gone(struct __sk_buff *skb, const struct flow_key *k)
+{
+	struct bpf_sock_tuple t = {};
+	struct bpf_sock *sk;
+	__u32 len;
+	int gone;
+
+	if (k->family == 4) {
+		__builtin_memcpy(&t.ipv4.saddr, k->saddr, 4);
+		__builtin_memcpy(&t.ipv4.daddr, k->daddr, 4);
+		t.ipv4.sport = k->sport;
+		t.ipv4.dport = k->dport;
+		len = sizeof(t.ipv4);
+	} else {
+		__builtin_memcpy(t.ipv6.saddr, k->saddr, 16);
+		__builtin_memcpy(t.ipv6.daddr, k->daddr, 16);
+		t.ipv6.sport = k->sport;
+		t.ipv6.dport = k->dport;
+		len = sizeof(t.ipv6);
+	}
+	sk = bpf_skc_lookup_tcp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return 0; /* no listener either: nothing known */
+	gone = sk->state == TCP_LISTEN_STATE;
+	bpf_sk_release(sk);
+	return gone;
+}
+
+SEC("tc")
+int reconcile(struct __sk_buff *skb)
+{
+	struct reconcile_req req;
+	struct res_stats *st, *in;
+	struct inflight *f;
+
+	if (bpf_skb_load_bytes(skb, 0, &req, sizeof(req)))
+		return -1;
+	if (req.op == RECONCILE_ADJUST) {
+		st = req.resource ? bpf_map_lookup_elem(&res_stats, &req.resource) : inbound_node();
+		if (!st)
+			return -1;
+		__sync_fetch_and_add(&st->concurrency, req.delta);
+		percpu_inc(&dp_counters, DP_CONCURRENCY_REPAIRED);
+		return 0;
+	}
+	if (req.key.kind == FLOW_KIND_OUT_REQUEST)
+		return 0; /* a local client's socket: no listener tells that it is gone */
+	f = bpf_map_lookup_elem(&inflight, &req.key);
+	if (!f || now_ns() - f->start_ns < req.grace_ns || !connection_gone(skb, &req.key))
+		return 0;
+	if (f->active == INFLIGHT_PENDING) {
+		bpf_map_delete_elem(&inflight, &req.key); /* half-open and gone: it never took a slot */
+		return 1;
+	}
+	if (__sync_val_compare_and_swap(&f->active, 1, 0) != 1) {
+		idle_add(-1); /* an idle keep-alive entry whose close was never seen */
+		bpf_map_delete_elem(&inflight, &req.key);
+		return 0;
+	}
+	st = bpf_map_lookup_elem(&res_stats, &f->resource);
+	in = f->inbound ? inbound_node() : NULL;
+	if (st)
+		__sync_fetch_and_add(&st->concurrency, -1);
+	if (in)
+		__sync_fetch_and_add(&in->concurrency, -1);
+	hot_release(f->hot);
+	bpf_map_delete_elem(&inflight, &req.key);
+	percpu_inc(&dp_counters, DP_CONCURRENCY_REPAIRED);
+	return 1;
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -11,7 +11,14 @@
 #define ETH_HLEN 14
 #define ETH_P_IP 0x0800
 #define ETH_P_IPV6 0x86DD
+#define ETH_P_8021Q 0x8100
+#define ETH_P_8021AD 0x88A8
 #define IPPROTO_TCP 6
+#define IPPROTO_HOPOPTS 0
+#define IPPROTO_ROUTING 43
+#define IPPROTO_FRAGMENT 44
+#define IPPROTO_AH 51
+#define IPPROTO_DSTOPTS 60
 #define TCP_FIN 0x01
 #define TCP_SYN 0x02
 #define TCP_RST 0x04
@@ -22,6 +29,8 @@ enum parse_result {
 	PARSE_OK = 0,
 	PARSE_NOT_TCP = 1,          /* not TCP over IP: none of our business */
 	PARSE_MALFORMED = 2,        /* claims to be TCP/IP but headers are truncated or inconsistent */
+	PARSE_FRAGMENT = 3,         /* an IP fragment: p->dport is its TCP port when it is the first, else 0 */
+	PARSE_UNPARSED = 4,         /* headers go on past what is parsed (VLAN tags, IPv6 extension headers) */
 };
 
 struct pkt {
@@ -47,6 +56,52 @@ enum peek_result {
 	PEEK_PARSE = 2,             /* headers not all in the linear data, or suspect: parse_tcp decides */
 };
 
+static __always_inline bool is_ipv6_ext(__u8 nh)
+{
+	return nh == IPPROTO_HOPOPTS || nh == IPPROTO_ROUTING || nh == IPPROTO_FRAGMENT || nh == IPPROTO_AH ||
+	       nh == IPPROTO_DSTOPTS;
+}
+
+/* ipv6_walk()'s result, beside the offset (<< 16) and the next header (low byte). */
+#define IPV6_FIRST_FRAGMENT (1 << 8)
+#define IPV6_WALK_FRAGMENT (-2)     /* a later fragment: no TCP header */
+#define IPV6_WALK_UNPARSED (-1)     /* truncated, or more extension headers than SE_IPV6_EXT_MAX */
+
+/*
+ * Skip IPv6 extension headers from offset `off` (next header `nh`): returns the upper-layer header's
+ * offset << 16 | IPV6_FIRST_FRAGMENT (when a fragment header says so) | its protocol, or IPV6_WALK_*.
+ * A global function: the verifier checks its loop once.
+ */
+__noinline int ipv6_walk(struct __sk_buff *skb, __u32 off, __u32 nh)
+{
+	__u32 first_fragment = 0;
+
+	if (!skb)
+		return IPV6_WALK_UNPARSED;
+	for (int i = 0; i < SE_IPV6_EXT_MAX; i++) {
+		__u8 h[4];
+
+		if (!is_ipv6_ext(nh))
+			break;
+		if (bpf_skb_load_bytes(skb, off, h, sizeof(h)))
+			return IPV6_WALK_UNPARSED;
+		if (nh == IPPROTO_FRAGMENT) {
+			if ((h[2] << 8 | h[3]) & 0xFFF8)
+				return IPV6_WALK_FRAGMENT;
+			first_fragment = IPV6_FIRST_FRAGMENT;
+			off += 8;
+		} else if (nh == IPPROTO_AH) {
+			off += (h[1] + 2) * 4;
+		} else {
+			off += (h[1] + 1) * 8;
+		}
+		nh = h[0];
+	}
+	if (is_ipv6_ext(nh) || off > 0x3fff)
+		return IPV6_WALK_UNPARSED;
+	return off << 16 | first_fragment | nh;
+}
+
 /*
  * The TCP ports of a frame, read in place without copying anything, so that a packet for a port nothing
  * protects costs a few loads. Anything unusual is left to parse_tcp, which also counts malformed headers.
@@ -67,6 +122,8 @@ static __always_inline int peek_ports(struct __sk_buff *skb, __u16 *sport, __u16
 			return PEEK_PARSE;
 		if (ip->protocol != IPPROTO_TCP)
 			return PEEK_NOT_TCP;
+		if (ip->frag_off & bpf_htons(0x3FFF))
+			return PEEK_PARSE; /* a fragment: counted by parse_tcp */
 		ports = (void *)ip + ip->ihl * 4;
 	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = (void *)(eth + 1);
@@ -74,8 +131,10 @@ static __always_inline int peek_ports(struct __sk_buff *skb, __u16 *sport, __u16
 		if ((void *)(ip6 + 1) > data_end)
 			return PEEK_PARSE;
 		if (ip6->nexthdr != IPPROTO_TCP)
-			return PEEK_NOT_TCP;
+			return is_ipv6_ext(ip6->nexthdr) ? PEEK_PARSE : PEEK_NOT_TCP;
 		ports = (void *)(ip6 + 1);
+	} else if (eth->h_proto == bpf_htons(ETH_P_8021Q) || eth->h_proto == bpf_htons(ETH_P_8021AD)) {
+		return PEEK_PARSE; /* VLAN tags: parse_tcp reads past them */
 	} else {
 		return PEEK_NOT_TCP;
 	}
@@ -92,13 +151,28 @@ static __always_inline int parse_tcp(struct __sk_buff *skb, struct pkt *p)
 	void *data_end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
 	struct tcphdr *tcp;
-	__u32 l4_off, l3_len;
+	__u32 l3_off = ETH_HLEN, l4_off, l3_len;
+	__u16 proto;
 
 	if ((void *)(eth + 1) > data_end)
 		return PARSE_NOT_TCP;
-	p->l3_off = ETH_HLEN;
-	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
-		struct iphdr *ip = (void *)(eth + 1);
+	proto = eth->h_proto;
+	for (int i = 0; i < SE_VLAN_MAX; i++) {
+		/* 802.1Q / QinQ tags the device did not take off (skb->vlan_tci holds an offloaded one) */
+		__u16 *tag = data + l3_off;
+
+		if (proto != bpf_htons(ETH_P_8021Q) && proto != bpf_htons(ETH_P_8021AD))
+			break;
+		if ((void *)(tag + 2) > data_end)
+			return PARSE_MALFORMED;
+		proto = tag[1];
+		l3_off += 4;
+	}
+	if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD))
+		return PARSE_UNPARSED;
+	p->l3_off = l3_off;
+	if (proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = data + l3_off;
 
 		if ((void *)(ip + 1) > data_end)
 			return PARSE_MALFORMED;
@@ -106,11 +180,18 @@ static __always_inline int parse_tcp(struct __sk_buff *skb, struct pkt *p)
 			return PARSE_NOT_TCP;
 		if (ip->version != 4 || ip->ihl < 5)
 			return PARSE_MALFORMED;
-		if (ip->frag_off & bpf_htons(0x3FFF)) /* fragments: no TCP header to trust */
-			return PARSE_NOT_TCP;
+		if (ip->frag_off & bpf_htons(0x3FFF)) {
+			/* a fragment: nothing judges it (the first one's ports say where it goes) */
+			__u16 *ports = (void *)ip + ip->ihl * 4;
+
+			p->dport = 0;
+			if (!(ip->frag_off & bpf_htons(0x1FFF)) && (void *)(ports + 2) <= data_end)
+				p->dport = ports[1];
+			return PARSE_FRAGMENT;
+		}
 		p->family = 4;
 		p->ip_len = bpf_ntohs(ip->tot_len);
-		l4_off = ETH_HLEN + ip->ihl * 4;
+		l4_off = l3_off + ip->ihl * 4;
 		if (p->ip_len < ip->ihl * 4)
 			return PARSE_MALFORMED;
 		l3_len = p->ip_len - ip->ihl * 4;
@@ -118,17 +199,46 @@ static __always_inline int parse_tcp(struct __sk_buff *skb, struct pkt *p)
 		__builtin_memset(p->daddr, 0, sizeof(p->daddr));
 		__builtin_memcpy(p->saddr, &ip->saddr, 4);
 		__builtin_memcpy(p->daddr, &ip->daddr, 4);
-	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
-		struct ipv6hdr *ip6 = (void *)(eth + 1);
+	} else if (proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = data + l3_off;
+		__u32 ext_len = 0;
 
 		if ((void *)(ip6 + 1) > data_end)
 			return PARSE_MALFORMED;
-		if (ip6->nexthdr != IPPROTO_TCP) /* extension headers are not parsed: pass */
-			return PARSE_NOT_TCP;
+		l4_off = l3_off + sizeof(*ip6);
+		if (ip6->nexthdr != IPPROTO_TCP) {
+			int w;
+
+			if (!is_ipv6_ext(ip6->nexthdr))
+				return PARSE_NOT_TCP;
+			w = ipv6_walk(skb, l4_off, ip6->nexthdr);
+			if (w == IPV6_WALK_FRAGMENT) {
+				p->dport = 0;
+				return PARSE_FRAGMENT;
+			}
+			if (w < 0)
+				return PARSE_UNPARSED;
+			if ((w & 0xff) != IPPROTO_TCP)
+				return PARSE_NOT_TCP;
+			ext_len = (__u32)w >> 16;
+			asm volatile("" : "+r"(ext_len));
+			ext_len &= 0x3fff; /* a bound the verifier sees (ipv6_walk returns no more) */
+			ext_len -= l4_off;
+			l4_off += ext_len;
+			if (w & IPV6_FIRST_FRAGMENT) {
+				__u16 *ports = data + l4_off;
+
+				p->dport = 0;
+				if ((void *)(ports + 2) <= data_end)
+					p->dport = ports[1];
+				return PARSE_FRAGMENT;
+			}
+		}
 		p->family = 6;
 		p->ip_len = bpf_ntohs(ip6->payload_len);
-		l4_off = ETH_HLEN + sizeof(*ip6);
-		l3_len = p->ip_len;
+		if (p->ip_len < ext_len)
+			return PARSE_MALFORMED;
+		l3_len = p->ip_len - ext_len;
 		__builtin_memcpy(p->saddr, &ip6->saddr, 16);
 		__builtin_memcpy(p->daddr, &ip6->daddr, 16);
 	} else {

@@ -31,7 +31,10 @@ enum sentinel_limits {
 	SE_MIN_RT_INIT_MS = 60000,   /* a bucket's min RT before any completion (Sentinel's default) */
 	SE_HOTSPOT_RULES_PER_RESOURCE = 2,
 	SE_HOT_PATTERN_MAX = 72,    /* "\n" + header name + ":" or query name + "=" */
-	SE_HOT_VALUE_MAX = 64,      /* bytes of a parameter value that are hashed */
+	SE_HOT_VALUE_MAX = 64,      /* bytes of a parameter value that are hashed (decoded, OWS trimmed) */
+	SE_HOT_VALUE_SCAN = 192,    /* bytes of a raw value read to find them (3 per %XX-encoded byte) */
+	SE_VLAN_MAX = 2,            /* 802.1Q / 802.1ad tags parsed (QinQ) */
+	SE_IPV6_EXT_MAX = 4,        /* IPv6 extension headers parsed before the TCP header */
 	SE_PARAM_PEEK = 512,        /* bytes of a request searched for a header or query parameter */
 	SE_HOT_VALUES_MAX = 262144, /* default size of the per-value LRU shared by all hotspot rules (set at load) */
 	SE_BREAKERS_PER_RESOURCE = 2,
@@ -120,7 +123,8 @@ enum port_counter {
 	PORT_INCOMPLETE_PASSED = 9, /* ... passed unjudged (reject.incomplete: pass) */
 	PORT_INCOMPLETE_RESET = 10, /* ... still incomplete after SE_INCOMPLETE_TRIES drops: connection reset */
 	PORT_DEFERRED_ACK = 11,     /* a handshake's bare last ACK dropped (deferred accept) */
-	PORT_COUNTER_MAX = 12,
+	PORT_FRAGMENT = 12,         /* first IP fragment of a TCP segment: ports readable, not reassembled */
+	PORT_COUNTER_MAX = 13,
 };
 
 /* Global data-plane counters (per-CPU array `dp_counters`). */
@@ -133,7 +137,11 @@ enum dp_counter {
 	DP_RST_SENT = 5,
 	DP_CONNECT_REFUSED = 6,     /* outbound connect() failed fast by a rule */
 	DP_GSO_DROPPED = 7,         /* a blocked request in a GRO-merged skb: dropped, not answered */
-	DP_COUNTER_MAX = 8,
+	DP_THROTTLE_CONTENDED = 8,  /* throttling: compare-and-swap lost 4 times in a row, request passed */
+	DP_UNPARSED = 9,            /* IP traffic whose TCP ports cannot be read: later fragments, header
+				     * chains past the bound (VLAN tags, IPv6 extension headers): passed */
+	DP_CONCURRENCY_REPAIRED = 10, /* reconcile: in-flight entries released, or drift corrected */
+	DP_COUNTER_MAX = 11,
 };
 
 /*
@@ -217,7 +225,7 @@ struct flow_rule_k {
 enum hot_param {
 	HOT_REMOTE_IP = 0,          /* the client address (16 bytes; IPv4 in the first 4) */
 	HOT_HEADER = 1,             /* an HTTP header's value, name matched case-insensitively */
-	HOT_QUERY = 2,              /* a query parameter's raw (not URL-decoded) value */
+	HOT_QUERY = 2,              /* a query parameter's value; name and value %XX-decoded */
 };
 
 struct hotspot_rule_k {
@@ -227,6 +235,8 @@ struct hotspot_rule_k {
 	__u8 param;                 /* enum hot_param */
 	__u8 pattern_len;
 	__u8 pattern[SE_HOT_PATTERN_MAX];
+	__u8 v6_prefix_len;         /* remote_ip: IPv6 clients are keyed by this prefix of their address */
+	__u8 _pad[7];
 	__u64 threshold;
 	__u64 burst;
 	__u64 duration_ms;
@@ -388,6 +398,13 @@ struct res_stats {
 	__u64 total_rt_ms;
 	__u64 block_by_type[BLOCK_TYPE_MAX];
 	__u64 flow_wait;            /* admitted into the throttling virtual queue with a wait > 0 */
+	__u64 total_abort;          /* requests the client abandoned (RST, or FIN and no response): not errors */
+};
+
+enum inflight_state {
+	INFLIGHT_IDLE = 0,
+	INFLIGHT_ACTIVE = 1,
+	INFLIGHT_PENDING = 2,
 };
 
 enum flow_kind {
@@ -416,12 +433,33 @@ struct flow_key {
  */
 struct inflight {
 	__u64 start_ns;
-	__u64 active;               /* 1 while in flight (compare-and-swap), 0 idle */
+	__u64 active;               /* 1 while in flight (compare-and-swap), 0 idle, 2 a connection's
+				     * handshake not complete (INFLIGHT_PENDING: its slot is taken at
+				     * BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB) */
 	__u32 resource;
 	__u8 is_http;
 	__u8 inbound;               /* counted in the inbound node (system rules were in force at its start) */
-	__u8 _pad[2];
+	__u8 client_closed;         /* the client sent FIN with the request in flight: no response is an abort */
+	__u8 _pad;
 	struct hot_key hot[SE_HOTSPOT_RULES_PER_RESOURCE]; /* concurrency hotspot values to release (uid 0: none) */
+};
+
+/*
+ * The control plane's reconciliation runs program `reconcile` through BPF_PROG_TEST_RUN with one of these
+ * as packet data (atomic updates beside the data plane's own).
+ */
+enum reconcile_op {
+	RECONCILE_RELEASE = 0,      /* release key's entry if its connection has no socket (returns 1) */
+	RECONCILE_ADJUST = 1,       /* add delta to resource's concurrency (0: the inbound node) */
+};
+
+struct reconcile_req {
+	struct flow_key key;
+	__s64 delta;
+	__u64 grace_ns;             /* RELEASE: entries younger than this are kept */
+	__u32 resource;
+	__u8 op;                    /* enum reconcile_op */
+	__u8 _pad[3];
 };
 
 struct conn_event {

@@ -331,6 +331,14 @@ class Daemon:
         ):
             self.dp.attach_outbound()
             log.info("judging outbound connect() at the cgroup2 root")
+        if not self.dp.sockops_attached and any(
+            r.match.inbound and r.match.protocol == "tcp" for r in rules.resources
+        ):
+            try:
+                self.dp.attach_sockops()
+                log.info("TCP resources' connections take their concurrency slot when established (sock_ops)")
+            except SentinelError as e:
+                log.warning("%s: connections take their concurrency slot at the SYN", e)
 
     # -- reload ---------------------------------------------------------------------------------------
     def reload(self) -> ReloadResult:

@@ -70,6 +70,7 @@ class KHotRule:
     param: int  # enum hot_param
     pattern: bytes
     threshold: int
+    v6_prefix_len: int  # remote_ip: bits of an IPv6 client address that key its state
     burst: int
     duration_ms: int
     max_queue_ms: int
@@ -208,12 +209,17 @@ def fnv1a(data: bytes) -> int:
     return h
 
 
-def hot_value_bytes(param: str, value: str) -> bytes:
+def hot_value_bytes(param: str, value: str, ipv6_prefix_len: int = 128) -> bytes:
     """The bytes the kernel hashes for a parameter value: a client address as 16 bytes (IPv4 in the
-    first 4), a header or query value as it appears in the request."""
+    first 4; IPv6 cut to its first `ipv6_prefix_len` bits), a header value without optional whitespace, a
+    query value decoded; at most SE_HOT_VALUE_MAX bytes (the kernel's one length, hotspot.bpf.h)."""
     if param == "remote_ip":
         addr = ipaddress.ip_address(value)
+        if addr.version == 6:
+            addr = ipaddress.ip_network(f"{addr}/{ipv6_prefix_len}", strict=False).network_address
         return addr.packed.ljust(16, b"\0")
+    if param == "header":
+        value = value.strip(" \t")
     return value.encode()[: int(SentinelLimits.SE_HOT_VALUE_MAX)]
 
 
@@ -236,7 +242,7 @@ def _hot(
         else (b"\n" + src.name.lower().encode() + b":" if src.kind == "header" else src.name.encode() + b"=")
     )
     uid = zlib.crc32(repr((res_key, rule)).encode()) or 1
-    specific = tuple(sorted((fnv1a(hot_value_bytes(src.kind, item.key)), item.threshold)
+    specific = tuple(sorted((fnv1a(hot_value_bytes(src.kind, item.key, rule.ipv6_prefix)), item.threshold)
                             for item in rule.specific_items))  # fmt: skip
     return KHotRule(
         uid,
@@ -245,6 +251,7 @@ def _hot(
         int(param),
         pattern,
         rule.threshold,
+        rule.ipv6_prefix,
         rule.burst_count,
         rule.duration_in_sec * 1000,
         rule.max_queueing_time_ms,

@@ -39,6 +39,7 @@ from sentinel_ebpf.doctor import cgroup2_mount
 from sentinel_ebpf.errors import BpfKeyError, BpfMapError, SentinelError
 from sentinel_ebpf.inbound.adaptive import AdaptiveThresholds, ExternalThresholds, HostMemory
 from sentinel_ebpf.inbound.compiler import CompiledInbound, KOutRoute, KResource, compile_inbound
+from sentinel_ebpf.inbound.reconcile import RECONCILE_PERIOD_NS, Reconciler
 from sentinel_ebpf.libbpf import BpfObject, Link, RingBuffer, TcAttachPoint, TcFilter, TcHook
 from sentinel_ebpf.model.flow import MemoryReader
 from sentinel_ebpf.objects import object_path
@@ -177,6 +178,12 @@ class InboundDataplane:
         self.adaptive = AdaptiveThresholds(self.compiled, self.raw_stats, self.memory)
         self._breaker_names: dict[int, tuple[str, str]] = {}
         self._cb_ring: RingBuffer | None = None
+        self.reconciler = Reconciler(self)
+        self._sockops_link: Link | None = None
+        self._connect_attached = False
+        # no sock_ops of ours yet (a crashed daemon's reused map may still say there is)
+        self.obj.map("establish_hook").update(_u32(0), _u32(0))
+        self._next_reconcile_ns = time.monotonic_ns() + RECONCILE_PERIOD_NS
         self._cb_pending: list[StateChange] = []
         self._cgroup_links: list[Link] = []
         self._attachments: list[_Attachment] = []
@@ -303,9 +310,13 @@ class InboundDataplane:
             dyn.update(_u32((gen * MAX_RESOURCES + rid) * FLOW_RULES + i), milli.to_bytes(8, "little"))
 
     def tick(self) -> None:
-        """Recompute WarmUp and MemoryAdaptive thresholds now (the daemon calls this every 100 ms)."""
+        """Recompute WarmUp and MemoryAdaptive thresholds now (the daemon calls this every 100 ms); every
+        RECONCILE_PERIOD_NS give back concurrency that escaped (see inbound.reconcile)."""
         if self.adaptive.calculators:
             self._write_thresholds(self.adaptive, self.gen)
+        if not self.test_clock and time.monotonic_ns() >= self._next_reconcile_ns:
+            self.reconciler.run()
+            self._next_reconcile_ns = time.monotonic_ns() + RECONCILE_PERIOD_NS
 
     @staticmethod
     def _res_conf(r: KResource) -> ResConf:
@@ -323,7 +334,8 @@ class InboundDataplane:
         for i, h in enumerate(r.hot):
             rc.hot[i] = HotspotRuleK(
                 uid=h.uid, metric=h.metric, behavior=h.behavior, param=h.param, pattern_len=len(h.pattern),
-                threshold=h.threshold, burst=h.burst, duration_ms=h.duration_ms, max_queue_ms=h.max_queue_ms,
+                v6_prefix_len=h.v6_prefix_len, threshold=h.threshold, burst=h.burst, duration_ms=h.duration_ms,
+                max_queue_ms=h.max_queue_ms,
             )  # fmt: skip
             ctypes.memmove(rc.hot[i].pattern, h.pattern, len(h.pattern))
         for i, f in enumerate(r.flow):
@@ -532,7 +544,7 @@ class InboundDataplane:
 
     @property
     def outbound_attached(self) -> bool:
-        return bool(self._cgroup_links)
+        return self._connect_attached
 
     def attach_outbound(self, cgroup_root: str | None = None) -> None:
         """Judge outbound connect()s of every process: cgroup/connect4|6 and sock_ops at the cgroup2 root
@@ -540,8 +552,27 @@ class InboundDataplane:
         root = cgroup_root or cgroup2_mount()
         if root is None:
             raise SentinelError("cgroup2 is not mounted: outbound resources cannot be enforced")
-        for prog in ("out_connect4", "out_connect6", "out_sockops"):
+        for prog in ("out_connect4", "out_connect6"):
             self._cgroup_links.append(self.obj.program(prog).attach_cgroup(root))
+        self._connect_attached = True
+        self.attach_sockops(root)
+
+    def attach_sockops(self, cgroup_root: str | None = None) -> None:
+        """sock_ops at the cgroup2 root: outbound connections' outcomes and closes, and the handshake of
+        inbound TCP resources' connections, which then take their concurrency slot when established
+        rather than at the SYN (half-open connections hold none)."""
+        if self._sockops_link is not None:
+            return
+        root = cgroup_root or cgroup2_mount()
+        if root is None:
+            raise SentinelError("cgroup2 is not mounted: sock_ops cannot be attached")
+        self._sockops_link = self.obj.program("out_sockops").attach_cgroup(root)
+        self._cgroup_links.append(self._sockops_link)
+        self.obj.map("establish_hook").update(_u32(0), _u32(1))
+
+    @property
+    def sockops_attached(self) -> bool:
+        return self._sockops_link is not None
 
     def detach(self, ifname: str) -> None:
         """Remove the filters from ``ifname`` (and the clsact qdisc if we created it); an interface that
@@ -553,6 +584,10 @@ class InboundDataplane:
             att.hook.destroy()
 
     def detach_all(self) -> None:
+        if self._sockops_link is not None:
+            self.obj.map("establish_hook").update(_u32(0), _u32(0))  # connections count from the SYN again
+            self._sockops_link = None
+        self._connect_attached = False
         while self._cgroup_links:
             self._cgroup_links.pop().close()
         while self._attachments:
@@ -589,7 +624,7 @@ class InboundDataplane:
             out.append(ResourceStats(
                 name=r.name, passed=st.total_pass, blocked=st.total_block, complete=st.total_complete,
                 error=st.total_error, concurrency=max(0, st.concurrency), rt_sum_ms=float(st.total_rt_ms),
-                block_by_type=by_type, flow_wait_total=st.flow_wait,
+                block_by_type=by_type, flow_wait_total=st.flow_wait, abort=st.total_abort,
                 circuit_breakers=breakers.get(r.name, ()),
                 flow_threshold=(r.flow[0].threshold_milli / 1000 if r.flow else None),
             ))  # fmt: skip

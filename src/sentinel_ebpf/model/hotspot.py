@@ -7,6 +7,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from sentinel_ebpf.model.clock import NS_PER_MS
 from sentinel_ebpf.rules.hotspot import ControlBehavior, HotspotRule, MetricType, canonical_value
 
 V = TypeVar("V")
@@ -58,13 +59,13 @@ class ConcurrencyState:
 
 @dataclass
 class ThrottleState:
-    last_pass_ms: int
+    last_pass_ns: int
 
 
 @dataclass(frozen=True)
 class HotspotResult:
     blocked: bool = False
-    wait_ms: int = 0
+    wait_ns: int = 0
     message: str = ""
 
 
@@ -72,12 +73,18 @@ PASS = HotspotResult()
 
 
 def value_key(rule: HotspotRule, value: object) -> str:
+    """The state key of a value: an IPv6 client by its rule's prefix, a header value without OWS."""
     text = canonical_value(value)
     if rule.param_key == "remote_ip":
         try:
-            return str(ipaddress.ip_address(text))
+            addr = ipaddress.ip_address(text)
         except ValueError:
             return text
+        if addr.version == 6:
+            return str(ipaddress.ip_network(f"{addr}/{rule.ipv6_prefix}", strict=False))
+        return str(addr)
+    if rule.param_key.startswith("header:"):
+        return text.strip(" \t")
     return text
 
 
@@ -93,12 +100,12 @@ class HotspotController:
     def limit_for(self, key: str) -> int:
         return self.specific.get(key, self.rule.threshold)
 
-    def check(self, now_ms: int, value: object, batch: int) -> HotspotResult:
+    def check(self, now_ms: int, value: object, batch: int, *, now_ns: int | None = None) -> HotspotResult:
         key = value_key(self.rule, value)
         if self.rule.metric_type is MetricType.Concurrency:
             return self._check_concurrency(key)
         if self.rule.control_behavior is ControlBehavior.Throttling:
-            return self._check_throttling(now_ms, key, batch)
+            return self._check_throttling(now_ms * NS_PER_MS if now_ns is None else now_ns, key, batch)
         return self._check_reject(now_ms, key, batch)
 
     def _check_concurrency(self, key: str) -> HotspotResult:
@@ -148,27 +155,30 @@ class HotspotController:
             f"more than available token count, arg: {key}",
         )
 
-    def _check_throttling(self, now_ms: int, key: str, batch: int) -> HotspotResult:
+    def _check_throttling(self, now_ns: int, key: str, batch: int) -> HotspotResult:
+        """sentinel-golang's throttling checker in nanoseconds (it rounds the cost to milliseconds, which
+        admits 1,000/s for a limit of 600/s and does not limit at all above 2,000/s); the cost is rounded
+        up, so never more than the limit passes."""
         token_count = self.limit_for(key)
         if token_count <= 0:
             return HotspotResult(
                 blocked=True, message=f"hotspot throttling check blocked, threshold is <= 0, arg: {key}"
             )
-        duration_ms = self.rule.duration_in_sec * 1000
-        cost = batch * duration_ms // token_count
-        fresh = ThrottleState(last_pass_ms=now_ms)
+        duration_ns = self.rule.duration_in_sec * 1000 * NS_PER_MS
+        cost = -(-batch * duration_ns // token_count)
+        fresh = ThrottleState(last_pass_ns=now_ns)
         prior = self.throttle.add_if_absent(key, fresh)
         state = prior if prior is not None else fresh
-        if prior is None or state.last_pass_ms < now_ms - duration_ms:
-            expected = now_ms - duration_ms + cost
+        if prior is None or state.last_pass_ns < now_ns - duration_ns:
+            expected = now_ns - duration_ns + cost
         else:
-            expected = state.last_pass_ms + cost
-        if expected <= now_ms or expected - now_ms < self.rule.max_queueing_time_ms:
-            state.last_pass_ms = now_ms
-            wait = expected - now_ms
+            expected = state.last_pass_ns + cost
+        if expected <= now_ns or expected - now_ns < self.rule.max_queueing_time_ms * NS_PER_MS:
+            state.last_pass_ns = now_ns
+            wait = expected - now_ns
             if wait > 0:
-                state.last_pass_ms = expected
-                return HotspotResult(wait_ms=wait)
+                state.last_pass_ns = expected
+                return HotspotResult(wait_ns=wait)
             return PASS
         return HotspotResult(
             blocked=True,

@@ -292,10 +292,10 @@ class Sentinel:
             value = _param_for(hc.rule, e.params)
             if value is None:
                 continue
-            hres = hc.check(now_ms, value, e.batch)
+            hres = hc.check(now_ms, value, e.batch, now_ns=now_ns)
             if hres.blocked:
                 return BlockInfo(BlockType.HotSpotParamFlow, hc.rule, hres.message)
-            e.wait_ns += hres.wait_ms * NS_PER_MS
+            e.wait_ns += hres.wait_ns
         for cb in self.breakers.get(e.resource, []):
             if not cb.try_pass(now_ms, e.when_exit):
                 return BlockInfo(BlockType.CircuitBreaking, cb.rule, "circuit breaker check blocked")

@@ -88,7 +88,7 @@ class SentinelCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         snap = self._snapshot()
-        handled, changed, threshold, wait, cpu, memory = self._families()
+        handled, changed, threshold, wait, cpu, memory, abort = self._families()
         c = self._const_values
         for res in snap.resources:
             handled.add_metric([*c, res.name, RESULT_PASS, ""], res.passed)
@@ -100,6 +100,7 @@ class SentinelCollector(Collector):
             if res.blocked > typed:  # blocks the collector could not attribute to a rule kind
                 handled.add_metric([*c, res.name, RESULT_BLOCK, BLOCK_TYPE_UNKNOWN], res.blocked - typed)
             wait.add_metric([*c, res.name], res.flow_wait_total)
+            abort.add_metric([*c, res.name], res.abort)
             if res.flow_threshold is not None:
                 threshold.add_metric([*c, res.name], res.flow_threshold)
         transitions: dict[tuple[str, str, str], int] = {}
@@ -108,7 +109,7 @@ class SentinelCollector(Collector):
             transitions[key] = transitions.get(key, 0) + count
         for (resource, from_state, to_state), count in sorted(transitions.items()):
             changed.add_metric([*c, resource, from_state, to_state], count)
-        families: list[Metric] = [handled, changed, threshold, wait]
+        families: list[Metric] = [handled, changed, threshold, wait, abort]
         if snap.cpu_ratio is not None:
             cpu.add_metric(c, snap.cpu_ratio)
             families.append(cpu)
@@ -126,6 +127,7 @@ class SentinelCollector(Collector):
         CounterMetricFamily,
         GaugeMetricFamily,
         GaugeMetricFamily,
+        CounterMetricFamily,
     ]:
         p, c = self._prefix, self._const_names
         return (
@@ -143,6 +145,11 @@ class SentinelCollector(Collector):
             CounterMetricFamily(f"{p}flow_wait_total", "Flow wait count", labels=[*c, "resource"]),
             GaugeMetricFamily(f"{p}cpu_ratio", "Process cpu ratio", labels=c),
             GaugeMetricFamily(f"{p}process_memory_bytes", "Process memory in bytes", labels=c),
+            CounterMetricFamily(
+                f"{p}abort_total",
+                "Requests the client abandoned before the response",
+                labels=[*c, "resource"],
+            ),
         )
 
 

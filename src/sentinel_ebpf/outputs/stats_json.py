@@ -26,6 +26,7 @@ def resource_document(res: ResourceStats) -> dict[str, Any]:
         "block": res.blocked,
         "complete": res.complete,
         "error": res.error,
+        "abort": res.abort,
         "concurrency": res.concurrency,
         "avg_rt_ms": float(res.avg_rt_ms),
         "block_by_type": {kind: res.block_by_type.get(kind, 0) for kind in BLOCK_TYPES},

@@ -6,6 +6,10 @@ Here the "parameter" is a property of the traffic, named by ``paramKey``:
 - ``header:<Name>``: an HTTP request header, name matched case-insensitively;
 - ``query:<name>``: a query-string parameter of the request line, name matched exactly.
 
+Values are compared as servers see them: a header value without its optional whitespace, a query name
+and value %XX-decoded. ``ipv6PrefixLen`` keys IPv6 clients of a ``remote_ip`` rule by a prefix of their
+address (default /64, what one site is usually given: per /128, one client could take 2**64 buckets).
+
 ``paramIndex`` (a position in a Go function's argument list) has no meaning for network traffic.
 """
 
@@ -40,6 +44,7 @@ PARAMS_MAX_CAPACITY = 20000
 MAX_PARAMS_CAPACITY = 1 << 20
 PARAM_VALUE_MAX_BYTES = 64
 PARAM_NAME_MAX_BYTES = 64
+DEFAULT_IPV6_PREFIX_LEN = 64
 MAX_SPECIFIC_ITEMS = 256
 
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
@@ -99,6 +104,12 @@ class HotspotRule:
     duration_in_sec: int = 0
     params_max_capacity: int = 0
     specific_items: tuple[SpecificItem, ...] = ()
+    ipv6_prefix_len: int = 0  # remote_ip only; 0 (absent): DEFAULT_IPV6_PREFIX_LEN
+
+    @property
+    def ipv6_prefix(self) -> int:
+        """Bits of an IPv6 client address that key its state (remote_ip rules)."""
+        return self.ipv6_prefix_len or DEFAULT_IPV6_PREFIX_LEN
 
     @property
     def param(self) -> ParamSource:
@@ -203,6 +214,7 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("durationInSec", "duration_in_sec", "int", 0, max=U32_MAX // 1000),
     FieldSpec("paramsMaxCapacity", "params_max_capacity", "int", 0, min=0, max=MAX_PARAMS_CAPACITY),
     FieldSpec("specificItems", "specific_items", "any", ()),
+    FieldSpec("ipv6PrefixLen", "ipv6_prefix_len", "int", 0, min=0, max=128),
 )
 
 _ITEM_FIELDS: tuple[FieldSpec, ...] = (
@@ -329,6 +341,12 @@ def validate(
             )
         else:
             _check_item_values(rule, src, ctx, item_indices)
+            if rule.ipv6_prefix_len and src.kind != "remote_ip":
+                ctx.add(
+                    f"ipv6PrefixLen applies to paramKey remote_ip only (this rule's is {rule.param_key!r}): "
+                    "remove it",
+                    "ipv6PrefixLen",
+                )
     if rule.control_behavior is ControlBehavior.Reject and rule.burst_count < 0:
         ctx.add("burstCount must be >= 0", "burstCount")
     if rule.control_behavior is ControlBehavior.Throttling and rule.max_queueing_time_ms < 0:

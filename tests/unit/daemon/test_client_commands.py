@@ -63,7 +63,7 @@ def test_stats_json_is_the_daemons_document(served: tuple[str, FakeDaemon]) -> N
     doc = json.loads(result.output)
     assert "ok" not in doc and doc["dataplane"] == {"packets": 1}
     assert doc["resources"]["GET:/api"] == {
-        "pass": 10, "block": 4, "complete": 10, "error": 0, "concurrency": 0, "avg_rt_ms": 2.0,
+        "pass": 10, "block": 4, "complete": 10, "error": 0, "abort": 0, "concurrency": 0, "avg_rt_ms": 2.0,
         "block_by_type": {"flow": 4, "isolation": 0, "circuit_breaking": 0, "system": 0, "hotspot": 0},
         "circuit_breakers": [], "source": "kernel",
     }  # fmt: skip

@@ -33,6 +33,10 @@ class KernelLike(FakeDataplane):
     """Adds the statistics side: bucket snapshots and counters set by the test."""
 
     outbound_attached = False
+    sockops_attached = False
+
+    def attach_sockops(self, cgroup_root: str | None = None) -> None:
+        self.sockops_attached = True
 
     def __init__(self) -> None:
         super().__init__()

@@ -283,6 +283,7 @@ def test_daemon_applies_revisions_and_an_invalid_one_keeps_the_rules(tmp_path: P
     d.source = source(tmp_path, etcd)
     dp = FakeDataplane()
     dp.outbound_attached = False  # type: ignore[attr-defined]
+    dp.sockops_attached = False  # type: ignore[attr-defined]
     d.dp = dp  # type: ignore[assignment]
     assert d.reload().accepted and dp.threshold() == 5
     etcd.put(rules("40"))

@@ -88,7 +88,7 @@ def test_throttling() -> None:
     # cost of each request: 1 * 1000 / 100 = 10 ms
     c2 = HotspotController(rule(control_behavior=ControlBehavior.Throttling, max_queueing_time_ms=25))
     results = [c2.check(NOW, "v", 1) for _ in range(5)]
-    assert [(r.blocked, r.wait_ms) for r in results] == [
+    assert [(r.blocked, r.wait_ns // 1_000_000) for r in results] == [
         (False, 0),
         (False, 10),
         (False, 20),
@@ -221,13 +221,13 @@ def test_throttling_spacing(gaps: list[int], threshold: int, queue: int) -> None
     c = HotspotController(
         rule(threshold=threshold, control_behavior=ControlBehavior.Throttling, max_queueing_time_ms=queue)
     )
-    cost = 1000 // threshold
+    cost_ns = -(-1_000_000_000 // threshold)  # rounded up: never more than the threshold
     now = NOW
     virtual: list[int] = []
     for gap in gaps:
         now += gap
         r = c.check(now, "k", 1)
         if not r.blocked:
-            assert r.wait_ms < max(queue, 1)
-            virtual.append(now + r.wait_ms)
-    assert all(b - a >= cost for a, b in itertools.pairwise(virtual))
+            assert r.wait_ns < max(queue, 1) * 1_000_000
+            virtual.append(now * 1_000_000 + r.wait_ns)
+    assert all(b - a >= cost_ns for a, b in itertools.pairwise(virtual))

@@ -34,6 +34,7 @@ SNAPSHOT = MetricsSnapshot(
             circuit_breakers=(BreakerState("cb-1", "open"),),
             flow_threshold=100.0,
             flow_wait_total=7,
+            abort=5,
         ),
         ResourceStats(name="payments-db", passed=3, blocked=4, block_by_type={"flow": 1}),
     ],
@@ -107,6 +108,7 @@ def test_threshold_wait_and_process_gauges() -> None:
         ("payments-db",): 0,
     }
     assert [s.name for s in families["sentinel_go_flow_wait"]] == ["sentinel_go_flow_wait_total"] * 2
+    assert values(families["sentinel_go_abort"], "resource") == {("GET:/api/orders",): 5, ("payments-db",): 0}
     assert [(s.value, s.labels) for s in families["sentinel_go_cpu_ratio"]] == [(0.25, CONST)]
     assert [s.value for s in families["sentinel_go_process_memory_bytes"]] == [123_456_789]
 
@@ -119,6 +121,7 @@ def test_process_gauges_absent_when_unknown_and_namespace_configurable() -> None
         "edge_circuit_breaker_state_changed",
         "edge_resource_flow_threshold",
         "edge_flow_wait",
+        "edge_abort",
     }
     assert families["edge_handled"][0].labels == {"resource": "r", "result": "pass", "block_type": ""}
     assert families["edge_circuit_breaker_state_changed"] == []

@@ -19,6 +19,7 @@ ORDERS = ResourceStats(
     blocked=9,
     complete=118,
     error=2,
+    abort=3,
     concurrency=2,
     rt_sum_ms=590.0,
     block_by_type={"flow": 5, "isolation": 0, "circuit_breaking": 3, "system": 1, "hotspot": 0},
@@ -35,6 +36,7 @@ def test_document_shape_exactly() -> None:
                 "block": 9,
                 "complete": 118,
                 "error": 2,
+                "abort": 3,
                 "concurrency": 2,
                 "avg_rt_ms": 5.0,
                 "block_by_type": {
@@ -52,6 +54,7 @@ def test_document_shape_exactly() -> None:
                 "block": 0,
                 "complete": 0,
                 "error": 0,
+                "abort": 0,
                 "concurrency": 0,
                 "avg_rt_ms": 0.0,
                 "block_by_type": {

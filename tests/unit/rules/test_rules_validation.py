@@ -748,3 +748,22 @@ def test_flow_cluster_round_trips() -> None:
 )  # fmt: skip
 def test_flow_cluster_invalid(rule: dict[str, Any], field: str, reason: str) -> None:
     assert_invalid("flowRules", {"resource": "web", "threshold": 10, **rule}, field, reason)
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        (
+            "{resource: api, paramKey: 'header:X-Id', threshold: 1, ipv6PrefixLen: 64}",
+            "ipv6PrefixLen applies to paramKey remote_ip only",
+        ),
+        (
+            "{resource: api, paramKey: remote_ip, threshold: 1, ipv6PrefixLen: 129}",
+            "ipv6PrefixLen: must be <= 128",
+        ),
+    ],
+)
+def test_ipv6_prefix_len_is_validated(rule: str, message: str) -> None:
+    text = f"resources:\n  - {{name: api, match: {{protocol: http, port: 8080, path: /}}}}\nhotSpotParamRules:\n  - {rule}\n"
+    with pytest.raises(RulesError, match=message):
+        load_text(text, "hot.yaml")
