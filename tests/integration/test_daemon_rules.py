@@ -96,7 +96,7 @@ flowRules:
         # wrk offers far more than 60/s, so the rule binds in every second (blocks in each) and the passes
         # are the rule's rate, not the client's speed
         pair.run(
-            pair.client, "wrk", "-t1", "-c2", "-d8s", f"http://{pair.server_ip}:8000/", timeout=60, check=True
+            pair.client, "wrk", "-t1", "-c2", "-d12s", f"http://{pair.server_ip}:8000/", timeout=60, check=True
         )
         time.sleep(2.5)  # the metric log is written once a second
         seconds = d.metric_log()["api"][1:-1]  # whole seconds under load
@@ -104,7 +104,8 @@ flowRules:
         passes = [p for p, _ in seconds]
         # cold at ~60/3, then up towards 60, never above it. Not "monotonic, 55+ in the last second": the
         # warm-up follows the passed QPS, so a second in which a loaded machine stalls wrk or nginx cools it
-        # again (seen: 23, 29, 42, 18, 42)
+        # again (seen: 23, 29, 42, 18, 42; and 3, 23, 24, 24, 24, 31 ... 48 in 8 s while emulated kernels
+        # booted beside it: 12 s of load leave room for the ramp after such stalls)
         assert passes[0] <= 30 and max(passes) >= 50 and max(passes) <= 61, passes
     finally:
         d.close()
