@@ -96,7 +96,14 @@ flowRules:
         # wrk offers far more than 60/s, so the rule binds in every second (blocks in each) and the passes
         # are the rule's rate, not the client's speed
         pair.run(
-            pair.client, "wrk", "-t1", "-c2", "-d12s", f"http://{pair.server_ip}:8000/", timeout=60, check=True
+            pair.client,
+            "wrk",
+            "-t1",
+            "-c2",
+            "-d12s",
+            f"http://{pair.server_ip}:8000/",
+            timeout=60,
+            check=True,
         )
         time.sleep(2.5)  # the metric log is written once a second
         seconds = d.metric_log()["api"][1:-1]  # whole seconds under load
