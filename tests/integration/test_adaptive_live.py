@@ -240,7 +240,9 @@ def test_warm_up_catches_up_the_seconds_a_stalled_daemon_missed(fresh_netns_pair
                                       (run.first_s + s) * 1_000_000_000 + 600_000_000)]  # fmt: skip
     after_stall = [s for s in live if (run.first_s + s) * 1_000_000_000 > stalls.intervals[0][1]]
     assert after_stall, (live, stalls.intervals)
-    assert_follows(run, live)
+    # 6 % beside the 3 requests: the stop can land inside a tick's read of the buckets (seen: 80 vs 84 at
+    # 84 per second); the old catch-up missed by 8 at 48 (40 vs 48)
+    assert_follows(run, live, relative=0.06)
 
 
 MEMORY_ADAPTIVE = """
