@@ -1514,25 +1514,9 @@ const struct reconcile_req _reconcile_req_unused __attribute__((unused)) = {};
 
 static __always_inline int connection_gone(struct __sk_buff *skb, const struct flow_key *k)
 {
-	struct bpf_sock_tuple t = {};
-	struct bpf_sock *sk;
-	__u32 len;
+	struct bpf_sock *sk = lookup_tuple(skb, k->family, k->saddr, k->daddr, k->sport, k->dport);
 	int gone;
 
-	if (k->family == 4) {
-		__builtin_memcpy(&t.ipv4.saddr, k->saddr, 4);
-		__builtin_memcpy(&t.ipv4.daddr, k->daddr, 4);
-		t.ipv4.sport = k->sport;
-		t.ipv4.dport = k->dport;
-		len = sizeof(t.ipv4);
-	} else {
-		__builtin_memcpy(t.ipv6.saddr, k->saddr, 16);
-		__builtin_memcpy(t.ipv6.daddr, k->daddr, 16);
-		t.ipv6.sport = k->sport;
-		t.ipv6.dport = k->dport;
-		len = sizeof(t.ipv6);
-	}
-	sk = bpf_skc_lookup_tcp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
 	if (!sk)
 		return 0; /* no listener either: nothing known */
 	gone = sk->state == TCP_LISTEN_STATE;

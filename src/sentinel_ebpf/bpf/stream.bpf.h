@@ -11,8 +11,6 @@
 
 #include "parse.bpf.h"
 
-#define BPF_F_CURRENT_NETNS_ID (-1)
-
 /* Set before load: 0 for tests that feed crafted packets of connections that do not exist. */
 const volatile bool socket_lookup = true;
 
@@ -44,26 +42,36 @@ static __always_inline bool seq_before(__u32 a, __u32 b)
 	return (__s32)(a - b) < 0;
 }
 
-/* The local socket of the connection `p` belongs to (a reference the caller releases), or NULL. */
-static __always_inline struct bpf_sock *lookup_conn(struct __sk_buff *skb, const struct pkt *p)
+/*
+ * The local socket of a connection, as a packet from its client names it (a reference the caller
+ * releases), or NULL. `family` 4 or 6; addresses SE_ADDR_LEN bytes; ports in network byte order.
+ */
+static __always_inline struct bpf_sock *lookup_tuple(struct __sk_buff *skb, __u8 family, const __u8 *saddr,
+						     const __u8 *daddr, __u16 sport, __u16 dport)
 {
 	struct bpf_sock_tuple t = {};
 	__u32 size;
 
-	if (p->family == 4) {
-		__builtin_memcpy(&t.ipv4.saddr, p->saddr, 4);
-		__builtin_memcpy(&t.ipv4.daddr, p->daddr, 4);
-		t.ipv4.sport = p->sport;
-		t.ipv4.dport = p->dport;
+	if (family == 4) {
+		__builtin_memcpy(&t.ipv4.saddr, saddr, 4);
+		__builtin_memcpy(&t.ipv4.daddr, daddr, 4);
+		t.ipv4.sport = sport;
+		t.ipv4.dport = dport;
 		size = sizeof(t.ipv4);
 	} else {
-		__builtin_memcpy(t.ipv6.saddr, p->saddr, 16);
-		__builtin_memcpy(t.ipv6.daddr, p->daddr, 16);
-		t.ipv6.sport = p->sport;
-		t.ipv6.dport = p->dport;
+		__builtin_memcpy(t.ipv6.saddr, saddr, 16);
+		__builtin_memcpy(t.ipv6.daddr, daddr, 16);
+		t.ipv6.sport = sport;
+		t.ipv6.dport = dport;
 		size = sizeof(t.ipv6);
 	}
-	return bpf_skc_lookup_tcp(skb, &t, size, BPF_F_CURRENT_NETNS_ID, 0);
+	return bpf_skc_lookup_tcp(skb, &t, size, BPF_F_CURRENT_NETNS, 0);
+}
+
+/* The local socket of the connection `p` belongs to (a reference the caller releases), or NULL. */
+static __always_inline struct bpf_sock *lookup_conn(struct __sk_buff *skb, const struct pkt *p)
+{
+	return lookup_tuple(skb, p->family, p->saddr, p->daddr, p->sport, p->dport);
 }
 
 /*
