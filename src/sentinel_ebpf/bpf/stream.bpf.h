@@ -17,7 +17,7 @@ const volatile bool socket_lookup = true;
 enum seg_position {
 	SEG_NEXT = 0,       /* starts at rcv_nxt (or no lookup): judge it */
 	SEG_OVERLAP = 1,    /* starts before rcv_nxt and goes beyond: judge the bytes from rcv_nxt on */
-	SEG_HANDSHAKE = 2,  /* data for a listener or a pending handshake (TFO, data on the final ACK): judge */
+	SEG_HANDSHAKE = 2,  /* data of a pending handshake, or in a SYN (TFO): judge */
 	SEG_OLD = 3,        /* every byte received already: a retransmission, judged when it first came */
 	SEG_FUTURE = 4,     /* beyond a gap: dropped, so that it comes again in order and is judged then */
 	SEG_NO_SOCKET = 5,  /* no connection here (spoofed, or closed): not judged; the stack answers it */
@@ -91,8 +91,10 @@ static __always_inline int segment_position(struct __sk_buff *skb, const struct 
 	sk = lookup_conn(skb, p);
 	if (!sk)
 		return SEG_NO_SOCKET;
-	if (sk->state == BPF_TCP_LISTEN || sk->state == BPF_TCP_NEW_SYN_RECV) {
-		pos = SEG_HANDSHAKE;
+	if (sk->state == BPF_TCP_NEW_SYN_RECV || (sk->state == BPF_TCP_LISTEN && (p->flags & TCP_SYN))) {
+		pos = SEG_HANDSHAKE; /* data completing a pending handshake, or a SYN's (TFO) */
+	} else if (sk->state == BPF_TCP_LISTEN) {
+		pos = SEG_NO_SOCKET; /* no handshake pending: spoofed (or a SYN cookie's): spends no quota */
 	} else if (sk->state != BPF_TCP_ESTABLISHED) {
 		pos = SEG_NO_SOCKET; /* closing, or TIME_WAIT: nothing more goes to the application */
 	} else if ((tp = bpf_skc_to_tcp_sock(sk))) {
