@@ -83,6 +83,16 @@ def run(
             "rediss://..., unix:///PATH.sock, or redis://H1:P1,H2:P2 for Redis Cluster.",
         ),
     ] = None,
+    cluster_timeout: Annotated[
+        int,
+        typer.Option(
+            "--cluster-timeout",
+            help="Milliseconds a Redis lease call may take before it counts as no contact (Sentinel's "
+            "cluster requestTimeout); the rules fall back after this plus 200 ms without contact.",
+            min=1,
+            max=5000,
+        ),
+    ] = 50,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Debug logging.")] = False,
 ) -> None:
     """Enforce the rules in the kernel until SIGTERM/SIGINT; reload when the file or etcd key changes, and on SIGHUP."""
@@ -102,6 +112,7 @@ def run(
         rules=rules, interfaces=list(iface or []), metrics_addr=metrics_addr or None, log_dir=log_dir or None,
         app=app_name, control_socket=control_socket, state_dir=state_dir, on_breaker_change=on_breaker_change,
         hotspot_keys=hotspot_keys, etcd_tls=EtcdTls(etcd_cacert, etcd_cert, etcd_key), cluster=cluster,
+        cluster_timeout_ms=cluster_timeout,
     )  # fmt: skip
     try:
         Daemon(config).run()

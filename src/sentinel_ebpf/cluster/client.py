@@ -145,6 +145,8 @@ class ClusterClient:
         self.last_error = reason
 
     def start(self) -> ClusterClient:
+        # "joining" counts from here: attaching the data plane after construction takes a while
+        self.started_ms = self.now_ms()
         self._thread = threading.Thread(target=self._run, name="cluster", daemon=True)
         self._thread.start()
         return self

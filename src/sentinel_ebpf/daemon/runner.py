@@ -87,6 +87,7 @@ class DaemonConfig:
     hotspot_keys: int | None = None  # hotspot values tracked at once (None: SE_HOT_VALUES_MAX)
     etcd_tls: EtcdTls | None = None  # client TLS files for etcds:// rules
     cluster: str | None = None  # Redis URL shared by the fleet for cluster flow rules (keys under `app`)
+    cluster_timeout_ms: int | None = None  # a slower lease call is no contact (None: cluster.client.SLOW_MS)
 
 
 class Stop(BaseException):
@@ -210,13 +211,15 @@ class Daemon:
     def _join_cluster(self, url: str) -> None:
         # redis only when used: every CLI command imports this module
         from sentinel_ebpf.cluster import ClusterClient, RedisLeaseStore
-        from sentinel_ebpf.cluster.client import SLOW_MS
+        from sentinel_ebpf.cluster.client import FALLBACK_AFTER_MS, SLOW_MS
         from sentinel_ebpf.cluster.lease import HORIZON_S
         from sentinel_ebpf.cluster.store import redacted
 
         assert self.dp is not None
-        store = RedisLeaseStore(url, self.config.app, SLOW_MS / 1000, round(HORIZON_S * 1000))
-        self.cluster = ClusterClient(store, url=url, app=self.config.app, refresh=self._refresh_thresholds)
+        slow_ms = self.config.cluster_timeout_ms or SLOW_MS
+        store = RedisLeaseStore(url, self.config.app, slow_ms / 1000, round(HORIZON_S * 1000))
+        self.cluster = ClusterClient(store, url=url, app=self.config.app, refresh=self._refresh_thresholds,
+                                     slow_ms=slow_ms, fallback_after_ms=FALLBACK_AFTER_MS - SLOW_MS + slow_ms)  # fmt: skip
         self.dp.external_thresholds = self.cluster.thresholds
         # a resumed data plane made its threshold sources before it knew of the cluster
         self.dp.adaptive = AdaptiveThresholds(self.dp.compiled, self.dp.raw_stats, self.dp.memory,

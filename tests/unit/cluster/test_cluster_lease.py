@@ -206,3 +206,15 @@ def test_an_idle_node_renews_less_often() -> None:
     st.block_by_type[1] = 0
     now[0] = 300
     assert client.due(now[0])  # the heartbeat
+
+
+def test_joining_counts_from_the_start_of_the_renewals_not_from_construction() -> None:
+    now = [1000]
+    client = ClusterClient(FakeStore(), now_ms=lambda: now[0], fallback_after_ms=250)
+    now[0] += 400  # the daemon attaches its programs between making the client and starting it
+    assert client.state(now[0]) == "fallback"
+    client.start()
+    try:
+        assert client.state(now[0]) == "joining"
+    finally:
+        client.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from typer.testing import CliRunner
 
 from sentinel_ebpf.cli import _register, app
@@ -69,8 +70,6 @@ def test_the_readme_rules_example_is_valid_and_enforceable() -> None:
 
 
 def test_too_many_protected_ports_is_refused_by_count() -> None:
-    import pytest
-
     from sentinel_ebpf.inbound import CompileError, compile_inbound
     from sentinel_ebpf.rules import load_text
 
@@ -86,3 +85,25 @@ def test_run_rejects_a_bad_cluster_url() -> None:
     assert result.exit_code == 2 and "the scheme must be redis://, rediss:// or unix://" in result.output
     result = runner.invoke(app, ["run", "--cluster", "redis://:secret@"])
     assert result.exit_code == 2 and "no host" in result.output and "secret" not in result.output
+
+
+def test_run_passes_the_cluster_timeout_to_the_daemon(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sentinel_ebpf.cli.run_cmd as run_cmd
+    from sentinel_ebpf.daemon import DaemonConfig
+
+    seen: list[DaemonConfig] = []
+
+    class Captured:
+        def __init__(self, config: DaemonConfig) -> None:
+            seen.append(config)
+
+        def run(self) -> None:
+            pass
+
+    monkeypatch.setattr(run_cmd, "Daemon", Captured)
+    monkeypatch.setattr(run_cmd, "require_root", lambda what: None)
+    result = runner.invoke(app, ["run", "--cluster", "unix:///tmp/r.sock", "--cluster-timeout", "400"])
+    assert result.exit_code == 0, result.output
+    assert (seen[0].cluster, seen[0].cluster_timeout_ms) == ("unix:///tmp/r.sock", 400)
+    result = runner.invoke(app, ["run", "--cluster", "unix:///tmp/r.sock", "--cluster-timeout", "0"])
+    assert result.exit_code == 2 and "--cluster-timeout" in result.output
