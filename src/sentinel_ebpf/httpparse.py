@@ -321,7 +321,7 @@ class MessageStream:
 
 
 @dataclass
-class Connection:
+class HttpStream:
     """Both directions of one connection, pairing requests with responses in order."""
 
     on_exchange: Callable[[Exchange], None]

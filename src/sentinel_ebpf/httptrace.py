@@ -30,7 +30,7 @@ from sentinel_ebpf._types import (
     HttpTraceStat,
 )
 from sentinel_ebpf.errors import SentinelError
-from sentinel_ebpf.httpparse import Connection, Exchange
+from sentinel_ebpf.httpparse import Exchange, HttpStream
 from sentinel_ebpf.libbpf import BpfObject, RingReader
 from sentinel_ebpf.objects import object_path
 from sentinel_ebpf.trace import BpfTracer, _addr, check_pid_ports
@@ -139,7 +139,7 @@ def _endpoint(family: int, raw: bytes, port: int) -> str:
 
 @dataclass
 class _Conn:
-    parser: Connection
+    parser: HttpStream
     pid: int
     comm: str
     tls: bool
@@ -308,7 +308,7 @@ class HttpTracer(BpfTracer):
                 self._callback(self._record(holder[0], ex))
 
         conn = _Conn(
-            parser=Connection(on_exchange),
+            parser=HttpStream(on_exchange),
             pid=pid,
             comm=comm.split(b"\0", 1)[0].decode(errors="replace"),
             tls=source == HttpDataSource.HTTP_SRC_TLS,

@@ -32,13 +32,13 @@ class SecondCounts:
 
 
 @dataclass(frozen=True)
-class BreakerState:
+class BreakerSnapshot:
     id: str
     state: str  # one of BREAKER_STATES
 
 
 @dataclass(frozen=True)
-class StateChange:
+class BreakerTransition:
     """A circuit breaker transition, for circuit_breaker_state_changed_total."""
 
     resource: str
@@ -60,7 +60,7 @@ class ResourceStats:
     concurrency: int = 0
     rt_sum_ms: float = 0.0
     block_by_type: dict[str, int] = field(default_factory=lambda: dict.fromkeys(BLOCK_TYPES, 0))
-    circuit_breakers: tuple[BreakerState, ...] = ()
+    circuit_breakers: tuple[BreakerSnapshot, ...] = ()
     flow_threshold: float | None = None  # the first flow rule's threshold, for resource_flow_threshold
     flow_wait_total: int = 0  # requests admitted into the (virtual) throttling queue
     # "kernel": governed on the packet path; "tls_trace": a tls resource, observed by tracing OpenSSL

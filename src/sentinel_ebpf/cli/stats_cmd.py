@@ -15,7 +15,7 @@ from sentinel_ebpf.cli._common import fail, stop_on_signals
 from sentinel_ebpf.daemon import ControlError, request
 from sentinel_ebpf.daemon.control import DEFAULT_SOCKET
 from sentinel_ebpf.outputs.stats_table import per_second, stats_table
-from sentinel_ebpf.stats import BreakerState, ResourceStats
+from sentinel_ebpf.stats import BreakerSnapshot, ResourceStats
 
 HISTORY_S = 30  # the sparkline's span in `top`
 SocketOption = Annotated[str, typer.Option("--control-socket", help="The daemon's control socket.")]
@@ -28,7 +28,7 @@ def _resources(doc: dict[str, Any]) -> list[ResourceStats]:
             name=name, passed=r["pass"], blocked=r["block"], complete=r["complete"], error=r["error"],
             concurrency=r["concurrency"], rt_sum_ms=r["avg_rt_ms"] * r["complete"],
             block_by_type=dict(r["block_by_type"]),
-            circuit_breakers=tuple(BreakerState(b["id"], b["state"]) for b in r["circuit_breakers"]),
+            circuit_breakers=tuple(BreakerSnapshot(b["id"], b["state"]) for b in r["circuit_breakers"]),
             source=r.get("source", "kernel"),
         ))  # fmt: skip
     return out

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sentinel_ebpf.daemon.collector import delta
-from sentinel_ebpf.stats import BLOCK_TYPES, ResourceStats, SecondCounts, StateChange
+from sentinel_ebpf.stats import BLOCK_TYPES, BreakerTransition, ResourceStats, SecondCounts
 
 HISTORY_SECONDS = 300
 STEP_MS = 1000
@@ -48,7 +48,7 @@ class History:
         self.seconds = seconds
         self._lock = threading.Lock()
         self._points: deque[tuple[int, dict[str, Point]]] = deque(maxlen=seconds)
-        self._transitions: deque[tuple[int, StateChange]] = deque(maxlen=MAX_TRANSITIONS)
+        self._transitions: deque[tuple[int, BreakerTransition]] = deque(maxlen=MAX_TRANSITIONS)
         self._next_ms = 0  # the second after the last one recorded
 
     def record(self, second_ms: int, points: dict[str, Point]) -> None:
@@ -62,7 +62,7 @@ class History:
             self._points.append((second_ms, {n: p for n, p in points.items() if not _empty(p)}))
             self._next_ms = second_ms + STEP_MS
 
-    def transition(self, at_ms: int, change: StateChange) -> None:
+    def transition(self, at_ms: int, change: BreakerTransition) -> None:
         with self._lock:
             self._transitions.append((at_ms, change))
 

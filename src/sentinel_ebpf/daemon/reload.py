@@ -33,7 +33,6 @@ class ReloadResult:
     accepted: bool
     changed: bool = False
     problems: tuple[str, ...] = ()
-    notes: tuple[str, ...] = ()
     rules: RuleSet | None = None
 
     def as_dict(self) -> dict[str, object]:
@@ -56,14 +55,12 @@ def reload_rules(
         problems = tuple(str(p) for p in exc.problems) or (str(exc),)
         log.error("%s is invalid; the rules in force stay:\n  %s", path, "\n  ".join(problems))
         return ReloadResult(accepted=False, problems=problems)
-    for note in compiled.notes:
-        log.warning("%s", note)
     try:
         if prepare is not None:
             prepare(rules)
         changed = dp.apply(compiled)
     except (SentinelError, OSError) as exc:
         log.error("%s: %s; the rules in force stay", path, exc)
-        return ReloadResult(accepted=False, problems=(str(exc),), notes=compiled.notes)
+        return ReloadResult(accepted=False, problems=(str(exc),))
     log.info("%s: %s", path, "applied" if changed else "unchanged")
-    return ReloadResult(accepted=True, changed=changed, notes=compiled.notes, rules=rules)
+    return ReloadResult(accepted=True, changed=changed, rules=rules)

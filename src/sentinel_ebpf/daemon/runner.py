@@ -47,7 +47,7 @@ from sentinel_ebpf.rules import RuleSet
 from sentinel_ebpf.rules.dump import to_project
 from sentinel_ebpf.sources.base import RulesSource
 from sentinel_ebpf.sources.url import EtcdTls, check_tls, is_etcd_url, parse_etcd_url
-from sentinel_ebpf.stats import ResourceStats, StateChange
+from sentinel_ebpf.stats import BreakerTransition, ResourceStats
 
 if TYPE_CHECKING:
     from sentinel_ebpf.cluster import ClusterClient
@@ -115,7 +115,7 @@ class Daemon:
         self.metrics: MetricsServer | None = None
         self.control: ControlServer | None = None
         self.metric_log: MetricLogWriter | None = None
-        self.state_counts: Counter[StateChange] = Counter()
+        self.state_counts: Counter[BreakerTransition] = Counter()
         self.cpu = CpuSampler()
         self.cpu_ratio: float | None = None
         self._reload_requested = False
@@ -129,9 +129,9 @@ class Daemon:
         self.loaded_at = 0.0
         self.rules: RuleSet | None = None  # the rule set in force
         self.protocols: dict[str, str] = {}
-        self.listeners: list[Callable[[StateChange], None]] = []
+        self.listeners: list[Callable[[BreakerTransition], None]] = []
         # hook commands run one at a time, in transition order, off the daemon's loop
-        self._hook_queue: queue.Queue[StateChange | None] = queue.Queue()
+        self._hook_queue: queue.Queue[BreakerTransition | None] = queue.Queue()
         self._hook_thread: threading.Thread | None = None
         self._hook_proc: subprocess.Popen[bytes] | None = None  # the hook command running now
         self.tls: TlsObserver | None = None  # counts of tls resources, from the HTTP tracer
@@ -162,8 +162,6 @@ class Daemon:
         if self.config.cluster:
             self._join_cluster(self.config.cluster)
         compiled = self.dp.compile(rules)
-        for note in compiled.notes:
-            log.warning("%s", note)
         self.dp.apply(compiled)
         self._in_force(rules)
         self.source.in_force(version)
@@ -429,7 +427,7 @@ class Daemon:
             raise SentinelError("the daemon is not running")
         return self.dp
 
-    def add_state_listener(self, listener: Callable[[StateChange], None]) -> None:
+    def add_state_listener(self, listener: Callable[[BreakerTransition], None]) -> None:
         """Call ``listener`` (on the daemon's thread) for every circuit breaker transition."""
         self.listeners.append(listener)
 

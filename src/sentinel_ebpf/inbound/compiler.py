@@ -14,7 +14,7 @@ import math
 import os
 import zlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from sentinel_ebpf._types import (
     FlowBehavior,
@@ -152,11 +152,10 @@ class CompiledInbound:
     ports: tuple[KPort, ...] = ()
     routes: tuple[route_table.RouteEntry, ...] = ()  # routes and search markers
     http_reply: bytes = b""
-    notes: tuple[str, ...] = field(default=(), compare=False)
 
     def fingerprint(self) -> str:
-        """A digest of everything the kernel is given (not the notes): equal rules, equal fingerprint."""
-        return hashlib.sha256(repr(dataclasses.replace(self, notes=())).encode()).hexdigest()
+        """A digest of everything the kernel is given: equal rules, equal fingerprint."""
+        return hashlib.sha256(repr(self).encode()).hexdigest()
 
     def resource_id(self, name: str) -> int:
         for r in self.resources:
@@ -427,7 +426,6 @@ def compile_inbound(
         if rules.reject.incomplete == "pass"
         else IncompleteMode.INCOMPLETE_DROP
     )
-    notes: list[str] = []
     ports: dict[int, KPort] = {}
     routes: list[KRoute] = []
     out_by_dest: dict[tuple[str, int], KOutRoute] = {}
@@ -512,5 +510,4 @@ def compile_inbound(
         out_routes=tuple(out_by_dest.values()),
         out_http_ports=tuple(sorted({port for _, port in services})),
         http_reply=rules.reject.http.response_bytes(),
-        notes=tuple(notes),
     )

@@ -44,8 +44,7 @@ from sentinel_ebpf.libbpf import BpfObject, Link, RingBuffer, TcAttachPoint, TcF
 from sentinel_ebpf.model.flow import MemoryReader
 from sentinel_ebpf.objects import object_path
 from sentinel_ebpf.rules import HttpReject, RuleSet
-from sentinel_ebpf.stats import BLOCK_TYPES, ResourceStats, StateChange
-from sentinel_ebpf.stats import BreakerState as BreakerSnapshot
+from sentinel_ebpf.stats import BLOCK_TYPES, BreakerSnapshot, BreakerTransition, ResourceStats
 
 BREAKER_STATE_NAMES = {0: "closed", 1: "half_open", 2: "open"}
 
@@ -184,7 +183,7 @@ class InboundDataplane:
         # no sock_ops of ours yet (a crashed daemon's reused map may still say there is)
         self.obj.map("establish_hook").update(_u32(0), _u32(0))
         self._next_reconcile_ns = time.monotonic_ns() + RECONCILE_PERIOD_NS
-        self._cb_pending: list[StateChange] = []
+        self._cb_pending: list[BreakerTransition] = []
         self._cgroup_links: list[Link] = []
         self._attachments: list[_Attachment] = []
 
@@ -419,7 +418,7 @@ class InboundDataplane:
             out[r.name] = tuple(states)
         return out
 
-    def state_changes(self, timeout_ms: int = 0) -> list[StateChange]:
+    def state_changes(self, timeout_ms: int = 0) -> list[BreakerTransition]:
         """Breaker transitions since the last call, in order (from the cb_events ring buffer)."""
         if self._cb_ring is None:
             self._cb_ring = RingBuffer(self.obj.map("cb_events"), self._on_cb_event)
@@ -430,7 +429,7 @@ class InboundDataplane:
     def _on_cb_event(self, raw: bytes) -> None:
         ev = CbEvent.from_buffer_copy(raw)
         resource, breaker_id = self._breaker_names.get(ev.uid, (f"#{ev.resource}", f"uid {ev.uid}"))
-        self._cb_pending.append(StateChange(
+        self._cb_pending.append(BreakerTransition(
             resource, breaker_id, BREAKER_STATE_NAMES.get(ev.from_state, "?"), BREAKER_STATE_NAMES.get(ev.to_state, "?"),
         ))  # fmt: skip
 

@@ -12,10 +12,11 @@ Modules: ``clock``, ``leap_array`` (sliding windows), ``stat`` (per-resource sta
 ``circuitbreaker``, ``hotspot``, ``system`` and ``sentinel`` (rule check order, entry/exit).
 """
 
+from sentinel_ebpf._types import BlockType
 from sentinel_ebpf.model.circuitbreaker import CircuitBreaker, State, StateChange, StateChangeListener
 from sentinel_ebpf.model.clock import Clock, ManualClock, SystemClock
 from sentinel_ebpf.model.leap_array import BucketLeapArray, LeapArray, MetricEvent, SlidingWindowMetric
-from sentinel_ebpf.model.sentinel import BlockInfo, BlockType, Entry, ResourceStats, Sentinel
+from sentinel_ebpf.model.sentinel import BlockInfo, Entry, ModelStats, Sentinel
 from sentinel_ebpf.model.system import SystemMetrics
 
 __all__ = [
@@ -28,7 +29,7 @@ __all__ = [
     "LeapArray",
     "ManualClock",
     "MetricEvent",
-    "ResourceStats",
+    "ModelStats",
     "Sentinel",
     "SlidingWindowMetric",
     "State",

@@ -16,11 +16,11 @@ readings and calls, results are identical.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from sentinel_ebpf._types import BlockType
 from sentinel_ebpf.model.circuitbreaker import (
     CircuitBreaker,
     ExitHook,
@@ -40,27 +40,7 @@ from sentinel_ebpf.rules.hotspot import HotspotRule
 from sentinel_ebpf.rules.isolation import IsolationRule
 from sentinel_ebpf.rules.ruleset import RuleSet
 from sentinel_ebpf.rules.system import SystemRule
-
-
-class BlockType(enum.IntEnum):
-    Flow = 1
-    Isolation = 2
-    CircuitBreaking = 3
-    SystemFlow = 4
-    HotSpotParamFlow = 5
-
-    @property
-    def stats_name(self) -> str:
-        return _STATS_NAMES[self]
-
-
-_STATS_NAMES = {
-    BlockType.Flow: "flow",
-    BlockType.Isolation: "isolation",
-    BlockType.CircuitBreaking: "circuit_breaking",
-    BlockType.SystemFlow: "system",
-    BlockType.HotSpotParamFlow: "hotspot",
-}
+from sentinel_ebpf.stats import BLOCK_TYPES
 
 Rule = FlowRule | IsolationRule | CircuitBreakerRule | HotspotRule | SystemRule
 ParamValue = str | int | float | bool
@@ -122,7 +102,7 @@ class Entry:
 
 
 @dataclass(frozen=True)
-class ResourceStats:
+class ModelStats:
     passed: int
     blocked: int
     completed: int
@@ -222,21 +202,23 @@ class Sentinel:
             node = self.nodes[resource] = ResourceStat()
         return node
 
-    def stats(self, resource: str) -> ResourceStats:
+    def stats(self, resource: str) -> ModelStats:
         node = self.node(resource)
         now = self.clock.now_ms()
         t = node.totals
         breakers = []
         for i, cb in enumerate(self.breakers.get(resource, [])):
             breakers.append({"id": cb.rule.id or f"{resource}#cb{i}", "state": _STATE_NAMES[cb.state]})
-        return ResourceStats(
+        return ModelStats(
             passed=t.passed,
             blocked=t.blocked,
             completed=t.completed,
             errors=t.errors,
             concurrency=node.concurrency,
             avg_rt_ms=(t.rt_sum_ms / t.completed) if t.completed else 0.0,
-            block_by_type={bt.stats_name: t.block_by_type.get(bt, 0) for bt in BlockType},
+            block_by_type={
+                name: t.block_by_type.get(BlockType(i), 0) for i, name in enumerate(BLOCK_TYPES, 1)
+            },
             circuit_breakers=breakers,
             pass_qps=node.qps(now, MetricEvent.PASS),
             block_qps=node.qps(now, MetricEvent.BLOCK),
@@ -277,28 +259,28 @@ class Sentinel:
             for sr in self.system_rules:
                 res = check_rule(sr, self.inbound_node, self.system_metrics, now_ms)
                 if not res.passed:
-                    return BlockInfo(BlockType.SystemFlow, sr, res.message, res.snapshot)
+                    return BlockInfo(BlockType.BLOCK_SYSTEM, sr, res.message, res.snapshot)
         for fc in self.flow.get(e.resource, []):
             fres = fc.check(now_ns, e.batch)
             if fres.blocked:
-                return BlockInfo(BlockType.Flow, fc.rule, fres.message, fres.snapshot)
+                return BlockInfo(BlockType.BLOCK_FLOW, fc.rule, fres.message, fres.snapshot)
             e.wait_ns += fres.wait_ns
         node = self.node(e.resource)
         for ir in self.isolation.get(e.resource, []):
             cur = max(node.concurrency, 0)
             if cur + e.batch > ir.threshold:
-                return BlockInfo(BlockType.Isolation, ir, "concurrency exceeds threshold", cur)
+                return BlockInfo(BlockType.BLOCK_ISOLATION, ir, "concurrency exceeds threshold", cur)
         for hc in self.hotspot.get(e.resource, []):
             value = _param_for(hc.rule, e.params)
             if value is None:
                 continue
             hres = hc.check(now_ms, value, e.batch, now_ns=now_ns)
             if hres.blocked:
-                return BlockInfo(BlockType.HotSpotParamFlow, hc.rule, hres.message)
+                return BlockInfo(BlockType.BLOCK_HOTSPOT, hc.rule, hres.message)
             e.wait_ns += hres.wait_ns
         for cb in self.breakers.get(e.resource, []):
             if not cb.try_pass(now_ms, e.when_exit):
-                return BlockInfo(BlockType.CircuitBreaking, cb.rule, "circuit breaker check blocked")
+                return BlockInfo(BlockType.BLOCK_CIRCUIT_BREAKING, cb.rule, "circuit breaker check blocked")
         return None
 
     def _on_pass(self, e: Entry, node: ResourceStat, now_ms: int) -> None:

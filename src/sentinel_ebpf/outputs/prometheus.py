@@ -20,7 +20,7 @@ import prometheus_client
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from sentinel_ebpf.stats import BLOCK_TYPES, ResourceStats, StateChange
+from sentinel_ebpf.stats import BLOCK_TYPES, BreakerTransition, ResourceStats
 
 DEFAULT_NAMESPACE = "sentinel_go"  # sentinel-golang's, so existing dashboards and alerts keep working
 DEFAULT_APP_NAME = "sentinel-ebpf"
@@ -48,12 +48,12 @@ class MetricsSnapshot:
     """What one scrape reports.
 
     ``state_changes`` counts each transition since the rule set was loaded (keys are hashable
-    ``StateChange`` values; breakers of one resource are summed, as the Go label set has no breaker id).
+    ``BreakerTransition`` values; breakers of one resource are summed, as the Go label set has no breaker id).
     ``cpu_ratio`` and ``process_memory_bytes`` are omitted from the scrape when None.
     """
 
     resources: Sequence[ResourceStats] = ()
-    state_changes: Mapping[StateChange, int] = field(default_factory=dict)
+    state_changes: Mapping[BreakerTransition, int] = field(default_factory=dict)
     cpu_ratio: float | None = None
     process_memory_bytes: int | None = None
 

@@ -8,7 +8,7 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from sentinel_ebpf.stats import BreakerState, ResourceStats
+from sentinel_ebpf.stats import BreakerSnapshot, ResourceStats
 
 _STATE_STYLES = {"closed": "green", "open": "bold red", "half_open": "yellow"}
 _SPARKS = "▁▂▃▄▅▆▇█"
@@ -104,7 +104,7 @@ def _was_reset(now: ResourceStats, then: ResourceStats) -> bool:
     )
 
 
-def _breakers(breakers: Sequence[BreakerState]) -> Text:
+def _breakers(breakers: Sequence[BreakerSnapshot]) -> Text:
     if not breakers:
         return Text("-")
     text = Text()

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sentinel_ebpf.errors import SentinelError
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -60,7 +62,7 @@ class Problem:
 
 
 @dataclass
-class RulesError(Exception):
+class RulesError(SentinelError):
     """A rules document was rejected. ``problems`` holds every problem, in document order."""
 
     problems: list[Problem] = field(default_factory=list)

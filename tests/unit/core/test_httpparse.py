@@ -7,7 +7,7 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sentinel_ebpf.httpparse import Connection, Exchange
+from sentinel_ebpf.httpparse import Exchange, HttpStream
 
 REQ = b"GET /a?x=1 HTTP/1.1\r\nHost: h\r\n\r\n"
 RESP = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
@@ -18,9 +18,9 @@ CHUNKED = (
 )
 
 
-def server() -> tuple[Connection, list[Exchange]]:
+def server() -> tuple[HttpStream, list[Exchange]]:
     out: list[Exchange] = []
-    return Connection(out.append), out
+    return HttpStream(out.append), out
 
 
 def test_one_exchange_server_side_sizes_and_latency() -> None:

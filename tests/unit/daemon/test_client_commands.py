@@ -20,7 +20,7 @@ from sentinel_ebpf.daemon.state import Attachment, State, down
 from sentinel_ebpf.errors import SentinelError
 from sentinel_ebpf.outputs.stats_json import stats_document
 from sentinel_ebpf.outputs.stats_table import per_second, sparkline
-from sentinel_ebpf.stats import BreakerState, ResourceStats
+from sentinel_ebpf.stats import BreakerSnapshot, ResourceStats
 
 _register()
 runner = CliRunner()
@@ -40,7 +40,7 @@ class FakeDaemon:
             ResourceStats("GET:/api", passed=10 * n, blocked=4 * n, complete=10 * n, rt_sum_ms=20.0 * n,
                           block_by_type={"flow": 4 * n, "isolation": 0, "circuit_breaking": 0, "system": 0,
                                          "hotspot": 0}),
-            ResourceStats("db", circuit_breakers=(BreakerState("cb-1", "open"),)),
+            ResourceStats("db", circuit_breakers=(BreakerSnapshot("cb-1", "open"),)),
         ])  # fmt: skip
         doc["dataplane"] = {"packets": n}
         return doc

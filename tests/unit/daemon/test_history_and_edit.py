@@ -19,7 +19,7 @@ from sentinel_ebpf.daemon.collector import SecondCollector
 from sentinel_ebpf.daemon.edit import compile_problem, revision
 from sentinel_ebpf.daemon.history import History, Point
 from sentinel_ebpf.errors import SentinelError
-from sentinel_ebpf.stats import SecondCounts, StateChange
+from sentinel_ebpf.stats import BreakerTransition, SecondCounts
 
 
 def _point(t: int, passed: int, concurrency: int = 0) -> Point:
@@ -46,9 +46,9 @@ def test_history_keeps_the_last_seconds_sparse_and_answers_since() -> None:
 
 def test_history_keeps_a_point_for_requests_in_flight_and_transitions_within_the_window() -> None:
     h = History(seconds=2)
-    h.transition(9_500, StateChange("a", "cb1", "closed", "open"))
+    h.transition(9_500, BreakerTransition("a", "cb1", "closed", "open"))
     h.record(10_000, {"a": _point(10_000, 0, concurrency=2)})
-    h.transition(10_400, StateChange("a", "cb1", "open", "half_open"))
+    h.transition(10_400, BreakerTransition("a", "cb1", "open", "half_open"))
     h.record(11_000, {})
     doc = h.since(0)
     assert doc["resources"]["a"][0]["concurrency"] == 2
@@ -91,7 +91,7 @@ def test_breaker_transitions_seen_by_the_daemon_reach_the_history(tmp_path: Path
     d, _ = daemon(tmp_path, rules("5"))
     before = round(time.time() * 1000)
     for listener in d.listeners:
-        listener(StateChange("api", "cb", "closed", "open"))
+        listener(BreakerTransition("api", "cb", "closed", "open"))
     (t,) = d.handle({"cmd": "metrics"})["transitions"]
     assert t["to"] == "open" and before <= t["t"] <= round(time.time() * 1000)
 

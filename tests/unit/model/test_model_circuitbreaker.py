@@ -161,7 +161,7 @@ def test_full_cycle_through_sentinel(make_ruleset: MakeRuleSet) -> None:
     for _ in range(2):
         s.entry("svc").exit(rt_ms=1, error="boom")
     blocked = s.entry("svc")
-    assert blocked.block_type is BlockType.CircuitBreaking
+    assert blocked.block_type is BlockType.BLOCK_CIRCUIT_BREAKING
     assert s.stats("svc").circuit_breakers == [{"id": "cb", "state": "open"}]
     clock.advance(1000)
     probe = s.entry("svc")

@@ -97,7 +97,7 @@ def test_reject_threshold_per_second(make_ruleset: MakeRuleSet) -> None:
     s = Sentinel(make_ruleset(flowRules=[{"resource": "r", "threshold": 10}]), clock=clock)
     results = [s.entry("r") for _ in range(12)]
     assert [e.passed for e in results] == [True] * 10 + [False] * 2
-    assert results[-1].block_type is BlockType.Flow and results[-1].block is not None
+    assert results[-1].block_type is BlockType.BLOCK_FLOW and results[-1].block is not None
     assert results[-1].block.snapshot == 10.0
     clock.advance(1000)
     assert s.entry("r").passed

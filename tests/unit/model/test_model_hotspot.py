@@ -159,7 +159,7 @@ def test_through_sentinel(make_ruleset: MakeRuleSet) -> None:
     p = {"X-USER": "bob", "remote_ip": "10.0.0.1"}
     first = s.entry("api", param=p)
     second = s.entry("api", param={"header:x-user": "bob", "remote_ip": "10.0.0.1"})
-    assert first.passed and second.block_type is BlockType.HotSpotParamFlow  # concurrency 1 in flight
+    assert first.passed and second.block_type is BlockType.BLOCK_HOTSPOT  # concurrency 1 in flight
     first.exit()
     assert s.entry("api", param={"header:X-User": "bob", "remote_ip": "10.0.0.1"}).passed
     assert not s.entry("api", param={"header:X-User": "bob", "remote_ip": "10.0.0.2"}).passed  # 3rd for bob

@@ -60,14 +60,14 @@ def test_system_qps_and_avg_rt(make_ruleset: MakeRuleSet) -> None:
     s = Sentinel(make_ruleset(systemRules=[{"metricType": "AvgRT", "triggerCount": 50}]), clock=clock)
     s.entry("a").exit(rt_ms=60)
     e = s.entry("a")
-    assert e.block_type is BlockType.SystemFlow and e.block is not None and e.block.snapshot == 60.0
+    assert e.block_type is BlockType.BLOCK_SYSTEM and e.block is not None and e.block.snapshot == 60.0
 
 
 def test_isolation(make_ruleset: MakeRuleSet) -> None:
     s = Sentinel(make_ruleset(isolationRules=[{"resource": "abc", "threshold": 10}]))
     entries = [s.entry("abc") for _ in range(11)]
     assert [e.passed for e in entries] == [True] * 10 + [False]
-    assert entries[-1].block_type is BlockType.Isolation
+    assert entries[-1].block_type is BlockType.BLOCK_ISOLATION
     entries[0].exit()
     assert s.entry("abc").passed
     assert not s.entry("abc", batch=2).passed
@@ -94,21 +94,21 @@ def test_check_order_first_block_wins(make_ruleset: MakeRuleSet) -> None:
     s = Sentinel(rs)
     # hotspot threshold 0 blocks every parameterised request, but isolation and flow come first
     e1 = s.entry("r", param="1.2.3.4")
-    assert e1.block_type is BlockType.HotSpotParamFlow
+    assert e1.block_type is BlockType.BLOCK_HOTSPOT
     e2 = s.entry("r")
     assert e2.passed  # no parameter: hotspot skipped
-    assert s.entry("r").block_type is BlockType.Isolation  # 1 in flight
+    assert s.entry("r").block_type is BlockType.BLOCK_ISOLATION  # 1 in flight
     e2.exit(error=True)  # trips the circuit breaker (ErrorCount 1)
     e3 = s.entry("r")  # flow: 1 + 1 <= 2 passes, isolation: 0 in flight, breaker open
-    assert e3.block_type is BlockType.CircuitBreaking
+    assert e3.block_type is BlockType.BLOCK_CIRCUIT_BREAKING
     s1 = Sentinel(rs)
     s1.entry("r").exit()
     s1.entry("r").exit()
-    assert s1.entry("r").block_type is BlockType.Flow  # before isolation and the breaker
+    assert s1.entry("r").block_type is BlockType.BLOCK_FLOW  # before isolation and the breaker
     s2 = Sentinel(rs)
     s2.node("r").concurrency = 0
     s2.inbound_node.concurrency = 5
-    assert s2.entry("r").block_type is BlockType.SystemFlow
+    assert s2.entry("r").block_type is BlockType.BLOCK_SYSTEM
 
 
 def test_blocked_entry_exit_is_noop_and_stats_json(make_ruleset: MakeRuleSet) -> None:

@@ -16,7 +16,7 @@ from sentinel_ebpf.outputs.prometheus import (
     default_const_labels,
     start_http_server,
 )
-from sentinel_ebpf.stats import BreakerState, ResourceStats, StateChange
+from sentinel_ebpf.stats import BreakerSnapshot, BreakerTransition, ResourceStats
 
 CONST = {"host": "h1", "app": "shop", "pid": "42"}
 
@@ -31,7 +31,7 @@ SNAPSHOT = MetricsSnapshot(
             concurrency=2,
             rt_sum_ms=590.0,
             block_by_type={"flow": 5, "isolation": 0, "circuit_breaking": 3, "system": 1, "hotspot": 0},
-            circuit_breakers=(BreakerState("cb-1", "open"),),
+            circuit_breakers=(BreakerSnapshot("cb-1", "open"),),
             flow_threshold=100.0,
             flow_wait_total=7,
             abort=5,
@@ -39,10 +39,10 @@ SNAPSHOT = MetricsSnapshot(
         ResourceStats(name="payments-db", passed=3, blocked=4, block_by_type={"flow": 1}),
     ],
     state_changes={
-        StateChange("GET:/api/orders", "cb-1", "closed", "open"): 2,
-        StateChange("GET:/api/orders", "cb-2", "closed", "open"): 1,
-        StateChange("GET:/api/orders", "cb-1", "open", "half_open"): 1,
-        StateChange("GET:/api/orders", "cb-1", "half_open", "closed"): 1,
+        BreakerTransition("GET:/api/orders", "cb-1", "closed", "open"): 2,
+        BreakerTransition("GET:/api/orders", "cb-2", "closed", "open"): 1,
+        BreakerTransition("GET:/api/orders", "cb-1", "open", "half_open"): 1,
+        BreakerTransition("GET:/api/orders", "cb-1", "half_open", "closed"): 1,
     },
     cpu_ratio=0.25,
     process_memory_bytes=123_456_789,

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from sentinel_ebpf.outputs.stats_json import stats_document
 from sentinel_ebpf.outputs.stats_table import stats_table
-from sentinel_ebpf.stats import BreakerState, ResourceStats
+from sentinel_ebpf.stats import BreakerSnapshot, ResourceStats
 
 ORDERS = ResourceStats(
     name="GET:/api/orders",
@@ -23,7 +23,7 @@ ORDERS = ResourceStats(
     concurrency=2,
     rt_sum_ms=590.0,
     block_by_type={"flow": 5, "isolation": 0, "circuit_breaking": 3, "system": 1, "hotspot": 0},
-    circuit_breakers=(BreakerState("cb-1", "open"), BreakerState("cb-2", "half_open")),
+    circuit_breakers=(BreakerSnapshot("cb-1", "open"), BreakerSnapshot("cb-2", "half_open")),
 )
 
 
@@ -84,7 +84,7 @@ def test_empty_snapshot() -> None:
     [
         ([ORDERS, ORDERS], "appears twice"),
         ([ResourceStats(name="r", block_by_type={"rate": 1})], "unknown block types"),
-        ([ResourceStats(name="r", circuit_breakers=(BreakerState("b", "halfopen"),))], "is not one of"),
+        ([ResourceStats(name="r", circuit_breakers=(BreakerSnapshot("b", "halfopen"),))], "is not one of"),
     ],
 )
 def test_document_rejects_inconsistent_snapshot(resources: list[ResourceStats], message: str) -> None:
@@ -110,7 +110,7 @@ def test_top_table_shows_rates_between_snapshots() -> None:
     before = ResourceStats(
         name="GET:/api/orders", passed=100, blocked=1, complete=98, error=0, rt_sum_ms=390.0
     )
-    single = ResourceStats(name="db", passed=10, circuit_breakers=(BreakerState("b", "closed"),))
+    single = ResourceStats(name="db", passed=10, circuit_breakers=(BreakerSnapshot("b", "closed"),))
     rows = render(stats_table([ORDERS, single], previous=[before], elapsed_s=2.0))
     assert rows == [
         # 20 passes, 8 blocks, 20 completions, 2 errors in 2 s; (590-390)/20 = 10 ms
