@@ -15,7 +15,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from sentinel_ebpf import host
 from sentinel_ebpf.errors import BpfError, SentinelError
+from sentinel_ebpf.host import cap_eff, cgroup2_mount
 from sentinel_ebpf.libbpf import BpfObject, MapType, ProgType, _lib
 from sentinel_ebpf.objects import object_path
 
@@ -96,34 +98,9 @@ class Report:
         }
 
 
-def _mounts() -> dict[str, str]:
-    """fstype -> first mount point, from /proc/mounts."""
-    found: dict[str, str] = {}
-    try:
-        lines = Path("/proc/mounts").read_text().splitlines()
-    except OSError:
-        return found
-    for line in lines:
-        parts = line.split()
-        if len(parts) >= 3:
-            found.setdefault(parts[2], parts[1])
-    return found
-
-
-def cgroup2_mount() -> str | None:
-    return _mounts().get("cgroup2")
-
-
-def _cap_eff() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("CapEff:"):
-            return int(line.split()[1], 16)
-    return 0
-
-
 def system_checks() -> list[Check]:
     checks: list[Check] = []
-    caps = _cap_eff()
+    caps = cap_eff()
     have = [name for name, bit in CAPS.items() if caps & (1 << bit)]
     root_enough = caps & (1 << CAPS["CAP_SYS_ADMIN"]) or (
         caps & (1 << CAPS["CAP_BPF"])
@@ -157,7 +134,7 @@ def system_checks() -> list[Check]:
         checks.append(Check("system", "objects", Status.OK, ", ".join(objs)))
     except SentinelError as exc:
         checks.append(Check("system", "objects", Status.MISSING, str(exc)))
-    mounts = _mounts()
+    mounts = host.mounts()
     for fstype, name, why, required in (
         ("cgroup2", "cgroup2", "needed for outbound (cgroup/connect) enforcement", True),
         ("bpf", "bpffs", "needed only to pin programs and maps (mount -t bpf bpf /sys/fs/bpf)", False),

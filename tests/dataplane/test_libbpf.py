@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from sentinel_ebpf import _build
-from sentinel_ebpf.doctor import cgroup2_mount
 from sentinel_ebpf.errors import BpfError, BpfKeyError, BpfLoadError
+from sentinel_ebpf.host import cgroup2_mount
 from sentinel_ebpf.libbpf import BpfObject, MapType, TcAttachPoint, TcHook, UpdateFlag
 from sentinel_ebpf.objects import BPF_DIR, object_path
 from sentinel_ebpf.trace import ConnTracer, TraceFilter

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from sentinel_ebpf.doctor import cgroup2_mount
+from sentinel_ebpf.host import cgroup2_mount
 from sentinel_ebpf.inbound import InboundDataplane
 from sentinel_ebpf.rules import load_text
 

@@ -286,7 +286,7 @@ CgroupResolver = Callable[[str], tuple[int, int]]
 def cgroup2_identity(path: str, root: str | None = None) -> tuple[int, int]:
     """(level below the cgroup2 root, cgroup id) of a cgroup path such as /system.slice/app.service: the id
     is the directory's inode number, which is what bpf_get_current_ancestor_cgroup_id() returns."""
-    from sentinel_ebpf.doctor import cgroup2_mount
+    from sentinel_ebpf.host import cgroup2_mount
 
     mount = root or cgroup2_mount()
     if mount is None:

@@ -35,8 +35,8 @@ from sentinel_ebpf._types import (
     SysMetrics,
     SysRuleK,
 )
-from sentinel_ebpf.doctor import cgroup2_mount
 from sentinel_ebpf.errors import BpfKeyError, BpfMapError, SentinelError
+from sentinel_ebpf.host import cgroup2_mount
 from sentinel_ebpf.inbound.adaptive import AdaptiveThresholds, ExternalThresholds, HostMemory
 from sentinel_ebpf.inbound.compiler import CompiledInbound, KOutRoute, KResource, compile_inbound
 from sentinel_ebpf.inbound.reconcile import RECONCILE_PERIOD_NS, Reconciler

@@ -6,7 +6,8 @@ the verifier log; libbpf's own messages go to the ``sentinel_ebpf.libbpf`` logge
 """
 
 from sentinel_ebpf.libbpf._lib import version
-from sentinel_ebpf.libbpf.maps import Map, MapInfo, MapType, UpdateFlag, map_info, program_id, program_maps
+from sentinel_ebpf.libbpf.ids import MapInfo, map_info, program_id, program_maps
+from sentinel_ebpf.libbpf.maps import Map, MapType, UpdateFlag
 from sentinel_ebpf.libbpf.object import BpfObject, Link, Program, ProgType, TestRunResult
 from sentinel_ebpf.libbpf.ringbuf import RingBuffer, RingReader
 from sentinel_ebpf.libbpf.tc import TcAttachPoint, TcFilter, TcHook

@@ -15,7 +15,8 @@ from typing import Any
 
 from sentinel_ebpf.errors import BpfAttachError, BpfError, BpfLoadError
 from sentinel_ebpf.libbpf import _lib
-from sentinel_ebpf.libbpf.maps import Map, program_info
+from sentinel_ebpf.libbpf.ids import program_info
+from sentinel_ebpf.libbpf.maps import Map
 
 BTF_KIND_ARRAY = 3
 BTF_KIND_TYPEDEF = 8
