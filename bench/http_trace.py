@@ -34,7 +34,7 @@ from integration.netns import NetnsPair  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _serverside import nginx_conf  # noqa: E402
 
-from sentinel_ebpf.httptrace import HttpRecord, HttpTraceFilter, HttpTracer  # noqa: E402
+from sentinel_ebpf.tracing.http import HttpRecord, HttpTraceFilter, HttpTracer  # noqa: E402
 
 PORT = 8380
 PACED = Path(__file__).with_name("_wrk_paced.lua")

@@ -359,8 +359,9 @@ def _load_inbound() -> str:
 
 
 def _load_tracer(kind: str) -> str:
-    from sentinel_ebpf.httptrace import HttpTraceFilter, HttpTracer
-    from sentinel_ebpf.trace import BpfTracer, ConnTracer, TraceFilter
+    from sentinel_ebpf.tracing.base import BpfTracer
+    from sentinel_ebpf.tracing.http import HttpTraceFilter, HttpTracer
+    from sentinel_ebpf.tracing.tcp import ConnTracer, TraceFilter
 
     # every program of the object: --accept's syscall hooks, and the OpenSSL uprobes
     tracer: BpfTracer = (

@@ -18,7 +18,7 @@ from sentinel_ebpf.errors import BpfError, BpfKeyError, BpfLoadError
 from sentinel_ebpf.host import cgroup2_mount
 from sentinel_ebpf.libbpf import BpfObject, MapType, TcAttachPoint, TcHook, UpdateFlag
 from sentinel_ebpf.objects import BPF_DIR, object_path
-from sentinel_ebpf.trace import ConnTracer, TraceFilter
+from sentinel_ebpf.tracing.tcp import ConnTracer, TraceFilter
 
 pytestmark = pytest.mark.kernel
 

@@ -1,4 +1,4 @@
-"""Integration tests of ``sentinel-ebpf trace`` and ``sentinel_ebpf.trace.ConnTracer``.
+"""Integration tests of ``sentinel-ebpf trace`` and ``sentinel_ebpf.tracing.tcp.ConnTracer``.
 
 Real clients (curl, a Python client) in a client namespace connect to real servers (python -m http.server,
 nginx) in a server namespace. The tracer is host-wide, so every check looks only at events from this
@@ -322,7 +322,7 @@ def test_curl_connections_text_and_json(
 @pytest.mark.parametrize("flavor", ["btf", "raw"])
 def test_events_match_client_sockets(netns_pair: NetnsPair, http_server: Server, flavor: str) -> None:
     """ConnTracer (both hook flavours) against what a Python client's sockets report, IPv4 and IPv6."""
-    from sentinel_ebpf.trace import Connection, ConnTracer, TraceFilter
+    from sentinel_ebpf.tracing.tcp import Connection, ConnTracer, TraceFilter
 
     pair = netns_pair
     families = [(4, pair.server_ip, pair.client_ip), (6, pair.server_ip6, pair.client_ip6)]

@@ -12,9 +12,9 @@ import typer
 
 from sentinel_ebpf.cli import app
 from sentinel_ebpf.cli._common import fail, reported_errors, require_root, stop_on_signals
-from sentinel_ebpf.httptrace import HEADER as HTTP_HEADER
-from sentinel_ebpf.httptrace import HttpRecord, HttpTraceFilter, HttpTracer
-from sentinel_ebpf.trace import HEADER, Connection, ConnTracer, TraceFilter
+from sentinel_ebpf.tracing.http import HEADER as HTTP_HEADER
+from sentinel_ebpf.tracing.http import HttpRecord, HttpTraceFilter, HttpTracer
+from sentinel_ebpf.tracing.tcp import HEADER, Connection, ConnTracer, TraceFilter
 
 
 @app.command()

@@ -1,7 +1,7 @@
 """Statistics of ``tls: true`` resources, from the HTTP tracer (observability only).
 
 The packet path cannot read HTTPS requests, so such resources are not compiled into the kernel's maps;
-instead the daemon runs :class:`~sentinel_ebpf.httptrace.HttpTracer` on their ports, with OpenSSL
+instead the daemon runs :class:`~sentinel_ebpf.tracing.http.HttpTracer` on their ports, with OpenSSL
 hooked, and counts every traced exchange that matches one: pass (a request seen: nothing is ever
 blocked), complete (a response came back), error (a 5xx response, or none before the connection
 closed), and the response time. An inbound resource matches the server side of its local port, an
@@ -18,9 +18,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from sentinel_ebpf.errors import SentinelError
-from sentinel_ebpf.httptrace import HttpRecord, HttpTraceFilter, HttpTracer
 from sentinel_ebpf.rules import Resource
 from sentinel_ebpf.stats import ResourceStats
+from sentinel_ebpf.tracing.http import HttpRecord, HttpTraceFilter, HttpTracer
 
 log = logging.getLogger(__name__)
 

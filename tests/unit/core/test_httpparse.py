@@ -1,4 +1,4 @@
-"""HTTP/1.x reassembly from call-sized pieces (``sentinel_ebpf.httpparse``), no kernel."""
+"""HTTP/1.x reassembly from call-sized pieces (``sentinel_ebpf.tracing.httpparse``), no kernel."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sentinel_ebpf.httpparse import Exchange, HttpStream
+from sentinel_ebpf.tracing.httpparse import Exchange, HttpStream
 
 REQ = b"GET /a?x=1 HTTP/1.1\r\nHost: h\r\n\r\n"
 RESP = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"

@@ -10,7 +10,8 @@ from datetime import datetime
 import pytest
 
 from sentinel_ebpf._types import ConnDirection, ConnEvent, ConnOutcome
-from sentinel_ebpf.trace import HEADER, Connection, TraceFilter, _Clock, decode
+from sentinel_ebpf.tracing.base import Clock
+from sentinel_ebpf.tracing.tcp import HEADER, Connection, TraceFilter, decode
 
 ORIGINAL_HEADER = "Comm             Src addr        Port   -> Dest addr       Port"
 
@@ -92,7 +93,7 @@ def _event(family: int, saddr: bytes, daddr: bytes, **kw: int) -> bytes:
 
 def test_decode_ipv4_event() -> None:
     raw = _event(socket.AF_INET, socket.inet_aton("10.200.1.2"), socket.inet_aton("10.200.1.1"))
-    conn = decode(raw, _Clock(offset=1000.0))
+    conn = decode(raw, Clock(offset=1000.0))
     assert conn.timestamp == pytest.approx(1005.0)
     assert (conn.family, conn.saddr, conn.daddr) == (4, "10.200.1.2", "10.200.1.1")
     assert (conn.sport, conn.dport, conn.pid, conn.tid, conn.uid) == (40000, 8080, 100, 101, 1000)
@@ -107,7 +108,7 @@ def test_decode_ipv6_accept_event() -> None:
         direction=ConnDirection.CONN_ACCEPT,
         outcome=ConnOutcome.CONN_OUTCOME_ESTABLISHED,
     )
-    conn = decode(raw, _Clock(offset=0.0))
+    conn = decode(raw, Clock(offset=0.0))
     assert (conn.family, conn.saddr, conn.daddr) == (6, "fd00::2", "fd00::1")
     assert (conn.direction, conn.outcome) == ("accept", "established")
 
@@ -115,7 +116,7 @@ def test_decode_ipv6_accept_event() -> None:
 def test_decode_reports_ipv4_mapped_peers_as_ipv4() -> None:
     mapped = socket.inet_pton(socket.AF_INET6, "::ffff:10.200.1.2")
     raw = _event(socket.AF_INET6, mapped, socket.inet_pton(socket.AF_INET6, "::ffff:10.200.1.1"))
-    conn = decode(raw, _Clock(offset=0.0))
+    conn = decode(raw, Clock(offset=0.0))
     assert (conn.family, conn.saddr, conn.daddr) == (4, "10.200.1.2", "10.200.1.1")
 
 

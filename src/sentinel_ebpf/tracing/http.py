@@ -30,10 +30,10 @@ from sentinel_ebpf._types import (
     HttpTraceStat,
 )
 from sentinel_ebpf.errors import SentinelError
-from sentinel_ebpf.httpparse import Exchange, HttpStream
 from sentinel_ebpf.libbpf import BpfObject, RingReader
 from sentinel_ebpf.objects import object_path
-from sentinel_ebpf.trace import BpfTracer, _addr, check_pid_ports
+from sentinel_ebpf.tracing.base import BpfTracer, addr, check_pid_ports
+from sentinel_ebpf.tracing.httpparse import Exchange, HttpStream
 
 # Syscall numbers of enum http_syscall, per architecture (raw syscall tracepoints report numbers).
 SYSCALLS: dict[str, dict[HttpSyscall, int]] = {
@@ -133,8 +133,8 @@ class HttpRecord:
 def _endpoint(family: int, raw: bytes, port: int) -> str:
     if not family:
         return ""
-    addr = _addr(family, raw)
-    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+    text = addr(family, raw)
+    return f"[{text}]:{port}" if ":" in text else f"{text}:{port}"
 
 
 @dataclass

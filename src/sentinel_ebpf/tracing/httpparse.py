@@ -1,6 +1,6 @@
 """Reassembly of HTTP/1.x exchanges from the data a connection moved, call by call.
 
-Pure Python, no kernel: the HTTP tracer (``httptrace.py``) feeds it what the read/write system calls
+Pure Python, no kernel: the HTTP tracer (``tracing.http``) feeds it what the read/write system calls
 (or OpenSSL) moved. A call may carry part of a message, several messages (pipelining), or more bytes than
 were copied out of the kernel (only the first ``SE_HTTP_DATA_MAX`` are): the bytes not seen are
 ``missing`` and are counted as body when the framing says they are body. Where they would be a message
