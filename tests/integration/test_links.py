@@ -7,6 +7,7 @@ import contextlib
 import json
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -145,3 +146,35 @@ def test_down_after_a_crash_removes_filters_from_interfaces_attached_later(conta
         assert tc_left(pair) == {}
     finally:
         d.close()
+
+
+def test_l3_devices_are_left_out_by_a_pattern_and_refused_by_name(
+    fresh_netns_pair: NetnsPair, tmp_path: Path
+) -> None:
+    pair = fresh_netns_pair
+    tun = f"nt{unique_token()}"[:15]
+    _run(pair.cmd(pair.server, IP, "tuntap", "add", "dev", tun, "mode", "tun"))
+    try:
+        _run(pair.cmd(pair.server, IP, "link", "set", tun, "up"))
+        d = Daemon(pair, RULES, "-i", "nt*")
+        try:
+            d.wait_log(f"not attached to {tun}: an L3 device (link type 65534) has no Ethernet header", 10)
+            assert tun not in tc_left(pair)
+            assert all(
+                tun not in line for line in d.proc.stderr if "attached to" in line and "not" not in line
+            )
+            d.proc.signal(signal.SIGTERM)
+            d.proc.wait_exit(20)
+        finally:
+            d.close()
+        assert tc_left(pair) == {}
+        rules = tmp_path / "rules.yaml"
+        rules.write_text(RULES)
+        res = pair.run(pair.server, *sentinel_cli(), "run", "-r", str(rules), "-i", tun, "--metrics-addr", "",
+                       "--state-dir", str(tmp_path / "state"), "--control-socket", str(tmp_path / "c.sock"),
+                       "--log-dir", "")  # fmt: skip
+        assert res.returncode == 1, (res.stdout, res.stderr)
+        assert f"{tun} (link type 65534): an L3 device without an Ethernet header" in res.stderr
+        assert tc_left(pair) == {}
+    finally:
+        _run(pair.cmd(pair.server, IP, "link", "del", tun))

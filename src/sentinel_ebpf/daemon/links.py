@@ -8,6 +8,11 @@ container's veth, a new VLAN) are attached when the kernel announces them: a net
 to link events (pyroute2, ``RTMGRP_LINK``) wakes the daemon, which compares what is there with what it
 has attached (``reconcile``). An interface that goes away takes its clsact qdisc and filters with it;
 the daemon forgets it. One that goes down stays attached (its filters survive down and up).
+
+The programs read an Ethernet header first, so only interfaces that have one are attached (Ethernet,
+which covers veth, bridges, bonds and VLANs, and loopback). L3 devices (tun, WireGuard, IP tunnels:
+their packets start at the IP header) are left out explicitly: a pattern skips them with one log line
+each, naming one with ``-i`` is an error.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from sentinel_ebpf.errors import SentinelError
 log = logging.getLogger("sentinel_ebpf.daemon")
 ALL = "*"
 IFF_UP = 0x1
+# ARPHRD_* link types whose frames start with an Ethernet header (include/uapi/linux/if_arp.h)
+ETHERNET_LINK_TYPES = {1: "Ethernet", 772: "loopback"}
 
 
 class Attacher(Protocol):
@@ -52,6 +59,19 @@ def is_up(name: str) -> bool:
         return False
 
 
+def link_type(name: str) -> int | None:
+    """The interface's ARPHRD_* type (``/sys/class/net/NAME/type``), None when it cannot be read."""
+    try:
+        return int(Path(f"/sys/class/net/{name}/type").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def has_ethernet_header(name: str, kind: Callable[[str], int | None] = link_type) -> bool:
+    t = kind(name)
+    return t is None or t in ETHERNET_LINK_TYPES
+
+
 class LinkSet:
     """The configured set: ``wanted`` says which present interfaces should be attached."""
 
@@ -59,22 +79,38 @@ class LinkSet:
         self.values = list(values) or [ALL]
         self.literals = [v for v in self.values if not is_pattern(v)]
         self.patterns = [v for v in self.values if is_pattern(v)]
+        self.skipped: set[str] = set()  # L3 devices a pattern matched, logged once each
 
-    def check_literals(self, present: dict[str, int]) -> None:
+    def check_literals(self, present: dict[str, int], kind: Callable[[str], int | None] = link_type) -> None:
         missing = [n for n in self.literals if n not in present]
         if missing:
             raise SentinelError(
                 f"no interface named {', '.join(missing)} (see `ip link`; quote a pattern such as 'veth*' "
                 f"to attach to interfaces as they appear)"
             )
+        l3 = [f"{n} (link type {kind(n)})" for n in self.literals if not has_ethernet_header(n, kind)]
+        if l3:
+            raise SentinelError(
+                f"{', '.join(l3)}: an L3 device without an Ethernet header (tun, WireGuard, IP tunnel) "
+                "cannot be enforced on; attach to the Ethernet or loopback interface the traffic crosses"
+            )
 
-    def wanted(self, present: dict[str, int], up: Callable[[str], bool] = is_up) -> list[str]:
-        return [
-            name
-            for name in present
-            if name in self.literals
-            or (any(fnmatch.fnmatchcase(name, p) for p in self.patterns) and up(name))
-        ]
+    def wanted(self, present: dict[str, int], up: Callable[[str], bool] = is_up,
+               kind: Callable[[str], int | None] = link_type) -> list[str]:  # fmt: skip
+        names = []
+        for name in present:
+            if name not in self.literals and not (
+                any(fnmatch.fnmatchcase(name, p) for p in self.patterns) and up(name)
+            ):
+                continue
+            if not has_ethernet_header(name, kind):
+                if name not in self.skipped:
+                    self.skipped.add(name)
+                    log.info("not attached to %s: an L3 device (link type %s) has no Ethernet header", name,
+                             kind(name))  # fmt: skip
+                continue
+            names.append(name)
+        return names
 
 
 def reconcile(dp: Attacher, links: LinkSet, present: dict[str, int] | None = None,

@@ -87,3 +87,21 @@ def test_an_interface_that_vanishes_while_being_attached_is_skipped() -> None:
     dp.present = {"lo": 1}  # veth2 listed, then gone before attach
     assert reconcile(dp, links, listed, up) == ["attached to lo"]
     assert dp.on == {"lo": 1}
+
+
+def test_l3_devices_are_skipped_by_patterns_and_refused_by_name(caplog: pytest.LogCaptureFixture) -> None:
+    types = {"lo": 772, "eth0": 1, "wg0": 65534, "tun0": 65534, "gre1": 778}
+    present = {name: i for i, name in enumerate(types, 1)}
+    links = LinkSet([])
+    with caplog.at_level("INFO", logger="sentinel_ebpf.daemon"):
+        assert links.wanted(present, lambda n: True, types.get) == ["lo", "eth0"]
+        assert links.wanted(present, lambda n: True, types.get) == ["lo", "eth0"]
+    skipped = [r.getMessage() for r in caplog.records if "L3 device" in r.getMessage()]
+    assert (
+        len(skipped) == 3 and "not attached to wg0: an L3 device (link type 65534)" in skipped[0]
+    )  # once each
+    LinkSet(["eth0", "lo"]).check_literals(present, types.get)
+    with pytest.raises(
+        SentinelError, match=r"wg0 \(link type 65534\): an L3 device without an Ethernet header"
+    ):
+        LinkSet(["eth0", "wg0"]).check_literals(present, types.get)
