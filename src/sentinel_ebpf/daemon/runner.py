@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import queue
 import signal
 import struct
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -24,6 +22,7 @@ from sentinel_ebpf.daemon.control import DEFAULT_SOCKET, ControlServer
 from sentinel_ebpf.daemon.demo import DEFAULT_RULES, DemoServer
 from sentinel_ebpf.daemon.edit import RulesEditor
 from sentinel_ebpf.daemon.history import History, ObservedDeltas, Point
+from sentinel_ebpf.daemon.hooks import BreakerHooks
 from sentinel_ebpf.daemon.links import LinkSet, LinkWatcher, interfaces, reconcile
 from sentinel_ebpf.daemon.reload import ReloadResult, reload_rules
 from sentinel_ebpf.daemon.resume import inbound_record, resume
@@ -60,18 +59,6 @@ _TOTALS_AT = ResStats.concurrency.offset
 assert ResStats.total_error.offset == _TOTALS_AT + 32
 WATCH_S = 0.05  # the loop wakes at least this often to look for reload requests and file changes
 RELOAD_WAIT_S = 8.0  # a `reload` request waits this long for the loop (clients wait 10 s by default)
-HOOK_TIMEOUT_S = 30.0  # a breaker hook command running longer is killed (with its process group)
-HOOK_STOP_GRACE_S = 5.0  # at stop, a hook still running after this is killed
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGKILL a hook's process group (it is the leader of its own session), then reap it."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        log.error("breaker hook (pid %d) did not die", proc.pid)
 
 
 @dataclass
@@ -130,10 +117,7 @@ class Daemon:
         self.rules: RuleSet | None = None  # the rule set in force
         self.protocols: dict[str, str] = {}
         self.listeners: list[Callable[[BreakerTransition], None]] = []
-        # hook commands run one at a time, in transition order, off the daemon's loop
-        self._hook_queue: queue.Queue[BreakerTransition | None] = queue.Queue()
-        self._hook_thread: threading.Thread | None = None
-        self._hook_proc: subprocess.Popen[bytes] | None = None  # the hook command running now
+        self.hooks = BreakerHooks(config.on_breaker_change) if config.on_breaker_change else None
         self.tls: TlsObserver | None = None  # counts of tls resources, from the HTTP tracer
         # The threshold timer runs on its own thread; it and reloads change the data plane under this lock.
         self._dp_lock = threading.Lock()
@@ -286,17 +270,8 @@ class Daemon:
         if self.tls is not None:
             self.tls.stop()
             self.tls = None
-        if self._hook_thread is not None:
-            self._hook_queue.put(None)
-            self._hook_thread.join(timeout=HOOK_STOP_GRACE_S)
-            hook = self._hook_proc
-            if (
-                self._hook_thread.is_alive() and hook is not None
-            ):  # a hook still running: end it, and its children
-                log.warning("stopping: breaker hook still running after %g s: killed", HOOK_STOP_GRACE_S)
-                _kill_group(hook)
-                self._hook_thread.join(timeout=HOOK_STOP_GRACE_S)
-            self._hook_thread = None
+        if self.hooks is not None:
+            self.hooks.stop()
         for closer in (self.control, self.metrics, self.demo, self.metric_log):
             if closer is not None:
                 try:
@@ -442,38 +417,8 @@ class Daemon:
                     listener(change)
                 except Exception:
                     log.exception("state change listener %r failed", listener)
-            if self.config.on_breaker_change:
-                if self._hook_thread is None:
-                    self._hook_thread = threading.Thread(
-                        target=self._run_hooks, name="breaker-hook", daemon=True
-                    )
-                    self._hook_thread.start()
-                self._hook_queue.put(change)
-
-    def _run_hooks(self) -> None:
-        command = self.config.on_breaker_change
-        assert command is not None
-        while (change := self._hook_queue.get()) is not None:
-            env = {**os.environ, "SENTINEL_RESOURCE": change.resource, "SENTINEL_BREAKER": change.breaker_id,
-                   "SENTINEL_FROM": change.from_state, "SENTINEL_TO": change.to_state}  # fmt: skip
-            try:
-                # its own process group: a hook that hangs is killed with whatever it started
-                hook = subprocess.Popen(["/bin/sh", "-c", command], env=env, stdin=subprocess.DEVNULL,
-                                        start_new_session=True)  # fmt: skip
-            except OSError as exc:
-                log.error("breaker hook %r: %s", command, exc)
-                continue
-            self._hook_proc = hook
-            try:
-                rc = hook.wait(timeout=HOOK_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                _kill_group(hook)
-                log.error("breaker hook %r: still running after %g s: killed", command, HOOK_TIMEOUT_S)
-                continue
-            finally:
-                self._hook_proc = None
-            if rc:
-                log.error("breaker hook %r exited with %d", command, rc)
+            if self.hooks is not None:
+                self.hooks.submit(change)
 
     def _collect_seconds(self, seconds: SecondCollector) -> None:
         """Each completed second: the history's points and the metric log's lines."""
