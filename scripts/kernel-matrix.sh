@@ -81,12 +81,13 @@ rm -rf "$out"
 mkdir -p "$out"
 
 # Through the daemon on the guest's kernel: the demo smoke (flow: / at 5 per second; isolation: /slow 2 at
-# a time; requests sent by one curl so that they overlap even emulated), the framing suite (the stream
-# judgment: socket lookup, split request lines, normalised targets), SIGTERM cleanup, keep-alive 429,
-# outbound connect() refusal, both tracers and doctor. Hotspot, TCP, circuit breaker and outbound HTTP rules
-# run in the dataplane tier here; their host integration tests time sequential clients against wall-clock
-# rates that an emulated guest cannot reach.
+# a time; requests sent by one curl so that they overlap even emulated), one sequence per other rule kind
+# (hotspot, circuit breaker, system; counts, no rates), the framing suite (the stream judgment: socket
+# lookup, split request lines, normalised targets), SIGTERM cleanup, keep-alive 429, outbound connect()
+# refusal, both tracers and doctor. The host's other integration tests time sequential clients against
+# wall-clock rates that an emulated guest cannot reach; their rule kinds run in the dataplane tier here.
 SMOKE=(
+    tests/integration/test_rule_kinds.py
     tests/integration/test_daemon.py::test_sigterm_leaves_nothing
     tests/integration/test_inbound_reject.py::test_keep_alive_connection_gets_200_then_429
     tests/integration/test_outbound.py::test_flow_limit_refuses_excess_connects_fast
