@@ -7,6 +7,7 @@ consumed by the metric log, the Prometheus exporter, ``stats --json`` and ``top`
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 BLOCK_TYPES = ("flow", "isolation", "circuit_breaking", "system", "hotspot")
 BREAKER_STATES = ("closed", "open", "half_open")
@@ -70,3 +71,39 @@ class ResourceStats:
     @property
     def avg_rt_ms(self) -> float:
         return self.rt_sum_ms / self.complete if self.complete else 0.0
+
+
+COUNTERS = ("pass", "block", "complete", "error")
+GAUGES = ("concurrency", "pass_qps", "block_qps")
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    """What one node says about itself. ``resources``: per resource the cumulative ``pass``, ``block``,
+    ``complete``, ``error`` since its rules were loaded, the current ``concurrency``, and ``pass_qps`` /
+    ``block_qps`` of its last complete second."""
+
+    node: str
+    health: str  # "up", or "down" (with ``error``)
+    version: str | None = None
+    rules_revision: str | None = None
+    loaded_at: float | None = None
+    seen_ms: int = 0  # when the record was taken (epoch ms)
+    error: str | None = None
+    resources: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def node_record(node: str, stats: dict[str, Any], history: dict[str, Any], now_ms: int) -> NodeRecord:
+    """A daemon's record from its ``stats`` document and its ``metrics`` history of the last seconds."""
+    last = history["to_ms"] - history["step_ms"]
+    resources = {}
+    for name, r in stats["resources"].items():
+        point: dict[str, Any] = next((p for p in history["resources"].get(name, []) if p["t"] == last), {})
+        resources[name] = {
+            **{k: r[k] for k in COUNTERS}, "concurrency": r["concurrency"],
+            "pass_qps": point.get("pass", 0), "block_qps": point.get("block", 0),
+        }  # fmt: skip
+    return NodeRecord(
+        node=node, health="up", version=stats.get("version"), rules_revision=stats.get("revision"),
+        loaded_at=stats.get("loaded_at"), seen_ms=now_ms, resources=resources,
+    )  # fmt: skip

@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 
+from sentinel_ebpf.cluster.registry import RedisNodes
 from sentinel_ebpf.daemon import request
+from sentinel_ebpf.dashboard.fleet import fleet_view
 
 from .daemon_helpers import Daemon
 from .netns import NetnsPair
@@ -89,7 +91,7 @@ def fleet(request: pytest.FixtureRequest) -> Iterator[tuple[RedisServer, list[No
 
 
 def test_a_global_limit_holds_under_skewed_load(fleet: tuple[RedisServer, list[Node]]) -> None:
-    _, nodes = fleet
+    redis, nodes = fleet
     seconds = 6.0
     rates = (300, 20, 10)  # one hot node, two light ones (each under an even third of 60)
     before = [n.passed() for n in nodes]
@@ -110,6 +112,15 @@ def test_a_global_limit_holds_under_skewed_load(fleet: tuple[RedisServer, list[N
     assert view["state"] == "cluster"
     rule = view["rules"][0]
     assert (rule["rule"], rule["live_nodes"], rule["limit"], rule["fallback"]) == ("web-global", 3, 60, False)
+    # every node registered itself: the dashboard's fleet view (--fleet) sums what the nodes counted
+    registry = RedisNodes(redis.url, view["app"])
+    time.sleep(1.5)  # the records are rewritten once a second: now they hold the load's last passes
+    fleet_doc = fleet_view(registry.records())
+    assert sorted((n["node"], n["health"]) for n in fleet_doc["nodes"]) == sorted(
+        (n.cluster()["node"], "up") for n in nodes
+    )
+    assert fleet_doc["resources"]["web"]["pass"] == sum(n.passed() for n in nodes)
+    assert fleet_doc["resources"]["web"]["nodes"] == 3 and fleet_doc["same_rules"]
 
 
 def test_redis_stopped_then_back(fleet: tuple[RedisServer, list[Node]]) -> None:

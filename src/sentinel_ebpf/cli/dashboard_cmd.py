@@ -13,6 +13,7 @@ import typer
 from sentinel_ebpf.cli import app
 from sentinel_ebpf.cli._common import fail, stop_on_signals
 from sentinel_ebpf.daemon.control import DEFAULT_SOCKET
+from sentinel_ebpf.errors import SentinelError
 
 
 def read_token(path: str) -> str:
@@ -48,6 +49,17 @@ def dashboard(
     no_doctor: Annotated[
         bool, typer.Option("--no-doctor", help="Do not run the host's doctor checks.")
     ] = False,
+    fleet: Annotated[
+        str | None,
+        typer.Option(
+            "--fleet",
+            help="The fleet view from the node registry in this Redis (the daemons' --cluster URL): every "
+            "daemon of --app that runs with --cluster registers itself there.",
+        ),
+    ] = None,
+    app_name: Annotated[
+        str, typer.Option("--app", help="The app whose nodes --fleet shows.")
+    ] = "sentinel-ebpf",
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Log every request.")] = False,
 ) -> None:
     """Serve a web dashboard: live charts per resource, data-plane counters, doctor, rules with editing."""
@@ -58,9 +70,16 @@ def dashboard(
     try:
         token = read_token(token_file) if token_file else None
         doctor = DoctorCache(run_doctor if not no_doctor else _no_doctor)
-        backend = Backend(list(control_socket or [DEFAULT_SOCKET]), doctor)
+        nodes = None
+        if fleet:
+            from sentinel_ebpf.cluster.registry import RedisNodes  # redis only when used
+            from sentinel_ebpf.cluster.store import check_url
+
+            check_url(fleet)
+            nodes = RedisNodes(fleet, app_name)
+        backend = Backend(list(control_socket or [DEFAULT_SOCKET]), doctor, fleet=nodes)
         server = DashboardServer(backend, listen, token)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, SentinelError) as exc:
         raise fail(str(exc), code=2) from None
     doctor.start()
     logging.getLogger("sentinel_ebpf.dashboard").info(

@@ -25,9 +25,11 @@ from redis.exceptions import RedisClusterException
 
 from sentinel_ebpf._types import ResStats
 from sentinel_ebpf.cluster.lease import BUCKET_MS, RENEW_S, RuleLease
+from sentinel_ebpf.cluster.registry import PUBLISH_EVERY_MS, publish
 from sentinel_ebpf.cluster.store import LeaseStore, redacted
 from sentinel_ebpf.errors import SentinelError
 from sentinel_ebpf.inbound.compiler import KFlowRule
+from sentinel_ebpf.stats import NodeRecord
 
 log = logging.getLogger("sentinel_ebpf.cluster")
 SLOW_MS = 50  # Redis slower than this counts as unreachable
@@ -59,7 +61,10 @@ class ClusterClient:
         fallback_after_ms: int = FALLBACK_AFTER_MS,
         ttl_ms: int = HEARTBEAT_TTL_MS,
         idle_renew_ms: int = IDLE_RENEW_MS,
+        record: Callable[[str], NodeRecord] | None = None,
     ) -> None:
+        """``record(node_id)``: this node's record for the fleet registry, written every
+        ``PUBLISH_EVERY_MS`` when given (``cluster.registry``)."""
         self.store = store
         self.url = url
         self.app = app
@@ -71,6 +76,8 @@ class ClusterClient:
         self.fallback_after_ms = fallback_after_ms
         self.ttl_ms = ttl_ms
         self.idle_renew_ms = idle_renew_ms
+        self.record = record
+        self._next_publish_ms = 0
         self._last_renew_ms: int | None = None
         self.active: tuple[RuleLease, ...] = ()
         self._by_key: dict[str, RuleLease] = {}
@@ -173,8 +180,25 @@ class ClusterClient:
                 self.refresh()
             except Exception:
                 log.exception("cluster: writing thresholds failed")
+            self._publish()
             to_boundary_s = (BUCKET_MS - self.now_ms() % BUCKET_MS + 1) / 1000
             self._stop.wait(max(0.0, min(next_renew - time.monotonic(), to_boundary_s)))
+
+    def _publish(self) -> None:
+        """This node's record into the registry, once a second; a failure only skips this one."""
+        now_ms = self.now_ms()
+        if self.record is None or now_ms < self._next_publish_ms:
+            return
+        self._next_publish_ms = now_ms + PUBLISH_EVERY_MS
+        client = getattr(self.store, "client", None)
+        if client is None:
+            return
+        try:
+            publish(client(), self.app, self.record(self.node_id))
+        except (redis.RedisError, RedisClusterException, OSError, SentinelError) as exc:
+            log.debug("cluster: node record not written: %s", exc)
+        except Exception:
+            log.exception("cluster: node record not written")
 
     def stop(self) -> None:
         self._stop.set()

@@ -155,6 +155,11 @@ class RedisLeaseStore:
         ]
         return values[0], replies
 
+    def client(self) -> Any:
+        """The Redis client (connected on first use), for the node registry (``cluster.registry``)."""
+        self._connected()
+        return self._client
+
     def close(self) -> None:
         if self._client is not None:
             self._client.close()

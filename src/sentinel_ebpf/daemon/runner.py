@@ -46,7 +46,7 @@ from sentinel_ebpf.rules import RuleSet
 from sentinel_ebpf.rules.dump import to_project
 from sentinel_ebpf.sources.base import RulesSource
 from sentinel_ebpf.sources.url import EtcdTls, check_tls, is_etcd_url, parse_etcd_url
-from sentinel_ebpf.stats import BreakerTransition, ResourceStats
+from sentinel_ebpf.stats import BreakerTransition, NodeRecord, ResourceStats, node_record
 
 if TYPE_CHECKING:
     from sentinel_ebpf.cluster import ClusterClient
@@ -201,6 +201,7 @@ class Daemon:
         slow_ms = self.config.cluster_timeout_ms or SLOW_MS
         store = RedisLeaseStore(url, self.config.app, slow_ms / 1000, round(HORIZON_S * 1000))
         self.cluster = ClusterClient(store, url=url, app=self.config.app, refresh=self._refresh_thresholds,
+                                     record=self._node_record,
                                      slow_ms=slow_ms, fallback_after_ms=FALLBACK_AFTER_MS - SLOW_MS + slow_ms)  # fmt: skip
         self.dp.external_thresholds = self.cluster.thresholds
         # a resumed data plane made its threshold sources before it knew of the cluster
@@ -208,6 +209,11 @@ class Daemon:
                                               external=self.cluster.thresholds)  # fmt: skip
         log.info("cluster flow rules through Redis %s (app %r, node %s)", redacted(url), self.config.app,
                  self.cluster.node_id)  # fmt: skip
+
+    def _node_record(self, node_id: str) -> NodeRecord:
+        """This daemon's record for the fleet registry (the cluster thread, once a second)."""
+        now_ms = round(time.time() * 1000)
+        return node_record(node_id, self.handle({"cmd": "stats"}), self.history.since(now_ms - 3000), now_ms)
 
     def _refresh_thresholds(self) -> None:
         """Rewrite the kernel's dynamic thresholds now (the cluster thread, after a lease or a bucket)."""

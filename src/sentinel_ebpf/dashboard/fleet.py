@@ -1,40 +1,20 @@
 """The fleet view: every node with its health, version and rules revision, and per resource the sum over
 the nodes.
 
-It is computed from node records (``NodeRecord``), whatever their source. The one source here is the
-daemons of this host (``LocalSockets``, the dashboard's ``--control-socket`` list). A registry (daemons
-writing their record to etcd with a lease, or to Redis with an expiry, when they run with ``-r etcd://``
-or ``--cluster``) is another ``NodeSource``: it returns the records it finds, as documented in
-docs/dashboard.md ("Fleet view").
+It is computed from node records (``stats.NodeRecord``), whatever their source: the daemons of this
+host (``LocalSockets``, the dashboard's ``--control-socket`` list) or the Redis registry the ``--cluster``
+daemons write to (``cluster.registry.RedisNodes``, ``dashboard --fleet``).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any, Protocol
 
 from sentinel_ebpf.daemon.control import ControlError, request
-
-COUNTERS = ("pass", "block", "complete", "error")
-GAUGES = ("concurrency", "pass_qps", "block_qps")
-
-
-@dataclass(frozen=True)
-class NodeRecord:
-    """What one node says about itself. ``resources``: per resource the cumulative ``pass``, ``block``,
-    ``complete``, ``error`` since its rules were loaded, the current ``concurrency``, and ``pass_qps`` /
-    ``block_qps`` of its last complete second."""
-
-    node: str
-    health: str  # "up", or "down" (with ``error``)
-    version: str | None = None
-    rules_revision: str | None = None
-    loaded_at: float | None = None
-    seen_ms: int = 0  # when the record was taken (epoch ms)
-    error: str | None = None
-    resources: dict[str, dict[str, float]] = field(default_factory=dict)
+from sentinel_ebpf.stats import COUNTERS, GAUGES, NodeRecord, node_record
 
 
 class NodeSource(Protocol):
@@ -81,17 +61,4 @@ class LocalSockets:
     def _ask_record(self, path: str, now_ms: int) -> NodeRecord:
         stats = self.ask(path, "stats", timeout_s=2.0)
         history = self.ask(path, "metrics", timeout_s=2.0, since=now_ms - 3000)
-        last = history["to_ms"] - history["step_ms"]
-        resources = {}
-        for name, r in stats["resources"].items():
-            point: dict[str, Any] = next(
-                (p for p in history["resources"].get(name, []) if p["t"] == last), {}
-            )
-            resources[name] = {
-                **{k: r[k] for k in COUNTERS}, "concurrency": r["concurrency"],
-                "pass_qps": point.get("pass", 0), "block_qps": point.get("block", 0),
-            }  # fmt: skip
-        return NodeRecord(
-            node=path, health="up", version=stats.get("version"), rules_revision=stats.get("revision"),
-            loaded_at=stats.get("loaded_at"), seen_ms=now_ms, resources=resources,
-        )  # fmt: skip
+        return node_record(path, stats, history, now_ms)

@@ -107,3 +107,8 @@ def test_run_passes_the_cluster_timeout_to_the_daemon(monkeypatch: pytest.Monkey
     assert (seen[0].cluster, seen[0].cluster_timeout_ms) == ("unix:///tmp/r.sock", 400)
     result = runner.invoke(app, ["run", "--cluster", "unix:///tmp/r.sock", "--cluster-timeout", "0"])
     assert result.exit_code == 2 and "--cluster-timeout" in result.output
+
+
+def test_dashboard_rejects_a_bad_fleet_url() -> None:
+    result = runner.invoke(app, ["dashboard", "--no-doctor", "--fleet", "http://10.0.0.5:6379"])
+    assert result.exit_code == 2 and "the scheme must be redis://, rediss:// or unix://" in result.output
