@@ -215,3 +215,32 @@ def test_one_push_reaches_every_daemon_following_the_key(fresh_netns_pair: Netns
                 d.close()
     finally:
         etcd.stop()
+
+
+def test_a_dashboard_edit_is_written_to_etcd_with_a_compare_and_swap(
+    fleet: tuple[NetnsPair, EtcdServer],
+) -> None:
+    pair, etcd = fleet
+    r1 = push(pair, etcd, 5)
+    d = Daemon(pair, "", source=etcd.url(KEY))
+    try:
+        rules = request(d.socket, "rules")
+        assert rules["editable"] and rules["writes_to"] == etcd.url(KEY)
+        document, base = rules["document"], rules["revision"]
+        document["flowRules"][0]["threshold"] = 40
+        reply = request(d.socket, "apply", document=document, base=base, timeout_s=15)
+        assert reply["applied"] and reply["etcd_revision"] > r1, reply
+        # in force when apply answered, and the key holds it: etcd stays the one source of the rules
+        src = source(d)
+        assert src["revision"] == reply["etcd_revision"]
+        pulled = pair.run(pair.server, *sentinel_cli(), "rules", "pull", etcd.url(KEY))
+        assert pulled.returncode == 0 and "threshold: 40" in pulled.stdout, pulled
+        time.sleep(1.1)  # a fresh window
+        assert load(pair, "/limited", 1.0)["served"] > 20
+        # an edit based on the rules before: refused, nothing written
+        document["flowRules"][0]["threshold"] = 7
+        stale = request(d.socket, "apply", document=document, base=base, timeout_s=15)
+        assert stale["conflict"] and not stale["applied"], stale
+        assert source(d)["revision"] == reply["etcd_revision"]
+    finally:
+        d.close()

@@ -7,6 +7,11 @@ rules in force are no longer the base revision (compare-and-swap: two editors ca
 other), writes the rules file atomically and reloads it: the file stays the one source of the rules, so a
 later SIGHUP or file change does not undo the edit. If the reload still fails (the kernel refused), the
 previous file is put back. Comments and formatting of the old file are not kept.
+
+When the daemon reads its rules from etcd, ``apply`` writes the key instead, as YAML, with a
+compare-and-swap on the key's revision in force (``rules push --if-revision``): a change written by anyone
+else since is a conflict. The daemon's watch then applies the new revision like any other; ``apply``
+waits for it (``ETCD_APPLY_WAIT_S``) and says whether it is in force.
 """
 
 from __future__ import annotations
@@ -18,9 +23,10 @@ import os
 import re
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
@@ -31,6 +37,19 @@ from sentinel_ebpf.rules import RulesError, RuleSet, load_data
 from sentinel_ebpf.rules.dump import to_project
 
 EDIT_SOURCE = "edit"  # the file name problems of an edit carry
+ETCD_APPLY_WAIT_S = 8.0  # an edit written to etcd is in force when the daemon's watch applied it
+
+
+class EtcdTarget(Protocol):
+    """What the editor needs of the daemon's etcd source (``sources.etcd_source.EtcdSource``)."""
+
+    url: str
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def put(self, value: bytes, if_revision: int) -> int: ...
+
+
 # compiler problems start with "flowRules[2] (id): field ..." (see inbound/compiler.py)
 _COMPILE_WHERE = re.compile(r"^(?P<section>[A-Za-z]+)\[(?P<index>\d+)\][^:]*: (?P<rest>.*)$", re.S)
 _FIELD_WORD = re.compile(r"^(?:[a-z]+ )?(?P<field>[a-z][A-Za-z]+)\b")
@@ -66,7 +85,9 @@ class RulesEditor:
         in_force: Callable[[], RuleSet | None],
         compile_rules: Callable[[RuleSet], object],
         reload: Callable[[], ReloadResult],
+        etcd: EtcdTarget | None = None,
     ) -> None:
+        self.etcd = etcd
         self.path = path
         self.in_force = in_force
         self.compile_rules = compile_rules
@@ -84,8 +105,13 @@ class RulesEditor:
         return rev
 
     def describe(self) -> dict[str, Any]:
-        why = None if self.path else "the built-in example is not editable: run the daemon with -r FILE"
-        return {"revision": self.revision(), "editable": why is None, "not_editable": why}
+        why = (
+            None
+            if self.path or self.etcd
+            else "the built-in example is not editable: run the daemon with -r FILE"
+        )
+        return {"revision": self.revision(), "editable": why is None, "not_editable": why,
+                "writes_to": self.etcd.url if self.etcd else self.path}  # fmt: skip
 
     def handle(self, cmd: str, request: dict[str, Any]) -> dict[str, Any]:
         document = request.get("document")
@@ -110,7 +136,7 @@ class RulesEditor:
         return []
 
     def apply(self, document: dict[str, Any], base: object) -> dict[str, Any]:
-        if not self.path:
+        if not self.path and not self.etcd:
             raise SentinelError(self.describe()["not_editable"])
         with self._lock:
             current = self.revision()
@@ -122,6 +148,9 @@ class RulesEditor:
             problems = self.problems(document)
             if problems:
                 return {"applied": False, "conflict": False, "revision": current, "problems": problems}
+            if self.etcd is not None:
+                return self._apply_to_etcd(self.etcd, document, current)
+            assert self.path is not None
             path = Path(self.path)
             old = path.read_bytes()
             _replace(path, _serialize(document, path))
@@ -132,6 +161,40 @@ class RulesEditor:
                         "problems": [_located({"reason": p}) for p in result.problems]}  # fmt: skip
             return {"applied": True, "changed": result.changed, "revision": revision(result.rules),
                     "conflict": False, "problems": []}  # fmt: skip
+
+    def _apply_to_etcd(self, etcd: EtcdTarget, document: dict[str, Any], current: str) -> dict[str, Any]:
+        from sentinel_ebpf.sources.etcd import EtcdError, RevisionConflict  # etcd3gw: only when used
+
+        def refused(reason: str, conflict: bool = False) -> dict[str, Any]:
+            return {"applied": False, "conflict": conflict, "revision": current,
+                    "problems": [_located({"reason": reason})]}  # fmt: skip
+
+        src = etcd.describe()
+        in_force = src.get("revision")
+        if not isinstance(in_force, int) or src.get("from_cache"):
+            return refused(f"{etcd.url}: the daemon enforces rules cached while etcd was unreachable; "
+                           "edit when it follows etcd again")  # fmt: skip
+        data = yaml.safe_dump(document, sort_keys=False, allow_unicode=True).encode()
+        try:
+            written = etcd.put(data, if_revision=in_force)
+        except RevisionConflict as exc:
+            return refused(f"{exc}: load the rules again and redo the edit", conflict=True)
+        except EtcdError as exc:
+            return refused(f"not written: {exc}")
+        deadline = time.monotonic() + ETCD_APPLY_WAIT_S
+        while time.monotonic() < deadline:
+            src = etcd.describe()
+            if isinstance(src.get("revision"), int) and src["revision"] >= written:
+                break
+            time.sleep(0.05)
+        else:
+            return refused(f"written to {etcd.url} at revision {written}, but not in force after "
+                           f"{ETCD_APPLY_WAIT_S:g} s (see the daemon's log)")  # fmt: skip
+        if src["revision"] != written:  # a later write (someone else's) is in force already
+            return refused(f"written at revision {written}, then replaced by revision {src['revision']}",
+                           conflict=True)  # fmt: skip
+        return {"applied": True, "changed": True, "revision": self.revision(), "conflict": False,
+                "problems": [], "etcd_revision": written}  # fmt: skip
 
 
 def _located(p: dict[str, Any]) -> dict[str, Any]:

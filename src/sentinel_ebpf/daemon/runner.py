@@ -13,14 +13,14 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from sentinel_ebpf import __version__
 from sentinel_ebpf._types import ResStats
 from sentinel_ebpf.daemon.collector import BlockDeltas, SecondCollector, second_counts
 from sentinel_ebpf.daemon.control import DEFAULT_SOCKET, ControlServer
 from sentinel_ebpf.daemon.demo import DEFAULT_RULES, DemoServer
-from sentinel_ebpf.daemon.edit import RulesEditor
+from sentinel_ebpf.daemon.edit import EtcdTarget, RulesEditor
 from sentinel_ebpf.daemon.history import History, ObservedDeltas, Point
 from sentinel_ebpf.daemon.hooks import BreakerHooks
 from sentinel_ebpf.daemon.links import LinkSet, LinkWatcher, interfaces, reconcile
@@ -134,6 +134,7 @@ class Daemon:
             lambda: self.rules,
             lambda rs: self._dp().compile(rs),
             self.request_reload,
+            etcd=cast(EtcdTarget, self.source) if config.rules and is_etcd_url(config.rules) else None,
         )
         self.cluster: ClusterClient | None = None  # leases of cluster flow rules (--cluster)
 

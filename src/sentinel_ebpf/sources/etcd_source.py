@@ -125,6 +125,10 @@ class EtcdSource:
             "latest_revision": latest.revision if latest else None,
         }
 
+    def put(self, value: bytes, if_revision: int) -> int:
+        """Write the key if its last write is ``if_revision`` (the dashboard's edits); the new revision."""
+        return self.client.put(value, if_revision=if_revision)
+
     def close(self) -> None:
         self._stop.set()
         self.client.interrupt()
