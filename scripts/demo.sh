@@ -5,6 +5,7 @@
 # (DURATION, default 5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/as-root.sh
 
 bash scripts/setup.sh
 CLI=.venv/bin/sentinel-ebpf

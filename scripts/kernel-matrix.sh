@@ -13,9 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
-if [ "$(id -u)" != 0 ]; then
-    exec sudo -E bash "$0" "$@"
-fi
+source scripts/as-root.sh
 [ -x .venv/bin/python ] || { echo "kernel-matrix: run scripts/setup.sh first (no .venv)" >&2; exit 2; }
 
 CACHE=$ROOT/.kernel-matrix

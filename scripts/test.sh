@@ -3,6 +3,7 @@
 # (one pytest run per tier, with durations).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/as-root.sh
 
 bash scripts/setup.sh
 PY=.venv/bin/python
