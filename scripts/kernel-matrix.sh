@@ -112,7 +112,7 @@ mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf 2>/dev/null || true
 ip link set lo up
 bash scripts/demo-smoke.sh > "$out/demo.log" 2>&1
 echo \$? > "$out/demo.rc"
-python -m pytest -p no:cacheprovider -q -o addopts="" -rfEs $(printf '%q ' "${TESTS[@]}") > "$out/pytest.log" 2>&1
+python -m pytest -p no:cacheprovider -q -o addopts="" -rfEs --durations=12 $(printf '%q ' "${TESTS[@]}") > "$out/pytest.log" 2>&1
 echo \$? > "$out/pytest.rc"
 EOF
 chmod +x "$out/guest.sh"
@@ -142,6 +142,8 @@ if [ "$pytest_rc" != 0 ]; then
     cat "$out/pytest.log"
 else
     grep -E '^(FAILED|ERROR|SKIPPED)' "$out/pytest.log" || true
+    # where the guest's time goes (the run must stay well inside the timeout above)
+    sed -n '/slowest .* durations/,/^$/p' "$out/pytest.log"
     tail -1 "$out/pytest.log"
 fi
 [ "$demo_rc" = 0 ] || exit 1

@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 
 from sentinel_ebpf.cluster.registry import RedisNodes
-from sentinel_ebpf.daemon import request
 from sentinel_ebpf.dashboard.fleet import fleet_view
 
 from .daemon_helpers import Daemon
@@ -41,8 +40,7 @@ class Node:
     daemon: Daemon
 
     def stats(self) -> dict[str, Any]:
-        # straight to the control socket: the CLI's start-up takes seconds on a busy machine
-        return request(self.daemon.socket, "stats")
+        return self.daemon.stats()
 
     def passed(self) -> int:
         return int(self.stats()["resources"]["web"]["pass"])
