@@ -21,13 +21,21 @@ def csum(data: bytes) -> int:
     return ~total & 0xFFFF
 
 
-def syn(src: str, dst: str, sport: int, dport: int) -> bytes:
+def segment(
+    src: str, dst: str, sport: int, dport: int, seq: int, ack: int, flags: int, payload: bytes = b""
+) -> bytes:
+    """An IPv4 TCP segment with its checksums."""
     s, d = socket.inet_aton(src), socket.inet_aton(dst)
-    tcp = struct.pack("!HHIIBBHHH", sport, dport, 1000 + sport, 0, 5 << 4, 0x02, 64240, 0, 0)
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, 64240, 0, 0) + payload
     tcp = tcp[:16] + struct.pack("!H", csum(s + d + struct.pack("!BBH", 0, 6, len(tcp)) + tcp)) + tcp[18:]
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), sport, 0x4000, 64, 6, 0, s, d)
     ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
     return ip + tcp
+
+
+def syn(src: str, dst: str, sport: int, dport: int) -> bytes:
+    """A SYN whose initial sequence number is 1000 + sport."""
+    return segment(src, dst, sport, dport, 1000 + sport, 0, 0x02)
 
 
 def main() -> None:

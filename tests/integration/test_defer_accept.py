@@ -1,4 +1,6 @@
-"""Deferred accept: a refused first request costs the server no connection at all."""
+"""Deferred accept: a refused first request costs the server no connection at all; with SYN cookies too
+(the connection is then made from the cookie in the ACK that carries the first request: that request is
+judged like any other, not passed as a segment of a connection that does not exist)."""
 
 from __future__ import annotations
 
@@ -28,9 +30,14 @@ def tcp_mib(pair: NetnsPair) -> dict[str, int]:
     return out
 
 
+@pytest.mark.parametrize("cookies", [False, True], ids=["synqueue", "syncookies"])
 @pytest.mark.parametrize("defer", [True, False], ids=["deferred", "not-deferred"])
-def test_refused_first_requests_never_become_connections(fresh_netns_pair: NetnsPair, defer: bool) -> None:
+def test_refused_first_requests_never_become_connections(
+    fresh_netns_pair: NetnsPair, defer: bool, cookies: bool
+) -> None:
     pair = fresh_netns_pair
+    if cookies:  # every SYN answered with a cookie, no handshake kept: as under a SYN flood
+        pair.run(pair.server, "sysctl", "-qw", "net.ipv4.tcp_syncookies=2", check=True)
     nginx = pair.start_nginx(8080)
     d = Daemon(pair, RULES + ("reject: {deferAccept: true}\n" if defer else ""))
     try:
@@ -40,6 +47,8 @@ def test_refused_first_requests_never_become_connections(fresh_netns_pair: Netns
                          "-w", "%{http_code}\\n", timeout=60).stdout.split()  # fmt: skip
         after = tcp_mib(pair)
         assert codes == ["429"] * 20
+        if cookies:
+            assert after["TcpExtSyncookiesSent"] - before["TcpExtSyncookiesSent"] == 20
         opened = after["TcpPassiveOpens"] - before["TcpPassiveOpens"]
         assert opened == (0 if defer else 20), (
             opened,

@@ -1225,6 +1225,10 @@ int tc_ingress(struct __sk_buff *skb)
 		make_key(fk, p, true, FLOW_KIND_CONNECTION);
 		if (res && bpf_map_lookup_elem(&inflight, fk))
 			return TC_ACT_OK; /* a retransmitted SYN was already counted */
+		if (res && !syn_for_this_host(skb, p)) {
+			port_count(bpf_ntohs(p->dport), PORT_NO_SOCKET); /* forwarded, or no listener */
+			return TC_ACT_OK;
+		}
 		if (res && judge(res, gen | system_flag(gen), skb, p) != BLOCK_NONE)
 			return reject(skb, p, pc->reject_tcp | REJECT_SYN | (gen ? REJECT_GEN1 : 0));
 		/* a SYN with data (TCP Fast Open) carries a request: judged like any other */

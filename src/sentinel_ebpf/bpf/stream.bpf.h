@@ -11,6 +11,8 @@
 
 #include "parse.bpf.h"
 
+#define SE_PACKET_OTHERHOST 3 /* skb->pkt_type of a frame for another host's MAC (linux/if_packet.h) */
+
 /* Set before load: 0 for tests that feed crafted packets of connections that do not exist. */
 const volatile bool socket_lookup = true;
 
@@ -75,6 +77,64 @@ static __always_inline struct bpf_sock *lookup_conn(struct __sk_buff *skb, const
 }
 
 /*
+ * `p` is the client's ACK that completes the pending handshake `sk` (a request socket) as the stack will
+ * accept it: it acknowledges the SYN-ACK and its data starts right after the client's SYN. Anything else
+ * (a spoofed segment that guessed the addresses and ports of a half-open handshake) the stack drops or
+ * answers with a reset, so it spends nobody's quota.
+ */
+static __always_inline bool completes_handshake(const struct pkt *p, struct bpf_sock *sk)
+{
+	struct tcp_request_sock *req = bpf_skc_to_tcp_request_sock(sk);
+
+	return req && (p->flags & (TCP_SYN | TCP_ACK | TCP_RST)) == TCP_ACK && p->ack == req->snt_isn + 1 &&
+	       p->seq == req->rcv_isn + 1;
+}
+
+/*
+ * `p` is an ACK that carries a valid SYN cookie of the listener `sk`: the stack makes the connection from
+ * it (a SYN flood, or tcp_syncookies=2, makes the listener answer SYNs with cookies and keep nothing).
+ */
+struct cookie_headers {
+	union {
+		struct iphdr v4;
+		struct ipv6hdr v6;
+	} ip;
+	struct tcphdr th;
+};
+
+/* What syncookie_ack() and syn_for_this_host() hand the kernel (off the stack: tc_ingress's calls use
+ * nearly all of it). */
+union stream_scratch {
+	struct cookie_headers cookie;
+	struct bpf_fib_lookup fib;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, union stream_scratch);
+} stream_scratch SEC(".maps");
+
+static __always_inline bool syncookie_ack(struct __sk_buff *skb, const struct pkt *p, struct bpf_sock *sk)
+{
+	__u32 zero = 0, ip_len = p->family == 4 ? sizeof(struct iphdr) : sizeof(struct ipv6hdr);
+	union stream_scratch *scr;
+	struct cookie_headers *h;
+
+	if ((p->flags & (TCP_SYN | TCP_ACK | TCP_RST)) != TCP_ACK)
+		return false;
+	scr = bpf_map_lookup_elem(&stream_scratch, &zero);
+	if (!scr)
+		return false;
+	h = &scr->cookie;
+	if (bpf_skb_load_bytes(skb, p->l3_off, &h->ip, ip_len) ||
+	    bpf_skb_load_bytes(skb, p->l4_off, &h->th, sizeof(h->th)))
+		return false;
+	return bpf_tcp_check_syncookie(sk, &h->ip, ip_len, &h->th, sizeof(h->th)) == 0;
+}
+
+/*
  * The segment's place in its stream (enum seg_position); *skip: how many of its payload bytes were
  * received already (SEG_OVERLAP).
  */
@@ -91,11 +151,17 @@ static __always_inline int segment_position(struct __sk_buff *skb, const struct 
 	sk = lookup_conn(skb, p);
 	if (!sk)
 		return SEG_NO_SOCKET;
-	if (sk->state == BPF_TCP_NEW_SYN_RECV || (sk->state == BPF_TCP_LISTEN && (p->flags & TCP_SYN))) {
-		pos = SEG_HANDSHAKE; /* data completing a pending handshake, or a SYN's (TFO) */
+	if (sk->state == BPF_TCP_NEW_SYN_RECV) {
+		/* data completing a pending handshake; a segment that does not fit it is spoofed */
+		pos = completes_handshake(p, sk) ? SEG_HANDSHAKE : SEG_NO_SOCKET;
+	} else if (sk->state == BPF_TCP_LISTEN && (p->flags & TCP_SYN)) {
+		pos = SEG_HANDSHAKE; /* a SYN's data (TFO) */
 	} else if (sk->state == BPF_TCP_LISTEN) {
-		pos = SEG_NO_SOCKET; /* no handshake pending: spoofed (or a SYN cookie's): spends no quota */
-	} else if (sk->state != BPF_TCP_ESTABLISHED) {
+		/* no handshake kept: data on an ACK with a valid SYN cookie makes the connection; anything
+		 * else is spoofed and spends no quota */
+		pos = syncookie_ack(skb, p, sk) ? SEG_HANDSHAKE : SEG_NO_SOCKET;
+	} else if (sk->state != BPF_TCP_ESTABLISHED && sk->state != BPF_TCP_SYN_RECV) {
+		/* (SYN_RECV: a TFO connection's socket, made at the SYN: its data is judged by rcv_nxt) */
 		pos = SEG_NO_SOCKET; /* closing, or TIME_WAIT: nothing more goes to the application */
 	} else if ((tp = bpf_skc_to_tcp_sock(sk))) {
 		rcv_nxt = tp->rcv_nxt;
@@ -129,6 +195,48 @@ static __always_inline bool handshake_pending(struct __sk_buff *skb, const struc
 	pending = sk->state == BPF_TCP_LISTEN || sk->state == BPF_TCP_NEW_SYN_RECV;
 	bpf_sk_release(sk);
 	return pending;
+}
+
+/*
+ * The SYN `p` is addressed to this host, as its routing decides (a FIB lookup: the stack has not routed
+ * the packet yet at TC ingress), so a SYN this host only forwards (its route goes elsewhere: a router,
+ * a host for containers or VMs) or bridges (a frame for another host's MAC) is neither judged nor
+ * answered. A host that does not forward on that device (the lookup says so before routing) receives
+ * only its own traffic. Before DNAT: a port published to a container (DNAT on this host's address) is
+ * this host's. Without lookups (crafted test packets): every SYN.
+ */
+static __always_inline bool syn_for_this_host(struct __sk_buff *skb, const struct pkt *p)
+{
+	union stream_scratch *scr;
+	struct bpf_fib_lookup *f;
+	__u32 zero = 0;
+	long r;
+
+	if (!socket_lookup)
+		return true;
+	if (skb->pkt_type == SE_PACKET_OTHERHOST)
+		return false;
+	scr = bpf_map_lookup_elem(&stream_scratch, &zero);
+	if (!scr)
+		return true;
+	f = &scr->fib;
+	__builtin_memset(f, 0, sizeof(*f));
+	f->l4_protocol = IPPROTO_TCP;
+	f->sport = p->sport;
+	f->dport = p->dport;
+	f->ifindex = skb->ingress_ifindex;
+	if (p->family == 4) {
+		f->family = 2; /* AF_INET */
+		__builtin_memcpy(&f->ipv4_src, p->saddr, 4);
+		__builtin_memcpy(&f->ipv4_dst, p->daddr, 4);
+	} else {
+		f->family = 10; /* AF_INET6 */
+		__builtin_memcpy(f->ipv6_src, p->saddr, 16);
+		__builtin_memcpy(f->ipv6_dst, p->daddr, 16);
+	}
+	r = bpf_fib_lookup(skb, f, sizeof(*f), 0);
+	/* NOT_FWDED: a local (or broadcast) route; FWD_DISABLED: no forwarding here; an error: fail open */
+	return r == BPF_FIB_LKUP_RET_NOT_FWDED || r == BPF_FIB_LKUP_RET_FWD_DISABLED || r < 0;
 }
 
 /*
