@@ -81,7 +81,8 @@ mkdir -p "$out"
 # Through the daemon on the guest's kernel: the demo smoke (flow: / at 5 per second; isolation: /slow 2 at
 # a time; requests sent by one curl so that they overlap even emulated), one sequence per other rule kind
 # (hotspot, circuit breaker, system; counts, no rates), the framing suite (the stream judgment: socket
-# lookup, split request lines, normalised targets), SIGTERM cleanup, keep-alive 429, outbound connect()
+# lookup, split request lines, normalised targets), a first request on a SYN cookie's ACK and a forwarded
+# SYN (bpf_tcp_check_syncookie, bpf_fib_lookup), SIGTERM cleanup, keep-alive 429, outbound connect()
 # refusal, both tracers and doctor. The host's other integration tests time sequential clients against
 # wall-clock rates that an emulated guest cannot reach; their rule kinds run in the dataplane tier here.
 SMOKE=(
@@ -92,6 +93,8 @@ SMOKE=(
     tests/integration/test_trace.py::test_curl_connections_text_and_json
     "tests/integration/test_http_trace.py::test_records_match_what_the_client_sent_and_received[client-curl-nginx-http]"
     tests/integration/test_framing.py
+    "tests/integration/test_defer_accept.py::test_refused_first_requests_never_become_connections[deferred-syncookies]"
+    tests/integration/test_forwarded.py
     tests/integration/test_doctor.py::test_doctor_reports_this_machine
 )
 if [ -n "${KERNEL_MATRIX_TESTS:-}" ]; then
