@@ -108,7 +108,8 @@ class HttpMethod(IntEnum):
     HTTP_OPTIONS = 7
     HTTP_TRACE = 8
     HTTP_PATCH = 9
-    HTTP_METHOD_MAX = 10
+    HTTP_OTHER = 10
+    HTTP_METHOD_MAX = 11
 
 
 class FlowBehavior(IntEnum):

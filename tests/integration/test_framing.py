@@ -21,8 +21,10 @@ CLIENT = Path(__file__).with_name("framingclient.py")
 RULES = """
 resources:
   - {name: api, match: {protocol: http, port: 8080, method: GET, path: /api}}
+  - {name: any, match: {protocol: http, port: 8080, path: /any}}
 flowRules:
   - {resource: api, threshold: 0}
+  - {resource: any, threshold: 0}
 """
 TAIL = b" HTTP/1.1\r\nHost: svc\r\n\r\n"
 
@@ -74,6 +76,25 @@ def test_a_blocked_request_is_refused_however_it_is_framed(
     assert answer["status"] == 429, answer
     assert len(served(nginx)) == before, "nginx saw the request"
     assert daemon.stats()["resources"]["api"]["block"] == blocked_before + 1  # judged exactly once
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [(b"PURGE /any" + TAIL,), (b"PROPF", b"IND /any" + TAIL), (b"VERSION-CONTROL /any" + TAIL,)],
+    ids=["purge", "propfind-split", "15-letters"],
+)
+def test_a_request_with_a_method_nginx_accepts_is_judged(
+    guarded: tuple[NetnsPair, Server, Daemon], pieces: tuple[bytes, ...]
+) -> None:
+    """nginx takes any method of upper-case letters, '-' and '_' (and a proxy passes it on): a resource
+    that names no method limits them all."""
+    pair, nginx, daemon = guarded
+    before = len(served(nginx))
+    blocked_before = daemon.stats()["resources"]["any"]["block"]
+    answer = request(pair, *pieces)
+    assert answer["status"] == 429, answer
+    assert len(served(nginx)) == before, "nginx saw the request"
+    assert daemon.stats()["resources"]["any"]["block"] == blocked_before + 1
 
 
 @pytest.mark.parametrize("nodelay", [True, False], ids=["nodelay", "nagle"])

@@ -720,6 +720,12 @@ __noinline int complete(__u32 how)
 #define W8(a, b, c, d, e, f, g, h) (W4(a, b, c, d) | W4(e, f, g, h) << 32)
 #define LOW_BYTES(n) ((n) >= 8 ? ~0ULL : (1ULL << ((n) * 8)) - 1)
 
+/* A character of a method as nginx reads one (servers differ on others: see docs/inbound.md). */
+static __always_inline bool method_char(__u8 c)
+{
+	return (c >= 'A' && c <= 'Z') || c == '-' || c == '_';
+}
+
 /*
  * Method at the start of a request line, from its first 8 bytes as a little-endian word; *len covers the
  * method and its space.
@@ -737,6 +743,17 @@ static __always_inline __u8 parse_method(__u64 w, __u32 *len)
 	if (w == W8('O', 'P', 'T', 'I', 'O', 'N', 'S', ' ')) { *len = 8; return HTTP_OPTIONS; }
 	if (w == W8('C', 'O', 'N', 'N', 'E', 'C', 'T', ' ')) { *len = 8; return HTTP_CONNECT; }
 	if (w6 == W8('T', 'R', 'A', 'C', 'E', ' ', 0, 0)) { *len = 6; return HTTP_TRACE; }
+	/* another method of up to 7 characters (PURGE, MKCOL, UNLOCK); longer ones: see http_route() */
+	for (int i = 0; i < 8; i++) {
+		__u8 c = w >> (i * 8);
+
+		if (c == ' ' && i) {
+			*len = i + 1;
+			return HTTP_OTHER;
+		}
+		if (!method_char(c))
+			break;
+	}
 	return HTTP_METHOD_NONE;
 }
 
@@ -916,8 +933,11 @@ static __always_inline __u32 load_path(struct __sk_buff *skb, __u32 off, __u32 l
 	return bpf_skb_load_bytes(skb, off, path, n) ? 0 : n;
 }
 
+/* leading()'s `a` for "characters of a method" (method_char). */
+#define LEAD_METHOD_CHARS 0x100
+
 /*
- * How many bytes at `off` (of `len` left) are `a` or `b`, at most SE_LEAD_MAX. A global function: the
+ * How many bytes at `off` (of `len` left) are `a` or `b` (or method characters), at most SE_LEAD_MAX. A global function: the
  * caller gets one unknown count, not one verifier state per possible count.
  */
 __noinline __u32 leading(struct __sk_buff *skb, __u32 off, __u32 len, __u32 a, __u32 b)
@@ -931,7 +951,9 @@ __noinline __u32 leading(struct __sk_buff *skb, __u32 off, __u32 len, __u32 a, _
 	if (bpf_skb_load_bytes(skb, off, buf, n))
 		return 0;
 	for (i = 0; i < SE_LEAD_MAX; i++) {
-		if (i >= n || (buf[i] != a && buf[i] != b))
+		if (i >= n)
+			break;
+		if (a == LEAD_METHOD_CHARS ? !method_char(buf[i]) : buf[i] != a && buf[i] != b)
 			break;
 	}
 	return i;
@@ -1022,7 +1044,21 @@ __noinline __u32 http_route(struct __sk_buff *skb, const struct pkt *p, __u32 po
 	mlen = request_method(head);
 	method = mlen & 0xff;
 	mlen = (mlen >> 8) & 0xf;
-	if (method == HTTP_METHOD_NONE || !mlen)
+	if (method == HTTP_METHOD_NONE) {
+		/* a method of 8 to 15 characters (PROPFIND, VERSION-CONTROL) and its space */
+		__u32 run = leading(skb, off, len, LEAD_METHOD_CHARS, 0);
+		__u8 sp = 0;
+
+		if (run < 8 || run >= SE_LEAD_MAX)
+			goto not_request_line;
+		if (run >= len)
+			goto incomplete; /* the method goes on in a later segment */
+		if (bpf_skb_load_bytes(skb, off + run, &sp, 1) || sp != ' ')
+			goto not_request_line;
+		method = HTTP_OTHER;
+		mlen = run + 1;
+	}
+	if (!mlen || mlen > SE_LEAD_MAX)
 		goto not_request_line;
 	off += mlen;
 	len -= mlen;

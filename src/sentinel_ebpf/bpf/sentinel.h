@@ -26,7 +26,7 @@ enum sentinel_limits {
 	SE_PORT_OUT_HTTP = 0x8000,  /* port_slots bit: a remote port of outbound HTTP resources */
 	SE_ROUTE_LENS_MAX = 65,     /* distinct path lengths of a port's routes: 0..SE_PATH_MAX */
 	SE_ROUTE_PROBES = 7,        /* binary search over SE_ROUTE_LENS_MAX lengths: ceil(log2(66)) probes */
-	SE_HTTP_ROUTES_MAX = 131072, /* per generation: routes (9 per any-method resource) and search markers */
+	SE_HTTP_ROUTES_MAX = 131072, /* per generation: routes (10 per any-method resource) and search markers */
 	SE_SYSTEM_RULES_MAX = 8,
 	SE_MIN_RT_INIT_MS = 60000,   /* a bucket's min RT before any completion (Sentinel's default) */
 	SE_HOTSPOT_RULES_PER_RESOURCE = 2,
@@ -101,7 +101,9 @@ enum http_method {
 	HTTP_OPTIONS = 7,
 	HTTP_TRACE = 8,
 	HTTP_PATCH = 9,
-	HTTP_METHOD_MAX = 10,
+	HTTP_OTHER = 10,            /* any other method, as nginx reads one: upper-case letters, '-' and '_';
+	                             * matched by the resources that name no method */
+	HTTP_METHOD_MAX = 11,
 };
 
 enum flow_behavior {
