@@ -6,7 +6,11 @@ consumed by the metric log, the Prometheus exporter, ``stats --json`` and ``top`
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+import os
+import secrets
+import socket
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 BLOCK_TYPES = ("flow", "isolation", "circuit_breaking", "system", "hotspot")
@@ -107,3 +111,31 @@ def node_record(node: str, stats: dict[str, Any], history: dict[str, Any], now_m
         node=node, health="up", version=stats.get("version"), rules_revision=stats.get("revision"),
         loaded_at=stats.get("loaded_at"), seen_ms=now_ms, resources=resources,
     )  # fmt: skip
+
+
+# The fleet registries (Redis with --cluster, etcd with rules from etcd): each node writes its record every
+# PUBLISH_EVERY_MS; one older than STALE_MS shows the node down, and after FORGET_MS it is removed.
+PUBLISH_EVERY_MS = 1000
+STALE_MS = 3000
+FORGET_MS = 60_000
+
+
+def default_node_id() -> str:
+    """This daemon's name in the fleet: host, pid and a random suffix (a restarted daemon is a new node)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def read_node_record(name: str, raw: str | bytes, now_ms: int, where: str) -> NodeRecord | None:
+    """The record a registry holds for node ``name``, aged: down once stale, None once to be forgotten;
+    an unreadable one (another version's) as the node down with the reason. ``where``: the registry."""
+    try:
+        rec = NodeRecord(**json.loads(raw))
+    except (TypeError, ValueError) as exc:
+        return NodeRecord(node=name, health="down", seen_ms=now_ms,
+                          error=f"unreadable record in {where} ({type(exc).__name__}: {exc})")  # fmt: skip
+    age = now_ms - rec.seen_ms
+    if age > FORGET_MS:
+        return None
+    if age > STALE_MS and rec.health == "up":
+        rec = replace(rec, health="down", error=f"no record from the node for {age / 1000:.0f} s")
+    return rec

@@ -16,10 +16,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from sentinel_ebpf.daemon import request
+from sentinel_ebpf.stats import STALE_MS
 
 from .background import sentinel_cli
 from .daemon_helpers import LOAD, Daemon, load
@@ -210,11 +212,44 @@ def test_one_push_reaches_every_daemon_following_the_key(fresh_netns_pair: Netns
             served_by_client = sum(n for k, n in to_client.items() if k not in ("429", "reset", "error"))
             assert 20 < to_server["served"] <= 45 and to_server["429"] > 0, to_server
             assert 20 < served_by_client <= 45 and to_client.get("429", 0) > 0, to_client
+            # both registered beside the rules key: the dashboard's fleet view (--fleet etcd://...) sums
+            # what they counted (each writes its record once a second)
+            want = to_server["served"] + served_by_client
+            deadline = time.monotonic() + 5
+            while True:
+                view = registry(pair, etcd)
+                limited = view["resources"].get("limited", {})
+                if limited.get("pass", 0) >= want or time.monotonic() > deadline:
+                    break
+                time.sleep(0.3)
+            assert [n["health"] for n in view["nodes"]] == ["up", "up"], view
+            assert view["same_rules"] and limited["nodes"] == 2, view
+            assert limited["pass"] >= want and limited["block"] > 0, (view, want)
         finally:
             for d in daemons:
                 d.close()
+        time.sleep(STALE_MS / 1000 + 1)  # stopped: no more records; shown down until their lease ends
+        view = registry(pair, etcd)
+        assert [n["health"] for n in view["nodes"]] == ["down", "down"], view
     finally:
         etcd.stop()
+
+
+REGISTRY = (
+    "import json, sys; from sentinel_ebpf.dashboard.fleet import fleet_view; "
+    "from sentinel_ebpf.sources.etcd import EtcdClient; from sentinel_ebpf.sources.etcd_registry import EtcdNodes; "
+    "from sentinel_ebpf.sources.url import parse_etcd_url; u = parse_etcd_url(sys.argv[1]); "
+    "print(json.dumps(fleet_view(EtcdNodes(EtcdClient(u), u.key).records())))"
+)
+
+
+def registry(pair: NetnsPair, etcd: EtcdServer) -> dict[str, Any]:
+    """The fleet view the dashboard shows for ``--fleet`` the rules key's URL (read in the server's
+    namespace, where etcd listens)."""
+    res = pair.run(pair.server, sys.executable, "-c", REGISTRY, etcd.url(KEY))
+    assert res.returncode == 0, res.stderr
+    view: dict[str, Any] = json.loads(res.stdout)
+    return view
 
 
 def test_a_dashboard_edit_is_written_to_etcd_with_a_compare_and_swap(

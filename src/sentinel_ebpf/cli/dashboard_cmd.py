@@ -12,8 +12,10 @@ import typer
 
 from sentinel_ebpf.cli import app
 from sentinel_ebpf.cli._common import fail, stop_on_signals
+from sentinel_ebpf.cli.etcd_options import EtcdCacert, EtcdCert, EtcdKey
 from sentinel_ebpf.daemon.control import DEFAULT_SOCKET
 from sentinel_ebpf.errors import SentinelError
+from sentinel_ebpf.sources.url import EtcdTls, check_tls, is_etcd_url, parse_etcd_url
 
 
 def read_token(path: str) -> str:
@@ -53,25 +55,38 @@ def dashboard(
         str | None,
         typer.Option(
             "--fleet",
-            help="The fleet view from the node registry in this Redis (the daemons' --cluster URL): every "
-            "daemon of --app that runs with --cluster registers itself there.",
+            help="The fleet view from a node registry: a Redis URL (the daemons' --cluster URL: every daemon "
+            "of --app that runs with --cluster registers itself there), or the etcd:// URL the daemons read "
+            "their rules from (each registers under KEY/nodes/).",
         ),
     ] = None,
     app_name: Annotated[
-        str, typer.Option("--app", help="The app whose nodes --fleet shows.")
+        str, typer.Option("--app", help="The app whose nodes a Redis --fleet shows.")
     ] = "sentinel-ebpf",
+    etcd_cacert: EtcdCacert = None,
+    etcd_cert: EtcdCert = None,
+    etcd_key: EtcdKey = None,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Log every request.")] = False,
 ) -> None:
     """Serve a web dashboard: live charts per resource, data-plane counters, doctor, rules with editing."""
     from sentinel_ebpf.dashboard import Backend, DashboardServer, DoctorCache, run_doctor
+    from sentinel_ebpf.dashboard.fleet import NodeSource
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
     try:
         token = read_token(token_file) if token_file else None
         doctor = DoctorCache(run_doctor if not no_doctor else _no_doctor)
-        nodes = None
-        if fleet:
+        nodes: NodeSource | None = None
+        if fleet and is_etcd_url(fleet):
+            from sentinel_ebpf.sources.etcd import EtcdClient  # etcd3gw only when used
+            from sentinel_ebpf.sources.etcd_registry import EtcdNodes
+
+            url = parse_etcd_url(fleet)
+            tls = EtcdTls(etcd_cacert, etcd_cert, etcd_key)
+            check_tls(url, tls)
+            nodes = EtcdNodes(EtcdClient(url, tls), url.key)
+        elif fleet:
             from sentinel_ebpf.cluster.registry import RedisNodes  # redis only when used
             from sentinel_ebpf.cluster.store import check_url
 

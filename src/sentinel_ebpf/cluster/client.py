@@ -12,9 +12,6 @@ call brings them back.
 from __future__ import annotations
 
 import logging
-import os
-import secrets
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -29,7 +26,7 @@ from sentinel_ebpf.cluster.registry import PUBLISH_EVERY_MS, publish
 from sentinel_ebpf.cluster.store import LeaseStore, redacted
 from sentinel_ebpf.errors import SentinelError
 from sentinel_ebpf.inbound.compiler import KFlowRule
-from sentinel_ebpf.stats import NodeRecord
+from sentinel_ebpf.stats import NodeRecord, default_node_id
 
 log = logging.getLogger("sentinel_ebpf.cluster")
 SLOW_MS = 50  # Redis slower than this counts as unreachable
@@ -40,10 +37,6 @@ IDLE_RENEW_MS = 300  # a node whose cluster rules see no requests renews (its he
 
 def _monotonic_ms() -> int:
     return time.monotonic_ns() // 1_000_000
-
-
-def default_node_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 class ClusterClient:

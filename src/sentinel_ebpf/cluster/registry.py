@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from typing import Any
 
 import redis
 from redis.exceptions import RedisClusterException
 
 from sentinel_ebpf.cluster.store import KEY_PREFIX, connect, redacted
-from sentinel_ebpf.stats import NodeRecord
+from sentinel_ebpf.stats import FORGET_MS, PUBLISH_EVERY_MS, STALE_MS, NodeRecord, read_node_record
 
-PUBLISH_EVERY_MS = 1000
-STALE_MS = 3000  # a record older than this: the node is shown down
-FORGET_MS = 60_000  # and removed from the registry after this
+__all__ = ["FORGET_MS", "PUBLISH_EVERY_MS", "STALE_MS", "RedisNodes", "publish", "registry_key"]
 
 
 def registry_key(app: str) -> str:
@@ -54,18 +52,10 @@ class RedisNodes:
         out = []
         for node, raw in sorted(entries.items()):
             name = node.decode() if isinstance(node, bytes) else str(node)
-            try:
-                rec = NodeRecord(**json.loads(raw))
-            except (TypeError, ValueError) as exc:  # another version's record
-                out.append(NodeRecord(node=name, health="down", seen_ms=now_ms,
-                                      error=f"unreadable record in Redis ({type(exc).__name__}: {exc})"))  # fmt: skip
-                continue
-            age = now_ms - rec.seen_ms
-            if age > FORGET_MS:
+            rec = read_node_record(name, raw, now_ms, "Redis")
+            if rec is None:
                 self._client.hdel(key, node)
                 continue
-            if age > STALE_MS and rec.health == "up":
-                rec = replace(rec, health="down", error=f"no record from the node for {age / 1000:.0f} s")
             out.append(rec)
         return out
 

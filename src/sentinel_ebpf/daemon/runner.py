@@ -44,9 +44,9 @@ from sentinel_ebpf.outputs.prometheus import (
 from sentinel_ebpf.outputs.stats_json import stats_document
 from sentinel_ebpf.rules import RuleSet
 from sentinel_ebpf.rules.dump import to_project
-from sentinel_ebpf.sources.base import RulesSource
+from sentinel_ebpf.sources.base import Registrar, RulesSource
 from sentinel_ebpf.sources.url import EtcdTls, check_tls, is_etcd_url, parse_etcd_url
-from sentinel_ebpf.stats import BreakerTransition, NodeRecord, ResourceStats, node_record
+from sentinel_ebpf.stats import BreakerTransition, NodeRecord, ResourceStats, default_node_id, node_record
 
 if TYPE_CHECKING:
     from sentinel_ebpf.cluster import ClusterClient
@@ -137,6 +137,7 @@ class Daemon:
             etcd=cast(EtcdTarget, self.source) if config.rules and is_etcd_url(config.rules) else None,
         )
         self.cluster: ClusterClient | None = None  # leases of cluster flow rules (--cluster)
+        self.registrar: Registrar | None = None  # this node's record in etcd (rules from etcd)
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -190,6 +191,11 @@ class Daemon:
         log.info("enforcing %s (%d resources); control socket %s", version.label,
                  len(compiled.resources), self.config.control_socket)  # fmt: skip
         self.source.start(self._wake.set)
+        node_id = self.cluster.node_id if self.cluster is not None else default_node_id()
+        self.registrar = self.source.registrar(node_id, self._node_record)
+        if self.registrar is not None:  # rules from etcd: the fleet registry beside them
+            self.registrar.start()
+            log.info("fleet registry: node %s under %s", node_id, self.source.url)
 
     def _join_cluster(self, url: str) -> None:
         # redis only when used: every CLI command imports this module
@@ -212,7 +218,7 @@ class Daemon:
                  self.cluster.node_id)  # fmt: skip
 
     def _node_record(self, node_id: str) -> NodeRecord:
-        """This daemon's record for the fleet registry (the cluster thread, once a second)."""
+        """This daemon's record for the fleet registry (the cluster or etcd registry thread, once a second)."""
         now_ms = round(time.time() * 1000)
         return node_record(node_id, self.handle({"cmd": "stats"}), self.history.since(now_ms - 3000), now_ms)
 
@@ -264,6 +270,9 @@ class Daemon:
                 signal.signal(sig, handler)
 
     def close(self) -> None:
+        if self.registrar is not None:
+            self.registrar.close()
+            self.registrar = None
         self.source.close()
         if self.link_watcher is not None:
             self.link_watcher.stop()

@@ -14,6 +14,7 @@ from typing import Any
 
 from sentinel_ebpf.rules import load_file
 from sentinel_ebpf.sources.base import Version
+from sentinel_ebpf.stats import NodeRecord
 
 FileId = tuple[int, int, int, int]
 
@@ -61,6 +62,9 @@ class FileSource:
 
     def changed(self) -> bool:
         return self.watcher.changed()
+
+    def registrar(self, node_id: str, record: Callable[[str], NodeRecord]) -> None:
+        return None  # a file has no fleet registry beside it
 
     def in_force(self, version: Version) -> None:
         self.applied_at = time.time()

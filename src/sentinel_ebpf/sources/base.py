@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sentinel_ebpf.rules import RuleSet
+from sentinel_ebpf.stats import NodeRecord
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,14 @@ class Version:
     revision: int | None = None
     from_cache: bool = False
     document: str | None = None  # the raw text, for sources that cache it
+
+
+class Registrar(Protocol):
+    """Writes this node's record into a fleet registry from its own thread until closed."""
+
+    def start(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class RulesSource(Protocol):
@@ -42,3 +51,6 @@ class RulesSource(Protocol):
         """For ``stats --json`` and the control socket: source, revision in force, when applied."""
 
     def close(self) -> None: ...
+
+    def registrar(self, node_id: str, record: Callable[[str], NodeRecord]) -> Registrar | None:
+        """This node's registration in the fleet registry beside the rules (etcd), or None (a file)."""

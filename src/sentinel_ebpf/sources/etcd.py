@@ -166,6 +166,36 @@ class EtcdClient:
             raise RevisionConflict(str(self.url), if_revision or 0, current)
         return int(reply["header"]["revision"])
 
+    # -- other keys: the fleet registry (sources.etcd_registry) ------------------------------------------
+    def put_key(self, key: str, value: bytes, lease: int = 0) -> int:
+        """Write ``key`` (attached to ``lease`` when given); the new revision."""
+        body: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
+        if lease:
+            body["lease"] = lease
+        reply: dict[str, Any] = self._call(lambda c: c.post(c.get_url("/kv/put"), json=body))
+        return int(reply["header"]["revision"])
+
+    def get_prefix(self, prefix: str) -> list[tuple[str, bytes]]:
+        """Every key under ``prefix`` with its value, in key order."""
+        raw = prefix.encode()
+        end = raw[:-1] + bytes([raw[-1] + 1]) if raw and raw[-1] < 0xFF else b"\0"
+        body = {"key": _b64(raw), "range_end": _b64(end)}
+        reply: dict[str, Any] = self._call(lambda c: c.post(c.get_url("/kv/range"), json=body))
+        return [(base64.b64decode(kv["key"]).decode("utf-8", "replace"), base64.b64decode(kv.get("value", "")))
+                for kv in reply.get("kvs") or []]  # fmt: skip
+
+    def grant_lease(self, ttl_s: int) -> int:
+        """A new lease of ``ttl_s`` seconds: its id."""
+        reply: dict[str, Any] = self._call(lambda c: c.post(c.get_url("/lease/grant"), json={"TTL": ttl_s}))
+        return int(reply["ID"])
+
+    def keep_alive(self, lease: int) -> int:
+        """Renew ``lease``: its TTL in seconds, 0 when etcd no longer has it (it expired)."""
+        reply: dict[str, Any] = self._call(
+            lambda c: c.post(c.get_url("/lease/keepalive"), json={"ID": lease})
+        )
+        return int((reply.get("result") or {}).get("TTL", 0))
+
     def watch(self, start_revision: int, idle_s: float = WATCH_IDLE_S) -> Iterator[WatchEvent]:
         """Changes of the key from ``start_revision`` on, as etcd sends them. Ends (without error) when the
         stream is silent for ``idle_s``, cancelled by etcd (compaction) or closed; raises EtcdUnavailable

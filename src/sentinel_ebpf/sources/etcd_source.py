@@ -21,7 +21,9 @@ from sentinel_ebpf.sources.backoff import Backoff
 from sentinel_ebpf.sources.base import Version
 from sentinel_ebpf.sources.cache import CachedRules, RulesCache
 from sentinel_ebpf.sources.etcd import WATCH_IDLE_S, EtcdClient, EtcdError, EtcdUnavailable
+from sentinel_ebpf.sources.etcd_registry import EtcdRegistrar
 from sentinel_ebpf.sources.url import EtcdTls, EtcdUrl
+from sentinel_ebpf.stats import NodeRecord
 
 log = logging.getLogger("sentinel_ebpf.daemon")
 QUICK_WATCH_S = 1.0  # a watch that ends sooner than this is retried after a backoff, not at once
@@ -69,6 +71,7 @@ class EtcdSource:
     ) -> None:
         self.target = url
         self.url = str(url)
+        self.tls = tls
         self.client = client or EtcdClient(url, tls)
         self.cache = RulesCache(state_dir)
         self.idle_s = idle_s
@@ -124,6 +127,10 @@ class EtcdSource:
             "etcd": self.state,
             "latest_revision": latest.revision if latest else None,
         }
+
+    def registrar(self, node_id: str, record: Callable[[str], NodeRecord]) -> EtcdRegistrar:
+        """This node's record under the rules key's ``nodes/`` (its own client: the watch thread's is busy)."""
+        return EtcdRegistrar(EtcdClient(self.target, self.tls), self.target.key, node_id, record)
 
     def put(self, value: bytes, if_revision: int) -> int:
         """Write the key if its last write is ``if_revision`` (the dashboard's edits); the new revision."""

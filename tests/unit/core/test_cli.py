@@ -112,3 +112,5 @@ def test_run_passes_the_cluster_timeout_to_the_daemon(monkeypatch: pytest.Monkey
 def test_dashboard_rejects_a_bad_fleet_url() -> None:
     result = runner.invoke(app, ["dashboard", "--no-doctor", "--fleet", "http://10.0.0.5:6379"])
     assert result.exit_code == 2 and "the scheme must be redis://, rediss:// or unix://" in result.output
+    result = runner.invoke(app, ["dashboard", "--no-doctor", "--fleet", "etcd://127.0.0.1:2379"])
+    assert result.exit_code == 2 and "etcd://127.0.0.1:2379" in result.output, result.output
