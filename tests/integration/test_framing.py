@@ -69,13 +69,20 @@ def served(nginx: Server) -> list[str]:
 def test_a_blocked_request_is_refused_however_it_is_framed(
     guarded: tuple[NetnsPair, Server, Daemon], pieces: tuple[bytes, ...]
 ) -> None:
+    assert_refused_once(guarded, "api", pieces)
+
+
+def assert_refused_once(
+    guarded: tuple[NetnsPair, Server, Daemon], resource: str, pieces: tuple[bytes, ...]
+) -> None:
+    """The kernel's 429, nginx never saw the request, and it was judged (blocked) exactly once."""
     pair, nginx, daemon = guarded
     before = len(served(nginx))
-    blocked_before = daemon.stats()["resources"]["api"]["block"]
+    blocked_before = daemon.stats()["resources"][resource]["block"]
     answer = request(pair, *pieces)
     assert answer["status"] == 429, answer
     assert len(served(nginx)) == before, "nginx saw the request"
-    assert daemon.stats()["resources"]["api"]["block"] == blocked_before + 1  # judged exactly once
+    assert daemon.stats()["resources"][resource]["block"] == blocked_before + 1
 
 
 @pytest.mark.parametrize(
@@ -88,13 +95,7 @@ def test_a_request_with_a_method_nginx_accepts_is_judged(
 ) -> None:
     """nginx takes any method of upper-case letters, '-' and '_' (and a proxy passes it on): a resource
     that names no method limits them all."""
-    pair, nginx, daemon = guarded
-    before = len(served(nginx))
-    blocked_before = daemon.stats()["resources"]["any"]["block"]
-    answer = request(pair, *pieces)
-    assert answer["status"] == 429, answer
-    assert len(served(nginx)) == before, "nginx saw the request"
-    assert daemon.stats()["resources"]["any"]["block"] == blocked_before + 1
+    assert_refused_once(guarded, "any", pieces)
 
 
 @pytest.mark.parametrize("nodelay", [True, False], ids=["nodelay", "nagle"])
