@@ -5,7 +5,8 @@
 #
 #   bash scripts/kernel-matrix.sh [KERNEL_PACKAGE]
 #
-# KERNEL_PACKAGE defaults to the newest linux-image-6.1.0-*-amd64-unsigned (Debian 12's kernel).
+# KERNEL_PACKAGE defaults to the newest linux-image-6.1.0-*-amd64-unsigned (Debian 12's kernel); a package
+# this machine's apt sources lack is looked up in Debian 11's (linux-image-5.10.0-*-amd64-unsigned).
 # KERNEL_MATRIX_ACCEL=kvm|tcg forces the accelerator (default: KVM when a probe boot shows it works).
 # KERNEL_MATRIX_TESTS overrides the pytest arguments run in the guest.
 # Prints the guest's kernel version and pytest's summary; exits with pytest's status (or the smoke's).
@@ -45,12 +46,24 @@ if [ -z "$pkg" ]; then
     fi
     [ -n "$pkg" ] || { echo "kernel-matrix: no linux-image-6.1.0-*-amd64-unsigned package found" >&2; exit 2; }
 fi
+# A package of this machine's apt sources, else of Debian 11 (bullseye: its 5.10 kernels), through apt with
+# a sources list of its own (signatures checked as usual; this machine's apt state untouched).
+fetch_deb() {
+    apt-get download -q "$1" 2>/dev/null && return 0
+    local own=$CACHE/apt-bullseye
+    mkdir -p "$own/lists/partial" "$own/cache/archives/partial"
+    printf '%s\n' "deb http://deb.debian.org/debian bullseye main" \
+        "deb http://deb.debian.org/debian-security bullseye-security main" > "$own/sources.list"
+    local opts=(-o "Dir::Etc::SourceList=$own/sources.list" -o Dir::Etc::SourceParts=/dev/null
+        -o "Dir::State::Lists=$own/lists" -o "Dir::Cache=$own/cache")
+    apt-get "${opts[@]}" update -qq && apt-get "${opts[@]}" download -q "$1"
+}
 kdir=$CACHE/$pkg
 if [ ! -d "$kdir/root/boot" ]; then
     echo "kernel-matrix: downloading $pkg"
     rm -rf "$kdir"
     mkdir -p "$kdir"
-    (cd "$kdir" && apt-get download -q "$pkg" 2>&1 | grep -v '^W: Download is performed unsandboxed' || true)
+    (cd "$kdir" && fetch_deb "$pkg" 2>&1 | grep -v '^W: Download is performed unsandboxed' || true)
     deb=$(ls "$kdir"/*.deb 2>/dev/null | head -1)
     [ -n "$deb" ] || { echo "kernel-matrix: could not download $pkg" >&2; exit 2; }
     dpkg-deb -x "$deb" "$kdir/root"

@@ -327,6 +327,11 @@ HELPERS_SINCE: dict[int, tuple[str, str]] = {
     187: ("bpf_set_retval", "5.18"),
 }
 _INVALID_FUNC = re.compile(r"invalid func (\w+)#(\d+)")
+# Complaints an older kernel makes before it reaches a helper, with what they mean for these objects.
+COMPLAINTS_SINCE: dict[str, tuple[str, str]] = {
+    # kernels before 5.13 do not count callbacks (bpf_loop's) as functions of the program
+    "number of funcs in func_info doesn't match number of subprogs": ("bpf_loop callbacks", "5.17"),
+}
 
 
 def describe_load_error(exc: BpfError) -> str:
@@ -335,7 +340,7 @@ def describe_load_error(exc: BpfError) -> str:
     prog, complaint = verifier_complaint(getattr(exc, "log", ""))
     if prog and complaint:
         m = _INVALID_FUNC.search(complaint)
-        since = HELPERS_SINCE.get(int(m.group(2))) if m else None
+        since = HELPERS_SINCE.get(int(m.group(2))) if m else COMPLAINTS_SINCE.get(complaint)
         if since is not None:
             complaint += f" ({since[0]}: needs Linux {since[1]} or newer)"
         return f"{exc.op}: program {prog} rejected by the verifier: {complaint}"

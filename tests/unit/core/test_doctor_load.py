@@ -80,3 +80,19 @@ def test_a_helper_the_kernel_lacks_is_named_with_the_version_it_needs() -> None:
     )
     msg = describe_load_error(BpfLoadError("load inbound.bpf.o", -errno.EINVAL, log))
     assert msg.endswith("invalid func unknown#187 (bpf_set_retval: needs Linux 5.18 or newer)")
+
+
+def test_an_older_kernel_that_cannot_count_callbacks_is_told_the_version_they_need() -> None:
+    """Linux 5.10 (Debian 11) stops before any helper: bpf_loop's callbacks are not functions to it."""
+    log = (
+        "libbpf: prog 'tc_ingress': BPF program load failed: Invalid argument\n"
+        "libbpf: prog 'tc_ingress': -- BEGIN PROG LOAD LOG --\n"
+        "number of funcs in func_info doesn't match number of subprogs\n"
+        "processed 0 insns (limit 1000000) max_states_per_insn 0 total_states 0 peak_states 0 mark_read 0\n"
+        "-- END PROG LOAD LOG --\n"
+    )
+    msg = describe_load_error(BpfLoadError("load inbound.bpf.o", -errno.EINVAL, log))
+    assert msg == (
+        "load inbound.bpf.o: program tc_ingress rejected by the verifier: number of funcs in func_info "
+        "doesn't match number of subprogs (bpf_loop callbacks: needs Linux 5.17 or newer)"
+    )
