@@ -937,8 +937,8 @@ static __always_inline __u32 load_path(struct __sk_buff *skb, __u32 off, __u32 l
 #define LEAD_METHOD_CHARS 0x100
 
 /*
- * How many bytes at `off` (of `len` left) are `a` or `b` (or method characters), at most SE_LEAD_MAX. A global function: the
- * caller gets one unknown count, not one verifier state per possible count.
+ * How many bytes at `off` (of `len` left) are `a` or `b` (or method characters), at most SE_LEAD_MAX.
+ * A global function: the caller gets one unknown count, not one verifier state per possible count.
  */
 __noinline __u32 leading(struct __sk_buff *skb, __u32 off, __u32 len, __u32 a, __u32 b)
 {
@@ -1262,7 +1262,7 @@ int tc_ingress(struct __sk_buff *skb)
 		if (res && bpf_map_lookup_elem(&inflight, fk))
 			return TC_ACT_OK; /* a retransmitted SYN was already counted */
 		if (res && !syn_for_this_host(skb, p)) {
-			port_count(bpf_ntohs(p->dport), PORT_NO_SOCKET); /* forwarded, or no listener */
+			port_count(bpf_ntohs(p->dport), PORT_NO_SOCKET); /* routed or bridged elsewhere */
 			return TC_ACT_OK;
 		}
 		if (res && judge(res, gen | system_flag(gen), skb, p) != BLOCK_NONE)

@@ -90,10 +90,7 @@ static __always_inline bool completes_handshake(const struct pkt *p, struct bpf_
 	       p->seq == req->rcv_isn + 1;
 }
 
-/*
- * `p` is an ACK that carries a valid SYN cookie of the listener `sk`: the stack makes the connection from
- * it (a SYN flood, or tcp_syncookies=2, makes the listener answer SYNs with cookies and keep nothing).
- */
+/* The headers bpf_tcp_check_syncookie() reads (options are not needed: the cookie encodes the MSS). */
 struct cookie_headers {
 	union {
 		struct iphdr v4;
@@ -116,6 +113,10 @@ struct {
 	__type(value, union stream_scratch);
 } stream_scratch SEC(".maps");
 
+/*
+ * `p` is an ACK that carries a valid SYN cookie of the listener `sk`: the stack makes the connection from
+ * it (a SYN flood, or tcp_syncookies=2, makes the listener answer SYNs with cookies and keep nothing).
+ */
 static __always_inline bool syncookie_ack(struct __sk_buff *skb, const struct pkt *p, struct bpf_sock *sk)
 {
 	__u32 zero = 0, ip_len = p->family == 4 ? sizeof(struct iphdr) : sizeof(struct ipv6hdr);
@@ -235,7 +236,8 @@ static __always_inline bool syn_for_this_host(struct __sk_buff *skb, const struc
 		__builtin_memcpy(f->ipv6_dst, p->daddr, 16);
 	}
 	r = bpf_fib_lookup(skb, f, sizeof(*f), 0);
-	/* NOT_FWDED: a local (or broadcast) route; FWD_DISABLED: no forwarding here; an error: fail open */
+	/* NOT_FWDED: a local (or broadcast) route; FWD_DISABLED: no forwarding here; an error (no such
+	 * device): judged, as every SYN was before this check */
 	return r == BPF_FIB_LKUP_RET_NOT_FWDED || r == BPF_FIB_LKUP_RET_FWD_DISABLED || r < 0;
 }
 
