@@ -743,18 +743,7 @@ static __always_inline __u8 parse_method(__u64 w, __u32 *len)
 	if (w == W8('O', 'P', 'T', 'I', 'O', 'N', 'S', ' ')) { *len = 8; return HTTP_OPTIONS; }
 	if (w == W8('C', 'O', 'N', 'N', 'E', 'C', 'T', ' ')) { *len = 8; return HTTP_CONNECT; }
 	if (w6 == W8('T', 'R', 'A', 'C', 'E', ' ', 0, 0)) { *len = 6; return HTTP_TRACE; }
-	/* another method of up to 7 characters (PURGE, MKCOL, UNLOCK); longer ones: see http_route() */
-	for (int i = 0; i < 8; i++) {
-		__u8 c = w >> (i * 8);
-
-		if (c == ' ' && i) {
-			*len = i + 1;
-			return HTTP_OTHER;
-		}
-		if (!method_char(c))
-			break;
-	}
-	return HTTP_METHOD_NONE;
+	return HTTP_METHOD_NONE; /* another method (PURGE, PROPFIND): see http_route() */
 }
 
 /*
@@ -1045,11 +1034,11 @@ __noinline __u32 http_route(struct __sk_buff *skb, const struct pkt *p, __u32 po
 	method = mlen & 0xff;
 	mlen = (mlen >> 8) & 0xf;
 	if (method == HTTP_METHOD_NONE) {
-		/* a method of 8 to 15 characters (PROPFIND, VERSION-CONTROL) and its space */
+		/* another method of 1 to 15 characters (PURGE, PROPFIND, VERSION-CONTROL) and its space */
 		__u32 run = leading(skb, off, len, LEAD_METHOD_CHARS, 0);
 		__u8 sp = 0;
 
-		if (run < 8 || run >= SE_LEAD_MAX)
+		if (run == 0 || run >= SE_LEAD_MAX)
 			goto not_request_line;
 		if (run >= len)
 			goto incomplete; /* the method goes on in a later segment */
