@@ -135,7 +135,8 @@ class PortCounter(IntEnum):
     PORT_INCOMPLETE_RESET = 10
     PORT_DEFERRED_ACK = 11
     PORT_FRAGMENT = 12
-    PORT_COUNTER_MAX = 13
+    PORT_REFUSED_AGAIN = 13
+    PORT_COUNTER_MAX = 14
 
 
 class DpCounter(IntEnum):
@@ -339,11 +340,11 @@ class PortCounts(ctypes.Structure):
 
     _pack_ = 1
     _fields_ = [
-        ("count", (ctypes.c_uint64 * 13)),
+        ("count", (ctypes.c_uint64 * 14)),
     ]
 
 
-assert ctypes.sizeof(PortCounts) == 104
+assert ctypes.sizeof(PortCounts) == 112
 
 
 class HttpRouteKey(ctypes.Structure):

@@ -387,3 +387,62 @@ def test_defer_accept_names_ports_with_http_resources() -> None:
 
     with pytest.raises(CompileError, match=r"reject\.deferAccept: port 9999 has no inbound HTTP resource"):
         compile_inbound(rules(BLOCK_API + "reject: {deferAccept: [8080, 9999]}\n"))
+
+
+# --- a refused request sent again keeps its verdict -------------------------------------------------------
+
+ONE_PER_SECOND = """
+resources:
+  - {name: api, match: {protocol: http, port: 8080, path: /api}}
+flowRules:
+  - {resource: api, threshold: 1}
+"""
+T0_NS = 1_578_416_556_900 * 1_000_000
+REQUEST = b"GET /api" + TAIL
+
+
+def test_a_dropped_request_sent_again_is_dropped_again_not_judged(dp: InboundDataplane) -> None:
+    """`{mode: drop}`: the client's TCP sends the dropped request again, by then in a window that would
+    admit it; it keeps the verdict it was given (dropped, not counted again) until its connection ends."""
+    dp.apply(dp.compile(rules(ONE_PER_SECOND + "reject: {http: {mode: drop}}\n")))
+    dp.set_clock_ns(T0_NS)
+    assert passed_unjudged(dp, REQUEST, sport=40001, seq=1000)
+    assert send(dp, REQUEST, sport=40002, seq=5000)[0] == TC_ACT_SHOT
+    dp.set_clock_ns(T0_NS + 1_500_000_000)  # a new window: one request may pass
+    assert send(dp, REQUEST, sport=40002, seq=5000)[0] == TC_ACT_SHOT
+    assert send(dp, REQUEST + b"GET /api" + TAIL, sport=40002, seq=5000)[0] == TC_ACT_SHOT  # merged
+    st = dp.resource_stats()[0]
+    assert (st.passed, st.blocked) == (1, 1)
+    assert dp.port_counters(8080)["refused_again"] == 2
+    assert passed_unjudged(dp, REQUEST, sport=40003, seq=1000), "the window was open for other requests"
+    # the connection ends: its place is forgotten (a new connection on the same ports is judged)
+    assert send(dp, b"", flags=FIN | ACK, sport=40002, seq=5000)[0] == TC_ACT_OK
+    dp.set_clock_ns(T0_NS + 3_000_000_000)
+    assert passed_unjudged(dp, REQUEST, sport=40002, seq=5000)
+    assert dp.resource_stats()[0].passed == 3
+
+
+def gso_ctx(segs: int) -> bytes:
+    """A struct __sk_buff for BPF_PROG_TEST_RUN with gso_segs (offset 164) set: a GRO-merged skb."""
+    ctx = bytearray(192)
+    struct.pack_into("<I", ctx, 164, segs)
+    return bytes(ctx)
+
+
+def test_a_refused_request_in_a_merged_skb_is_answered_when_it_comes_again(dp: InboundDataplane) -> None:
+    """No reply is built from a GRO-merged skb: it is dropped, and its retransmission gets the refusal
+    (here a reset) without being judged again, even in a window that would admit it."""
+    dp.apply(dp.compile(rules(ONE_PER_SECOND + "reject: {http: {mode: rst}}\n")))
+    dp.set_clock_ns(T0_NS)
+    assert passed_unjudged(dp, REQUEST, sport=40011, seq=1000)
+    ingress = dp.obj.program("tc_ingress")
+    merged = tcp_frame(CLIENT, SERVER, 40012, 8080, flags=PSH | ACK, seq=5000, payload=REQUEST)
+    assert ingress.test_run(merged, ctx=gso_ctx(2)).retval == TC_ACT_SHOT
+    dp.set_clock_ns(T0_NS + 1_500_000_000)
+    retval, out, _ = send(dp, REQUEST, sport=40012, seq=5000)
+    assert retval == TC_ACT_OK
+    rst = parse_frame(out)
+    assert (rst.flags & RST, rst.sport, rst.seq) == (RST, 40012, 5000)  # the server gets a RST instead
+    st = dp.resource_stats()[0]
+    assert (st.passed, st.blocked) == (1, 1)
+    assert dp.port_counters(8080)["refused_again"] == 1

@@ -110,6 +110,19 @@ struct {
 } inflight SEC(".maps");
 
 /*
+ * Requests refused by dropping their segment (`reject.http: {mode: drop}`, or a blocked request in a
+ * GRO-merged skb): connection (flow_key, FLOW_KIND_REQUEST) -> the request's place in the client's stream.
+ * The client's TCP sends those bytes again; they get the verdict they were given, without being judged
+ * (or counted) a second time. Gone at the connection's FIN or RST, or evicted.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct flow_key);
+	__type(value, __u32);
+} refused SEC(".maps");
+
+/*
  * 1 while out_sockops is attached at the cgroup2 root: a TCP resource's connection then takes its
  * concurrency slot when its handshake completes (a SYN alone takes none, so half-open connections hold
  * nothing); 0: at the SYN. Written by the control plane.
@@ -1233,13 +1246,14 @@ int tc_ingress(struct __sk_buff *skb)
 	}
 	bool http_data = p->payload_len && pc->has_http && !(p->flags & TCP_RST);
 	bool syn = (p->flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
-	__u32 res, skip = 0, how;
+	__u32 res, skip = 0, how, at, *refused_at;
 
 	if ((p->flags & TCP_RST) || ((p->flags & TCP_FIN) && !http_data)) {
 		/* the client ends the connection: a reset abandons its request (an abort); after a FIN the
 		 * server may still answer it. The connection is done. (A FIN carrying a request only
 		 * half-closes: the request is judged below, and the response completes it.) */
 		make_key(fk, p, true, FLOW_KIND_REQUEST);
+		bpf_map_delete_elem(&refused, fk);
 		complete(p->flags & TCP_RST ? COMPLETE_ABORT | COMPLETE_END : COMPLETE_CLIENT_FIN);
 		make_key(fk, p, true, FLOW_KIND_CONNECTION);
 		complete(COMPLETE_END);
@@ -1266,17 +1280,25 @@ int tc_ingress(struct __sk_buff *skb)
 	how = (syn ? REJECT_SYN : 0) | (gen ? REJECT_GEN1 : 0);
 	if (res == SEGMENT_RESET)
 		return reject(skb, p, REJECT_RST | how);
-	make_key(fk, p, true, FLOW_KIND_REQUEST);
-	if (!res || judge(res, gen | JUDGE_HTTP | system_flag(gen), skb, p) == BLOCK_NONE)
+	if (!res)
 		return TC_ACT_OK;
-	if (skb->gso_segs > 1) {
-		percpu_inc(&dp_counters, DP_GSO_DROPPED); /* no reply built from a merged skb: it comes again */
+	make_key(fk, p, true, FLOW_KIND_REQUEST);
+	at = p->seq + syn + skip; /* where the request starts in the client's stream */
+	refused_at = bpf_map_lookup_elem(&refused, fk);
+	if (refused_at && *refused_at == at)
+		port_count(bpf_ntohs(p->dport), PORT_REFUSED_AGAIN); /* dropped before: the same verdict */
+	else if (judge(res, gen | JUDGE_HTTP | system_flag(gen), skb, p) == BLOCK_NONE)
+		return TC_ACT_OK;
+	if (skb->gso_segs > 1 || pc->reject_http == REJECT_DROP) {
+		if (skb->gso_segs > 1)
+			percpu_inc(&dp_counters, DP_GSO_DROPPED); /* no reply built from a merged skb */
+		bpf_map_update_elem(&refused, fk, &at, BPF_ANY);
 		return TC_ACT_SHOT;
 	}
 	if (syn || skip)
 		/* a reply needs the request's exact place in the stream: reset instead (a blocked TFO
 		 * request; a segment that also carries bytes received before, see segment_position) */
-		return reject(skb, p, (pc->reject_http == REJECT_DROP ? REJECT_DROP : REJECT_RST) | how | skip << 16);
+		return reject(skb, p, REJECT_RST | how | skip << 16);
 	return reject(skb, p, pc->reject_http | how);
 }
 

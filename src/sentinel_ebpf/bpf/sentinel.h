@@ -126,7 +126,8 @@ enum port_counter {
 	PORT_INCOMPLETE_RESET = 10, /* ... still incomplete after SE_INCOMPLETE_TRIES drops: connection reset */
 	PORT_DEFERRED_ACK = 11,     /* a handshake's bare last ACK dropped (deferred accept) */
 	PORT_FRAGMENT = 12,         /* first IP fragment of a TCP segment: ports readable, not reassembled */
-	PORT_COUNTER_MAX = 13,
+	PORT_REFUSED_AGAIN = 13,    /* a dropped request sent again: refused again, not judged or counted twice */
+	PORT_COUNTER_MAX = 14,
 };
 
 /* Global data-plane counters (per-CPU array `dp_counters`). */

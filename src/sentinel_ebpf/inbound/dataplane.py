@@ -478,6 +478,7 @@ class InboundDataplane:
         for name in (
             "http_routes",
             "inflight",
+            "refused",
             "port_stats",
             "hot_values",
             "hot_specific",
