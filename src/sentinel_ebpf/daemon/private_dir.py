@@ -3,9 +3,13 @@
 The state file holds the full rules in force and the control socket reloads them, so neither may be
 reached through a path someone else controls. A directory is accepted only if it is a real directory
 (not a symbolic link, checked on the opened descriptor with ``O_NOFOLLOW``), owned by the daemon's
-user, and not writable by group or others unless sticky (``/tmp``). Anything else is refused with an
+user, and not writable by group or others unless sticky (``/tmp``). Every directory above it, on the
+path as given and after resolving symbolic links, must be owned by root or the daemon's user and not
+writable by others unless sticky (as OpenSSH checks the path of ``authorized_keys``): whoever can rename
+an entry above the directory can swap the directory itself. Anything else is refused with an
 ``UnsafePathError`` naming the path, what is wrong (the owner's uid and name) and what to do. Files are
-then opened relative to the checked descriptor, without following symbolic links.
+then opened relative to the checked descriptor, without following symbolic links. Missing directories
+above it are created with mode 0755.
 """
 
 from __future__ import annotations
@@ -53,16 +57,48 @@ def _check(path: Path, st: os.stat_result, what: str) -> None:
         )
 
 
+def _check_ancestors(path: Path, what: str) -> None:
+    me = os.geteuid()
+    lexical = Path(os.path.abspath(path)).parent
+    for d in (*reversed(lexical.parents), lexical, *Path(os.path.realpath(lexical)).parents):
+        try:
+            st = os.lstat(d)
+        except FileNotFoundError:
+            continue  # not made yet (checked again once it is)
+        link = stat.S_ISLNK(st.st_mode)
+        if st.st_uid not in (0, me):
+            raise UnsafePathError(
+                f"{what} {path}: {'the symbolic link' if link else 'the directory'} {d} above it is owned by "
+                f"{owner_name(st.st_uid)}, who could swap it: refusing it (use a directory under one that "
+                f"only root or {owner_name(me)} controls)"
+            )
+        if not link and st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX:
+            raise UnsafePathError(
+                f"{what} {path}: the directory {d} above it is writable by others (mode "
+                f"{stat.S_IMODE(st.st_mode):04o}), who could swap it: refusing it (chmod go-w {d}, or use "
+                f"another directory)"
+            )
+
+
+def _make_parents(path: Path) -> None:
+    missing = [d for d in (path.parent, *path.parent.parents) if not os.path.lexists(d)]
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(d, 0o755)
+
+
 def open_private_dir(path: str | Path, what: str = "state directory", create: bool = True) -> int | None:
     """An ``O_DIRECTORY`` descriptor of ``path`` after the checks above (the caller closes it); the
     directory is created with mode 0700 when missing and ``create``; None when missing and not ``create``.
     """
     path = Path(path)
     if create and not path.is_symlink():
+        _check_ancestors(path, what)  # before anything is made under them
+        _make_parents(path)
         with contextlib.suppress(FileExistsError):
-            path.parent.mkdir(parents=True, exist_ok=True)
             os.mkdir(path, DIR_MODE)
     try:
+        _check_ancestors(path, what)
         _check(path, os.lstat(path), what)
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:

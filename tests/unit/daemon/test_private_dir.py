@@ -146,3 +146,43 @@ def test_the_control_socket_is_served_from_a_new_private_directory(tmp_path: Pat
         assert request(str(tmp_path / "run" / "c.sock"), "stats")["ok"]
     finally:
         srv.close()
+
+
+def test_a_state_directory_under_someone_elses_directory_is_refused(tmp_path: Path) -> None:
+    """Whoever owns a directory above the state directory can rename it away and put their own in place."""
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o755)
+    _other_users(theirs)
+    with pytest.raises(
+        UnsafePathError, match=rf"the directory {theirs} above it is owned by uid {OTHER_UID}"
+    ):
+        State(1, []).write(str(theirs / "sub" / "state"))
+    assert list(theirs.iterdir()) == []  # nothing was created under it either
+
+
+def test_a_state_directory_under_a_directory_writable_by_others_is_refused(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "state").mkdir(mode=0o700)
+    shared.chmod(0o777)
+    with pytest.raises(
+        UnsafePathError, match=rf"the directory {shared} above it is writable by others \(mode 0777\)"
+    ):
+        State(1, []).write(str(shared / "state"))
+    shared.chmod(0o1777)  # sticky, as /tmp: others cannot rename what is ours
+    State(1, []).write(str(shared / "state"))
+
+
+def test_a_symlink_above_the_state_directory_must_be_ours(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)  # ours (root's): as /var/run -> /run
+    State(1, []).write(str(tmp_path / "link" / "state"))
+    assert (real / "state" / "state.json").exists()
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    _other_users(theirs)
+    (tmp_path / "via").symlink_to(theirs / "x")
+    os.chown(tmp_path / "via", OTHER_UID, OTHER_UID, follow_symlinks=False)
+    with pytest.raises(UnsafePathError, match=rf"the symbolic link {tmp_path / 'via'} above it is owned by"):
+        State(1, []).write(str(tmp_path / "via" / "state"))
