@@ -52,11 +52,6 @@ def requests_seen(mode: Path) -> int:
 # -- outbound HTTP, client and server on loopback ---------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="outbound 503 with client and server on the same loopback is broken (the stream issue); "
-    "the lead's kernel rework fixes it: then this XPASSes, fails strict, and the mark must go",
-)
 def test_outbound_http_503_on_loopback(fresh_netns_pair: NetnsPair) -> None:
     """A local caller and a local server on lo (here a namespace's own lo, as the host's would be): the
     third request over a limit of 2 gets the kernel's 503, and the server never sees it."""

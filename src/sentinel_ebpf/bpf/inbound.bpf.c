@@ -796,17 +796,23 @@ static __always_inline void out_response(struct __sk_buff *skb, const struct pkt
 #define REJECT_GEN1 (1 << 9)
 #define REJECT_OUTBOUND (1 << 10)
 
+#define SE_LOOPBACK_IFINDEX 1 /* lo, in every network namespace */
+
 /*
  * Answer a blocked request or SYN. Inbound (TC ingress): the reply goes back out of the device to the
  * client and the server gets a RST in place of the request. Outbound (TC egress, REJECT_OUTBOUND): the
  * reply is cloned into the device's ingress so the local caller receives it, and the RST goes on to the
- * server. A global function (the slow path): its frame is not on the stack of the checks.
+ * server; on loopback the reply is sent out of lo instead, as every packet to a local socket is: a packet
+ * injected at lo's ingress has lost its route, and the stack drops one with loopback addresses as a
+ * martian (route_localnet is off), while the clone sent out keeps the request's local route (which
+ * delivers to this host) and comes back in to the caller. A global function (the slow path): its frame is
+ * not on the stack of the checks.
  */
 __noinline int reject(struct __sk_buff *skb, const struct pkt *p, __u32 how)
 {
 	__u8 mode = how & 0xff, gen = !!(how & REJECT_GEN1);
 	bool syn = how & REJECT_SYN, outbound = how & REJECT_OUTBOUND;
-	__u32 clone_flags = outbound ? BPF_F_INGRESS : 0, zero = 0;
+	__u32 clone_flags = outbound && skb && skb->ifindex != SE_LOOPBACK_IFINDEX ? BPF_F_INGRESS : 0, zero = 0;
 	struct ingress_scratch *scr;
 
 	if (!skb || !p)
