@@ -469,6 +469,19 @@ def test_ipv6_chains_past_the_bound_are_counted(dp: InboundDataplane) -> None:
     assert dp.counters()["unparsed"] == 1 and stats(dp, "conns").passed == 0
 
 
+def test_an_ip_header_of_another_version_is_malformed_not_judged(dp: InboundDataplane) -> None:
+    """The stack drops an IPv6 ethertype whose header says another version (and IPv4's likewise): such a
+    SYN must not spend a connection of the limit (found by the random-packet test)."""
+    h = Harness(dp, rules(CONNS_LIMITED))
+    h.at(0)
+    v6 = bytearray(tcp_frame("2001:db8::2", "2001:db8::1", 41000, 8080, flags=SYN, seq=1, ack=0))
+    v6[14] = (v6[14] & 0x0F) | 0x10  # version 1
+    v4 = bytearray(tcp_frame("10.0.0.2", "10.0.0.1", 41001, 8080, flags=SYN, seq=1, ack=0))
+    v4[14] = (v4[14] & 0x0F) | 0x60  # version 6 in an IPv4 ethertype
+    assert _syns(h, [bytes(v6), bytes(v4)]) == [TC_ACT_OK, TC_ACT_OK]
+    assert dp.counters()["malformed"] == 2 and stats(dp, "conns").passed == 0
+
+
 def test_fragments_are_counted_per_port(dp: InboundDataplane) -> None:
     h = Harness(dp, rules(CONNS_LIMITED))
     h.at(0)

@@ -203,8 +203,8 @@ static __always_inline int parse_tcp(struct __sk_buff *skb, struct pkt *p)
 		struct ipv6hdr *ip6 = data + l3_off;
 		__u32 ext_len = 0;
 
-		if ((void *)(ip6 + 1) > data_end)
-			return PARSE_MALFORMED;
+		if ((void *)(ip6 + 1) > data_end || ip6->version != 6)
+			return PARSE_MALFORMED; /* (the stack drops another version: it must not spend quota) */
 		l4_off = l3_off + sizeof(*ip6);
 		if (ip6->nexthdr != IPPROTO_TCP) {
 			int w;
