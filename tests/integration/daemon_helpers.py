@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -80,16 +81,33 @@ class Daemon:
     def close(self) -> None:
         self.proc.close()
 
-    def metric_log(self) -> dict[str, list[tuple[int, int]]]:
-        """resource -> [(pass, block)] per second, in order."""
-        out: dict[str, list[tuple[int, int]]] = {}
+    def metric_rows(self) -> dict[str, list[tuple[int, int, int]]]:
+        """resource -> [(second's timestamp in ms, pass, block)], in order."""
+        out: dict[str, list[tuple[int, int, int]]] = {}
         for f in sorted((self.dir / "log").glob("*metrics.log*")):
             if f.name.endswith(".idx"):
                 continue
             for ln in f.read_text().splitlines():
                 parts = ln.split("|")
-                out.setdefault(parts[2], []).append((int(parts[3]), int(parts[4])))
+                out.setdefault(parts[2], []).append((int(parts[0]), int(parts[3]), int(parts[4])))
         return out
+
+    def metric_log(self) -> dict[str, list[tuple[int, int]]]:
+        """resource -> [(pass, block)] per second, in order."""
+        return {res: [(p, b) for _, p, b in rows] for res, rows in self.metric_rows().items()}
+
+    def wait_metric_second(
+        self, resource: str, second_ms: int, timeout: float = 15
+    ) -> list[tuple[int, int, int]]:
+        """The metric log's rows of ``resource`` once the line of the second starting at ``second_ms`` (or a
+        later one) is written."""
+        deadline = time.monotonic() + timeout * TIMEOUT_SCALE
+        while True:
+            rows = self.metric_rows().get(resource, [])
+            if any(ts >= second_ms for ts, _, _ in rows):
+                return rows
+            assert time.monotonic() < deadline, f"no metric log line for {resource} at {second_ms}: {rows}"
+            time.sleep(0.1)
 
 
 def load(pair: NetnsPair, path: str, seconds: float, port: int = 8000) -> dict[str, int]:
