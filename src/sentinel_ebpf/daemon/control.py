@@ -19,10 +19,16 @@ import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from sentinel_ebpf import __version__
 from sentinel_ebpf.daemon.private_dir import UnsafePathError, open_private_dir, owner_name
-from sentinel_ebpf.errors import SentinelError
+from sentinel_ebpf.errors import BpfKeyError, SentinelError
+from sentinel_ebpf.outputs.stats_json import stats_document
+from sentinel_ebpf.rules.dump import to_project
+
+if TYPE_CHECKING:
+    from sentinel_ebpf.daemon.runner import Daemon
 
 log = logging.getLogger("sentinel_ebpf.control")
 DEFAULT_SOCKET = "/run/sentinel-ebpf/control.sock"
@@ -140,3 +146,64 @@ def request(path: str, cmd: str, timeout_s: float = 10.0, **args: Any) -> dict[s
     if not reply.get("ok"):
         raise ControlError(f"the daemon refused {cmd!r}: {reply.get('error', 'no reason given')}")
     return dict(reply)
+
+
+# -- what the daemon answers -------------------------------------------------------------------------------
+
+
+def handle_request(d: Daemon, request: dict[str, Any]) -> dict[str, Any]:
+    """A control socket request to the daemon ``d`` (run on the control thread)."""
+    dp = d.dp
+    if dp is None:
+        raise SentinelError("the daemon is stopping")
+    cmd = request["cmd"]
+    if cmd == "stats":
+        doc = stats_document(d.resource_stats())
+        doc["dataplane"] = dp.counters()
+        doc["ports"] = _port_counters(d)
+        doc["loaded_at"] = d.loaded_at
+        doc["rules_source"] = d.source.describe()
+        if d.ticker is not None:
+            t = d.ticker
+            doc["threshold_ticks"] = {"ticks": t.ticks, "late": t.late, "failed": t.failures,
+                                      "max_late_ms": t.max_late_ns // 1_000_000}  # fmt: skip
+        doc["version"] = __version__
+        doc["revision"] = d.editor.revision()
+        if d.cluster is not None:
+            doc["cluster"] = d.cluster.status()
+        return doc
+    if cmd == "rules":
+        return {
+            "file": d.rules_path,
+            "rules_source": d.source.describe(),
+            "loaded_at": d.loaded_at,
+            "resources": [r.name for r in dp.compiled.resources],
+            "document": to_project(d.rules) if d.rules is not None else None,
+            **d.editor.describe(),
+        }
+    if cmd == "reload":
+        return d.request_reload().as_dict()
+    if cmd == "metrics":
+        return d.history.since(_int_arg(request, "since"))
+    if cmd in ("check", "apply"):
+        return d.editor.handle(cmd, request)
+    raise SentinelError(f"unknown command {cmd!r} (stats, rules, reload, metrics, check, apply)")
+
+
+def _port_counters(d: Daemon) -> dict[str, dict[str, int]]:
+    """Traffic on each protected port that passed unclassified (TLS, HTTP/2, split request lines)."""
+    assert d.dp is not None
+    out = {}
+    for p in d.dp.compiled.ports:
+        try:
+            out[str(p.port)] = d.dp.port_counters(p.port)
+        except BpfKeyError:
+            continue  # nothing counted on that port yet
+    return out
+
+
+def _int_arg(request: dict[str, Any], name: str) -> int:
+    value = request.get(name, 0)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise SentinelError(f"{name!r} must be a non-negative integer (epoch milliseconds), got {value!r}")
+    return value

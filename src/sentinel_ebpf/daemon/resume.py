@@ -11,19 +11,22 @@ stay keep their statistics, windows, breaker states and in-flight requests.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 from typing import Any
 
 import yaml
 
-from sentinel_ebpf.daemon.state import State
+from sentinel_ebpf.daemon.state import Attachment, State, alive
 from sentinel_ebpf.errors import SentinelError
 from sentinel_ebpf.inbound import InboundDataplane, compile_inbound
 from sentinel_ebpf.inbound.dataplane import TC_HANDLE, TC_PRIORITY
 from sentinel_ebpf.libbpf import TcAttachPoint, TcHook, program_maps
 from sentinel_ebpf.rules import RulesError, RuleSet, load_text
 from sentinel_ebpf.rules.dump import to_project
+
+log = logging.getLogger("sentinel_ebpf.daemon")
 
 
 def inbound_record(dp: InboundDataplane, rules: RuleSet) -> dict[str, Any]:
@@ -97,3 +100,37 @@ def resume(state: State, hotspot_keys: int | None) -> InboundDataplane:
         dp.close()
         raise
     return dp
+
+
+def crashed_state(state_dir: str) -> State | None:
+    """The record of a daemon that did not stop cleanly (a daemon removes the clsact qdiscs it created
+    when it stops), or None; SentinelError when that daemon is still running."""
+    old = State.read(state_dir)
+    if old is None:
+        return None
+    if old.pid != os.getpid() and alive(old.pid):
+        raise SentinelError(f"another daemon (pid {old.pid}) uses {state_dir}: stop it first")
+    log.warning("taking over from a daemon that did not stop cleanly (pid %d)", old.pid)
+    return old
+
+
+def resume_or_none(crashed: State | None, hotspot_keys: int | None) -> InboundDataplane | None:
+    """The crashed daemon's maps, still used by its TC programs, so counting goes on (None: start afresh)."""
+    if crashed is None:
+        return None
+    try:
+        dp = resume(crashed, hotspot_keys)
+    except SentinelError as exc:
+        log.warning("statistics start from zero: cannot resume the crashed daemon's maps: %s", exc)
+        return None
+    log.info("resumed the crashed daemon's statistics, windows and in-flight requests (%d resources)",
+             len(dp.compiled.resources))  # fmt: skip
+    return dp
+
+
+def write_state(state_dir: str, dp: InboundDataplane, rules: RuleSet | None) -> None:
+    """Record what ``dp`` attached and the rules in force, for `down` and for a daemon taking over."""
+    state = State(os.getpid(), [Attachment(n, i, c) for n, i, c in dp.attached()])
+    if rules is not None:
+        state.inbound = inbound_record(dp, rules)
+    state.write(state_dir)

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import signal
-import struct
 import threading
 import time
 from collections import Counter
@@ -15,35 +13,31 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import TYPE_CHECKING, Any, cast
 
-from sentinel_ebpf import __version__
-from sentinel_ebpf._types import ResStats
-from sentinel_ebpf.daemon.collector import BlockDeltas, SecondCollector, second_counts
-from sentinel_ebpf.daemon.control import DEFAULT_SOCKET, ControlServer
+from sentinel_ebpf.daemon.collector import SecondCollector, SecondsReport
+from sentinel_ebpf.daemon.control import DEFAULT_SOCKET, ControlServer, handle_request
 from sentinel_ebpf.daemon.demo import DEFAULT_RULES, DemoServer
 from sentinel_ebpf.daemon.edit import EtcdTarget, RulesEditor
-from sentinel_ebpf.daemon.history import History, ObservedDeltas, Point
+from sentinel_ebpf.daemon.history import History
 from sentinel_ebpf.daemon.hooks import BreakerHooks
 from sentinel_ebpf.daemon.links import LinkSet, LinkWatcher, interfaces, reconcile
 from sentinel_ebpf.daemon.reload import ReloadResult, reload_rules
-from sentinel_ebpf.daemon.resume import inbound_record, resume
+from sentinel_ebpf.daemon.resume import crashed_state, resume_or_none, write_state
 from sentinel_ebpf.daemon.sampling import CpuSampler, load1, process_memory_bytes
-from sentinel_ebpf.daemon.state import DEFAULT_STATE_DIR, Attachment, State, alive, remove_state
+from sentinel_ebpf.daemon.state import DEFAULT_STATE_DIR, State, remove_state
 from sentinel_ebpf.daemon.ticker import Ticker
 from sentinel_ebpf.daemon.tls_observer import TlsObserver
 from sentinel_ebpf.daemon.watch import FileSource
-from sentinel_ebpf.errors import BpfKeyError, SentinelError
+from sentinel_ebpf.errors import SentinelError
 from sentinel_ebpf.inbound import InboundDataplane
 from sentinel_ebpf.inbound.adaptive import AdaptiveThresholds
-from sentinel_ebpf.outputs.metric_log import MetricItem, MetricLogWriter, classification_of
+from sentinel_ebpf.outputs.metric_log import MetricLogWriter
 from sentinel_ebpf.outputs.prometheus import (
     MetricsServer,
     MetricsSnapshot,
     SentinelCollector,
     start_http_server,
 )
-from sentinel_ebpf.outputs.stats_json import stats_document
 from sentinel_ebpf.rules import RuleSet
-from sentinel_ebpf.rules.dump import to_project
 from sentinel_ebpf.sources.base import Registrar, RulesSource
 from sentinel_ebpf.sources.url import EtcdTls, check_tls, is_etcd_url, parse_etcd_url
 from sentinel_ebpf.stats import BreakerTransition, NodeRecord, ResourceStats, default_node_id, node_record
@@ -53,10 +47,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sentinel_ebpf.daemon")
 STATE_POLL_S = 0.1  # circuit breaker transitions are read this often
-# concurrency, total_pass, total_block, total_complete, total_error: contiguous in struct res_stats
-_TOTALS = struct.Struct("<qQQQQ")
-_TOTALS_AT = ResStats.concurrency.offset
-assert ResStats.total_error.offset == _TOTALS_AT + 32
 WATCH_S = 0.05  # the loop wakes at least this often to look for reload requests and file changes
 RELOAD_WAIT_S = 8.0  # a `reload` request waits this long for the loop (clients wait 10 s by default)
 
@@ -108,8 +98,6 @@ class Daemon:
         self._reload_requested = False
         self._reload_lock = threading.Lock()
         self._wake = threading.Event()  # set by a control-socket reload request
-        # (data-plane ms, {resource id: (concurrency, pass, block, complete, error)}) of recent seconds
-        self._totals_seen: list[tuple[int, dict[int, tuple[int, ...]]]] = []
         self._reload_waiters: list[queue.Queue[ReloadResult]] = []
         self.source = open_source(config)
         self._state_written = False  # only then is the state file ours to remove
@@ -126,8 +114,7 @@ class Daemon:
         self.link_watcher: LinkWatcher | None = None
         self._links_changed = threading.Event()
         self.history = History()  # the last minutes per second, for `metrics` (dashboard, top)
-        self._block_deltas = BlockDeltas()
-        self._tls_deltas = ObservedDeltas()
+        self.report = SecondsReport(self.history)
         self.listeners.append(lambda c: self.history.transition(round(time.time() * 1000), c))
         self.editor = RulesEditor(
             None if config.rules is None or is_etcd_url(config.rules) else config.rules,
@@ -382,35 +369,14 @@ class Daemon:
 
     # -- outputs --------------------------------------------------------------------------------------
     def _crashed_state(self) -> State | None:
-        """The record of a daemon that did not stop cleanly (this one removes the clsact qdiscs it created
-        when it stops), or None."""
-        old = State.read(self.config.state_dir)
-        if old is None:
-            return None
-        if old.pid != os.getpid() and alive(old.pid):
-            raise SentinelError(f"another daemon (pid {old.pid}) uses {self.config.state_dir}: stop it first")
-        log.warning("taking over from a daemon that did not stop cleanly (pid %d)", old.pid)
-        return old
+        return crashed_state(self.config.state_dir)
 
     def _resume(self, crashed: State | None) -> InboundDataplane | None:
-        """The crashed daemon's maps, still used by its TC programs, so counting goes on (None: start afresh)."""
-        if crashed is None:
-            return None
-        try:
-            dp = resume(crashed, self.config.hotspot_keys)
-        except SentinelError as exc:
-            log.warning("statistics start from zero: cannot resume the crashed daemon's maps: %s", exc)
-            return None
-        log.info("resumed the crashed daemon's statistics, windows and in-flight requests (%d resources)",
-                 len(dp.compiled.resources))  # fmt: skip
-        return dp
+        return resume_or_none(crashed, self.config.hotspot_keys)
 
     def _write_state(self) -> None:
         assert self.dp is not None
-        state = State(os.getpid(), [Attachment(n, i, c) for n, i, c in self.dp.attached()])
-        if self.rules is not None:
-            state.inbound = inbound_record(self.dp, self.rules)
-        state.write(self.config.state_dir)
+        write_state(self.config.state_dir, self.dp, self.rules)
         self._state_written = True
 
     def _dp(self) -> InboundDataplane:
@@ -438,43 +404,10 @@ class Daemon:
 
     def _collect_seconds(self, seconds: SecondCollector) -> None:
         """Each completed second: the history's points and the metric log's lines."""
-        if self.dp is None:
-            return
-        protocols = self.protocols
-        completed = seconds.completed()
-        taken_ms = seconds.now_ms()
-        raw = self.dp.raw_stats_bytes()
-        totals: dict[int, tuple[int, ...]] = {
-            rid: _TOTALS.unpack_from(b, _TOTALS_AT) for rid, b in raw.items()
-        }
-        # A resource whose counters have not moved since before the first of these seconds began, and
-        # that has nothing in flight, has no line to write (the writer drops all-zero items, as Go does):
-        # skip the bucket arithmetic for it. With 1,000 idle resources this is most of the daemon's work.
-        first = completed[0] if completed else taken_ms
-        before = next((t for at, t in reversed(self._totals_seen) if at <= first), {})
-        self._totals_seen.append((taken_ms, totals))
-        del self._totals_seen[:-3]
-        blocks = self._block_deltas.step(raw, {rid: t[2] for rid, t in totals.items()})
-        tls = self.tls.stats() if self.tls is not None else []
-        for s in completed:
-            items = []
-            last = s == completed[-1]  # blocks by kind and tls counts are known since the last sample
-            points = self._tls_deltas.step(seconds.epoch(s), tls) if last else {}
-            for r in self.dp.compiled.resources:
-                now = totals[r.id]
-                if not now[0] and before.get(r.id) == now:
-                    continue
-                st = ResStats.from_buffer_copy(raw[r.id])
-                counts = second_counts(st, s, max(0, int(st.concurrency)), seconds.epoch(s))
-                items.append(MetricItem(r.name, counts, classification_of(protocols.get(r.name, "tcp"))))
-                points[r.name] = Point(counts, blocks.get(r.id, {}) if last else {})
-            self.history.record(seconds.epoch(s), points)
-            if self.metric_log is None:
-                continue
-            try:
-                self.metric_log.write(seconds.epoch(s), items)
-            except OSError as exc:  # a full disk must not stop enforcement
-                log.error("metric log in %s: %s", self.config.log_dir, exc)
+        if self.dp is not None:
+            tls = self.tls.stats() if self.tls is not None else []
+            self.report.collect(seconds, self.dp.raw_stats_bytes(), self.dp.compiled.resources, self.protocols,
+                                tls, self.metric_log)  # fmt: skip
 
     def metrics_snapshot(self) -> MetricsSnapshot:
         resources = self.resource_stats()
@@ -487,55 +420,4 @@ class Daemon:
 
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         """Control socket requests (run on the control thread)."""
-        if self.dp is None:
-            raise SentinelError("the daemon is stopping")
-        cmd = request["cmd"]
-        if cmd == "stats":
-            doc = stats_document(self.resource_stats())
-            doc["dataplane"] = self.dp.counters()
-            doc["ports"] = self._port_counters()
-            doc["loaded_at"] = self.loaded_at
-            doc["rules_source"] = self.source.describe()
-            if self.ticker is not None:
-                t = self.ticker
-                doc["threshold_ticks"] = {"ticks": t.ticks, "late": t.late, "failed": t.failures,
-                                          "max_late_ms": t.max_late_ns // 1_000_000}  # fmt: skip
-            doc["version"] = __version__
-            doc["revision"] = self.editor.revision()
-            if self.cluster is not None:
-                doc["cluster"] = self.cluster.status()
-            return doc
-        if cmd == "rules":
-            return {
-                "file": self.rules_path,
-                "rules_source": self.source.describe(),
-                "loaded_at": self.loaded_at,
-                "resources": [r.name for r in self.dp.compiled.resources],
-                "document": to_project(self.rules) if self.rules is not None else None,
-                **self.editor.describe(),
-            }
-        if cmd == "reload":
-            return self.request_reload().as_dict()
-        if cmd == "metrics":
-            return self.history.since(_int_arg(request, "since"))
-        if cmd in ("check", "apply"):
-            return self.editor.handle(cmd, request)
-        raise SentinelError(f"unknown command {cmd!r} (stats, rules, reload, metrics, check, apply)")
-
-    def _port_counters(self) -> dict[str, dict[str, int]]:
-        """Traffic on each protected port that passed unclassified (TLS, HTTP/2, split request lines)."""
-        assert self.dp is not None
-        out = {}
-        for p in self.dp.compiled.ports:
-            try:
-                out[str(p.port)] = self.dp.port_counters(p.port)
-            except BpfKeyError:
-                continue  # nothing counted on that port yet
-        return out
-
-
-def _int_arg(request: dict[str, Any], name: str) -> int:
-    value = request.get(name, 0)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise SentinelError(f"{name!r} must be a non-negative integer (epoch milliseconds), got {value!r}")
-    return value
+        return handle_request(self, request)
