@@ -49,7 +49,7 @@ def main() -> int:
     with InboundDataplane(hotspot_values=args.keys, socket_lookup=False) as dp:
         dp.apply(dp.compile(load_text(RULES)))
         prog = dp.obj.program("tc_ingress")
-        hot = dp.obj.map("hot_values")
+        hot = dp.maps.hot_values
         passed = 0
         t0 = time.monotonic()
         for i in range(args.values):

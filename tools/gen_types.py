@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
-"""Generate ``src/sentinel_ebpf/_types.py`` from the compiled BPF objects' BTF.
+"""Generate ``src/sentinel_ebpf/_types.py`` and ``_maps.py`` from the compiled BPF objects' BTF.
 
 The structs and enums named in ``bpf/sentinel.h`` (the kernel/user contract) are read from the BTF of
 the compiled objects (``bpftool -j btf dump``), so their Python layouts are never typed by hand.
-``--check`` exits 1 when the committed file differs from what the objects say (run in CI).
+``_maps.py`` holds, per object, what libbpf's skeletons and bpf2go generate: a class of map handles
+(``InboundMaps(obj).port_slots``: nothing else names a map by string), the layouts of its ``.rodata`` and
+``.bss`` sections (offsets from the ELF symbol table) and a typed setter of its read-only globals.
+``--check`` exits 1 when a committed file differs from what the objects say (run in CI).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import argparse
 import json
 import re
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BPF_DIR = ROOT / "src/sentinel_ebpf/bpf"
 HEADER = BPF_DIR / "sentinel.h"
 OUTPUT = ROOT / "src/sentinel_ebpf/_types.py"
+MAPS_OUTPUT = ROOT / "src/sentinel_ebpf/_maps.py"
 
 INT_TYPES = {
     (1, False): "ctypes.c_uint8", (1, True): "ctypes.c_int8",
@@ -28,6 +33,18 @@ INT_TYPES = {
     (4, False): "ctypes.c_uint32", (4, True): "ctypes.c_int32",
     (8, False): "ctypes.c_uint64", (8, True): "ctypes.c_int64",
 }  # fmt: skip
+
+# enum bpf_map_type (kernel UAPI, stable values)
+MAP_TYPES = [
+    "UNSPEC", "HASH", "ARRAY", "PROG_ARRAY", "PERF_EVENT_ARRAY", "PERCPU_HASH", "PERCPU_ARRAY",
+    "STACK_TRACE", "CGROUP_ARRAY", "LRU_HASH", "LRU_PERCPU_HASH", "LPM_TRIE", "ARRAY_OF_MAPS",
+    "HASH_OF_MAPS", "DEVMAP", "SOCKMAP", "CPUMAP", "XSKMAP", "SOCKHASH", "CGROUP_STORAGE",
+    "REUSEPORT_SOCKARRAY", "PERCPU_CGROUP_STORAGE", "QUEUE", "STACK", "SK_STORAGE", "DEVMAP_HASH",
+    "STRUCT_OPS", "RINGBUF", "INODE_STORAGE", "TASK_STORAGE", "BLOOM_FILTER", "USER_RINGBUF",
+    "CGRP_STORAGE",
+]  # fmt: skip
+# the data sections libbpf turns into internal maps (one entry, the section's bytes)
+DATA_SECTIONS = (".rodata", ".data", ".bss")
 
 
 def contract_names(header: Path) -> tuple[list[str], list[str]]:
@@ -103,11 +120,10 @@ class Gen:
         return "\n".join(lines)
 
 
-def generate(objects: list[Path]) -> str:
+def generate(btfs: dict[Path, dict[int, dict[str, Any]]]) -> str:
     structs, enums = contract_names(HEADER)
     found: dict[str, str] = {}
-    for obj in objects:
-        types = load_btf(obj)
+    for types in btfs.values():
         gen = Gen(types)
         for t in types.values():
             name = t.get("name")
@@ -132,26 +148,267 @@ def generate(objects: list[Path]) -> str:
     return header + "\n\n" + "\n\n\n".join(parts) + "\n"
 
 
+# -- map handles and global variables (_maps.py) ----------------------------------------------------
+
+
+def elf_symbols(obj: Path) -> tuple[dict[str, int], dict[str, dict[str, tuple[int, int]]]]:
+    """Section sizes, and {section: {symbol: (offset, size)}} of the object's data symbols.
+
+    The BTF of an object file has no offsets in its DATASECs (libbpf fills them in at open from the
+    symbol table), so they are read here the same way: a 64-bit little-endian ELF, as clang -target bpf
+    writes it."""
+    data = obj.read_bytes()
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        raise SystemExit(f"gen_types: {obj.name} is not a 64-bit little-endian ELF file")
+    shoff, shentsize, shnum, shstrndx = (
+        struct.unpack_from("<Q", data, 0x28)[0],
+        *struct.unpack_from("<HHH", data, 0x3A),
+    )
+    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    strtab_off = sections[shstrndx][4]
+
+    def cstr(offset: int) -> str:
+        return data[offset : data.index(b"\0", offset)].decode()
+
+    names = [cstr(strtab_off + sh[0]) for sh in sections]
+    sizes = {names[i]: sh[5] for i, sh in enumerate(sections)}
+    symbols: dict[str, dict[str, tuple[int, int]]] = {}
+    for sh in sections:
+        if sh[1] != 2:  # SHT_SYMTAB
+            continue
+        names_off = sections[sh[6]][4]  # sh_link: its string table
+        for off in range(sh[4], sh[4] + sh[5], sh[9]):
+            st_name, st_info, _other, st_shndx, st_value, st_size = struct.unpack_from("<IBBHQQ", data, off)
+            if st_info & 0xF == 1 and 0 < st_shndx < shnum:  # STT_OBJECT in a section
+                symbols.setdefault(names[st_shndx], {})[cstr(names_off + st_name)] = (st_value, st_size)
+    return sizes, symbols
+
+
+def type_name(types: dict[int, dict[str, Any]], type_id: int) -> str:
+    """A BTF type as C spells it (typedef names kept: ``__u32``, ``struct flow_key``, ``__u16[8]``)."""
+    t = types[type_id]
+    kind = t["kind"]
+    if kind in ("CONST", "VOLATILE", "RESTRICT"):
+        return type_name(types, t["type_id"])
+    if kind == "ARRAY":
+        return f"{type_name(types, t['type_id'])}[{t['nr_elems']}]"
+    if kind == "PTR":
+        return f"{type_name(types, t['type_id'])} *"
+    if kind in ("STRUCT", "UNION", "ENUM", "ENUM64"):
+        return f"{kind.lower().removesuffix('64')} {t['name']}"
+    return str(t["name"])
+
+
+def strip(types: dict[int, dict[str, Any]], type_id: int) -> dict[str, Any]:
+    t = types[type_id]
+    while t["kind"] in ("TYPEDEF", "CONST", "VOLATILE", "RESTRICT"):
+        t = types[t["type_id"]]
+    return t
+
+
+def map_doc(types: dict[int, dict[str, Any]], var: dict[str, Any]) -> str:
+    """``LRU_HASH, max_entries 65536: struct flow_key -> struct inflight`` for a map of ``.maps``."""
+    members = {m["name"]: m["type_id"] for m in types[var["type_id"]]["members"]}
+
+    def number(field: str) -> int:  # __uint(field, N) is a pointer to an array of N elements
+        return int(types[types[members[field]]["type_id"]]["nr_elems"])
+
+    def kv(field: str) -> str | None:
+        if field in members:
+            return type_name(types, types[members[field]]["type_id"])
+        if f"{field}_size" in members:
+            return f"{number(f'{field}_size')} bytes"
+        return None
+
+    kind = number("type")
+    doc = MAP_TYPES[kind] if kind < len(MAP_TYPES) else f"map type {kind}"
+    if "max_entries" in members:
+        doc += f", max_entries {number('max_entries')}"
+    key, value = kv("key"), kv("value")
+    if key is not None or value is not None:
+        doc += f": {key or '-'} -> {value or '-'}"
+    return doc
+
+
+def py_type(types: dict[int, dict[str, Any]], type_id: int) -> str:
+    """What ``BpfObject.set_rodata`` takes for a variable of this type."""
+    t = strip(types, type_id)
+    if t["kind"] == "INT":
+        return "bool" if t["name"] == "_Bool" else "int"
+    if t["kind"] in ("ENUM", "ENUM64"):
+        return "int"
+    if t["kind"] == "ARRAY":
+        elem = strip(types, t["type_id"])
+        return "bytes | str" if elem["kind"] == "INT" and elem["name"] == "char" else "list[int]"
+    raise SystemExit(f"gen_types: read-only global of BTF kind {t['kind']} not supported")
+
+
+class ObjectGen:
+    """The ``_maps.py`` part of one object: ``<Name>Maps``, ``<Name>Rodata``/``Bss``, ``set_<name>_rodata``."""
+
+    def __init__(self, obj: Path, types: dict[int, dict[str, Any]]) -> None:
+        self.obj = obj
+        self.stem = obj.name.removesuffix(".bpf.o")
+        self.prefix = camel(self.stem)
+        self.types = types
+        self.sizes, self.symbols = elf_symbols(obj)
+        self.gen = Gen(types)
+        self.sections: dict[str, list[dict[str, Any]]] = {}
+        for t in types.values():
+            if t["kind"] == "DATASEC" and (t["name"] == ".maps" or t["name"] in DATA_SECTIONS):
+                self.sections[t["name"]] = [types[v["type_id"]] for v in t["vars"]]
+
+    def maps_class(self) -> str:
+        maps = sorted(self.sections.get(".maps", []), key=lambda v: str(v["name"]))
+        data = [s for s in DATA_SECTIONS if s in self.sections]
+        cls = f"{self.prefix}Maps"
+        lines = [
+            f"class {cls}:",
+            f'    """The maps of ``{self.obj.name}``: ``{cls}(obj)`` once the object is open."""',
+            "",
+            "    def __init__(self, obj: BpfObject) -> None:",
+        ]
+        for var in maps:
+            lines.append(f"        #: {map_doc(self.types, var)}")
+            lines.append(f'        self.{var["name"]}: Map = obj.map("{var["name"]}")')
+        for sec in data:
+            attr = sec.lstrip(".")
+            lines.append(f"        #: the ``{sec}`` section (key 0): :class:`{self.prefix}{camel(attr)}`")
+            lines.append(f'        self.{attr}: Map = _section(obj, "{sec}")')
+        lines += [
+            "",
+            "    def __iter__(self) -> Iterator[Map]:",
+            '        """The maps of the ``.maps`` section (not the data sections)."""',
+            "        return iter(",
+            "            (",
+        ]
+        lines += [f"                self.{var['name']}," for var in maps]
+        lines += ["            )", "        )"]
+        return "\n".join(lines)
+
+    def section_struct(self, sec: str) -> str:
+        """The section's bytes as a ctypes structure (``_``-named variables are padding here)."""
+        symbols = self.symbols.get(sec, {})
+        placed = []
+        for var in self.sections[sec]:
+            if var["name"] not in symbols:
+                raise SystemExit(f"gen_types: {self.obj.name}: no symbol for {sec} variable {var['name']}")
+            placed.append((symbols[var["name"]][0], var))
+        fields: list[str] = []
+        offset = pad = 0
+        for start, var in sorted(placed, key=lambda p: (p[0], str(p[1]["name"]))):
+            if var["name"].startswith("_"):
+                continue
+            if start > offset:
+                fields.append(f'        ("_pad{pad}", ctypes.c_uint8 * {start - offset}),')
+                pad += 1
+            expr, size = self.gen.ctype(var["type_id"])
+            fields.append(f'        ("{var["name"]}", {expr}),')
+            offset = start + size
+        total = self.sizes[sec]
+        if total > offset:
+            fields.append(f'        ("_pad{pad}", ctypes.c_uint8 * {total - offset}),')
+        name = f"{self.prefix}{camel(sec.lstrip('.'))}"
+        lines = [
+            f"class {name}(ctypes.Structure):",
+            f'    """``{sec}`` of ``{self.obj.name}`` (``{self.prefix}Maps.{sec.lstrip(".")}``, key 0)."""',
+            "",
+            "    _pack_ = 1",
+            "    _fields_ = [",
+            *fields,
+            "    ]",
+            "",
+            "",
+            f"assert ctypes.sizeof({name}) == {total}",
+        ]
+        return "\n".join(lines)
+
+    def rodata_setter(self) -> str:
+        variables = [v for v in self.sections[".rodata"] if not v["name"].startswith("_")]
+        variables.sort(key=lambda v: self.symbols[".rodata"][v["name"]][0])
+        lines = [
+            f"def set_{self.stem}_rodata(",
+            "    obj: BpfObject,",
+            "    *,",
+            *(f"    {v['name']}: {py_type(self.types, v['type_id'])} | None = None," for v in variables),
+            ") -> None:",
+            f'    """Set read-only globals of ``{self.obj.name}`` before load (None: as compiled)."""',
+            "    values: dict[str, RodataValue | None] = {",
+            *(f'        "{v["name"]}": {v["name"]},' for v in variables),
+            "    }",
+            "    obj.set_rodata(**{name: value for name, value in values.items() if value is not None})",
+        ]
+        return "\n".join(lines)
+
+    def parts(self) -> list[str]:
+        out = []
+        if self.sections.get(".maps") or any(s in self.sections for s in DATA_SECTIONS):
+            out.append(self.maps_class())
+        out += [self.section_struct(s) for s in DATA_SECTIONS if s in self.sections]
+        if any(not v["name"].startswith("_") for v in self.sections.get(".rodata", [])):
+            out.append(self.rodata_setter())
+        return out
+
+
+MAPS_HEADER = '''"""Map handles and global variables of the BPF objects, as libbpf skeletons have them. Generated by
+tools/gen_types.py from the compiled objects' BTF and symbols: do not edit, run `python tools/gen_types.py`.
+
+``InboundMaps(obj).port_slots`` is ``obj.map("port_slots")``: code names maps through these classes only.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sentinel_ebpf.libbpf import BpfObject, Map
+
+RodataValue = int | bool | bytes | str | list[int]
+
+
+def _section(obj: BpfObject, section: str) -> Map:
+    """The internal map libbpf makes of a data section (named after the object: ``inbound_.bss``)."""
+    for name, m in obj.maps.items():
+        if name.endswith(section):
+            return m
+    raise KeyError(f"{obj.path.name} has no {section} map (has {sorted(obj.maps)})")
+'''
+
+
+def generate_maps(btfs: dict[Path, dict[int, dict[str, Any]]]) -> str:
+    parts: list[str] = []
+    for obj, types in sorted(btfs.items()):
+        parts += ObjectGen(obj, types).parts()
+    return MAPS_HEADER + "\n\n" + "\n\n\n".join(parts) + "\n"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--check", action="store_true", help="fail if the generated file is stale")
+    parser.add_argument("--check", action="store_true", help="fail if a generated file is stale")
     args = parser.parse_args()
     objects = sorted(BPF_DIR.glob("*.bpf.o"))
     if not objects:
         print("gen_types: no compiled objects; run `python -m sentinel_ebpf._build` first", file=sys.stderr)
         return 1
-    text = generate(objects)
+    btfs = {obj: load_btf(obj) for obj in objects}
+    outputs = {OUTPUT: generate(btfs), MAPS_OUTPUT: generate_maps(btfs)}
+    stale = [path for path, text in outputs.items() if not path.exists() or path.read_text() != text]
     if args.check:
-        if not OUTPUT.exists() or OUTPUT.read_text() != text:
+        for path in stale:
             print(
-                f"gen_types: {OUTPUT.relative_to(ROOT)} is stale; run `python tools/gen_types.py`",
+                f"gen_types: {path.relative_to(ROOT)} is stale; run `python tools/gen_types.py`",
                 file=sys.stderr,
             )
+        if stale:
             return 1
-        print(f"gen_types: {OUTPUT.relative_to(ROOT)} is up to date")
+        for path in outputs:
+            print(f"gen_types: {path.relative_to(ROOT)} is up to date")
         return 0
-    OUTPUT.write_text(text)
-    print(f"gen_types: wrote {OUTPUT.relative_to(ROOT)}")
+    for path, text in outputs.items():
+        path.write_text(text)
+        print(f"gen_types: wrote {path.relative_to(ROOT)}")
     return 0
 
 

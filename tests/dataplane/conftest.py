@@ -21,7 +21,7 @@ def loaded() -> Iterator[InboundDataplane]:
 def dp(loaded: InboundDataplane) -> Iterator[InboundDataplane]:
     """No rules, statistics or counters left from the previous test."""
     loaded.clear()
-    counters = loaded.obj.map("dp_counters")
+    counters = loaded.maps.dp_counters
     for idx in range(counters.max_entries):
         key = idx.to_bytes(4, "little")
         counters.update(key, [bytes(8)] * len(counters.lookup(key)))

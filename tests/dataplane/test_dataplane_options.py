@@ -7,6 +7,8 @@ import os
 import pytest
 from packets import ACK, PSH, TC_ACT_OK, http_request, http_response, tcp_frame
 
+from sentinel_ebpf._maps import InboundRodata
+from sentinel_ebpf._types import SentinelLimits
 from sentinel_ebpf.errors import SentinelError
 from sentinel_ebpf.inbound import InboundDataplane, compile_inbound
 from sentinel_ebpf.libbpf import program_id, program_maps
@@ -19,9 +21,9 @@ CLIENT, SERVER = "127.0.0.2", "127.0.0.1"
 
 def test_hotspot_values_sizes_the_lru_map() -> None:
     with InboundDataplane(hotspot_values=2048) as dp:
-        assert dp.obj.map("hot_values").max_entries == 2048
+        assert dp.maps.hot_values.max_entries == 2048
     with InboundDataplane() as dp:
-        assert dp.obj.map("hot_values").max_entries == 262144
+        assert dp.maps.hot_values.max_entries == 262144
 
 
 @pytest.mark.parametrize("n", [0, 1023, (1 << 24) + 1])
@@ -49,11 +51,14 @@ def _complete_requests(dp: InboundDataplane, sports: range) -> None:
 def test_idle_connections_bounds_the_entries_kept_between_requests(limit: int | None, kept: int) -> None:
     with InboundDataplane(idle_connections=limit, socket_lookup=False) as dp:
         _complete_requests(dp, range(40000, 40010))
-        assert len(list(dp.obj.map("inflight").keys())) == kept
-        idle = dp.obj.map("inflight_idle").lookup((0).to_bytes(4, "little"))
+        assert len(list(dp.maps.inflight.keys())) == kept
+        idle = dp.maps.inflight_idle.lookup((0).to_bytes(4, "little"))
         assert int.from_bytes(idle, "little") == kept
+        ro = InboundRodata.from_buffer_copy(dp.maps.rodata.lookup(0))
+        assert ro.inflight_idle_max == (limit if limit is not None else SentinelLimits.SE_INFLIGHT_IDLE_MAX)
+        assert (ro.socket_lookup, ro.use_test_clock) == (False, False)
         dp.clear()
-        assert int.from_bytes(dp.obj.map("inflight_idle").lookup((0).to_bytes(4, "little")), "little") == 0
+        assert int.from_bytes(dp.maps.inflight_idle.lookup((0).to_bytes(4, "little")), "little") == 0
 
 
 @pytest.mark.parametrize("n", [-1, 32769])

@@ -143,7 +143,7 @@ def test_client_fin_then_response_completes(dp: InboundDataplane) -> None:
     assert (st.complete, st.error, st.abort, st.concurrency, st.rt_sum_ms) == (1, 1, 0, 0, 15.0)
     respond(h, 30001, b"", flags=FIN | ACK)
     assert dp.resource_stats()[0].abort == 0
-    assert [(k, v) for k, v in dp.obj.map("inflight").items()] == [], "the connection's entry is gone"
+    assert [(k, v) for k, v in dp.maps.inflight.items()] == [], "the connection's entry is gone"
 
 
 def test_server_close_without_answer_is_still_an_error(dp: InboundDataplane) -> None:
@@ -565,7 +565,7 @@ def test_drift_from_an_evicted_entry_is_repaired(dp: InboundDataplane, listener:
     h = Harness(dp, rules(isolated_conns(port)))
     h.at(0)
     assert h.syn(port) == TC_ACT_OK
-    inflight = dp.obj.map("inflight")
+    inflight = dp.maps.inflight
     for key, _ in list(inflight.items()):
         inflight.delete(key)  # as the LRU does under pressure: nothing gives the count back
     assert stats(dp, "conns").concurrency == 1 and h.syn(port) != TC_ACT_OK

@@ -381,7 +381,7 @@ flowRules:
 
 def _gen_entries(dp: InboundDataplane) -> dict[int, int]:
     """How many protected ports each generation's port table has."""
-    slots = dp.obj.map("port_slots")
+    slots = dp.maps.port_slots
     return {
         gen: sum(1 for s in PortSlots.from_buffer_copy(slots.lookup(gen.to_bytes(4, "little"))).slot if s)
         for gen in (0, 1)
@@ -459,8 +459,8 @@ systemRules:
 
 def _inflight(dp: InboundDataplane) -> tuple[list[Inflight], int]:
     """The in-flight entries and the kernel's count of idle ones."""
-    entries = [Inflight.from_buffer_copy(v) for _, v in dp.obj.map("inflight").items()]
-    return entries, int.from_bytes(dp.obj.map("inflight_idle").lookup((0).to_bytes(4, "little")), "little")
+    entries = [Inflight.from_buffer_copy(v) for _, v in dp.maps.inflight.items()]
+    return entries, int.from_bytes(dp.maps.inflight_idle.lookup((0).to_bytes(4, "little")), "little")
 
 
 def test_keep_alive_connection_reuses_its_entry_until_fin(dp: InboundDataplane) -> None:

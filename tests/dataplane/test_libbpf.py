@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import shutil
@@ -13,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from sentinel_ebpf import _build
+from sentinel_ebpf import _build, _maps
+from sentinel_ebpf._maps import TcptraceMaps, TcptraceRodata, set_tcptrace_rodata
 from sentinel_ebpf.errors import BpfError, BpfKeyError, BpfLoadError
 from sentinel_ebpf.host import cgroup2_mount
 from sentinel_ebpf.libbpf import BpfObject, MapType, TcAttachPoint, TcHook, UpdateFlag
@@ -68,17 +70,39 @@ def test_rodata_is_set_before_load_and_refused_after(tracer_obj: BpfObject) -> N
         tracer_obj.set_rodata(targ_ports=list(range(9)))
     tracer_obj.set_rodata(targ_tgid=1234, targ_ports=[80, 443], targ_nports=2)
     tracer_obj.load()
-    rodata = next(m for name, m in tracer_obj.maps.items() if name.endswith(".rodata"))
-    raw = rodata.lookup(0)
+    raw = TcptraceMaps(tracer_obj).rodata.lookup(0)
     assert (1234).to_bytes(4, "little") in raw
     assert (80).to_bytes(2, "little") + (443).to_bytes(2, "little") in raw
+    ro = TcptraceRodata.from_buffer_copy(raw)  # the generated layout of the section
+    assert (ro.targ_tgid, list(ro.targ_ports[:2]), ro.targ_nports) == (1234, [80, 443], 2)
+    assert (ro.targ_accept_nr, ro.targ_accept4_nr) == (-1, -1)  # as compiled
     with pytest.raises(BpfError, match="only be set before load"):
         tracer_obj.set_rodata(targ_tgid=1)
 
 
+def test_typed_rodata_setter_leaves_none_as_compiled(tracer_obj: BpfObject) -> None:
+    set_tcptrace_rodata(tracer_obj, targ_comm="curl", targ_filter_comm=True, targ_accept_nr=None)
+    tracer_obj.load()
+    ro = TcptraceRodata.from_buffer_copy(TcptraceMaps(tracer_obj).rodata.lookup(0))
+    assert (ro.targ_comm, ro.targ_filter_comm, ro.targ_accept_nr, ro.targ_tgid) == (b"curl", True, -1, 0)
+
+
+@pytest.mark.parametrize("name", ["httptrace", "inbound", "tcptrace"])
+def test_generated_map_handles_are_the_objects_maps(name: str) -> None:
+    """Each object's generated class has a handle for every map of its .maps section, and its data
+    sections are as large as the generated layouts (tools/gen_types.py --check keeps them current)."""
+    with BpfObject.open(object_path(name)) as obj:
+        maps = getattr(_maps, f"{name.capitalize()}Maps")(obj)
+        assert sorted(m.name for m in maps) == sorted(n for n in obj.maps if "." not in n)
+        for section in ("rodata", "bss"):
+            layout = getattr(_maps, f"{name.capitalize()}{section.capitalize()}", None)
+            if layout is not None:
+                assert getattr(maps, section).value_size == ctypes.sizeof(layout)
+
+
 def test_hash_map_operations(tracer_obj: BpfObject) -> None:
     tracer_obj.load()
-    m = tracer_obj.map("pending_connects")
+    m = TcptraceMaps(tracer_obj).pending_connects
     assert m.type == MapType.LRU_HASH and m.key_size == 8
     value = bytes(range(m.value_size))
     for k in range(300):  # more than one lookup batch
@@ -103,7 +127,7 @@ def test_hash_map_operations(tracer_obj: BpfObject) -> None:
 
 def test_percpu_array_returns_one_value_per_cpu(tracer_obj: BpfObject) -> None:
     tracer_obj.load()
-    stats = tracer_obj.map("trace_stats")
+    stats = TcptraceMaps(tracer_obj).trace_stats
     per_cpu = stats.lookup(0)
     assert len(per_cpu) == os.cpu_count() or len(per_cpu) >= 1
     stats.update(1, [(i + 1).to_bytes(8, "little") for i in range(len(per_cpu))])

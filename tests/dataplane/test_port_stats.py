@@ -47,4 +47,4 @@ def test_reloads_over_more_ports_than_the_map_holds_keep_working(dp: InboundData
                 with pytest.raises(BpfKeyError):
                     dp.port_counters(port)
         previous = range(first, first + PORTS_PER_SET)
-        assert len(list(dp.obj.map("port_stats").keys())) == PORTS_PER_SET + 1
+        assert len(list(dp.maps.port_stats.keys())) == PORTS_PER_SET + 1

@@ -9,6 +9,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from sentinel_ebpf._maps import InboundBss, InboundMaps, set_inbound_rodata
 from sentinel_ebpf._types import (
     BlockType,
     BreakerK,
@@ -152,14 +153,15 @@ class InboundDataplane:
             raise ValueError(f"idle_connections must be in 0..{INFLIGHT_MAX // 2}, got {idle_connections}")
         self.obj = BpfObject.open(object_path("inbound"))
         try:
-            if test_clock:
-                self.obj.set_rodata(use_test_clock=True)
-            if not socket_lookup:
-                self.obj.set_rodata(socket_lookup=False)
-            if idle_connections is not None:
-                self.obj.set_rodata(inflight_idle_max=idle_connections)
+            self.maps = InboundMaps(self.obj)
+            set_inbound_rodata(
+                self.obj,
+                use_test_clock=True if test_clock else None,
+                socket_lookup=None if socket_lookup else False,
+                inflight_idle_max=idle_connections,
+            )
             if hotspot_values is not None:
-                self.obj.map("hot_values").set_max_entries(hotspot_values)
+                self.maps.hot_values.set_max_entries(hotspot_values)
             if reuse is not None:
                 self._reuse_maps(reuse)
             self.obj.load()
@@ -181,7 +183,7 @@ class InboundDataplane:
         self._sockops_link: Link | None = None
         self._connect_attached = False
         # no sock_ops of ours yet (a crashed daemon's reused map may still say there is)
-        self.obj.map("establish_hook").update(_u32(0), _u32(0))
+        self.maps.establish_hook.update(_u32(0), _u32(0))
         self._next_reconcile_ns = time.monotonic_ns() + RECONCILE_PERIOD_NS
         self._cb_pending: list[BreakerTransition] = []
         self._cgroup_links: list[Link] = []
@@ -190,7 +192,7 @@ class InboundDataplane:
     def _reuse_maps(self, fds: Mapping[str, int]) -> None:
         # not .rodata/.bss; not out_conns: only the outbound cgroup programs, released with the process
         # that loaded them, use it (adopt resets what it counted)
-        maps = [m for name, m in self.obj.maps.items() if "." not in name and name != "out_conns"]
+        maps = [m for m in self.maps if m is not self.maps.out_conns]
         missing = [m.name for m in maps if m.name[:15] not in fds]  # the kernel keeps 15 characters
         if missing:
             raise SentinelError(f"cannot reuse the running programs' maps: they have no {', '.join(missing)}")
@@ -204,10 +206,10 @@ class InboundDataplane:
         """Take ``compiled`` as the rules in force in reused maps (what the previous instance applied
         last as generation ``gen``, compiled again with its resource ids). SentinelError if the maps
         hold something else (a crash between switching generations and recording them, among others)."""
-        active = int.from_bytes(self.obj.map("active_gen").lookup(_u32(0)), "little") & 1
+        active = int.from_bytes(self.maps.active_gen.lookup(_u32(0)), "little") & 1
         if active != gen:
             raise SentinelError(f"cannot adopt: generation {active} is in force, the record is of {gen}")
-        conf = self.obj.map("res_conf")
+        conf = self.maps.res_conf
         for r in compiled.resources:
             rc = ResConf.from_buffer_copy(conf.lookup(_u32(gen * MAX_RESOURCES + r.id)))
             have = (rc.nflow, rc.nhot, rc.nbreakers, rc.isolation_threshold)
@@ -215,13 +217,13 @@ class InboundDataplane:
                 raise SentinelError(
                     f"cannot adopt: resource {r.name!r} (id {r.id}) is not what the maps hold"
                 )
-        table = PortSlots.from_buffer_copy(self.obj.map("port_slots").lookup(_u32(gen)))
+        table = PortSlots.from_buffer_copy(self.maps.port_slots.lookup(_u32(gen)))
         for i, p in enumerate(compiled.ports):
             if table.slot[_wire_port(p.port)] & ~PORT_OUT_HTTP != i + 1:
                 raise SentinelError(f"cannot adopt: port {p.port} is not what the maps hold")
         # Outbound TCP resources count open connections in out_conns, which is new: those still open are
         # not known to this instance, so their count starts again.
-        stats = self.obj.map("res_stats")
+        stats = self.maps.res_stats
         for rid in {r.resource for r in compiled.out_routes if r.resource}:
             st = ResStats.from_buffer_copy(stats.lookup(_u32(rid)))
             st.concurrency = 0
@@ -257,7 +259,7 @@ class InboundDataplane:
         if compiled == self.compiled:
             return False
         old_gen, new_gen = self.gen, 1 - self.gen
-        conf, stats = self.obj.map("res_conf"), self.obj.map("res_stats")
+        conf, stats = self.maps.res_conf, self.maps.res_stats
         old_by_key = {r.key: r for r in self.compiled.resources}
         try:
             for r in compiled.resources:
@@ -269,16 +271,14 @@ class InboundDataplane:
                     old = ResConf.from_buffer_copy(conf.lookup(_u32(old_gen * MAX_RESOURCES + kept.id)))
                     rc.last_passed_ns[:] = old.last_passed_ns[:]
                 conf.update(_u32(new_gen * MAX_RESOURCES + r.id), bytes(rc))
-            self.obj.map("http_reply").update(_u32(new_gen), bytes(_reply(compiled.http_reply)))
-            self.obj.map("http_reply").update(
-                _u32(int(RouteFlags.HTTP_REPLY_OUTBOUND) + new_gen), bytes(OUT_REPLY)
-            )
+            self.maps.http_reply.update(_u32(new_gen), bytes(_reply(compiled.http_reply)))
+            self.maps.http_reply.update(_u32(int(RouteFlags.HTTP_REPLY_OUTBOUND) + new_gen), bytes(OUT_REPLY))
             sc = SysConf(nrules=len(compiled.system))
             for i, rule in enumerate(compiled.system):
                 sc.rules[i] = SysRuleK(
                     metric=rule.metric, bbr=int(rule.bbr), trigger_milli=rule.trigger_milli
                 )
-            self.obj.map("sys_conf").update(_u32(new_gen), bytes(sc))
+            self.maps.sys_conf.update(_u32(new_gen), bytes(sc))
             adaptive = AdaptiveThresholds(compiled, self.raw_stats, self.memory, self.adaptive,
                                           self.external_thresholds)  # fmt: skip
             self._write_thresholds(adaptive, new_gen)
@@ -288,7 +288,7 @@ class InboundDataplane:
         except BaseException:
             self._clear_gen(new_gen, compiled)
             raise
-        self.obj.map("active_gen").update(_u32(0), _u32(new_gen))
+        self.maps.active_gen.update(_u32(0), _u32(new_gen))
         self._clear_gen(old_gen, self.compiled)
         self._drop_hot_specific(self.compiled, keep=compiled)
         self._drop_breakers(self.compiled, keep=compiled)
@@ -304,7 +304,7 @@ class InboundDataplane:
         return (self._test_now_ns if self.test_clock else time.monotonic_ns()) // 1_000_000
 
     def _write_thresholds(self, adaptive: AdaptiveThresholds, gen: int) -> None:
-        dyn = self.obj.map("flow_dyn_threshold")
+        dyn = self.maps.flow_dyn_threshold
         for (rid, i), milli in adaptive.thresholds(self.now_ms()).items():
             dyn.update(_u32((gen * MAX_RESOURCES + rid) * FLOW_RULES + i), milli.to_bytes(8, "little"))
 
@@ -346,7 +346,7 @@ class InboundDataplane:
         return rc
 
     def _write_out_routes(self, compiled: CompiledInbound, gen: int) -> None:
-        m = self.obj.map("out_routes")
+        m = self.maps.out_routes
         for r in compiled.out_routes:
             m.update(bytes(out_route_key(r, gen)), bytes(OutRoute(resource=r.resource, cgroup_level=r.cgroup_level,
                                                                   cgroup_id=r.cgroup_id, http_service=r.http_service,
@@ -356,9 +356,9 @@ class InboundDataplane:
         """Routes, then the ports' configurations, then the generation's port table that leads to them."""
         self._write_out_routes(compiled, gen)
         ports, routes, pstats = (
-            self.obj.map("inbound_ports"),
-            self.obj.map("http_routes"),
-            self.obj.map("port_stats"),
+            self.maps.inbound_ports,
+            self.maps.http_routes,
+            self.maps.port_stats,
         )
         for route in compiled.routes:
             routes.update(
@@ -375,11 +375,11 @@ class InboundDataplane:
             table.slot[_wire_port(p.port)] = i + 1
         for port in compiled.out_http_ports:
             table.slot[_wire_port(port)] |= PORT_OUT_HTTP
-        self.obj.map("port_slots").update(_u32(gen), bytes(table))
+        self.maps.port_slots.update(_u32(gen), bytes(table))
 
     def _create_breakers(self, compiled: CompiledInbound) -> None:
         """A new breaker starts Closed with an empty window; one that stays keeps its state."""
-        m = self.obj.map("breakers")
+        m = self.maps.breakers
         for r in compiled.resources:
             for b in r.breakers:
                 if m.get(_u32(b.uid)) is None:
@@ -388,7 +388,7 @@ class InboundDataplane:
 
     def _drop_breakers(self, old: CompiledInbound, keep: CompiledInbound) -> None:
         kept = {b.uid for r in keep.resources for b in r.breakers}
-        m = self.obj.map("breakers")
+        m = self.maps.breakers
         for r in old.resources:
             for b in r.breakers:
                 if b.uid not in kept:
@@ -399,7 +399,7 @@ class InboundDataplane:
         """Remove the counters of ports no longer protected (the map holds SE_PORTS_MAX ports: without
         this, ports protected once and dropped since would fill it and make every apply fail). A sweep
         over the map, so entries a crashed daemon left are removed too."""
-        m = self.obj.map("port_stats")
+        m = self.maps.port_stats
         kept = {p.port.to_bytes(2, "little") for p in keep.ports}
         for key in [k for k in m if k not in kept]:
             with contextlib.suppress(BpfKeyError):
@@ -407,7 +407,7 @@ class InboundDataplane:
 
     def breaker_states(self) -> dict[str, tuple[BreakerSnapshot, ...]]:
         """resource name -> its breakers' ids and states."""
-        m = self.obj.map("breakers")
+        m = self.maps.breakers
         out: dict[str, tuple[BreakerSnapshot, ...]] = {}
         for r in self.compiled.resources:
             states = []
@@ -421,7 +421,7 @@ class InboundDataplane:
     def state_changes(self, timeout_ms: int = 0) -> list[BreakerTransition]:
         """Breaker transitions since the last call, in order (from the cb_events ring buffer)."""
         if self._cb_ring is None:
-            self._cb_ring = RingBuffer(self.obj.map("cb_events"), self._on_cb_event)
+            self._cb_ring = RingBuffer(self.maps.cb_events, self._on_cb_event)
         self._cb_ring.poll(timeout_ms)
         out, self._cb_pending = self._cb_pending, []
         return out
@@ -434,7 +434,7 @@ class InboundDataplane:
         ))  # fmt: skip
 
     def _write_hot_specific(self, compiled: CompiledInbound) -> None:
-        m = self.obj.map("hot_specific")
+        m = self.maps.hot_specific
         for r in compiled.resources:
             for h in r.hot:
                 for value_hash, threshold in h.specific:
@@ -443,7 +443,7 @@ class InboundDataplane:
     def _drop_hot_specific(self, old: CompiledInbound, keep: CompiledInbound) -> None:
         """Remove specific items of hotspot rules that ``keep`` no longer has."""
         kept = {(h.uid, v) for r in keep.resources for h in r.hot for v, _ in h.specific}
-        m = self.obj.map("hot_specific")
+        m = self.maps.hot_specific
         for r in old.resources:
             for h in r.hot:
                 for value_hash, _ in h.specific:
@@ -454,11 +454,11 @@ class InboundDataplane:
     def _clear_gen(self, gen: int, compiled: CompiledInbound) -> None:
         """Remove one generation's ports, routes and configurations (never the one in force)."""
         ports, routes, conf = (
-            self.obj.map("inbound_ports"),
-            self.obj.map("http_routes"),
-            self.obj.map("res_conf"),
+            self.maps.inbound_ports,
+            self.maps.http_routes,
+            self.maps.res_conf,
         )
-        self.obj.map("port_slots").update(_u32(gen), bytes(ctypes.sizeof(PortSlots)))
+        self.maps.port_slots.update(_u32(gen), bytes(ctypes.sizeof(PortSlots)))
         for i in range(len(compiled.ports)):
             ports.update(_u32(gen * PORTS_MAX + i), bytes(ctypes.sizeof(PortConf)))
         for route in compiled.routes:
@@ -470,31 +470,30 @@ class InboundDataplane:
     def clear(self) -> None:
         """Remove every rule, route, statistic and in-flight entry (the programs then pass everything)."""
         for gen in (0, 1):
-            self.obj.map("port_slots").update(_u32(gen), bytes(ctypes.sizeof(PortSlots)))
+            self.maps.port_slots.update(_u32(gen), bytes(ctypes.sizeof(PortSlots)))
             for i in range(len(self.compiled.ports)):
-                self.obj.map("inbound_ports").update(
-                    _u32(gen * PORTS_MAX + i), bytes(ctypes.sizeof(PortConf))
-                )
-        for name in (
-            "http_routes",
-            "inflight",
-            "refused",
-            "port_stats",
-            "hot_values",
-            "hot_specific",
-            "breakers",
+                self.maps.inbound_ports.update(_u32(gen * PORTS_MAX + i), bytes(ctypes.sizeof(PortConf)))
+        m = self.maps
+        for table in (
+            m.http_routes,
+            m.inflight,
+            m.refused,
+            m.port_stats,
+            m.hot_values,
+            m.hot_specific,
+            m.breakers,
         ):
-            self.obj.map(name).clear()
-        conf, stats = self.obj.map("res_conf"), self.obj.map("res_stats")
+            table.clear()
+        conf, stats = self.maps.res_conf, self.maps.res_stats
         for r in self.compiled.resources:
             stats.update(_u32(r.id), bytes(ctypes.sizeof(ResStats)))
             for gen in (0, 1):
                 conf.update(_u32(gen * MAX_RESOURCES + r.id), bytes(ctypes.sizeof(ResConf)))
         for gen in (0, 1):
-            self.obj.map("sys_conf").update(_u32(gen), bytes(SysConf()))
-        self.obj.map("inbound_total").update(_u32(0), bytes(ResStats()))
-        self.obj.map("sys_metrics").update(_u32(0), bytes(SysMetrics()))
-        self.obj.map("inflight_idle").update(_u32(0), bytes(8))
+            self.maps.sys_conf.update(_u32(gen), bytes(SysConf()))
+        self.maps.inbound_total.update(_u32(0), bytes(ResStats()))
+        self.maps.sys_metrics.update(_u32(0), bytes(SysMetrics()))
+        self.maps.inflight_idle.update(_u32(0), bytes(8))
         self.compiled = CompiledInbound()
         self.adaptive = AdaptiveThresholds(self.compiled, self.raw_stats, self.memory)
 
@@ -504,19 +503,18 @@ class InboundDataplane:
             load_milli=round((load1 or 0) * 1000), cpu_milli=round((cpu_usage or 0) * 1000),
             load_valid=int(load1 is not None), cpu_valid=int(cpu_usage is not None),
         )  # fmt: skip
-        self.obj.map("sys_metrics").update(_u32(0), bytes(m))
+        self.maps.sys_metrics.update(_u32(0), bytes(m))
 
     def inbound_stats(self) -> ResStats:
         """Sentinel's inbound node: all inbound requests of all resources together."""
-        return ResStats.from_buffer_copy(self.obj.map("inbound_total").lookup(_u32(0)))
+        return ResStats.from_buffer_copy(self.maps.inbound_total.lookup(_u32(0)))
 
     def set_clock_ns(self, now_ns: int) -> None:
         if not self.test_clock:
             raise SentinelError("set_clock_ns needs InboundDataplane(test_clock=True)")
-        bss = next(m for name, m in self.obj.maps.items() if name.endswith(".bss"))
-        raw = bytearray(bss.lookup(0))
-        raw[0:8] = now_ns.to_bytes(8, "little")  # test_clock_ns is the only .bss variable
-        bss.update(0, bytes(raw))
+        bss = InboundBss.from_buffer_copy(self.maps.bss.lookup(0))
+        bss.test_clock_ns = now_ns
+        self.maps.bss.update(0, bytes(bss))
         self._test_now_ns = now_ns
 
     # -- attachment -------------------------------------------------------------------------------
@@ -568,7 +566,7 @@ class InboundDataplane:
             raise SentinelError("cgroup2 is not mounted: sock_ops cannot be attached")
         self._sockops_link = self.obj.program("out_sockops").attach_cgroup(root)
         self._cgroup_links.append(self._sockops_link)
-        self.obj.map("establish_hook").update(_u32(0), _u32(1))
+        self.maps.establish_hook.update(_u32(0), _u32(1))
 
     @property
     def sockops_attached(self) -> bool:
@@ -585,7 +583,7 @@ class InboundDataplane:
 
     def detach_all(self) -> None:
         if self._sockops_link is not None:
-            self.obj.map("establish_hook").update(_u32(0), _u32(0))  # connections count from the SYN again
+            self.maps.establish_hook.update(_u32(0), _u32(0))  # connections count from the SYN again
             self._sockops_link = None
         self._connect_attached = False
         while self._cgroup_links:
@@ -598,7 +596,7 @@ class InboundDataplane:
 
     # -- statistics -------------------------------------------------------------------------------
     def raw_stats(self, resource_id: int) -> ResStats:
-        return ResStats.from_buffer_copy(self.obj.map("res_stats").lookup(_u32(resource_id)))
+        return ResStats.from_buffer_copy(self.maps.res_stats.lookup(_u32(resource_id)))
 
     def raw_stats_bytes(self) -> dict[int, bytes]:
         """Every resource's ``struct res_stats`` by id, read in one batched syscall (the daemon does
@@ -606,7 +604,7 @@ class InboundDataplane:
         ids = [r.id for r in self.compiled.resources]
         if not ids:
             return {}
-        values = self.obj.map("res_stats").array_prefix(max(ids) + 1)
+        values = self.maps.res_stats.array_prefix(max(ids) + 1)
         return {rid: values[rid] for rid in ids}
 
     def raw_stats_all(self) -> dict[int, ResStats]:
@@ -631,7 +629,7 @@ class InboundDataplane:
         return out
 
     def counters(self) -> dict[str, int]:
-        m = self.obj.map("dp_counters")
+        m = self.maps.dp_counters
         return {
             c.name.removeprefix("DP_").lower(): sum(
                 int.from_bytes(v, "little") for v in m.lookup(_u32(int(c)))
@@ -641,7 +639,7 @@ class InboundDataplane:
         }
 
     def port_counters(self, port: int) -> dict[str, int]:
-        raw = PortCounts.from_buffer_copy(self.obj.map("port_stats").lookup(port.to_bytes(2, "little")))
+        raw = PortCounts.from_buffer_copy(self.maps.port_stats.lookup(port.to_bytes(2, "little")))
         return {
             c.name.removeprefix("PORT_").lower(): int(raw.count[int(c)])
             for c in PortCounter

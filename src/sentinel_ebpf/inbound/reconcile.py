@@ -57,7 +57,7 @@ class Reconciler:
 
     def run(self, grace_ns: int = RECONCILE_GRACE_NS) -> ReconcileReport:
         report = ReconcileReport()
-        inflight = self.dp.obj.map("inflight")
+        inflight = self.dp.maps.inflight
         for key, value in list(inflight.items()):
             entry = Inflight.from_buffer_copy(value)
             fk = FlowKey.from_buffer_copy(key)
@@ -75,12 +75,12 @@ class Reconciler:
         """Concurrency the maps account for, per resource, and for the inbound node."""
         per_resource: Counter[int] = Counter()
         inbound = 0
-        for _, value in self.dp.obj.map("inflight").items():
+        for _, value in self.dp.maps.inflight.items():
             entry = Inflight.from_buffer_copy(value)
             if entry.active == InflightState.INFLIGHT_ACTIVE:
                 per_resource[entry.resource] += 1
                 inbound += entry.inbound
-        for _, value in self.dp.obj.map("out_conns").items():
+        for _, value in self.dp.maps.out_conns.items():
             per_resource[OutConn.from_buffer_copy(value).resource] += 1
         return per_resource, inbound
 

@@ -12,7 +12,7 @@ from enum import IntEnum
 
 from sentinel_ebpf._types import SentinelLimits
 from sentinel_ebpf.errors import BpfLoadError
-from sentinel_ebpf.libbpf import BpfObject, Link, RingBuffer, RingReader
+from sentinel_ebpf.libbpf import BpfObject, Link, Map, RingBuffer, RingReader
 
 
 def check_pid_ports(pid: int, ports: tuple[int, ...]) -> None:
@@ -88,10 +88,9 @@ class BpfTracer:
         ``doctor`` checks. Returns the object, which the caller closes, and the flavour."""
         return load_first_flavor(self._open, self._want, self.FLAVORS)
 
-    def _percpu_sums(self, map_name: str, stats: Iterable[IntEnum], prefix: str) -> dict[str, int]:
+    @staticmethod
+    def _percpu_sums(counters: Map, stats: Iterable[IntEnum], prefix: str) -> dict[str, int]:
         """Each counter of a per-CPU array summed over the CPUs, named after its enum member."""
-        assert self._obj is not None, "tracer not started"
-        counters = self._obj.map(map_name)
         return {
             stat.name.removeprefix(prefix).lower(): sum(
                 int.from_bytes(v, "little") for v in counters.lookup(int(stat).to_bytes(4, "little"))

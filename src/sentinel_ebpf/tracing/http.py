@@ -12,7 +12,6 @@ import ctypes
 import os
 import platform
 import re
-import struct
 import subprocess
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -20,6 +19,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
+from sentinel_ebpf._maps import HttptraceMaps, set_httptrace_rodata
 from sentinel_ebpf._types import (
     HttpDataDir,
     HttpDataSource,
@@ -69,8 +69,7 @@ TLS_FUNCTIONS = {
     "SSL_write_ex": "ssl_write_ex_enter",
 }
 
-_EVENT = struct.Struct("<QQIIIIHHHBBBBH4x16s16s16s")
-assert _EVENT.size == ctypes.sizeof(HttpEvent)
+_EVENT_SIZE = ctypes.sizeof(HttpEvent)  # the data follows the header
 
 HEADER = (
     f"{'TIME':<12} {'PID':>7} {'COMM':<15} {'DIR':<6} {'METHOD':<7} {'STATUS':>6} "
@@ -198,6 +197,7 @@ class HttpTracer(BpfTracer):
         self.events = 0
         self.evicted = 0
         self._gone_desyncs = 0  # desyncs of connections no longer followed (closed, replaced, evicted)
+        self._maps: HttptraceMaps | None = None
 
     # --- kernel ----------------------------------------------------------------------------------------
 
@@ -211,7 +211,8 @@ class HttpTracer(BpfTracer):
             nr = [-1] * int(HttpSyscall.HTTP_SC_MAX)
             for sc, num in nums.items():
                 nr[int(sc)] = num
-            obj.set_rodata(
+            set_httptrace_rodata(
+                obj,
                 targ_tgid=f.pid,
                 targ_self=os.getpid(),
                 targ_nports=len(f.ports),
@@ -237,7 +238,8 @@ class HttpTracer(BpfTracer):
                     self._links.append(self._obj.track(prog.attach()))
             if self.filters.tls:
                 self._attach_tls()
-            self._ring = RingReader(self._obj.map("http_events"))
+            self._maps = HttptraceMaps(self._obj)
+            self._ring = RingReader(self._maps.http_events)
         except BaseException:
             self.close()
             raise
@@ -263,12 +265,12 @@ class HttpTracer(BpfTracer):
     # --- events ----------------------------------------------------------------------------------------
 
     def _on_event(self, raw: bytes) -> None:
-        (ts_ns, conn_id, pid, _tid, length, copied, family, sport, dport, kind, direction, source,
-         _sc, tail, saddr, daddr, comm) = _EVENT.unpack_from(raw)  # fmt: skip
+        ev = HttpEvent.from_buffer_copy(raw)
+        conn_id, source, sport, dport = ev.conn_id, ev.source, ev.sport, ev.dport
         self.events += 1
-        ts = self._clock.wall(ts_ns)
+        ts = self._clock.wall(ev.ts_ns)
         key = (conn_id, source)
-        if kind == HttpEventKind.HTTP_EV_CLOSE:
+        if ev.kind == HttpEventKind.HTTP_EV_CLOSE:
             for src in (HttpDataSource.HTTP_SRC_SYSCALL, HttpDataSource.HTTP_SRC_TLS):
                 conn = self._conns.pop((conn_id, src), None)
                 if conn is not None:
@@ -283,16 +285,19 @@ class HttpTracer(BpfTracer):
             self._gone_desyncs += conn.parser.desyncs
             conn = None
         if conn is None:
-            conn = self._new_conn(key, pid, comm, source, family, saddr, sport, daddr, dport)
+            conn = self._new_conn(
+                key, ev.pid, ev.comm, source, ev.family, bytes(ev.saddr), sport, bytes(ev.daddr), dport
+            )
         else:
             self._conns.move_to_end(key)
-        head_end = _EVENT.size + copied - tail
+        copied = ev.copied
+        head_end = _EVENT_SIZE + copied - ev.tail
         conn.parser.feed(
-            "recv" if direction == HttpDataDir.HTTP_DIR_RECV else "send",
-            raw[_EVENT.size : head_end],
-            length - copied,
+            "recv" if ev.dir == HttpDataDir.HTTP_DIR_RECV else "send",
+            raw[_EVENT_SIZE:head_end],
+            ev.len - copied,
             ts,
-            raw[head_end : _EVENT.size + copied],
+            raw[head_end : _EVENT_SIZE + copied],
         )
 
     def _new_conn(self, key: tuple[int, int], pid: int, comm: bytes, source: int, family: int,
@@ -359,7 +364,8 @@ class HttpTracer(BpfTracer):
     def counters(self) -> dict[str, int]:
         """Kernel counters (events, lost, truncated, active_full, skipped) and user-space ones."""
         stats = [s for s in HttpTraceStat if s != HttpTraceStat.HTTP_STAT_MAX]
-        out = self._percpu_sums("http_stats", stats, "HTTP_STAT_")
+        assert self._obj is not None and self._maps is not None, "tracer not started"
+        out = self._percpu_sums(self._maps.http_stats, stats, "HTTP_STAT_")
         out["desyncs"] = self._gone_desyncs + sum(c.parser.desyncs for c in self._conns.values())
         out["connections"] = len(self._conns)
         out["evicted"] = self.evicted

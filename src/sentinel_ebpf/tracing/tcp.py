@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
+from sentinel_ebpf._maps import TcptraceMaps, set_tcptrace_rodata
 from sentinel_ebpf._types import ConnDirection, ConnEvent, ConnOutcome, SentinelLimits, TraceStat
 from sentinel_ebpf.errors import SentinelError
 from sentinel_ebpf.libbpf import BpfObject, RingBuffer
@@ -97,6 +98,7 @@ class ConnTracer(BpfTracer):
 
     def __init__(self, filters: TraceFilter | None = None, flavor: str = "auto") -> None:
         super().__init__(flavor)
+        self._maps: TcptraceMaps | None = None
         self.filters = filters or TraceFilter()
         self._callback: Callable[[Connection], None] | None = None
 
@@ -104,20 +106,23 @@ class ConnTracer(BpfTracer):
         f = self.filters
         obj = BpfObject.open(object_path("tcptrace"))
         try:
-            config: dict[str, Any] = {
-                "targ_tgid": f.pid,
-                "targ_nports": len(f.ports),
-                "targ_ports": list(f.ports),
-                "targ_filter_comm": f.comm is not None,
-                "targ_comm": (f.comm or "").encode(),
-                "targ_accept": f.accept,
-            }
+            accept_nr: tuple[int, int] | tuple[None, None] = (None, None)
             if f.accept:
                 nums = ACCEPT_SYSCALLS.get(platform.machine())
                 if nums is None:
                     raise SentinelError(f"--accept is not supported on {platform.machine()} yet")
-                config["targ_accept_nr"], config["targ_accept4_nr"] = nums
-            obj.set_rodata(**config)
+                accept_nr = nums
+            set_tcptrace_rodata(
+                obj,
+                targ_tgid=f.pid,
+                targ_nports=len(f.ports),
+                targ_ports=list(f.ports),
+                targ_filter_comm=f.comm is not None,
+                targ_comm=(f.comm or "").encode(),
+                targ_accept=f.accept,
+                targ_accept_nr=accept_nr[0],
+                targ_accept4_nr=accept_nr[1],
+            )
             for name, prog in obj.programs.items():
                 is_syscall = name.startswith("sys_")
                 prog.autoload = name.endswith(f"_{flavor}") and (f.accept or not is_syscall)
@@ -133,7 +138,8 @@ class ConnTracer(BpfTracer):
             for prog in self._obj.programs.values():
                 if prog.autoload:
                     self._links.append(self._obj.track(prog.attach()))
-            self._ring = RingBuffer(self._obj.map("events"), self._on_event)
+            self._maps = TcptraceMaps(self._obj)
+            self._ring = RingBuffer(self._maps.events, self._on_event)
         except BaseException:
             self.close()
             raise
@@ -155,7 +161,8 @@ class ConnTracer(BpfTracer):
 
     def counters(self) -> dict[str, int]:
         stats = (TraceStat.TRACE_STAT_EVENTS, TraceStat.TRACE_STAT_LOST, TraceStat.TRACE_STAT_PENDING_FULL)
-        return self._percpu_sums("trace_stats", stats, "TRACE_STAT_")
+        assert self._obj is not None and self._maps is not None, "tracer not started"
+        return self._percpu_sums(self._maps.trace_stats, stats, "TRACE_STAT_")
 
     def __enter__(self) -> ConnTracer:
         return self.start()

@@ -1,4 +1,5 @@
-"""Tracer output: the original plugin's line format, JSON fields, event decoding and filter validation."""
+"""Tracer output: the original plugin's line format, JSON fields, event decoding (TCP and HTTP) and filter
+validation."""
 
 from __future__ import annotations
 
@@ -9,8 +10,17 @@ from datetime import datetime
 
 import pytest
 
-from sentinel_ebpf._types import ConnDirection, ConnEvent, ConnOutcome
+from sentinel_ebpf._types import (
+    ConnDirection,
+    ConnEvent,
+    ConnOutcome,
+    HttpDataDir,
+    HttpDataSource,
+    HttpEvent,
+    HttpEventKind,
+)
 from sentinel_ebpf.tracing.base import Clock
+from sentinel_ebpf.tracing.http import HttpRecord, HttpTracer
 from sentinel_ebpf.tracing.tcp import HEADER, Connection, TraceFilter, decode
 
 ORIGINAL_HEADER = "Comm             Src addr        Port   -> Dest addr       Port"
@@ -144,3 +154,29 @@ def test_filter_validation(kwargs: dict[str, object], message: str) -> None:
 def test_filter_accepts_the_limits() -> None:
     f = TraceFilter(pid=1, ports=tuple(range(1, 9)), comm="a" * 15, accept=True)
     assert len(f.ports) == 8
+
+
+def _http_event(kind: int, direction: int, data: bytes = b"", ts_ns: int = 1_000_000_000) -> bytes:
+    ev = HttpEvent(ts_ns=ts_ns, conn_id=7, pid=42, tid=43, len=len(data), copied=len(data),
+                   family=socket.AF_INET, sport=8080, dport=55146, kind=kind, dir=direction,
+                   source=HttpDataSource.HTTP_SRC_SYSCALL, comm=b"server")  # fmt: skip
+    ev.saddr[:4] = socket.inet_aton("10.0.0.1")
+    ev.daddr[:4] = socket.inet_aton("10.0.0.2")
+    return bytes(ev) + data
+
+
+def test_http_events_are_decoded_with_the_generated_layout() -> None:
+    """A request read and a response written on one connection make one server-side record."""
+    tracer = HttpTracer()
+    tracer._clock = Clock(offset=0.0)
+    records: list[HttpRecord] = []
+    tracer._callback = records.append
+    recv, send = int(HttpDataDir.HTTP_DIR_RECV), int(HttpDataDir.HTTP_DIR_SEND)
+    data = int(HttpEventKind.HTTP_EV_DATA)
+    tracer._on_event(_http_event(data, recv, b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n"))
+    tracer._on_event(_http_event(data, send, b"HTTP/1.1 204 No Content\r\n\r\n", ts_ns=1_002_000_000))
+    tracer._on_event(_http_event(int(HttpEventKind.HTTP_EV_CLOSE), recv, ts_ns=1_003_000_000))
+    assert [
+        (r.direction, r.method, r.path, r.status, r.latency_ms, r.comm, r.local, r.remote) for r in records
+    ] == [("server", "GET", "/x", 204, 2.0, "server", "10.0.0.1:8080", "10.0.0.2:55146")]
+    assert tracer.events == 3 and not tracer._conns
