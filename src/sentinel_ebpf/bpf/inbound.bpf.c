@@ -113,7 +113,8 @@ struct {
  * Requests refused by dropping their segment (`reject.http: {mode: drop}`, or a blocked request in a
  * GRO-merged skb): connection (flow_key, FLOW_KIND_REQUEST) -> the request's place in the client's stream.
  * The client's TCP sends those bytes again; they get the verdict they were given, without being judged
- * (or counted) a second time. Gone at the connection's FIN or RST, or evicted.
+ * (or counted) a second time, also after the client's FIN (its stack still sends them). Gone at the
+ * connection's RST, or evicted.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -1259,7 +1260,9 @@ int tc_ingress(struct __sk_buff *skb)
 		 * server may still answer it. The connection is done. (A FIN carrying a request only
 		 * half-closes: the request is judged below, and the response completes it.) */
 		make_key(fk, p, true, FLOW_KIND_REQUEST);
-		bpf_map_delete_elem(&refused, fk);
+		if (p->flags & TCP_RST)
+			/* (not at a FIN: a client that closes still sends the refused bytes again) */
+			bpf_map_delete_elem(&refused, fk);
 		complete(p->flags & TCP_RST ? COMPLETE_ABORT | COMPLETE_END : COMPLETE_CLIENT_FIN);
 		make_key(fk, p, true, FLOW_KIND_CONNECTION);
 		complete(COMPLETE_END);
