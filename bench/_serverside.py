@@ -1,12 +1,13 @@
 """Shared pieces of the server-side benchmarks (throughput.py, rejection_cost.py).
 
-A client/server namespace pair (tests/integration/netns.py) with the server pinned to one CPU and the
+A client/server namespace pair (tests/support/netns.py) with the server pinned to one CPU and the
 client to the other: processes by ``taskset``, and the network receive path by RPS on each veth (the
 server veth's packets are processed in softirq on the server's CPU, the client veth's on the client's).
 So everything the server side costs, its processes and the kernel's receive path for its packets (TC
 programs included), lands on the server CPU, and the server processes also run in a cgroup v2 of their
-own for an exact process figure. Helpers: that cgroup, per-CPU /proc/stat samples, nginx, wrk, the TC
-programs' ``run_time_ns``/``run_cnt`` (``kernel.bpf_stats_enabled``), and entering a namespace.
+own for an exact process figure. Helpers: that cgroup, per-CPU /proc/stat samples, the TC programs'
+``run_time_ns``/``run_cnt`` (``kernel.bpf_stats_enabled``), and entering a namespace; nginx, wrk and the
+pair itself come from tests.support.
 """
 
 from __future__ import annotations
@@ -18,26 +19,21 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sentinel_ebpf._build import compile_object, ensure_vmlinux_h, find_clang
+from sentinel_ebpf.libbpf import BpfObject, Link
+from tests.support.netns import NetnsPair, unique_token
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests" / "integration"))
-
-from netns import NetnsPair, unique_token  # noqa: E402
-
-from sentinel_ebpf._build import compile_object, ensure_vmlinux_h, find_clang  # noqa: E402
-from sentinel_ebpf.libbpf import BpfObject, Link  # noqa: E402
 
 CLONE_NEWNET = 0x40000000
 CGROUP2 = Path("/sys/fs/cgroup/unified")
 STATS_SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
-WRK = shutil.which("wrk") or "/usr/bin/wrk"
 USER_HZ = os.sysconf("SC_CLK_TCK")
 SERVER_CPU, CLIENT_CPU = 1, 0
 SOFTIRQ_SRC = Path(__file__).with_name("softirq_time.bpf.c")
@@ -193,89 +189,6 @@ def set_rps(pair: NetnsPair, ns: str, ifname: str, cpu: int) -> None:
     """Process ``ifname``'s received packets on ``cpu`` (RPS); sysfs is the namespace's own inside it."""
     path = f"/sys/class/net/{ifname}/queues/rx-0/rps_cpus"
     pair.run(ns, "sh", "-c", f"echo {1 << cpu:x} > {path}", check=True)
-
-
-def pin(cpu: int) -> list[str]:
-    return ["taskset", "-c", str(cpu)]
-
-
-def nginx_conf(work: Path, workers: int, events: int, http_body: str, master: bool = True) -> str:
-    """An nginx configuration whose files all live in ``work``; ``master=False``: one process that serves
-    (``master_process off``), so its pid is the server's (for tracing or reading its memory)."""
-    temp = " ".join(
-        f"{k}_temp_path {work}/{k};" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    return f"""
-user root;
-worker_processes {workers};
-{"" if master else "master_process off;"}
-pid {work}/nginx.pid;
-error_log {work}/error.log warn;
-events {{ worker_connections {events}; }}
-http {{
-    {temp}
-    access_log off;
-    keepalive_requests 1000000;
-    sendfile on;
-    tcp_nopush on;
-    {http_body}
-}}
-"""
-
-
-def start_nginx(
-    pair: NetnsPair, work: Path, conf: str, ports: list[int], cpu: int, cgroup: Cgroup
-) -> subprocess.Popen[Any]:
-    """nginx (master + workers, all pinned to ``cpu``) in the server namespace, inside ``cgroup``."""
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "nginx.conf").write_text(conf)
-    proc: subprocess.Popen[Any] = pair.popen(
-        pair.server, *pin(cpu), NGINX, "-e", str(work / "error.log"), "-p", str(work),
-        "-c", str(work / "nginx.conf"), "-g", "daemon off;", stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=cgroup.join,
-    )  # fmt: skip
-    for port in ports:
-        pair.wait_listening(pair.server, port, proc)
-    return proc
-
-
-@dataclass
-class WrkResult:
-    requests: int
-    seconds: float
-    non2xx: int
-    socket_errors: str
-    output: str
-
-    @property
-    def rps(self) -> float:
-        return self.requests / self.seconds
-
-
-def wrk(
-    pair: NetnsPair, url: str, seconds: int, connections: int, threads: int, cpu: int,
-    script: Path | None = None, cgroup: Cgroup | None = None, headers: tuple[str, ...] = (),
-) -> WrkResult:  # fmt: skip
-    extra = ["-s", str(script)] if script else []
-    for h in headers:
-        extra += ["-H", h]
-    res = pair.run(
-        pair.client, *pin(cpu), WRK, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", *extra, url,
-        timeout=seconds + 60, preexec_fn=cgroup.join if cgroup else None,
-    )  # fmt: skip
-    m = re.search(r"(\d+) requests in ([\d.]+)(m?s)", res.stdout)
-    if not m:
-        raise RuntimeError(f"wrk output not understood:\n{res.stdout}\n{res.stderr}")
-    secs = float(m.group(2)) / (1000 if m.group(3) == "ms" else 1)
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", res.stdout)
-    errors = re.search(r"Socket errors: (.*)", res.stdout)
-    return WrkResult(
-        int(m.group(1)),
-        secs,
-        int(non2xx.group(1)) if non2xx else 0,
-        errors.group(1) if errors else "",
-        res.stdout,
-    )
 
 
 def fdinfo(fd: int) -> dict[str, int]:

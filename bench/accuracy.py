@@ -9,7 +9,7 @@ Two measurements, side by side in one run:
            namespace by parallel clients for 10 s; passes per second from the Sentinel metric log the
            daemon writes (threshold 100 only: the clients here reach about 1,000 requests per second).
 
-usage: sudo .venv/bin/python bench/accuracy.py [--thresholds 10,100,1000] [--seconds 10] [--no-real]
+usage: sudo .venv/bin/python -m bench.accuracy [--thresholds 10,100,1000] [--seconds 10] [--no-real]
 """
 
 from __future__ import annotations
@@ -24,14 +24,12 @@ import sys
 import time
 from pathlib import Path
 
+from sentinel_ebpf.inbound import InboundDataplane
+from sentinel_ebpf.rules import load_text
+from tests.support.nginx import hello_nginx
+from tests.support.packets import ACK, PSH, TC_ACT_OK, http_request, tcp_frame
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests" / "dataplane"))
-sys.path.insert(0, str(ROOT / "tests"))
-
-from packets import ACK, PSH, TC_ACT_OK, http_request, tcp_frame  # noqa: E402
-
-from sentinel_ebpf.inbound import InboundDataplane  # noqa: E402
-from sentinel_ebpf.rules import load_text  # noqa: E402
 
 T0_MS = 1_700_000_000_000
 RULES = """
@@ -88,7 +86,7 @@ def real(threshold: int, seconds: int, clients: int) -> dict[str, float]:
     with NetnsPair("sb") as pair:
         # nginx: a backend that accepts fast (python's http.server has a backlog of 5, which the RSTs of
         # blocked requests fill, and then SYNs wait for retransmission)
-        pair.start_nginx(8000)
+        hello_nginx(pair, 8000)
         work = pair.tmpdir / "bench"
         work.mkdir()
         (work / "rules.yaml").write_text(RULES.format(t=threshold))

@@ -1,8 +1,8 @@
 """Admission accuracy under 10x overload with real traffic, side by side with nginx ``limit_req``.
 
-usage: sudo python bench/accuracy_netns.py [--thresholds 10,100,1000] [--seconds 10] [--overload 10]
+usage: sudo python -m bench.accuracy_netns [--thresholds 10,100,1000] [--seconds 10] [--overload 10]
 
-One client/server namespace pair (tests/integration/netns.py) joined by a veth. In the server namespace
+One client/server namespace pair (tests/support/netns.py) joined by a veth. In the server namespace
 one nginx (single worker) serves two ports:
   8080  a static 3-byte file, guarded by the inbound data plane attached (TC) to the server veth, with
         the rule {resource: limited (http, port 8080, path /limited), threshold: T, statIntervalInMs: 1000};
@@ -32,16 +32,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests" / "integration"))
-
-from netns import NetnsPair  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _serverside import in_netns  # noqa: E402
-
-from sentinel_ebpf.inbound import InboundDataplane  # noqa: E402
-from sentinel_ebpf.rules import load_text  # noqa: E402
+from bench._serverside import in_netns
+from sentinel_ebpf.inbound import InboundDataplane
+from sentinel_ebpf.rules import load_text
+from tests.support.netns import NetnsPair
+from tests.support.nginx import nginx_conf, start_nginx
 
 GUARDED, LIMIT_REQ = 8080, 8081
 PATH = "/limited"
@@ -54,22 +49,13 @@ flowRules:
 """
 
 
-def start_nginx(pair: NetnsPair, threshold: int) -> tuple[subprocess.Popen[bytes], Path]:
+def start_limited_nginx(pair: NetnsPair, threshold: int) -> tuple[subprocess.Popen[bytes], Path]:
+    """nginx serving a static file on GUARDED (for the kernel to limit) and LIMIT_REQ (nginx's own
+    ``limit_req`` at ``threshold``/s); returns the process and its access log ($msec $server_port $status)."""
     work = pair.tmpdir / f"nginx-{threshold}"
     (work / "www").mkdir(parents=True)
     (work / "www" / PATH.lstrip("/")).write_text("ok\n")  # a static file: limit_req runs before content
-    temp = " ".join(
-        f"{k}_temp_path {work}/{k};" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    (work / "nginx.conf").write_text(f"""
-worker_processes 1;
-master_process off;
-pid {work}/nginx.pid;
-error_log {work}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    {temp}
-    log_format bench '$msec $server_port $status';
+    body = f"""log_format bench '$msec $server_port $status';
     access_log {work}/access.log bench;
     keepalive_requests 1000000;
     limit_req_zone $server_port zone=bench:1m rate={threshold}r/s;
@@ -84,16 +70,9 @@ http {{
             limit_req_status 429;
             root {work}/www;
         }}
-    }}
-}}
-""")
-    proc = pair.popen(
-        pair.server, "nginx", "-e", str(work / "error.log"), "-p", str(work), "-c", str(work / "nginx.conf"),
-        "-g", "daemon off;", stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    pair.wait_listening(pair.server, GUARDED, proc)
-    pair.wait_listening(pair.server, LIMIT_REQ, proc)
-    return proc, work / "access.log"
+    }}"""
+    server = start_nginx(pair, work, nginx_conf(work, body, events=4096), [GUARDED, LIMIT_REQ])
+    return server.proc, work / "access.log"
 
 
 @dataclass
@@ -225,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     with NetnsPair("bn") as pair, InboundDataplane() as dp:
         offset_ms = time.time() * 1000 - time.monotonic() * 1000
         for t in (int(x) for x in args.thresholds.split(",")):
-            nginx, log = start_nginx(pair, t)
+            nginx, log = start_limited_nginx(pair, t)
             dp.apply(dp.compile(load_text(RULES.format(port=GUARDED, path=PATH, t=t))))
             with in_netns(pair.server):
                 if not dp.attached():

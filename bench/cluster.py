@@ -1,8 +1,8 @@
 """Cluster flow rules through Redis: 2, 4 and 8 daemons sharing one global threshold under skewed load.
 
-usage: sudo python bench/cluster.py [--nodes 2,4,8] [--threshold 200] [--json]
+usage: sudo python -m bench.cluster [--nodes 2,4,8] [--threshold 200] [--json]
 
-Each node is a client/server namespace pair (tests/integration/netns.py) with nginx on 8080 and
+Each node is a client/server namespace pair (tests/support/netns.py) with nginx on 8080 and
 `sentinel-ebpf run --cluster unix://.../redis.sock` attached to its server veth; one redis-server on a
 Unix socket (namespaces share the filesystem) serves all of them. The rule:
 {resource: web (http, 8080, /), threshold: T, clusterMode: true, clusterConfig: {thresholdType: 1}}.
@@ -29,7 +29,6 @@ import argparse
 import contextlib
 import datetime
 import json
-import os
 import subprocess
 import sys
 import time
@@ -37,12 +36,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-from integration.daemon_helpers import Daemon  # noqa: E402
-from integration.netns import NetnsPair  # noqa: E402
-from integration.redisserver import RedisServer  # noqa: E402
-from sentinel_ebpf.daemon import request  # noqa: E402
+from sentinel_ebpf.daemon import request
+from tests.support.daemon_helpers import Daemon
+from tests.support.netns import NetnsPair
+from tests.support.nginx import hello_nginx
+from tests.support.procstat import cpu_seconds
+from tests.support.redisserver import RedisServer
 
 CLIENT = Path(__file__).with_name("_ratedclient.py")
 RULES = """
@@ -69,12 +68,6 @@ def load(pair: NetnsPair, rate: float, seconds: float) -> subprocess.Popen[str]:
                       f"{seconds:g}", "64", stdout=subprocess.PIPE, text=True)  # fmt: skip
 
 
-def cpu_seconds(d: Daemon) -> float:
-    """utime + stime of the daemon (``ip netns exec`` execs it: the same pid)."""
-    fields = Path(f"/proc/{d.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def commandstats(redis: RedisServer) -> dict[str, int]:
     out = {}
     for line in redis.cli("info", "commandstats").splitlines():
@@ -95,7 +88,7 @@ def run(n: int, threshold: float) -> dict[str, Any]:
         redis = stack.enter_context(RedisServer())
         pairs = [stack.enter_context(NetnsPair("cl")) for _ in range(n)]
         for p in pairs:
-            p.start_nginx(8080)
+            hello_nginx(p, 8080)
         app = f"bench-{n}-{time.monotonic_ns() % 10**6}"
         with ThreadPoolExecutor(n) as pool:
             daemons = list(pool.map(lambda p: Daemon(p, RULES.format(t=threshold), "--cluster", redis.url,
@@ -109,9 +102,11 @@ def run(n: int, threshold: float) -> dict[str, Any]:
             time.sleep(0.2)
 
         # the daemons' own CPU with nothing to do but renew their leases
-        cpu0, cpu_t0 = [cpu_seconds(d) for d in daemons], time.monotonic()
+        cpu0, cpu_t0 = [cpu_seconds(d.proc.pid) for d in daemons], time.monotonic()
         time.sleep(3.0)
-        idle_cpu = max(c1 - c0 for c0, c1 in zip(cpu0, [cpu_seconds(d) for d in daemons], strict=True))
+        idle_cpu = max(
+            c1 - c0 for c0, c1 in zip(cpu0, [cpu_seconds(d.proc.pid) for d in daemons], strict=True)
+        )
         idle_cpu_pct = idle_cpu / (time.monotonic() - cpu_t0) * 100
 
         # accuracy and Redis load: node 0 hot, the others light

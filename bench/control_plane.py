@@ -15,7 +15,7 @@
    ``--idle-seconds``, with 1 resource and with 1,000 resources.
 3. Memory: VmRSS and VmHWM of the daemon process after all of the above.
 
-usage: sudo .venv/bin/python bench/control_plane.py [--changes 100] [--idle-seconds 60]
+usage: sudo .venv/bin/python -m bench.control_plane [--changes 100] [--idle-seconds 60]
 """
 
 from __future__ import annotations
@@ -30,12 +30,11 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from integration.daemon_helpers import Daemon  # noqa: E402
-from integration.netns import NetnsPair  # noqa: E402
-from sentinel_ebpf.daemon import request  # noqa: E402
+from sentinel_ebpf.daemon import request
+from tests.support.daemon_helpers import Daemon
+from tests.support.netns import NetnsPair
+from tests.support.nginx import hello_nginx
+from tests.support.procstat import cpu_seconds, status_kib
 
 PROBER = Path(__file__).with_name("_prober.py")
 RULES = """
@@ -55,20 +54,6 @@ def many_resources(n: int) -> str:
     ]
     lines += ["flowRules:"] + [f"  - {{resource: r{i}, threshold: 1000}}" for i in range(n - 1)]
     return "\n".join(lines) + "\n"
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def memory_kib(pid: int) -> dict[str, int]:
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            out[key] = int(value.split()[0])
-    return out
 
 
 def write_rules(path: Path, text: str) -> float:
@@ -151,7 +136,7 @@ def main() -> int:
     print(f"$ {' '.join(sys.argv)}")
     results: dict[str, tuple[list[float], int]] = {}
     with NetnsPair("cp") as pair:
-        pair.start_nginx(8080)
+        hello_nginx(pair, 8080)
         d = Daemon(pair, RULES.format(threshold=OPEN))
         try:
             for name, via in (("reload", True), ("file watch", False)):
@@ -159,13 +144,13 @@ def main() -> int:
             write_rules(d.rules, RULES.format(threshold=OPEN))
             request(d.socket, "reload")
             idle_1 = idle(d.proc.pid, args.idle_seconds)
-            mem_1 = memory_kib(d.proc.pid)
+            mem_1 = status_kib(d.proc.pid)
         finally:
             d.close()
         d = Daemon(pair, many_resources(1000))
         try:
             idle_1000 = idle(d.proc.pid, args.idle_seconds)
-            mem_1000 = memory_kib(d.proc.pid)
+            mem_1000 = status_kib(d.proc.pid)
         finally:
             d.close()
 

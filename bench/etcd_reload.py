@@ -12,7 +12,7 @@ threshold of 0 on ``/`` (every request answered 429 by the kernel) and one far a
   ``_etcd_putter.py`` there writes the key; latency from just before the put is sent, so it includes
   the write's commit, the watch notification and the reload.
 
-usage: sudo .venv/bin/python bench/etcd_reload.py [--changes 100]
+usage: sudo .venv/bin/python -m bench.etcd_reload [--changes 100]
 """
 
 from __future__ import annotations
@@ -27,16 +27,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bench.control_plane import CLOSED, OPEN, PROBER, RULES, percentile, write_rules
+from sentinel_ebpf.daemon import request
+from tests.support.daemon_helpers import Daemon
+from tests.support.etcd_server import EtcdServer
+from tests.support.netns import NetnsPair
+from tests.support.nginx import hello_nginx
+
 BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH))
-sys.path.insert(0, str(BENCH.parent / "tests"))
-
-from control_plane import CLOSED, OPEN, PROBER, RULES, percentile, write_rules  # noqa: E402
-
-from integration.daemon_helpers import Daemon  # noqa: E402
-from integration.etcd_server import EtcdServer  # noqa: E402
-from integration.netns import NetnsPair  # noqa: E402
-from sentinel_ebpf.daemon import request  # noqa: E402
 
 KEY = "/bench/rules"
 PUTTER = BENCH / "_etcd_putter.py"
@@ -96,7 +94,7 @@ def main() -> int:
     print(f"$ {' '.join(sys.argv)}")
     results: dict[str, tuple[list[float], int]] = {}
     with NetnsPair("ep") as pair:
-        pair.start_nginx(8080)
+        hello_nginx(pair, 8080)
         d = Daemon(pair, RULES.format(threshold=OPEN))
         try:
 

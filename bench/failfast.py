@@ -6,7 +6,7 @@
   outbound  connect() to a backend address that does not answer (no host behind it on the veth subnet:
             the caller waits for ARP to fail) vs an ErrorCount breaker on that resource, once open.
 
-usage: sudo .venv/bin/python bench/failfast.py [--requests 20]
+usage: sudo .venv/bin/python -m bench.failfast [--requests 20]
 """
 
 from __future__ import annotations
@@ -20,14 +20,13 @@ import time
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+from sentinel_ebpf.doctor import cgroup2_mount
+from sentinel_ebpf.inbound import InboundDataplane
+from sentinel_ebpf.rules import load_text
+from tests.support.daemon_helpers import Daemon
+from tests.support.netns import NetnsPair
 
-from integration.daemon_helpers import Daemon  # noqa: E402
-from integration.netns import NetnsPair  # noqa: E402
-from sentinel_ebpf.doctor import cgroup2_mount  # noqa: E402
-from sentinel_ebpf.inbound import InboundDataplane  # noqa: E402
-from sentinel_ebpf.rules import load_text  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 FLAKY = ROOT / "tests" / "integration" / "flakyserver.py"
 OUTCLIENT = ROOT / "tests" / "integration" / "outclient.py"

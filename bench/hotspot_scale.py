@@ -8,7 +8,7 @@ per value: nothing here is blocked), and runs the ingress program through ``BPF_
 counts the map's entries and reads its kernel memory (``memlock`` in the map's fdinfo), and the whole
 object's.
 
-usage: sudo .venv/bin/python bench/hotspot_scale.py [--keys 1048576] [--values 1000000]
+usage: sudo .venv/bin/python -m bench.hotspot_scale [--keys 1048576] [--values 1000000]
 """
 
 from __future__ import annotations
@@ -19,13 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests" / "dataplane"))
-
-from packets import ACK, PSH, tcp_frame  # noqa: E402
-
-from sentinel_ebpf.inbound import InboundDataplane  # noqa: E402
-from sentinel_ebpf.rules import load_text  # noqa: E402
+from sentinel_ebpf.inbound import InboundDataplane
+from sentinel_ebpf.rules import load_text
+from tests.support.packets import ACK, PSH, tcp_frame
 
 RULES = """
 resources:

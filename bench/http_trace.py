@@ -10,58 +10,32 @@ wrk completed, records the tracer produced (server and client side), kernel even
 the tracer's CPU time (user + system of this process, i.e. the Python consumer) and its share of a
 core, and the requests per second relative to the untraced runs of the same invocation.
 
-usage: sudo .venv/bin/python bench/http_trace.py [--seconds 10] [--rounds 3] [--connections 16]
+usage: sudo .venv/bin/python -m bench.http_trace [--seconds 10] [--rounds 3] [--connections 16]
 """
 
 from __future__ import annotations
 
 import argparse
-import re
-import shutil
 import statistics
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from integration.netns import NetnsPair  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _serverside import nginx_conf  # noqa: E402
-
-from sentinel_ebpf.tracing.http import HttpRecord, HttpTraceFilter, HttpTracer  # noqa: E402
+from sentinel_ebpf.tracing.http import HttpRecord, HttpTraceFilter, HttpTracer
+from tests.support.netns import NetnsPair
+from tests.support.nginx import BENCH_HTTP, nginx_conf, start_nginx
+from tests.support.wrk import WrkResult, wrk
 
 PORT = 8380
 PACED = Path(__file__).with_name("_wrk_paced.lua")
 
 
-def start_nginx(pair: NetnsPair) -> subprocess.Popen[Any]:
-    work = pair.tmpdir / "nginx-bench"
-    work.mkdir(parents=True)
-    server = f'server {{ listen {PORT}; location / {{ return 200 "hello world\\n"; }} }}'
-    (work / "nginx.conf").write_text(nginx_conf(work, 1, 1024, server, master=False))
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    proc = pair.popen(pair.server, nginx, "-p", str(work), "-c", str(work / "nginx.conf"), "-g", "daemon off;",
-                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    pair.wait_listening(pair.server, PORT, proc)
-    return proc
-
-
-def wrk(pair: NetnsPair, seconds: float, connections: int, paced: bool = False) -> tuple[int, float, str]:
+def run_wrk(pair: NetnsPair, seconds: float, connections: int, paced: bool = False) -> WrkResult:
     """wrk for ``seconds``; paced: every connection waits 1 ms after each response (a fixed offered load)."""
-    script = ["-s", str(PACED)] if paced else []
-    res = pair.run(pair.client, "wrk", "-t2", f"-c{connections}", f"-d{int(seconds)}s", *script,
-                   f"http://{pair.server_ip}:{PORT}/", timeout=seconds + 60)  # fmt: skip
-    m = re.search(r"(\d+) requests in ([\d.]+)s", res.stdout)
-    if not m:
-        raise RuntimeError(f"wrk output not understood:\n{res.stdout}\n{res.stderr}")
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", res.stdout)
-    return int(m.group(1)), float(m.group(2)), errors.group(0) if errors else ""
+    url = f"http://{pair.server_ip}:{PORT}/"
+    return wrk(pair, url, seconds, connections, script=PACED if paced else None)
 
 
 def traced_run(
@@ -79,7 +53,7 @@ def traced_run(
         result: dict[str, Any] = {}
 
         def load() -> None:
-            result["wrk"] = wrk(pair, seconds, connections, paced)
+            result["wrk"] = run_wrk(pair, seconds, connections, paced)
             stop.set()
 
         cpu0 = time.process_time()
@@ -94,7 +68,8 @@ def traced_run(
                 quiet = time.monotonic()
         cpu = time.process_time() - cpu0
         counters = tracer.counters()
-    done, secs, errors = result["wrk"]
+    run: WrkResult = result["wrk"]
+    done, secs, errors = run.requests, run.seconds, run.errors
     return {"requests": done, "rps": done / secs, "records": records, "ok": ok, "cpu_s": cpu,
             "cpu_share": cpu / secs, "kernel": counters, "errors": errors}  # fmt: skip
 
@@ -104,7 +79,8 @@ def measure(pair: NetnsPair, nginx_pid: int, args: argparse.Namespace, paced: bo
     plain: list[float] = []
     runs: dict[str, list[dict[str, Any]]] = {"pid": [], "port": []}
     for _ in range(args.rounds):
-        done, secs, _ = wrk(pair, args.seconds, conns, paced)
+        run = run_wrk(pair, args.seconds, conns, paced)
+        done, secs = run.requests, run.seconds
         plain.append(done / secs)
         runs["pid"].append(
             traced_run(pair, HttpTraceFilter(pid=nginx_pid, tls=False), args.seconds, conns, paced)
@@ -149,8 +125,10 @@ def main() -> int:
     args = ap.parse_args()
     print(f"$ {' '.join(sys.argv)}")
     with NetnsPair("hb") as pair:
-        nginx = start_nginx(pair)
-        wrk(pair, 2, args.connections)  # warm up
+        work = pair.tmpdir / "nginx-bench"
+        server = f'server {{ listen {PORT}; location / {{ return 200 "hello world\\n"; }} }}'
+        nginx = start_nginx(pair, work, nginx_conf(work, f"{BENCH_HTTP}\n    {server}", events=1024), [PORT])
+        run_wrk(pair, 2, args.connections)  # warm up
         for conns in args.paced_connections:
             args.paced = conns
             measure(pair, nginx.pid, args, paced=True)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Plot pass/block rates over time under 10x overload: this project vs nginx ``limit_req``.
 
-usage: sudo .venv/bin/python bench/overload_plot.py [--threshold 100] [--overload 10] [--seconds 20]
+usage: sudo .venv/bin/python -m bench.overload_plot [--threshold 100] [--overload 10] [--seconds 20]
                                                     [--out bench/overload.png]
 
 Same setup and client as bench/accuracy_netns.py (imported from it): one nginx in a server namespace
@@ -30,13 +30,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import accuracy_netns as acc
-from netns import NetnsPair  # tests/integration, put on sys.path by accuracy_netns
-
+from bench import accuracy_netns as acc
 from sentinel_ebpf.inbound import InboundDataplane
 from sentinel_ebpf.rules import load_text
+from tests.support.netns import NetnsPair
 
 
 def series(run: acc.Run) -> tuple[list[float], list[int], list[int]]:
@@ -73,7 +70,7 @@ def main() -> None:
     t_ = args.threshold
     runs: list[acc.Run] = []
     with NetnsPair("ovl") as pair, InboundDataplane() as dp:
-        nginx, _ = acc.start_nginx(pair, t_)
+        nginx, _ = acc.start_limited_nginx(pair, t_)
         dp.apply(dp.compile(load_text(acc.RULES.format(port=acc.GUARDED, path=acc.PATH, t=t_))))
         with acc.in_netns(pair.server):
             dp.attach(pair.server_if)

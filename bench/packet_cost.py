@@ -1,6 +1,6 @@
 """Per-packet cost of the inbound ``tc_ingress`` program, measured with BPF_PROG_TEST_RUN.
 
-usage: sudo python bench/packet_cost.py [--repeat N] [--rounds R] [--no-netns] [--json]
+usage: sudo python -m bench.packet_cost [--repeat N] [--rounds R] [--no-netns] [--json]
 
 Each case loads a rule set into its own ``InboundDataplane`` (real clock, as attached), builds one frame
 and runs ``tc_ingress`` on it ``--repeat`` times per round (the kernel reports the average per run); the
@@ -48,17 +48,13 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "dataplane"))
-
-from packets import ACK, PSH, SYN, SYN_OPTIONS, http_request, http_response, tcp_frame
 
 from sentinel_ebpf._types import SentinelLimits
 from sentinel_ebpf.inbound import InboundDataplane
 from sentinel_ebpf.libbpf import BpfObject
 from sentinel_ebpf.objects import object_path
 from sentinel_ebpf.rules import load_text
+from tests.support.packets import ACK, PSH, SYN, SYN_OPTIONS, http_request, http_response, tcp_frame
 
 CLONE_NEWNET = 0x40000000
 HTTP_PORT = 8080

@@ -1,6 +1,6 @@
 """What the building blocks of the data plane cost on this machine, through BPF_PROG_TEST_RUN.
 
-usage: sudo .venv/bin/python bench/primitives.py [--repeat N] [--rounds R]
+usage: sudo .venv/bin/python -m bench.primitives [--repeat N] [--rounds R]
 
 One TC program per primitive (bench/primitives.bpf.c, compiled here with the project's build flags):
 a helper call (the clock, bpf_skb_load_bytes), an inlined array lookup with an atomic add or a per-CPU
@@ -20,13 +20,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "dataplane"))
-
-from _serverside import build_bench_object
-from packets import ACK, PSH, tcp_frame
-
+from bench._serverside import build_bench_object
 from sentinel_ebpf.libbpf import BpfObject
+from tests.support.packets import ACK, PSH, tcp_frame
 
 PROGRAMS = [
     "empty",

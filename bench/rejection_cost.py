@@ -1,11 +1,11 @@
 """Server-side CPU per rejected request under the same overload: eBPF vs nginx limit_req vs slowapi.
 
-usage: sudo flock /tmp/sentinel-bench.lock .venv/bin/python bench/rejection_cost.py
+usage: sudo flock /tmp/sentinel-bench.lock .venv/bin/python -m bench.rejection_cost
            [--threshold 100] [--seconds 10] [--rounds 5] [--connections 64]
            [--systems ebpf,ebpf-rst,ebpf-syn,nginx,python] [--loads keepalive,close]
        (needs the ``bench`` extra: ``.venv/bin/pip install -e '.[bench]'`` for uvicorn and slowapi)
 
-One client/server namespace pair (tests/integration/netns.py). The server side is pinned to CPU 1 (its
+One client/server namespace pair (tests/support/netns.py). The server side is pinned to CPU 1 (its
 processes by taskset, the server veth's receive path by RPS: softirq work for packets to the server,
 TC programs included, runs there) and its processes run in a cgroup v2 of their own; wrk (closed loop,
 ``--connections`` connections, 2 threads) and the client veth's receive path are on CPU 0
@@ -58,9 +58,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _serverside import (
+from bench._serverside import (
     CLIENT_CPU,
     SERVER_CPU,
     Cgroup,
@@ -68,16 +66,14 @@ from _serverside import (
     idle_busy,
     in_netns,
     measured,
-    nginx_conf,
-    pin,
     set_rps,
-    start_nginx,
-    wrk,
 )
-from netns import NetnsPair
-
 from sentinel_ebpf.inbound import InboundDataplane
 from sentinel_ebpf.rules import load_text
+from tests.support.netns import NetnsPair
+from tests.support.nginx import BENCH_HTTP, nginx_conf, start_nginx
+from tests.support.procstat import pin
+from tests.support.wrk import wrk
 
 EBPF_PORT, NGINX_PORT, PY_PORT = 8080, 8081, 8082
 PATH = "/static/small.txt"
@@ -114,7 +110,8 @@ def start_servers(pair: NetnsPair, args: argparse.Namespace, server: Cgroup) -> 
         location / {{ limit_req zone=bench nodelay; limit_req_status 429; root {work}/www; }}
     }}
 """
-    start_nginx(pair, work, nginx_conf(work, 1, 8192, body), [EBPF_PORT, NGINX_PORT], SERVER_CPU, server)
+    conf = nginx_conf(work, f"{BENCH_HTTP}\n    {body}", events=8192, master=True)
+    start_nginx(pair, work, conf, [EBPF_PORT, NGINX_PORT], cpu=SERVER_CPU, preexec_fn=server.join)
     if "python" in args.systems:
         env = {**os.environ, "BENCH_LIMIT": f"{args.threshold}/second"}
         proc = pair.popen(
@@ -156,7 +153,16 @@ def run_once(
     res, cpu = measured(
         server,
         client,
-        lambda: wrk(pair, url, args.seconds, args.connections, 2, CLIENT_CPU, cgroup=client, headers=headers),
+        lambda: wrk(
+            pair,
+            url,
+            args.seconds,
+            args.connections,
+            2,
+            cpu=CLIENT_CPU,
+            preexec_fn=client.join,
+            headers=headers,
+        ),
         meter,
     )
     out: dict[str, Any] = {"system": system, "load": load, "requests": res.requests, "seconds": res.seconds}
@@ -209,7 +215,7 @@ def run_cases(
     client: Cgroup,
 ) -> list[dict[str, Any]]:
     for port in (EBPF_PORT, NGINX_PORT, *((PY_PORT,) if "python" in args.systems else ())):  # warm up
-        wrk(pair, f"http://{pair.server_ip}:{port}{PATH}", 2, args.connections, 2, CLIENT_CPU)
+        wrk(pair, f"http://{pair.server_ip}:{port}{PATH}", 2, args.connections, 2, cpu=CLIENT_CPU)
     cases = [
         (s, ld) for ld in args.loads for s in args.systems if not (s == "ebpf-syn" and ld == "keepalive")
     ]

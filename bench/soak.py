@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Soak: minutes of full load against the daemon with flow and hotspot rules; does anything grow?
 
-usage: sudo .venv/bin/python bench/soak.py [--minutes 10] [--interval 5] [--connections 32]
+usage: sudo .venv/bin/python -m bench.soak [--minutes 10] [--interval 5] [--connections 32]
 
 nginx (one worker, keep-alive, ``return 200``) in a server namespace; ``sentinel-ebpf run`` on the server
 veth (metric log, Prometheus, control socket on) with
@@ -31,9 +31,7 @@ import ctypes
 import errno
 import json
 import os
-import re
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -42,17 +40,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _procstat import bpf_map_fds, cpu_seconds, open_fds, status_kib  # noqa: E402
-from _serverside import nginx_conf  # noqa: E402
-
-from integration.daemon_helpers import Daemon  # noqa: E402
-from integration.netns import NetnsPair  # noqa: E402
-from sentinel_ebpf.libbpf import _lib  # noqa: E402
-from sentinel_ebpf.libbpf.maps import Map  # noqa: E402
+from sentinel_ebpf.libbpf import _lib
+from sentinel_ebpf.libbpf.maps import Map
+from tests.support.daemon_helpers import Daemon
+from tests.support.netns import NetnsPair
+from tests.support.nginx import BENCH_HTTP, nginx_conf, start_nginx
+from tests.support.procstat import bpf_map_fds, cpu_seconds, open_fds, status_kib
+from tests.support.wrk import WrkResult, parse_wrk
 
 PORT = 8080
 LUA = Path(__file__).with_name("_soak.lua")
@@ -74,18 +68,6 @@ hotSpotParamRules:
   - {{resource: item, paramKey: "query:uid", metricType: 1, threshold: 5, durationInSec: 1,
      paramsMaxCapacity: 100000}}
 """
-
-
-def start_nginx(pair: NetnsPair) -> subprocess.Popen[Any]:
-    work = pair.tmpdir / "nginx-soak"
-    work.mkdir(parents=True)
-    server = f'server {{ listen {PORT} backlog=4096; location / {{ return 200 "ok\\n"; }} }}'
-    (work / "nginx.conf").write_text(nginx_conf(work, 1, 4096, server, master=False))
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    proc = pair.popen(pair.server, nginx, "-p", str(work), "-c", str(work / "nginx.conf"), "-g", "daemon off;",
-                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    pair.wait_listening(pair.server, PORT, proc)
-    return proc
 
 
 class MapCounter:
@@ -161,21 +143,6 @@ class Sample:
     memlock: dict[int, int] = field(default_factory=dict)
 
 
-def parse_wrk(out: str) -> dict[str, float]:
-    m = re.search(r"(\d+) requests in ([\d.]+)(ms|s|m)\b", out)
-    if not m:
-        raise RuntimeError(f"wrk output not understood:\n{out}")
-    seconds = float(m.group(2)) * {"ms": 0.001, "s": 1, "m": 60}[m.group(3)]
-    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {
-        "requests": int(m.group(1)),
-        "seconds": seconds,
-        "socket_errors": sum(int(g) for g in errors.groups()) if errors else 0,
-        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
-    }
-
-
 @contextlib.contextmanager
 def opened_maps(pid: int) -> Iterator[dict[int, MapCounter]]:
     maps = {mid: MapCounter(mid, info) for mid, info in sorted(bpf_map_fds(pid).items())}
@@ -199,7 +166,9 @@ def main() -> None:
     warmup = min(WARMUP_S, seconds / 4)
     samples: list[Sample] = []
     with NetnsPair("soak") as pair:
-        nginx = start_nginx(pair)
+        work = pair.tmpdir / "nginx-soak"
+        server = f'server {{ listen {PORT} backlog=4096; location / {{ return 200 "ok\\n"; }} }}'
+        nginx = start_nginx(pair, work, nginx_conf(work, f"{BENCH_HTTP}\n    {server}", events=4096), [PORT])
         daemon = Daemon(pair, RULES)
         pid = daemon.proc.pid
         try:
@@ -246,7 +215,7 @@ def report(
     samples: list[Sample],
     maps: dict[int, MapCounter],
     warmup: float,
-    wrk: dict[str, float],
+    wrk: WrkResult,
     stats: dict[str, Any],
     nginx_pid: int,
 ) -> None:
@@ -256,9 +225,9 @@ def report(
     base = next((s for s in samples if s.t >= warmup), samples[-1])
     last = samples[-1]
     problems = []
-    print(f"\nload: {wrk['requests']:.0f} requests in {wrk['seconds']:.0f} s = "
-          f"{wrk['requests'] / wrk['seconds']:,.0f}/s (non-2xx {wrk['non_2xx']:.0f}: the kernel's 429s; "
-          f"socket errors {wrk['socket_errors']:.0f})")  # fmt: skip
+    print(f"\nload: {wrk.requests} requests in {wrk.seconds:.0f} s = "
+          f"{wrk.rps:,.0f}/s (non-2xx {wrk.non2xx}: the kernel's 429s; "
+          f"socket errors {wrk.socket_error_count})")  # fmt: skip
     for name, r in stats["resources"].items():
         print(f"  {name}: pass {r['pass']:,} block {r['block']:,} {r['block_by_type']}")
     print(f"  data plane counters: {stats.get('dataplane')}")

@@ -1,9 +1,9 @@
 """Throughput with the inbound data plane attached vs without it: wrk against nginx, interleaved runs.
 
-usage: sudo flock /tmp/sentinel-bench.lock .venv/bin/python bench/throughput.py
+usage: sudo flock /tmp/sentinel-bench.lock .venv/bin/python -m bench.throughput
            [--seconds 5] [--rounds 10] [--stats-rounds 3] [--connections 32] [--workers 1] [--others 300]
 
-One client/server namespace pair (tests/integration/netns.py). nginx (``--workers`` workers, keep-alive,
+One client/server namespace pair (tests/support/netns.py). nginx (``--workers`` workers, keep-alive,
 a static 12-byte file, access log off) in the server namespace; wrk (2 threads, ``--connections``
 keep-alive connections, closed loop) in the client namespace. Server processes are pinned to CPU 1 and
 the server veth's receive path to CPU 1 by RPS; wrk and the client veth's receive path to CPU 0
@@ -38,12 +38,9 @@ import shlex
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _serverside import (
+from bench._serverside import (
     CLIENT_CPU,
     SERVER_CPU,
     Cgroup,
@@ -54,15 +51,13 @@ from _serverside import (
     fdinfo,
     in_netns,
     measured,
-    nginx_conf,
     set_rps,
-    start_nginx,
-    wrk,
 )
-from netns import NetnsPair
-
 from sentinel_ebpf.inbound import InboundDataplane
 from sentinel_ebpf.rules import load_text
+from tests.support.netns import NetnsPair
+from tests.support.nginx import BENCH_HTTP, nginx_conf, start_nginx
+from tests.support.wrk import wrk
 
 PORT, OTHER_PORT = 8080, 9090
 PATH = "/static/small.txt"
@@ -105,7 +100,10 @@ def run_once(
     before = {name: fdinfo(fd) for name, fd in progs.items()}
     url = f"http://{pair.server_ip}:{PORT}{PATH}"
     res, cpu = measured(
-        server, None, lambda: wrk(pair, url, args.seconds, args.connections, args.threads, CLIENT_CPU), meter
+        server,
+        None,
+        lambda: wrk(pair, url, args.seconds, args.connections, args.threads, cpu=CLIENT_CPU),
+        meter,
     )
     after = {name: fdinfo(fd) for name, fd in progs.items()}
     if res.non2xx or res.socket_errors:
@@ -225,13 +223,14 @@ def measure_all(
     (work / "www" / "static").mkdir(parents=True)
     (work / "www" / "static" / "small.txt").write_text("hello world\n")
     body = f"server {{ listen {PORT} backlog=4096; location / {{ root {work}/www; }} }}"
-    start_nginx(pair, work, nginx_conf(work, args.workers, 4096, body), [PORT], SERVER_CPU, server)
+    conf = nginx_conf(work, f"{BENCH_HTTP}\n    {body}", workers=args.workers, events=4096, master=True)
+    start_nginx(pair, work, conf, [PORT], cpu=SERVER_CPU, preexec_fn=server.join)
     p0 = CpuSample.take()
     time.sleep(2)
     p1 = CpuSample.take()
     print(f"background before the runs: server CPU {p0.busy_s(p1, SERVER_CPU) / 2:.2f}, client CPU "
           f"{p0.busy_s(p1, CLIENT_CPU) / 2:.2f} busy")  # fmt: skip
-    wrk(pair, f"http://{pair.server_ip}:{PORT}{PATH}", 2, args.connections, args.threads, CLIENT_CPU)
+    wrk(pair, f"http://{pair.server_ip}:{PORT}{PATH}", 2, args.connections, args.threads, cpu=CLIENT_CPU)
     meter = SoftirqMeter(SERVER_CPU, server, pair.tmpdir)
     try:
         runs = rounds(pair, dps, meter, args, server, args.rounds)

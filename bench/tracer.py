@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Connection tracer: connects per second traced with nothing lost, counted against bcc's tcpstates.
 
-usage: sudo .venv/bin/python bench/tracer.py [--connections 20000] [--procs 2] [--rates 5000,max]
+usage: sudo .venv/bin/python -m bench.tracer [--connections 20000] [--procs 2] [--rates 5000,max]
 
-A client/server namespace pair (tests/integration/netns.py). In the server namespace bench/_conns.py
+A client/server namespace pair (tests/support/netns.py). In the server namespace bench/_conns.py
 accepts and closes; in the client namespace ``--procs`` processes of bench/_conns.py open
 ``--connections`` connections in all (each closed at once with a RST), at each total rate of
 ``--rates`` connections per second (``max``: as fast as they can). Two tracers run at once in the host
@@ -38,14 +38,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _procstat import cpu_seconds  # noqa: E402
-
-from integration.background import sentinel_cli  # noqa: E402
-from integration.netns import NetnsPair  # noqa: E402
+from tests.support.background import sentinel_cli
+from tests.support.netns import NetnsPair
+from tests.support.procstat import cpu_seconds
 
 CONNS = Path(__file__).with_name("_conns.py")
 TRACEFS = Path("/sys/kernel/tracing")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Remove what an earlier, killed test run of THIS checkout left on the machine, by this project's naming
-# (tests/integration/netns.py, the cgroup fixtures, `sentinel-ebpf down`):
+# (tests/support/netns.py, the cgroup fixtures, `sentinel-ebpf down`):
 #   1. processes running this checkout's .venv (test daemons, tracers, servers, an orphaned pytest):
 #      SIGTERM (daemons detach themselves), SIGKILL after 5 s;
 #   2. network namespaces  <tag>-<pid hex><4 hex>-client|server  whose creating pid is gone (the processes

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import pytest
-from packets import ACK, PSH, TC_ACT_OK, http_request, http_response, tcp_frame
 
 from sentinel_ebpf._maps import InboundRodata
 from sentinel_ebpf._types import SentinelLimits
@@ -13,6 +12,7 @@ from sentinel_ebpf.errors import SentinelError
 from sentinel_ebpf.inbound import InboundDataplane, compile_inbound
 from sentinel_ebpf.libbpf import program_id, program_maps
 from sentinel_ebpf.rules import load_text
+from tests.support.packets import ACK, PSH, TC_ACT_OK, http_request, http_response, tcp_frame
 
 pytestmark = pytest.mark.kernel("inbound")
 

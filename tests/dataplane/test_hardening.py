@@ -11,11 +11,22 @@ import struct
 from collections.abc import Iterator
 
 import pytest
-from packets import ACK, FIN, PSH, RST, SYN, TC_ACT_OK, TC_ACT_SHOT, http_request, http_response, tcp_frame
 from test_inbound import CLIENT, SERVER, T0_MS, Harness, rules
 
 from sentinel_ebpf.inbound import InboundDataplane
 from sentinel_ebpf.stats import ResourceStats
+from tests.support.packets import (
+    ACK,
+    FIN,
+    PSH,
+    RST,
+    SYN,
+    TC_ACT_OK,
+    TC_ACT_SHOT,
+    http_request,
+    http_response,
+    tcp_frame,
+)
 
 pytestmark = pytest.mark.kernel
 

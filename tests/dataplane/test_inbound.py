@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from packets import (
+
+from sentinel_ebpf._types import Inflight, PortSlots
+from sentinel_ebpf.errors import BpfError
+from sentinel_ebpf.inbound import CompileError, InboundDataplane, compile_inbound
+from sentinel_ebpf.model.clock import ManualClock
+from sentinel_ebpf.model.sentinel import Sentinel
+from sentinel_ebpf.rules import RuleSet, load_text
+from tests.support.packets import (
     ACK,
     FIN,
     PSH,
@@ -18,13 +25,6 @@ from packets import (
     parse_frame,
     tcp_frame,
 )
-
-from sentinel_ebpf._types import Inflight, PortSlots
-from sentinel_ebpf.errors import BpfError
-from sentinel_ebpf.inbound import CompileError, InboundDataplane, compile_inbound
-from sentinel_ebpf.model.clock import ManualClock
-from sentinel_ebpf.model.sentinel import Sentinel
-from sentinel_ebpf.rules import RuleSet, load_text
 
 pytestmark = pytest.mark.kernel
 

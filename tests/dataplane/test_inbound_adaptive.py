@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from packets import SYN, TC_ACT_OK, tcp_frame
 
 from sentinel_ebpf.inbound import InboundDataplane
 from sentinel_ebpf.model.clock import ManualClock
 from sentinel_ebpf.model.sentinel import Sentinel
 from sentinel_ebpf.model.system import SystemMetrics
 from sentinel_ebpf.rules import load_text
+from tests.support.packets import SYN, TC_ACT_OK, tcp_frame
 
 pytestmark = pytest.mark.kernel
 T0_MS = 1_700_000_000_000

@@ -6,12 +6,12 @@ from __future__ import annotations
 import random
 
 import pytest
-from packets import ACK, PSH, TC_ACT_OK, http_request, http_response, tcp_frame
 
 from sentinel_ebpf.inbound import InboundDataplane
 from sentinel_ebpf.model.clock import ManualClock
 from sentinel_ebpf.model.sentinel import Entry, Sentinel
 from sentinel_ebpf.rules import load_text
+from tests.support.packets import ACK, PSH, TC_ACT_OK, http_request, http_response, tcp_frame
 
 pytestmark = pytest.mark.kernel
 T0_MS = 1_700_000_000_000

@@ -14,7 +14,11 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from packets import (
+
+from sentinel_ebpf.inbound import InboundDataplane
+from sentinel_ebpf.rules import RuleSet, load_text
+from sentinel_ebpf.rules.target import normalize_target
+from tests.support.packets import (
     ACK,
     FIN,
     PSH,
@@ -27,10 +31,6 @@ from packets import (
     parse_frame,
     tcp_frame,
 )
-
-from sentinel_ebpf.inbound import InboundDataplane
-from sentinel_ebpf.rules import RuleSet, load_text
-from sentinel_ebpf.rules.target import normalize_target
 
 pytestmark = pytest.mark.kernel("inbound")
 
@@ -415,11 +415,16 @@ def test_a_dropped_request_sent_again_is_dropped_again_not_judged(dp: InboundDat
     assert (st.passed, st.blocked) == (1, 1)
     assert dp.port_counters(8080)["refused_again"] == 2
     assert passed_unjudged(dp, REQUEST, sport=40003, seq=1000), "the window was open for other requests"
-    # the connection ends: its place is forgotten (a new connection on the same ports is judged)
-    assert send(dp, b"", flags=FIN | ACK, sport=40002, seq=5000)[0] == TC_ACT_OK
+    # the client closes (curl gave up): its stack still sends the refused bytes, which stay refused
+    assert send(dp, b"", flags=FIN | ACK, sport=40002, seq=5000 + len(REQUEST))[0] == TC_ACT_OK
     dp.set_clock_ns(T0_NS + 3_000_000_000)
+    assert send(dp, REQUEST, flags=FIN | PSH | ACK, sport=40002, seq=5000)[0] == TC_ACT_SHOT
+    # a reset ends the connection: its place is forgotten (a new connection on the same ports is judged)
+    assert send(dp, b"", flags=RST | ACK, sport=40002, seq=5000)[0] == TC_ACT_OK
     assert passed_unjudged(dp, REQUEST, sport=40002, seq=5000)
-    assert dp.resource_stats()[0].passed == 3
+    st = dp.resource_stats()[0]
+    assert (st.passed, st.blocked) == (3, 1)
+    assert dp.port_counters(8080)["refused_again"] == 3
 
 
 def gso_ctx(segs: int) -> bytes:

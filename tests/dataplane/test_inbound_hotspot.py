@@ -5,12 +5,12 @@ from __future__ import annotations
 import random
 
 import pytest
-from packets import ACK, PSH, SYN, TC_ACT_OK, http_response, tcp_frame
 
 from sentinel_ebpf.inbound import InboundDataplane
 from sentinel_ebpf.model.clock import ManualClock
 from sentinel_ebpf.model.sentinel import Entry, Sentinel
 from sentinel_ebpf.rules import RulesError, load_text
+from tests.support.packets import ACK, PSH, SYN, TC_ACT_OK, http_response, tcp_frame
 
 pytestmark = pytest.mark.kernel
 T0_MS = 1_700_000_000_000

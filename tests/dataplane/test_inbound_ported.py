@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from packets import ACK, PSH, SYN, TC_ACT_OK, http_request, http_response, tcp_frame
 
 from sentinel_ebpf.inbound import InboundDataplane
 from sentinel_ebpf.rules import load_text
+from tests.support.packets import ACK, PSH, SYN, TC_ACT_OK, http_request, http_response, tcp_frame
 
 pytestmark = pytest.mark.kernel
 CLIENT, SERVER = "127.0.0.2", "127.0.0.1"

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from packets import ACK, PSH, TC_ACT_OK, tcp_frame
 
 from sentinel_ebpf.errors import BpfKeyError
 from sentinel_ebpf.inbound import InboundDataplane
 from sentinel_ebpf.inbound.dataplane import PORTS_MAX
 from sentinel_ebpf.rules import load_text
+from tests.support.packets import ACK, PSH, TC_ACT_OK, tcp_frame
 
 pytestmark = pytest.mark.kernel
 KEPT_PORT = 8080

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from .background import LineProcess
-from .netns import NetnsPair, Server
+from tests.support.background import LineProcess
+from tests.support.netns import NetnsPair, Server
+from tests.support.nginx import hello_nginx
 
 TCPCLIENT = Path(__file__).with_name("tcpclient.py")
 
@@ -51,7 +52,7 @@ def nginx_server(netns_pair: NetnsPair) -> Server:
     """nginx on port 8080 (IPv4 and IPv6), one process, in the server namespace."""
     if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
         pytest.skip("nginx is not installed (apt-get install nginx-light)")
-    return netns_pair.start_nginx(8080)
+    return hello_nginx(netns_pair, 8080)
 
 
 @pytest.fixture

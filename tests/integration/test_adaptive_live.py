@@ -28,9 +28,9 @@ from sentinel_ebpf.model.clock import ManualClock
 from sentinel_ebpf.model.sentinel import Sentinel
 from sentinel_ebpf.model.system import SystemMetrics
 from sentinel_ebpf.rules import load_text
-
-from .daemon_helpers import Daemon
-from .netns import NetnsPair
+from tests.support.daemon_helpers import Daemon
+from tests.support.netns import NetnsPair
+from tests.support.nginx import hello_nginx
 
 pytestmark = pytest.mark.kernel
 ARRIVALS = Path(__file__).with_name("arrivals.py")
@@ -181,7 +181,7 @@ class Run:
 def live_run(pair: NetnsPair, rules: str, busy: bool = False, memory: bool = False,
              stall: tuple[float, float] | None = None) -> tuple[Run, Stalls | None]:  # fmt: skip
     """A cold start under overload: the client's arrivals with the kernel's and the model's verdicts."""
-    pair.start_nginx(8000)
+    hello_nginx(pair, 8000)
     d = Daemon(pair, rules)
     stalls = None
     try:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from .daemon_helpers import Daemon
-from .netns import NetnsPair
+from tests.support.daemon_helpers import Daemon
+from tests.support.netns import NetnsPair
 
 pytestmark = pytest.mark.kernel
 FLAKY = Path(__file__).with_name("flakyserver.py")

@@ -17,10 +17,10 @@ import pytest
 
 from sentinel_ebpf.cluster.registry import RedisNodes
 from sentinel_ebpf.dashboard.fleet import fleet_view
-
-from .daemon_helpers import Daemon
-from .netns import NetnsPair
-from .redisserver import RedisServer, require_redis
+from tests.support.daemon_helpers import Daemon
+from tests.support.netns import NetnsPair
+from tests.support.nginx import hello_nginx
+from tests.support.redisserver import RedisServer, require_redis
 
 pytestmark = pytest.mark.kernel
 LOAD = Path(__file__).with_name("httpload.py")
@@ -77,7 +77,7 @@ def fleet(request: pytest.FixtureRequest) -> Iterator[tuple[RedisServer, list[No
         nodes = []
         for _ in range(3):
             pair = stack.enter_context(NetnsPair())
-            pair.start_nginx(8080)
+            hello_nginx(pair, 8080)
             daemon = Daemon(pair, RULES, "--cluster", redis.url, "--app", app)
             stack.callback(daemon.close)
             nodes.append(Node(pair, daemon))
@@ -155,7 +155,7 @@ def test_redis_stopped_then_back(fleet: tuple[RedisServer, list[Node]]) -> None:
 def test_without_fallback_the_rules_requests_pass_while_redis_is_away(fresh_netns_pair: NetnsPair) -> None:
     require_redis()
     pair = fresh_netns_pair
-    pair.start_nginx(8080)
+    hello_nginx(pair, 8080)
     rules = RULES.replace("fallbackToLocalWhenFail: true", "fallbackToLocalWhenFail: false")
     with RedisServer() as redis:
         # a lease call on this busy machine may take more than the default 50 ms; without fallback a slow

@@ -15,10 +15,9 @@ from collections.abc import Iterator
 import pytest
 
 from sentinel_ebpf.inbound.dataplane import TC_PRIORITY
-
-from .background import sentinel_cli
-from .daemon_helpers import LOAD, Daemon, load
-from .netns import CLEAN_ENV, NetnsPair
+from tests.support.background import sentinel_cli
+from tests.support.daemon_helpers import LOAD, Daemon, load
+from tests.support.netns import CLEAN_ENV, NetnsPair
 
 pytestmark = pytest.mark.kernel
 RULES = """

@@ -22,11 +22,10 @@ import pytest
 
 from sentinel_ebpf.daemon import request
 from sentinel_ebpf.stats import STALE_MS
-
-from .background import sentinel_cli
-from .daemon_helpers import LOAD, Daemon, load
-from .etcd_server import EtcdServer
-from .netns import NetnsPair
+from tests.support.background import sentinel_cli
+from tests.support.daemon_helpers import LOAD, Daemon, load
+from tests.support.etcd_server import EtcdServer
+from tests.support.netns import NetnsPair
 
 pytestmark = pytest.mark.kernel
 KEY = "/sentinel/rules"

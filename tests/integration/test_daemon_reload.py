@@ -11,9 +11,8 @@ from collections.abc import Iterator
 import pytest
 
 from sentinel_ebpf.daemon import request
-
-from .daemon_helpers import Daemon, load
-from .netns import NetnsPair
+from tests.support.daemon_helpers import Daemon, load
+from tests.support.netns import NetnsPair
 
 pytestmark = pytest.mark.kernel
 RULES = """

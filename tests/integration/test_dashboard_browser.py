@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from .background import LineProcess, sentinel_cli
-from .daemon_helpers import LOAD, Daemon, load
-from .netns import NetnsPair
+from tests.support.background import LineProcess, sentinel_cli
+from tests.support.daemon_helpers import LOAD, Daemon, load
+from tests.support.netns import NetnsPair
 
 pytestmark = pytest.mark.kernel
 FLAKY = Path(__file__).with_name("flakyserver.py")

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from .daemon_helpers import Daemon
-from .netns import NetnsPair
+from tests.support.daemon_helpers import Daemon
+from tests.support.netns import NetnsPair
+from tests.support.nginx import hello_nginx
 
 pytestmark = pytest.mark.kernel
 RULES = """
@@ -38,7 +39,7 @@ def test_refused_first_requests_never_become_connections(
     pair = fresh_netns_pair
     if cookies:  # every SYN answered with a cookie, no handshake kept: as under a SYN flood
         pair.run(pair.server, "sysctl", "-qw", "net.ipv4.tcp_syncookies=2", check=True)
-    nginx = pair.start_nginx(8080)
+    nginx = hello_nginx(pair, 8080)
     d = Daemon(pair, RULES + ("reject: {deferAccept: true}\n" if defer else ""))
     try:
         url = f"http://{pair.server_ip}:8080"

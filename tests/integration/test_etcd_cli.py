@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from .background import sentinel_cli
-from .etcd_server import EtcdServer, free_port
-from .netns import CLEAN_ENV
+from tests.support.background import sentinel_cli
+from tests.support.etcd_server import EtcdServer, free_port
+from tests.support.netns import CLEAN_ENV
 
 KEY = "/sentinel/rules"
 GOOD = """resources:

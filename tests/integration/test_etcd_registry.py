@@ -16,8 +16,7 @@ from sentinel_ebpf.sources.etcd import EtcdClient
 from sentinel_ebpf.sources.etcd_registry import EtcdNodes, EtcdRegistrar, nodes_prefix
 from sentinel_ebpf.sources.url import parse_etcd_url
 from sentinel_ebpf.stats import STALE_MS, NodeRecord
-
-from .etcd_server import EtcdServer
+from tests.support.etcd_server import EtcdServer
 
 KEY = "/sentinel/rules"
 

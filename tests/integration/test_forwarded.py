@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from .daemon_helpers import Daemon
-from .netns import NetnsPair
+from tests.support.daemon_helpers import Daemon
+from tests.support.netns import NetnsPair
 
 pytestmark = pytest.mark.kernel
 PORT = 8000

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from .daemon_helpers import Daemon
-from .netns import NetnsPair, Server
+from tests.support.daemon_helpers import Daemon
+from tests.support.netns import NetnsPair, Server
+from tests.support.nginx import hello_nginx
 
 pytestmark = pytest.mark.kernel
 CLIENT = Path(__file__).with_name("framingclient.py")
@@ -32,7 +33,7 @@ TAIL = b" HTTP/1.1\r\nHost: svc\r\n\r\n"
 @pytest.fixture(scope="module")
 def guarded() -> Iterator[tuple[NetnsPair, Server, Daemon]]:
     with NetnsPair("fr") as pair:
-        nginx = pair.start_nginx(8080)
+        nginx = hello_nginx(pair, 8080)
         daemon = Daemon(pair, RULES)
         try:
             yield pair, nginx, daemon

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .netns import NetnsPair
+from tests.support.netns import NetnsPair
 
 pytestmark = pytest.mark.kernel
 HERE = Path(__file__).parent

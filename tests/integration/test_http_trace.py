@@ -23,8 +23,9 @@ from typing import Any
 
 import pytest
 
-from .background import LineProcess, sentinel_cli
-from .netns import NetnsPair, Server
+from tests.support.background import LineProcess, sentinel_cli
+from tests.support.netns import NetnsPair, Server
+from tests.support.nginx import nginx_conf, start_nginx
 
 pytestmark = pytest.mark.kernel("httptrace")
 
@@ -55,24 +56,12 @@ def make_cert(dir: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-def start_nginx(pair: NetnsPair, cert: Path, key: Path) -> Server:
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+def start_tls_nginx(pair: NetnsPair, cert: Path, key: Path) -> Server:
     work = pair.tmpdir / "nginx-http-trace"
     (work / "www" / "static").mkdir(parents=True)
     (work / "www" / "static" / "big.bin").write_bytes(bytes(i % 253 for i in range(BIG)))
-    temp = " ".join(
-        f"{k}_temp_path {work}/{k};" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    (work / "nginx.conf").write_text(f"""
-worker_processes 1;
-master_process off;
-pid {work}/nginx.pid;
-error_log {work}/server.log info;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
+    body = f"""access_log off;
     sendfile on;
-    {temp}
     server {{
         listen {NGINX_HTTP};
         listen {NGINX_TLS} ssl;
@@ -80,17 +69,8 @@ http {{
         ssl_certificate_key {key};
         root {work}/www;
         location = /hello {{ return 200 "hello from nginx\\n"; }}
-    }}
-}}
-""")
-    proc = pair.popen(
-        pair.server, nginx, "-e", str(work / "server.log"), "-p", str(work), "-c", str(work / "nginx.conf"),
-        "-g", "daemon off;", stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    server = Server("nginx", proc, pair.server, NGINX_TLS, work)
-    pair.wait_listening(pair.server, NGINX_HTTP, proc)
-    pair.wait_listening(pair.server, NGINX_TLS, proc)
-    return server
+    }}"""
+    return start_nginx(pair, work, nginx_conf(work, body, log_level="info"), [NGINX_TLS, NGINX_HTTP])
 
 
 def curl(pair: NetnsPair, sc: Scenario, path: str, data_file: Path | None = None) -> None:
@@ -129,7 +109,7 @@ def traced() -> Iterator[tuple[NetnsPair, list[Scenario], list[dict[str, Any]], 
         pytest.skip("openssl and curl are needed (scripts/setup.sh installs them)")
     with NetnsPair("ht") as pair:
         cert, key = make_cert(pair.tmpdir)
-        start_nginx(pair, cert, key)
+        start_tls_nginx(pair, cert, key)
         echo = pair.popen(
             pair.server, sys.executable, str(HERE / "httpechoserver.py"), str(PY_HTTP), str(PY_TLS),
             str(cert), str(key), stdin=subprocess.DEVNULL,

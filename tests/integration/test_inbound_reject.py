@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from .background import LineProcess
-from .netns import NetnsPair
+from tests.support.background import LineProcess
+from tests.support.netns import NetnsPair
 
 pytestmark = pytest.mark.kernel
 SERVER = Path(__file__).with_name("guarded_server.py")

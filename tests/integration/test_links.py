@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from .background import sentinel_cli
-from .daemon_helpers import Daemon
-from .netns import IP, NetnsPair, _reserve_subnet, _run, unique_token
+from tests.support.background import sentinel_cli
+from tests.support.daemon_helpers import Daemon
+from tests.support.netns import IP, NetnsPair, _reserve_subnet, _run, unique_token
 
 pytestmark = pytest.mark.kernel
 RULES = """

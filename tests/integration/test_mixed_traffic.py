@@ -25,8 +25,9 @@ from typing import Any
 
 import pytest
 
-from .daemon_helpers import Daemon
-from .netns import NetnsPair, Server
+from tests.support.daemon_helpers import Daemon
+from tests.support.netns import NetnsPair, Server
+from tests.support.nginx import hello_nginx
 
 pytestmark = pytest.mark.kernel
 HERE = Path(__file__).parent
@@ -79,7 +80,7 @@ def test_legitimate_clients_are_admitted_among_hostile_ones_and_nothing_leaks(
     fresh_netns_pair: NetnsPair, seed: int
 ) -> None:
     pair = fresh_netns_pair
-    nginx = pair.start_nginx(PORT)
+    nginx = hello_nginx(pair, PORT)
     daemon = Daemon(pair, RULES)
     spoofed = f"10.200.{pair.subnet}.77"  # nobody answers ARP for it
     try:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .netns import IFNAMSIZ, NetnsError, NetnsPair
+from tests.support.netns import IFNAMSIZ, NetnsError, NetnsPair
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
 

@@ -19,8 +19,7 @@ import pytest
 from sentinel_ebpf.host import cgroup2_mount
 from sentinel_ebpf.inbound import InboundDataplane
 from sentinel_ebpf.rules import load_text
-
-from .netns import NetnsPair
+from tests.support.netns import NetnsPair
 
 pytestmark = pytest.mark.kernel
 CLIENT = Path(__file__).with_name("outclient.py")

@@ -3,15 +3,15 @@ request (a limit, an open circuit) gets an immediate `503` built in the kernel, 
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from .daemon_helpers import Daemon
-from .netns import NetnsPair
+from tests.support.daemon_helpers import Daemon
+from tests.support.netns import NetnsPair
+from tests.support.wrk import wrk
 
 pytestmark = pytest.mark.kernel
 FLAKY = Path(__file__).with_name("flakyserver.py")
@@ -112,10 +112,8 @@ circuitBreakerRules:
         # a Python requests client and wrk see the same
         out = pair.run(pair.client, sys.executable, "-c", REQUESTS_CLIENT, url).stdout.split()
         assert out[0] == "503" and float(out[1]) < 1.0, out
-        wrk = pair.run(pair.client, "wrk", "-t1", "-c2", "-d1s", url, timeout=30).stdout
-        total = int(re.search(r"(\d+) requests in", wrk).group(1))  # type: ignore[union-attr]
-        non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", wrk)
-        assert total > 50 and non2xx is not None and int(non2xx.group(1)) == total, wrk
+        load = wrk(pair, url, 1, 2, threads=1)
+        assert load.requests > 50 and load.non2xx == load.requests, load.output
         assert backend_requests(mode) == seen
         assert time.monotonic() < opened + RETRY_MS / 1000, "the refused phase outlasted the retry timeout"
         mode.write_text("ok")

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from .daemon_helpers import Daemon
-from .netns import NetnsPair
+from tests.support.daemon_helpers import Daemon
+from tests.support.netns import NetnsPair
+
 from .test_http_trace import make_cert
 
 pytestmark = pytest.mark.kernel

@@ -26,9 +26,10 @@ from typing import Any
 
 import pytest
 
-from .background import LineProcess, sentinel_cli
+from tests.support.background import LineProcess, sentinel_cli
+from tests.support.netns import NetnsPair, Server
+
 from .conftest import TCPCLIENT
-from .netns import NetnsPair, Server
 
 pytestmark = pytest.mark.kernel("tcptrace")
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import os
 import random
-import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,14 +24,21 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dataplane"))
-
-from packets import ACK, FIN, PSH, SYN, TC_ACT_OK, TC_ACT_SHOT, http_request, http_response, tcp_frame
-
 from sentinel_ebpf.daemon.reload import reload_rules
 from sentinel_ebpf.errors import BpfError
 from sentinel_ebpf.inbound import InboundDataplane
 from sentinel_ebpf.rules import load_text
+from tests.support.packets import (
+    ACK,
+    FIN,
+    PSH,
+    SYN,
+    TC_ACT_OK,
+    TC_ACT_SHOT,
+    http_request,
+    http_response,
+    tcp_frame,
+)
 
 pytestmark = pytest.mark.kernel
 

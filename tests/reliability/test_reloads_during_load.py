@@ -11,20 +11,17 @@ across reloads and must equal what nginx answered.
 from __future__ import annotations
 
 import itertools
-import re
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from integration.daemon_helpers import Daemon
-from integration.netns import NetnsPair
 from sentinel_ebpf.daemon import request
+from tests.support.daemon_helpers import Daemon
+from tests.support.netns import NetnsPair
+from tests.support.nginx import hello_nginx
+from tests.support.wrk import parse_wrk
 
 pytestmark = pytest.mark.kernel
 
@@ -54,7 +51,7 @@ WRK_MAX_S = 300  # wrk runs until the reloads are done (stopped with SIGINT); th
 
 def test_100_reloads_during_load_fail_no_request() -> None:
     with NetnsPair("rl") as pair:
-        pair.start_nginx(8080)
+        hello_nginx(pair, 8080)
         d = Daemon(pair, RULES_A)
         try:
             wrk = pair.popen(pair.client, "wrk", "-t2", "-c8", f"-d{WRK_MAX_S}s", f"http://{pair.server_ip}:8080/",
@@ -87,8 +84,8 @@ def test_100_reloads_during_load_fail_no_request() -> None:
             assert not backwards and passes[-1] > passes[0], (backwards, passes)
             assert retrans == 0, f"{retrans} TCP segments retransmitted during the reloads"
             assert "Non-2xx" not in out and "Socket errors" not in out, out
-            done = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-            rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+            load = parse_wrk(out)
+            done, rate = load.requests, load.rps
             print(f"{RELOADS} reloads during {done} requests at {rate:.0f}/s, none failed")
             stats = d.stats()["resources"]
             assert stats["free"]["block"] == 0

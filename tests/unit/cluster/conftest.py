@@ -1,15 +1,12 @@
-"""A real redis-server on a Unix socket for the cluster tests (tests/integration/redisserver.py)."""
+"""A real redis-server on a Unix socket for the cluster tests (tests/support/redisserver.py)."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "integration"))
-from redisserver import RedisServer, require_redis
+from tests.support.redisserver import RedisServer, require_redis
 
 
 @pytest.fixture

@@ -8,10 +8,10 @@ import time
 import pytest
 import redis
 from redis.cluster import RedisCluster
-from redisserver import RedisClusterServers, RedisServer, free_port, require_redis
 
 from sentinel_ebpf.cluster.store import LeaseRequest, RedisLeaseStore, check_url, connect, redacted
 from sentinel_ebpf.errors import SentinelError
+from tests.support.redisserver import RedisClusterServers, RedisServer, free_port, require_redis
 
 NO_PACING = 60_000  # a lease horizon as long as the tests' windows: all of a share at once
 

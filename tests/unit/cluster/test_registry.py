@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import time
 
-from redisserver import RedisServer
-
 from sentinel_ebpf.cluster import ClusterClient, RedisLeaseStore
 from sentinel_ebpf.cluster.registry import FORGET_MS, STALE_MS, RedisNodes, publish, registry_key
 from sentinel_ebpf.dashboard.fleet import fleet_view
 from sentinel_ebpf.stats import NodeRecord
+from tests.support.redisserver import RedisServer
 
 
 def record(node: str, age_ms: int, passed: int) -> NodeRecord:

@@ -16,7 +16,7 @@ from sentinel_ebpf.daemon import request
 from .background import LineProcess, sentinel_cli
 from .netns import TIMEOUT_SCALE, NetnsPair
 
-LOAD = Path(__file__).with_name("httpload.py")
+LOAD = Path(__file__).resolve().parents[1] / "integration" / "httpload.py"
 
 
 class Daemon:

@@ -1,4 +1,4 @@
-"""Network-namespace fixtures for integration tests: a client/server namespace pair joined by a veth pair.
+"""Network namespaces for tests and benchmarks: a client/server namespace pair joined by a veth pair.
 
 Everything here is created under names unique to this process (pid plus a random suffix) and removed on
 teardown, also when a test fails. Test traffic stays inside the namespaces this module creates.
@@ -302,59 +302,13 @@ class NetnsPair:
                 stderr=subprocess.STDOUT,
             )
         server = Server("http.server", proc, self.server, port, workdir)
-        self._ready(server)
+        self.wait_ready(server)
         return server
 
-    def start_nginx(self, port: int = 8080) -> Server:
-        """nginx (single process: ``master_process off``) on port, IPv4 and IPv6, in the server namespace."""
-        nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
-        if nginx is None:
-            raise FileNotFoundError("nginx is not installed (apt-get install nginx-light)")
-        workdir = self.tmpdir / f"nginx-{port}"
-        workdir.mkdir(parents=True)
-        listen6 = f"listen [::]:{port};" if self.ipv6 else ""
-        temp = " ".join(
-            f"{kind}_temp_path {workdir}/{kind};"
-            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-        )
-        (workdir / "nginx.conf").write_text(f"""
-worker_processes 1;
-master_process off;
-pid {workdir}/nginx.pid;
-error_log {workdir}/server.log info;
-events {{ worker_connections 64; }}
-http {{
-    access_log {workdir}/access.log;
-    {temp}
-    server {{
-        listen {port};
-        {listen6}
-        location / {{ return 200 "hello from nginx\\n"; }}
-    }}
-}}
-""")
-        proc = self.popen(
-            self.server,
-            nginx,
-            "-e",
-            str(workdir / "server.log"),
-            "-p",
-            str(workdir),
-            "-c",
-            str(workdir / "nginx.conf"),
-            "-g",
-            "daemon off;",
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        server = Server("nginx", proc, self.server, port, workdir)
-        self._ready(server)
-        return server
-
-    def _ready(self, server: Server) -> None:
+    def wait_ready(self, server: Server, port: int | None = None) -> None:
+        """Wait until ``server`` listens on ``port`` (its own by default); its log in the error if never."""
         try:
-            self.wait_listening(server.ns, server.port, server.proc)
+            self.wait_listening(server.ns, server.port if port is None else port, server.proc)
         except NetnsError as exc:
             raise NetnsError(f"{exc}\n{server.name} log:\n{server.log()}") from None
 

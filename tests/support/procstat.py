@@ -1,4 +1,5 @@
-"""/proc readings of another process for the benchmarks: CPU time, memory, threads, descriptors."""
+"""/proc readings of another process, for tests and benchmarks: CPU time, memory, threads, descriptors;
+and pinning a command to a CPU."""
 
 from __future__ import annotations
 
@@ -13,6 +14,11 @@ def cpu_seconds(pid: int) -> float:
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "; comm may hold spaces
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of proc(5)
+
+
+def pin(cpu: int) -> list[str]:
+    """argv prefix that runs a command on ``cpu`` only (``taskset``)."""
+    return ["taskset", "-c", str(cpu)]
 
 
 def status_kib(pid: int) -> dict[str, int]:
