@@ -6,7 +6,10 @@
 #   bash scripts/kernel-matrix.sh [KERNEL_PACKAGE]
 #
 # KERNEL_PACKAGE defaults to the newest linux-image-6.1.0-*-amd64-unsigned (Debian 12's kernel); a package
-# this machine's apt sources lack is looked up in Debian 11's (linux-image-5.10.0-*-amd64-unsigned).
+# this machine's apt sources lack is looked up in Debian 11's (linux-image-5.10.0-*-amd64-unsigned);
+# "5.10" stands for the newest of those.
+# KERNEL_MATRIX_EXPECT_REFUSAL=TEXT: a kernel the enforcement programs need more than; instead of the demo
+# and pytest, `run` must refuse at once saying TEXT (scripts/refusal-smoke.sh).
 # KERNEL_MATRIX_ACCEL=kvm|tcg forces the accelerator (default: KVM when a probe boot shows it works).
 # KERNEL_MATRIX_TESTS overrides the pytest arguments run in the guest.
 # Prints the guest's kernel version and pytest's summary; exits with pytest's status (or the smoke's).
@@ -35,7 +38,25 @@ if [ ! -x "$CACHE/vng/bin/vng" ]; then
 fi
 export PATH="$CACHE/vng/bin:$PATH:/usr/sbin:/sbin"
 
+# Debian 11's apt state, kept apart from this machine's (its sources list, lists and cache of its own)
+BULLSEYE=$CACHE/apt-bullseye
+bullseye_apt() {
+    mkdir -p "$BULLSEYE/lists/partial" "$BULLSEYE/cache/archives/partial"
+    printf '%s\n' "deb http://deb.debian.org/debian bullseye main" \
+        "deb http://deb.debian.org/debian-security bullseye-security main" > "$BULLSEYE/sources.list"
+    local tool=$1
+    shift
+    "$tool" -o "Dir::Etc::SourceList=$BULLSEYE/sources.list" -o Dir::Etc::SourceParts=/dev/null \
+        -o "Dir::State::Lists=$BULLSEYE/lists" -o "Dir::Cache=$BULLSEYE/cache" "$@"
+}
+
 pkg=${1:-}
+if [ "$pkg" = 5.10 ]; then
+    bullseye_apt apt-get update -qq
+    pkg=$(bullseye_apt apt-cache search --names-only '^linux-image-5\.10\.0-[0-9]+-amd64-unsigned$' 2>/dev/null |
+        awk '{print $1}' | sort -V | tail -1)
+    [ -n "$pkg" ] || { echo "kernel-matrix: no linux-image-5.10.0-*-amd64-unsigned in Debian 11" >&2; exit 2; }
+fi
 if [ -z "$pkg" ]; then
     pkg=$(apt-cache search --names-only '^linux-image-6\.1\.0-[0-9]+-amd64-unsigned$' | awk '{print $1}' |
         sort -V | tail -1)
@@ -50,13 +71,7 @@ fi
 # a sources list of its own (signatures checked as usual; this machine's apt state untouched).
 fetch_deb() {
     apt-get download -q "$1" 2>/dev/null && return 0
-    local own=$CACHE/apt-bullseye
-    mkdir -p "$own/lists/partial" "$own/cache/archives/partial"
-    printf '%s\n' "deb http://deb.debian.org/debian bullseye main" \
-        "deb http://deb.debian.org/debian-security bullseye-security main" > "$own/sources.list"
-    local opts=(-o "Dir::Etc::SourceList=$own/sources.list" -o Dir::Etc::SourceParts=/dev/null
-        -o "Dir::State::Lists=$own/lists" -o "Dir::Cache=$own/cache")
-    apt-get "${opts[@]}" update -qq && apt-get "${opts[@]}" download -q "$1"
+    bullseye_apt apt-get update -qq && bullseye_apt apt-get download -q "$1"
 }
 kdir=$CACHE/$pkg
 if [ ! -d "$kdir/root/boot" ]; then
@@ -126,6 +141,13 @@ export CI=${CI:-} PYTHONDONTWRITEBYTECODE=1 PATH="$ROOT/.venv/bin:\$PATH" SENTIN
 echo "kernel: \$(uname -r)"
 mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf 2>/dev/null || true
 ip link set lo up
+if [ -n "${KERNEL_MATRIX_EXPECT_REFUSAL:-}" ]; then
+    bash scripts/refusal-smoke.sh $(printf '%q' "$KERNEL_MATRIX_EXPECT_REFUSAL") > "$out/demo.log" 2>&1
+    echo \$? > "$out/demo.rc"
+    echo "no tests: the enforcement programs are refused on this kernel" > "$out/pytest.log"
+    echo 0 > "$out/pytest.rc"
+    exit 0
+fi
 bash scripts/demo-smoke.sh > "$out/demo.log" 2>&1
 echo \$? > "$out/demo.rc"
 python -m pytest -p no:cacheprovider -q -o addopts="" -rfEs --durations=12 $(printf '%q ' "${TESTS[@]}") > "$out/pytest.log" 2>&1
@@ -133,7 +155,11 @@ echo \$? > "$out/pytest.rc"
 EOF
 chmod +x "$out/guest.sh"
 
-echo "kernel-matrix: booting $kver ($accel) and running: ${TESTS[*]}"
+if [ -n "${KERNEL_MATRIX_EXPECT_REFUSAL:-}" ]; then
+    echo "kernel-matrix: booting $kver ($accel): run must be refused ('$KERNEL_MATRIX_EXPECT_REFUSAL')"
+else
+    echo "kernel-matrix: booting $kver ($accel) and running: ${TESTS[*]}"
+fi
 start=$(date +%s)
 set +e
 timeout 1800 vng --run "$kimg" "${vng_accel[@]}" -m 4G -p 2 \
@@ -152,7 +178,7 @@ fi
 demo_rc=$(cat "$out/demo.rc")
 pytest_rc=$(cat "$out/pytest.rc")
 echo "== demo smoke on $kver: exit $demo_rc"
-[ "$demo_rc" = 0 ] || cat "$out/demo.log"
+[ "$demo_rc" = 0 ] && [ -z "${KERNEL_MATRIX_EXPECT_REFUSAL:-}" ] || cat "$out/demo.log"
 echo "== pytest on $kver: exit $pytest_rc"
 if [ "$pytest_rc" != 0 ]; then
     cat "$out/pytest.log"
