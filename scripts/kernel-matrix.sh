@@ -142,7 +142,7 @@ echo "kernel: \$(uname -r)"
 mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf 2>/dev/null || true
 ip link set lo up
 if [ -n "${KERNEL_MATRIX_EXPECT_REFUSAL:-}" ]; then
-    bash scripts/refusal-smoke.sh $(printf '%q' "$KERNEL_MATRIX_EXPECT_REFUSAL") > "$out/demo.log" 2>&1
+    bash scripts/refusal-smoke.sh $(printf "%q" "${KERNEL_MATRIX_EXPECT_REFUSAL:-}") > "$out/demo.log" 2>&1
     echo \$? > "$out/demo.rc"
     echo "no tests: the enforcement programs are refused on this kernel" > "$out/pytest.log"
     echo 0 > "$out/pytest.rc"
