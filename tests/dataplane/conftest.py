@@ -1,4 +1,4 @@
-"""Shared fixtures of the dataplane tier: one loaded inbound object per module, cleared for each test."""
+"""Shared fixtures of the dataplane tier: one loaded inbound object for the whole tier, cleared for each test."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import pytest
 from sentinel_ebpf.inbound import InboundDataplane
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def loaded() -> Iterator[InboundDataplane]:
     """The inbound programs with a test clock, taking every crafted segment as next in its stream (no
-    socket lookup: their connections do not exist). Loading and verifying takes a while: once per module."""
+    socket lookup: their connections do not exist). Loading and verifying takes a while (about half a
+    minute on 6.1 under emulation, in the kernel matrix): once per run."""
     with InboundDataplane(test_clock=True, socket_lookup=False) as d:
         yield d
 

@@ -49,7 +49,7 @@ def test_leap_array_bucket_of_an_instant(dp: InboundDataplane) -> None:
     k = K(dp, TCP)
     k.at(1576296044907)  # index 9, bucket start 1576296044500
     assert k.syn()
-    b = dp.raw_stats(1).buckets[9]
+    b = dp.raw_stats(dp.compiled.resource_id("r")).buckets[9]
     assert (b.start_ms, getattr(b, "pass")) == (1576296044500, 1)
 
 
