@@ -16,7 +16,8 @@ and wrk in the client namespace, closed loop (2 threads, ``--connections``), alt
 /item?uid=<random of 10,000,000> (bench/_soak.lua), so the hotspot LRU sees a new value on nearly every
 request. Every ``--interval`` seconds: the daemon's VmRSS, threads, open descriptors and CPU share
 (/proc), and for every BPF map the daemon holds, its entries (counted in this process through the map
-id: lookup_batch, or get_next_key for LPM tries; arrays are full by definition) and its kernel memory
+id: lookup_batch, or get_next_key for LPM tries; arrays are full by definition, socket storage is not
+enumerable) and its kernel memory
 (``memlock`` in the map fd's fdinfo). The report says, per quantity, the first (after one minute of
 warm-up), largest and last value, and whether it stayed within its bound: entries <= max_entries, map
 memory unchanged, RSS <= 80 MiB and within 5 MiB of its value after warm-up, threads and descriptors
@@ -55,6 +56,7 @@ RSS_LIMIT_MIB = 80.0
 RSS_GROWTH_MIB = 5.0
 ARRAYS = {2, 6}  # BPF_MAP_TYPE_ARRAY, PERCPU_ARRAY: every entry always exists
 RINGBUF = 27
+SK_STORAGE = 24  # socket-local storage: its entries live on the sockets, no key to iterate
 LPM_TRIE = 11
 RULES = f"""
 resources:
@@ -95,7 +97,7 @@ class MapCounter:
 
     @property
     def counted(self) -> bool:
-        return self.type not in ARRAYS and self.type != RINGBUF
+        return self.type not in ARRAYS and self.type not in (RINGBUF, SK_STORAGE)
 
     def entries(self) -> int | None:
         if not self.counted:
@@ -261,7 +263,8 @@ def report(
     row("all maps' kernel memory (MiB)", "unchanged", sum(base.memlock.values()) / 2**20, max(total),
         total[-1], max(total) == min(total), ".1f")  # fmt: skip
     changed = [m.name for mid, m in maps.items() if len({s.memlock[mid] for s in samples}) > 1]
-    print(f"maps whose memlock changed: {changed or 'none'}; arrays and ring buffers (full by definition): "
+    print(f"maps whose memlock changed: {changed or 'none'}; not counted (arrays and ring buffers, full by "
+          "definition; socket storage, kept on the sockets): "
           f"{', '.join(m.name for m in maps.values() if not m.counted)}")  # fmt: skip
     with contextlib.suppress(OSError):
         print(f"nginx VmRSS at the end: {status_kib(nginx_pid)['VmRSS'] / 1024:.1f} MiB")
