@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
 
 import pytest
+from test_inbound import Harness
 
 from sentinel_ebpf._maps import InboundRodata
 from sentinel_ebpf._types import SentinelLimits
@@ -85,6 +87,22 @@ def _requests(dp: InboundDataplane, n: int, sport: int = 41000) -> list[bool]:
     return out
 
 
+def _second_instance(first: InboundDataplane) -> InboundDataplane:
+    """Another data plane on the maps of ``first``'s attached programs, as resume.resume() makes one."""
+    fds: dict[str, int] = {}
+    for prog in ("tc_ingress", "tc_egress"):
+        for name, fd in program_maps(program_id(first.obj.program(prog).fd)).items():
+            if name in fds:
+                os.close(fd)
+            else:
+                fds[name] = fd
+    try:
+        return InboundDataplane(test_clock=True, socket_lookup=False, reuse=fds)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+
+
 def test_a_second_instance_reuses_the_maps_and_goes_on_counting() -> None:
     """What a daemon taking over from a crashed one does: same maps, statistics and windows go on."""
     with InboundDataplane(test_clock=True, socket_lookup=False) as first:
@@ -92,19 +110,7 @@ def test_a_second_instance_reuses_the_maps_and_goes_on_counting() -> None:
         first.apply(first.compile(load_text(RESUME_RULES, "r.yaml")))
         first.apply(first.compile(load_text(RESUME_RULES.replace("threshold: 3", "threshold: 2"), "r.yaml")))
         assert _requests(first, 1) == [True]
-        fds: dict[str, int] = {}
-        for prog in ("tc_ingress", "tc_egress"):
-            for name, fd in program_maps(program_id(first.obj.program(prog).fd)).items():
-                if name in fds:
-                    os.close(fd)
-                else:
-                    fds[name] = fd
-        try:
-            second = InboundDataplane(test_clock=True, socket_lookup=False, reuse=fds)
-        finally:
-            for fd in fds.values():
-                os.close(fd)
-        with second:
+        with _second_instance(first) as second:
             last = load_text(RESUME_RULES.replace("threshold: 3", "threshold: 2"), "r.yaml")
             previous = {r.key: r.id for r in first.compiled.resources}
             with pytest.raises(SentinelError, match="generation 0 is in force, the record is of 1"):
@@ -145,3 +151,35 @@ def test_adopt_refuses_rules_the_maps_do_not_hold() -> None:
             )
             with pytest.raises(SentinelError, match="cannot adopt: resource 'web'"):
                 second.adopt(compile_inbound(other), 1, first.gen)
+
+
+def test_a_resumed_instance_repairs_the_drift_it_inherits() -> None:
+    """A daemon taking over after kill -9 adopts the crashed one's maps, a leak included (an in-flight
+    entry gone, as the LRU evicts them under pressure, its isolation slot never given back, so the rule
+    refuses everyone): the new instance's own reconciliation repairs it and clients are admitted again."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        rs = load_text(f"resources:\n  - {{name: conns, match: {{protocol: tcp, port: {port}}}}}\n"
+                       "isolationRules:\n  - {resource: conns, threshold: 1}\n", "r.yaml")  # fmt: skip
+        with InboundDataplane(test_clock=True, socket_lookup=False) as first:
+            h = Harness(first, rs)
+            h.at(0)
+            assert h.syn(port) == TC_ACT_OK
+            for key, _ in list(first.maps.inflight.items()):
+                first.maps.inflight.delete(key)
+            assert h.syn(port) != TC_ACT_OK, "the leaked slot refuses the next client"
+            with _second_instance(first) as second:
+                previous = {r.key: r.id for r in first.compiled.resources}
+                second.adopt(compile_inbound(rs, previous, first.last_id), first.last_id, first.gen)
+                rid = second.compiled.resource_id("conns")
+                assert second.raw_stats(rid).concurrency == 1, "the leak came along"
+                assert second.reconciler.run().adjusted == {}, "a difference seen once may be traffic"
+                assert second.reconciler.run().adjusted == {rid: -1}
+                assert (
+                    second.raw_stats(rid).concurrency == 0 and second.counters()["concurrency_repaired"] == 1
+                )
+                h2 = Harness(second, rs)  # the same rules: nothing is applied again
+                h2.at(10)
+                assert h2.syn(port) == TC_ACT_OK
