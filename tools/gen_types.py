@@ -5,7 +5,7 @@ The structs and enums named in ``bpf/sentinel.h`` (the kernel/user contract) are
 the compiled objects (``bpftool -j btf dump``), so their Python layouts are never typed by hand.
 ``_maps.py`` holds, per object, what libbpf's skeletons and bpf2go generate: a class of map handles
 (``InboundMaps(obj).port_slots``: nothing else names a map by string), the layouts of its ``.rodata`` and
-``.bss`` sections (offsets from the ELF symbol table) and a typed setter of its read-only globals.
+``.bss`` sections (offsets as libbpf lays them out at open) and a typed setter of its read-only globals.
 ``--check`` exits 1 when a committed file differs from what the objects say (run in CI).
 """
 
@@ -15,7 +15,6 @@ import argparse
 import json
 import re
 import shutil
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -151,37 +150,25 @@ def generate(btfs: dict[Path, dict[int, dict[str, Any]]]) -> str:
 # -- map handles and global variables (_maps.py) ----------------------------------------------------
 
 
-def elf_symbols(obj: Path) -> tuple[dict[str, int], dict[str, dict[str, tuple[int, int]]]]:
-    """Section sizes, and {section: {symbol: (offset, size)}} of the object's data symbols.
+def section_layouts(obj: Path) -> tuple[dict[str, int], dict[str, dict[str, tuple[int, int]]]]:
+    """Data section sizes, and {section: {variable: (offset, size)}}, as libbpf lays them out when it
+    opens the object (the object file's BTF has no offsets in its DATASECs: libbpf fills them in from the
+    symbol table), through the package's own libbpf binding."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from sentinel_ebpf.errors import BpfError
+    from sentinel_ebpf.libbpf import BpfObject
 
-    The BTF of an object file has no offsets in its DATASECs (libbpf fills them in at open from the
-    symbol table), so they are read here the same way: a 64-bit little-endian ELF, as clang -target bpf
-    writes it."""
-    data = obj.read_bytes()
-    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
-        raise SystemExit(f"gen_types: {obj.name} is not a 64-bit little-endian ELF file")
-    shoff, shentsize, shnum, shstrndx = (
-        struct.unpack_from("<Q", data, 0x28)[0],
-        *struct.unpack_from("<HHH", data, 0x3A),
-    )
-    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
-    strtab_off = sections[shstrndx][4]
-
-    def cstr(offset: int) -> str:
-        return data[offset : data.index(b"\0", offset)].decode()
-
-    names = [cstr(strtab_off + sh[0]) for sh in sections]
-    sizes = {names[i]: sh[5] for i, sh in enumerate(sections)}
-    symbols: dict[str, dict[str, tuple[int, int]]] = {}
-    for sh in sections:
-        if sh[1] != 2:  # SHT_SYMTAB
-            continue
-        names_off = sections[sh[6]][4]  # sh_link: its string table
-        for off in range(sh[4], sh[4] + sh[5], sh[9]):
-            st_name, st_info, _other, st_shndx, st_value, st_size = struct.unpack_from("<IBBHQQ", data, off)
-            if st_info & 0xF == 1 and 0 < st_shndx < shnum:  # STT_OBJECT in a section
-                symbols.setdefault(names[st_shndx], {})[cstr(names_off + st_name)] = (st_value, st_size)
-    return sizes, symbols
+    sizes: dict[str, int] = {}
+    layouts: dict[str, dict[str, tuple[int, int]]] = {}
+    with BpfObject.open(obj) as opened:
+        for section in DATA_SECTIONS:
+            try:
+                mapped, layout = opened.section_layout(section)
+            except BpfError:
+                continue  # the object has no such section
+            sizes[section] = mapped.value_size
+            layouts[section] = {name: (offset, size) for name, (offset, size, _) in layout.items()}
+    return sizes, layouts
 
 
 def type_name(types: dict[int, dict[str, Any]], type_id: int) -> str:
@@ -251,7 +238,7 @@ class ObjectGen:
         self.stem = obj.name.removesuffix(".bpf.o")
         self.prefix = camel(self.stem)
         self.types = types
-        self.sizes, self.symbols = elf_symbols(obj)
+        self.sizes, self.symbols = section_layouts(obj)
         self.gen = Gen(types)
         self.sections: dict[str, list[dict[str, Any]]] = {}
         for t in types.values():

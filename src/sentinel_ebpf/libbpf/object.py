@@ -274,14 +274,21 @@ class BpfObject:
     # -- read-only configuration (const volatile globals) -----------------------------------------
     def _rodata(self) -> tuple[Map, dict[str, tuple[int, int, int]]]:
         """The .rodata map and {variable: (offset, size, element size)} from the object's BTF."""
+        return self.section_layout(".rodata")
+
+    def section_layout(self, section: str) -> tuple[Map, dict[str, tuple[int, int, int]]]:
+        """The internal map of a data section (``.rodata``, ``.data``, ``.bss``) and {variable: (offset,
+        size, element size)}, from the object's BTF as libbpf fixed it up at open (the offsets come from
+        the ELF symbols; the compiler leaves them 0)."""
         lib = _lib.lib()
-        rodata = next((m for m in self.maps.values() if m.name.endswith(".rodata")), None)
-        if rodata is None:
-            raise BpfError(f"{self.path.name}: no read-only globals", errno.ENOENT)
+        mapped = next((m for m in self.maps.values() if m.name.endswith(section)), None)
+        if mapped is None:
+            what = "no read-only globals" if section == ".rodata" else f"no {section} section"
+            raise BpfError(f"{self.path.name}: {what}", errno.ENOENT)
         btf = lib.bpf_object__btf(self._handle)
-        sec_id = lib.btf__find_by_name_kind(btf, b".rodata", BTF_KIND_DATASEC)
+        sec_id = lib.btf__find_by_name_kind(btf, section.encode(), BTF_KIND_DATASEC)
         if sec_id < 0:
-            raise BpfError(f"{self.path.name}: no .rodata in BTF", -sec_id)
+            raise BpfError(f"{self.path.name}: no {section} in BTF", -sec_id)
         sec = lib.btf__type_by_id(btf, sec_id)
         vlen = sec.contents.info & 0xFFFF
         infos = ctypes.cast(
@@ -297,7 +304,7 @@ class BpfObject:
                 int(info.size),
                 self._element_size(btf, var.size_or_type, info.size),
             )
-        return rodata, layout
+        return mapped, layout
 
     @staticmethod
     def _element_size(btf: int, type_id: int, size: int) -> int:
