@@ -7,7 +7,6 @@ which skips them (or fails them under CI=true) when the machine cannot run them.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import pytest
 
 from tests.support.background import LineProcess
 from tests.support.netns import NetnsPair, Server
-from tests.support.nginx import hello_nginx
+from tests.support.nginx import hello_nginx, nginx_binary
 
 TCPCLIENT = Path(__file__).with_name("tcpclient.py")
 
@@ -50,8 +49,10 @@ def http_server(netns_pair: NetnsPair) -> Server:
 @pytest.fixture(scope="module")
 def nginx_server(netns_pair: NetnsPair) -> Server:
     """nginx on port 8080 (IPv4 and IPv6), one process, in the server namespace."""
-    if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
-        pytest.skip("nginx is not installed (apt-get install nginx-light)")
+    try:
+        nginx_binary()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
     return hello_nginx(netns_pair, 8080)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import signal
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from sentinel_ebpf.daemon import request
 from tests.support.daemon_helpers import Daemon
 from tests.support.netns import NetnsPair
 from tests.support.nginx import hello_nginx
+from tests.support.wrk import parse_wrk
 
 pytestmark = pytest.mark.kernel
 SLOW = Path(__file__).with_name("flakyserver.py")
@@ -156,8 +156,8 @@ flowRules:
         wrk.send_signal(signal.SIGINT)
         out, _ = wrk.communicate(timeout=30)
         free_out, _ = free.communicate(timeout=30)
-        total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-        non2xx = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
+        load = parse_wrk(out)
+        total, non2xx = load.requests, load.non2xx
         assert non2xx > total - non2xx > 0, out
         status = json.loads(free_out)["status"]
         assert set(status) == {"200"} and status["200"] > 50, status  # nothing failed on the free path

@@ -11,12 +11,12 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from sentinel_ebpf._types import BlockType, ResStats, StatBucket
+from sentinel_ebpf.daemon.history import History, ObservedDeltas, Point, delta
+from sentinel_ebpf.outputs.metric_log import MetricItem, MetricLogWriter, classification_of
 from sentinel_ebpf.stats import ResourceStats, SecondCounts
 
 if TYPE_CHECKING:
-    from sentinel_ebpf.daemon.history import History
     from sentinel_ebpf.inbound.compiler import KResource
-    from sentinel_ebpf.outputs.metric_log import MetricLogWriter
 
 log = logging.getLogger("sentinel_ebpf.daemon")
 
@@ -62,13 +62,6 @@ def block_counts(raw: bytes) -> dict[str, int]:
     """Cumulative blocks by rule kind (``flow``, ``isolation``...) from a raw ``struct res_stats``."""
     counts = _BLOCKS.unpack_from(raw, ResStats.block_by_type.offset)
     return {name: counts[code] for code, name in _BLOCK_NAMES.items()}
-
-
-def delta(now: dict[str, int], before: dict[str, int]) -> dict[str, int]:
-    """What cumulative counters gained; counters that went down restarted from zero (a reload)."""
-    if any(v < before.get(k, 0) for k, v in now.items()):
-        return dict(now)
-    return {k: v - before.get(k, 0) for k, v in now.items()}
 
 
 class BlockDeltas:
@@ -127,8 +120,6 @@ class SecondsReport:
     """Each completed second of every resource: the history's points and the metric log's lines."""
 
     def __init__(self, history: History) -> None:
-        from sentinel_ebpf.daemon.history import ObservedDeltas
-
         self.history = history
         # (data-plane ms, {resource id: (concurrency, pass, block, complete, error)}) of recent seconds
         self._totals_seen: list[tuple[int, dict[int, tuple[int, ...]]]] = []
@@ -145,9 +136,6 @@ class SecondsReport:
         metric_log: MetricLogWriter | None,
     ) -> None:
         """``raw``: each resource's ``struct res_stats`` read now; ``tls``: the tls resources' counts."""
-        from sentinel_ebpf.daemon.history import Point
-        from sentinel_ebpf.outputs.metric_log import MetricItem, classification_of
-
         completed = seconds.completed()
         taken_ms = seconds.now_ms()
         totals: dict[int, tuple[int, ...]] = {

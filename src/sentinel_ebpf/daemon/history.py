@@ -14,8 +14,15 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from sentinel_ebpf.daemon.collector import delta
 from sentinel_ebpf.stats import BLOCK_TYPES, BreakerTransition, ResourceStats, SecondCounts
+
+
+def delta(now: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    """What cumulative counters gained; counters that went down restarted from zero (a reload)."""
+    if any(v < before.get(k, 0) for k, v in now.items()):
+        return dict(now)
+    return {k: v - before.get(k, 0) for k, v in now.items()}
+
 
 HISTORY_SECONDS = 300
 STEP_MS = 1000
