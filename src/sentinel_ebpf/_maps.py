@@ -113,7 +113,7 @@ class InboundMaps:
         self.conn_state: Map = obj.map("conn_state")
         #: PERCPU_ARRAY, max_entries 1: __u32 -> struct csum_scratch
         self.csum_scratch: Map = obj.map("csum_scratch")
-        #: PERCPU_ARRAY, max_entries 11: __u32 -> __u64
+        #: PERCPU_ARRAY, max_entries 12: __u32 -> __u64
         self.dp_counters: Map = obj.map("dp_counters")
         #: PERCPU_ARRAY, max_entries 1: __u32 -> struct ingress_scratch
         self.egress_scratch: Map = obj.map("egress_scratch")
@@ -121,6 +121,8 @@ class InboundMaps:
         self.establish_hook: Map = obj.map("establish_hook")
         #: ARRAY, max_entries 98304: __u32 -> __u64
         self.flow_dyn_threshold: Map = obj.map("flow_dyn_threshold")
+        #: PERCPU_ARRAY, max_entries 1: __u32 -> struct follow_buf
+        self.follow_buf: Map = obj.map("follow_buf")
         #: HASH, max_entries 65536: struct hot_key -> __u64
         self.hot_specific: Map = obj.map("hot_specific")
         #: LRU_HASH, max_entries 262144: struct hot_key -> struct hot_state
@@ -159,6 +161,8 @@ class InboundMaps:
         self.res_stats: Map = obj.map("res_stats")
         #: PERCPU_ARRAY, max_entries 1: __u32 -> union stream_scratch
         self.stream_scratch: Map = obj.map("stream_scratch")
+        #: LRU_HASH, max_entries 65536: struct flow_key -> struct stream_state
+        self.streams: Map = obj.map("streams")
         #: ARRAY, max_entries 2: __u32 -> struct sys_conf
         self.sys_conf: Map = obj.map("sys_conf")
         #: ARRAY, max_entries 1: __u32 -> struct sys_metrics
@@ -182,6 +186,7 @@ class InboundMaps:
                 self.egress_scratch,
                 self.establish_hook,
                 self.flow_dyn_threshold,
+                self.follow_buf,
                 self.hot_specific,
                 self.hot_values,
                 self.http_reply,
@@ -201,6 +206,7 @@ class InboundMaps:
                 self.res_conf,
                 self.res_stats,
                 self.stream_scratch,
+                self.streams,
                 self.sys_conf,
                 self.sys_metrics,
             )

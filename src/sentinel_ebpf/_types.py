@@ -20,6 +20,7 @@ class SentinelLimits(IntEnum):
     SE_BUCKET_MS = 500
     SE_FLOW_RULES_PER_RESOURCE = 4
     SE_INFLIGHT_MAX = 65536
+    SE_STREAMS_MAX = 65536
     SE_INFLIGHT_IDLE_MAX = 32768
     SE_PORTS_MAX = 1024
     SE_PORT_OUT_HTTP = 32768
@@ -136,7 +137,11 @@ class PortCounter(IntEnum):
     PORT_DEFERRED_ACK = 11
     PORT_FRAGMENT = 12
     PORT_REFUSED_AGAIN = 13
-    PORT_COUNTER_MAX = 14
+    PORT_BODY = 14
+    PORT_CUT = 15
+    PORT_STREAM_LOST = 16
+    PORT_FRAMING_RESET = 17
+    PORT_COUNTER_MAX = 18
 
 
 class DpCounter(IntEnum):
@@ -153,7 +158,8 @@ class DpCounter(IntEnum):
     DP_THROTTLE_CONTENDED = 8
     DP_UNPARSED = 9
     DP_CONCURRENCY_REPAIRED = 10
-    DP_COUNTER_MAX = 11
+    DP_CUT_FAILED = 11
+    DP_COUNTER_MAX = 12
 
 
 class HotParam(IntEnum):
@@ -340,11 +346,11 @@ class PortCounts(ctypes.Structure):
 
     _pack_ = 1
     _fields_ = [
-        ("count", (ctypes.c_uint64 * 14)),
+        ("count", (ctypes.c_uint64 * 18)),
     ]
 
 
-assert ctypes.sizeof(PortCounts) == 112
+assert ctypes.sizeof(PortCounts) == 144
 
 
 class HttpRouteKey(ctypes.Structure):

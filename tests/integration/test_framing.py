@@ -41,9 +41,11 @@ def guarded() -> Iterator[tuple[NetnsPair, Server, Daemon]]:
             daemon.close()
 
 
-def request(pair: NetnsPair, *pieces: bytes, delay_ms: float = 50, nodelay: bool = True) -> dict[str, object]:
+def request(
+    pair: NetnsPair, *pieces: bytes, delay_ms: float = 50, nodelay: bool = True, responses: int = 1
+) -> dict[str, object]:
     res = pair.run(pair.client, sys.executable, str(CLIENT), pair.server_ip, "8080", str(delay_ms),
-                   "1" if nodelay else "0", *map(repr, pieces), timeout=30)  # fmt: skip
+                   "1" if nodelay else "0", str(responses), *map(repr, pieces), timeout=30)  # fmt: skip
     assert res.returncode == 0, res.stderr
     out: dict[str, object] = json.loads(res.stdout)
     return out
@@ -109,3 +111,43 @@ def test_a_split_allowed_request_is_served_once(
     assert answer["status"] == 200, answer
     assert len(served(nginx)) == before + 1
     assert daemon.stats()["ports"]["8080"]["incomplete"] >= 1
+
+
+OK = b"GET /ok" + TAIL
+API = b"GET /api" + TAIL
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        OK,  # pipelined behind an allowed request
+        b"POST /ok HTTP/1.1\r\nHost: svc\r\nContent-Length: 5\r\n\r\nhello",  # after a body
+        b"POST /ok HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    ],
+    ids=["pipelined", "after-length-body", "after-chunked-body"],
+)
+def test_a_request_behind_another_in_one_segment_is_judged(
+    guarded: tuple[NetnsPair, Server, Daemon], first: bytes
+) -> None:
+    """Both requests in one send() (one segment): the segment is cut after the first, which nginx
+    serves; the client's stack sends the rest again, and the blocked request gets the 429."""
+    pair, nginx, daemon = guarded
+    before = len(served(nginx))
+    blocked_before = daemon.stats()["resources"]["api"]["block"]
+    cut_before = daemon.stats()["ports"]["8080"]["cut"]
+    answer = request(pair, first + API, responses=2)
+    assert answer["statuses"] == [200, 429], answer
+    assert [line.split('"')[1].split()[1] for line in served(nginx)[before:]] == ["/ok"], "nginx saw /api"
+    assert daemon.stats()["resources"]["api"]["block"] == blocked_before + 1
+    assert daemon.stats()["ports"]["8080"]["cut"] == cut_before + 1
+
+
+def test_a_body_that_looks_like_a_request_is_not_judged(guarded: tuple[NetnsPair, Server, Daemon]) -> None:
+    pair, nginx, daemon = guarded
+    before = len(served(nginx))
+    blocked_before = daemon.stats()["resources"]["api"]["block"]
+    head = b"POST /ok HTTP/1.1\r\nHost: svc\r\nContent-Length: %d\r\n\r\n" % len(API)
+    answer = request(pair, head, API, responses=1)
+    assert answer["statuses"] == [200], answer
+    assert len(served(nginx)) == before + 1
+    assert daemon.stats()["resources"]["api"]["block"] == blocked_before

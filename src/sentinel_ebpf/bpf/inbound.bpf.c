@@ -18,6 +18,7 @@
 #include "hotspot.bpf.h"
 #include "breaker.bpf.h"
 #include "stream.bpf.h"
+#include "follow.bpf.h"
 #include "normalize.bpf.h"
 
 #define TC_ACT_OK 0
@@ -124,6 +125,25 @@ struct {
 } refused SEC(".maps");
 
 /*
+ * Where each connection's client stream stands in its HTTP framing (see follow.bpf.h): connection
+ * (flow_key, FLOW_KIND_REQUEST) -> the state at the start and at the end of the last segment passed. The
+ * next segment starts at one of them: at the end when the stack took that segment, at its start when the
+ * stack dropped it (out of memory, a bad checksum, a zero window). Gone at the connection's RST, or
+ * evicted (then the stream is read as starting a request: `stream_lost`).
+ */
+struct stream_state {
+	struct stream_pos prev;
+	struct stream_pos cur;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, SE_STREAMS_MAX);
+	__type(key, struct flow_key);
+	__type(value, struct stream_state);
+} streams SEC(".maps");
+
+/*
  * 1 while out_sockops is attached at the cgroup2 root: a TCP resource's connection then takes its
  * concurrency slot when its handshake completes (a SYN alone takes none, so half-open connections hold
  * nothing); 0: at the SYN. Written by the control plane.
@@ -176,6 +196,9 @@ struct ingress_scratch {
 	struct flow_key fk;         /* first: its address is the value's, no arithmetic on a maybe-NULL pointer */
 	struct pkt p;
 	struct pkt reply;           /* the reply's view, when a request is answered */
+	struct stream_pos pre;      /* the client's stream at the segment's first new byte (see follow.bpf.h) */
+	struct stream_pos post;     /* ... where following the segment stopped */
+	__u32 keep;                 /* payload bytes to pass: the payload's length, or where to cut it */
 };
 
 struct {
@@ -1158,18 +1181,76 @@ not_request_line:
 #define SEGMENT_RESET 0xfffffffdU   /* reset the connection */
 
 /*
+ * The stream's state at client sequence number `at` into scratch pre and post (the key in scratch fk):
+ * the state after the last segment passed, or before it when the stack dropped that segment, or a
+ * request's start when neither (a new connection: 0; a lost state: 1). A global function.
+ */
+__noinline int stream_prepare(__u32 at)
+{
+	__u32 zero = 0;
+	struct ingress_scratch *scr = bpf_map_lookup_elem(&ingress_scratch, &zero);
+	struct stream_state *ss;
+	int lost = 0;
+
+	if (!scr)
+		return 0;
+	__builtin_memset(&scr->pre, 0, sizeof(scr->pre));
+	ss = bpf_map_lookup_elem(&streams, &scr->fk);
+	if (ss && ss->cur.valid && ss->cur.seq == at)
+		scr->pre = ss->cur;
+	else if (ss && ss->prev.valid && ss->prev.seq == at)
+		scr->pre = ss->prev;
+	else
+		lost = ss != NULL;
+	scr->pre.seq = at;
+	scr->pre.valid = 1;
+	scr->post = scr->pre;
+	return lost;
+}
+
+/*
+ * Pass the segment whose stream was followed (scratch pre, post and keep): cut it where a request starts
+ * inside it, and remember where the stream stands. TC_ACT_OK, or TC_ACT_SHOT when the cut failed (the
+ * client sends the segment again). A global function.
+ */
+__noinline int stream_pass(struct __sk_buff *skb, const struct pkt *p)
+{
+	__u32 zero = 0;
+	struct ingress_scratch *scr = bpf_map_lookup_elem(&ingress_scratch, &zero);
+	struct stream_state ss;
+
+	if (!skb || !p || !scr || !scr->pre.valid)
+		return TC_ACT_OK;
+	if (scr->keep < p->payload_len) {
+		if (trim_payload(skb, p, scr->keep)) {
+			percpu_inc(&dp_counters, DP_CUT_FAILED);
+			return TC_ACT_SHOT;
+		}
+		port_count(bpf_ntohs(p->dport), PORT_CUT);
+	}
+	ss.prev = scr->pre;
+	ss.cur = scr->post;
+	ss.cur.seq = p->seq + ((p->flags & TCP_SYN) ? 1 : 0) + scr->keep;
+	bpf_map_update_elem(&streams, &scr->fk, &ss, BPF_ANY);
+	return TC_ACT_OK;
+}
+
+/*
  * A client's data segment on a port with HTTP resources: where it stands in the stream (segment_position)
- * decides whether its request line is looked up at all. An incomplete request line at rcv_nxt is dropped,
+ * decides whether it is looked at; where it stands in the stream's HTTP framing (follow.bpf.h) decides
+ * whether a request starts at its first new byte (its request line is then looked up) and where to cut it
+ * (scratch keep; stream_pass cuts). A line that must be read whole and is incomplete at rcv_nxt is dropped,
  * so that the client sends it again, merged with what follows (Linux merges small unacknowledged segments
  * when it retransmits), up to SE_INCOMPLETE_TRIES times; then the connection is reset. `reject.incomplete:
  * pass` lets it through instead. *skip: bytes of the segment received before (judged from there on).
  */
 static __always_inline __u32 http_segment(struct __sk_buff *skb, const struct pkt *p, const struct port_conf *pc,
-					  __u8 gen, __u32 *skip)
+					  __u8 gen, __u32 *skip, struct ingress_scratch *scr)
 {
 	__u16 port = bpf_ntohs(p->dport);
-	__u32 res;
+	__u32 res, follow;
 
+	scr->pre.valid = 0;
 	switch (segment_position(skb, p, skip)) {
 	case SEG_OLD:
 		port_count(port, PORT_RETRANSMIT);
@@ -1185,9 +1266,28 @@ static __always_inline __u32 http_segment(struct __sk_buff *skb, const struct pk
 		port_count(port, PORT_OUT_OF_ORDER);
 		return SEGMENT_DROP;
 	}
-	res = http_route(skb, p, *skip << 16 | port, (__u32)gen << 16 | p->dport, &pc->lens);
-	if (res != ROUTE_INCOMPLETE)
-		return res;
+	if (stream_prepare(p->seq + ((p->flags & TCP_SYN) ? 1 : 0) + *skip))
+		port_count(port, PORT_STREAM_LOST);
+	follow = stream_follow(skb, p, *skip, &scr->post);
+	if (follow == FOLLOW_RESET) {
+		scr->pre.valid = 0;
+		port_count(port, PORT_FRAMING_RESET);
+		return SEGMENT_RESET;
+	}
+	if (follow == FOLLOW_INCOMPLETE) {
+		port_count(port, PORT_INCOMPLETE);
+		res = ROUTE_INCOMPLETE;
+	} else {
+		scr->keep = follow;
+		if (scr->pre.phase != STREAM_REQUEST) {
+			port_count(port, PORT_BODY);
+			return 0;
+		}
+		res = http_route(skb, p, *skip << 16 | port, (__u32)gen << 16 | p->dport, &pc->lens);
+		if (res != ROUTE_INCOMPLETE)
+			return res;
+	}
+	scr->pre.valid = 0; /* nothing passed: the stream stays where it was */
 	if (pc->incomplete == INCOMPLETE_PASS) {
 		port_count(port, PORT_INCOMPLETE_PASSED);
 		return 0;
@@ -1260,9 +1360,11 @@ int tc_ingress(struct __sk_buff *skb)
 		 * server may still answer it. The connection is done. (A FIN carrying a request only
 		 * half-closes: the request is judged below, and the response completes it.) */
 		make_key(fk, p, true, FLOW_KIND_REQUEST);
-		if (p->flags & TCP_RST)
+		if (p->flags & TCP_RST) {
 			/* (not at a FIN: a client that closes still sends the refused bytes again) */
 			bpf_map_delete_elem(&refused, fk);
+			bpf_map_delete_elem(&streams, fk);
+		}
 		complete(p->flags & TCP_RST ? COMPLETE_ABORT | COMPLETE_END : COMPLETE_CLIENT_FIN);
 		make_key(fk, p, true, FLOW_KIND_CONNECTION);
 		complete(COMPLETE_END);
@@ -1283,21 +1385,21 @@ int tc_ingress(struct __sk_buff *skb)
 	}
 	if (!http_data)
 		return TC_ACT_OK;
-	res = http_segment(skb, p, pc, gen, &skip);
+	make_key(fk, p, true, FLOW_KIND_REQUEST);
+	res = http_segment(skb, p, pc, gen, &skip, scr);
 	if (res == SEGMENT_DROP)
 		return TC_ACT_SHOT;
 	how = (syn ? REJECT_SYN : 0) | (gen ? REJECT_GEN1 : 0);
 	if (res == SEGMENT_RESET)
 		return reject(skb, p, REJECT_RST | how);
 	if (!res)
-		return TC_ACT_OK;
-	make_key(fk, p, true, FLOW_KIND_REQUEST);
+		return stream_pass(skb, p);
 	at = p->seq + syn + skip; /* where the request starts in the client's stream */
 	refused_at = bpf_map_lookup_elem(&refused, fk);
 	if (refused_at && *refused_at == at)
 		port_count(bpf_ntohs(p->dport), PORT_REFUSED_AGAIN); /* dropped before: the same verdict */
 	else if (judge(res, gen | JUDGE_HTTP | system_flag(gen), skb, p) == BLOCK_NONE)
-		return TC_ACT_OK;
+		return stream_pass(skb, p);
 	if (skb->gso_segs > 1 || pc->reject_http == REJECT_DROP) {
 		if (skb->gso_segs > 1)
 			percpu_inc(&dp_counters, DP_GSO_DROPPED); /* no reply built from a merged skb */

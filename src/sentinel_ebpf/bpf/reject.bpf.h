@@ -15,7 +15,7 @@
 #include "parse.bpf.h"
 
 #define CSUM_CHUNK 512
-#define CSUM_MAX_CHUNKS 3 /* bytes removed from one segment: at most 1536 (else the caller drops) */
+#define CSUM_MAX_CHUNKS 128 /* bytes removed from one skb: at most 64 KiB (a GRO-merged one; else the caller drops) */
 
 struct csum_scratch {
 	__u8 buf[CSUM_CHUNK + 4];
@@ -28,6 +28,41 @@ struct {
 	__type(value, struct csum_scratch);
 } csum_scratch SEC(".maps");
 
+struct csum_ctx {
+	struct __sk_buff *skb;
+	struct csum_scratch *s;
+	__u32 csum_off;
+	__u32 off;
+	__u32 len;                  /* bytes left to take out */
+	int err;
+};
+
+/* One chunk of csum_remove (a bpf_loop callback: verified once, however many chunks). */
+static long csum_chunk(__u32 i, struct csum_ctx *c)
+{
+	struct csum_scratch *s = c->s;
+	__u32 n, n4;
+	__s64 diff;
+
+	if (c->len == 0)
+		return 1;
+	n = c->len > CSUM_CHUNK ? CSUM_CHUNK : c->len;
+	n = ((n - 1) & (CSUM_CHUNK - 1)) + 1; /* same value; a range [1, 512] the verifier can see */
+	n4 = (n + 3) & ~3U;
+	*(__u32 *)&s->buf[n & ~3U] = 0; /* zero the padding up to n4 */
+	if (bpf_skb_load_bytes(c->skb, c->off, s->buf, n) || n4 > CSUM_CHUNK)
+		goto fail;
+	diff = bpf_csum_diff((__be32 *)s->buf, n4, NULL, 0, 0);
+	if (diff < 0 || bpf_l4_csum_replace(c->skb, c->csum_off, 0, diff, 0))
+		goto fail;
+	c->off += n;
+	c->len -= n;
+	return 0;
+fail:
+	c->err = 1;
+	return 1;
+}
+
 /*
  * Take bytes [off, off+len) out of the TCP checksum at csum_off. off must be 2-byte aligned within TCP.
  * A global function: the verifier checks it once, not once per path that calls it.
@@ -35,33 +70,13 @@ struct {
 __noinline int csum_remove(struct __sk_buff *skb, __u32 csum_off, __u32 off, __u32 len)
 {
 	__u32 zero = 0;
-	struct csum_scratch *s = bpf_map_lookup_elem(&csum_scratch, &zero);
+	struct csum_ctx c = { .skb = skb, .csum_off = csum_off, .off = off, .len = len };
 
-	if (!skb || !s)
+	c.s = bpf_map_lookup_elem(&csum_scratch, &zero);
+	if (!skb || !c.s)
 		return -1;
-	for (int i = 0; i < CSUM_MAX_CHUNKS; i++) {
-		__u32 n, n4;
-		__s64 diff;
-
-		if (len == 0)
-			return 0;
-		n = len > CSUM_CHUNK ? CSUM_CHUNK : len;
-		n = ((n - 1) & (CSUM_CHUNK - 1)) + 1; /* same value; a range [1, 512] the verifier can see */
-		n4 = (n + 3) & ~3U;
-		*(__u32 *)&s->buf[n & ~3U] = 0; /* zero the padding up to n4 */
-		if (bpf_skb_load_bytes(skb, off, s->buf, n))
-			return -1;
-		if (n4 > CSUM_CHUNK)
-			return -1;
-		diff = bpf_csum_diff((__be32 *)s->buf, n4, NULL, 0, 0);
-		if (diff < 0)
-			return -1;
-		if (bpf_l4_csum_replace(skb, csum_off, 0, diff, 0))
-			return -1;
-		off += n;
-		len -= n;
-	}
-	return len ? -1 : 0;
+	bpf_loop(CSUM_MAX_CHUNKS, csum_chunk, &c, 0);
+	return c.err || c.len ? -1 : 0;
 }
 
 static __always_inline int store_csum32(struct __sk_buff *skb, __u32 csum_off, __u32 off, __u32 from, __u32 to)
@@ -265,6 +280,59 @@ __noinline int rewrite_to_reply(struct __sk_buff *skb, const struct pkt *p, cons
 	if (swap_timestamps(skb, ts_off))
 		return -1;
 	return swap_endpoints(skb, p);
+}
+
+/*
+ * Keep the segment's first `keep` payload bytes (0 < keep < payload_len) and drop the rest, and its FIN
+ * (the client's TCP sends the rest again: the ACK covers only what is kept). Any cut point: the TCP
+ * checksum is a sum of 16-bit words, so from an odd one the byte before it is taken out with the rest and
+ * added back as the high byte of the last word.
+ */
+__noinline int trim_payload(struct __sk_buff *skb, const struct pkt *p, __u32 keep)
+{
+	if (!skb || !p || keep == 0 || keep >= p->payload_len)
+		return -1;
+	__u32 csum_off = p->l4_off + 16;
+	__u32 cut = p->payload_off + keep;
+	__u32 odd = (cut - p->l4_off) & 1;
+	__u16 old_word, new_word;
+
+	if (csum_remove(skb, csum_off, cut - odd, p->payload_len - keep + odd))
+		return -1;
+	if (odd) {
+		__u32 last = 0;
+		__s64 add;
+
+		if (bpf_skb_load_bytes(skb, cut - 1, &last, 1))
+			return -1;
+		add = bpf_csum_diff(NULL, 0, &last, sizeof(last), 0);
+		if (add < 0 || bpf_l4_csum_replace(skb, csum_off, 0, add, 0))
+			return -1;
+	}
+	if (p->flags & TCP_FIN) {
+		if (bpf_skb_load_bytes(skb, p->l4_off + 12, &old_word, 2))
+			return -1;
+		new_word = old_word & ~bpf_htons(TCP_FIN);
+		if (store_csum16(skb, csum_off, p->l4_off + 12, old_word, new_word))
+			return -1;
+	}
+	if (bpf_l4_csum_replace(skb, csum_off, bpf_htons(p->doff + p->payload_len), bpf_htons(p->doff + keep),
+				BPF_F_PSEUDO_HDR | sizeof(__u16)))
+		return -1;
+	if (p->family == 4) {
+		__u16 old_tot = bpf_htons(p->ip_len);
+		__u16 new_tot = bpf_htons(p->ip_len - p->payload_len + keep);
+
+		if (bpf_l3_csum_replace(skb, p->l3_off + 10, old_tot, new_tot, sizeof(__u16)) ||
+		    bpf_skb_store_bytes(skb, p->l3_off + 2, &new_tot, 2, 0))
+			return -1;
+	} else {
+		__u16 new_len = bpf_htons(p->ip_len - p->payload_len + keep);
+
+		if (bpf_skb_store_bytes(skb, p->l3_off + 4, &new_len, 2, 0))
+			return -1;
+	}
+	return bpf_skb_change_tail(skb, cut, 0);
 }
 
 /* What the skb holds after rewrite_to_reply, described as a parsed packet (for rewrite_to_rst). */

@@ -21,6 +21,7 @@ enum sentinel_limits {
 	SE_BUCKET_MS = 500,
 	SE_FLOW_RULES_PER_RESOURCE = 4,
 	SE_INFLIGHT_MAX = 65536,    /* tracked in-flight requests/connections (LRU) */
+	SE_STREAMS_MAX = 65536,     /* connections whose HTTP framing is followed (LRU) */
 	SE_INFLIGHT_IDLE_MAX = 32768, /* in-flight entries kept idle for their connection's next request */
 	SE_PORTS_MAX = 1024,
 	SE_PORT_OUT_HTTP = 0x8000,  /* port_slots bit: a remote port of outbound HTTP resources */
@@ -127,7 +128,11 @@ enum port_counter {
 	PORT_DEFERRED_ACK = 11,     /* a handshake's bare last ACK dropped (deferred accept) */
 	PORT_FRAGMENT = 12,         /* first IP fragment of a TCP segment: ports readable, not reassembled */
 	PORT_REFUSED_AGAIN = 13,    /* a dropped request sent again: refused again, not judged or counted twice */
-	PORT_COUNTER_MAX = 14,
+	PORT_BODY = 14,             /* a segment that starts inside a request's head or body: not judged */
+	PORT_CUT = 15,              /* a segment cut before a request that starts inside it (it comes again) */
+	PORT_STREAM_LOST = 16,      /* a segment where the stream's framing was not known: read as a request's start */
+	PORT_FRAMING_RESET = 17,    /* framing no server reads (bad Content-Length, Transfer-Encoding): reset */
+	PORT_COUNTER_MAX = 18,
 };
 
 /* Global data-plane counters (per-CPU array `dp_counters`). */
@@ -144,7 +149,8 @@ enum dp_counter {
 	DP_UNPARSED = 9,            /* IP traffic whose TCP ports cannot be read: later fragments, header
 				     * chains past the bound (VLAN tags, IPv6 extension headers): passed */
 	DP_CONCURRENCY_REPAIRED = 10, /* reconcile: in-flight entries released, or drift corrected */
-	DP_COUNTER_MAX = 11,
+	DP_CUT_FAILED = 11,         /* cutting a segment before a request failed: dropped instead (it comes again) */
+	DP_COUNTER_MAX = 12,
 };
 
 /*

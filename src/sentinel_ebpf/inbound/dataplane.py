@@ -478,6 +478,7 @@ class InboundDataplane:
             m.http_routes,
             m.inflight,
             m.refused,
+            m.streams,
             m.port_stats,
             m.hot_values,
             m.hot_specific,

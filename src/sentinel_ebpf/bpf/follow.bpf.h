@@ -1,0 +1,422 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * Following a client's HTTP/1 byte stream by its framing, so that the data plane knows where each request
+ * starts: after the previous request's head (its empty line) and body (Content-Length bytes, or chunks
+ * followed to the last one and its trailers). The caller judges a request only at a segment's first new
+ * byte; a request that starts inside a segment (pipelined behind another, or after a body) makes the
+ * caller cut the segment before it, so that the client's TCP sends it again at the start of a segment,
+ * where it is judged. A line the follower must read whole (a Content-Length or Transfer-Encoding header,
+ * a chunk size) is never guessed across segments: the segment is cut before it, or dropped when it starts
+ * there (the client sends it again, merged with what follows). Framing a server cannot read either
+ * (an invalid Content-Length, two different ones, a Transfer-Encoding other than chunked last) resets the
+ * connection: servers answer such a request with 400 or 501 and close.
+ */
+#ifndef SENTINEL_FOLLOW_BPF_H
+#define SENTINEL_FOLLOW_BPF_H
+
+#include "parse.bpf.h"
+
+enum stream_phase {
+	STREAM_REQUEST = 0,    /* a request starts here (the stream's first byte, or after a body) */
+	STREAM_HEADERS = 1,    /* at a line of a request's head (IN_LINE: inside one, skipping to its end) */
+	STREAM_BODY = 2,       /* `left` bytes of a Content-Length body, then a request */
+	STREAM_CHUNK_SIZE = 3, /* at a chunk-size line */
+	STREAM_CHUNK_DATA = 4, /* `left` bytes of chunk data and its CRLF, then a chunk-size line */
+	STREAM_TRAILERS = 5,   /* at a trailer line after the last chunk, until an empty line */
+	STREAM_OPAQUE = 6,     /* no longer HTTP/1 (HTTP/2 with prior knowledge): nothing more is judged */
+};
+
+#define STREAM_IN_LINE 1       /* inside a line of the phase's kind, skipping to its LF */
+#define STREAM_CHUNKED 2       /* the head being read said Transfer-Encoding: chunked */
+#define STREAM_HAVE_LENGTH 4   /* ... Content-Length (`left` holds it while the head is read) */
+
+/* The stream's state at client sequence number `seq`. */
+struct stream_pos {
+	__u64 left;
+	__u32 seq;
+	__u8 phase;
+	__u8 flags;
+	__u16 valid;               /* 1: a state (0: none known, as for a new connection) */
+};
+
+#define FOLLOW_INCOMPLETE 0xffffffffU /* a line that must be read whole starts here and does not end */
+#define FOLLOW_RESET 0xfffffffeU      /* framing no server reads: reset the connection */
+
+#define FOLLOW_WINDOW 256              /* bytes read at a time; a line to read whole fits in it */
+#define FOLLOW_STEPS 64                /* lines or skips per segment (more: the segment is cut there) */
+
+struct follow_buf {
+	union {
+		__u64 w[FOLLOW_WINDOW / 8];
+		__u8 c[FOLLOW_WINDOW];
+	};
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct follow_buf);
+} follow_buf SEC(".maps");
+
+/* bpf_loop's context (on the caller's stack). */
+struct follow_ctx {
+	struct __sk_buff *skb;
+	struct stream_pos *st;
+	struct follow_buf *b;
+	__u32 off;                 /* the payload's offset in the skb */
+	__u32 len;                 /* payload bytes */
+	__u32 from;                /* the segment's first new byte (payload offset) */
+	__u32 at;                  /* where the follower is (payload offset) */
+	__u32 ret;                 /* the answer, once stopped */
+	__u32 stopped;
+};
+
+#define FOLLOW_NO_LF FOLLOW_WINDOW
+
+static __always_inline __u8 follow_byte(const struct follow_buf *b, __u32 j)
+{
+	asm volatile("" : "+r"(j));
+	return b->c[j & (FOLLOW_WINDOW - 1)];
+}
+
+/*
+ * Index of the first LF among the wlen bytes read, or FOLLOW_NO_LF. This and the other readers below are
+ * global functions: the verifier checks each once, and their answers do not multiply its paths.
+ */
+__noinline __u32 find_lf(const struct follow_buf *b, __u32 wlen)
+{
+	if (!b)
+		return FOLLOW_NO_LF;
+	for (__u32 k = 0; k < FOLLOW_WINDOW / 8; k++) {
+		__u64 m;
+
+		if (k * 8 >= wlen)
+			break;
+		m = bytes_equal_to(b->w[k], '\n');
+		if (wlen - k * 8 < 8)
+			m &= (1ULL << ((wlen - k * 8) * 8)) - 1;
+		if (m)
+			return k * 8 + lowest_flagged_byte(m);
+	}
+	return FOLLOW_NO_LF;
+}
+
+#define LOWER8(w) ((w) | 0x2020202020202020ULL)
+#define FW8(a, b, c, d, e, f, g, h)                                                                         \
+	((__u64)(a) | (__u64)(b) << 8 | (__u64)(c) << 16 | (__u64)(d) << 24 | (__u64)(e) << 32 |             \
+	 (__u64)(f) << 40 | (__u64)(g) << 48 | (__u64)(h) << 56)
+
+enum header_name {
+	HDR_OTHER = 0,
+	HDR_CONTENT_LENGTH = 1,    /* "content-length:" (15 bytes) */
+	HDR_TRANSFER_ENCODING = 2, /* "transfer-encoding:" (18 bytes) */
+};
+
+/* Which header a line of `n` bytes read starts with (case-insensitive). */
+static __always_inline int header_name(const struct follow_buf *b, __u32 n)
+{
+	__u64 w0 = LOWER8(b->w[0]), w1 = LOWER8(b->w[1]), w2 = LOWER8(b->w[2]);
+
+	if (n >= 15 && w0 == FW8('c', 'o', 'n', 't', 'e', 'n', 't', '-') &&
+	    (w1 & 0x00ffffffffffffffULL) == FW8('l', 'e', 'n', 'g', 't', 'h', ':', 0))
+		return HDR_CONTENT_LENGTH;
+	if (n >= 18 && w0 == FW8('t', 'r', 'a', 'n', 's', 'f', 'e', 'r') && w1 == FW8('-', 'e', 'n', 'c', 'o', 'd', 'i', 'n') &&
+	    (w2 & 0xffff) == FW8('g', ':', 0, 0, 0, 0, 0, 0))
+		return HDR_TRANSFER_ENCODING;
+	return HDR_OTHER;
+}
+
+static __always_inline bool ows(__u8 c)
+{
+	return c == ' ' || c == '\t';
+}
+
+#define CL_LINE_MAX 64             /* a Content-Length line longer than this is not read (reset) */
+
+struct number_ctx {
+	const struct follow_buf *b;
+	__u32 lf;                  /* the line's LF */
+	__u32 digits;
+	__u32 after;               /* blanks after the digits */
+	__u32 bad;
+	__s64 v;
+};
+
+/* One byte of a Content-Length value (a bpf_loop callback from the value's start: verified once). */
+static long decimal_byte(__u32 i, struct number_ctx *n)
+{
+	__u32 k = 15 + i;
+	__u8 c;
+
+	if (k >= n->lf)
+		return 1;
+	c = follow_byte(n->b, k);
+	if (c >= '0' && c <= '9') {
+		if (n->after || n->digits >= 18) {
+			n->bad = 1;
+			return 1;
+		}
+		n->v = n->v * 10 + (c - '0');
+		n->digits++;
+	} else if (ows(c) || (c == '\r' && k + 1 == n->lf)) {
+		if (n->digits)
+			n->after = 1;
+	} else {
+		n->bad = 1;
+		return 1;
+	}
+	return 0;
+}
+
+/* The value of a Content-Length line ending (LF) at `lf`, or -1 when it is not a decimal number. */
+__noinline __s64 content_length(const struct follow_buf *b, __u32 lf)
+{
+	struct number_ctx n = { .b = b, .lf = lf };
+
+	if (!b || lf > CL_LINE_MAX)
+		return -1;
+	bpf_loop(CL_LINE_MAX - 15, decimal_byte, &n, 0);
+	return n.digits && !n.bad ? n.v : -1;
+}
+
+/* A Transfer-Encoding line ending at `lf` names chunked last (the only framing servers read). */
+__noinline int chunked_last(const struct follow_buf *b, __u32 lf)
+{
+	__u32 end = lf;
+	__u64 word = 0;
+
+	if (!b || lf >= FOLLOW_WINDOW)
+		return 0;
+	if (end && follow_byte(b, end - 1) == '\r')
+		end--;
+	for (int k = 0; k < 8; k++) {
+		if (end > 18 && ows(follow_byte(b, end - 1)))
+			end--;
+	}
+	if (end < 18 + 7)
+		return false;
+	for (int k = 0; k < 7; k++)
+		word |= (__u64)follow_byte(b, end - 7 + k) << (8 * k);
+	if (LOWER8(word) != (FW8('c', 'h', 'u', 'n', 'k', 'e', 'd', 0) | 0x2000000000000000ULL))
+		return false;
+	__u8 before = follow_byte(b, end - 8);
+	return end - 7 == 18 || ows(before) || before == ',';
+}
+
+/* The size of a chunk-size line (hex, then an extension or the line's end), or -1. */
+__noinline __s64 chunk_size(const struct follow_buf *b, __u32 lf)
+{
+	__s64 v = 0;
+	__u32 k;
+
+	if (!b)
+		return -1;
+	for (k = 0; k < 15; k++) {
+		__u8 c = follow_byte(b, k);
+		int d;
+
+		if (k >= lf)
+			break;
+		if (c >= '0' && c <= '9')
+			d = c - '0';
+		else if ((c | 0x20) >= 'a' && (c | 0x20) <= 'f')
+			d = (c | 0x20) - 'a' + 10;
+		else
+			break;
+		v = v << 4 | d;
+	}
+	if (k == 0)
+		return -1;
+	{
+		__u8 c = follow_byte(b, k);
+
+		if (c != ';' && c != '\r' && c != '\n' && !ows(c))
+			return -1;
+	}
+	return v;
+}
+
+/* How many of the first wlen bytes read are CR or LF (at most 16: http_route reads no further). */
+__noinline __u32 line_ends(const struct follow_buf *b, __u32 wlen)
+{
+	__u32 k;
+
+	if (!b)
+		return 0;
+	for (k = 0; k < 16; k++) {
+		__u8 ch = follow_byte(b, k);
+
+		if (k >= wlen || (ch != '\r' && ch != '\n'))
+			break;
+	}
+	return k;
+}
+
+static __always_inline long follow_stop(struct follow_ctx *c, __u32 ret)
+{
+	c->ret = ret;
+	c->stopped = 1;
+	return 1;
+}
+
+/* A line that must be read whole does not end in the segment: cut before it, or drop the segment. */
+static __always_inline long need_line(struct follow_ctx *c)
+{
+	return follow_stop(c, c->at > c->from ? c->at : FOLLOW_INCOMPLETE);
+}
+
+/* One line or one skip of the stream (a bpf_loop callback: verified once). */
+static long follow_step(__u32 i, struct follow_ctx *c)
+{
+	struct stream_pos *st = c->st;
+	struct follow_buf *b = c->b;
+	__u32 rest, wlen, lf, at = c->at;
+	__u8 phase;
+
+	if (at >= c->len)
+		return follow_stop(c, c->len);
+	rest = c->len - at;
+	phase = st->phase;
+	if (phase == STREAM_OPAQUE)
+		return follow_stop(c, c->len);
+	if (phase == STREAM_BODY || phase == STREAM_CHUNK_DATA) {
+		__u64 n = st->left < rest ? st->left : rest;
+
+		c->at = at + n;
+		st->left -= n;
+		if (!st->left)
+			st->phase = phase == STREAM_BODY ? STREAM_REQUEST : STREAM_CHUNK_SIZE;
+		return 0;
+	}
+	if (phase == STREAM_REQUEST && at > c->from)
+		return follow_stop(c, at); /* a request inside the segment: cut before it */
+	wlen = rest < FOLLOW_WINDOW ? rest : FOLLOW_WINDOW;
+	wlen = ((wlen - 1) & (FOLLOW_WINDOW - 1)) + 1;
+	if (bpf_skb_load_bytes(c->skb, c->off + at, b->c, wlen))
+		return follow_stop(c, c->len);
+	if (phase == STREAM_REQUEST) {
+		/* the segment's first request (the caller judges it): past empty lines to the request line */
+		__u32 k = line_ends(b, wlen);
+
+		if (k >= wlen)
+			return follow_stop(c, c->len); /* only line ends: the request starts in a later segment */
+		__u8 first = follow_byte(b, k);
+		if (first < 'A' || first > 'Z')
+			return follow_stop(c, c->len); /* not a request line: not HTTP/1 we read, passed */
+		if (k + 8 <= wlen && follow_byte(b, k) == 'P' && follow_byte(b, k + 1) == 'R' &&
+		    follow_byte(b, k + 2) == 'I' && follow_byte(b, k + 3) == ' ' && follow_byte(b, k + 4) == '*') {
+			st->phase = STREAM_OPAQUE; /* HTTP/2 with prior knowledge */
+			return follow_stop(c, c->len);
+		}
+		st->phase = STREAM_HEADERS;
+		st->flags = STREAM_IN_LINE; /* the request line, to its end */
+		st->left = 0;
+		c->at = at + k;
+		return 0;
+	}
+	lf = find_lf(b, wlen);
+	if (st->flags & STREAM_IN_LINE) {
+		if (lf == FOLLOW_NO_LF) {
+			c->at = at + wlen;
+			return 0;
+		}
+		c->at = at + lf + 1;
+		st->flags &= ~STREAM_IN_LINE;
+		return 0;
+	}
+	if (phase == STREAM_CHUNK_SIZE) {
+		__s64 size;
+
+		if (lf == FOLLOW_NO_LF)
+			return wlen == FOLLOW_WINDOW ? follow_stop(c, FOLLOW_RESET) : need_line(c);
+		size = chunk_size(b, lf);
+		if (size < 0)
+			return follow_stop(c, FOLLOW_RESET);
+		c->at = at + lf + 1;
+		if (size == 0) {
+			st->phase = STREAM_TRAILERS;
+		} else {
+			st->phase = STREAM_CHUNK_DATA;
+			st->left = size + 2; /* the data and its CRLF */
+		}
+		return 0;
+	}
+	/* STREAM_HEADERS or STREAM_TRAILERS, at a line's start */
+	if (lf == FOLLOW_NO_LF) {
+		/* the line goes on past the segment or the window: skip it unless it must be read */
+		if (wlen < 18 || (phase == STREAM_HEADERS && header_name(b, wlen) != HDR_OTHER)) {
+			if (wlen == FOLLOW_WINDOW)
+				return follow_stop(c, FOLLOW_RESET);
+			return need_line(c);
+		}
+		st->flags |= STREAM_IN_LINE;
+		c->at = at + wlen;
+		return 0;
+	}
+	c->at = at + lf + 1;
+	if (lf == 0 || (lf == 1 && follow_byte(b, 0) == '\r')) {
+		/* the empty line: the head (or the trailers) ends */
+		if (phase == STREAM_HEADERS && (st->flags & STREAM_CHUNKED)) {
+			st->phase = STREAM_CHUNK_SIZE;
+		} else if (phase == STREAM_HEADERS && (st->flags & STREAM_HAVE_LENGTH) && st->left) {
+			st->phase = STREAM_BODY;
+		} else {
+			st->phase = STREAM_REQUEST;
+			st->left = 0;
+		}
+		st->flags = 0;
+		return 0;
+	}
+	if (phase != STREAM_HEADERS || lf < 15)
+		return 0;
+	{
+		int name = header_name(b, lf);
+
+		if (name == HDR_CONTENT_LENGTH) {
+			__s64 v = content_length(b, lf);
+
+			if (v < 0 || ((st->flags & STREAM_HAVE_LENGTH) && st->left != (__u64)v))
+				return follow_stop(c, FOLLOW_RESET);
+			st->left = v;
+			st->flags |= STREAM_HAVE_LENGTH;
+		} else if (name == HDR_TRANSFER_ENCODING) {
+			if (!chunked_last(b, lf))
+				return follow_stop(c, FOLLOW_RESET);
+			st->flags |= STREAM_CHUNKED;
+		}
+	}
+	return 0;
+}
+
+/*
+ * Follow the segment's payload from byte `from` (its first new byte) with the stream's state there in
+ * *st; on return *st is the state where the follower stopped. Returns the payload length (the whole
+ * segment followed), a payload offset at which to cut the segment (a request starts there, or a line
+ * that must be read whole; `from` < offset), FOLLOW_INCOMPLETE or FOLLOW_RESET. A global function: the
+ * verifier checks it once.
+ */
+__noinline __u32 stream_follow(struct __sk_buff *skb, const struct pkt *p, __u32 from, struct stream_pos *st)
+{
+	__u32 zero = 0;
+	struct follow_buf *b = bpf_map_lookup_elem(&follow_buf, &zero);
+	struct follow_ctx c = {};
+
+	if (!skb || !p || !st || !b)
+		return FOLLOW_RESET;
+	if (from >= p->payload_len)
+		return p->payload_len;
+	c.skb = skb;
+	c.st = st;
+	c.b = b;
+	c.off = p->payload_off;
+	c.len = p->payload_len;
+	c.from = from;
+	c.at = from;
+	bpf_loop(FOLLOW_STEPS, follow_step, &c, 0);
+	if (!c.stopped)
+		return c.at < c.len ? c.at : c.len; /* steps used up: cut where the follower stands */
+	return c.ret;
+}
+
+#endif /* SENTINEL_FOLLOW_BPF_H */

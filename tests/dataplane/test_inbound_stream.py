@@ -1,0 +1,296 @@
+"""Requests found where they start in the client's stream: after a head and its body (Content-Length,
+chunked), pipelined behind another, or after a body in the same segment. A request that starts inside a
+segment is not passed there: the segment is cut before it, and the client's TCP sends it again at the
+start of a segment, where it is judged. Segments are crafted: each is taken as the stream's next bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sentinel_ebpf.inbound import InboundDataplane
+from sentinel_ebpf.rules import RuleSet, load_text
+from tests.support.packets import ACK, FIN, PSH, RST, TC_ACT_OK, TC_ACT_SHOT, parse_frame, tcp_frame
+
+pytestmark = pytest.mark.kernel("inbound")
+
+CLIENT, SERVER = "127.0.0.2", "127.0.0.1"
+BLOCK_API = """
+resources:
+  - {name: api, match: {protocol: http, port: 8080, method: GET, path: /api}}
+flowRules:
+  - {resource: api, threshold: 0}
+"""
+COUNT_ALL = """
+resources:
+  - {name: api, match: {protocol: http, port: 8080, method: GET, path: /api}}
+  - {name: other, match: {protocol: http, port: 8080, method: GET, path: /other}}
+  - {name: up, match: {protocol: http, port: 8080, method: POST, path: /up}}
+flowRules:
+  - {resource: api, threshold: 1000000}
+  - {resource: other, threshold: 1000000}
+  - {resource: up, threshold: 1000000}
+"""
+API = b"GET /api HTTP/1.1\r\nHost: svc\r\n\r\n"
+OTHER = b"GET /other HTTP/1.1\r\nHost: svc\r\n\r\n"
+
+
+def rules(text: str) -> RuleSet:
+    return load_text(text, "test.yaml")
+
+
+@dataclass
+class Client:
+    """One client connection's stream, sent as crafted segments; `seq` advances by what the server's stack
+    takes (what the program passed, cut or whole)."""
+
+    dp: InboundDataplane
+    sport: int = 40000
+    seq: int = 1000
+    delivered: bytearray = field(default_factory=bytearray)
+
+    def send(self, payload: bytes, flags: int = PSH | ACK) -> tuple[int, bytes | None]:
+        """(retval, the payload the server's stack gets, None when nothing)."""
+        frame = tcp_frame(CLIENT, SERVER, self.sport, 8080, flags=flags, seq=self.seq, payload=payload)
+        res = self.dp.obj.program("tc_ingress").test_run(frame)
+        if res.retval != TC_ACT_OK:
+            return res.retval, None
+        if res.data_out == frame:
+            kept = payload
+        else:
+            out = parse_frame(res.data_out)
+            if out.flags & RST:
+                return res.retval, None  # refused: the server gets a reset in the segment's place
+            assert out.ip_csum_ok and out.tcp_csum_ok, "a cut segment's checksums must hold"
+            assert (out.seq, out.sport, out.dport) == (self.seq, self.sport, 8080)
+            assert payload.startswith(out.payload) and 0 < len(out.payload) < len(payload)
+            assert not out.flags & FIN, "a FIN goes with the bytes cut off"
+            kept = out.payload
+        self.seq += len(kept)
+        self.delivered += kept
+        return res.retval, kept
+
+
+def stats(dp: InboundDataplane) -> dict[str, tuple[int, int]]:
+    return {s.name: (s.passed, s.blocked) for s in dp.resource_stats()}
+
+
+def test_a_request_pipelined_behind_another_is_cut_off_and_judged_when_it_comes_again(
+    dp: InboundDataplane,
+) -> None:
+    dp.apply(dp.compile(rules(BLOCK_API)))
+    c = Client(dp)
+    assert c.send(OTHER + API) == (TC_ACT_OK, OTHER)  # cut after the first request
+    assert dp.port_counters(8080)["cut"] == 1
+    # the client sends the rest again, now at a segment's start: refused (the server gets a reset)
+    assert c.send(API)[1] is None, "the blocked request must not reach the server"
+    assert stats(dp)["api"] == (0, 1)
+
+
+def test_a_cut_on_a_fin_segment_takes_the_fin_off(dp: InboundDataplane) -> None:
+    dp.apply(dp.compile(rules(BLOCK_API)))
+    c = Client(dp)
+    assert c.send(OTHER + API, flags=FIN | PSH | ACK) == (TC_ACT_OK, OTHER)
+
+
+@pytest.mark.parametrize("odd", [0, 1, 2, 3])
+def test_a_cut_at_any_byte_keeps_the_checksums(dp: InboundDataplane, odd: int) -> None:
+    dp.apply(dp.compile(rules(BLOCK_API)))
+    first = b"GET /other HTTP/1.1\r\nHost: svc" + b"x" * odd + b"\r\n\r\n"
+    assert Client(dp).send(first + API) == (TC_ACT_OK, first)
+
+
+def test_a_cut_takes_off_more_than_a_segment_of_bytes(dp: InboundDataplane) -> None:
+    """A GRO-merged skb holds many segments: the checksum is fixed over all the bytes taken off."""
+    dp.apply(dp.compile(rules(BLOCK_API)))
+    rest = b"GET /api HTTP/1.1\r\nX-Pad: " + b"p" * 2500 + b"\r\n\r\n"
+    assert Client(dp).send(OTHER + rest) == (TC_ACT_OK, OTHER)
+
+
+def test_a_request_after_a_body_in_the_same_segment_is_cut_off(dp: InboundDataplane) -> None:
+    dp.apply(dp.compile(rules(BLOCK_API)))
+    post = b"POST /up HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello"
+    c = Client(dp)
+    assert c.send(post + API) == (TC_ACT_OK, post)
+    assert c.send(API)[1] is None
+    assert stats(dp)["api"] == (0, 1)
+
+
+def test_body_bytes_are_not_judged_and_the_request_after_them_is(dp: InboundDataplane) -> None:
+    """A body that looks like a request is a body: not judged; the request after the body is."""
+    dp.apply(dp.compile(rules(BLOCK_API)))
+    c = Client(dp)
+    head = b"POST /up HTTP/1.1\r\ncontent-length:  %d \r\n\r\n" % (len(API) + 3)
+    assert c.send(head) == (TC_ACT_OK, head)
+    assert c.send(API) == (TC_ACT_OK, API)  # body bytes at a segment's start
+    assert c.send(b"xyz" + API) == (TC_ACT_OK, b"xyz")  # the body's end, then a request
+    assert stats(dp)["api"] == (0, 0)
+    assert c.send(API)[1] is None
+    assert stats(dp)["api"] == (0, 1)
+    assert dp.port_counters(8080)["body"] == 2
+
+
+def test_a_chunked_body_is_followed_to_its_last_chunk_and_trailers(dp: InboundDataplane) -> None:
+    dp.apply(dp.compile(rules(BLOCK_API)))
+    c = Client(dp)
+    head = b"POST /up HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+    chunk = b"%x\r\n" % len(API) + API + b"\r\n"  # a chunk whose data looks like a request
+    last = b"0\r\nX-Trailer: 1\r\n\r\n"
+    assert c.send(head + chunk[:10]) == (TC_ACT_OK, head + chunk[:10])
+    assert c.send(chunk[10:] + b"1") == (TC_ACT_OK, chunk[10:])  # a chunk-size line is read whole
+    assert c.send(b"11;ext=1\r\n" + b"z" * 17 + b"\r\n" + last + API) == (
+        TC_ACT_OK,
+        b"11;ext=1\r\n" + b"z" * 17 + b"\r\n" + last,
+    )
+    assert stats(dp)["api"] == (0, 0)
+    assert c.send(API)[1] is None
+    assert stats(dp)["api"] == (0, 1)
+
+
+def test_a_header_that_frames_the_body_is_read_whole(dp: InboundDataplane) -> None:
+    """A Content-Length line cut by the segment's end is not guessed at: cut before it, or dropped when it
+    starts the segment (the client sends it again with what follows)."""
+    dp.apply(dp.compile(rules(BLOCK_API)))
+    c = Client(dp)
+    start = b"POST /up HTTP/1.1\r\nHost: svc\r\n"
+    assert c.send(start + b"Content-Len") == (TC_ACT_OK, start)
+    assert c.send(b"Content-Len") == (TC_ACT_SHOT, None)
+    rest = b"Content-Length: 2\r\n\r\nab"
+    assert c.send(rest + API) == (TC_ACT_OK, rest)
+    assert c.send(API)[1] is None
+    assert stats(dp)["api"] == (0, 1)
+
+
+def test_a_long_header_line_is_skipped_across_segments(dp: InboundDataplane) -> None:
+    dp.apply(dp.compile(rules(BLOCK_API)))
+    c = Client(dp)
+    cookie = b"GET /other HTTP/1.1\r\nCookie: " + b"c" * 600
+    assert c.send(cookie) == (TC_ACT_OK, cookie)
+    assert c.send(b"c" * 100 + b"\r\n\r\n" + API) == (TC_ACT_OK, b"c" * 100 + b"\r\n\r\n")
+    assert c.send(API)[1] is None
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST /up HTTP/1.1\r\nContent-Length: 12abc\r\n\r\n",
+        b"POST /up HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+        b"POST /up HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+        b"POST /up HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+        b"POST /up HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+        b"POST /up HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ],
+)
+def test_framing_no_server_reads_resets_the_connection(dp: InboundDataplane, head: bytes) -> None:
+    dp.apply(dp.compile(rules(BLOCK_API)))
+    assert Client(dp).send(head + API)[1] is None
+    assert dp.port_counters(8080)["framing_reset"] == 1
+
+
+def test_framing_servers_read_is_followed(dp: InboundDataplane) -> None:
+    dp.apply(dp.compile(rules(BLOCK_API)))
+    for i, head in enumerate(
+        [
+            b"POST /up HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            b"POST /up HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+            b"POST /up HTTP/1.1\r\ntransfer-encoding: gzip, Chunked\r\n\r\n0\r\n\r\n",
+            b"POST /up HTTP/1.1\nContent-Length: 1\n\nz",  # bare LF line ends
+            b"\r\n\r\nGET /other HTTP/1.1\r\n\r\n",
+        ]
+    ):
+        c = Client(dp, sport=41000 + i)
+        assert c.send(head + API) == (TC_ACT_OK, head)
+        assert c.send(API)[1] is None
+    assert stats(dp)["api"] == (0, 5)
+    assert dp.port_counters(8080)["framing_reset"] == 0
+
+
+def test_a_segment_the_stack_dropped_is_followed_again_from_its_start(dp: InboundDataplane) -> None:
+    """The server's stack may drop a segment the program passed (memory, a bad checksum): the client
+    sends it again and the stream is followed from where that segment started."""
+    dp.apply(dp.compile(rules(BLOCK_API)))
+    c = Client(dp)
+    post = b"POST /up HTTP/1.1\r\nContent-Length: 3\r\n\r\n"
+    assert c.send(post) == (TC_ACT_OK, post)
+    c.seq -= len(post)  # the stack dropped it
+    c.delivered.clear()
+    assert c.send(post) == (TC_ACT_OK, post)
+    assert c.send(b"abc" + API) == (TC_ACT_OK, b"abc")
+    assert dp.port_counters(8080)["stream_lost"] == 0
+
+
+def test_an_unknown_stream_position_is_read_as_a_request_start_and_counted(dp: InboundDataplane) -> None:
+    dp.apply(dp.compile(rules(BLOCK_API)))
+    c = Client(dp)
+    assert c.send(OTHER) == (TC_ACT_OK, OTHER)
+    c.seq += 10  # bytes the program never saw
+    assert c.send(API)[1] is None
+    assert dp.port_counters(8080)["stream_lost"] == 1
+
+
+def test_http2_with_prior_knowledge_is_not_cut(dp: InboundDataplane) -> None:
+    dp.apply(dp.compile(rules(BLOCK_API)))
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes(9)
+    assert Client(dp).send(preface) == (TC_ACT_OK, preface)
+
+
+# --- generated streams: every request judged exactly once, every byte delivered once --------------------
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> bytes:
+    kind = draw(st.sampled_from(["api", "other", "length", "chunked"]))
+    lead = draw(st.sampled_from([b"", b"\r\n"]))
+    if kind == "api":
+        return lead + API
+    if kind == "other":
+        return (
+            lead
+            + b"GET /other HTTP/1.1\r\nHost: svc\r\nX-Pad: "
+            + b"p" * draw(st.integers(0, 300))
+            + b"\r\n\r\n"
+        )
+    body_parts = draw(st.lists(st.sampled_from([API, b"x" * 7, b"0\r\n\r\n", b"\r\n"]), max_size=4))
+    if kind == "length":
+        body = b"".join(body_parts)
+        return lead + b"POST /up HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    chunks = b"".join(b"%x\r\n" % len(p) + p + b"\r\n" for p in body_parts if p)
+    return lead + b"POST /up HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n"
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(reqs=st.lists(requests(), min_size=1, max_size=6), sizes=st.lists(st.integers(1, 400), min_size=1))
+def test_generated_streams_judge_every_request_once(
+    dp: InboundDataplane, reqs: list[bytes], sizes: list[int]
+) -> None:
+    """Random requests (with Content-Length and chunked bodies that hold request-like bytes), split at
+    random points and pipelined: the client sends what the server's stack has not taken, as Linux does
+    (a dropped segment comes again merged with what follows); every request is judged exactly once and
+    the server's stack gets the stream byte for byte."""
+    dp.clear()
+    dp.apply(dp.compile(rules(COUNT_ALL)))
+    stream = b"".join(reqs)
+    c = Client(dp, sport=42000)
+    sent, i, tries = 0, 0, 0
+    while sent < len(stream):
+        size = sizes[i % len(sizes)] + (400 * tries)
+        retval, kept = c.send(stream[sent : sent + size])
+        assert retval in (TC_ACT_OK, TC_ACT_SHOT)
+        if kept is None:
+            tries += 1
+            assert tries < 10, "a segment is dropped for good"
+            continue
+        sent += len(kept)
+        i, tries = i + 1, 0
+    assert bytes(c.delivered) == stream
+    expect = {
+        "api": sum(r.lstrip(b"\r\n").startswith(b"GET /api") for r in reqs),
+        "other": sum(r.lstrip(b"\r\n").startswith(b"GET /other") for r in reqs),
+        "up": sum(r.lstrip(b"\r\n").startswith(b"POST") for r in reqs),
+    }
+    assert {k: v[0] for k, v in stats(dp).items()} == expect
+    assert dp.port_counters(8080)["stream_lost"] == 0
