@@ -13,8 +13,8 @@ TC programs included, runs there) and its processes run in a cgroup v2 of their 
 
   ebpf      nginx (1 worker) serving a 12-byte static file on 8080, the inbound data plane attached to
             the server veth with {resource: all of port 8080 (http), threshold: T}: the kernel answers
-            429 (Connection: close) and resets the server side, so every rejected request costs the
-            client a new connection, and the server its handshake, accept and reset
+            429 in the connection's stream and keeps the connection (the server never sees the
+            request; with the ``close`` load the client closes it anyway)
   ebpf-rst  the same with ``reject: {http: {mode: rst}}``: the request is answered with a reset
   ebpf-syn  a TCP resource (port 8080, threshold T new connections/s): the SYN is answered with a RST,
             nginx never sees the connection (only with the ``close`` load: with keep-alive it limits
@@ -25,7 +25,7 @@ TC programs included, runs there) and its processes run in a cgroup v2 of their 
             Starlette behind slowapi's ASGI middleware, one in-memory fixed-window limit "T/second"
 
 Two client loads (``--loads``): ``keepalive`` (wrk's default: a connection is reused until the server
-closes it; nginx's and slowapi's 429 keep it open, the kernel's closes it) and ``close`` (wrk sends
+closes it; nginx's, slowapi's and the kernel's 429 keep it open) and ``close`` (wrk sends
 ``Connection: close``: a new connection for every request, whatever the answer).
 
 Every case runs in every round (order rotating), ``--seconds`` each, the data plane attached only during

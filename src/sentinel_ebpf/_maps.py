@@ -113,7 +113,7 @@ class InboundMaps:
         self.conn_state: Map = obj.map("conn_state")
         #: PERCPU_ARRAY, max_entries 1: __u32 -> struct csum_scratch
         self.csum_scratch: Map = obj.map("csum_scratch")
-        #: PERCPU_ARRAY, max_entries 12: __u32 -> __u64
+        #: PERCPU_ARRAY, max_entries 14: __u32 -> __u64
         self.dp_counters: Map = obj.map("dp_counters")
         #: PERCPU_ARRAY, max_entries 1: __u32 -> struct ingress_scratch
         self.egress_scratch: Map = obj.map("egress_scratch")
@@ -127,7 +127,7 @@ class InboundMaps:
         self.hot_specific: Map = obj.map("hot_specific")
         #: LRU_HASH, max_entries 262144: struct hot_key -> struct hot_state
         self.hot_values: Map = obj.map("hot_values")
-        #: ARRAY, max_entries 4: __u32 -> struct http_reply
+        #: ARRAY, max_entries 6: __u32 -> struct http_reply
         self.http_reply: Map = obj.map("http_reply")
         #: HASH, max_entries 262144: struct http_route_key -> __u32
         self.http_routes: Map = obj.map("http_routes")
@@ -235,10 +235,11 @@ class InboundBss(ctypes.Structure):
     _pack_ = 1
     _fields_ = [
         ("test_clock_ns", ctypes.c_uint64),
+        ("replied_in_stream", ctypes.c_uint32),
     ]
 
 
-assert ctypes.sizeof(InboundBss) == 8
+assert ctypes.sizeof(InboundBss) == 12
 
 
 def set_inbound_rodata(

@@ -159,7 +159,9 @@ class DpCounter(IntEnum):
     DP_UNPARSED = 9
     DP_CONCURRENCY_REPAIRED = 10
     DP_CUT_FAILED = 11
-    DP_COUNTER_MAX = 12
+    DP_REPLY_KEPT = 12
+    DP_REPLY_CLOSED = 13
+    DP_COUNTER_MAX = 14
 
 
 class HotParam(IntEnum):
@@ -191,6 +193,7 @@ class RouteFlags(IntEnum):
 
     ROUTE_OUTBOUND = 128
     HTTP_REPLY_OUTBOUND = 2
+    HTTP_REPLY_KEEPALIVE = 4
 
 
 class SystemMetric(IntEnum):

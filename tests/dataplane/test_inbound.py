@@ -47,6 +47,7 @@ class Harness:
         self.ingress = dp.obj.program("tc_ingress")
         self.egress = dp.obj.program("tc_egress")
         self.sport = 20000
+        self.seqs: dict[int, int] = {}
 
     def at(self, ms: float) -> None:
         self.clock.set_ns(int(T0_MS * 1_000_000 + ms * 1_000_000))
@@ -62,7 +63,10 @@ class Harness:
         if sport is None:
             self.sport += 1
             sport = self.sport
-        frame = tcp_frame(CLIENT, SERVER, sport, port, flags=PSH | ACK, payload=http_request(method, path))
+        payload = http_request(method, path)
+        seq = self.seqs.get(sport, 1000)  # each connection's requests follow one another in its stream
+        self.seqs[sport] = seq + len(payload)
+        frame = tcp_frame(CLIENT, SERVER, sport, port, flags=PSH | ACK, seq=seq, payload=payload)
         res = self.ingress.test_run(frame)
         return res.retval == TC_ACT_OK and res.data_out == frame
 

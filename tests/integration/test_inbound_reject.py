@@ -83,24 +83,28 @@ def test_blocked_request_gets_429_and_server_never_sees_it(guarded: Guarded, v6:
     assert blocked.returncode == 0, blocked.stderr
     head, _, body = blocked.stdout.partition("\n\n")  # text mode: CRLF reads as LF
     assert head.startswith("HTTP/1.1 429 Too Many Requests")
-    assert "Retry-After: 1" in head and "Connection: close" in head
+    assert "Retry-After: 1" in head and "Connection: close" not in head, "the connection is kept"
     assert body == "Too Many Requests\n", repr(blocked.stdout)
     events = guarded.stop(connections=2)
     conns = [e for e in events if isinstance(e, dict) and "requests" in e]
     assert {"requests": ["GET /ok HTTP/1.1"], "reset": False} in conns
-    assert {"requests": [], "reset": True} in conns, "the server side must get a RST, never the request"
+    assert {"requests": [], "reset": False} in conns, "the server never sees the request, nor a reset"
     final = next(e for e in events if isinstance(e, dict) and "counters" in e)
-    assert final["counters"]["reply_sent"] == 1 and final["counters"]["reply_failed"] == 0
+    counters = final["counters"]
+    assert (counters["reply_sent"], counters["reply_kept"], counters["reply_failed"]) == (1, 1, 0)
     assert final["stats"] == {"ok": [1, 0], "limited": [0, 1]}
 
 
 def test_keep_alive_connection_gets_200_then_429(guarded: Guarded) -> None:
-    res = curl(guarded.pair, "/ok", "/limited")
+    """A refusal keeps the keep-alive connection: curl's three requests go on one connection, the
+    server serves the two allowed ones on it and never sees the refused one, nor a reset."""
+    res = curl(guarded.pair, "/ok", "/limited", "/ok")
     assert res.returncode == 0, res.stderr
-    assert res.stdout.count("HTTP/1.1 200 OK") == 1 and "HTTP/1.1 429 Too Many Requests" in res.stdout
+    statuses = [line.split(" ", 2)[1] for line in res.stdout.splitlines() if line.startswith("HTTP/1.1 ")]
+    assert statuses == ["200", "429", "200"], res.stdout
     events = guarded.stop(connections=1)
     conns = [e for e in events if isinstance(e, dict) and "requests" in e]
-    assert conns == [{"requests": ["GET /ok HTTP/1.1"], "reset": True}]
+    assert conns == [{"requests": ["GET /ok HTTP/1.1", "GET /ok HTTP/1.1"], "reset": False}]
 
 
 def test_many_blocked_requests_leave_no_stuck_sockets(guarded: Guarded) -> None:
@@ -111,7 +115,7 @@ def test_many_blocked_requests_leave_no_stuck_sockets(guarded: Guarded) -> None:
     ss = pair.run(pair.server, "ss", "-tanH", f"sport = :{PORT}").stdout
     assert "ESTAB" not in ss and "CLOSE-WAIT" not in ss, ss
     final = next(e for e in guarded.stop() if isinstance(e, dict) and "counters" in e)
-    assert final["counters"]["reply_sent"] == 30
+    assert (final["counters"]["reply_sent"], final["counters"]["reply_kept"]) == (30, 30)
 
 
 def test_http_rst_mode(fresh_netns_pair: NetnsPair) -> None:
@@ -149,3 +153,34 @@ flowRules:
     assert codes[:2] == [0, 0] and codes[2:] == [7, 7, 7], codes  # 7: connection refused (RST to SYN)
     final = next(e for e in events if isinstance(e, dict) and "counters" in e)
     assert final["stats"] == {"conns": [2, 3]}
+
+
+KEEPALIVE_CLIENT = """
+import http.client, json, sys
+conn = http.client.HTTPConnection(sys.argv[1], 8080, timeout=5)
+out = []
+for path in ["/ok", "/limited", "/ok", "/limited", "/limited", "/ok"]:
+    conn.request("GET", path)
+    resp = conn.getresponse()
+    body = resp.read()
+    out.append([resp.status, conn.sock.getsockname()[1], len(body)])
+print(json.dumps(out))
+"""
+
+
+def test_python_http_client_keeps_its_connection_through_refusals(guarded: Guarded) -> None:
+    """Python's http.client on one keep-alive connection: each refused request gets the 429 and the
+    same connection (the same local port) carries the next request; the server serves the allowed ones
+    on that one connection and never sees a refused one, nor a reset."""
+    pair = guarded.pair
+    res = pair.run(pair.client, sys.executable, "-c", KEEPALIVE_CLIENT, pair.server_ip, timeout=30)
+    assert res.returncode == 0, res.stderr
+    answers = json.loads(res.stdout)
+    assert [status for status, _, _ in answers] == [200, 429, 200, 429, 429, 200]
+    assert len({port for _, port, _ in answers}) == 1, f"the client reconnected: {answers}"
+    assert all(length == len("Too Many Requests\n") for status, _, length in answers if status == 429)
+    events = guarded.stop(connections=1)
+    conns = [e for e in events if isinstance(e, dict) and "requests" in e]
+    assert conns == [{"requests": ["GET /ok HTTP/1.1"] * 3, "reset": False}]
+    final = next(e for e in events if isinstance(e, dict) and "counters" in e)
+    assert (final["counters"]["reply_kept"], final["counters"]["reply_closed"]) == (3, 0)

@@ -30,13 +30,20 @@ enum stream_phase {
 #define STREAM_CHUNKED 2       /* the head being read said Transfer-Encoding: chunked */
 #define STREAM_HAVE_LENGTH 4   /* ... Content-Length (`left` holds it while the head is read) */
 
+#define STREAM_REQ_LINE 8      /* the line being skipped (IN_LINE) is the request line */
+
+#define LAST_CLOSE 1           /* the request asked to close: Connection: close, or HTTP/1.0 */
+
 /* The stream's state at client sequence number `seq`. */
 struct stream_pos {
 	__u64 left;
 	__u32 seq;
 	__u8 phase;
 	__u8 flags;
-	__u16 valid;               /* 1: a state (0: none known, as for a new connection) */
+	__u8 reqs;                 /* requests that started so far (modulo 256) */
+	__u8 last;                 /* LAST_* of the last request whose head was read */
+	__u32 valid;               /* 1: a state (0: none known, as for a new connection) */
+	__u32 _pad;
 };
 
 #define FOLLOW_INCOMPLETE 0xffffffffU /* a line that must be read whole starts here and does not end */
@@ -111,6 +118,7 @@ enum header_name {
 	HDR_OTHER = 0,
 	HDR_CONTENT_LENGTH = 1,    /* "content-length:" (15 bytes) */
 	HDR_TRANSFER_ENCODING = 2, /* "transfer-encoding:" (18 bytes) */
+	HDR_CONNECTION = 3,        /* "connection:" (11 bytes) */
 };
 
 /* Which header a line of `n` bytes read starts with (case-insensitive). */
@@ -124,6 +132,9 @@ static __always_inline int header_name(const struct follow_buf *b, __u32 n)
 	if (n >= 18 && w0 == FW8('t', 'r', 'a', 'n', 's', 'f', 'e', 'r') && w1 == FW8('-', 'e', 'n', 'c', 'o', 'd', 'i', 'n') &&
 	    (w2 & 0xffff) == FW8('g', ':', 0, 0, 0, 0, 0, 0))
 		return HDR_TRANSFER_ENCODING;
+	if (n >= 11 && w0 == FW8('c', 'o', 'n', 'n', 'e', 'c', 't', 'i') &&
+	    (w1 & 0xffffff) == FW8('o', 'n', ':', 0, 0, 0, 0, 0))
+		return HDR_CONNECTION;
 	return HDR_OTHER;
 }
 
@@ -237,6 +248,39 @@ __noinline __s64 chunk_size(const struct follow_buf *b, __u32 lf)
 	return v;
 }
 
+/* A Connection line ending at `lf` names the token close (any case). */
+__noinline int names_close(const struct follow_buf *b, __u32 lf)
+{
+	if (!b)
+		return 0;
+	for (__u32 k = 11; k + 5 <= 64; k++) {
+		if (k + 5 > lf)
+			break;
+		if ((follow_byte(b, k) | 0x20) == 'c' && (follow_byte(b, k + 1) | 0x20) == 'l' &&
+		    (follow_byte(b, k + 2) | 0x20) == 'o' && (follow_byte(b, k + 3) | 0x20) == 's' &&
+		    (follow_byte(b, k + 4) | 0x20) == 'e')
+			return 1;
+	}
+	return 0;
+}
+
+/* A request line ending at `lf` (in the bytes read) says HTTP/1.0. */
+__noinline int http10_line(const struct follow_buf *b, __u32 lf)
+{
+	__u32 end = lf;
+	__u64 word = 0;
+
+	if (!b || lf >= FOLLOW_WINDOW)
+		return 0;
+	if (end && follow_byte(b, end - 1) == '\r')
+		end--;
+	if (end < 8)
+		return 0;
+	for (int k = 0; k < 8; k++)
+		word |= (__u64)follow_byte(b, end - 8 + k) << (8 * k);
+	return word == FW8('H', 'T', 'T', 'P', '/', '1', '.', '0');
+}
+
 /* How many of the first wlen bytes read are CR or LF (at most 16: http_route reads no further). */
 __noinline __u32 line_ends(const struct follow_buf *b, __u32 wlen)
 {
@@ -310,8 +354,10 @@ static long follow_step(__u32 i, struct follow_ctx *c)
 			return follow_stop(c, c->len);
 		}
 		st->phase = STREAM_HEADERS;
-		st->flags = STREAM_IN_LINE; /* the request line, to its end */
+		st->flags = STREAM_IN_LINE | STREAM_REQ_LINE; /* the request line, to its end */
 		st->left = 0;
+		st->reqs++;
+		st->last = 0;
 		c->at = at + k;
 		return 0;
 	}
@@ -322,7 +368,9 @@ static long follow_step(__u32 i, struct follow_ctx *c)
 			return 0;
 		}
 		c->at = at + lf + 1;
-		st->flags &= ~STREAM_IN_LINE;
+		if ((st->flags & STREAM_REQ_LINE) && http10_line(b, lf))
+			st->last |= LAST_CLOSE;
+		st->flags &= ~(STREAM_IN_LINE | STREAM_REQ_LINE);
 		return 0;
 	}
 	if (phase == STREAM_CHUNK_SIZE) {
@@ -368,7 +416,7 @@ static long follow_step(__u32 i, struct follow_ctx *c)
 		st->flags = 0;
 		return 0;
 	}
-	if (phase != STREAM_HEADERS || lf < 15)
+	if (phase != STREAM_HEADERS || lf < 11)
 		return 0;
 	{
 		int name = header_name(b, lf);
@@ -384,6 +432,8 @@ static long follow_step(__u32 i, struct follow_ctx *c)
 			if (!chunked_last(b, lf))
 				return follow_stop(c, FOLLOW_RESET);
 			st->flags |= STREAM_CHUNKED;
+		} else if (name == HDR_CONNECTION && names_close(b, lf)) {
+			st->last |= LAST_CLOSE;
 		}
 	}
 	return 0;

@@ -14,6 +14,7 @@
 #include "stat.bpf.h"
 #include "flow.bpf.h"
 #include "reject.bpf.h"
+#include "xlate.bpf.h"
 #include "system.bpf.h"
 #include "hotspot.bpf.h"
 #include "breaker.bpf.h"
@@ -134,7 +135,20 @@ struct {
 struct stream_state {
 	struct stream_pos prev;
 	struct stream_pos cur;
+	struct seq_xlate xl;        /* once a request was refused in the stream (xl_on): its translation */
+	__u32 xl_on;
+	__u32 requests;             /* requests passed to the server */
+	__u32 responses;            /* final responses the server began (a status line starting a segment) */
+	__u32 status_seq;           /* the server's seq of the last one counted (its retransmission is not) */
 };
+
+/* skb->mark of the replies and resets the programs send (so that egress neither counts nor translates
+ * them as the server's). */
+#define SE_REPLY_MARK 0x5e0e0429U
+
+/* Set once a request was refused in its connection's stream: from then on the programs look for
+ * connections to translate (before, no packet pays the lookup). */
+__u32 replied_in_stream = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -183,7 +197,8 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 4);             /* [gen] inbound reject, [HTTP_REPLY_OUTBOUND + gen] outbound 503 */
+	__uint(max_entries, 6);             /* [gen] inbound reject, [HTTP_REPLY_OUTBOUND + gen] outbound 503,
+					     * [HTTP_REPLY_KEEPALIVE + gen] inbound reject keeping the connection */
 	__type(key, __u32);
 	__type(value, struct http_reply);
 } http_reply SEC(".maps");
@@ -199,6 +214,8 @@ struct ingress_scratch {
 	struct stream_pos pre;      /* the client's stream at the segment's first new byte (see follow.bpf.h) */
 	struct stream_pos post;     /* ... where following the segment stopped */
 	__u32 keep;                 /* payload bytes to pass: the payload's length, or where to cut it */
+	__u32 xl_on;                /* the client's segment is to be translated (xl) when it passes */
+	struct seq_xlate xl;        /* its connection's sequence translation (see xlate.bpf.h) */
 };
 
 struct {
@@ -815,6 +832,18 @@ static __always_inline void out_response(struct __sk_buff *skb, const struct pkt
 		complete(hundreds == '5' ? COMPLETE_ERROR : 0);
 }
 
+/* Send a copy of the skb (a reply or a reset) out of its device, marked as the programs' own. */
+static __always_inline long clone_marked(struct __sk_buff *skb, __u32 flags)
+{
+	__u32 mark = skb->mark;
+	long r;
+
+	skb->mark = SE_REPLY_MARK;
+	r = bpf_clone_redirect(skb, skb->ifindex, flags);
+	skb->mark = mark;
+	return r;
+}
+
 /* reject()'s third argument: enum reject_mode | REJECT_* flags. */
 #define REJECT_SYN (1 << 8)
 #define REJECT_GEN1 (1 << 9)
@@ -837,6 +866,7 @@ __noinline int reject(struct __sk_buff *skb, const struct pkt *p, __u32 how)
 	__u8 mode = how & 0xff, gen = !!(how & REJECT_GEN1);
 	bool syn = how & REJECT_SYN, outbound = how & REJECT_OUTBOUND;
 	__u32 clone_flags = outbound && skb && skb->ifindex != SE_LOOPBACK_IFINDEX ? BPF_F_INGRESS : 0, zero = 0;
+	__u32 s_seq, s_ack;
 	struct ingress_scratch *scr;
 
 	if (!skb || !p)
@@ -860,13 +890,21 @@ __noinline int reject(struct __sk_buff *skb, const struct pkt *p, __u32 how)
 		if (!reply || !reply->len || !scr)
 			goto rst;
 		/* The response goes out toward the client; the same skb then becomes the RST the server
-		 * sees in place of the request (seq = the request's seq exactly, or both sides desync). */
-		if (rewrite_to_reply(skb, p, reply))
+		 * sees in place of the request (seq = the request's seq exactly, or both sides desync;
+		 * in the server's numbering when the connection is translated). */
+		if (rewrite_to_reply(skb, p, reply, p->payload_len, 1))
 			goto fail;
-		if (bpf_clone_redirect(skb, skb->ifindex, clone_flags))
+		if (clone_marked(skb, clone_flags))
 			goto fail;
 		reply_view(&scr->reply, p, reply->len);
-		if (rewrite_to_rst(skb, &scr->reply, p->seq, p->ack, true))
+		s_seq = p->seq;
+		s_ack = p->ack;
+		if (!outbound && scr->xl_on) {
+			s_seq = xl_client_seq(&scr->xl, s_seq);
+			s_ack = xl_client_ack(&scr->xl, s_ack);
+			scr->xl_on = 0; /* written in the server's numbering already */
+		}
+		if (rewrite_to_rst(skb, &scr->reply, s_seq, s_ack, true))
 			goto fail;
 		percpu_inc(&dp_counters, DP_REPLY_SENT);
 		return TC_ACT_OK;
@@ -876,11 +914,19 @@ rst:;
 	 * place of the request. */
 	__u32 c_seq = p->ack, c_ack = p->seq + p->payload_len;
 
+	s_seq = p->seq + (how >> 16);
+	s_ack = p->ack;
+	scr = outbound ? NULL : bpf_map_lookup_elem(&ingress_scratch, &zero);
+	if (scr && scr->xl_on) {
+		s_seq = xl_client_seq(&scr->xl, s_seq);
+		s_ack = xl_client_ack(&scr->xl, s_ack);
+		scr->xl_on = 0;
+	}
 	if (rewrite_to_rst(skb, p, c_seq, c_ack, true))
 		goto fail;
-	if (bpf_clone_redirect(skb, skb->ifindex, clone_flags))
+	if (clone_marked(skb, clone_flags))
 		goto fail;
-	if (rst_back_to_server(skb, p, c_seq, c_ack, p->seq + (how >> 16)))
+	if (rst_back_to_server(skb, p, c_seq, c_ack, s_seq, s_ack))
 		goto fail;
 	percpu_inc(&dp_counters, DP_RST_SENT);
 	return TC_ACT_OK;
@@ -1179,6 +1225,7 @@ not_request_line:
 /* http_segment()'s answers besides a resource id (or 0: pass unjudged). */
 #define SEGMENT_DROP 0xfffffffeU    /* drop it: the client sends it again */
 #define SEGMENT_RESET 0xfffffffdU   /* reset the connection */
+#define SEGMENT_ANSWER_AGAIN 0xfffffffcU /* the request last refused in the stream: send its reply again */
 
 /*
  * The stream's state at client sequence number `at` into scratch pre and post (the key in scratch fk):
@@ -1217,7 +1264,8 @@ __noinline int stream_pass(struct __sk_buff *skb, const struct pkt *p)
 {
 	__u32 zero = 0;
 	struct ingress_scratch *scr = bpf_map_lookup_elem(&ingress_scratch, &zero);
-	struct stream_state ss;
+	struct stream_state *e, fresh = {};
+	__u32 started;
 
 	if (!skb || !p || !scr || !scr->pre.valid)
 		return TC_ACT_OK;
@@ -1228,10 +1276,20 @@ __noinline int stream_pass(struct __sk_buff *skb, const struct pkt *p)
 		}
 		port_count(bpf_ntohs(p->dport), PORT_CUT);
 	}
-	ss.prev = scr->pre;
-	ss.cur = scr->post;
-	ss.cur.seq = p->seq + ((p->flags & TCP_SYN) ? 1 : 0) + scr->keep;
-	bpf_map_update_elem(&streams, &scr->fk, &ss, BPF_ANY);
+	scr->post.seq = p->seq + ((p->flags & TCP_SYN) ? 1 : 0) + scr->keep;
+	started = (__u8)(scr->post.reqs - scr->pre.reqs);
+	e = bpf_map_lookup_elem(&streams, &scr->fk);
+	if (e) {
+		e->prev = scr->pre;
+		e->cur = scr->post;
+		if (started)
+			__sync_fetch_and_add(&e->requests, started);
+		return TC_ACT_OK;
+	}
+	fresh.prev = scr->pre;
+	fresh.cur = scr->post;
+	fresh.requests = started;
+	bpf_map_update_elem(&streams, &scr->fk, &fresh, BPF_NOEXIST);
 	return TC_ACT_OK;
 }
 
@@ -1251,7 +1309,10 @@ static __always_inline __u32 http_segment(struct __sk_buff *skb, const struct pk
 	__u32 res, follow;
 
 	scr->pre.valid = 0;
-	switch (segment_position(skb, p, skip)) {
+	switch (segment_position(skb, p, skip, scr->xl_on ? &scr->xl : NULL)) {
+	case SEG_REFUSED_KEPT:
+		port_count(port, PORT_REFUSED_AGAIN);
+		return SEGMENT_ANSWER_AGAIN;
 	case SEG_OLD:
 		port_count(port, PORT_RETRANSMIT);
 		return 0;
@@ -1299,8 +1360,163 @@ static __always_inline __u32 http_segment(struct __sk_buff *skb, const struct pk
 	return SEGMENT_DROP;
 }
 
-SEC("tc")
-int tc_ingress(struct __sk_buff *skb)
+/*
+ * The client's segment belongs to a connection that had a request refused in its stream: its translation
+ * into scratch xl (xl_on), for segment_position, reject() and xlate_to_server(). A SYN starts a new
+ * connection on the same ports: the old one's state goes. A global function.
+ */
+__noinline int xl_load(__u32 syn)
+{
+	__u32 zero = 0;
+	struct ingress_scratch *scr = bpf_map_lookup_elem(&ingress_scratch, &zero);
+	struct stream_state *e;
+
+	if (!scr)
+		return 0;
+	e = bpf_map_lookup_elem(&streams, &scr->fk);
+	if (!e || !e->xl_on)
+		return 0;
+	if (syn) {
+		bpf_map_delete_elem(&streams, &scr->fk);
+		return 0;
+	}
+	scr->xl = e->xl;
+	scr->xl_on = 1;
+	return 1;
+}
+
+/*
+ * A client's segment that passes, of a translated connection: into the server's numbering. Bytes of the
+ * request refused in the stream never reach the server (a copy that is not that request's exact start,
+ * which is answered again, is dropped). A global function.
+ */
+__noinline int xlate_to_server(struct __sk_buff *skb)
+{
+	__u32 zero = 0, last;
+	struct ingress_scratch *scr = bpf_map_lookup_elem(&ingress_scratch, &zero);
+	struct pkt *p;
+
+	if (!skb || !scr || !scr->xl_on)
+		return TC_ACT_OK;
+	p = &scr->p;
+	last = scr->xl.c_after - scr->xl.c_before;
+	if (p->payload_len && last && seq_before(p->seq, scr->xl.c_pos) &&
+	    seq_before(scr->xl.c_pos - last, p->seq + p->payload_len))
+		return TC_ACT_SHOT;
+	if (xlate_segment(skb, p, &scr->xl, 1)) {
+		percpu_inc(&dp_counters, DP_REPLY_FAILED);
+		return TC_ACT_SHOT;
+	}
+	return TC_ACT_OK;
+}
+
+/*
+ * The server owes the client nothing: every byte it wrote was sent, and the client's acknowledgment on
+ * this segment (`ack`, in the server's numbering) is the server's next byte, so the client has them all
+ * (snd_una is not looked at: the stack has not read this segment's acknowledgment yet). Without socket
+ * lookups (crafted test packets): nothing. A global function.
+ */
+__noinline int server_owes(struct __sk_buff *skb, const struct pkt *p, __u32 ack)
+{
+	struct bpf_sock *sk;
+	struct tcp_sock *tp;
+	int owes = 1;
+
+	if (!skb || !p)
+		return 1;
+	if (!socket_lookup)
+		return 0;
+	sk = lookup_conn(skb, p);
+	if (!sk)
+		return 1;
+	if (sk->state == BPF_TCP_ESTABLISHED && (tp = bpf_skc_to_tcp_sock(sk)))
+		owes = tp->write_seq != tp->snd_nxt || ack != tp->snd_nxt;
+	bpf_sk_release(sk);
+	return owes;
+}
+
+/*
+ * Answer a refused request in its connection's stream and keep the connection: the reply (without
+ * Connection: close, without FIN) goes to the client, the request is dropped, and the connection is
+ * translated from then on (xlate.bpf.h). Only when nothing can come out of order: the request is whole in
+ * its segment, the server has begun a response to every request it got and owes no byte, and the client
+ * did not ask to close. `again`: the same request's copy (its reply was lost), answered again. Returns
+ * TC_ACT_SHOT, or -1 to answer the old way (reply and close). A global function.
+ */
+__noinline int reply_in_stream(struct __sk_buff *skb, const struct pkt *p, __u32 gen_again)
+{
+	__u32 zero = 0, idx, acked, again = gen_again & 1, s_pos = 0;
+	struct ingress_scratch *scr = bpf_map_lookup_elem(&ingress_scratch, &zero);
+	struct stream_state *e, fresh = {};
+	struct http_reply *reply;
+	struct seq_xlate x = {};
+
+	if (!skb || !p || !scr)
+		return -1;
+	idx = HTTP_REPLY_KEEPALIVE + ((gen_again >> 1) & 1);
+	reply = bpf_map_lookup_elem(&http_reply, &idx);
+	if (!reply || !reply->len || p->payload_len > SE_REPLY_REQUEST_MAX ||
+	    find_timestamps(skb, p->l4_off, p->doff) < 0 || (p->family == 6 && p->l4_off != p->l3_off + 40))
+		goto closed;
+	e = bpf_map_lookup_elem(&streams, &scr->fk);
+	if (again) {
+		if (!scr->xl_on)
+			return -1;
+		acked = scr->xl.c_after - scr->xl.c_before;
+		if (acked > p->payload_len)
+			acked = p->payload_len;
+	} else {
+		/* the client has every byte the server sent and every reply put in before (an ack inside
+		 * one: the new reply would overlap it) */
+		s_pos = scr->xl_on ? xl_client_ack(&scr->xl, p->ack) : p->ack;
+		if (scr->xl_on && xl_server_seq(&scr->xl, s_pos) != p->ack)
+			goto closed;
+		if (!scr->pre.valid || (p->flags & TCP_FIN) || scr->post.phase != STREAM_REQUEST ||
+		    (__u8)(scr->post.reqs - scr->pre.reqs) != 1 || (scr->post.last & LAST_CLOSE) ||
+		    (e && e->requests != e->responses) || server_owes(skb, p, s_pos))
+			goto closed;
+		acked = scr->keep;
+	}
+	if (rewrite_to_reply(skb, p, reply, acked, 0))
+		goto fail;
+	if (clone_marked(skb, 0))
+		goto fail;
+	percpu_inc(&dp_counters, DP_REPLY_SENT);
+	percpu_inc(&dp_counters, DP_REPLY_KEPT);
+	if (again)
+		return TC_ACT_SHOT;
+	if (e && e->xl_on)
+		x = e->xl;
+	x.c_before = x.c_after;
+	x.c_after += acked;
+	x.c_pos = p->seq + acked;
+	x.s_before = x.s_after;
+	x.s_after += reply->len;
+	x.s_pos = s_pos;
+	scr->post.seq = p->seq + acked;
+	if (e) {
+		e->prev = scr->pre;
+		e->cur = scr->post;
+		e->xl = x;
+		e->xl_on = 1;
+	} else {
+		fresh.prev = scr->pre;
+		fresh.cur = scr->post;
+		fresh.xl = x;
+		fresh.xl_on = 1;
+		bpf_map_update_elem(&streams, &scr->fk, &fresh, BPF_ANY);
+	}
+	replied_in_stream = 1;
+	return TC_ACT_SHOT;
+closed:
+	percpu_inc(&dp_counters, DP_REPLY_CLOSED);
+	return -1;
+fail:
+	percpu_inc(&dp_counters, DP_REPLY_FAILED);
+	return TC_ACT_SHOT;
+}
+
+static __always_inline int ingress(struct __sk_buff *skb)
 {
 	__u32 zero = 0;
 	struct ingress_scratch *scr;
@@ -1319,6 +1535,7 @@ int tc_ingress(struct __sk_buff *skb)
 	scr = bpf_map_lookup_elem(&ingress_scratch, &zero);
 	if (!scr)
 		return TC_ACT_OK;
+	scr->xl_on = 0;
 	p = &scr->p;
 	fk = &scr->fk;
 	r = parse_tcp(skb, p);
@@ -1343,6 +1560,10 @@ int tc_ingress(struct __sk_buff *skb)
 	pc = port_lookup(slot, gen);
 	if (!pc)
 		return TC_ACT_OK;
+	if (replied_in_stream) {
+		make_key(fk, p, true, FLOW_KIND_REQUEST);
+		xl_load((p->flags & (TCP_SYN | TCP_ACK)) == TCP_SYN);
+	}
 
 	if (pc->defer_accept && !p->payload_len && (p->flags & (TCP_SYN | TCP_FIN | TCP_RST | TCP_ACK)) == TCP_ACK &&
 	    handshake_pending(skb, p)) {
@@ -1392,6 +1613,10 @@ int tc_ingress(struct __sk_buff *skb)
 	how = (syn ? REJECT_SYN : 0) | (gen ? REJECT_GEN1 : 0);
 	if (res == SEGMENT_RESET)
 		return reject(skb, p, REJECT_RST | how);
+	if (res == SEGMENT_ANSWER_AGAIN) {
+		r = reply_in_stream(skb, p, (gen ? 2 : 0) | 1);
+		return r < 0 ? TC_ACT_SHOT : r;
+	}
 	if (!res)
 		return stream_pass(skb, p);
 	at = p->seq + syn + skip; /* where the request starts in the client's stream */
@@ -1410,7 +1635,20 @@ int tc_ingress(struct __sk_buff *skb)
 		/* a reply needs the request's exact place in the stream: reset instead (a blocked TFO
 		 * request; a segment that also carries bytes received before, see segment_position) */
 		return reject(skb, p, REJECT_RST | how | skip << 16);
+	if (pc->reject_http == REJECT_HTTP_REPLY) {
+		r = reply_in_stream(skb, p, gen ? 2 : 0);
+		if (r >= 0)
+			return r;
+	}
 	return reject(skb, p, pc->reject_http | how);
+}
+
+SEC("tc")
+int tc_ingress(struct __sk_buff *skb)
+{
+	int r = ingress(skb);
+
+	return r == TC_ACT_OK && replied_in_stream ? xlate_to_server(skb) : r;
 }
 
 /*
@@ -1615,8 +1853,44 @@ static __always_inline int out_request(struct __sk_buff *skb, const struct pkt *
 	return reject(skb, p, REJECT_HTTP_REPLY | REJECT_OUTBOUND | (gen ? REJECT_GEN1 : 0));
 }
 
-SEC("tc")
-int tc_egress(struct __sk_buff *skb)
+/*
+ * A server segment on a protected port, of a connection that had a request refused in its stream: into
+ * the client's numbering. Not the programs' own replies and resets (already in it). A global function.
+ */
+__noinline int xlate_to_client(struct __sk_buff *skb)
+{
+	__u32 zero = 0;
+	struct ingress_scratch *scr = bpf_map_lookup_elem(&egress_scratch, &zero);
+	struct stream_state *e;
+
+	if (!skb || !scr || !scr->xl_on || skb->mark == SE_REPLY_MARK)
+		return TC_ACT_OK;
+	make_key(&scr->fk, &scr->p, false, FLOW_KIND_REQUEST);
+	e = bpf_map_lookup_elem(&streams, &scr->fk);
+	if (!e || !e->xl_on)
+		return TC_ACT_OK;
+	if (xlate_segment(skb, &scr->p, &e->xl, 0)) {
+		percpu_inc(&dp_counters, DP_REPLY_FAILED);
+		return TC_ACT_SHOT;
+	}
+	return TC_ACT_OK;
+}
+
+/* The server began a final response (a status line starts its segment; scratch fk is the request key). */
+static __always_inline void count_response(struct __sk_buff *skb, const struct pkt *p, const struct flow_key *fk)
+{
+	struct stream_state *e;
+
+	if (skb->mark == SE_REPLY_MARK)
+		return;
+	e = bpf_map_lookup_elem(&streams, fk);
+	if (e && e->status_seq != p->seq) {
+		e->status_seq = p->seq; /* (a retransmission of it is not another response) */
+		__sync_fetch_and_add(&e->responses, 1);
+	}
+}
+
+static __always_inline int egress(struct __sk_buff *skb)
 {
 	__u32 zero = 0;
 	struct ingress_scratch *scr;
@@ -1633,6 +1907,7 @@ int tc_egress(struct __sk_buff *skb)
 	scr = bpf_map_lookup_elem(&egress_scratch, &zero);
 	if (!scr)
 		return TC_ACT_OK;
+	scr->xl_on = 0;
 	p = &scr->p;
 	fk = &scr->fk;
 	if (parse_tcp(skb, p) != PARSE_OK)
@@ -1646,6 +1921,7 @@ int tc_egress(struct __sk_buff *skb)
 	pc = port_lookup(slot, gen);
 	if (!pc)
 		return TC_ACT_OK;
+	scr->xl_on = pc->has_http; /* a server segment: xlate_to_client looks for its translation */
 
 	if (p->flags & (TCP_RST | TCP_FIN)) {
 		make_key(fk, p, false, FLOW_KIND_REQUEST);
@@ -1657,8 +1933,17 @@ int tc_egress(struct __sk_buff *skb)
 	if (!p->payload_len || !pc->has_http || !status_line(skb, p, &hundreds))
 		return TC_ACT_OK;
 	make_key(fk, p, false, FLOW_KIND_REQUEST);
+	count_response(skb, p, fk);
 	complete(COMPLETE_EGRESS | (hundreds == '5' ? COMPLETE_ERROR : 0));
 	return TC_ACT_OK;
+}
+
+SEC("tc")
+int tc_egress(struct __sk_buff *skb)
+{
+	int r = egress(skb);
+
+	return r == TC_ACT_OK && replied_in_stream ? xlate_to_client(skb) : r;
 }
 
 /*

@@ -167,10 +167,11 @@ __noinline int rewrite_to_rst(struct __sk_buff *skb, const struct pkt *p, __u32 
 
 /*
  * After rewrite_to_rst(..., to_sender=true) produced the RST for the client (seq = c_seq, ack = c_ack),
- * turn the same skb into the RST the server should see in place of the request (seq = request's seq).
+ * turn the same skb into the RST the server should see in place of the request (seq = request's seq,
+ * ack = the request's ack, both as the server counts them).
  */
 static __always_inline int rst_back_to_server(struct __sk_buff *skb, const struct pkt *p, __u32 c_seq, __u32 c_ack,
-					      __u32 s_seq)
+					      __u32 s_seq, __u32 s_ack)
 {
 	__u32 csum_off = p->l4_off + 16;
 	struct pkt swapped = *p;
@@ -183,7 +184,7 @@ static __always_inline int rst_back_to_server(struct __sk_buff *skb, const struc
 	if (swap_endpoints(skb, &swapped))
 		return -1;
 	if (store_csum32(skb, csum_off, p->l4_off + 4, bpf_htonl(c_seq), bpf_htonl(s_seq)) ||
-	    store_csum32(skb, csum_off, p->l4_off + 8, bpf_htonl(c_ack), bpf_htonl(p->ack)))
+	    store_csum32(skb, csum_off, p->l4_off + 8, bpf_htonl(c_ack), bpf_htonl(s_ack)))
 		return -1;
 	return 0;
 }
@@ -225,9 +226,11 @@ static __always_inline int swap_timestamps(struct __sk_buff *skb, int ts_off)
 
 /*
  * Turn the request segment into the HTTP response for its client: payload replaced by `reply`,
- * addresses swapped, seq = request's ack, ack = request's seq + length, FIN|PSH|ACK, timestamps swapped.
+ * addresses swapped, seq = request's ack, ack = request's seq + `acked` (the request's bytes answered),
+ * PSH|ACK and FIN when `fin`, timestamps swapped.
  */
-__noinline int rewrite_to_reply(struct __sk_buff *skb, const struct pkt *p, const struct http_reply *reply)
+__noinline int rewrite_to_reply(struct __sk_buff *skb, const struct pkt *p, const struct http_reply *reply,
+				__u32 acked, __u32 fin)
 {
 	if (!skb || !p || !reply)
 		return -1;
@@ -255,11 +258,11 @@ __noinline int rewrite_to_reply(struct __sk_buff *skb, const struct pkt *p, cons
 		return -1;
 	if (bpf_skb_load_bytes(skb, p->l4_off + 12, &old_word, 2))
 		return -1;
-	new_word = (old_word & bpf_htons(0xF000)) | bpf_htons(TCP_FIN | TCP_PSH | TCP_ACK);
+	new_word = (old_word & bpf_htons(0xF000)) | bpf_htons((fin ? TCP_FIN : 0) | TCP_PSH | TCP_ACK);
 	if (store_csum16(skb, csum_off, p->l4_off + 12, old_word, new_word))
 		return -1;
 	if (store_csum32(skb, csum_off, p->l4_off + 4, bpf_htonl(p->seq), bpf_htonl(p->ack)) ||
-	    store_csum32(skb, csum_off, p->l4_off + 8, bpf_htonl(p->ack), bpf_htonl(p->seq + p->payload_len)))
+	    store_csum32(skb, csum_off, p->l4_off + 8, bpf_htonl(p->ack), bpf_htonl(p->seq + acked)))
 		return -1;
 	if (bpf_l4_csum_replace(skb, csum_off, bpf_htons(old_tcp_len), bpf_htons(p->doff + rlen),
 				BPF_F_PSEUDO_HDR | sizeof(__u16)))

@@ -150,7 +150,10 @@ enum dp_counter {
 				     * chains past the bound (VLAN tags, IPv6 extension headers): passed */
 	DP_CONCURRENCY_REPAIRED = 10, /* reconcile: in-flight entries released, or drift corrected */
 	DP_CUT_FAILED = 11,         /* cutting a segment before a request failed: dropped instead (it comes again) */
-	DP_COUNTER_MAX = 12,
+	DP_REPLY_KEPT = 12,         /* of the replies sent: answered in the connection's stream, connection kept */
+	DP_REPLY_CLOSED = 13,       /* ... answered and closed instead: the server owed a response, or the client
+				     * asked to close (Connection: close, HTTP/1.0), or the request was not whole */
+	DP_COUNTER_MAX = 14,
 };
 
 /*
@@ -332,6 +335,7 @@ struct out_route {
 enum route_flags {
 	ROUTE_OUTBOUND = 0x80,
 	HTTP_REPLY_OUTBOUND = 2,    /* http_reply index offset of the outbound (503) replies */
+	HTTP_REPLY_KEEPALIVE = 4,   /* ... of the inbound replies that keep the connection (no Connection: close) */
 };
 
 /* out_conns value, keyed by socket cookie: an outbound connection from connect() to close. */

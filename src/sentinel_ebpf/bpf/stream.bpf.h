@@ -23,6 +23,7 @@ enum seg_position {
 	SEG_OLD = 3,        /* every byte received already: a retransmission, judged when it first came */
 	SEG_FUTURE = 4,     /* beyond a gap: dropped, so that it comes again in order and is judged then */
 	SEG_NO_SOCKET = 5,  /* no connection here (spoofed, or closed): not judged; the stack answers it */
+	SEG_REFUSED_KEPT = 6, /* the request last refused in the stream, sent again: its reply was lost */
 };
 
 /* Per connection (socket-local storage, freed by the kernel with the socket). */
@@ -137,9 +138,11 @@ static __always_inline bool syncookie_ack(struct __sk_buff *skb, const struct pk
 
 /*
  * The segment's place in its stream (enum seg_position); *skip: how many of its payload bytes were
- * received already (SEG_OVERLAP).
+ * received already (SEG_OVERLAP). `xl`: the connection's translation (NULL: none); the segment is in the
+ * client's numbering, the socket's rcv_nxt in the server's.
  */
-static __always_inline int segment_position(struct __sk_buff *skb, const struct pkt *p, __u32 *skip)
+static __always_inline int segment_position(struct __sk_buff *skb, const struct pkt *p, __u32 *skip,
+					    const struct seq_xlate *xl)
 {
 	__u32 rcv_nxt, end = p->seq + p->payload_len;
 	struct bpf_sock *sk;
@@ -147,6 +150,8 @@ static __always_inline int segment_position(struct __sk_buff *skb, const struct 
 	int pos = SEG_NEXT;
 
 	*skip = 0;
+	if (xl && xl->c_after != xl->c_before && p->seq == xl->c_pos - (xl->c_after - xl->c_before))
+		return SEG_REFUSED_KEPT;
 	if (!socket_lookup)
 		return SEG_NEXT;
 	sk = lookup_conn(skb, p);
@@ -165,7 +170,7 @@ static __always_inline int segment_position(struct __sk_buff *skb, const struct 
 		/* (SYN_RECV: a TFO connection's socket, made at the SYN: its data is judged by rcv_nxt) */
 		pos = SEG_NO_SOCKET; /* closing, or TIME_WAIT: nothing more goes to the application */
 	} else if ((tp = bpf_skc_to_tcp_sock(sk))) {
-		rcv_nxt = tp->rcv_nxt;
+		rcv_nxt = xl ? xl_server_ack(xl, tp->rcv_nxt) : tp->rcv_nxt;
 		if (!seq_before(rcv_nxt, end)) {
 			pos = SEG_OLD;
 		} else if (seq_before(rcv_nxt, p->seq)) {

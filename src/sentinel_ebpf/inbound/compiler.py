@@ -152,6 +152,7 @@ class CompiledInbound:
     ports: tuple[KPort, ...] = ()
     routes: tuple[route_table.RouteEntry, ...] = ()  # routes and search markers
     http_reply: bytes = b""
+    http_reply_keepalive: bytes = b""  # the same without Connection: close (the connection is kept)
 
     def fingerprint(self) -> str:
         """A digest of everything the kernel is given: equal rules, equal fingerprint."""
@@ -510,4 +511,5 @@ def compile_inbound(
         out_routes=tuple(out_by_dest.values()),
         out_http_ports=tuple(sorted({port for _, port in services})),
         http_reply=rules.reject.http.response_bytes(),
+        http_reply_keepalive=rules.reject.http.response_bytes(keep_alive=True),
     )

@@ -272,6 +272,10 @@ class InboundDataplane:
                     rc.last_passed_ns[:] = old.last_passed_ns[:]
                 conf.update(_u32(new_gen * MAX_RESOURCES + r.id), bytes(rc))
             self.maps.http_reply.update(_u32(new_gen), bytes(_reply(compiled.http_reply)))
+            self.maps.http_reply.update(
+                _u32(int(RouteFlags.HTTP_REPLY_KEEPALIVE) + new_gen),
+                bytes(_reply(compiled.http_reply_keepalive)),
+            )
             self.maps.http_reply.update(_u32(int(RouteFlags.HTTP_REPLY_OUTBOUND) + new_gen), bytes(OUT_REPLY))
             sc = SysConf(nrules=len(compiled.system))
             for i, rule in enumerate(compiled.system):

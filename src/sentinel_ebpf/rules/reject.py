@@ -50,8 +50,9 @@ class HttpReject:
     body: str = "Too Many Requests\n"
     headers: tuple[tuple[str, str], ...] = ()
 
-    def response_bytes(self) -> bytes:
-        """The exact bytes sent to the client in "response" mode."""
+    def response_bytes(self, keep_alive: bool = False) -> bytes:
+        """The exact bytes sent to the client in "response" mode: with ``Connection: close`` when the
+        connection ends with them, without when it is kept (the reply put in the connection's stream)."""
         try:
             reason = HTTPStatus(self.status).phrase
         except ValueError:
@@ -59,7 +60,7 @@ class HttpReject:
         body = self.body.encode()
         lines = [f"HTTP/1.1 {self.status} {reason}"]
         lines += [f"{k}: {v}" for k, v in self.headers]
-        lines += [f"Content-Length: {len(body)}", "Connection: close", "", ""]
+        lines += [f"Content-Length: {len(body)}", *(() if keep_alive else ("Connection: close",)), "", ""]
         return "\r\n".join(lines).encode() + body
 
 

@@ -621,6 +621,9 @@ def test_reject_defaults_and_response_bytes() -> None:
         b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 2\r\nContent-Length: 5\r\nConnection: close\r\n\r\n"
         b"busy\n"
     )
+    assert rs.reject.http.response_bytes(keep_alive=True) == (
+        b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 2\r\nContent-Length: 5\r\n\r\nbusy\n"
+    ), "the reply that keeps the connection says nothing of closing it"
     assert load_data({"resources": RES}).reject.http.status == 429
     assert load_data({"resources": RES, "reject": {"http": {"mode": "rst"}}}).reject.http.mode == "rst"
     assert load_data({"resources": RES, "reject": {"http": "drop"}}).reject.http.mode == "drop"

@@ -1,0 +1,215 @@
+"""A refused request answered in its connection's stream, the connection kept: the client gets the reply
+(no FIN, no Connection: close), the server never sees the request, and from then on both directions of
+the connection are translated (sequence numbers, acknowledgments, SACK blocks). Crafted segments, each
+taken as the stream's next bytes (no socket lookup: the server is taken to owe nothing unless its
+responses say otherwise).
+"""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from sentinel_ebpf.inbound import InboundDataplane
+from sentinel_ebpf.rules import RuleSet, load_text
+from tests.support.packets import (
+    ACK,
+    FIN,
+    PSH,
+    RST,
+    SYN,
+    SYN_OPTIONS,
+    TC_ACT_OK,
+    TC_ACT_SHOT,
+    parse_frame,
+    tcp_frame,
+)
+
+pytestmark = pytest.mark.kernel("inbound")
+
+CLIENT, SERVER = "127.0.0.2", "127.0.0.1"
+BLOCK_API = """
+resources:
+  - {name: api, match: {protocol: http, port: 8080, method: GET, path: /api}}
+flowRules:
+  - {resource: api, threshold: 0}
+"""
+API = b"GET /api HTTP/1.1\r\nHost: svc\r\n\r\n"
+OTHER = b"GET /other HTTP/1.1\r\nHost: svc\r\n\r\n"
+REPLY = b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: 18\r\n\r\nToo Many Requests\n"
+C_ISN, S_ISN = 1000, 2000
+TS = bytes.fromhex("0101080a") + struct.pack("!II", 7, 9)  # NOP NOP TS (what stacks send on data)
+
+
+def rules(text: str) -> RuleSet:
+    return load_text(text, "test.yaml")
+
+
+def sack(*edges: int) -> bytes:
+    """NOP NOP SACK with the given edges, after the timestamps."""
+    return (
+        TS
+        + bytes.fromhex("0101")
+        + bytes([5, 2 + 4 * len(edges)])
+        + b"".join(struct.pack("!I", e) for e in edges)
+    )
+
+
+def client(dp: InboundDataplane, payload: bytes, seq: int, ack: int, flags: int = PSH | ACK, options: bytes = TS,
+           sport: int = 40000) -> tuple[int, bytes]:  # fmt: skip
+    frame = tcp_frame(
+        CLIENT, SERVER, sport, 8080, flags=flags, seq=seq, ack=ack, payload=payload, options=options
+    )
+    res = dp.obj.program("tc_ingress").test_run(frame)
+    return res.retval, res.data_out
+
+
+def server(dp: InboundDataplane, payload: bytes, seq: int, ack: int, options: bytes = TS,
+           sport: int = 40000) -> tuple[int, bytes]:  # fmt: skip
+    frame = tcp_frame(
+        SERVER, CLIENT, 8080, sport, flags=PSH | ACK, seq=seq, ack=ack, payload=payload, options=options
+    )
+    res = dp.obj.program("tc_egress").test_run(frame)
+    return res.retval, res.data_out
+
+
+def dp_count(dp: InboundDataplane, name: str) -> int:
+    return dp.counters()[name]
+
+
+def refuse_first(dp: InboundDataplane, sport: int = 40000) -> None:
+    """The connection's first request is refused in its stream."""
+    kept = dp_count(dp, "reply_kept")
+    retval, out = client(dp, API, C_ISN, S_ISN, sport=sport)
+    assert retval == TC_ACT_SHOT, "the request must not reach the server"
+    reply = parse_frame(out)
+    assert (reply.src, reply.dst, reply.sport, reply.dport) == (SERVER, CLIENT, 8080, sport)
+    assert (reply.flags, reply.seq, reply.ack) == (PSH | ACK, S_ISN, C_ISN + len(API)), (
+        "no FIN: the connection stays"
+    )
+    assert reply.payload == REPLY
+    assert reply.ip_csum_ok and reply.tcp_csum_ok
+    assert dp_count(dp, "reply_kept") == kept + 1
+
+
+def test_a_refused_request_is_answered_in_the_stream_and_the_connection_translated(
+    dp: InboundDataplane,
+) -> None:
+    dp.apply(dp.compile(rules(BLOCK_API)))
+    refuse_first(dp)
+    # the client's next request, acknowledging the reply: the server counts neither
+    retval, out = client(dp, OTHER, C_ISN + len(API), S_ISN + len(REPLY))
+    assert retval == TC_ACT_OK
+    seg = parse_frame(out)
+    assert (seg.seq, seg.ack, seg.payload) == (C_ISN, S_ISN, OTHER)
+    assert seg.ip_csum_ok and seg.tcp_csum_ok
+    # the server's response, acknowledging the request: the client counts both
+    retval, out = server(dp, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", S_ISN, C_ISN + len(OTHER))
+    assert retval == TC_ACT_OK
+    seg = parse_frame(out)
+    assert (seg.seq, seg.ack) == (S_ISN + len(REPLY), C_ISN + len(API) + len(OTHER))
+    assert seg.tcp_csum_ok
+    st = dp.resource_stats()[0]
+    assert (st.passed, st.blocked) == (0, 1)
+
+
+def test_a_second_refusal_waits_for_the_first_reply_to_be_acknowledged(dp: InboundDataplane) -> None:
+    dp.apply(dp.compile(rules(BLOCK_API)))
+    refuse_first(dp)
+    second = C_ISN + len(API)
+    retval, out = client(dp, API, second, S_ISN + 10)  # the client has only part of the first reply
+    assert retval == TC_ACT_OK and parse_frame(out).flags & RST, "closed: a reply now would overlap the first"
+    assert dp_count(dp, "reply_closed") == 1
+    refuse_first(dp, sport=40001)
+    retval, out = client(dp, API, second, S_ISN + len(REPLY), sport=40001)
+    assert retval == TC_ACT_SHOT
+    reply = parse_frame(out)
+    assert (reply.flags, reply.seq, reply.ack) == (PSH | ACK, S_ISN + len(REPLY), second + len(API))
+    retval, out = client(dp, OTHER, second + len(API), S_ISN + 2 * len(REPLY), sport=40001)
+    seg = parse_frame(out)
+    assert (seg.seq, seg.ack) == (C_ISN, S_ISN), "both refusals are taken out of the server's view"
+
+
+def test_sack_blocks_are_translated_both_ways(dp: InboundDataplane) -> None:
+    dp.apply(dp.compile(rules(BLOCK_API)))
+    refuse_first(dp)
+    base = S_ISN + len(REPLY)  # the client's numbering of the server's bytes after the reply
+    retval, out = client(dp, b"", C_ISN + len(API), base, flags=ACK, options=sack(base + 100, base + 200))
+    assert retval == TC_ACT_OK
+    seg = parse_frame(out)
+    assert seg.tcp_csum_ok
+    edges = struct.unpack("!II", out[-8:])
+    assert (seg.ack, edges) == (S_ISN, (S_ISN + 100, S_ISN + 200))
+    retval, out = server(dp, b"", S_ISN, C_ISN + 10, options=sack(C_ISN + 50, C_ISN + 60))
+    edges = struct.unpack("!II", out[-8:])
+    assert edges == (C_ISN + len(API) + 50, C_ISN + len(API) + 60)
+    assert parse_frame(out).tcp_csum_ok
+
+
+def test_a_lost_reply_is_sent_again_and_refused_bytes_never_reach_the_server(dp: InboundDataplane) -> None:
+    dp.apply(dp.compile(rules(BLOCK_API)))
+    refuse_first(dp)
+    retval, out = client(
+        dp, API, C_ISN, S_ISN
+    )  # the client did not get the reply: it sends the request again
+    assert retval == TC_ACT_SHOT
+    reply = parse_frame(out)
+    assert (reply.seq, reply.ack, reply.payload) == (S_ISN, C_ISN + len(API), REPLY)
+    assert dp_count(dp, "reply_kept") == 2
+    assert dp.resource_stats()[0].blocked == 1, "answered again, not judged again"
+    assert client(dp, API[5:], C_ISN + 5, S_ISN)[0] == TC_ACT_SHOT  # a part of it: dropped
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        b"GET /api HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n",
+        b"GET /api HTTP/1.1\r\nconnection: keep-alive, Close\r\n\r\n",
+        b"GET /api HTTP/1.0\r\nHost: svc\r\n\r\n",
+        b"GET /api HTTP/1.1\r\nContent-Length: 10\r\n\r\n0123",  # not whole in its segment
+    ],
+)
+def test_a_client_that_closes_gets_the_reply_that_closes(dp: InboundDataplane, request_: bytes) -> None:
+    dp.apply(dp.compile(rules(BLOCK_API)))
+    retval, out = client(dp, request_, C_ISN, S_ISN)
+    assert retval == TC_ACT_OK  # the server gets a reset in the request's place
+    assert parse_frame(out).flags & RST
+    assert (dp_count(dp, "reply_kept"), dp_count(dp, "reply_closed"), dp_count(dp, "reply_sent")) == (0, 1, 1)
+
+
+def test_a_refusal_waits_for_the_responses_the_server_owes(dp: InboundDataplane) -> None:
+    """Pipelining: the server has not begun its response to an earlier request, so a reply now would
+    come before it: the connection is closed instead. Once the response began, a refusal keeps it."""
+    dp.apply(dp.compile(rules(BLOCK_API)))
+    assert client(dp, OTHER, C_ISN, S_ISN)[0] == TC_ACT_OK
+    retval, out = client(dp, API, C_ISN + len(OTHER), S_ISN)
+    assert retval == TC_ACT_OK and parse_frame(out).flags & RST
+    assert dp_count(dp, "reply_closed") == 1
+    dp.clear()
+    dp.apply(dp.compile(rules(BLOCK_API)))
+    assert client(dp, OTHER, C_ISN, S_ISN)[0] == TC_ACT_OK
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+    assert server(dp, response, S_ISN, C_ISN + len(OTHER))[0] == TC_ACT_OK
+    assert server(dp, response, S_ISN, C_ISN + len(OTHER))[0] == TC_ACT_OK  # a retransmission: not counted
+    retval, _ = client(dp, API, C_ISN + len(OTHER), S_ISN + len(response))
+    assert retval == TC_ACT_SHOT
+    assert dp_count(dp, "reply_kept") == 1
+
+
+def test_a_new_connection_on_the_same_ports_is_not_translated(dp: InboundDataplane) -> None:
+    dp.apply(dp.compile(rules(BLOCK_API)))
+    refuse_first(dp)
+    assert client(dp, b"", 90000, 0, flags=SYN, options=SYN_OPTIONS)[0] == TC_ACT_OK
+    retval, out = client(dp, OTHER, 90001, 5000)
+    assert retval == TC_ACT_OK and out[-len(OTHER) :] == OTHER
+    seg = parse_frame(out)
+    assert (seg.seq, seg.ack) == (90001, 5000)
+
+
+def test_a_refused_request_on_the_clients_fin_closes(dp: InboundDataplane) -> None:
+    """The client half-closed: nothing more comes on the connection, so it is not kept."""
+    dp.apply(dp.compile(rules(BLOCK_API)))
+    retval, out = client(dp, API, C_ISN, S_ISN, flags=FIN | PSH | ACK)
+    assert retval == TC_ACT_OK and parse_frame(out).flags & RST
+    assert (dp_count(dp, "reply_kept"), dp_count(dp, "reply_closed")) == (0, 1)
