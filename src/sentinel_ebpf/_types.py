@@ -161,7 +161,8 @@ class DpCounter(IntEnum):
     DP_CUT_FAILED = 11
     DP_REPLY_KEPT = 12
     DP_REPLY_CLOSED = 13
-    DP_COUNTER_MAX = 14
+    DP_REPLY_OWED = 14
+    DP_COUNTER_MAX = 15
 
 
 class HotParam(IntEnum):

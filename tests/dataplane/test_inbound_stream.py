@@ -141,10 +141,11 @@ def test_a_chunked_body_is_followed_to_its_last_chunk_and_trailers(dp: InboundDa
     chunk = b"%x\r\n" % len(API) + API + b"\r\n"  # a chunk whose data looks like a request
     last = b"0\r\nX-Trailer: 1\r\n\r\n"
     assert c.send(head + chunk[:10]) == (TC_ACT_OK, head + chunk[:10])
-    assert c.send(chunk[10:] + b"1") == (TC_ACT_OK, chunk[10:])  # a chunk-size line is read whole
-    assert c.send(b"11;ext=1\r\n" + b"z" * 17 + b"\r\n" + last + API) == (
+    # a chunk-size line is read whole: its first digit is carried to the next segment
+    assert c.send(chunk[10:] + b"1") == (TC_ACT_OK, chunk[10:] + b"1")
+    assert c.send(b"1;ext=1\r\n" + b"z" * 17 + b"\r\n" + last + API) == (
         TC_ACT_OK,
-        b"11;ext=1\r\n" + b"z" * 17 + b"\r\n" + last,
+        b"1;ext=1\r\n" + b"z" * 17 + b"\r\n" + last,
     )
     assert stats(dp)["api"] == (0, 0)
     assert c.send(API)[1] is None
@@ -152,15 +153,30 @@ def test_a_chunked_body_is_followed_to_its_last_chunk_and_trailers(dp: InboundDa
 
 
 def test_a_header_that_frames_the_body_is_read_whole(dp: InboundDataplane) -> None:
-    """A Content-Length line cut by the segment's end is not guessed at: cut before it, or dropped when it
-    starts the segment (the client sends it again with what follows)."""
+    """A Content-Length line cut by the segment's end is not guessed at: its bytes so far are carried to
+    the next segment and read with the rest (the segments go on: a client cannot merge a short tail with
+    its next full-size segment, so holding it back would stall the connection)."""
     dp.apply(dp.compile(rules(BLOCK_API)))
     c = Client(dp)
-    start = b"POST /up HTTP/1.1\r\nHost: svc\r\n"
-    assert c.send(start + b"Content-Len") == (TC_ACT_OK, start)
-    assert c.send(b"Content-Len") == (TC_ACT_SHOT, None)
-    rest = b"Content-Length: 2\r\n\r\nab"
+    start = b"POST /up HTTP/1.1\r\nHost: svc\r\nContent-Len"
+    assert c.send(start) == (TC_ACT_OK, start)
+    assert c.send(b"gth: 1") == (TC_ACT_OK, b"gth: 1")
+    rest = b"2\r\n\r\n" + b"x" * 12
     assert c.send(rest + API) == (TC_ACT_OK, rest)
+    assert c.send(API)[1] is None
+    assert stats(dp)["api"] == (0, 1)
+
+
+@pytest.mark.parametrize("split", range(1, 20))
+def test_a_split_at_any_byte_of_the_framing_lines_is_followed(dp: InboundDataplane, split: int) -> None:
+    dp.apply(dp.compile(rules(BLOCK_API)))
+    c = Client(dp, sport=41000 + split)
+    stream = (
+        b"POST /up HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1a;x=y\r\n" + b"z" * 26 + b"\r\n0\r\n\r\n"
+    )
+    at = len(b"POST /up HTTP/1.1\r\n") + split
+    assert c.send(stream[:at]) == (TC_ACT_OK, stream[:at])
+    assert c.send(stream[at:] + API) == (TC_ACT_OK, stream[at:])
     assert c.send(API)[1] is None
     assert stats(dp)["api"] == (0, 1)
 

@@ -1,11 +1,12 @@
-"""One keep-alive connection, batches of HTTP requests: pipelined requests,
+"""One keep-alive connection, batches of HTTP requests: requests refused (/c, each sent once every
+earlier response was read: nothing is owed then), pipelined requests,
 a request after a Content-Length body, after a chunked body, bodies that hold request-like bytes and
 span several segments. Each batch is written in one to three send() calls split at random points, 2 ms
 apart (so that segments start inside heads and bodies). Reads each batch's responses before the next.
 
 usage: pipelineclient.py HOST PORT BATCHES SEED
-Prints {"statuses": [...], "sent": {path: n}}: every response's status in order and how many requests
-went to each path.
+Prints {"statuses": [...], "expect": [...], "sent": {path: n}}: every response's status in order, the
+statuses expected (/c is refused: 429, the others 200) and how many requests went to each path.
 """
 
 from __future__ import annotations
@@ -31,16 +32,20 @@ def body(rng: random.Random) -> bytes:
     )
 
 
-def batch(rng: random.Random, sent: Counter[str]) -> tuple[bytes, int]:
-    kind = rng.choice(["single", "pipelined", "length", "chunked"])
-    if kind == "single":
-        path = rng.choice(["/a", "/b"])
+def batch(rng: random.Random, sent: Counter[str], expect: list[int]) -> tuple[bytes, int]:
+    """One batch's bytes and how many responses it gets; `expect` gets their statuses (/c: 429)."""
+    kind = rng.choice(["single", "pipelined", "length", "chunked", "limited"])
+    if kind in ("single", "limited"):
+        path = rng.choice(["/a", "/b"]) if kind == "single" else "/c"
         sent[path] += 1
+        expect.append(429 if path == "/c" else 200)
         return get(path), 1
     if kind == "pipelined":
         sent["/a"] += 1
         sent["/b"] += 1
+        expect += [200, 200]
         return get("/a") + get("/b"), 2
+    expect += [200, 200]
     data = body(rng)
     sent["/up"] += 1
     sent["/b"] += 1
@@ -77,11 +82,12 @@ def main() -> None:
     rng = random.Random(seed)
     sent: Counter[str] = Counter()
     statuses: list[int] = []
+    expect: list[int] = []
     buf = b""
     with socket.create_connection((host, port), timeout=20) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for _ in range(batches):
-            data, n = batch(rng, sent)
+            data, n = batch(rng, sent, expect)
             splits = sorted(rng.sample(range(1, len(data)), rng.randint(0, 2)))
             for i, j in zip([0, *splits], [*splits, len(data)], strict=True):
                 if i:
@@ -91,7 +97,7 @@ def main() -> None:
             statuses += got
             if len(got) < n:
                 break
-    print(json.dumps({"statuses": statuses, "sent": dict(sent)}))
+    print(json.dumps({"statuses": statuses, "expect": expect, "sent": dict(sent)}))
 
 
 if __name__ == "__main__":

@@ -66,8 +66,9 @@ def served(nginx: Server) -> list[str]:
         (b"GET  /api" + TAIL,),  # two spaces after the method
         (b"GET http://svc/api" + TAIL,),  # absolute-form
         (b"HEAD /api" + TAIL,),
+        (b"GET /api HTTP/1.1\r\nHost: s", b"vc\r\n\r\n"),  # the head split after the request line
     ],
-    ids=["plain", "split2", "split3", "crlf", "spaces", "absolute", "head"],
+    ids=["plain", "split2", "split3", "crlf", "spaces", "absolute", "head", "split-head"],
 )
 def test_a_blocked_request_is_refused_however_it_is_framed(
     guarded: tuple[NetnsPair, Server, Daemon], pieces: tuple[bytes, ...]

@@ -32,12 +32,12 @@ reject:
 
 
 class Guarded:
-    def __init__(self, pair: NetnsPair, rules: str) -> None:
+    def __init__(self, pair: NetnsPair, rules: str, iface: str | None = None) -> None:
         self.pair = pair
         path = pair.tmpdir / "rules.yaml"
         path.write_text(rules)
         self.proc = LineProcess(
-            pair.cmd(pair.server, sys.executable, str(SERVER), str(path), pair.server_if, str(PORT))
+            pair.cmd(pair.server, sys.executable, str(SERVER), str(path), iface or pair.server_if, str(PORT))
         )
         self.proc.wait_stdout(lambda ln: ln.strip() == '"ready"', what="the guarded server's ready line")
 
@@ -168,18 +168,27 @@ print(json.dumps(out))
 """
 
 
-def test_python_http_client_keeps_its_connection_through_refusals(guarded: Guarded) -> None:
+@pytest.mark.parametrize("loopback", [False, True], ids=["veth", "lo"])
+def test_python_http_client_keeps_its_connection_through_refusals(
+    fresh_netns_pair: NetnsPair, loopback: bool
+) -> None:
     """Python's http.client on one keep-alive connection: each refused request gets the 429 and the
     same connection (the same local port) carries the next request; the server serves the allowed ones
-    on that one connection and never sees a refused one, nor a reset."""
-    pair = guarded.pair
-    res = pair.run(pair.client, sys.executable, "-c", KEEPALIVE_CLIENT, pair.server_ip, timeout=30)
-    assert res.returncode == 0, res.stderr
-    answers = json.loads(res.stdout)
-    assert [status for status, _, _ in answers] == [200, 429, 200, 429, 429, 200]
-    assert len({port for _, port, _ in answers}) == 1, f"the client reconnected: {answers}"
-    assert all(length == len("Too Many Requests\n") for status, _, length in answers if status == 429)
-    events = guarded.stop(connections=1)
+    on that one connection and never sees a refused one, nor a reset. On loopback too, where every
+    packet passes both programs (egress, then ingress)."""
+    pair = fresh_netns_pair
+    guarded = Guarded(pair, RULES, iface="lo" if loopback else None)
+    ns, host = (pair.server, "127.0.0.1") if loopback else (pair.client, pair.server_ip)
+    try:
+        res = pair.run(ns, sys.executable, "-c", KEEPALIVE_CLIENT, host, timeout=30)
+        assert res.returncode == 0, res.stderr
+        answers = json.loads(res.stdout)
+        assert [status for status, _, _ in answers] == [200, 429, 200, 429, 429, 200]
+        assert len({port for _, port, _ in answers}) == 1, f"the client reconnected: {answers}"
+        assert all(length == len("Too Many Requests\n") for status, _, length in answers if status == 429)
+        events = guarded.stop(connections=1)
+    finally:
+        guarded.stop()
     conns = [e for e in events if isinstance(e, dict) and "requests" in e]
     assert conns == [{"requests": ["GET /ok HTTP/1.1"] * 3, "reset": False}]
     final = next(e for e in events if isinstance(e, dict) and "counters" in e)

@@ -2,7 +2,8 @@
 requests and requests after Content-Length and chunked bodies (bodies holding request-like bytes,
 spanning segments) through nginx behind the daemon, while the client's link drops and duplicates data
 segments (tests/integration/bpf/impair.bpf.c; tc netem is not in the CI kernel). Every request is
-judged exactly once, and nginx gets every request and the client every response, in order.
+judged exactly once, nginx gets every allowed request and the client every response, in order,
+refusals (/c) answered in the stream of the one connection.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ resources:
   - {name: a, match: {protocol: http, port: 8080, method: GET, path: /a}}
   - {name: b, match: {protocol: http, port: 8080, method: GET, path: /b}}
   - {name: up, match: {protocol: http, port: 8080, method: POST, path: /up}}
+  - {name: c, match: {protocol: http, port: 8080, method: GET, path: /c}}
 flowRules:
+  - {resource: c, threshold: 0}
   - {resource: a, threshold: 100000}
   - {resource: b, threshold: 100000}
   - {resource: up, threshold: 100000}
@@ -58,15 +61,15 @@ def test_every_request_is_judged_once_on_a_lossy_link(
     pair, nginx, daemon = impaired
     res = pair.run(pair.client, sys.executable, str(HERE / "pipelineclient.py"), pair.server_ip, "8080",
                    str(BATCHES), str(seed), timeout=120)  # fmt: skip
-    assert res.returncode == 0, res.stderr
+    stats = daemon.stats()
+    assert res.returncode == 0, f"{res.stderr}\n{stats['dataplane']}\n{stats['ports']}"
     out = json.loads(res.stdout)
     sent = Counter(out["sent"])
-    assert out["statuses"] == [200] * sum(sent.values()), "a response is missing or not nginx's"
+    assert out["statuses"] == out["expect"], "a response is missing, out of order, or not the right one"
     log = (nginx.workdir / "access.log").read_text()
-    assert Counter(re.findall(r'"(?:GET|POST) (/\w+) HTTP', log)) == sent, (
-        "nginx's requests differ from those sent"
-    )
-    stats = daemon.stats()
+    served = Counter(re.findall(r'"(?:GET|POST) (/\w+) HTTP', log))
+    assert served == sent - Counter({"/c": sent["/c"]}), "nginx's requests differ from those allowed"
+    assert len(set(re.findall(r"conn=(\d+)", log))) == 1, "the refusals must keep the one connection"
     assert {name: stats["resources"][name]["pass"] for name in ("a", "b", "up")} == {
         "a": sent["/a"],
         "b": sent["/b"],
@@ -76,3 +79,6 @@ def test_every_request_is_judged_once_on_a_lossy_link(
     assert ports["cut"] > 0 and ports["body"] > 0
     assert ports["retransmit"] > 0 and ports["out_of_order"] > 0, f"the link was not impaired: {ports}"
     assert ports["stream_lost"] == 0 and ports["framing_reset"] == 0
+    assert stats["resources"]["c"]["block"] == sent["/c"] > 0
+    dataplane = stats["dataplane"]
+    assert dataplane["reply_kept"] >= sent["/c"] and dataplane["reply_closed"] == dataplane["reply_owed"] == 0

@@ -100,10 +100,13 @@ def start_nginx(
 
 def hello_nginx(pair: NetnsPair, port: int = 8080) -> Server:
     """nginx (single process) answering ``hello from nginx`` on ``port``, IPv4 and IPv6, with an access
-    log (``workdir/access.log``), in the server namespace."""
+    log (``workdir/access.log``: nginx's combined format, then ``conn=`` the connection's serial number),
+    in the server namespace."""
     work = pair.tmpdir / f"nginx-{port}"
     listen6 = f"listen [::]:{port};" if pair.ipv6 else ""
-    body = f"""access_log {work}/access.log;
+    body = f"""log_format conn '$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent '
+                    '"$http_referer" "$http_user_agent" conn=$connection';
+    access_log {work}/access.log conn;
     server {{
         listen {port};
         {listen6}

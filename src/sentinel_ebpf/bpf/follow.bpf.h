@@ -34,6 +34,11 @@ enum stream_phase {
 
 #define LAST_CLOSE 1           /* the request asked to close: Connection: close, or HTTP/1.0 */
 
+/* A line the framing depends on (Content-Length, Transfer-Encoding, a chunk size, a header's name) is
+ * read whole: when a segment ends inside one, its bytes so far are carried to the next segment (the
+ * segment goes on). Longer than this, such a line is not read (the connection is reset). */
+#define FOLLOW_CARRY 64
+
 /* The stream's state at client sequence number `seq`. */
 struct stream_pos {
 	__u64 left;
@@ -43,19 +48,20 @@ struct stream_pos {
 	__u8 reqs;                 /* requests that started so far (modulo 256) */
 	__u8 last;                 /* LAST_* of the last request whose head was read */
 	__u32 valid;               /* 1: a state (0: none known, as for a new connection) */
-	__u32 _pad;
+	__u32 carry_len;           /* bytes of a line to read whole that began in an earlier segment */
+	__u8 carry[FOLLOW_CARRY];  /* ... kept here (the segment itself went on to the server) */
 };
 
-#define FOLLOW_INCOMPLETE 0xffffffffU /* a line that must be read whole starts here and does not end */
 #define FOLLOW_RESET 0xfffffffeU      /* framing no server reads: reset the connection */
 
-#define FOLLOW_WINDOW 256              /* bytes read at a time; a line to read whole fits in it */
+#define FOLLOW_WINDOW 256              /* bytes of the segment read at a time */
+#define FOLLOW_BUF 512                 /* the read buffer: a carried line's start, then the window */
 #define FOLLOW_STEPS 64                /* lines or skips per segment (more: the segment is cut there) */
 
 struct follow_buf {
 	union {
-		__u64 w[FOLLOW_WINDOW / 8];
-		__u8 c[FOLLOW_WINDOW];
+		__u64 w[FOLLOW_BUF / 8];
+		__u8 c[FOLLOW_BUF];
 	};
 };
 
@@ -79,12 +85,12 @@ struct follow_ctx {
 	__u32 stopped;
 };
 
-#define FOLLOW_NO_LF FOLLOW_WINDOW
+#define FOLLOW_NO_LF FOLLOW_BUF
 
 static __always_inline __u8 follow_byte(const struct follow_buf *b, __u32 j)
 {
 	asm volatile("" : "+r"(j));
-	return b->c[j & (FOLLOW_WINDOW - 1)];
+	return b->c[j & (FOLLOW_BUF - 1)];
 }
 
 /*
@@ -95,7 +101,7 @@ __noinline __u32 find_lf(const struct follow_buf *b, __u32 wlen)
 {
 	if (!b)
 		return FOLLOW_NO_LF;
-	for (__u32 k = 0; k < FOLLOW_WINDOW / 8; k++) {
+	for (__u32 k = 0; k < (FOLLOW_WINDOW + FOLLOW_CARRY) / 8; k++) {
 		__u64 m;
 
 		if (k * 8 >= wlen)
@@ -197,7 +203,7 @@ __noinline int chunked_last(const struct follow_buf *b, __u32 lf)
 	__u32 end = lf;
 	__u64 word = 0;
 
-	if (!b || lf >= FOLLOW_WINDOW)
+	if (!b || lf >= FOLLOW_BUF)
 		return 0;
 	if (end && follow_byte(b, end - 1) == '\r')
 		end--;
@@ -270,7 +276,7 @@ __noinline int http10_line(const struct follow_buf *b, __u32 lf)
 	__u32 end = lf;
 	__u64 word = 0;
 
-	if (!b || lf >= FOLLOW_WINDOW)
+	if (!b || lf >= FOLLOW_BUF)
 		return 0;
 	if (end && follow_byte(b, end - 1) == '\r')
 		end--;
@@ -304,10 +310,19 @@ static __always_inline long follow_stop(struct follow_ctx *c, __u32 ret)
 	return 1;
 }
 
-/* A line that must be read whole does not end in the segment: cut before it, or drop the segment. */
-static __always_inline long need_line(struct follow_ctx *c)
+/*
+ * A line that must be read whole goes on past the segment: its `wlen` bytes so far (`k` of them carried
+ * already) are carried to the next segment, and this one is followed to its end.
+ */
+static __always_inline long carry_line(struct follow_ctx *c, struct stream_pos *st, const struct follow_buf *b,
+				       __u32 wlen, __u32 k)
 {
-	return follow_stop(c, c->at > c->from ? c->at : FOLLOW_INCOMPLETE);
+	if (wlen > FOLLOW_CARRY)
+		return follow_stop(c, FOLLOW_RESET);
+	__builtin_memcpy(st->carry, b->c, FOLLOW_CARRY);
+	st->carry_len = wlen;
+	c->at += wlen - k;
+	return 0;
 }
 
 /* One line or one skip of the stream (a bpf_loop callback: verified once). */
@@ -315,7 +330,7 @@ static long follow_step(__u32 i, struct follow_ctx *c)
 {
 	struct stream_pos *st = c->st;
 	struct follow_buf *b = c->b;
-	__u32 rest, wlen, lf, at = c->at;
+	__u32 rest, wlen, lf, at = c->at, k, n;
 	__u8 phase;
 
 	if (at >= c->len)
@@ -335,13 +350,21 @@ static long follow_step(__u32 i, struct follow_ctx *c)
 	}
 	if (phase == STREAM_REQUEST && at > c->from)
 		return follow_stop(c, at); /* a request inside the segment: cut before it */
-	wlen = rest < FOLLOW_WINDOW ? rest : FOLLOW_WINDOW;
-	wlen = ((wlen - 1) & (FOLLOW_WINDOW - 1)) + 1;
-	if (bpf_skb_load_bytes(c->skb, c->off + at, b->c, wlen))
+	/* the window, after the bytes carried of the line it goes on with (k) */
+	k = phase == STREAM_REQUEST || (st->flags & STREAM_IN_LINE) ? 0 : st->carry_len;
+	if (k > FOLLOW_CARRY)
+		k = FOLLOW_CARRY;
+	if (k)
+		__builtin_memcpy(b->c, st->carry, FOLLOW_CARRY);
+	n = rest < FOLLOW_WINDOW ? rest : FOLLOW_WINDOW;
+	n = ((n - 1) & (FOLLOW_WINDOW - 1)) + 1;
+	if (bpf_skb_load_bytes(c->skb, c->off + at, b->c + k, n))
 		return follow_stop(c, c->len);
+	wlen = k + n;
+	st->carry_len = 0;
 	if (phase == STREAM_REQUEST) {
 		/* the segment's first request (the caller judges it): past empty lines to the request line */
-		__u32 k = line_ends(b, wlen);
+		k = line_ends(b, wlen);
 
 		if (k >= wlen)
 			return follow_stop(c, c->len); /* only line ends: the request starts in a later segment */
@@ -364,7 +387,7 @@ static long follow_step(__u32 i, struct follow_ctx *c)
 	lf = find_lf(b, wlen);
 	if (st->flags & STREAM_IN_LINE) {
 		if (lf == FOLLOW_NO_LF) {
-			c->at = at + wlen;
+			c->at = at + n;
 			return 0;
 		}
 		c->at = at + lf + 1;
@@ -377,11 +400,11 @@ static long follow_step(__u32 i, struct follow_ctx *c)
 		__s64 size;
 
 		if (lf == FOLLOW_NO_LF)
-			return wlen == FOLLOW_WINDOW ? follow_stop(c, FOLLOW_RESET) : need_line(c);
+			return carry_line(c, st, b, wlen, k);
 		size = chunk_size(b, lf);
 		if (size < 0)
 			return follow_stop(c, FOLLOW_RESET);
-		c->at = at + lf + 1;
+		c->at = at + lf + 1 - k;
 		if (size == 0) {
 			st->phase = STREAM_TRAILERS;
 		} else {
@@ -392,17 +415,18 @@ static long follow_step(__u32 i, struct follow_ctx *c)
 	}
 	/* STREAM_HEADERS or STREAM_TRAILERS, at a line's start */
 	if (lf == FOLLOW_NO_LF) {
-		/* the line goes on past the segment or the window: skip it unless it must be read */
-		if (wlen < 18 || (phase == STREAM_HEADERS && header_name(b, wlen) != HDR_OTHER)) {
-			if (wlen == FOLLOW_WINDOW)
-				return follow_stop(c, FOLLOW_RESET);
-			return need_line(c);
-		}
+		/* the line goes on past the segment or the window: skip it unless it must be read (its name
+		 * not known yet, or a Content-Length or Transfer-Encoding) */
+		int name = header_name(b, wlen);
+
+		if (wlen < 18 || (phase == STREAM_HEADERS && (name == HDR_CONTENT_LENGTH ||
+							       name == HDR_TRANSFER_ENCODING)))
+			return carry_line(c, st, b, wlen, k);
 		st->flags |= STREAM_IN_LINE;
-		c->at = at + wlen;
+		c->at = at + n;
 		return 0;
 	}
-	c->at = at + lf + 1;
+	c->at = at + lf + 1 - k;
 	if (lf == 0 || (lf == 1 && follow_byte(b, 0) == '\r')) {
 		/* the empty line: the head (or the trailers) ends */
 		if (phase == STREAM_HEADERS && (st->flags & STREAM_CHUNKED)) {
@@ -442,8 +466,8 @@ static long follow_step(__u32 i, struct follow_ctx *c)
 /*
  * Follow the segment's payload from byte `from` (its first new byte) with the stream's state there in
  * *st; on return *st is the state where the follower stopped. Returns the payload length (the whole
- * segment followed), a payload offset at which to cut the segment (a request starts there, or a line
- * that must be read whole; `from` < offset), FOLLOW_INCOMPLETE or FOLLOW_RESET. A global function: the
+ * segment followed), a payload offset at which to cut the segment (a request starts there; `from` <
+ * offset), or FOLLOW_RESET. A global function: the
  * verifier checks it once.
  */
 __noinline __u32 stream_follow(struct __sk_buff *skb, const struct pkt *p, __u32 from, struct stream_pos *st)

@@ -216,6 +216,7 @@ struct ingress_scratch {
 	__u32 keep;                 /* payload bytes to pass: the payload's length, or where to cut it */
 	__u32 xl_on;                /* the client's segment is to be translated (xl) when it passes */
 	struct seq_xlate xl;        /* its connection's sequence translation (see xlate.bpf.h) */
+	struct stream_state fresh;  /* a new streams entry, built here (too big for the stack) */
 };
 
 struct {
@@ -1264,7 +1265,7 @@ __noinline int stream_pass(struct __sk_buff *skb, const struct pkt *p)
 {
 	__u32 zero = 0;
 	struct ingress_scratch *scr = bpf_map_lookup_elem(&ingress_scratch, &zero);
-	struct stream_state *e, fresh = {};
+	struct stream_state *e;
 	__u32 started;
 
 	if (!skb || !p || !scr || !scr->pre.valid)
@@ -1286,10 +1287,11 @@ __noinline int stream_pass(struct __sk_buff *skb, const struct pkt *p)
 			__sync_fetch_and_add(&e->requests, started);
 		return TC_ACT_OK;
 	}
-	fresh.prev = scr->pre;
-	fresh.cur = scr->post;
-	fresh.requests = started;
-	bpf_map_update_elem(&streams, &scr->fk, &fresh, BPF_NOEXIST);
+	__builtin_memset(&scr->fresh, 0, sizeof(scr->fresh));
+	scr->fresh.prev = scr->pre;
+	scr->fresh.cur = scr->post;
+	scr->fresh.requests = started;
+	bpf_map_update_elem(&streams, &scr->fk, &scr->fresh, BPF_NOEXIST);
 	return TC_ACT_OK;
 }
 
@@ -1335,19 +1337,14 @@ static __always_inline __u32 http_segment(struct __sk_buff *skb, const struct pk
 		port_count(port, PORT_FRAMING_RESET);
 		return SEGMENT_RESET;
 	}
-	if (follow == FOLLOW_INCOMPLETE) {
-		port_count(port, PORT_INCOMPLETE);
-		res = ROUTE_INCOMPLETE;
-	} else {
-		scr->keep = follow;
-		if (scr->pre.phase != STREAM_REQUEST) {
-			port_count(port, PORT_BODY);
-			return 0;
-		}
-		res = http_route(skb, p, *skip << 16 | port, (__u32)gen << 16 | p->dport, &pc->lens);
-		if (res != ROUTE_INCOMPLETE)
-			return res;
+	scr->keep = follow;
+	if (scr->pre.phase != STREAM_REQUEST) {
+		port_count(port, PORT_BODY);
+		return 0;
 	}
+	res = http_route(skb, p, *skip << 16 | port, (__u32)gen << 16 | p->dport, &pc->lens);
+	if (res != ROUTE_INCOMPLETE)
+		return res;
 	scr->pre.valid = 0; /* nothing passed: the stream stays where it was */
 	if (pc->incomplete == INCOMPLETE_PASS) {
 		port_count(port, PORT_INCOMPLETE_PASSED);
@@ -1410,27 +1407,32 @@ __noinline int xlate_to_server(struct __sk_buff *skb)
 	return TC_ACT_OK;
 }
 
+#define SERVER_OWES_NOTHING 0
+#define SERVER_OWES 1               /* bytes it wrote are unsent, or the client has not got them all */
+#define SERVER_NOT_CONNECTED 2      /* no established socket: a pending handshake (the request rides on
+				     * its last ACK, deferred accept), a SYN cookie, or gone */
+
 /*
- * The server owes the client nothing: every byte it wrote was sent, and the client's acknowledgment on
- * this segment (`ack`, in the server's numbering) is the server's next byte, so the client has them all
- * (snd_una is not looked at: the stack has not read this segment's acknowledgment yet). Without socket
- * lookups (crafted test packets): nothing. A global function.
+ * Whether the server owes the client anything: every byte it wrote was sent, and the client's
+ * acknowledgment on this segment (`ack`, in the server's numbering) is the server's next byte, so the
+ * client has them all (snd_una is not looked at: the stack has not read this segment's acknowledgment
+ * yet). Without socket lookups (crafted test packets): nothing. A global function.
  */
 __noinline int server_owes(struct __sk_buff *skb, const struct pkt *p, __u32 ack)
 {
 	struct bpf_sock *sk;
 	struct tcp_sock *tp;
-	int owes = 1;
+	int owes = SERVER_NOT_CONNECTED;
 
 	if (!skb || !p)
-		return 1;
+		return SERVER_NOT_CONNECTED;
 	if (!socket_lookup)
-		return 0;
+		return SERVER_OWES_NOTHING;
 	sk = lookup_conn(skb, p);
 	if (!sk)
-		return 1;
+		return SERVER_NOT_CONNECTED;
 	if (sk->state == BPF_TCP_ESTABLISHED && (tp = bpf_skc_to_tcp_sock(sk)))
-		owes = tp->write_seq != tp->snd_nxt || ack != tp->snd_nxt;
+		owes = tp->write_seq != tp->snd_nxt || ack != tp->snd_nxt ? SERVER_OWES : SERVER_OWES_NOTHING;
 	bpf_sk_release(sk);
 	return owes;
 }
@@ -1441,13 +1443,16 @@ __noinline int server_owes(struct __sk_buff *skb, const struct pkt *p, __u32 ack
  * translated from then on (xlate.bpf.h). Only when nothing can come out of order: the request is whole in
  * its segment, the server has begun a response to every request it got and owes no byte, and the client
  * did not ask to close. `again`: the same request's copy (its reply was lost), answered again. Returns
- * TC_ACT_SHOT, or -1 to answer the old way (reply and close). A global function.
+ * TC_ACT_SHOT; -1 to answer the closing way (reply with Connection: close); -2 to reset the connection
+ * (the server owes responses the reply would overtake, or the client has not got an earlier reply
+ * whole: any reply now would be out of order). A global function.
  */
 __noinline int reply_in_stream(struct __sk_buff *skb, const struct pkt *p, __u32 gen_again)
 {
-	__u32 zero = 0, idx, acked, again = gen_again & 1, s_pos = 0;
+	__u32 zero = 0, idx, acked, swallowed = 0, again = gen_again & 1, s_pos = 0;
+	int owes;
 	struct ingress_scratch *scr = bpf_map_lookup_elem(&ingress_scratch, &zero);
-	struct stream_state *e, fresh = {};
+	struct stream_state *e;
 	struct http_reply *reply;
 	struct seq_xlate x = {};
 
@@ -1462,20 +1467,30 @@ __noinline int reply_in_stream(struct __sk_buff *skb, const struct pkt *p, __u32
 	if (again) {
 		if (!scr->xl_on)
 			return -1;
-		acked = scr->xl.c_after - scr->xl.c_before;
+		acked = scr->xl.c_pos - p->seq; /* up to that request's end, as the first reply did */
 		if (acked > p->payload_len)
 			acked = p->payload_len;
 	} else {
 		/* the client has every byte the server sent and every reply put in before (an ack inside
 		 * one: the new reply would overlap it) */
 		s_pos = scr->xl_on ? xl_client_ack(&scr->xl, p->ack) : p->ack;
-		if (scr->xl_on && xl_server_seq(&scr->xl, s_pos) != p->ack)
-			goto closed;
+		if (scr->xl_on && xl_server_seq(&scr->xl, s_pos) != p->ack) {
+			percpu_inc(&dp_counters, DP_REPLY_OWED);
+			return -2;
+		}
+		owes = server_owes(skb, p, s_pos);
+		if (owes == SERVER_NOT_CONNECTED)
+			goto closed; /* nothing to keep: the closing reply resets the pending handshake */
+		if (owes == SERVER_OWES || (e && e->requests != e->responses)) {
+			/* a reply now would come before responses the client waits for: reset */
+			percpu_inc(&dp_counters, DP_REPLY_OWED);
+			return -2;
+		}
 		if (!scr->pre.valid || (p->flags & TCP_FIN) || scr->post.phase != STREAM_REQUEST ||
-		    (__u8)(scr->post.reqs - scr->pre.reqs) != 1 || (scr->post.last & LAST_CLOSE) ||
-		    (e && e->requests != e->responses) || server_owes(skb, p, s_pos))
+		    (__u8)(scr->post.reqs - scr->pre.reqs) != 1 || (scr->post.last & LAST_CLOSE))
 			goto closed;
-		acked = scr->keep;
+		acked = scr->keep; /* the reply acknowledges up to the request's end (bytes before rcv_nxt too) */
+		swallowed = scr->keep - (scr->pre.seq - p->seq);
 	}
 	if (rewrite_to_reply(skb, p, reply, acked, 0))
 		goto fail;
@@ -1488,7 +1503,7 @@ __noinline int reply_in_stream(struct __sk_buff *skb, const struct pkt *p, __u32
 	if (e && e->xl_on)
 		x = e->xl;
 	x.c_before = x.c_after;
-	x.c_after += acked;
+	x.c_after += swallowed;
 	x.c_pos = p->seq + acked;
 	x.s_before = x.s_after;
 	x.s_after += reply->len;
@@ -1500,11 +1515,12 @@ __noinline int reply_in_stream(struct __sk_buff *skb, const struct pkt *p, __u32
 		e->xl = x;
 		e->xl_on = 1;
 	} else {
-		fresh.prev = scr->pre;
-		fresh.cur = scr->post;
-		fresh.xl = x;
-		fresh.xl_on = 1;
-		bpf_map_update_elem(&streams, &scr->fk, &fresh, BPF_ANY);
+		__builtin_memset(&scr->fresh, 0, sizeof(scr->fresh));
+		scr->fresh.prev = scr->pre;
+		scr->fresh.cur = scr->post;
+		scr->fresh.xl = x;
+		scr->fresh.xl_on = 1;
+		bpf_map_update_elem(&streams, &scr->fk, &scr->fresh, BPF_ANY);
 	}
 	replied_in_stream = 1;
 	return TC_ACT_SHOT;
@@ -1514,6 +1530,26 @@ closed:
 fail:
 	percpu_inc(&dp_counters, DP_REPLY_FAILED);
 	return TC_ACT_SHOT;
+}
+
+/*
+ * A refused request whose head goes on past its segment: dropped (refused, as `{mode: drop}` does), so
+ * that the client sends it again merged with what follows and the reply can be put in the stream when
+ * the head is whole; after SE_INCOMPLETE_TRIES drops it is answered the closing way.
+ */
+static __always_inline bool head_goes_on(struct __sk_buff *skb, const struct pkt *p, const struct port_conf *pc,
+					 bool syn)
+{
+	__u32 zero = 0;
+	struct ingress_scratch *scr = bpf_map_lookup_elem(&ingress_scratch, &zero);
+
+	if (pc->reject_http != REJECT_HTTP_REPLY || syn || !scr || !scr->pre.valid ||
+	    scr->post.phase != STREAM_HEADERS)
+		return false;
+	if (incomplete_try(skb, p) > SE_INCOMPLETE_TRIES)
+		return false;
+	port_count(bpf_ntohs(p->dport), PORT_INCOMPLETE);
+	return true;
 }
 
 static __always_inline int ingress(struct __sk_buff *skb)
@@ -1535,7 +1571,6 @@ static __always_inline int ingress(struct __sk_buff *skb)
 	scr = bpf_map_lookup_elem(&ingress_scratch, &zero);
 	if (!scr)
 		return TC_ACT_OK;
-	scr->xl_on = 0;
 	p = &scr->p;
 	fk = &scr->fk;
 	r = parse_tcp(skb, p);
@@ -1625,29 +1660,39 @@ static __always_inline int ingress(struct __sk_buff *skb)
 		port_count(bpf_ntohs(p->dport), PORT_REFUSED_AGAIN); /* dropped before: the same verdict */
 	else if (judge(res, gen | JUDGE_HTTP | system_flag(gen), skb, p) == BLOCK_NONE)
 		return stream_pass(skb, p);
-	if (skb->gso_segs > 1 || pc->reject_http == REJECT_DROP) {
-		if (skb->gso_segs > 1)
+	bool merged = skb->gso_segs > 1;
+
+	if (merged || pc->reject_http == REJECT_DROP || head_goes_on(skb, p, pc, syn)) {
+		if (merged)
 			percpu_inc(&dp_counters, DP_GSO_DROPPED); /* no reply built from a merged skb */
 		bpf_map_update_elem(&refused, fk, &at, BPF_ANY);
 		return TC_ACT_SHOT;
 	}
-	if (syn || skip)
-		/* a reply needs the request's exact place in the stream: reset instead (a blocked TFO
-		 * request; a segment that also carries bytes received before, see segment_position) */
-		return reject(skb, p, REJECT_RST | how | skip << 16);
-	if (pc->reject_http == REJECT_HTTP_REPLY) {
+	if (pc->reject_http == REJECT_HTTP_REPLY && !syn) {
+		/* (also for a segment that carries bytes received before: the reply acknowledges them) */
 		r = reply_in_stream(skb, p, gen ? 2 : 0);
 		if (r >= 0)
 			return r;
+		if (r == -2)
+			return reject(skb, p, REJECT_RST | how | skip << 16);
 	}
+	if (syn || skip)
+		/* a reply that closes needs the request's exact place in the stream: reset instead (a
+		 * blocked TFO request; a segment that also carries bytes received before) */
+		return reject(skb, p, REJECT_RST | how | skip << 16);
 	return reject(skb, p, pc->reject_http | how);
 }
 
 SEC("tc")
 int tc_ingress(struct __sk_buff *skb)
 {
-	int r = ingress(skb);
+	__u32 zero = 0;
+	struct ingress_scratch *scr = bpf_map_lookup_elem(&ingress_scratch, &zero);
+	int r;
 
+	if (scr)
+		scr->xl_on = 0; /* (set by this packet's own path only: scratch outlives the packet) */
+	r = ingress(skb);
 	return r == TC_ACT_OK && replied_in_stream ? xlate_to_server(skb) : r;
 }
 
@@ -1907,7 +1952,6 @@ static __always_inline int egress(struct __sk_buff *skb)
 	scr = bpf_map_lookup_elem(&egress_scratch, &zero);
 	if (!scr)
 		return TC_ACT_OK;
-	scr->xl_on = 0;
 	p = &scr->p;
 	fk = &scr->fk;
 	if (parse_tcp(skb, p) != PARSE_OK)
@@ -1941,8 +1985,13 @@ static __always_inline int egress(struct __sk_buff *skb)
 SEC("tc")
 int tc_egress(struct __sk_buff *skb)
 {
-	int r = egress(skb);
+	__u32 zero = 0;
+	struct ingress_scratch *scr = bpf_map_lookup_elem(&egress_scratch, &zero);
+	int r;
 
+	if (scr)
+		scr->xl_on = 0; /* (set by this packet's own path only: scratch outlives the packet) */
+	r = egress(skb);
 	return r == TC_ACT_OK && replied_in_stream ? xlate_to_client(skb) : r;
 }
 

@@ -151,9 +151,10 @@ enum dp_counter {
 	DP_CONCURRENCY_REPAIRED = 10, /* reconcile: in-flight entries released, or drift corrected */
 	DP_CUT_FAILED = 11,         /* cutting a segment before a request failed: dropped instead (it comes again) */
 	DP_REPLY_KEPT = 12,         /* of the replies sent: answered in the connection's stream, connection kept */
-	DP_REPLY_CLOSED = 13,       /* ... answered and closed instead: the server owed a response, or the client
-				     * asked to close (Connection: close, HTTP/1.0), or the request was not whole */
-	DP_COUNTER_MAX = 14,
+	DP_REPLY_CLOSED = 13,       /* ... answered and closed instead: the client asked to close (Connection:
+				     * close, HTTP/1.0, FIN), or the request was not whole in its segment */
+	DP_REPLY_OWED = 14,         /* ... reset instead: the server owed responses a reply would overtake */
+	DP_COUNTER_MAX = 15,
 };
 
 /*

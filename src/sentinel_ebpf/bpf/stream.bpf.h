@@ -23,7 +23,8 @@ enum seg_position {
 	SEG_OLD = 3,        /* every byte received already: a retransmission, judged when it first came */
 	SEG_FUTURE = 4,     /* beyond a gap: dropped, so that it comes again in order and is judged then */
 	SEG_NO_SOCKET = 5,  /* no connection here (spoofed, or closed): not judged; the stack answers it */
-	SEG_REFUSED_KEPT = 6, /* the request last refused in the stream, sent again: its reply was lost */
+	SEG_REFUSED_KEPT = 6, /* the start of the request last refused in the stream, sent again: its reply
+			       * was lost */
 };
 
 /* Per connection (socket-local storage, freed by the kernel with the socket). */
@@ -150,8 +151,13 @@ static __always_inline int segment_position(struct __sk_buff *skb, const struct 
 	int pos = SEG_NEXT;
 
 	*skip = 0;
-	if (xl && xl->c_after != xl->c_before && p->seq == xl->c_pos - (xl->c_after - xl->c_before))
-		return SEG_REFUSED_KEPT;
+	if (xl && xl->c_after != xl->c_before) {
+		__u32 start = xl->c_pos - (xl->c_after - xl->c_before);
+
+		/* the segment carries that request's start again (alone, or merged with bytes around it) */
+		if (!seq_before(start, p->seq) && seq_before(start, end))
+			return SEG_REFUSED_KEPT;
+	}
 	if (!socket_lookup)
 		return SEG_NEXT;
 	sk = lookup_conn(skb, p);
