@@ -10,9 +10,9 @@ from __future__ import annotations
 import struct
 
 import pytest
+from test_inbound_stream import API, BLOCK_API, CLIENT, OTHER, SERVER, rules
 
 from sentinel_ebpf.inbound import InboundDataplane
-from sentinel_ebpf.rules import RuleSet, load_text
 from tests.support.packets import (
     ACK,
     FIN,
@@ -28,22 +28,9 @@ from tests.support.packets import (
 
 pytestmark = pytest.mark.kernel("inbound")
 
-CLIENT, SERVER = "127.0.0.2", "127.0.0.1"
-BLOCK_API = """
-resources:
-  - {name: api, match: {protocol: http, port: 8080, method: GET, path: /api}}
-flowRules:
-  - {resource: api, threshold: 0}
-"""
-API = b"GET /api HTTP/1.1\r\nHost: svc\r\n\r\n"
-OTHER = b"GET /other HTTP/1.1\r\nHost: svc\r\n\r\n"
 REPLY = b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: 18\r\n\r\nToo Many Requests\n"
 C_ISN, S_ISN = 1000, 2000
 TS = bytes.fromhex("0101080a") + struct.pack("!II", 7, 9)  # NOP NOP TS (what stacks send on data)
-
-
-def rules(text: str) -> RuleSet:
-    return load_text(text, "test.yaml")
 
 
 def sack(*edges: int) -> bytes:

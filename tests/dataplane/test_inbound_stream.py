@@ -11,20 +11,13 @@ from dataclasses import dataclass, field
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_inbound_framing import BLOCK_API, CLIENT, SERVER, rules
 
 from sentinel_ebpf.inbound import InboundDataplane
-from sentinel_ebpf.rules import RuleSet, load_text
 from tests.support.packets import ACK, FIN, PSH, RST, TC_ACT_OK, TC_ACT_SHOT, parse_frame, tcp_frame
 
 pytestmark = pytest.mark.kernel("inbound")
 
-CLIENT, SERVER = "127.0.0.2", "127.0.0.1"
-BLOCK_API = """
-resources:
-  - {name: api, match: {protocol: http, port: 8080, method: GET, path: /api}}
-flowRules:
-  - {resource: api, threshold: 0}
-"""
 COUNT_ALL = """
 resources:
   - {name: api, match: {protocol: http, port: 8080, method: GET, path: /api}}
@@ -37,10 +30,6 @@ flowRules:
 """
 API = b"GET /api HTTP/1.1\r\nHost: svc\r\n\r\n"
 OTHER = b"GET /other HTTP/1.1\r\nHost: svc\r\n\r\n"
-
-
-def rules(text: str) -> RuleSet:
-    return load_text(text, "test.yaml")
 
 
 @dataclass

@@ -197,25 +197,39 @@ __noinline __s64 content_length(const struct follow_buf *b, __u32 lf)
 	return n.digits && !n.bad ? n.v : -1;
 }
 
+/* Where the content of a line ending (LF) at `lf` ends: before its CR, if it has one. */
+static __always_inline __u32 content_end(const struct follow_buf *b, __u32 lf)
+{
+	return lf && follow_byte(b, lf - 1) == '\r' ? lf - 1 : lf;
+}
+
+/* The `n` (at most 8) bytes before `end`, as a little-endian word. */
+static __always_inline __u64 word_before(const struct follow_buf *b, __u32 end, __u32 n)
+{
+	__u64 word = 0;
+
+	for (__u32 k = 0; k < 8; k++) {
+		if (k < n)
+			word |= (__u64)follow_byte(b, end - n + k) << (8 * k);
+	}
+	return word;
+}
+
 /* A Transfer-Encoding line ending at `lf` names chunked last (the only framing servers read). */
 __noinline int chunked_last(const struct follow_buf *b, __u32 lf)
 {
-	__u32 end = lf;
-	__u64 word = 0;
+	__u32 end;
 
 	if (!b || lf >= FOLLOW_BUF)
 		return 0;
-	if (end && follow_byte(b, end - 1) == '\r')
-		end--;
+	end = content_end(b, lf);
 	for (int k = 0; k < 8; k++) {
 		if (end > 18 && ows(follow_byte(b, end - 1)))
 			end--;
 	}
 	if (end < 18 + 7)
 		return false;
-	for (int k = 0; k < 7; k++)
-		word |= (__u64)follow_byte(b, end - 7 + k) << (8 * k);
-	if (LOWER8(word) != (FW8('c', 'h', 'u', 'n', 'k', 'e', 'd', 0) | 0x2000000000000000ULL))
+	if (LOWER8(word_before(b, end, 7)) != (FW8('c', 'h', 'u', 'n', 'k', 'e', 'd', 0) | 0x2000000000000000ULL))
 		return false;
 	__u8 before = follow_byte(b, end - 8);
 	return end - 7 == 18 || ows(before) || before == ',';
@@ -273,18 +287,12 @@ __noinline int names_close(const struct follow_buf *b, __u32 lf)
 /* A request line ending at `lf` (in the bytes read) says HTTP/1.0. */
 __noinline int http10_line(const struct follow_buf *b, __u32 lf)
 {
-	__u32 end = lf;
-	__u64 word = 0;
+	__u32 end;
 
 	if (!b || lf >= FOLLOW_BUF)
 		return 0;
-	if (end && follow_byte(b, end - 1) == '\r')
-		end--;
-	if (end < 8)
-		return 0;
-	for (int k = 0; k < 8; k++)
-		word |= (__u64)follow_byte(b, end - 8 + k) << (8 * k);
-	return word == FW8('H', 'T', 'T', 'P', '/', '1', '.', '0');
+	end = content_end(b, lf);
+	return end >= 8 && word_before(b, end, 8) == FW8('H', 'T', 'T', 'P', '/', '1', '.', '0');
 }
 
 /* How many of the first wlen bytes read are CR or LF (at most 16: http_route reads no further). */

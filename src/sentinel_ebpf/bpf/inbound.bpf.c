@@ -1357,6 +1357,17 @@ static __always_inline __u32 http_segment(struct __sk_buff *skb, const struct pk
 	return SEGMENT_DROP;
 }
 
+/* A packet's translation flag starts cleared: only its own path sets it (scratch outlives the packet). */
+static __always_inline void xl_clear(bool egress)
+{
+	__u32 zero = 0;
+	struct ingress_scratch *scr =
+		bpf_map_lookup_elem(egress ? (void *)&egress_scratch : (void *)&ingress_scratch, &zero);
+
+	if (scr)
+		scr->xl_on = 0;
+}
+
 /*
  * The client's segment belongs to a connection that had a request refused in its stream: its translation
  * into scratch xl (xl_on), for segment_position, reject() and xlate_to_server(). A SYN starts a new
@@ -1686,12 +1697,9 @@ static __always_inline int ingress(struct __sk_buff *skb)
 SEC("tc")
 int tc_ingress(struct __sk_buff *skb)
 {
-	__u32 zero = 0;
-	struct ingress_scratch *scr = bpf_map_lookup_elem(&ingress_scratch, &zero);
 	int r;
 
-	if (scr)
-		scr->xl_on = 0; /* (set by this packet's own path only: scratch outlives the packet) */
+	xl_clear(false);
 	r = ingress(skb);
 	return r == TC_ACT_OK && replied_in_stream ? xlate_to_server(skb) : r;
 }
@@ -1985,12 +1993,9 @@ static __always_inline int egress(struct __sk_buff *skb)
 SEC("tc")
 int tc_egress(struct __sk_buff *skb)
 {
-	__u32 zero = 0;
-	struct ingress_scratch *scr = bpf_map_lookup_elem(&egress_scratch, &zero);
 	int r;
 
-	if (scr)
-		scr->xl_on = 0; /* (set by this packet's own path only: scratch outlives the packet) */
+	xl_clear(true);
 	r = egress(skb);
 	return r == TC_ACT_OK && replied_in_stream ? xlate_to_client(skb) : r;
 }

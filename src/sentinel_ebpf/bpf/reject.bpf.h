@@ -93,6 +93,19 @@ static __always_inline int store_csum16(struct __sk_buff *skb, __u32 csum_off, _
 	return bpf_skb_store_bytes(skb, off, &to, sizeof(to), 0);
 }
 
+/* Set the IP header's length field to `len`: IPv4 total length (header checksum fixed), IPv6 payload length. */
+static __always_inline int set_ip_len(struct __sk_buff *skb, const struct pkt *p, __u32 len)
+{
+	__u16 old_len = bpf_htons(p->ip_len), new_len = bpf_htons(len);
+
+	if (p->family == 4)
+		return bpf_l3_csum_replace(skb, p->l3_off + 10, old_len, new_len, sizeof(__u16)) ||
+			       bpf_skb_store_bytes(skb, p->l3_off + 2, &new_len, 2, 0)
+			   ? -1
+			   : 0;
+	return bpf_skb_store_bytes(skb, p->l3_off + 4, &new_len, 2, 0) ? -1 : 0;
+}
+
 /* Swap MACs, addresses and ports: checksums are sums, so a swap changes none of them. */
 static __always_inline int swap_endpoints(struct __sk_buff *skb, const struct pkt *p)
 {
@@ -147,19 +160,8 @@ __noinline int rewrite_to_rst(struct __sk_buff *skb, const struct pkt *p, __u32 
 	if (bpf_l4_csum_replace(skb, csum_off, bpf_htons(old_tcp_len), bpf_htons(20),
 				BPF_F_PSEUDO_HDR | sizeof(__u16)))
 		return -1;
-	if (p->family == 4) {
-		__u16 old_tot = bpf_htons(p->ip_len);
-		__u16 new_tot = bpf_htons(p->ip_len - old_tcp_len + 20);
-
-		if (bpf_l3_csum_replace(skb, p->l3_off + 10, old_tot, new_tot, sizeof(__u16)) ||
-		    bpf_skb_store_bytes(skb, p->l3_off + 2, &new_tot, 2, 0))
-			return -1;
-	} else {
-		__u16 new_len = bpf_htons(20);
-
-		if (bpf_skb_store_bytes(skb, p->l3_off + 4, &new_len, 2, 0))
-			return -1;
-	}
+	if (set_ip_len(skb, p, p->ip_len - old_tcp_len + 20))
+		return -1;
 	if (to_sender && swap_endpoints(skb, p))
 		return -1;
 	return bpf_skb_change_tail(skb, p->l4_off + 20, 0);
@@ -267,19 +269,8 @@ __noinline int rewrite_to_reply(struct __sk_buff *skb, const struct pkt *p, cons
 	if (bpf_l4_csum_replace(skb, csum_off, bpf_htons(old_tcp_len), bpf_htons(p->doff + rlen),
 				BPF_F_PSEUDO_HDR | sizeof(__u16)))
 		return -1;
-	if (p->family == 4) {
-		__u16 old_tot = bpf_htons(p->ip_len);
-		__u16 new_tot = bpf_htons(p->ip_len - p->payload_len + rlen);
-
-		if (bpf_l3_csum_replace(skb, p->l3_off + 10, old_tot, new_tot, sizeof(__u16)) ||
-		    bpf_skb_store_bytes(skb, p->l3_off + 2, &new_tot, 2, 0))
-			return -1;
-	} else {
-		__u16 new_len = bpf_htons(p->doff + rlen);
-
-		if (bpf_skb_store_bytes(skb, p->l3_off + 4, &new_len, 2, 0))
-			return -1;
-	}
+	if (set_ip_len(skb, p, p->ip_len - p->payload_len + rlen))
+		return -1;
 	if (swap_timestamps(skb, ts_off))
 		return -1;
 	return swap_endpoints(skb, p);
@@ -322,19 +313,8 @@ __noinline int trim_payload(struct __sk_buff *skb, const struct pkt *p, __u32 ke
 	if (bpf_l4_csum_replace(skb, csum_off, bpf_htons(p->doff + p->payload_len), bpf_htons(p->doff + keep),
 				BPF_F_PSEUDO_HDR | sizeof(__u16)))
 		return -1;
-	if (p->family == 4) {
-		__u16 old_tot = bpf_htons(p->ip_len);
-		__u16 new_tot = bpf_htons(p->ip_len - p->payload_len + keep);
-
-		if (bpf_l3_csum_replace(skb, p->l3_off + 10, old_tot, new_tot, sizeof(__u16)) ||
-		    bpf_skb_store_bytes(skb, p->l3_off + 2, &new_tot, 2, 0))
-			return -1;
-	} else {
-		__u16 new_len = bpf_htons(p->ip_len - p->payload_len + keep);
-
-		if (bpf_skb_store_bytes(skb, p->l3_off + 4, &new_len, 2, 0))
-			return -1;
-	}
+	if (set_ip_len(skb, p, p->ip_len - p->payload_len + keep))
+		return -1;
 	return bpf_skb_change_tail(skb, cut, 0);
 }
 
