@@ -217,6 +217,7 @@ struct ingress_scratch {
 	__u32 xl_on;                /* the client's segment is to be translated (xl) when it passes */
 	struct seq_xlate xl;        /* its connection's sequence translation (see xlate.bpf.h) */
 	struct stream_state fresh;  /* a new streams entry, built here (too big for the stack) */
+	__u32 reject_how;           /* refuse_http() -> tc_ingress: reject()'s third argument */
 };
 
 struct {
@@ -1548,19 +1549,71 @@ fail:
  * that the client sends it again merged with what follows and the reply can be put in the stream when
  * the head is whole; after SE_INCOMPLETE_TRIES drops it is answered the closing way.
  */
-static __always_inline bool head_goes_on(struct __sk_buff *skb, const struct pkt *p, const struct port_conf *pc,
-					 bool syn)
+static __always_inline bool head_goes_on(struct __sk_buff *skb, const struct pkt *p, __u8 mode, bool syn)
 {
 	__u32 zero = 0;
 	struct ingress_scratch *scr = bpf_map_lookup_elem(&ingress_scratch, &zero);
 
-	if (pc->reject_http != REJECT_HTTP_REPLY || syn || !scr || !scr->pre.valid ||
+	if (mode != REJECT_HTTP_REPLY || syn || !scr || !scr->pre.valid ||
 	    scr->post.phase != STREAM_HEADERS)
 		return false;
 	if (incomplete_try(skb, p) > SE_INCOMPLETE_TRIES)
 		return false;
 	port_count(bpf_ntohs(p->dport), PORT_INCOMPLETE);
 	return true;
+}
+
+#define REFUSE_BY_REJECT (-1) /* refuse_http(): the caller answers with reject(skb, p, scratch reject_how) */
+
+/* refuse_http()'s answer when reject() is to answer (called by tc_ingress, not down this call chain). */
+static __always_inline int refuse_by(__u32 how)
+{
+	__u32 zero = 0;
+	struct ingress_scratch *scr = bpf_map_lookup_elem(&ingress_scratch, &zero);
+
+	if (!scr)
+		return TC_ACT_SHOT;
+	scr->reject_how = how;
+	return REFUSE_BY_REJECT;
+}
+
+/*
+ * Refuse the HTTP request the segment `p` starts at client seq `at` (`skip` bytes into its payload), as
+ * `mode_how` (enum reject_mode | REJECT_SYN, REJECT_GEN1) says: dropped to come again (a merged skb,
+ * `{mode: drop}`, a head that goes on), answered in the stream, or answered the closing way (by the
+ * caller: REFUSE_BY_REJECT). A global function, and reject() is not called from it, so that tc_ingress's
+ * call chains stay within the verifier's 512 bytes of stack.
+ */
+__noinline int refuse_http(struct __sk_buff *skb, const struct pkt *p, __u32 mode_how, __u32 skip, __u32 at)
+{
+	__u32 how = mode_how & (REJECT_SYN | REJECT_GEN1);
+	__u8 mode = mode_how & 0xff;
+	struct flow_key *fk = scratch_key(false);
+	bool syn = mode_how & REJECT_SYN, merged;
+	int r;
+
+	if (!skb || !p || !fk)
+		return TC_ACT_SHOT;
+	merged = skb->gso_segs > 1;
+	if (merged || mode == REJECT_DROP || head_goes_on(skb, p, mode, syn)) {
+		if (merged)
+			percpu_inc(&dp_counters, DP_GSO_DROPPED); /* no reply built from a merged skb */
+		bpf_map_update_elem(&refused, fk, &at, BPF_ANY);
+		return TC_ACT_SHOT;
+	}
+	if (mode == REJECT_HTTP_REPLY && !syn) {
+		/* (also for a segment that carries bytes received before: the reply acknowledges them) */
+		r = reply_in_stream(skb, p, (how & REJECT_GEN1) ? 2 : 0);
+		if (r >= 0)
+			return r;
+		if (r == -2)
+			return refuse_by(REJECT_RST | how | skip << 16);
+	}
+	if (syn || skip)
+		/* a reply that closes needs the request's exact place in the stream: reset instead (a
+		 * blocked TFO request; a segment that also carries bytes received before) */
+		return refuse_by(REJECT_RST | how | skip << 16);
+	return refuse_by(mode | how);
 }
 
 static __always_inline int ingress(struct __sk_buff *skb)
@@ -1671,27 +1724,8 @@ static __always_inline int ingress(struct __sk_buff *skb)
 		port_count(bpf_ntohs(p->dport), PORT_REFUSED_AGAIN); /* dropped before: the same verdict */
 	else if (judge(res, gen | JUDGE_HTTP | system_flag(gen), skb, p) == BLOCK_NONE)
 		return stream_pass(skb, p);
-	bool merged = skb->gso_segs > 1;
-
-	if (merged || pc->reject_http == REJECT_DROP || head_goes_on(skb, p, pc, syn)) {
-		if (merged)
-			percpu_inc(&dp_counters, DP_GSO_DROPPED); /* no reply built from a merged skb */
-		bpf_map_update_elem(&refused, fk, &at, BPF_ANY);
-		return TC_ACT_SHOT;
-	}
-	if (pc->reject_http == REJECT_HTTP_REPLY && !syn) {
-		/* (also for a segment that carries bytes received before: the reply acknowledges them) */
-		r = reply_in_stream(skb, p, gen ? 2 : 0);
-		if (r >= 0)
-			return r;
-		if (r == -2)
-			return reject(skb, p, REJECT_RST | how | skip << 16);
-	}
-	if (syn || skip)
-		/* a reply that closes needs the request's exact place in the stream: reset instead (a
-		 * blocked TFO request; a segment that also carries bytes received before) */
-		return reject(skb, p, REJECT_RST | how | skip << 16);
-	return reject(skb, p, pc->reject_http | how);
+	r = refuse_http(skb, p, pc->reject_http | how, skip, at);
+	return r == REFUSE_BY_REJECT ? reject(skb, p, scr->reject_how) : r;
 }
 
 SEC("tc")

@@ -67,7 +67,7 @@ fail:
  * Take bytes [off, off+len) out of the TCP checksum at csum_off. off must be 2-byte aligned within TCP.
  * A global function: the verifier checks it once, not once per path that calls it.
  */
-__noinline int csum_remove(struct __sk_buff *skb, __u32 csum_off, __u32 off, __u32 len)
+static __always_inline int csum_remove(struct __sk_buff *skb, __u32 csum_off, __u32 off, __u32 len)
 {
 	__u32 zero = 0;
 	struct csum_ctx c = { .skb = skb, .csum_off = csum_off, .off = off, .len = len };
