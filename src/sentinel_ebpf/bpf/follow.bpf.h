@@ -6,9 +6,9 @@
  * byte; a request that starts inside a segment (pipelined behind another, or after a body) makes the
  * caller cut the segment before it, so that the client's TCP sends it again at the start of a segment,
  * where it is judged. A line the follower must read whole (a Content-Length or Transfer-Encoding header,
- * a chunk size) is never guessed across segments: the segment is cut before it, or dropped when it starts
- * there (the client sends it again, merged with what follows). Framing a server cannot read either
- * (an invalid Content-Length, two different ones, a Transfer-Encoding other than chunked last) resets the
+ * a chunk size, a header whose name is not read yet) is never guessed across segments: its bytes so far
+ * are carried to the next segment (FOLLOW_CARRY). Framing a server cannot read either (an invalid
+ * Content-Length, two different ones, a Transfer-Encoding other than chunked last) resets the
  * connection: servers answer such a request with 400 or 501 and close.
  */
 #ifndef SENTINEL_FOLLOW_BPF_H
