@@ -312,6 +312,39 @@ def test_new_bytes_after_old_ones_in_one_segment_are_judged(
     assert retval == TC_ACT_OK and rst.flags & RST and (rst.dport, rst.seq) == (sport, nxt)
 
 
+def test_a_refused_request_is_answered_again_only_while_its_connection_exists(
+    live: InboundDataplane, conn: tuple[socket.socket, socket.socket]
+) -> None:
+    """A copy of a request refused in its stream is answered again (its reply was lost), but once the
+    connection is gone a segment that guesses its ports and place is a spoofed one: no reply goes out."""
+    at, nxt, sport = on_conn(live, conn)
+    cli, srv = conn
+    srv.setsockopt(socket.SOL_TCP, TCP_REPAIR, 1)
+    try:
+        srv.setsockopt(socket.SOL_TCP, TCP_REPAIR_QUEUE, 2)  # TCP_SEND_QUEUE
+        snd_nxt = struct.unpack("I", srv.getsockopt(socket.SOL_TCP, TCP_QUEUE_SEQ, 4))[0]
+    finally:
+        srv.setsockopt(socket.SOL_TCP, TCP_REPAIR, 0)
+    req = b"GET /api" + TAIL
+    frame = tcp_frame(
+        at["src"], at["dst"], at["sport"], sport, flags=PSH | ACK, seq=nxt, ack=snd_nxt, payload=req
+    )
+    ingress = live.obj.program("tc_ingress")
+    kept = live.counters()["reply_kept"]
+    assert ingress.test_run(frame).retval == TC_ACT_SHOT  # refused in the stream, kept
+    assert ingress.test_run(frame).retval == TC_ACT_SHOT  # sent again: answered again
+    assert live.counters()["reply_kept"] == kept + 2
+    cli.close()
+    srv.close()
+    res = ingress.test_run(frame)
+    # not answered (the segment is not rewritten into a reply) and, its bytes being the refused
+    # request's, not passed on either
+    assert (res.retval, res.data_out) == (TC_ACT_SHOT, frame)
+    assert live.port_counters(sport)["no_socket"] == 1
+    assert live.counters()["reply_kept"] == kept + 2
+    assert live.resource_stats()[0].blocked == 1
+
+
 def test_an_incomplete_request_line_resets_the_connection_after_the_tries(
     live: InboundDataplane, conn: tuple[socket.socket, socket.socket]
 ) -> None:

@@ -1300,10 +1300,10 @@ __noinline int stream_pass(struct __sk_buff *skb, const struct pkt *p)
  * A client's data segment on a port with HTTP resources: where it stands in the stream (segment_position)
  * decides whether it is looked at; where it stands in the stream's HTTP framing (follow.bpf.h) decides
  * whether a request starts at its first new byte (its request line is then looked up) and where to cut it
- * (scratch keep; stream_pass cuts). A line that must be read whole and is incomplete at rcv_nxt is dropped,
- * so that the client sends it again, merged with what follows (Linux merges small unacknowledged segments
- * when it retransmits), up to SE_INCOMPLETE_TRIES times; then the connection is reset. `reject.incomplete:
- * pass` lets it through instead. *skip: bytes of the segment received before (judged from there on).
+ * (scratch keep; stream_pass cuts). A request line that does not end in the segment is dropped at
+ * rcv_nxt, so that the client sends it again, merged with what follows (Linux merges small unacknowledged
+ * segments when it retransmits), up to SE_INCOMPLETE_TRIES times; then the connection is reset.
+ * `reject.incomplete: pass` lets it through instead. *skip: bytes of the segment received before (judged from there on).
  */
 static __always_inline __u32 http_segment(struct __sk_buff *skb, const struct pkt *p, const struct port_conf *pc,
 					  __u8 gen, __u32 *skip, struct ingress_scratch *scr)

@@ -137,6 +137,18 @@ static __always_inline bool syncookie_ack(struct __sk_buff *skb, const struct pk
 	return bpf_tcp_check_syncookie(sk, &h->ip, ip_len, &h->th, sizeof(h->th)) == 0;
 }
 
+/* The segment carries again the start of the request last refused in the stream `xl` (NULL: none),
+ * alone or merged with bytes around it: its reply was lost. */
+static __always_inline bool refused_again(const struct pkt *p, const struct seq_xlate *xl)
+{
+	__u32 start;
+
+	if (!xl || xl->c_after == xl->c_before)
+		return false;
+	start = xl->c_pos - (xl->c_after - xl->c_before);
+	return !seq_before(start, p->seq) && seq_before(start, p->seq + p->payload_len);
+}
+
 /*
  * The segment's place in its stream (enum seg_position); *skip: how many of its payload bytes were
  * received already (SEG_OVERLAP). `xl`: the connection's translation (NULL: none); the segment is in the
@@ -151,15 +163,8 @@ static __always_inline int segment_position(struct __sk_buff *skb, const struct 
 	int pos = SEG_NEXT;
 
 	*skip = 0;
-	if (xl && xl->c_after != xl->c_before) {
-		__u32 start = xl->c_pos - (xl->c_after - xl->c_before);
-
-		/* the segment carries that request's start again (alone, or merged with bytes around it) */
-		if (!seq_before(start, p->seq) && seq_before(start, end))
-			return SEG_REFUSED_KEPT;
-	}
 	if (!socket_lookup)
-		return SEG_NEXT;
+		return refused_again(p, xl) ? SEG_REFUSED_KEPT : SEG_NEXT;
 	sk = lookup_conn(skb, p);
 	if (!sk)
 		return SEG_NO_SOCKET;
@@ -175,6 +180,8 @@ static __always_inline int segment_position(struct __sk_buff *skb, const struct 
 	} else if (sk->state != BPF_TCP_ESTABLISHED && sk->state != BPF_TCP_SYN_RECV) {
 		/* (SYN_RECV: a TFO connection's socket, made at the SYN: its data is judged by rcv_nxt) */
 		pos = SEG_NO_SOCKET; /* closing, or TIME_WAIT: nothing more goes to the application */
+	} else if (refused_again(p, xl)) {
+		pos = SEG_REFUSED_KEPT; /* (only while the connection is there: else spoofed, no reply) */
 	} else if ((tp = bpf_skc_to_tcp_sock(sk))) {
 		rcv_nxt = xl ? xl_server_ack(xl, tp->rcv_nxt) : tp->rcv_nxt;
 		if (!seq_before(rcv_nxt, end)) {

@@ -94,7 +94,7 @@ static long opt_step(__u32 i, struct opt_ctx *c)
 	return 0;
 }
 
-/* Translate the segment's SACK blocks with `d` (a difference to add, or a direction, see xlate_edges). */
+/* Where the segment's SACK option has its blocks (s->blocks 0: none). */
 static __always_inline int find_sack(struct __sk_buff *skb, const struct pkt *p, struct sack_at *s)
 {
 	struct opt_ctx c = { .skb = skb, .off = p->l4_off + 20, .end = p->l4_off + p->doff, .found = s };
