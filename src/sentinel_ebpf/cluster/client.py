@@ -5,8 +5,9 @@ node's heartbeat. Renewals run every ``renew_s`` (100 ms) while the rules see re
 ``idle_renew_ms`` (300 ms) otherwise; after each one, and right after each of the
 kernel's 500 ms bucket boundaries, ``refresh`` rewrites the thresholds in the kernel (the daemon's
 ``dp.tick()``). A call that fails, or answers after ``slow_ms``, does not count as contact; without
-contact for ``fallback_after_ms`` every cluster rule falls back (``RuleLease.allowed``), and the first good
-call brings them back.
+contact for ``fallback_after_ms`` past the renewal the node's pace made due (an idle node's heartbeat
+comes ``idle_renew_ms - renew_s`` later than a busy node's renewal) every cluster rule falls back
+(``RuleLease.allowed``), and the first good call brings them back.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from sentinel_ebpf.stats import NodeRecord, default_node_id
 
 log = logging.getLogger("sentinel_ebpf.cluster")
 SLOW_MS = 50  # Redis slower than this counts as unreachable
-FALLBACK_AFTER_MS = 250  # without contact this long, rules fall back (two missed renewals)
+FALLBACK_AFTER_MS = 250  # without contact this long past the renewal due, rules fall back (two missed)
 HEARTBEAT_TTL_MS = 1000  # a node not heard from for this long is no longer counted live
 IDLE_RENEW_MS = 300  # a node whose cluster rules see no requests renews (its heartbeat) this often
 
@@ -72,6 +73,9 @@ class ClusterClient:
         self.record = record
         self._next_publish_ms = 0
         self._last_renew_ms: int | None = None
+        self._pace_ms = round(
+            renew_s * 1000
+        )  # how often this node renews now (busy: renew_s; idle: more rarely)
         self.active: tuple[RuleLease, ...] = ()
         self._by_key: dict[str, RuleLease] = {}
         self.started_ms = now_ms()
@@ -105,7 +109,8 @@ class ClusterClient:
         """``cluster`` (contact within fallback_after_ms), ``joining`` (no contact yet, just started) or
         ``fallback``."""
         if self.last_ok_ms is not None:
-            return "cluster" if now_ms - self.last_ok_ms <= self.fallback_after_ms else "fallback"
+            grace_ms = self.fallback_after_ms + self._pace_ms - round(self.renew_s * 1000)
+            return "cluster" if now_ms - self.last_ok_ms <= grace_ms else "fallback"
         return "joining" if now_ms - self.started_ms <= self.fallback_after_ms else "fallback"
 
     # -- renewals -----------------------------------------------------------------------------------
@@ -153,10 +158,13 @@ class ClusterClient:
 
     def due(self, now_ms: int) -> bool:
         """Renew now? Always while any rule sees requests (or has never been leased), else every
-        ``idle_renew_ms`` (the heartbeat): an idle node's lease does not change. One map read per rule."""
-        if self._last_renew_ms is None or now_ms - self._last_renew_ms >= self.idle_renew_ms:
-            return True
-        return any(lease.account is None or lease.seen_requests() for lease in self.active)
+        ``idle_renew_ms`` (the heartbeat): an idle node's lease does not change. One map read per rule.
+        Sets the pace ``state`` allows for: an idle node is not in fallback for its heartbeat's longer gap."""
+        busy = any(lease.account is None or lease.seen_requests() for lease in self.active)
+        self._pace_ms = (
+            round(self.renew_s * 1000) if busy else max(self.idle_renew_ms, round(self.renew_s * 1000))
+        )
+        return busy or self._last_renew_ms is None or now_ms - self._last_renew_ms >= self.idle_renew_ms
 
     def _run(self) -> None:
         next_renew = 0.0

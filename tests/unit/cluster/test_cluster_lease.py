@@ -208,6 +208,39 @@ def test_an_idle_node_renews_less_often() -> None:
     assert client.due(now[0])  # the heartbeat
 
 
+def test_an_idle_node_does_not_fall_back_between_its_heartbeats() -> None:
+    """An idle node renews every 300 ms: it is not in fallback 250 ms after its last renewal (it flapped,
+    logging "Redis unreachable" and "back in the cluster" every 300 ms), but a heartbeat that fails is."""
+    import redis
+
+    from sentinel_ebpf.inbound.compiler import KFlowRule
+
+    now = [0]
+    store = FakeStore()
+    client = ClusterClient(store, now_ms=lambda: now[0], fallback_after_ms=250, idle_renew_ms=300)
+    st = stats({}, total_pass=0)
+    lease = client.thresholds("web", 0, KFlowRule(1, 0, 1000, 0, 0, 0, True, rule(100)), lambda: st)
+    client.track([lease])
+    assert client.due(now[0]) and client.renew()
+    client._last_renew_ms = now[0]
+    for now[0] in (100, 200, 290):
+        assert not client.due(now[0])
+        assert client.state(now[0]) == "cluster" and not lease.fallback and lease.allowed(now[0]) >= 0
+    store.fail = redis.ConnectionError("refused")
+    now[0] = 300
+    assert client.due(now[0]) and not client.renew()
+    client._last_renew_ms = now[0]
+    now[0] = 460
+    assert not client.due(now[0]) and client.state(now[0]) == "fallback"
+    # a busy node keeps the shorter bound: two missed renewals
+    store.fail = None
+    assert client.renew()
+    st.block_by_type[1] = 5
+    assert client.due(now[0])
+    now[0] += 260
+    assert client.state(now[0]) == "fallback"
+
+
 def test_joining_counts_from_the_start_of_the_renewals_not_from_construction() -> None:
     now = [1000]
     client = ClusterClient(FakeStore(), now_ms=lambda: now[0], fallback_after_ms=250)
