@@ -23,6 +23,7 @@ class SentinelLimits(IntEnum):
     SE_STREAMS_MAX = 65536
     SE_INFLIGHT_IDLE_MAX = 32768
     SE_PORTS_MAX = 1024
+    SE_PORT_SCOPES_MAX = 8
     SE_PORT_OUT_HTTP = 32768
     SE_ROUTE_LENS_MAX = 65
     SE_ROUTE_PROBES = 7
@@ -325,11 +326,15 @@ class PortConf(ctypes.Structure):
         ("incomplete", ctypes.c_uint8),
         ("defer_accept", ctypes.c_uint8),
         ("lens", RouteLens),
-        ("_pad0", ctypes.c_uint8 * 1),
+        ("scope_family", ctypes.c_uint8),
+        ("slot", ctypes.c_uint16),
+        ("next", ctypes.c_uint16),
+        ("scope_net", (ctypes.c_uint8 * 16)),
+        ("scope_mask", (ctypes.c_uint8 * 16)),
     ]
 
 
-assert ctypes.sizeof(PortConf) == 76
+assert ctypes.sizeof(PortConf) == 112
 
 
 class HttpReply(ctypes.Structure):

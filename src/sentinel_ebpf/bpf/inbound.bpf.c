@@ -317,6 +317,38 @@ static __always_inline struct port_conf *port_lookup(__u16 slot, __u8 gen)
 	return bpf_map_lookup_elem(&inbound_ports, &idx);
 }
 
+/*
+ * The slot of the scope of a port that governs a packet (see struct port_conf), 0 for none: the port's
+ * entries from `gen_slot` (gen << 16 | the slot port_slots holds) on, the first whose scope holds the
+ * local address (the destination when `local_is_dst`, else the source). A global function: verified
+ * once, whatever path led to it.
+ */
+__noinline __u32 port_scope(const struct pkt *p, __u32 gen_slot, __u32 local_is_dst)
+{
+	__u16 slot = gen_slot;
+	__u8 gen = gen_slot >> 16;
+
+	if (!p)
+		return 0;
+	for (int i = 0; i < SE_PORT_SCOPES_MAX; i++) {
+		struct port_conf *pc = port_lookup(slot, gen);
+		const __u8 *a = local_is_dst ? p->daddr : p->saddr;
+		bool in = true;
+
+		if (!pc)
+			return 0;
+		if (pc->scope_family) {
+			in = pc->scope_family == p->family;
+			for (int b = 0; b < SE_ADDR_LEN; b++)
+				in = in && (a[b] & pc->scope_mask[b]) == pc->scope_net[b];
+		}
+		if (in)
+			return slot & ~SE_PORT_OUT_HTTP;
+		slot = pc->next;
+	}
+	return 0;
+}
+
 static __always_inline void port_count(__u16 port, __u32 what)
 {
 	struct port_counts *ps = bpf_map_lookup_elem(&port_stats, &port);
@@ -1343,7 +1375,7 @@ static __always_inline __u32 http_segment(struct __sk_buff *skb, const struct pk
 		port_count(port, PORT_BODY);
 		return 0;
 	}
-	res = http_route(skb, p, *skip << 16 | port, (__u32)gen << 16 | p->dport, &pc->lens);
+	res = http_route(skb, p, *skip << 16 | port, (__u32)gen << 16 | pc->slot, &pc->lens);
 	if (res != ROUTE_INCOMPLETE)
 		return res;
 	scr->pre.valid = 0; /* nothing passed: the stream stays where it was */
@@ -1656,9 +1688,9 @@ static __always_inline int ingress(struct __sk_buff *skb)
 	slot = ports->slot[p->dport];
 	if (!slot)
 		return TC_ACT_OK;
-	pc = port_lookup(slot, gen);
+	pc = port_lookup(port_scope(p, (__u32)gen << 16 | slot, 1), gen);
 	if (!pc)
-		return TC_ACT_OK;
+		return TC_ACT_OK; /* no scope of the port holds the local address */
 	if (replied_in_stream) {
 		make_key(fk, p, true, FLOW_KIND_REQUEST);
 		xl_load((p->flags & (TCP_SYN | TCP_ACK)) == TCP_SYN);
@@ -2004,7 +2036,7 @@ static __always_inline int egress(struct __sk_buff *skb)
 	slot = ports->slot[p->sport];
 	if (!slot)
 		return TC_ACT_OK;
-	pc = port_lookup(slot, gen);
+	pc = port_lookup(port_scope(p, (__u32)gen << 16 | slot, 0), gen);
 	if (!pc)
 		return TC_ACT_OK;
 	scr->xl_on = pc->has_http; /* a server segment: xlate_to_client looks for its translation */

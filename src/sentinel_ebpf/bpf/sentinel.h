@@ -23,7 +23,8 @@ enum sentinel_limits {
 	SE_INFLIGHT_MAX = 65536,    /* tracked in-flight requests/connections (LRU) */
 	SE_STREAMS_MAX = 65536,     /* connections whose HTTP framing is followed (LRU) */
 	SE_INFLIGHT_IDLE_MAX = 32768, /* in-flight entries kept idle for their connection's next request */
-	SE_PORTS_MAX = 1024,
+	SE_PORTS_MAX = 1024,        /* inbound_ports entries: a port's scopes (match.address) each take one */
+	SE_PORT_SCOPES_MAX = 8,     /* scopes of one port tried, most specific first */
 	SE_PORT_OUT_HTTP = 0x8000,  /* port_slots bit: a remote port of outbound HTTP resources */
 	SE_ROUTE_LENS_MAX = 65,     /* distinct path lengths of a port's routes: 0..SE_PATH_MAX */
 	SE_ROUTE_PROBES = 7,        /* binary search over SE_ROUTE_LENS_MAX lengths: ceil(log2(66)) probes */
@@ -187,7 +188,12 @@ struct route_lens {
 	__u8 len[SE_ROUTE_LENS_MAX];
 };
 
-/* inbound_ports value: what is protected on a local port. */
+/*
+ * inbound_ports value: what is protected on a local port, for the local addresses of its scope. A port
+ * whose resources name local addresses (match.address) has one entry per address (or CIDR), chained by
+ * `next` from the one port_slots points to, most specific first, the entry for every address last (if
+ * any resource names none); the first entry whose scope holds the packet's local address governs it.
+ */
 struct port_conf {
 	__u32 tcp_resource;         /* resource counting connections (SYN) on this port, 0 = none */
 	__u8 has_http;              /* HTTP resources exist: look up request lines */
@@ -196,6 +202,11 @@ struct port_conf {
 	__u8 incomplete;            /* enum incomplete_mode: a request line split over segments */
 	__u8 defer_accept;          /* hold the handshake's bare last ACK: the first request completes it */
 	struct route_lens lens;     /* of this port's http_routes */
+	__u8 scope_family;          /* 0: every local address; 4 or 6: those in scope_net/scope_mask */
+	__u16 slot;                 /* this entry's own slot: the key of its http_routes */
+	__u16 next;                 /* the slot of the port's next scope to try, 0 = none */
+	__u8 scope_net[SE_ADDR_LEN];  /* network, masked (IPv4 in the first 4 bytes) */
+	__u8 scope_mask[SE_ADDR_LEN];
 };
 
 /* http_reply value, indexed by generation: the response sent to a blocked HTTP client. */
@@ -214,7 +225,7 @@ struct http_route_key {
 	__u32 prefixlen;            /* 32 + 8 x path bytes (the key once was an LPM trie's) */
 	__u8 gen;
 	__u8 method;                /* enum http_method */
-	__u16 port;                 /* network byte order */
+	__u16 port;                 /* inbound: the port_conf's slot; outbound: the service id */
 	__u8 path[SE_PATH_MAX];
 };
 

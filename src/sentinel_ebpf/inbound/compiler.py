@@ -30,7 +30,7 @@ from sentinel_ebpf.rules import RuleSet
 from sentinel_ebpf.rules.circuitbreaker import Strategy as CbStrategy
 from sentinel_ebpf.rules.flow import ControlBehavior, FlowRule, RelationStrategy, TokenCalculateStrategy
 from sentinel_ebpf.rules.hotspot import HotspotRule
-from sentinel_ebpf.rules.resource import Resource
+from sentinel_ebpf.rules.resource import IPNetwork, Resource
 from sentinel_ebpf.rules.target import normalize_target
 
 BUCKET_MS = int(SentinelLimits.SE_BUCKET_MS)
@@ -104,7 +104,13 @@ class KResource:
 
 @dataclass(frozen=True)
 class KPort:
+    """One scope of a local port (struct port_conf): its own slot (1 + index in ``ports``) and the slot
+    of the port's next scope; ``scope`` None holds every local address."""
+
     port: int
+    scope: IPNetwork | None = None
+    slot: int = 0
+    next: int = 0
     tcp_resource: int = 0
     has_http: bool = False
     reject_tcp: int = int(RejectMode.REJECT_RST)
@@ -116,7 +122,7 @@ class KPort:
 
 @dataclass(frozen=True)
 class KRoute:
-    port: int  # the local port, or for an outbound route its service id
+    port: int  # inbound: its port scope's slot (KPort.slot); outbound: its service id
     method: int
     path: bytes
     resource: int
@@ -307,6 +313,36 @@ def _out_route(r: Resource, rid: int, cgroups: CgroupResolver, problems: list[st
     return KOutRoute(host.version, r.match.port, host.network_address.packed, host.prefixlen, rid, level, cid)
 
 
+def _chain_scopes(
+    ports: dict[tuple[int, IPNetwork | None], KPort], problems: list[str]
+) -> dict[tuple[int, IPNetwork | None], KPort]:
+    """Slots for every scope, in port order, and each port's chain (struct port_conf ``next``): the most
+    specific address first (longest prefix, IPv6 before IPv4 at equal length), every address last."""
+
+    def specificity(kp: KPort) -> tuple[int, int, int]:
+        if kp.scope is None:
+            return (1, 0, 0)
+        return (0, -kp.scope.prefixlen, -kp.scope.version)
+
+    by_port: dict[int, list[KPort]] = {}
+    for kp in ports.values():
+        by_port.setdefault(kp.port, []).append(kp)
+    out: dict[tuple[int, IPNetwork | None], KPort] = {}
+    slot = 1
+    for port, scopes in by_port.items():
+        scopes.sort(key=specificity)
+        if len(scopes) > int(SentinelLimits.SE_PORT_SCOPES_MAX):
+            problems.append(
+                f"port {port}: {len(scopes)} address scopes (match.address, and one for resources naming "
+                f"none): at most {int(SentinelLimits.SE_PORT_SCOPES_MAX)}"
+            )
+        for i, kp in enumerate(scopes):
+            nxt = slot + 1 if i + 1 < len(scopes) else 0
+            out[(port, kp.scope)] = dataclasses.replace(kp, slot=slot, next=nxt)
+            slot += 1
+    return out
+
+
 def compile_inbound(
     rules: RuleSet,
     previous: Mapping[ResourceKey, int] | None = None,
@@ -427,7 +463,8 @@ def compile_inbound(
         if rules.reject.incomplete == "pass"
         else IncompleteMode.INCOMPLETE_DROP
     )
-    ports: dict[int, KPort] = {}
+    ports: dict[tuple[int, IPNetwork | None], KPort] = {}
+    scope_ids: dict[tuple[int, IPNetwork | None], int] = {}
     routes: list[KRoute] = []
     out_by_dest: dict[tuple[str, int], KOutRoute] = {}
     services: dict[tuple[str, int], int] = {}
@@ -449,10 +486,12 @@ def compile_inbound(
                 )  # fmt: skip
             out_by_dest[dest] = route
             continue
+        scope = (r.match.port, r.match.address)
         port = ports.get(
-            r.match.port,
+            scope,
             KPort(
                 r.match.port,
+                r.match.address,
                 reject_tcp=int(reject_tcp),
                 reject_http=int(http_mode),
                 incomplete=int(incomplete),
@@ -469,8 +508,12 @@ def compile_inbound(
             )
             path = normalize_target(r.match.path or "/").encode("latin-1")  # as the kernel reads targets
             methods = [METHODS[r.match.method]] if r.match.method else list(METHODS.values())
-            routes += [KRoute(r.match.port, m, path, ids[r.name]) for m in methods]
-        ports[r.match.port] = port
+            sid = scope_ids.setdefault(scope, len(scope_ids))  # the scope's slot once the chains are made
+            routes += [KRoute(sid, m, path, ids[r.name]) for m in methods]
+        ports[scope] = port
+    ports = _chain_scopes(ports, problems)
+    slot_of = {sid: ports[scope].slot for scope, sid in scope_ids.items()}
+    routes = [rt if rt.outbound else dataclasses.replace(rt, port=slot_of[rt.port]) for rt in routes]
     # A specific-method route must win over an any-method route with the same path.
     any_method = {ids[r.name] for r in inbound if r.match.method is None}
     seen: dict[tuple[bool, int, int, bytes], KRoute] = {}
@@ -485,15 +528,16 @@ def compile_inbound(
             f"{len(entries)} HTTP route entries (routes per method and search markers): at most "
             f"{int(SentinelLimits.SE_HTTP_ROUTES_MAX)}; give resources a method, or fewer distinct path lengths"
         )
-    ports = {p: dataclasses.replace(kp, lens=lens.get((False, p), ())) for p, kp in ports.items()}
+    ports = {p: dataclasses.replace(kp, lens=lens.get((False, kp.slot), ())) for p, kp in ports.items()}
     out_by_dest = {
         d: dataclasses.replace(r, lens=lens.get((True, r.http_service), ())) if r.http_service else r
         for d, r in out_by_dest.items()
     }
     if len(ports) > int(SentinelLimits.SE_PORTS_MAX):
-        problems.append(f"{len(ports)} protected ports: at most {int(SentinelLimits.SE_PORTS_MAX)}")
+        what = "protected ports" if all(kp.scope is None for kp in ports.values()) else "port scopes"
+        problems.append(f"{len(ports)} {what}: at most {int(SentinelLimits.SE_PORTS_MAX)}")
     if not isinstance(rules.reject.defer_accept, bool):
-        http_ports = {p for p, kp in ports.items() if kp.has_http}
+        http_ports = {kp.port for kp in ports.values() if kp.has_http}
         for p in sorted(set(rules.reject.defer_accept) - http_ports):
             problems.append(f"reject.deferAccept: port {p} has no inbound HTTP resource")
     if problems:

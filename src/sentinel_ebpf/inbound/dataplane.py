@@ -39,7 +39,7 @@ from sentinel_ebpf._types import (
 from sentinel_ebpf.errors import BpfKeyError, BpfMapError, SentinelError
 from sentinel_ebpf.host import cgroup2_mount
 from sentinel_ebpf.inbound.adaptive import AdaptiveThresholds, ExternalThresholds, HostMemory
-from sentinel_ebpf.inbound.compiler import CompiledInbound, KOutRoute, KResource, compile_inbound
+from sentinel_ebpf.inbound.compiler import CompiledInbound, KOutRoute, KPort, KResource, compile_inbound
 from sentinel_ebpf.inbound.reconcile import RECONCILE_PERIOD_NS, Reconciler
 from sentinel_ebpf.libbpf import BpfObject, Link, RingBuffer, TcAttachPoint, TcFilter, TcHook
 from sentinel_ebpf.model.flow import MemoryReader
@@ -99,15 +99,24 @@ def route_lens(lens: tuple[int, ...]) -> RouteLens:
     return out
 
 
-def route_key(port: int, method: int, path: bytes, gen: int, outbound: bool = False) -> HttpRouteKey:
-    """An http_routes key: inbound by local port (network order), outbound by service id (as is)."""
+def route_key(group: int, method: int, path: bytes, gen: int, outbound: bool = False) -> HttpRouteKey:
+    """An http_routes key: inbound by the slot of its port scope, outbound by service id."""
     key = HttpRouteKey()
     key.prefixlen = 32 + 8 * min(len(path), PATH_MAX)
     key.gen = gen | (int(RouteFlags.ROUTE_OUTBOUND) if outbound else 0)
-    key.port = port if outbound else socket.htons(port)
+    key.port = group
     key.method = method
     ctypes.memmove(key.path, path[:PATH_MAX], min(len(path), PATH_MAX))
     return key
+
+
+def _port_heads(compiled: CompiledInbound) -> list[KPort]:
+    """The first scope of each port: the one port_slots points to (the others follow by ``next``)."""
+    heads: dict[int, KPort] = {}
+    for p in compiled.ports:
+        if p.port not in heads or p.slot < heads[p.port].slot:
+            heads[p.port] = p
+    return list(heads.values())
 
 
 @dataclass
@@ -218,8 +227,8 @@ class InboundDataplane:
                     f"cannot adopt: resource {r.name!r} (id {r.id}) is not what the maps hold"
                 )
         table = PortSlots.from_buffer_copy(self.maps.port_slots.lookup(_u32(gen)))
-        for i, p in enumerate(compiled.ports):
-            if table.slot[_wire_port(p.port)] & ~PORT_OUT_HTTP != i + 1:
+        for p in _port_heads(compiled):
+            if table.slot[_wire_port(p.port)] & ~PORT_OUT_HTTP != p.slot:
                 raise SentinelError(f"cannot adopt: port {p.port} is not what the maps hold")
         # Outbound TCP resources count open connections in out_conns, which is new: those still open are
         # not known to this instance, so their count starts again.
@@ -371,12 +380,21 @@ class InboundDataplane:
             )
         table = PortSlots()
         for i, p in enumerate(compiled.ports):
+            assert p.slot == i + 1, (p, i)
             pc = PortConf(tcp_resource=p.tcp_resource, has_http=int(p.has_http), reject_tcp=p.reject_tcp,
-                          reject_http=p.reject_http, incomplete=p.incomplete, defer_accept=int(p.defer_accept), lens=route_lens(p.lens))  # fmt: skip
+                          reject_http=p.reject_http, incomplete=p.incomplete, defer_accept=int(p.defer_accept),
+                          lens=route_lens(p.lens), slot=p.slot, next=p.next)  # fmt: skip
+            if p.scope is not None:
+                net, bits = p.scope.network_address.packed, p.scope.prefixlen
+                mask = (((1 << bits) - 1) << (len(net) * 8 - bits)).to_bytes(len(net), "big")
+                pc.scope_family = p.scope.version
+                pc.scope_net[: len(net)] = net
+                pc.scope_mask[: len(net)] = mask
             if pstats.get(p.port.to_bytes(2, "little")) is None:
                 pstats.update(p.port.to_bytes(2, "little"), bytes(PortCounts()))
             ports.update(_u32(gen * PORTS_MAX + i), bytes(pc))
-            table.slot[_wire_port(p.port)] = i + 1
+        for p in _port_heads(compiled):
+            table.slot[_wire_port(p.port)] = p.slot
         for port in compiled.out_http_ports:
             table.slot[_wire_port(port)] |= PORT_OUT_HTTP
         self.maps.port_slots.update(_u32(gen), bytes(table))

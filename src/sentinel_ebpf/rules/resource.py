@@ -6,7 +6,13 @@ resources:
     match: {direction: inbound, protocol: http, port: 8080, method: GET, path: /api/orders}
   - name: payments-db
     match: {direction: outbound, protocol: tcp, host: 10.0.0.5/32, port: 5432, cgroup: /system.slice/app}
+  - name: pod-a-web
+    match: {protocol: http, port: 8080, address: 10.244.1.7}
 ```
+
+``address`` scopes an inbound resource to the local addresses a server is reached at (a pod's IP, or a
+CIDR): on one port, the most specific scope holding a connection's local address governs it, and
+resources that name no address govern the addresses no scope holds.
 
 Limits are the kernel's: ``path`` is a byte prefix of at most ``PATH_MAX_BYTES`` (LPM-trie key size),
 ``method`` one of the standard methods, ``port`` 1..65535.
@@ -28,7 +34,7 @@ NAME_MAX_BYTES = 255
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
 DIRECTIONS = ("inbound", "outbound")
 PROTOCOLS = ("tcp", "http")
-MATCH_KEYS = ("direction", "protocol", "port", "method", "path", "host", "cgroup", "tls")
+MATCH_KEYS = ("direction", "protocol", "port", "method", "path", "host", "address", "cgroup", "tls")
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -41,6 +47,7 @@ class Match:
     method: str | None = None
     path: str | None = None
     host: IPNetwork | None = None
+    address: IPNetwork | None = None  # inbound: the local addresses (a pod's IP, a CIDR) the scope holds
     cgroup: str | None = None
     tls: bool = False  # HTTPS: observed by tracing OpenSSL (sentinel-ebpf trace --http), not enforced
 
@@ -57,6 +64,7 @@ class Match:
             self.method,
             self.path,
             str(self.host) if self.host else None,
+            str(self.address) if self.address else None,
             self.cgroup,
             self.tls,
         )
@@ -65,6 +73,8 @@ class Match:
         parts = [self.direction, self.protocol]
         if self.host is not None:
             parts.append(f"host {self.host}")
+        if self.address is not None:
+            parts.append(f"address {self.address}")
         parts.append(f"port {self.port}")
         if self.method:
             parts.append(self.method)
@@ -85,6 +95,8 @@ class Match:
             out["path"] = self.path
         if self.host is not None:
             out["host"] = str(self.host)
+        if self.address is not None:
+            out["address"] = str(self.address)
         if self.cgroup is not None:
             out["cgroup"] = self.cgroup
         if self.tls:
@@ -208,6 +220,25 @@ def _parse_match(m: Mapping[Any, Any], ctx: RuleContext) -> Match | None:
             except ValueError as exc:
                 bad(f"host must be an IP address or CIDR: {exc}", "host")
                 ok = False
+    address_raw = m.get("address")
+    address: IPNetwork | None = None
+    if address_raw is not None:
+        if direction != "inbound":
+            bad(
+                "address applies to inbound resources only (outbound resources match a remote host)",
+                "address",
+            )
+            ok = False
+        elif isinstance(address_raw, bool) or not isinstance(address_raw, str):
+            bad(f"address must be a local IP address or CIDR such as 10.244.1.7 or 10.244.1.0/24, "
+                f"got {type_name(address_raw)}", "address")  # fmt: skip
+            ok = False
+        else:
+            try:
+                address = ipaddress.ip_network(address_raw, strict=True)
+            except ValueError as exc:
+                bad(f"address must be a local IP address or CIDR: {exc}", "address")
+                ok = False
     cgroup = m.get("cgroup")
     if cgroup is not None:
         if direction != "outbound":
@@ -227,6 +258,9 @@ def _parse_match(m: Mapping[Any, Any], ctx: RuleContext) -> Match | None:
     elif tls and protocol != "http":
         bad("tls applies to http resources only (HTTPS requests, observed through OpenSSL)", "tls")
         ok = False
+    elif tls and address_raw is not None:
+        bad("address does not apply to tls resources (observed through OpenSSL by port alone)", "address")
+        ok = False
     if not ok:
         return None
     return Match(
@@ -236,6 +270,7 @@ def _parse_match(m: Mapping[Any, Any], ctx: RuleContext) -> Match | None:
         method=method,
         path=path,
         host=host,
+        address=address,
         cgroup=cgroup,
         tls=tls,
     )

@@ -80,6 +80,30 @@ def test_too_many_protected_ports_is_refused_by_count() -> None:
         compile_inbound(load_text(text, "ports.yaml"))
 
 
+def test_address_scopes_of_a_port_are_chained_most_specific_first() -> None:
+    from sentinel_ebpf.inbound import CompileError, compile_inbound
+    from sentinel_ebpf.rules import load_text
+
+    text = """
+resources:
+  - {name: any, match: {protocol: http, port: 8080}}
+  - {name: wide, match: {protocol: http, port: 8080, address: 10.0.0.0/8}}
+  - {name: one, match: {protocol: tcp, port: 8080, address: 10.1.2.3}}
+  - {name: other-port, match: {protocol: http, port: 9090, path: /x, address: 10.1.2.3}}
+"""
+    compiled = compile_inbound(load_text(text, "scopes.yaml"))
+    chain = [(p.port, str(p.scope) if p.scope else None, p.slot, p.next) for p in compiled.ports]
+    assert chain == [(8080, "10.1.2.3/32", 1, 2), (8080, "10.0.0.0/8", 2, 3), (8080, None, 3, 0),
+                     (9090, "10.1.2.3/32", 4, 0)]  # fmt: skip
+    assert [p.tcp_resource > 0 for p in compiled.ports] == [True, False, False, False]
+    assert {e.port for e in compiled.routes if not e.outbound} == {2, 3, 4}  # routes keyed by scope slot
+    many = "resources:\n" + "".join(
+        f"  - {{name: s{i}, match: {{protocol: tcp, port: 80, address: 10.0.0.{i}}}}}\n" for i in range(9)
+    )
+    with pytest.raises(CompileError, match=r"port 80: 9 address scopes .* at most 8"):
+        compile_inbound(load_text(many, "many.yaml"))
+
+
 def test_run_rejects_a_bad_cluster_url() -> None:
     result = runner.invoke(app, ["run", "--cluster", "http://10.0.0.5:6379"])
     assert result.exit_code == 2 and "the scheme must be redis://, rediss:// or unix://" in result.output

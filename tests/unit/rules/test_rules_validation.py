@@ -563,6 +563,15 @@ def test_resource_valid(match: dict[str, Any]) -> None:
         ({"protocol": "tcp", "port": 80, "cgroup": "/a"}, "match.cgroup", "outbound resources only"),
         ({"direction": "outbound", "protocol": "tcp", "port": 80, "cgroup": "a"}, "match.cgroup", "absolute"),
         ({"protocol": "tcp", "port": 80, "ports": 1}, "match.ports", "unknown key"),
+        (
+            {"direction": "outbound", "protocol": "tcp", "port": 80, "address": "10.0.0.1"},
+            "match.address",
+            "inbound resources only",
+        ),
+        ({"protocol": "tcp", "port": 80, "address": "10.0.0.1/8"}, "match.address", "host bits set"),
+        ({"protocol": "tcp", "port": 80, "address": "pod-a"}, "match.address", "IP address or CIDR"),
+        ({"protocol": "tcp", "port": 80, "address": 167772161}, "match.address", "got an integer"),
+        ({"protocol": "http", "port": 443, "tls": True, "address": "10.0.0.1"}, "match.address", "tls"),
     ],
 )
 def test_resource_invalid(match: dict[str, Any], field: str, reason: str) -> None:
@@ -588,6 +597,22 @@ def test_resource_duplicates_and_conflicts() -> None:
     assert any(f == "name" and "non-empty" in r for f, r in found)
     assert any(f == "match" and "required" in r for f, r in found)
     assert len(found) == 4
+
+
+def test_resources_on_one_port_conflict_only_within_one_address_scope() -> None:
+    tcp = {"protocol": "tcp", "port": 80}
+    found = problems(
+        {
+            "resources": [
+                {"name": "a", "match": {**tcp, "address": "10.0.0.1"}},
+                {"name": "b", "match": {**tcp, "address": "10.0.0.2"}},
+                {"name": "c", "match": tcp},
+                {"name": "d", "match": {**tcp, "address": "10.0.0.1/32"}},
+            ]
+        }
+    )
+    assert len(found) == 1 and "conflicts with resource 'a'" in found[0][1], found
+    assert "address 10.0.0.1/32 port 80" in found[0][1]
 
 
 def test_duplicate_ids_across_kinds() -> None:
