@@ -313,6 +313,70 @@ class NetnsPair:
             raise NetnsError(f"{exc}\n{server.name} log:\n{server.log()}") from None
 
 
+class PodsNode(NetnsPair):
+    """A node as Kubernetes makes one: a host namespace (``client``: the daemon and the clients run there)
+    and pod namespaces, each joined to the host by its own veth pair, its end named ``eth0`` in the pod,
+    as CNI plugins name it. Pod i is ``pod_ip(i)`` = 10.200.<n>.<4i+2>/30, its host side 10.200.<n>.<4i+1>
+    on ``host_if(i)``. ``server`` is the first pod. IPv4 only."""
+
+    def __init__(self, pods: int = 2, tag: str = "se") -> None:
+        super().__init__(tag)
+        self.token = self.client.split("-")[1]
+        self.client = f"{tag}-{self.token}-host"
+        self.server = self.pod_name(0)
+        self.pods: list[str] = []
+        self.initial_pods = pods
+        self.pod_if = "eth0"
+
+    def pod_name(self, i: int) -> str:
+        return f"{self.tag}-{self.token}-pod{i}"
+
+    def host_if(self, i: int) -> str:
+        return f"{self.tag}{self.token}h{i}"
+
+    def pod_ip(self, i: int) -> str:
+        return f"10.200.{self.subnet}.{4 * i + 2}"
+
+    @property
+    def server_ip(self) -> str:
+        return self.pod_ip(0)
+
+    def create(self) -> PodsNode:
+        atexit.register(self.destroy)
+        try:
+            self.subnet, self._lock = _reserve_subnet()
+            _run([IP, "netns", "add", self.client])
+            self._created.append(self.client)
+            _run(self.cmd(self.client, IP, "link", "set", "lo", "up"))
+            for _ in range(self.initial_pods):
+                self.add_pod()
+        except BaseException:
+            self.destroy()
+            raise
+        return self
+
+    def add_pod(self) -> str:
+        """One more pod namespace, joined to the host as the others; returns its name."""
+        i = len(self.pods)
+        pod, host_if = self.pod_name(i), self.host_if(i)
+        assert i < 60 and len(host_if) <= IFNAMSIZ
+        _run([IP, "netns", "add", pod])
+        self._created.append(pod)
+        self.pods.append(pod)
+        _run(self.cmd(pod, IP, "link", "set", "lo", "up"))
+        _run([IP, "link", "add", host_if, "netns", self.client, "type", "veth", "peer", "name", self.pod_if,
+              "netns", pod])  # fmt: skip
+        host_addr = f"10.200.{self.subnet}.{4 * i + 1}/30"
+        _run(self.cmd(self.client, IP, "addr", "add", host_addr, "dev", host_if))
+        _run(self.cmd(pod, IP, "addr", "add", f"{self.pod_ip(i)}/30", "dev", self.pod_if))
+        _run(self.cmd(pod, IP, "link", "set", self.pod_if, "up"))
+        _run(self.cmd(self.client, IP, "link", "set", host_if, "up"))
+        return pod
+
+    def __enter__(self) -> PodsNode:
+        return self.create()
+
+
 def stop_process(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, timeout: float = 5) -> None:
     """Stop a process started with ``start_new_session=True`` (its group id is its pid), then reap it."""
     if proc.poll() is None:

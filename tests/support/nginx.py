@@ -69,14 +69,16 @@ def start_nginx(
     *,
     cpu: int | None = None,
     preexec_fn: Callable[[], None] | None = None,
+    ns: str | None = None,
 ) -> Server:
     """nginx with configuration ``conf`` (written to ``work/nginx.conf``) in the server namespace, pinned
     to ``cpu`` when given (``taskset``); returns once it listens on every port of ``ports`` (the Server's
-    port is the first). ``preexec_fn`` runs in the child before it execs (e.g. joining a cgroup)."""
+    port is the first). ``preexec_fn`` runs in the child before it execs (e.g. joining a cgroup). ``ns``:
+    another namespace of the pair's to run in."""
     work.mkdir(parents=True, exist_ok=True)
     (work / "nginx.conf").write_text(conf)
     proc = pair.popen(
-        pair.server,
+        ns or pair.server,
         *(pin(cpu) if cpu is not None else []),
         nginx_binary(),
         "-e",
@@ -92,17 +94,17 @@ def start_nginx(
         stderr=subprocess.DEVNULL,
         preexec_fn=preexec_fn,
     )
-    server = Server("nginx", proc, pair.server, ports[0], work)
+    server = Server("nginx", proc, ns or pair.server, ports[0], work)
     for port in ports:
         pair.wait_ready(server, port)
     return server
 
 
-def hello_nginx(pair: NetnsPair, port: int = 8080) -> Server:
+def hello_nginx(pair: NetnsPair, port: int = 8080, ns: str | None = None) -> Server:
     """nginx (single process) answering ``hello from nginx`` on ``port``, IPv4 and IPv6, with an access
     log (``workdir/access.log``: nginx's combined format, then ``conn=`` the connection's serial number),
-    in the server namespace."""
-    work = pair.tmpdir / f"nginx-{port}"
+    in the server namespace (or ``ns``)."""
+    work = pair.tmpdir / (f"nginx-{ns}-{port}" if ns else f"nginx-{port}")
     listen6 = f"listen [::]:{port};" if pair.ipv6 else ""
     body = f"""log_format conn '$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent '
                     '"$http_referer" "$http_user_agent" conn=$connection';
@@ -112,4 +114,4 @@ def hello_nginx(pair: NetnsPair, port: int = 8080) -> Server:
         {listen6}
         location / {{ return 200 "hello from nginx\\n"; }}
     }}"""
-    return start_nginx(pair, work, nginx_conf(work, body, log_level="info"), [port])
+    return start_nginx(pair, work, nginx_conf(work, body, log_level="info"), [port], ns=ns)

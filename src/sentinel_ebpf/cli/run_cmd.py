@@ -37,7 +37,9 @@ def run(
             "-i",
             "--iface",
             help="Interface name or pattern ('veth*') to protect; repeatable. Interfaces that appear "
-            "later and match are attached too (default: every interface that is up).",
+            "later and match are attached too (default: every interface that is up). IFACE@NETNS: an "
+            "interface of another network namespace (an `ip netns` name or /proc/PID/ns/net), such as "
+            "a pod's eth0: its servers are governed from there.",
         ),
     ] = None,
     metrics_addr: Annotated[

@@ -9,6 +9,13 @@ to link events (pyroute2, ``RTMGRP_LINK``) wakes the daemon, which compares what
 has attached (``reconcile``). An interface that goes away takes its clsact qdisc and filters with it;
 the daemon forgets it. One that goes down stays attached (its filters survive down and up).
 
+``IFACE@NETNS`` names an interface of another network namespace (``sentinel_ebpf.netns``): a server's
+(a pod's) own end of its veth, attached from the daemon's namespace, up or down. Either part may be a
+pattern: ``eth0@cni-*`` is the eth0 of every namespace ``ip netns`` lists as ``cni-...`` (containerd's
+and CRI-O's pod namespaces, once /run/netns is visible to the daemon). The link events watched are the
+daemon's namespace's: other namespaces are looked at again whenever an interface there changes (a pod's
+host-side veth comes and goes with the pod).
+
 The programs read an Ethernet header first, so only interfaces that have one are attached (Ethernet,
 which covers veth, bridges, bonds and VLANs, and loopback). L3 devices (tun, WireGuard, IP tunnels:
 their packets start at the IP header) are left out explicitly: a pattern skips them with one log line
@@ -26,6 +33,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from sentinel_ebpf import netns
 from sentinel_ebpf.errors import SentinelError
 
 log = logging.getLogger("sentinel_ebpf.daemon")
@@ -47,9 +55,10 @@ def is_pattern(value: str) -> bool:
     return any(c in value for c in "*?[")
 
 
-def interfaces() -> dict[str, int]:
-    """Every interface of this network namespace: name -> ifindex."""
-    return {name: index for index, name in socket.if_nameindex()}
+def interfaces(namespaced: Sequence[str] = ()) -> dict[str, int]:
+    """Every interface of this network namespace, and those of ``namespaced`` (``IFACE@NETNS``) that
+    exist: name -> ifindex."""
+    return {**{name: index for index, name in socket.if_nameindex()}, **netns.present(list(namespaced))}
 
 
 def is_up(name: str) -> bool:
@@ -79,9 +88,13 @@ class LinkSet:
         self.values = list(values) or [ALL]
         self.literals = [v for v in self.values if not is_pattern(v)]
         self.patterns = [v for v in self.values if is_pattern(v)]
+        self.namespaced = [v for v in self.values if netns.split(v)[1] is not None]
         self.skipped: set[str] = set()  # L3 devices a pattern matched, logged once each
 
     def check_literals(self, present: dict[str, int], kind: Callable[[str], int | None] = link_type) -> None:
+        for name in self.namespaced:
+            if name not in present and not is_pattern(name):
+                netns.check(name)  # says which of the namespace and the interface is missing
         missing = [n for n in self.literals if n not in present]
         if missing:
             raise SentinelError(
@@ -99,8 +112,9 @@ class LinkSet:
                kind: Callable[[str], int | None] = link_type) -> list[str]:  # fmt: skip
         names = []
         for name in present:
+            elsewhere = netns.split(name)[1] is not None  # attached up or down, like a literal
             if name not in self.literals and not (
-                any(fnmatch.fnmatchcase(name, p) for p in self.patterns) and up(name)
+                any(fnmatch.fnmatchcase(name, p) for p in self.patterns) and (elsewhere or up(name))
             ):
                 continue
             if not has_ethernet_header(name, kind):
@@ -118,7 +132,7 @@ def reconcile(dp: Attacher, links: LinkSet, present: dict[str, int] | None = Non
     """Forget attachments whose interface is gone (or is another one under the name), attach wanted
     interfaces not attached yet. Returns what changed, for the log; an interface that vanishes while
     being attached is skipped (its removal event comes next)."""
-    present = interfaces() if present is None else present
+    present = interfaces(links.namespaced) if present is None else present
     changes = []
     for name, ifindex, _ in dp.attached():
         if present.get(name) != ifindex:
@@ -131,7 +145,7 @@ def reconcile(dp: Attacher, links: LinkSet, present: dict[str, int] | None = Non
         try:
             dp.attach(name)
         except (OSError, SentinelError) as exc:
-            if name in interfaces():
+            if name in interfaces(links.namespaced):
                 log.warning("cannot attach to %s: %s", name, exc)
             continue
         changes.append(f"attached to {name}")

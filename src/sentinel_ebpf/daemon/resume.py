@@ -13,11 +13,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
 from typing import Any
 
 import yaml
 
+from sentinel_ebpf import netns
+from sentinel_ebpf.daemon.links import interfaces
 from sentinel_ebpf.daemon.state import Attachment, State, alive
 from sentinel_ebpf.errors import SentinelError
 from sentinel_ebpf.inbound import InboundDataplane, compile_inbound
@@ -42,11 +43,11 @@ def inbound_record(dp: InboundDataplane, rules: RuleSet) -> dict[str, Any]:
 
 def _previous_maps(state: State) -> dict[str, int]:
     """New fds of the maps the crashed daemon's TC programs use (both programs, first interface found)."""
-    present = dict((name, index) for index, name in socket.if_nameindex())
+    present = interfaces([a.ifname for a in state.attachments])
     for a in state.attachments:
         if present.get(a.ifname) != a.ifindex:
             continue  # gone, or another interface now has the name
-        hook = TcHook(a.ifindex)
+        hook = TcHook(a.ifindex, netns.split(a.ifname)[1])
         ids = [
             hook.filter_prog_id(p, TC_HANDLE, TC_PRIORITY)
             for p in (TcAttachPoint.INGRESS, TcAttachPoint.EGRESS)

@@ -150,7 +150,7 @@ class Daemon:
                 "built-in example: demo server on http://127.0.0.1:18080/ (/ at 5 QPS, /slow 2 at a time)"
             )
         self.links = LinkSet(self.config.interfaces or (["lo"] if self.config.rules is None else []))
-        present = interfaces()
+        present = interfaces(self.links.namespaced)
         self.links.check_literals(present)
         inherited = {a.ifname for a in crashed.attachments if a.created_qdisc} if crashed else set()
         try:

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sentinel_ebpf import netns
 from sentinel_ebpf.daemon.private_dir import open_private_dir, read_private, write_private
 from sentinel_ebpf.errors import SentinelError
 from sentinel_ebpf.inbound.dataplane import TC_HANDLE, TC_PRIORITY
@@ -94,16 +95,21 @@ def down(state_dir: str = DEFAULT_STATE_DIR, force: bool = False) -> list[str]:
     if state is not None and state.pid != os.getpid() and alive(state.pid) and not force:
         raise SentinelError(f"a daemon (pid {state.pid}) is running: stop it (SIGTERM) or use --force")
     removed: list[str] = []
-    for ifindex, ifname in socket.if_nameindex():
-        hook = TcHook(ifindex)
+    # this namespace's interfaces, and those of other namespaces the record names (IFACE@NETNS)
+    elsewhere = netns.present(
+        [a.ifname for a in state.attachments if netns.split(a.ifname)[1]] if state else []
+    )
+    here = [(ifname, ifindex) for ifindex, ifname in socket.if_nameindex()]
+    for ifname, ifindex in [*here, *elsewhere.items()]:
+        hook = TcHook(ifindex, netns.split(ifname)[1])
         for point in (TcAttachPoint.INGRESS, TcAttachPoint.EGRESS):
             if hook.has_filter(point, TC_HANDLE, TC_PRIORITY):
                 TcFilter(hook, point, TC_HANDLE, TC_PRIORITY).close()
                 removed.append(f"tc filter {ifname} {point.name.lower()}")
-    present = {i for i, _ in socket.if_nameindex()}
+    present = {*here, *elsewhere.items()}
     for a in state.attachments if state else []:
-        if a.created_qdisc and a.ifindex in present:
-            hook = TcHook(a.ifindex)
+        if a.created_qdisc and (a.ifname, a.ifindex) in present:
+            hook = TcHook(a.ifindex, netns.split(a.ifname)[1])
             hook.created_qdisc = True
             hook.destroy()
             removed.append(f"clsact qdisc {a.ifname}")

@@ -9,6 +9,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from sentinel_ebpf import netns
 from sentinel_ebpf._maps import InboundBss, InboundMaps, set_inbound_rodata
 from sentinel_ebpf._types import (
     BlockType,
@@ -542,8 +543,9 @@ class InboundDataplane:
 
     # -- attachment -------------------------------------------------------------------------------
     def attach(self, ifname: str) -> None:
-        ifindex = socket.if_nametoindex(ifname)
-        hook = TcHook(ifindex).create()
+        """TC ingress and egress on ``ifname``: an interface of this namespace, or ``IFACE@NETNS`` one of
+        another (a server's namespace: its sockets are looked up and refusals answered there)."""
+        hook = TcHook(netns.ifindex(ifname), netns.split(ifname)[1]).create()
         att = _Attachment(ifname, hook, [])
         self._attachments.append(att)
         for prog, point in (("tc_ingress", TcAttachPoint.INGRESS), ("tc_egress", TcAttachPoint.EGRESS)):

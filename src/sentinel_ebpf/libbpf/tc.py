@@ -1,6 +1,7 @@
 """TC (clsact) attachment through libbpf's ``bpf_tc_*`` API.
 
-A hook remembers whether it created the clsact qdisc, so closing removes only what it added.
+A hook remembers whether it created the clsact qdisc, so closing removes only what it added. A hook of
+an interface in another network namespace (``netns``) makes each netlink call inside that namespace.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from enum import IntEnum
 from sentinel_ebpf.errors import BpfAttachError
 from sentinel_ebpf.libbpf import _lib
 from sentinel_ebpf.libbpf.object import Program
+from sentinel_ebpf.netns import entered
 
 
 class TcAttachPoint(IntEnum):
@@ -38,7 +40,11 @@ class TcFilter:
         self._attached = False
         hook = self._hook._struct(self.point)
         opts = _lib.BpfTcOpts(sz=ctypes.sizeof(_lib.BpfTcOpts), handle=self.handle, priority=self.priority)
-        err = _lib.lib().bpf_tc_detach(ctypes.byref(hook), ctypes.byref(opts))
+        try:
+            with entered(self._hook.netns):
+                err = _lib.lib().bpf_tc_detach(ctypes.byref(hook), ctypes.byref(opts))
+        except FileNotFoundError:
+            return  # the namespace is gone, and its interfaces with it
         if err and abs(err) not in (errno.ENOENT, errno.ENODEV):  # interface or qdisc already gone
             raise BpfAttachError(
                 f"tc detach from ifindex {self._hook.ifindex} {self.point.name.lower()}", err
@@ -54,8 +60,9 @@ class TcFilter:
 class TcHook:
     """The clsact qdisc of one interface."""
 
-    def __init__(self, ifindex: int) -> None:
+    def __init__(self, ifindex: int, netns: str | None = None) -> None:
         self.ifindex = ifindex
+        self.netns = netns  # the interface's network namespace, None for the caller's
         self.created_qdisc = False
 
     def _struct(self, point: TcAttachPoint | int) -> _lib.BpfTcHook:
@@ -63,7 +70,8 @@ class TcHook:
 
     def create(self) -> TcHook:
         hook = self._struct(TcAttachPoint.INGRESS)
-        err = _lib.lib().bpf_tc_hook_create(ctypes.byref(hook))
+        with entered(self.netns):
+            err = _lib.lib().bpf_tc_hook_create(ctypes.byref(hook))
         if err == 0:
             self.created_qdisc = True
         elif abs(err) != errno.EEXIST:
@@ -87,22 +95,25 @@ class TcHook:
             priority=priority,
             flags=BPF_TC_F_REPLACE if replace else 0,
         )
-        err = _lib.lib().bpf_tc_attach(ctypes.byref(hook), ctypes.byref(opts))
+        with entered(self.netns):
+            err = _lib.lib().bpf_tc_attach(ctypes.byref(hook), ctypes.byref(opts))
         if err:
             raise BpfAttachError(f"tc attach {prog.name} to ifindex {self.ifindex} {point.name.lower()}", err)
         return TcFilter(self, point, handle, priority)
 
     def has_filter(self, point: TcAttachPoint, handle: int, priority: int) -> bool:
         """Whether a filter with this handle and priority is attached (whoever attached it)."""
-        opts = _lib.BpfTcOpts(sz=ctypes.sizeof(_lib.BpfTcOpts), handle=handle, priority=priority)
-        return int(_lib.lib().bpf_tc_query(ctypes.byref(self._struct(point)), ctypes.byref(opts))) == 0
+        return self._query(point, handle, priority) is not None
 
     def filter_prog_id(self, point: TcAttachPoint, handle: int, priority: int) -> int | None:
         """The id of the program attached with this handle and priority, or None."""
+        return self._query(point, handle, priority)
+
+    def _query(self, point: TcAttachPoint, handle: int, priority: int) -> int | None:
         opts = _lib.BpfTcOpts(sz=ctypes.sizeof(_lib.BpfTcOpts), handle=handle, priority=priority)
-        if int(_lib.lib().bpf_tc_query(ctypes.byref(self._struct(point)), ctypes.byref(opts))) != 0:
-            return None
-        return int(opts.prog_id)
+        with entered(self.netns):
+            err = int(_lib.lib().bpf_tc_query(ctypes.byref(self._struct(point)), ctypes.byref(opts)))
+        return None if err else int(opts.prog_id)
 
     def destroy(self) -> None:
         """Remove the clsact qdisc (and every filter on it) if this hook created it."""
@@ -110,7 +121,11 @@ class TcHook:
             return
         self.created_qdisc = False
         hook = self._struct(TcAttachPoint.INGRESS | TcAttachPoint.EGRESS)
-        err = _lib.lib().bpf_tc_hook_destroy(ctypes.byref(hook))
+        try:
+            with entered(self.netns):
+                err = _lib.lib().bpf_tc_hook_destroy(ctypes.byref(hook))
+        except FileNotFoundError:
+            return  # the namespace is gone, and its interfaces with it
         if err and abs(err) not in (errno.ENOENT, errno.ENODEV, errno.EINVAL):
             raise BpfAttachError(f"destroy clsact qdisc on ifindex {self.ifindex}", err)
 

@@ -105,3 +105,23 @@ def test_l3_devices_are_skipped_by_patterns_and_refused_by_name(caplog: pytest.L
         SentinelError, match=r"wg0 \(link type 65534\): an L3 device without an Ethernet header"
     ):
         LinkSet(["eth0", "wg0"]).check_literals(present, types.get)
+
+
+def test_interfaces_of_other_namespaces_are_named_literally_and_followed_like_others() -> None:
+    from sentinel_ebpf import netns
+
+    assert netns.split("eth0@pod-a") == ("eth0", "pod-a")
+    assert netns.split("eth0@/proc/42/ns/net") == ("eth0", "/proc/42/ns/net")
+    assert netns.split("eth0") == ("eth0", None) and netns.split("eth0@") == ("eth0@", None)
+    links = LinkSet(["veth*", "eth0@pod-a", "eth0@cni-*"])
+    assert links.namespaced == ["eth0@pod-a", "eth0@cni-*"]
+    assert links.wanted({"eth0@cni-1": 3, "eth1@cni-1": 4, "eth0@pod-b": 5}, up) == ["eth0@cni-1"]
+    dp = FakeDataplane()
+    dp.present = {"lo": 1, "veth1": 4, "eth0@pod-a": 2}  # ifindex 2 inside the pod
+    assert reconcile(dp, links, dp.present, up) == ["attached to veth1", "attached to eth0@pod-a"]
+    dp.present = {"lo": 1, "veth1": 4}  # the pod is gone
+    assert reconcile(dp, links, dp.present, up) == [
+        "detached from eth0@pod-a (ifindex 2): the interface is gone"
+    ]
+    with pytest.raises(SentinelError, match="no network namespace 'se-no-such-ns'"):
+        LinkSet(["eth0@se-no-such-ns"]).check_literals({"lo": 1})
