@@ -331,10 +331,13 @@ class PortConf(ctypes.Structure):
         ("next", ctypes.c_uint16),
         ("scope_net", (ctypes.c_uint8 * 16)),
         ("scope_mask", (ctypes.c_uint8 * 16)),
+        ("scope_cgroup_level", ctypes.c_uint32),
+        ("_pad0", ctypes.c_uint8 * 4),
+        ("scope_cgroup_id", ctypes.c_uint64),
     ]
 
 
-assert ctypes.sizeof(PortConf) == 112
+assert ctypes.sizeof(PortConf) == 128
 
 
 class HttpReply(ctypes.Structure):

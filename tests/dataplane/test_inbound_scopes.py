@@ -4,10 +4,19 @@ a connection's local address governs it, resources naming no address govern the 
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
+from sentinel_ebpf.host import cgroup2_mount
 from sentinel_ebpf.inbound import InboundDataplane
 from sentinel_ebpf.rules import RuleSet, load_text
+from tests.support.netns import unique_token
 from tests.support.packets import (
     ACK,
     PSH,
@@ -158,3 +167,60 @@ resources:
     assert c.request(POD_A, "/other") and c.request(POD_A, "/api") and c.request(POD_B, "/other")
     assert passes(dp) == {"a-api": (1, 0), "rest": (1, 0)}
     assert dp.port_counters(8080)["no_route"] == 1
+
+
+@pytest.fixture
+def servers_in_cgroups() -> Iterator[tuple[int, list[str]]]:
+    """Two listeners on one port in two new cgroups (paths below the cgroup2 root): 127.0.0.1 in the
+    first, 127.0.0.3 in the second. Sockets keep the cgroup of the process that made them."""
+    root = cgroup2_mount()
+    assert root is not None, "cgroup2 is not mounted"
+    token = unique_token()
+    paths = [f"/se-{token}-a", f"/se-{token}-b"]
+    port = 20000 + os.getpid() % 20000
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        for path, addr in zip(paths, ("127.0.0.1", "127.0.0.3"), strict=True):
+            full = Path(root) / path.lstrip("/")
+            full.mkdir()
+            listen = (f"import socket,sys; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+                      f"s.bind(('{addr}', {port})); s.listen(); print('ready', flush=True); sys.stdin.read()")  # fmt: skip
+            proc = subprocess.Popen(
+                ["sh", "-c", f'echo $$ > {full}/cgroup.procs && exec "$0" -c "$1"', sys.executable, listen],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            procs.append(proc)
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        yield port, paths
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                (Path(root) / path.lstrip("/")).rmdir()
+
+
+def test_servers_in_two_cgroups_on_one_port_are_governed_apart(
+    dp: InboundDataplane, servers_in_cgroups: tuple[int, list[str]]
+) -> None:
+    port, (cg_a, cg_b) = servers_in_cgroups
+    doc = f"""
+resources:
+  - {{name: conns-a, match: {{protocol: tcp, port: {port}, cgroup: "{cg_a}"}}}}
+  - {{name: web-b, match: {{protocol: http, port: {port}, cgroup: "{cg_b}"}}}}
+  - {{name: web-rest, match: {{protocol: http, port: {port}}}}}
+flowRules:
+  - {{resource: conns-a, threshold: 1}}
+  - {{resource: web-b, threshold: 2}}
+"""
+    dp.apply(dp.compile(rules(doc)))
+    c = Client(dp)
+    local = {"src": "127.0.0.2"}
+    assert [c.syn("127.0.0.1", port) for _ in range(2)][1] != TC_ACT_OK  # server A's connections: 1
+    assert c.syn("127.0.0.3", port) == TC_ACT_OK  # server B has no TCP resource
+    assert [c.request("127.0.0.3", port=port, **local) for _ in range(3)] == [True, True, False]
+    # server A's socket is not in B's cgroup; A's own scope has no HTTP resource: not judged
+    assert c.request("127.0.0.1", port=port, **local)
+    assert c.request("127.0.0.4", port=port, **local)  # no socket at all: no cgroup scope holds
+    assert passes(dp) == {"conns-a": (1, 1), "web-b": (2, 1), "web-rest": (1, 0)}

@@ -8,6 +8,7 @@
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include <bpf/bpf_core_read.h>
 #include "sentinel.h"
 #include "maps.bpf.h"
 #include "parse.bpf.h"
@@ -318,12 +319,53 @@ static __always_inline struct port_conf *port_lookup(__u16 slot, __u8 gen)
 }
 
 /*
+ * Whether the local socket of the connection of `p` (looked up as its client names it; a handshake's
+ * request socket stands for its listener) runs in the cgroup `id` at `level` or below it; false when
+ * there is no such socket. The socket's cgroup is read through BTF (sk_cgrp_data, the cgroup's
+ * ancestors): TC programs have no helper for the cgroup of a socket that is not the skb's.
+ */
+static __always_inline bool socket_in_cgroup(struct __sk_buff *skb, const struct pkt *p, __u32 local_is_dst,
+					     __u32 level, __u64 id)
+{
+	struct tcp_request_sock *treq;
+	struct cgroup *cg, *anc = NULL;
+	struct sock *full = NULL;
+	struct bpf_sock *sk;
+	struct tcp_sock *tp;
+	bool in = false;
+
+	if (local_is_dst)
+		sk = lookup_tuple(skb, p->family, p->saddr, p->daddr, p->sport, p->dport);
+	else
+		sk = lookup_tuple(skb, p->family, p->daddr, p->saddr, p->dport, p->sport);
+	if (!sk)
+		return false;
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (tp) {
+		full = (struct sock *)tp;
+	} else {
+		treq = bpf_skc_to_tcp_request_sock(sk);
+		if (treq)
+			full = BPF_CORE_READ(treq, req.req.__req_common.skc_listener);
+	}
+	if (full && level < 256) {
+		cg = BPF_CORE_READ(full, sk_cgrp_data.cgroup);
+		if (cg && BPF_CORE_READ(cg, level) >= (int)level) {
+			bpf_core_read(&anc, sizeof(anc), &cg->ancestors[level]);
+			in = anc && BPF_CORE_READ(anc, kn, id) == id;
+		}
+	}
+	bpf_sk_release(sk);
+	return in;
+}
+
+/*
  * The slot of the scope of a port that governs a packet (see struct port_conf), 0 for none: the port's
  * entries from `gen_slot` (gen << 16 | the slot port_slots holds) on, the first whose scope holds the
- * local address (the destination when `local_is_dst`, else the source). A global function: verified
- * once, whatever path led to it.
+ * connection: its local address (the destination when `local_is_dst`, else the source) and the cgroup
+ * of its local socket. A global function: verified once, whatever path led to it.
  */
-__noinline __u32 port_scope(const struct pkt *p, __u32 gen_slot, __u32 local_is_dst)
+__noinline __u32 port_scope(struct __sk_buff *skb, const struct pkt *p, __u32 gen_slot, __u32 local_is_dst)
 {
 	__u16 slot = gen_slot;
 	__u8 gen = gen_slot >> 16;
@@ -342,6 +384,8 @@ __noinline __u32 port_scope(const struct pkt *p, __u32 gen_slot, __u32 local_is_
 			for (int b = 0; b < SE_ADDR_LEN; b++)
 				in = in && (a[b] & pc->scope_mask[b]) == pc->scope_net[b];
 		}
+		if (in && pc->scope_cgroup_level)
+			in = socket_in_cgroup(skb, p, local_is_dst, pc->scope_cgroup_level, pc->scope_cgroup_id);
 		if (in)
 			return slot & ~SE_PORT_OUT_HTTP;
 		slot = pc->next;
@@ -1688,7 +1732,7 @@ static __always_inline int ingress(struct __sk_buff *skb)
 	slot = ports->slot[p->dport];
 	if (!slot)
 		return TC_ACT_OK;
-	pc = port_lookup(port_scope(p, (__u32)gen << 16 | slot, 1), gen);
+	pc = port_lookup(port_scope(skb, p, (__u32)gen << 16 | slot, 1), gen);
 	if (!pc)
 		return TC_ACT_OK; /* no scope of the port holds the local address */
 	if (replied_in_stream) {
@@ -2036,7 +2080,7 @@ static __always_inline int egress(struct __sk_buff *skb)
 	slot = ports->slot[p->sport];
 	if (!slot)
 		return TC_ACT_OK;
-	pc = port_lookup(port_scope(p, (__u32)gen << 16 | slot, 0), gen);
+	pc = port_lookup(port_scope(skb, p, (__u32)gen << 16 | slot, 0), gen);
 	if (!pc)
 		return TC_ACT_OK;
 	scr->xl_on = pc->has_http; /* a server segment: xlate_to_client looks for its translation */

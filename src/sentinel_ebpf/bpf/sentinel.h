@@ -189,10 +189,11 @@ struct route_lens {
 };
 
 /*
- * inbound_ports value: what is protected on a local port, for the local addresses of its scope. A port
- * whose resources name local addresses (match.address) has one entry per address (or CIDR), chained by
- * `next` from the one port_slots points to, most specific first, the entry for every address last (if
- * any resource names none); the first entry whose scope holds the packet's local address governs it.
+ * inbound_ports value: what is protected on a local port, for the connections of its scope. A port whose
+ * resources name local addresses (match.address) or the server's cgroup (match.cgroup) has one entry per
+ * scope, chained by `next` from the one port_slots points to, most specific first, the entry for every
+ * connection last (if any resource names neither); the first entry whose scope holds the connection
+ * (its local address, and the cgroup of its local socket) governs it.
  */
 struct port_conf {
 	__u32 tcp_resource;         /* resource counting connections (SYN) on this port, 0 = none */
@@ -207,6 +208,8 @@ struct port_conf {
 	__u16 next;                 /* the slot of the port's next scope to try, 0 = none */
 	__u8 scope_net[SE_ADDR_LEN];  /* network, masked (IPv4 in the first 4 bytes) */
 	__u8 scope_mask[SE_ADDR_LEN];
+	__u32 scope_cgroup_level;   /* 0: any socket; else the local socket's ancestor at this level ... */
+	__u64 scope_cgroup_id;      /* ... is this cgroup (the server runs in it or below it) */
 };
 
 /* http_reply value, indexed by generation: the response sent to a blocked HTTP client. */

@@ -104,11 +104,15 @@ class KResource:
 
 @dataclass(frozen=True)
 class KPort:
-    """One scope of a local port (struct port_conf): its own slot (1 + index in ``ports``) and the slot
-    of the port's next scope; ``scope`` None holds every local address."""
+    """One scope of a local port (struct port_conf): the connections to ``address`` (None: any) whose
+    local socket is in ``cgroup`` (None: any; its level and id as the kernel compares them); its own slot
+    (1 + index in ``ports``) and the slot of the port's next scope."""
 
     port: int
-    scope: IPNetwork | None = None
+    address: IPNetwork | None = None
+    cgroup: str | None = None
+    cgroup_level: int = 0
+    cgroup_id: int = 0
     slot: int = 0
     next: int = 0
     tcp_resource: int = 0
@@ -313,32 +317,46 @@ def _out_route(r: Resource, rid: int, cgroups: CgroupResolver, problems: list[st
     return KOutRoute(host.version, r.match.port, host.network_address.packed, host.prefixlen, rid, level, cid)
 
 
-def _chain_scopes(
-    ports: dict[tuple[int, IPNetwork | None], KPort], problems: list[str]
-) -> dict[tuple[int, IPNetwork | None], KPort]:
+def _inbound_cgroup(r: Resource, cgroups: CgroupResolver, problems: list[str]) -> tuple[int, int]:
+    """(level, id) of an inbound resource's match.cgroup, (0, 0) for none."""
+    if not r.match.cgroup:
+        return 0, 0
+    try:
+        return cgroups(r.match.cgroup)
+    except OSError as exc:
+        problems.append(f"resource {r.name!r}: cgroup {r.match.cgroup}: {exc.strerror or exc}")
+        return 0, 0
+
+
+ScopeKey = tuple[int, IPNetwork | None, str | None]  # port, match.address, match.cgroup
+
+
+def _chain_scopes(ports: dict[ScopeKey, KPort], problems: list[str]) -> dict[ScopeKey, KPort]:
     """Slots for every scope, in port order, and each port's chain (struct port_conf ``next``): the most
-    specific address first (longest prefix, IPv6 before IPv4 at equal length), every address last."""
+    specific first, by address (longest prefix first, IPv6 before IPv4 at equal length, none last), then
+    by cgroup (deepest first, none last)."""
 
     def specificity(kp: KPort) -> tuple[int, int, int]:
-        if kp.scope is None:
-            return (1, 0, 0)
-        return (0, -kp.scope.prefixlen, -kp.scope.version)
+        bits = -1 if kp.address is None else kp.address.prefixlen
+        version = 0 if kp.address is None else kp.address.version
+        depth = -1 if kp.cgroup is None else kp.cgroup_level
+        return (-bits, -version, -depth)
 
     by_port: dict[int, list[KPort]] = {}
     for kp in ports.values():
         by_port.setdefault(kp.port, []).append(kp)
-    out: dict[tuple[int, IPNetwork | None], KPort] = {}
+    out: dict[ScopeKey, KPort] = {}
     slot = 1
     for port, scopes in by_port.items():
         scopes.sort(key=specificity)
         if len(scopes) > int(SentinelLimits.SE_PORT_SCOPES_MAX):
             problems.append(
-                f"port {port}: {len(scopes)} address scopes (match.address, and one for resources naming "
-                f"none): at most {int(SentinelLimits.SE_PORT_SCOPES_MAX)}"
+                f"port {port}: {len(scopes)} scopes (each match.address and match.cgroup, and one for "
+                f"resources naming neither): at most {int(SentinelLimits.SE_PORT_SCOPES_MAX)}"
             )
         for i, kp in enumerate(scopes):
             nxt = slot + 1 if i + 1 < len(scopes) else 0
-            out[(port, kp.scope)] = dataclasses.replace(kp, slot=slot, next=nxt)
+            out[(port, kp.address, kp.cgroup)] = dataclasses.replace(kp, slot=slot, next=nxt)
             slot += 1
     return out
 
@@ -463,8 +481,8 @@ def compile_inbound(
         if rules.reject.incomplete == "pass"
         else IncompleteMode.INCOMPLETE_DROP
     )
-    ports: dict[tuple[int, IPNetwork | None], KPort] = {}
-    scope_ids: dict[tuple[int, IPNetwork | None], int] = {}
+    ports: dict[ScopeKey, KPort] = {}
+    scope_ids: dict[ScopeKey, int] = {}
     routes: list[KRoute] = []
     out_by_dest: dict[tuple[str, int], KOutRoute] = {}
     services: dict[tuple[str, int], int] = {}
@@ -486,12 +504,14 @@ def compile_inbound(
                 )  # fmt: skip
             out_by_dest[dest] = route
             continue
-        scope = (r.match.port, r.match.address)
+        scope = (r.match.port, r.match.address, r.match.cgroup)
         port = ports.get(
             scope,
             KPort(
                 r.match.port,
                 r.match.address,
+                r.match.cgroup,
+                *_inbound_cgroup(r, cgroups, problems),
                 reject_tcp=int(reject_tcp),
                 reject_http=int(http_mode),
                 incomplete=int(incomplete),
@@ -534,7 +554,8 @@ def compile_inbound(
         for d, r in out_by_dest.items()
     }
     if len(ports) > int(SentinelLimits.SE_PORTS_MAX):
-        what = "protected ports" if all(kp.scope is None for kp in ports.values()) else "port scopes"
+        plain = all(kp.address is None and kp.cgroup is None for kp in ports.values())
+        what = "protected ports" if plain else "port scopes"
         problems.append(f"{len(ports)} {what}: at most {int(SentinelLimits.SE_PORTS_MAX)}")
     if not isinstance(rules.reject.defer_accept, bool):
         http_ports = {kp.port for kp in ports.values() if kp.has_http}

@@ -385,10 +385,11 @@ class InboundDataplane:
             pc = PortConf(tcp_resource=p.tcp_resource, has_http=int(p.has_http), reject_tcp=p.reject_tcp,
                           reject_http=p.reject_http, incomplete=p.incomplete, defer_accept=int(p.defer_accept),
                           lens=route_lens(p.lens), slot=p.slot, next=p.next)  # fmt: skip
-            if p.scope is not None:
-                net, bits = p.scope.network_address.packed, p.scope.prefixlen
+            pc.scope_cgroup_level, pc.scope_cgroup_id = p.cgroup_level, p.cgroup_id
+            if p.address is not None:
+                net, bits = p.address.network_address.packed, p.address.prefixlen
                 mask = (((1 << bits) - 1) << (len(net) * 8 - bits)).to_bytes(len(net), "big")
-                pc.scope_family = p.scope.version
+                pc.scope_family = p.address.version
                 pc.scope_net[: len(net)] = net
                 pc.scope_mask[: len(net)] = mask
             if pstats.get(p.port.to_bytes(2, "little")) is None:

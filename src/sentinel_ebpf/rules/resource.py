@@ -11,8 +11,9 @@ resources:
 ```
 
 ``address`` scopes an inbound resource to the local addresses a server is reached at (a pod's IP, or a
-CIDR): on one port, the most specific scope holding a connection's local address governs it, and
-resources that name no address govern the addresses no scope holds.
+CIDR), ``cgroup`` to servers whose socket is in a cgroup v2 (a container's) or below it: on one port,
+the most specific scope that holds a connection governs it, and resources that name neither govern the
+connections no scope holds. (Outbound, ``cgroup`` is the calling process's.)
 
 Limits are the kernel's: ``path`` is a byte prefix of at most ``PATH_MAX_BYTES`` (LPM-trie key size),
 ``method`` one of the standard methods, ``port`` 1..65535.
@@ -240,17 +241,10 @@ def _parse_match(m: Mapping[Any, Any], ctx: RuleContext) -> Match | None:
                 bad(f"address must be a local IP address or CIDR: {exc}", "address")
                 ok = False
     cgroup = m.get("cgroup")
-    if cgroup is not None:
-        if direction != "outbound":
-            bad("cgroup applies to outbound resources only", "cgroup")
-            ok = False
-        elif not isinstance(cgroup, str) or not cgroup.startswith("/"):
-            bad(
-                "cgroup must be an absolute cgroup v2 path such as /system.slice/app.service, "
-                f"got {cgroup!r}",
-                "cgroup",
-            )
-            ok = False
+    if cgroup is not None and (not isinstance(cgroup, str) or not cgroup.startswith("/")):
+        bad(f"cgroup must be an absolute cgroup v2 path such as /system.slice/app.service, got {cgroup!r}",
+            "cgroup")  # fmt: skip
+        ok = False
     tls = m.get("tls", False)
     if not isinstance(tls, bool):
         bad(f"tls must be true or false, got {tls!r}", "tls")
@@ -260,6 +254,9 @@ def _parse_match(m: Mapping[Any, Any], ctx: RuleContext) -> Match | None:
         ok = False
     elif tls and address_raw is not None:
         bad("address does not apply to tls resources (observed through OpenSSL by port alone)", "address")
+        ok = False
+    elif tls and cgroup is not None:
+        bad("cgroup does not apply to tls resources (observed through OpenSSL by port alone)", "cgroup")
         ok = False
     if not ok:
         return None

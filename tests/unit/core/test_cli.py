@@ -92,15 +92,33 @@ resources:
   - {name: other-port, match: {protocol: http, port: 9090, path: /x, address: 10.1.2.3}}
 """
     compiled = compile_inbound(load_text(text, "scopes.yaml"))
-    chain = [(p.port, str(p.scope) if p.scope else None, p.slot, p.next) for p in compiled.ports]
+    chain = [(p.port, str(p.address) if p.address else None, p.slot, p.next) for p in compiled.ports]
     assert chain == [(8080, "10.1.2.3/32", 1, 2), (8080, "10.0.0.0/8", 2, 3), (8080, None, 3, 0),
                      (9090, "10.1.2.3/32", 4, 0)]  # fmt: skip
     assert [p.tcp_resource > 0 for p in compiled.ports] == [True, False, False, False]
     assert {e.port for e in compiled.routes if not e.outbound} == {2, 3, 4}  # routes keyed by scope slot
+    cgroups = {"/pods": (1, 11), "/pods/a": (2, 12)}
+    nested = """
+resources:
+  - {name: any, match: {protocol: tcp, port: 80}}
+  - {name: pods, match: {protocol: tcp, port: 80, cgroup: /pods}}
+  - {name: pod-a, match: {protocol: tcp, port: 80, cgroup: /pods/a}}
+  - {name: here, match: {protocol: tcp, port: 80, address: 10.1.2.3, cgroup: /pods}}
+"""
+    compiled = compile_inbound(load_text(nested, "nested.yaml"), cgroups=lambda path: cgroups[path])
+    assert [(p.cgroup, p.cgroup_level, p.cgroup_id, p.next) for p in compiled.ports] == [
+        ("/pods", 1, 11, 2), ("/pods/a", 2, 12, 3), ("/pods", 1, 11, 4), (None, 0, 0, 0)
+    ]  # fmt: skip
+
+    def missing(path: str) -> tuple[int, int]:
+        raise FileNotFoundError(2, "No such file or directory")
+
+    with pytest.raises(CompileError, match="resource 'pods': cgroup /pods: No such file or directory"):
+        compile_inbound(load_text(nested, "nested.yaml"), cgroups=missing)
     many = "resources:\n" + "".join(
         f"  - {{name: s{i}, match: {{protocol: tcp, port: 80, address: 10.0.0.{i}}}}}\n" for i in range(9)
     )
-    with pytest.raises(CompileError, match=r"port 80: 9 address scopes .* at most 8"):
+    with pytest.raises(CompileError, match=r"port 80: 9 scopes .* at most 8"):
         compile_inbound(load_text(many, "many.yaml"))
 
 

@@ -560,7 +560,8 @@ def test_resource_valid(match: dict[str, Any]) -> None:
             "match.host",
             "CIDR",
         ),
-        ({"protocol": "tcp", "port": 80, "cgroup": "/a"}, "match.cgroup", "outbound resources only"),
+        ({"protocol": "tcp", "port": 80, "cgroup": "a"}, "match.cgroup", "absolute"),
+        ({"protocol": "http", "port": 443, "tls": True, "cgroup": "/a"}, "match.cgroup", "tls"),
         ({"direction": "outbound", "protocol": "tcp", "port": 80, "cgroup": "a"}, "match.cgroup", "absolute"),
         ({"protocol": "tcp", "port": 80, "ports": 1}, "match.ports", "unknown key"),
         (
