@@ -101,3 +101,18 @@ def test_kind_is_refused_for_etcd_urls() -> None:
     # a daemon reads an etcd key without --kind: checking it with one would not say what the daemon does
     res = runner.invoke(app, ["rules", "check", "--kind", "flow", "etcd://127.0.0.1:1/k"])
     assert res.exit_code == 2 and "applies to files only" in res.output
+
+
+def test_the_scope_of_each_resource_is_shown(tmp_path: Path) -> None:
+    doc = tmp_path / "scopes.yaml"
+    doc.write_text("""
+resources:
+  - {name: pod-a, match: {protocol: http, port: 8080, address: 10.244.1.7, path: /api}}
+  - {name: batch, match: {protocol: tcp, port: 8080, cgroup: /kubepods/batch}}
+  - {name: others, match: {protocol: http, port: 8080}}
+""")
+    result = runner.invoke(app, ["rules", "check", str(doc)])
+    assert result.exit_code == 0, result.output
+    assert "  pod-a: inbound http 8080 /api address 10.244.1.7/32; no rules" in result.output
+    assert "  batch: inbound tcp 8080 cgroup /kubepods/batch; no rules" in result.output
+    assert "  others: inbound http 8080; no rules" in result.output
