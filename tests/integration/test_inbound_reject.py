@@ -193,3 +193,35 @@ def test_python_http_client_keeps_its_connection_through_refusals(
     assert conns == [{"requests": ["GET /ok HTTP/1.1"] * 3, "reset": False}]
     final = next(e for e in events if isinstance(e, dict) and "counters" in e)
     assert (final["counters"]["reply_kept"], final["counters"]["reply_closed"]) == (3, 0)
+
+
+REQUESTS_CLIENT = """
+import json, sys
+import requests
+session = requests.Session()
+out = []
+for path in ["/ok", "/limited", "/ok", "/limited", "/limited", "/ok"]:
+    resp = session.get(f"http://{sys.argv[1]}:8080{path}", timeout=5)
+    out.append([resp.status_code, len(resp.content)])
+pools = session.get_adapter("http://").poolmanager.pools
+print(json.dumps({"answers": out, "connections": sum(pools[key].num_connections for key in pools.keys())}))
+"""
+
+
+def test_python_requests_keeps_its_connection_through_refusals(fresh_netns_pair: NetnsPair) -> None:
+    """A requests Session (urllib3's pool) on a keep-alive connection: every refused request gets the
+    429, the pool never opens a second connection, and the server serves the allowed ones on one."""
+    pair = fresh_netns_pair
+    guarded = Guarded(pair, RULES)
+    try:
+        res = pair.run(pair.client, sys.executable, "-c", REQUESTS_CLIENT, pair.server_ip, timeout=30)
+        assert res.returncode == 0, res.stderr
+        doc = json.loads(res.stdout)
+        assert [status for status, _ in doc["answers"]] == [200, 429, 200, 429, 429, 200]
+        assert all(length == len("Too Many Requests\n") for status, length in doc["answers"] if status == 429)
+        assert doc["connections"] == 1, f"the client reconnected: {doc}"
+        events = guarded.stop(connections=1)
+    finally:
+        guarded.stop()
+    conns = [e for e in events if isinstance(e, dict) and "requests" in e]
+    assert conns == [{"requests": ["GET /ok HTTP/1.1"] * 3, "reset": False}]
