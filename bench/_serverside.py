@@ -13,7 +13,6 @@ pair itself come from tests.support.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import re
@@ -31,32 +30,12 @@ from tests.support.netns import NetnsPair, unique_token
 
 ROOT = Path(__file__).resolve().parent.parent
 
-CLONE_NEWNET = 0x40000000
 CGROUP2 = Path("/sys/fs/cgroup/unified")
 STATS_SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
 USER_HZ = os.sysconf("SC_CLK_TCK")
 SERVER_CPU, CLIENT_CPU = 1, 0
 SOFTIRQ_SRC = Path(__file__).with_name("softirq_time.bpf.c")
 NET_TX_SOFTIRQ, NET_RX_SOFTIRQ, NR_SOFTIRQS = 2, 3, 10
-
-
-@contextlib.contextmanager
-def in_netns(name: str) -> Iterator[None]:
-    """Run the calling thread inside network namespace ``name`` (for netlink TC attach/detach)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    home = os.open("/proc/self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        if libc.setns(target, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {name}")
-        try:
-            yield
-        finally:
-            if libc.setns(home, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns back")
-    finally:
-        os.close(home)
-        os.close(target)
 
 
 class Cgroup:

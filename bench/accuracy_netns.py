@@ -32,8 +32,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench._serverside import in_netns
 from sentinel_ebpf.inbound import InboundDataplane
+from sentinel_ebpf.netns import entered as in_netns
 from sentinel_ebpf.rules import load_text
 from tests.support.netns import NetnsPair
 from tests.support.nginx import nginx_conf, start_nginx

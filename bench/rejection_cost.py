@@ -64,11 +64,11 @@ from bench._serverside import (
     Cgroup,
     SoftirqMeter,
     idle_busy,
-    in_netns,
     measured,
     set_rps,
 )
 from sentinel_ebpf.inbound import InboundDataplane
+from sentinel_ebpf.netns import entered as in_netns
 from sentinel_ebpf.rules import load_text
 from tests.support.netns import NetnsPair
 from tests.support.nginx import BENCH_HTTP, nginx_conf, start_nginx
