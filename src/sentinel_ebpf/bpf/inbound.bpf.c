@@ -1732,9 +1732,11 @@ static __always_inline int ingress(struct __sk_buff *skb)
 	slot = ports->slot[p->dport];
 	if (!slot)
 		return TC_ACT_OK;
-	pc = port_lookup(port_scope(skb, p, (__u32)gen << 16 | slot, 1), gen);
+	pc = port_lookup(slot, gen);
+	if (pc && (pc->next | pc->scope_family | pc->scope_cgroup_level))
+		pc = port_lookup(port_scope(skb, p, (__u32)gen << 16 | slot, 1), gen); /* a port with scopes */
 	if (!pc)
-		return TC_ACT_OK; /* no scope of the port holds the local address */
+		return TC_ACT_OK; /* no scope of the port holds the connection */
 	if (replied_in_stream) {
 		make_key(fk, p, true, FLOW_KIND_REQUEST);
 		xl_load((p->flags & (TCP_SYN | TCP_ACK)) == TCP_SYN);
@@ -2080,7 +2082,9 @@ static __always_inline int egress(struct __sk_buff *skb)
 	slot = ports->slot[p->sport];
 	if (!slot)
 		return TC_ACT_OK;
-	pc = port_lookup(port_scope(skb, p, (__u32)gen << 16 | slot, 0), gen);
+	pc = port_lookup(slot, gen);
+	if (pc && (pc->next | pc->scope_family | pc->scope_cgroup_level))
+		pc = port_lookup(port_scope(skb, p, (__u32)gen << 16 | slot, 0), gen); /* a port with scopes */
 	if (!pc)
 		return TC_ACT_OK;
 	scr->xl_on = pc->has_http; /* a server segment: xlate_to_client looks for its translation */
