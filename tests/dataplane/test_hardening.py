@@ -571,6 +571,39 @@ isolationRules:
         assert (stats(dp, "conns").concurrency, stats(dp, "other").concurrency) == (1, 1)
 
 
+FLOOD = 70_000
+
+
+def test_a_flood_that_evicts_in_flight_entries_is_repaired(
+    dp: InboundDataplane, listener: socket.socket
+) -> None:
+    """Real LRU pressure: SYNs of 70,000 connections to another protected port go through the 65,536-entry
+    in-flight LRU; the evicted entries of the legitimate server's three connections give nothing back,
+    so its isolation limit refuses every new client until reconciliation repairs the drift."""
+    port = listener.getsockname()[1]
+    doc = (
+        isolated_conns(port)
+        .replace("threshold: 1", "threshold: 3")
+        .replace("isolationRules:", "  - {name: flood, match: {protocol: tcp, port: 9}}\nisolationRules:")
+    )
+    h = Harness(dp, rules(doc))
+    h.at(0)
+    assert [h.syn(port) == TC_ACT_OK for _ in range(4)] == [True, True, True, False]
+    ingress = dp.obj.program("tc_ingress")
+    for i in range(FLOOD):  # nothing listens on port 9: reconciliation cannot tell these are gone
+        src = f"10.{100 + (i >> 16)}.{(i >> 8) & 255}.{i & 255}"
+        assert ingress.test_run(tcp_frame(src, SERVER, 40000, 9, flags=SYN, seq=1, ack=0)).retval == TC_ACT_OK
+    entries = sum(1 for _ in dp.maps.inflight.items())
+    assert entries <= 65_536, "the LRU evicted"
+    assert stats(dp, "flood").concurrency == FLOOD, "every flood SYN was admitted and counted"
+    assert stats(dp, "conns").concurrency == 3 and h.syn(port) != TC_ACT_OK, "evicted, but still counted"
+    assert dp.reconciler.run().adjusted == {}, "a difference seen once may be traffic: not yet"
+    ids = {r.name: r.id for r in dp.compiled.resources}
+    assert dp.reconciler.run().adjusted == {ids["conns"]: -3, ids["flood"]: entries - FLOOD}
+    assert (stats(dp, "conns").concurrency, stats(dp, "flood").concurrency) == (0, entries)
+    assert h.syn(port) == TC_ACT_OK, "the legitimate server admits clients again"
+
+
 def test_drift_from_an_evicted_entry_is_repaired(dp: InboundDataplane, listener: socket.socket) -> None:
     port = listener.getsockname()[1]
     h = Harness(dp, rules(isolated_conns(port)))
