@@ -83,21 +83,23 @@ class RuleContext:
         return field_name
 
 
+# First match wins: bool before int (a bool is an int), str before Sequence (a str is a sequence).
+_TYPE_NAMES: tuple[tuple[type[Any], str], ...] = (
+    (type(None), "null"),
+    (bool, "a boolean"),
+    (int, "an integer"),
+    (float, "a number"),
+    (str, "a string"),
+    (Mapping, "an object"),
+    (Sequence, "a list"),
+)
+
+
 def type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, Mapping):
-        return "an object"
-    if isinstance(value, Sequence):
-        return "a list"
+    """How a problem names the type of a value found where another was wanted (JSON's words)."""
+    for kind, name in _TYPE_NAMES:
+        if isinstance(value, kind):
+            return name
     return type(value).__name__
 
 
