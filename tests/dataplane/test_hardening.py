@@ -11,10 +11,11 @@ import struct
 from collections.abc import Iterator
 
 import pytest
-from test_inbound import CLIENT, SERVER, T0_MS, Harness, rules
+from test_inbound import T0_MS, Harness
 
 from sentinel_ebpf.inbound import InboundDataplane
 from sentinel_ebpf.stats import ResourceStats
+from tests.support.inbound import CLIENT, SERVER, rules
 from tests.support.packets import (
     ACK,
     FIN,

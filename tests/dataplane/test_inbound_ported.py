@@ -6,10 +6,10 @@ import pytest
 
 from sentinel_ebpf.inbound import InboundDataplane
 from sentinel_ebpf.rules import load_text
+from tests.support.inbound import CLIENT, SERVER
 from tests.support.packets import ACK, PSH, SYN, TC_ACT_OK, http_request, http_response, tcp_frame
 
 pytestmark = pytest.mark.kernel
-CLIENT, SERVER = "127.0.0.2", "127.0.0.1"
 
 
 class K:
