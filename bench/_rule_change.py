@@ -8,6 +8,7 @@ passes in. Kept in one place so that the two benches' figures stay comparable.
 
 from __future__ import annotations
 
+import argparse
 import os
 import random
 import statistics
@@ -18,7 +19,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from tests.support.daemon_helpers import Daemon
 from tests.support.netns import NetnsPair
+from tests.support.nginx import hello_nginx
 
 PROBER = Path(__file__).with_name("_prober.py")
 RULES = """
@@ -31,6 +34,21 @@ CLOSED, OPEN = 0, 1_000_000
 
 #: name of the way of change -> (latencies in ms, changes never seen or not accepted)
 Results = dict[str, tuple[list[float], int]]
+
+
+def argument_parser(description: str) -> argparse.ArgumentParser:
+    """The benches' common option: ``--changes``, how many rule changes each way of change gets."""
+    ap = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--changes", type=int, default=100)
+    return ap
+
+
+def serve(pair: NetnsPair) -> Daemon:
+    """nginx on :8080 in the server namespace behind a daemon whose rules file lets everything pass."""
+    hello_nginx(pair, 8080)
+    return Daemon(pair, RULES.format(threshold=OPEN))
 
 
 def write_rules(path: Path, text: str) -> float:

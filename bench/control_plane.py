@@ -20,7 +20,6 @@ usage: sudo .venv/bin/python -m bench.control_plane [--changes 100] [--idle-seco
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
@@ -28,15 +27,16 @@ from bench._rule_change import (
     OPEN,
     RULES,
     Results,
+    argument_parser,
     change_latencies,
     print_latency_rows,
     print_raw_latencies,
+    serve,
     write_rules,
 )
 from sentinel_ebpf.daemon import request
 from tests.support.daemon_helpers import Daemon
 from tests.support.netns import NetnsPair
-from tests.support.nginx import hello_nginx
 from tests.support.procstat import cpu_seconds, status_kib
 
 
@@ -68,15 +68,13 @@ def idle(pid: int, seconds: float) -> float:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--changes", type=int, default=100)
+    ap = argument_parser(__doc__)
     ap.add_argument("--idle-seconds", type=float, default=60)
     args = ap.parse_args()
     print(f"$ {' '.join(sys.argv)}")
     results: Results = {}
     with NetnsPair("cp") as pair:
-        hello_nginx(pair, 8080)
-        d = Daemon(pair, RULES.format(threshold=OPEN))
+        d = serve(pair)
         try:
             for name, via in (("reload", True), ("file watch", False)):
                 results[name] = change_latency(pair, d, args.changes, via)

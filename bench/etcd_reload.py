@@ -17,7 +17,6 @@ usage: sudo .venv/bin/python -m bench.etcd_reload [--changes 100]
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -26,16 +25,17 @@ from bench._rule_change import (
     OPEN,
     RULES,
     Results,
+    argument_parser,
     change_latencies,
     print_latency_rows,
     print_raw_latencies,
+    serve,
     write_rules,
 )
 from sentinel_ebpf.daemon import request
 from tests.support.daemon_helpers import Daemon
 from tests.support.etcd_server import EtcdServer
 from tests.support.netns import NetnsPair
-from tests.support.nginx import hello_nginx
 
 BENCH = Path(__file__).resolve().parent
 
@@ -44,14 +44,12 @@ PUTTER = BENCH / "_etcd_putter.py"
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--changes", type=int, default=100)
+    ap = argument_parser(__doc__)
     args = ap.parse_args()
     print(f"$ {' '.join(sys.argv)}")
     results: Results = {}
     with NetnsPair("ep") as pair:
-        hello_nginx(pair, 8080)
-        d = Daemon(pair, RULES.format(threshold=OPEN))
+        d = serve(pair)
         try:
 
             def by_reload(threshold: int) -> tuple[float, bool]:
