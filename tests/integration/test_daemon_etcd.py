@@ -90,8 +90,7 @@ def test_revisions_reach_the_daemon_and_an_invalid_one_keeps_the_rules(
 ) -> None:
     pair, etcd = fleet
     r1 = push(pair, etcd, 5)
-    d = Daemon(pair, "", source=etcd.url(KEY))
-    try:
+    with Daemon(pair, "", source=etcd.url(KEY)) as d:
         src = source(d)
         assert (src["kind"], src["url"], src["revision"], src["from_cache"], src["etcd"]) == (
             "etcd", etcd.url(KEY), r1, False, "connected"
@@ -123,8 +122,6 @@ def test_revisions_reach_the_daemon_and_an_invalid_one_keeps_the_rules(
         assert (
             rules["rules_source"]["revision"] == r2 and rules["document"]["flowRules"][0]["threshold"] == 40
         )
-    finally:
-        d.close()
 
 
 def test_etcd_outage_keeps_enforcing_and_a_restart_without_etcd_uses_the_cache(
@@ -132,8 +129,7 @@ def test_etcd_outage_keeps_enforcing_and_a_restart_without_etcd_uses_the_cache(
 ) -> None:
     pair, etcd = fleet
     r1 = push(pair, etcd, 5)
-    d = Daemon(pair, "", source=etcd.url(KEY))
-    try:
+    with Daemon(pair, "", source=etcd.url(KEY)) as d:
         mark = len(d.proc.stderr)
         etcd.stop()
         d.wait_log(f"the rules in force stay (revision {r1}); retrying with backoff", after=mark)
@@ -151,12 +147,9 @@ def test_etcd_outage_keeps_enforcing_and_a_restart_without_etcd_uses_the_cache(
         wait_source(d, revision=r2, etcd="connected")
         d.proc.signal(signal.SIGTERM)
         assert d.proc.wait_exit(30) == 0
-    finally:
-        d.close()
 
     etcd.stop()
-    d = Daemon(pair, "", source=etcd.url(KEY))  # the same state directory
-    try:
+    with Daemon(pair, "", source=etcd.url(KEY)) as d:  # the same state directory
         d.wait_log(f"enforcing the cached revision {r2}")
         src = source(d)
         assert (src["revision"], src["from_cache"], src["etcd"]) == (r2, True, "unreachable")
@@ -175,8 +168,6 @@ def test_etcd_outage_keeps_enforcing_and_a_restart_without_etcd_uses_the_cache(
         out = load(pair, "/limited", 1.0)
         assert 0 < out["served"] <= 7 and out["429"] > 0, out
         assert source(d)["revision"] == r3
-    finally:
-        d.close()
 
 
 def test_one_push_reaches_every_daemon_following_the_key(fresh_netns_pair: NetnsPair) -> None:
@@ -256,8 +247,7 @@ def test_a_dashboard_edit_is_written_to_etcd_with_a_compare_and_swap(
 ) -> None:
     pair, etcd = fleet
     r1 = push(pair, etcd, 5)
-    d = Daemon(pair, "", source=etcd.url(KEY))
-    try:
+    with Daemon(pair, "", source=etcd.url(KEY)) as d:
         rules = request(d.socket, "rules")
         assert rules["editable"] and rules["writes_to"] == etcd.url(KEY)
         document, base = rules["document"], rules["revision"]
@@ -276,5 +266,3 @@ def test_a_dashboard_edit_is_written_to_etcd_with_a_compare_and_swap(
         stale = request(d.socket, "apply", document=document, base=base, timeout_s=15)
         assert stale["conflict"] and not stale["applied"], stale
         assert source(d)["revision"] == reply["etcd_revision"]
-    finally:
-        d.close()
