@@ -36,3 +36,8 @@ class Lockstep:
     def at(self, ms: float) -> None:
         self.clock.set_ns(int(self.t0_ms * 1_000_000 + ms * 1_000_000))
         self.dp.set_clock_ns(self.clock.now_ns())
+
+    def at_ns(self, ns: int) -> None:
+        """``at`` in exact nanoseconds (a float of ms since the epoch has a 256 ns grain)."""
+        self.clock.set_ns(self.t0_ms * 1_000_000 + ns)
+        self.dp.set_clock_ns(self.clock.now_ns())
