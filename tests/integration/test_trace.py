@@ -152,19 +152,28 @@ class Curl:
     stderr: str
 
 
-def curl(pair: NetnsPair, host: str, port: int, expect_exit: int | None = 0) -> Curl:
-    """One curl from the client namespace; pid is curl's own (``ip netns exec`` execs it)."""
-    url = f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
-    t_start = time.time()
+def in_client(pair: NetnsPair, *argv: str) -> tuple[subprocess.Popen[str], str, str]:
+    """``argv`` run to its end in the client namespace: the process (its pid is the one the tracer sees:
+    ``ip netns exec`` execs it), its stdout and its stderr."""
     proc = pair.popen(
         pair.client,
-        *curl_argv("-o", "/dev/null", "-w", "%{local_ip}|%{local_port}|%{http_code}", url),
+        *argv,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     out, err = proc.communicate(timeout=30)
+    return proc, out, err
+
+
+def curl(pair: NetnsPair, host: str, port: int, expect_exit: int | None = 0) -> Curl:
+    """One curl from the client namespace; pid is curl's own (``ip netns exec`` execs it)."""
+    url = f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+    t_start = time.time()
+    proc, out, err = in_client(
+        pair, *curl_argv("-o", "/dev/null", "-w", "%{local_ip}|%{local_port}|%{http_code}", url)
+    )
     t_end = time.time()
     local_ip, local_port, code = out.strip().split("|")
     result = Curl(proc.pid, proc.returncode, local_ip, int(local_port or 0), code, t_start, t_end, err)
@@ -185,15 +194,7 @@ def client(
         *(["--bind", bind] if bind else []),
         *(["--timeout", str(timeout)] if timeout else []),
     ]
-    proc = pair.popen(
-        pair.client,
-        *argv,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    out, err = proc.communicate(timeout=30)
+    proc, out, err = in_client(pair, *argv)
     assert proc.returncode == 0, err
     result: dict[str, Any] = json.loads(out)
     assert result["pid"] == proc.pid
