@@ -20,30 +20,24 @@ usage: sudo .venv/bin/python -m bench.control_plane [--changes 100] [--idle-seco
 
 from __future__ import annotations
 
-import argparse
-import os
-import random
-import statistics
-import subprocess
 import sys
-import threading
 import time
-from pathlib import Path
 
+from bench._rule_change import (
+    OPEN,
+    RULES,
+    Results,
+    argument_parser,
+    change_latencies,
+    print_latency_rows,
+    print_raw_latencies,
+    serve,
+    write_rules,
+)
 from sentinel_ebpf.daemon import request
 from tests.support.daemon_helpers import Daemon
 from tests.support.netns import NetnsPair
-from tests.support.nginx import hello_nginx
 from tests.support.procstat import cpu_seconds, status_kib
-
-PROBER = Path(__file__).with_name("_prober.py")
-RULES = """
-resources:
-  - {{name: root, match: {{protocol: http, port: 8080, path: /}}}}
-flowRules:
-  - {{resource: root, threshold: {threshold}, statIntervalInMs: 1000}}
-"""
-CLOSED, OPEN = 0, 1_000_000
 
 
 def many_resources(n: int) -> str:
@@ -56,69 +50,14 @@ def many_resources(n: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_rules(path: Path, text: str) -> float:
-    """Replace the rules file atomically; returns the monotonic time of the rename."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    t = time.monotonic()
-    os.replace(tmp, path)
-    return t
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
-
-
 def change_latency(pair: NetnsPair, d: Daemon, changes: int, via_reload: bool) -> tuple[list[float], int]:
-    probes: list[tuple[float, int]] = []
-    prober = subprocess.Popen(pair.cmd(pair.client, sys.executable, str(PROBER), pair.server_ip, "8080",
-                                       str(changes * 0.6 + 30)), stdout=subprocess.PIPE, text=True)  # fmt: skip
-    lock = threading.Lock()
+    """By rewriting ``d``'s rules file, then (``via_reload``) asking for a reload over the control socket."""
 
-    def read() -> None:
-        assert prober.stdout is not None
-        for line in prober.stdout:
-            ts, status = line.split()
-            with lock:
-                probes.append((float(ts), int(status)))
+    def change(threshold: int) -> tuple[float, bool]:
+        t0 = write_rules(d.rules, RULES.format(threshold=threshold))
+        return t0, not via_reload or bool(request(d.socket, "reload").get("accepted"))
 
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    latencies: list[float] = []
-    failed = 0
-    try:
-        state = OPEN
-        time.sleep(1.0)
-        for _ in range(changes):
-            state = CLOSED if state == OPEN else OPEN
-            want = 429 if state == CLOSED else 200
-            t0 = write_rules(d.rules, RULES.format(threshold=state))
-            if via_reload:
-                reply = request(d.socket, "reload")
-                if not reply.get("accepted"):
-                    failed += 1
-            deadline = time.monotonic() + 3
-            seen = None
-            with lock:
-                i = max(0, len(probes) - 50)  # answers before the change are all older than t0
-            while seen is None and time.monotonic() < deadline:
-                with lock:
-                    while i < len(probes) and seen is None:
-                        ts, st = probes[i]
-                        if ts > t0 and st == want:  # the first answer after t0 with the new status
-                            seen = ts
-                        i += 1
-                time.sleep(0.002)
-            if seen is None:
-                failed += 1
-            else:
-                latencies.append((seen - t0) * 1000)
-            time.sleep(random.uniform(0.15, 0.35))
-    finally:
-        prober.kill()
-        prober.wait()
-    return latencies, failed
+    return change_latencies(pair, changes, change)
 
 
 def idle(pid: int, seconds: float) -> float:
@@ -129,15 +68,13 @@ def idle(pid: int, seconds: float) -> float:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--changes", type=int, default=100)
+    ap = argument_parser(__doc__)
     ap.add_argument("--idle-seconds", type=float, default=60)
     args = ap.parse_args()
     print(f"$ {' '.join(sys.argv)}")
-    results: dict[str, tuple[list[float], int]] = {}
+    results: Results = {}
     with NetnsPair("cp") as pair:
-        hello_nginx(pair, 8080)
-        d = Daemon(pair, RULES.format(threshold=OPEN))
+        d = serve(pair)
         try:
             for name, via in (("reload", True), ("file watch", False)):
                 results[name] = change_latency(pair, d, args.changes, via)
@@ -160,17 +97,13 @@ def main() -> int:
     print(
         f"{'change by':<12} {'n':>4} {'p50':>7} {'p90':>7} {'p99':>7} {'max':>7} {'failed':>6}  target p99 <= 100"
     )
-    for name, (lat, failed) in results.items():
-        print(f"{name:<12} {len(lat):>4} {statistics.median(lat):>7.1f} {percentile(lat, 90):>7.1f} "
-              f"{percentile(lat, 99):>7.1f} {max(lat):>7.1f} {failed:>6}")  # fmt: skip
+    print_latency_rows(results, 12)
     print(f"\n{'daemon':<34} {'idle CPU % of a core':>20} {'VmRSS MiB':>10} {'VmHWM MiB':>10}")
     for label, cpu, mem in (("1 resource (after 200 reloads)", idle_1, mem_1),
                             ("1,000 resources", idle_1000, mem_1000)):  # fmt: skip
         print(f"{label:<34} {cpu:>20.2f} {mem['VmRSS'] / 1024:>10.1f} {mem['VmHWM'] / 1024:>10.1f}")
     print("targets: idle CPU <= 1% of a core, RSS <= 80 MB")
-    print("\nraw latencies (ms):")
-    for name, (lat, _) in results.items():
-        print(f"  {name}: {' '.join(f'{v:.1f}' for v in lat)}")
+    print_raw_latencies(results)
     return 0
 
 

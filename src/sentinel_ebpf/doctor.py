@@ -173,25 +173,20 @@ def _probe_types() -> list[Check]:
     ):
         # TRACING (fentry, tp_btf) and LSM are judged by the hook probes: their type alone says little.
         rc = lib.libbpf_probe_bpf_prog_type(int(prog), None)
-        checks.append(
-            Check(
-                "program type",
-                f"prog {prog.name.lower()}",
-                Status.OK if rc == 1 else Status.MISSING,
-                "loads" if rc == 1 else f"does not load ({_explain(rc)})",
-            )
-        )
+        checks.append(_probed("program type", f"prog {prog.name.lower()}", rc, "loads", "does not load"))
     for mtype in (MapType.HASH, MapType.LRU_HASH, MapType.PERCPU_ARRAY, MapType.LPM_TRIE, MapType.RINGBUF):
         rc = lib.libbpf_probe_bpf_map_type(int(mtype), None)
-        checks.append(
-            Check(
-                "map type",
-                f"map {mtype.name.lower()}",
-                Status.OK if rc == 1 else Status.MISSING,
-                "creates" if rc == 1 else f"cannot be created ({_explain(rc)})",
-            )
-        )
+        checks.append(_probed("map type", f"map {mtype.name.lower()}", rc, "creates", "cannot be created"))
     return checks
+
+
+def _probed(group: str, name: str, rc: int, works: str, fails: str) -> Check:
+    """A libbpf type probe's answer as a check: 1 means the kernel has it, else ``rc`` says why not."""
+    return (
+        Check(group, name, Status.OK, works)
+        if rc == 1
+        else Check(group, name, Status.MISSING, f"{fails} ({_explain(rc)})")
+    )
 
 
 def _explain(rc: int) -> str:

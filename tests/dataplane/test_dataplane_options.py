@@ -14,11 +14,10 @@ from sentinel_ebpf.errors import SentinelError
 from sentinel_ebpf.inbound import InboundDataplane, compile_inbound
 from sentinel_ebpf.libbpf import program_id, program_maps
 from sentinel_ebpf.rules import load_text
+from tests.support.inbound import CLIENT, SERVER
 from tests.support.packets import ACK, PSH, TC_ACT_OK, http_request, http_response, tcp_frame
 
 pytestmark = pytest.mark.kernel("inbound")
-
-CLIENT, SERVER = "127.0.0.2", "127.0.0.1"
 
 
 def test_hotspot_values_sizes_the_lru_map() -> None:

@@ -11,10 +11,11 @@ import struct
 from collections.abc import Iterator
 
 import pytest
-from test_inbound import CLIENT, SERVER, T0_MS, Harness, rules
+from test_inbound import Harness
 
 from sentinel_ebpf.inbound import InboundDataplane
 from sentinel_ebpf.stats import ResourceStats
+from tests.support.inbound import CLIENT, SERVER, rules
 from tests.support.packets import (
     ACK,
     FIN,
@@ -48,12 +49,6 @@ ARRIVALS = 4_000  # 0.2 s: 120 admissions at 600/s where whole-millisecond costs
 def expected(rate_per_s: int) -> float:
     """What a limit of rate_per_s admits over the ARRIVALS."""
     return rate_per_s * ARRIVALS * STEP_NS / 1e9
-
-
-def at_ns(h: Harness, ns: int) -> None:
-    """Harness.at in exact nanoseconds (a float of ms since the epoch has a 256 ns grain)."""
-    h.clock.set_ns(T0_MS * 1_000_000 + ns)
-    h.dp.set_clock_ns(h.clock.now_ns())
 
 
 def stats(dp: InboundDataplane, name: str) -> ResourceStats:
@@ -180,7 +175,7 @@ flowRules:
     )
     passed = 0
     for i in range(ARRIVALS):  # one second, far denser than the limit
-        at_ns(h, i * STEP_NS)
+        h.at_ns(i * STEP_NS)
         kernel = h.syn() == TC_ACT_OK
         assert kernel == h.model.entry("t").passed, f"arrival {i}"
         passed += kernel
@@ -203,7 +198,7 @@ hotSpotParamRules:
     )
     passed = 0
     for i in range(ARRIVALS):
-        at_ns(h, i * STEP_NS)
+        h.at_ns(i * STEP_NS)
         kernel = h.request("GET", "/x", sport=20000 + i % 40000)
         entry = h.model.entry("api", param={"remote_ip": CLIENT})
         assert kernel == entry.passed, f"arrival {i}"
@@ -266,6 +261,14 @@ hotSpotParamRules:
 """
 
 
+def hot_qps(dp: InboundDataplane, resource: str, fields: str) -> Harness:
+    """A harness at 0 ms on HOT's resources with one hotspot rule on ``resource``: QPS over 1 s, and
+    ``fields`` (its parameter, threshold, items)."""
+    h = Harness(dp, rules(HOT + f"  - {{resource: {resource}, metricType: 1, durationInSec: 1, {fields}}}\n"))
+    h.at(0)
+    return h
+
+
 def raw_request(h: Harness, head: str, client: str = CLIENT) -> bool:
     """True when the request (request line and headers, as written) went on to the server unchanged."""
     h.sport += 1
@@ -278,15 +281,11 @@ def test_a_specific_item_matches_at_the_64_byte_boundary(dp: InboundDataplane) -
     """User space and the kernel hash the same 64 bytes: a longer value is its first 64 (the kernel
     once hashed up to 72, so values of 65..72 bytes never met a 64-byte item)."""
     item = "k" * 63 + "Z"
-    h = Harness(
+    h = hot_qps(
         dp,
-        rules(
-            HOT
-            + "  - {resource: api, paramKey: 'header:X-Key', metricType: 1, threshold: 0, durationInSec: 1,"
-            f" specificItems: [{{valKind: 1, valStr: {item}, threshold: 1000}}]}}\n"
-        ),
+        "api",
+        f"paramKey: 'header:X-Key', threshold: 0, specificItems: [{{valKind: 1, valStr: {item}, threshold: 1000}}]",
     )
-    h.at(0)
     assert raw_request(h, f"GET / HTTP/1.1\r\nX-Key: {item}")
     assert raw_request(h, f"GET / HTTP/1.1\r\nX-Key: {item}more"), "65+ bytes: the first 64 are the item's"
     assert not raw_request(h, f"GET / HTTP/1.1\r\nX-Key: {'k' * 63}Y"), "another 64-byte value: threshold 0"
@@ -294,14 +293,7 @@ def test_a_specific_item_matches_at_the_64_byte_boundary(dp: InboundDataplane) -
 
 
 def test_header_whitespace_does_not_make_new_buckets(dp: InboundDataplane) -> None:
-    h = Harness(
-        dp,
-        rules(
-            HOT
-            + "  - {resource: api, paramKey: 'header:X-User', metricType: 1, threshold: 2, durationInSec: 1}\n"
-        ),
-    )
-    h.at(0)
+    h = hot_qps(dp, "api", "paramKey: 'header:X-User', threshold: 2")
     assert raw_request(h, "GET / HTTP/1.1\r\nX-User: alice")
     assert raw_request(h, "GET / HTTP/1.1\r\nx-user:\talice \t ")
     assert not raw_request(h, "GET / HTTP/1.1\r\nX-USER:   alice   "), "one value, one bucket"
@@ -309,14 +301,7 @@ def test_header_whitespace_does_not_make_new_buckets(dp: InboundDataplane) -> No
 
 
 def test_percent_encoded_query_names_and_values_share_a_bucket(dp: InboundDataplane) -> None:
-    h = Harness(
-        dp,
-        rules(
-            HOT
-            + "  - {resource: api, paramKey: 'query:tenant', metricType: 1, threshold: 3, durationInSec: 1}\n"
-        ),
-    )
-    h.at(0)
+    h = hot_qps(dp, "api", "paramKey: 'query:tenant', threshold: 3")
     assert raw_request(h, "GET /q?tenant=acme HTTP/1.1")
     assert raw_request(h, "GET /q?x=1&tenant=ac%6De HTTP/1.1")
     assert raw_request(h, "GET /q?%74en%61nt=%61cme&y=2 HTTP/1.1")
@@ -339,14 +324,7 @@ def test_ipv6_clients_are_keyed_by_a_prefix(
 ) -> None:
     """Per /128, one client with a /64 has 2**64 addresses, each a fresh bucket: the default is /64."""
     field = f", ipv6PrefixLen: {prefix}" if prefix else ""
-    h = Harness(
-        dp,
-        rules(
-            HOT + "  - {resource: conns, paramKey: remote_ip, metricType: 1, threshold: 2, durationInSec: 1"
-            f"{field}}}\n"
-        ),
-    )
-    h.at(0)
+    h = hot_qps(dp, "conns", f"paramKey: remote_ip, threshold: 2{field}")
     clients = ["2001:db8:1:2::1", "2001:db8:1:2::2", "2001:db8:1:2:ffff::3", "2001:db8:1:3::1"]
     assert _ipv6_syns(h, clients) == expect
     assert [h.model.entry("conns", param={"remote_ip": c}).passed for c in clients] == expect, (
@@ -355,14 +333,12 @@ def test_ipv6_clients_are_keyed_by_a_prefix(
 
 
 def test_ipv6_specific_item_is_keyed_by_the_prefix(dp: InboundDataplane) -> None:
-    h = Harness(
+    h = hot_qps(
         dp,
-        rules(
-            HOT + "  - {resource: conns, paramKey: remote_ip, metricType: 1, threshold: 0, durationInSec: 1,"
-            " ipv6PrefixLen: 48, specificItems: [{valKind: 1, valStr: '2001:db8:7::1', threshold: 100}]}\n"
-        ),
+        "conns",
+        "paramKey: remote_ip, threshold: 0, ipv6PrefixLen: 48,"
+        " specificItems: [{valKind: 1, valStr: '2001:db8:7::1', threshold: 100}]",
     )
-    h.at(0)
     assert _ipv6_syns(h, ["2001:db8:7:1::5", "2001:db8:8::1"]) == [True, False]
 
 

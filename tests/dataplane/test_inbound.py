@@ -7,9 +7,8 @@ import pytest
 from sentinel_ebpf._types import Inflight, PortSlots
 from sentinel_ebpf.errors import BpfError
 from sentinel_ebpf.inbound import CompileError, InboundDataplane, compile_inbound
-from sentinel_ebpf.model.clock import ManualClock
-from sentinel_ebpf.model.sentinel import Sentinel
-from sentinel_ebpf.rules import RuleSet, load_text
+from sentinel_ebpf.rules import RuleSet
+from tests.support.inbound import CLIENT, SERVER, Lockstep, rules
 from tests.support.packets import (
     ACK,
     FIN,
@@ -28,30 +27,27 @@ from tests.support.packets import (
 
 pytestmark = pytest.mark.kernel
 
-CLIENT, SERVER = "127.0.0.2", "127.0.0.1"
 T0_MS = 1_578_416_556_900  # sentinel-golang's read-view test instant
 
 
-def rules(text: str) -> RuleSet:
-    return load_text(text, "test.yaml")
+def tcp_c(kind: str, rule: str, more: str = "") -> RuleSet:
+    """Rules of one TCP resource ``c`` on port 8080 and one rule of ``kind`` on it (``rule``: its fields
+    but ``resource``), then ``more`` top-level YAML."""
+    return rules(f"""
+resources:
+  - {{name: c, match: {{protocol: tcp, port: 8080}}}}
+{kind}:
+  - {{resource: c, {rule}}}
+{more}""")
 
 
-class Harness:
+class Harness(Lockstep):
     """Feeds the same arrivals to the kernel (test run) and the reference model, on one clock."""
 
     def __init__(self, dp: InboundDataplane, rs: RuleSet) -> None:
-        self.dp = dp
-        self.clock = ManualClock(T0_MS)
-        self.model = Sentinel(rs, clock=self.clock)
-        dp.apply(dp.compile(rs))
-        self.ingress = dp.obj.program("tc_ingress")
-        self.egress = dp.obj.program("tc_egress")
+        super().__init__(dp, rs, T0_MS)
         self.sport = 20000
         self.seqs: dict[int, int] = {}
-
-    def at(self, ms: float) -> None:
-        self.clock.set_ns(int(T0_MS * 1_000_000 + ms * 1_000_000))
-        self.dp.set_clock_ns(self.clock.now_ns())
 
     def syn(self, port: int = 8080) -> int:
         self.sport += 1
@@ -117,13 +113,7 @@ flowRules:
 def test_blocked_syn_is_dropped_when_configured(dp: InboundDataplane) -> None:
     h = Harness(
         dp,
-        rules("""
-resources:
-  - {name: c, match: {protocol: tcp, port: 8080}}
-flowRules:
-  - {resource: c, threshold: 0}
-reject: {tcp: drop}
-"""),
+        tcp_c("flowRules", "threshold: 0", "reject: {tcp: drop}"),
     )
     h.at(0)
     assert h.syn() == TC_ACT_SHOT
@@ -229,12 +219,7 @@ isolationRules:
 def test_connection_concurrency_ends_with_fin(dp: InboundDataplane) -> None:
     h = Harness(
         dp,
-        rules("""
-resources:
-  - {name: c, match: {protocol: tcp, port: 8080}}
-isolationRules:
-  - {resource: c, threshold: 1}
-"""),
+        tcp_c("isolationRules", "threshold: 1"),
     )
     h.at(0)
     syn = tcp_frame(CLIENT, SERVER, 31000, 8080, flags=SYN, seq=1, ack=0)
@@ -280,12 +265,7 @@ flowRules:
 def test_malformed_and_foreign_frames_pass(dp: InboundDataplane, frame: bytes) -> None:
     h = Harness(
         dp,
-        rules("""
-resources:
-  - {name: c, match: {protocol: tcp, port: 8080}}
-flowRules:
-  - {resource: c, threshold: 100}
-"""),
+        tcp_c("flowRules", "threshold: 100"),
     )
     h.at(0)
     if len(frame) < 14:  # the kernel refuses to build an skb without an Ethernet header
@@ -302,12 +282,7 @@ flowRules:
 def test_ipv6_syn_counts_and_is_answered_with_a_valid_rst(dp: InboundDataplane) -> None:
     h = Harness(
         dp,
-        rules("""
-resources:
-  - {name: c, match: {protocol: tcp, port: 8080}}
-flowRules:
-  - {resource: c, threshold: 1}
-"""),
+        tcp_c("flowRules", "threshold: 1"),
     )
     h.at(0)
     first = tcp_frame("fd00::2", "fd00::1", 40000, 8080, flags=SYN, seq=10, ack=0, options=SYN_OPTIONS)

@@ -9,6 +9,7 @@ from sentinel_ebpf.model.clock import ManualClock
 from sentinel_ebpf.model.sentinel import Sentinel
 from sentinel_ebpf.model.system import SystemMetrics
 from sentinel_ebpf.rules import load_text
+from tests.support.inbound import CLIENT, SERVER
 from tests.support.packets import SYN, TC_ACT_OK, tcp_frame
 
 pytestmark = pytest.mark.kernel
@@ -47,10 +48,7 @@ def drive(dp: InboundDataplane, text: str, arrivals_per_s: int, seconds: int,
             dp.set_clock_ns(clock.now_ns())
             dp.tick()  # the daemon's timer, here before every arrival
             port += 1
-            kernel = (
-                ingress.test_run(tcp_frame("127.0.0.2", "127.0.0.1", port, 8080, flags=SYN)).retval
-                == TC_ACT_OK
-            )
+            kernel = ingress.test_run(tcp_frame(CLIENT, SERVER, port, 8080, flags=SYN)).retval == TC_ACT_OK
             model_pass = model.entry("svc").passed
             assert kernel == model_pass, f"second {sec}, arrival {k}"
             passed += kernel

@@ -4,9 +4,10 @@ traffic of another one (its ``refResource``), compared arrival by arrival with t
 from __future__ import annotations
 
 import pytest
-from test_inbound import Harness, rules
+from test_inbound import Harness
 
 from sentinel_ebpf.inbound import InboundDataplane
+from tests.support.inbound import rules
 
 pytestmark = pytest.mark.kernel
 

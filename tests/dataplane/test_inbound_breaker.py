@@ -8,30 +8,23 @@ import random
 import pytest
 
 from sentinel_ebpf.inbound import InboundDataplane
-from sentinel_ebpf.model.clock import ManualClock
-from sentinel_ebpf.model.sentinel import Entry, Sentinel
+from sentinel_ebpf.model.sentinel import Entry
 from sentinel_ebpf.rules import load_text
+from tests.support.inbound import CLIENT, SERVER, Lockstep
 from tests.support.packets import ACK, PSH, TC_ACT_OK, http_request, http_response, tcp_frame
 
 pytestmark = pytest.mark.kernel
 T0_MS = 1_700_000_000_000
-CLIENT, SERVER = "127.0.0.2", "127.0.0.1"
 NAMES = {0: "closed", 1: "half_open", 2: "open"}
 
 
-class Backend:
+class Backend(Lockstep):
     def __init__(self, dp: InboundDataplane, rules: str) -> None:
         head = "resources:\n  - {name: api, match: {protocol: http, port: 8080, path: /}}\n"
-        rs = load_text(head + rules, "cb.yaml")
-        self.dp = dp
-        self.clock = ManualClock(T0_MS)
-        self.model = Sentinel(rs, clock=self.clock)
+        super().__init__(dp, load_text(head + rules, "cb.yaml"), T0_MS)
         self.model_changes: list[tuple[str, str]] = []
         self.model.add_state_change_listener(self)  # type: ignore[arg-type]
-        dp.apply(dp.compile(rs))
         dp.state_changes()  # start consuming
-        self.ingress = dp.obj.program("tc_ingress")
-        self.egress = dp.obj.program("tc_egress")
         self.port = 20000
         self.open: dict[int, tuple[Entry, int]] = {}
 
@@ -44,10 +37,6 @@ class Backend:
 
     def on_transform_to_half_open(self, prev: object, rule: object) -> None:
         self.model_changes.append((NAMES[int(prev)], "half_open"))  # type: ignore[call-overload]
-
-    def at(self, ms: int) -> None:
-        self.clock.set_ms(T0_MS + ms)
-        self.dp.set_clock_ns(self.clock.now_ns())
 
     def request(self) -> bool:
         self.port += 1

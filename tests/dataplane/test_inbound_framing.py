@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sentinel_ebpf.inbound import InboundDataplane
-from sentinel_ebpf.rules import RuleSet, load_text
 from sentinel_ebpf.rules.target import normalize_target
+from tests.support.inbound import CLIENT, SERVER, rules
 from tests.support.packets import (
     ACK,
     FIN,
@@ -34,7 +34,6 @@ from tests.support.packets import (
 
 pytestmark = pytest.mark.kernel("inbound")
 
-CLIENT, SERVER = "127.0.0.2", "127.0.0.1"
 BLOCK_API = """
 resources:
   - {name: api, match: {protocol: http, port: 8080, method: GET, path: /api}}
@@ -42,10 +41,6 @@ flowRules:
   - {resource: api, threshold: 0}
 """
 TAIL = b" HTTP/1.1\r\nHost: svc\r\n\r\n"
-
-
-def rules(text: str) -> RuleSet:
-    return load_text(text, "test.yaml")
 
 
 def send(dp: InboundDataplane, payload: bytes, *, flags: int = PSH | ACK, sport: int = 40000,

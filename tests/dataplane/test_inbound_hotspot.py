@@ -7,14 +7,13 @@ import random
 import pytest
 
 from sentinel_ebpf.inbound import InboundDataplane
-from sentinel_ebpf.model.clock import ManualClock
-from sentinel_ebpf.model.sentinel import Entry, Sentinel
+from sentinel_ebpf.model.sentinel import Entry
 from sentinel_ebpf.rules import RulesError, load_text
+from tests.support.inbound import SERVER, Lockstep
 from tests.support.packets import ACK, PSH, SYN, TC_ACT_OK, http_response, tcp_frame
 
 pytestmark = pytest.mark.kernel
 T0_MS = 1_700_000_000_000
-SERVER = "127.0.0.1"
 CLIENTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 
 
@@ -25,21 +24,11 @@ def request_bytes(path: str, user: str | None, filler: int = 0) -> bytes:
     return f"GET {path} HTTP/1.1\r\n{headers}Accept: */*\r\n\r\n".encode()
 
 
-class Run:
+class Run(Lockstep):
     def __init__(self, dp: InboundDataplane, text: str) -> None:
-        rs = load_text(text, "hot.yaml")
-        self.dp = dp
-        self.clock = ManualClock(T0_MS)
-        self.model = Sentinel(rs, clock=self.clock)
-        dp.apply(dp.compile(rs))
-        self.ingress = dp.obj.program("tc_ingress")
-        self.egress = dp.obj.program("tc_egress")
+        super().__init__(dp, load_text(text, "hot.yaml"), T0_MS)
         self.port = 30000
         self.open: dict[tuple[str, int], Entry] = {}
-
-    def at(self, ms: float) -> None:
-        self.clock.set_ns(int((T0_MS + ms) * 1_000_000))
-        self.dp.set_clock_ns(self.clock.now_ns())
 
     def http(self, client: str, path: str, params: dict[str, str], user: str | None, filler: int = 0) -> bool:
         self.port += 1

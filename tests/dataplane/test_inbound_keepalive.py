@@ -10,9 +10,10 @@ from __future__ import annotations
 import struct
 
 import pytest
-from test_inbound_stream import API, BLOCK_API, CLIENT, OTHER, SERVER, rules
+from test_inbound_stream import API, BLOCK_API, OTHER
 
 from sentinel_ebpf.inbound import InboundDataplane
+from tests.support.inbound import CLIENT, SERVER, rules
 from tests.support.packets import (
     ACK,
     FIN,

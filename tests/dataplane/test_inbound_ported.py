@@ -6,10 +6,10 @@ import pytest
 
 from sentinel_ebpf.inbound import InboundDataplane
 from sentinel_ebpf.rules import load_text
+from tests.support.inbound import CLIENT, SERVER
 from tests.support.packets import ACK, PSH, SYN, TC_ACT_OK, http_request, http_response, tcp_frame
 
 pytestmark = pytest.mark.kernel
-CLIENT, SERVER = "127.0.0.2", "127.0.0.1"
 
 
 class K:
@@ -93,11 +93,17 @@ def _open_breaker(k: K, rt_bad: bool) -> None:
     assert k.dp.breaker_states()["r"][0].state == "open"
 
 
-def test_probe_num_10_needs_10_good_probes(dp: InboundDataplane) -> None:
-    k = K(dp, HTTP + "circuitBreakerRules:\n  - {resource: r, strategy: 1, threshold: 0.5, minRequestAmount: 10,"
-                     " statIntervalMs: 10000, retryTimeoutMs: 100, probeNum: 10}\n")  # fmt: skip
+def _opened(dp: InboundDataplane, rule: str, rt_bad: bool) -> K:
+    """HTTP's resource with one breaker rule (``rule``: its fields but ``resource``), opened at 1,000,000 ms."""
+    k = K(dp, HTTP + f"circuitBreakerRules:\n  - {{resource: r, {rule}}}\n")
     k.at(1_000_000)
-    _open_breaker(k, rt_bad=False)
+    _open_breaker(k, rt_bad=rt_bad)
+    return k
+
+
+def test_probe_num_10_needs_10_good_probes(dp: InboundDataplane) -> None:
+    k = _opened(dp, "strategy: 1, threshold: 0.5, minRequestAmount: 10, statIntervalMs: 10000, retryTimeoutMs: 100,"
+                    " probeNum: 10", rt_bad=False)  # fmt: skip
     k.at(1_000_200)
     for i in range(10):
         ok, port = k.request()
@@ -109,10 +115,8 @@ def test_probe_num_10_needs_10_good_probes(dp: InboundDataplane) -> None:
 
 @pytest.mark.parametrize(("rt_ms", "after"), [(60, "open"), (10, "closed")])
 def test_slow_rule_half_open_outcome(dp: InboundDataplane, rt_ms: int, after: str) -> None:
-    k = K(dp, HTTP + "circuitBreakerRules:\n  - {resource: r, strategy: 0, maxAllowedRtMs: 50, threshold: 0.5,"
-                     " minRequestAmount: 10, statIntervalMs: 10000, retryTimeoutMs: 100}\n")  # fmt: skip
-    k.at(1_000_000)
-    _open_breaker(k, rt_bad=True)
+    k = _opened(dp, "strategy: 0, maxAllowedRtMs: 50, threshold: 0.5, minRequestAmount: 10, statIntervalMs: 10000,"
+                    " retryTimeoutMs: 100", rt_bad=True)  # fmt: skip
     k.at(1_000_300)
     ok, port = k.request()
     assert ok and dp.breaker_states()["r"][0].state == "half_open"
@@ -122,10 +126,8 @@ def test_slow_rule_half_open_outcome(dp: InboundDataplane, rt_ms: int, after: st
 
 
 def test_probe_num_2_good_then_bad(dp: InboundDataplane) -> None:
-    k = K(dp, HTTP + "circuitBreakerRules:\n  - {resource: r, strategy: 1, threshold: 0.5, minRequestAmount: 10,"
-                     " statIntervalMs: 10000, retryTimeoutMs: 100, probeNum: 2}\n")  # fmt: skip
-    k.at(1_000_000)
-    _open_breaker(k, rt_bad=False)
+    k = _opened(dp, "strategy: 1, threshold: 0.5, minRequestAmount: 10, statIntervalMs: 10000, retryTimeoutMs: 100,"
+                    " probeNum: 2", rt_bad=False)  # fmt: skip
     k.at(1_000_200)
     ok1, p1 = k.request()
     ok2, p2 = k.request()

@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_inbound_framing import BLOCK_API, CLIENT, SERVER, rules
+from test_inbound_framing import BLOCK_API
 
 from sentinel_ebpf.inbound import InboundDataplane
+from tests.support.inbound import CLIENT, SERVER, rules
 from tests.support.packets import ACK, FIN, PSH, RST, TC_ACT_OK, TC_ACT_SHOT, parse_frame, tcp_frame
 
 pytestmark = pytest.mark.kernel("inbound")

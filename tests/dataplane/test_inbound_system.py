@@ -7,15 +7,14 @@ import random
 import pytest
 
 from sentinel_ebpf.inbound import InboundDataplane
-from sentinel_ebpf.model.clock import ManualClock
-from sentinel_ebpf.model.sentinel import Entry, Sentinel
+from sentinel_ebpf.model.sentinel import Entry
 from sentinel_ebpf.model.system import SystemMetrics
 from sentinel_ebpf.rules import load_text
+from tests.support.inbound import CLIENT, SERVER, Lockstep
 from tests.support.packets import ACK, PSH, TC_ACT_OK, http_request, http_response, tcp_frame
 
 pytestmark = pytest.mark.kernel
 
-CLIENT, SERVER = "127.0.0.2", "127.0.0.1"
 T0_MS = 1_700_000_000_000
 RESOURCES = """
 resources:
@@ -24,25 +23,16 @@ resources:
 """
 
 
-class Timeline:
+class Timeline(Lockstep):
     """Requests and responses fed to the kernel and to the model at the same instants."""
 
     def __init__(self, dp: InboundDataplane, system_rules: str, metrics: SystemMetrics | None = None) -> None:
         rs = load_text(RESOURCES + "systemRules:\n" + system_rules, "sys.yaml")
-        self.dp = dp
-        self.clock = ManualClock(T0_MS)
         self.metrics = metrics or SystemMetrics()
-        self.model = Sentinel(rs, clock=self.clock, system_metrics=self.metrics)
-        dp.apply(dp.compile(rs))
+        super().__init__(dp, rs, T0_MS, system_metrics=self.metrics)
         dp.set_system_metrics(self.metrics.load1, self.metrics.cpu_usage)
-        self.ingress = dp.obj.program("tc_ingress")
-        self.egress = dp.obj.program("tc_egress")
         self.open: dict[int, Entry] = {}
         self.next_port = 20000
-
-    def at(self, ms: int) -> None:
-        self.clock.set_ms(T0_MS + ms)
-        self.dp.set_clock_ns(self.clock.now_ns())
 
     def request(self, path: str) -> tuple[bool, bool]:
         """(kernel passed, model passed); a passed request stays open under its client port."""

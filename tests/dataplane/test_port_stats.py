@@ -8,6 +8,7 @@ from sentinel_ebpf.errors import BpfKeyError
 from sentinel_ebpf.inbound import InboundDataplane
 from sentinel_ebpf.inbound.dataplane import PORTS_MAX
 from sentinel_ebpf.rules import load_text
+from tests.support.inbound import CLIENT, SERVER
 from tests.support.packets import ACK, PSH, TC_ACT_OK, tcp_frame
 
 pytestmark = pytest.mark.kernel
@@ -27,7 +28,7 @@ def _rules(first_port: int) -> str:
 
 def _body_segment(dp: InboundDataplane, sport: int) -> None:
     """Bytes that start no request on the kept HTTP port: counted as not_request_line."""
-    frame = tcp_frame("127.0.0.2", "127.0.0.1", sport, KEPT_PORT, flags=PSH | ACK, payload=b"body bytes")
+    frame = tcp_frame(CLIENT, SERVER, sport, KEPT_PORT, flags=PSH | ACK, payload=b"body bytes")
     assert dp.obj.program("tc_ingress").test_run(frame).retval == TC_ACT_OK
 
 

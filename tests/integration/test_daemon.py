@@ -37,11 +37,8 @@ def served(fresh_netns_pair: NetnsPair) -> Iterator[NetnsPair]:
 
 @pytest.fixture
 def daemon(served: NetnsPair) -> Iterator[Daemon]:
-    d = Daemon(served, RULES.replace("THRESHOLD", "5"))
-    try:
+    with Daemon(served, RULES.replace("THRESHOLD", "5")) as d:
         yield d
-    finally:
-        d.close()
 
 
 def test_qps_rule_stats_metric_log_and_prometheus_agree(daemon: Daemon) -> None:

@@ -53,6 +53,16 @@ def fleet(fresh_netns_pair: NetnsPair) -> Iterator[tuple[NetnsPair, EtcdServer]]
         etcd.stop()
 
 
+@pytest.fixture
+def following(fleet: tuple[NetnsPair, EtcdServer]) -> Iterator[tuple[NetnsPair, EtcdServer, int, Daemon]]:
+    """The key at a first revision (threshold 5) and a daemon following it: the pair, etcd, that
+    revision and the daemon."""
+    pair, etcd = fleet
+    r1 = push(pair, etcd, 5)
+    with Daemon(pair, "", source=etcd.url(KEY)) as d:
+        yield pair, etcd, r1, d
+
+
 def push(pair: NetnsPair, etcd: EtcdServer, threshold: int) -> int:
     path = pair.tmpdir / f"push-{threshold}.yaml"
     path.write_text(RULES.replace("THRESHOLD", str(threshold)))
@@ -86,45 +96,38 @@ def wait_source(d: Daemon, timeout_s: float = 5.0, **want: object) -> dict[str, 
 
 
 def test_revisions_reach_the_daemon_and_an_invalid_one_keeps_the_rules(
-    fleet: tuple[NetnsPair, EtcdServer],
+    following: tuple[NetnsPair, EtcdServer, int, Daemon],
 ) -> None:
-    pair, etcd = fleet
-    r1 = push(pair, etcd, 5)
-    d = Daemon(pair, "", source=etcd.url(KEY))
-    try:
-        src = source(d)
-        assert (src["kind"], src["url"], src["revision"], src["from_cache"], src["etcd"]) == (
-            "etcd", etcd.url(KEY), r1, False, "connected"
-        )  # fmt: skip
-        before = load(pair, "/limited", 1.2)
-        assert 0 < before["served"] <= 12 and before["429"] > 0, before
+    pair, etcd, r1, d = following
+    src = source(d)
+    assert (src["kind"], src["url"], src["revision"], src["from_cache"], src["etcd"]) == (
+        "etcd", etcd.url(KEY), r1, False, "connected"
+    )  # fmt: skip
+    before = load(pair, "/limited", 1.2)
+    assert 0 < before["served"] <= 12 and before["429"] > 0, before
 
-        mark = len(d.proc.stderr)
-        pushed_at = time.time()
-        r2 = push(pair, etcd, 40)
-        d.wait_log(f"@{r2}: applied", after=mark)
-        src = wait_source(d, revision=r2)
-        assert float(src["applied_at"]) >= pushed_at - 1  # type: ignore[arg-type]
-        time.sleep(1.1)  # a fresh window
-        after = load(pair, "/limited", 1.0)
-        assert after["served"] > before["served"] + 10, (before, after)
+    mark = len(d.proc.stderr)
+    pushed_at = time.time()
+    r2 = push(pair, etcd, 40)
+    d.wait_log(f"@{r2}: applied", after=mark)
+    src = wait_source(d, revision=r2)
+    assert float(src["applied_at"]) >= pushed_at - 1  # type: ignore[arg-type]
+    time.sleep(1.1)  # a fresh window
+    after = load(pair, "/limited", 1.0)
+    assert after["served"] > before["served"] + 10, (before, after)
 
-        mark = len(d.proc.stderr)
-        r3 = put_raw(pair, etcd, RULES.replace("THRESHOLD", "-1"))
-        d.wait_log(f"@{r3} is invalid; the rules in force stay", after=mark)
-        problem = d.wait_log(f"{etcd.url(KEY)}@{r3}:", after=mark)  # each problem names the revision
-        assert "threshold" in problem, problem
-        time.sleep(1.1)
-        kept = load(pair, "/limited", 1.0)
-        assert kept["served"] > 20 and kept["429"] > 0, kept  # still 40/s
-        src = source(d)
-        assert (src["revision"], src["latest_revision"]) == (r2, r3)
-        rules = request(d.socket, "rules")
-        assert (
-            rules["rules_source"]["revision"] == r2 and rules["document"]["flowRules"][0]["threshold"] == 40
-        )
-    finally:
-        d.close()
+    mark = len(d.proc.stderr)
+    r3 = put_raw(pair, etcd, RULES.replace("THRESHOLD", "-1"))
+    d.wait_log(f"@{r3} is invalid; the rules in force stay", after=mark)
+    problem = d.wait_log(f"{etcd.url(KEY)}@{r3}:", after=mark)  # each problem names the revision
+    assert "threshold" in problem, problem
+    time.sleep(1.1)
+    kept = load(pair, "/limited", 1.0)
+    assert kept["served"] > 20 and kept["429"] > 0, kept  # still 40/s
+    src = source(d)
+    assert (src["revision"], src["latest_revision"]) == (r2, r3)
+    rules = request(d.socket, "rules")
+    assert rules["rules_source"]["revision"] == r2 and rules["document"]["flowRules"][0]["threshold"] == 40
 
 
 def test_etcd_outage_keeps_enforcing_and_a_restart_without_etcd_uses_the_cache(
@@ -132,8 +135,7 @@ def test_etcd_outage_keeps_enforcing_and_a_restart_without_etcd_uses_the_cache(
 ) -> None:
     pair, etcd = fleet
     r1 = push(pair, etcd, 5)
-    d = Daemon(pair, "", source=etcd.url(KEY))
-    try:
+    with Daemon(pair, "", source=etcd.url(KEY)) as d:
         mark = len(d.proc.stderr)
         etcd.stop()
         d.wait_log(f"the rules in force stay (revision {r1}); retrying with backoff", after=mark)
@@ -151,12 +153,9 @@ def test_etcd_outage_keeps_enforcing_and_a_restart_without_etcd_uses_the_cache(
         wait_source(d, revision=r2, etcd="connected")
         d.proc.signal(signal.SIGTERM)
         assert d.proc.wait_exit(30) == 0
-    finally:
-        d.close()
 
     etcd.stop()
-    d = Daemon(pair, "", source=etcd.url(KEY))  # the same state directory
-    try:
+    with Daemon(pair, "", source=etcd.url(KEY)) as d:  # the same state directory
         d.wait_log(f"enforcing the cached revision {r2}")
         src = source(d)
         assert (src["revision"], src["from_cache"], src["etcd"]) == (r2, True, "unreachable")
@@ -175,8 +174,6 @@ def test_etcd_outage_keeps_enforcing_and_a_restart_without_etcd_uses_the_cache(
         out = load(pair, "/limited", 1.0)
         assert 0 < out["served"] <= 7 and out["429"] > 0, out
         assert source(d)["revision"] == r3
-    finally:
-        d.close()
 
 
 def test_one_push_reaches_every_daemon_following_the_key(fresh_netns_pair: NetnsPair) -> None:
@@ -252,29 +249,24 @@ def registry(pair: NetnsPair, etcd: EtcdServer) -> dict[str, Any]:
 
 
 def test_a_dashboard_edit_is_written_to_etcd_with_a_compare_and_swap(
-    fleet: tuple[NetnsPair, EtcdServer],
+    following: tuple[NetnsPair, EtcdServer, int, Daemon],
 ) -> None:
-    pair, etcd = fleet
-    r1 = push(pair, etcd, 5)
-    d = Daemon(pair, "", source=etcd.url(KEY))
-    try:
-        rules = request(d.socket, "rules")
-        assert rules["editable"] and rules["writes_to"] == etcd.url(KEY)
-        document, base = rules["document"], rules["revision"]
-        document["flowRules"][0]["threshold"] = 40
-        reply = request(d.socket, "apply", document=document, base=base, timeout_s=15)
-        assert reply["applied"] and reply["etcd_revision"] > r1, reply
-        # in force when apply answered, and the key holds it: etcd stays the one source of the rules
-        src = source(d)
-        assert src["revision"] == reply["etcd_revision"]
-        pulled = pair.run(pair.server, *sentinel_cli(), "rules", "pull", etcd.url(KEY))
-        assert pulled.returncode == 0 and "threshold: 40" in pulled.stdout, pulled
-        time.sleep(1.1)  # a fresh window
-        assert load(pair, "/limited", 1.0)["served"] > 20
-        # an edit based on the rules before: refused, nothing written
-        document["flowRules"][0]["threshold"] = 7
-        stale = request(d.socket, "apply", document=document, base=base, timeout_s=15)
-        assert stale["conflict"] and not stale["applied"], stale
-        assert source(d)["revision"] == reply["etcd_revision"]
-    finally:
-        d.close()
+    pair, etcd, r1, d = following
+    rules = request(d.socket, "rules")
+    assert rules["editable"] and rules["writes_to"] == etcd.url(KEY)
+    document, base = rules["document"], rules["revision"]
+    document["flowRules"][0]["threshold"] = 40
+    reply = request(d.socket, "apply", document=document, base=base, timeout_s=15)
+    assert reply["applied"] and reply["etcd_revision"] > r1, reply
+    # in force when apply answered, and the key holds it: etcd stays the one source of the rules
+    src = source(d)
+    assert src["revision"] == reply["etcd_revision"]
+    pulled = pair.run(pair.server, *sentinel_cli(), "rules", "pull", etcd.url(KEY))
+    assert pulled.returncode == 0 and "threshold: 40" in pulled.stdout, pulled
+    time.sleep(1.1)  # a fresh window
+    assert load(pair, "/limited", 1.0)["served"] > 20
+    # an edit based on the rules before: refused, nothing written
+    document["flowRules"][0]["threshold"] = 7
+    stale = request(d.socket, "apply", document=document, base=base, timeout_s=15)
+    assert stale["conflict"] and not stale["applied"], stale
+    assert source(d)["revision"] == reply["etcd_revision"]

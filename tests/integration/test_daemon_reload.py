@@ -26,11 +26,8 @@ flowRules:
 @pytest.fixture
 def daemon(fresh_netns_pair: NetnsPair) -> Iterator[Daemon]:
     fresh_netns_pair.start_http_server(8000)
-    d = Daemon(fresh_netns_pair, RULES.replace("THRESHOLD", "5"))
-    try:
+    with Daemon(fresh_netns_pair, RULES.replace("THRESHOLD", "5")) as d:
         yield d
-    finally:
-        d.close()
 
 
 def test_reload_changes_the_limit_and_an_invalid_file_keeps_it(daemon: Daemon) -> None:

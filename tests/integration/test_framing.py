@@ -34,11 +34,8 @@ TAIL = b" HTTP/1.1\r\nHost: svc\r\n\r\n"
 def guarded() -> Iterator[tuple[NetnsPair, Server, Daemon]]:
     with NetnsPair("fr") as pair:
         nginx = hello_nginx(pair, 8080)
-        daemon = Daemon(pair, RULES)
-        try:
+        with Daemon(pair, RULES) as daemon:
             yield pair, nginx, daemon
-        finally:
-            daemon.close()
 
 
 def request(

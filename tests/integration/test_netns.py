@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.curl import curl_argv
 from tests.support.netns import IFNAMSIZ, NetnsError, NetnsPair
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
@@ -24,21 +25,9 @@ def test_pair_is_reachable_and_removed_even_on_failure() -> None:
         assert f"{os.getpid():x}" in pair.client and f"{os.getpid():x}" in pair.client_if
         assert netns_exists(pair.client) and netns_exists(pair.server)
         web = pair.start_http_server(8000)
-        res = pair.run(
-            pair.client, "curl", "-sS", "--noproxy", "*", "--max-time", "10", f"http://{pair.server_ip}:8000/"
-        )
+        res = pair.run(pair.client, *curl_argv(f"http://{pair.server_ip}:8000/"))
         assert res.returncode == 0 and "hello" in res.stdout, res
-        res = pair.run(
-            pair.client,
-            "curl",
-            "-sS",
-            "-g",
-            "--noproxy",
-            "*",
-            "--max-time",
-            "10",
-            f"http://[{pair.server_ip6}]:8000/",
-        )
+        res = pair.run(pair.client, *curl_argv(f"http://[{pair.server_ip6}]:8000/"))
         assert res.returncode == 0 and "hello" in res.stdout, res
         # the host namespace sees neither the veth ends nor the addresses
         host = subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True, check=True).stdout
@@ -54,17 +43,7 @@ def test_two_pairs_get_different_subnets() -> None:
     with NetnsPair() as a, NetnsPair() as b:
         assert a.subnet != b.subnet and a.client != b.client and a.client_if != b.client_if
         # isolated: a's client cannot reach b's server
-        res = a.run(
-            a.client,
-            "curl",
-            "-sS",
-            "--noproxy",
-            "*",
-            "--max-time",
-            "2",
-            f"http://{b.server_ip}:9/",
-            timeout=10,
-        )
+        res = a.run(a.client, *curl_argv(f"http://{b.server_ip}:9/", max_time_s=2), timeout=10)
         assert res.returncode == 7, res  # no route: "Couldn't connect to server"
     for ns in (a.client, a.server, b.client, b.server):
         assert not netns_exists(ns)

@@ -29,6 +29,15 @@ def backend_requests(mode: Path) -> int:
     return len(log.read_text().splitlines()) if log.exists() else 0
 
 
+def backend_api(pair: NetnsPair) -> str:
+    """Rules with the resource ``backend-api``: the client's HTTP requests to the backend's /api."""
+    return f"""
+resources:
+  - {{name: backend-api, match: {{direction: outbound, protocol: http, host: {pair.server_ip}/32, port: 8000,
+     path: /api}}}}
+"""
+
+
 def start_backend(pair: NetnsPair, mode: str) -> Path:
     mode_file = pair.tmpdir / "mode"
     mode_file.write_text(mode)
@@ -42,12 +51,9 @@ def test_outbound_flow_limit_answers_503(fresh_netns_pair: NetnsPair) -> None:
     start_backend(pair, "ok")
     d = Daemon(
         pair,
-        f"""
-resources:
-  - {{name: backend-api, match: {{direction: outbound, protocol: http, host: {pair.server_ip}/32, port: 8000,
-     path: /api}}}}
-flowRules:
-  - {{resource: backend-api, threshold: 2}}
+        backend_api(pair)
+        + """flowRules:
+  - {resource: backend-api, threshold: 2}
 """,
         side="client",
     )
@@ -86,11 +92,8 @@ def test_outbound_breaker_cycle(fresh_netns_pair: NetnsPair, strategy: str) -> N
     transitions = pair.tmpdir / "transitions"
     d = Daemon(
         pair,
-        f"""
-resources:
-  - {{name: backend-api, match: {{direction: outbound, protocol: http, host: {pair.server_ip}/32, port: 8000,
-     path: /api}}}}
-circuitBreakerRules:
+        backend_api(pair)
+        + f"""circuitBreakerRules:
   - {{id: backend-{strategy}, resource: backend-api, {rule}, statIntervalMs: 10000, statSlidingWindowBucketCount: 10,
      retryTimeoutMs: {RETRY_MS}, probeNum: 1}}
 """,

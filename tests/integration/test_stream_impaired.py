@@ -47,11 +47,8 @@ def impaired() -> Iterator[tuple[NetnsPair, Server, Daemon]]:
         pair.run(pair.client, "tc", "filter", "add", "dev", pair.client_if, "egress", "bpf", "da", "obj",
                  str(obj), "sec", "tc", check=True)  # fmt: skip
         nginx = hello_nginx(pair, 8080)
-        daemon = Daemon(pair, RULES)
-        try:
+        with Daemon(pair, RULES) as daemon:
             yield pair, nginx, daemon
-        finally:
-            daemon.close()
 
 
 @pytest.mark.parametrize("seed", [1, 2])

@@ -27,29 +27,16 @@ from typing import Any
 import pytest
 
 from tests.support.background import LineProcess, sentinel_cli
+from tests.support.curl import curl_argv
 from tests.support.netns import NetnsPair, Server
+from tests.support.trace_format import CONNECTION_JSON_KEYS, ORIGINAL_HEADER
 
 from .conftest import TCPCLIENT
 
 pytestmark = pytest.mark.kernel("tcptrace")
 
 READY = "sentinel-ebpf: tracing TCP connections"
-HEADER = "Comm             Src addr        Port   -> Dest addr       Port"  # the original plugin's header
 TIME_RE = re.compile(r"^\d{4}/\d{2}/\d{2} \d{2}:\d{2}:\d{2}$")
-JSON_KEYS = {
-    "timestamp",
-    "pid",
-    "tid",
-    "uid",
-    "comm",
-    "family",
-    "saddr",
-    "sport",
-    "daddr",
-    "dport",
-    "direction",
-    "outcome",
-}
 REFUSED = 9  # nothing listens there in the server namespace: the SYN gets a RST
 MARKER = 10  # refused too; used only as the last connection of a test
 BPFTOOL = "/usr/sbin/bpftool"
@@ -107,7 +94,7 @@ class Trace:
         out = []
         for line in list(self.lp.stdout):
             event = json.loads(line)
-            assert set(event) == JSON_KEYS, line
+            assert set(event) == CONNECTION_JSON_KEYS, line
             if self.ours(event["saddr"], event["daddr"]):
                 out.append(event)
         return out
@@ -165,30 +152,28 @@ class Curl:
     stderr: str
 
 
-def curl(pair: NetnsPair, host: str, port: int, expect_exit: int | None = 0) -> Curl:
-    """One curl from the client namespace; pid is curl's own (``ip netns exec`` execs it)."""
-    url = f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
-    t_start = time.time()
+def in_client(pair: NetnsPair, *argv: str) -> tuple[subprocess.Popen[str], str, str]:
+    """``argv`` run to its end in the client namespace: the process (its pid is the one the tracer sees:
+    ``ip netns exec`` execs it), its stdout and its stderr."""
     proc = pair.popen(
         pair.client,
-        "curl",
-        "-sS",
-        "-g",
-        "--noproxy",
-        "*",
-        "--max-time",
-        "10",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{local_ip}|%{local_port}|%{http_code}",
-        url,
+        *argv,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     out, err = proc.communicate(timeout=30)
+    return proc, out, err
+
+
+def curl(pair: NetnsPair, host: str, port: int, expect_exit: int | None = 0) -> Curl:
+    """One curl from the client namespace; pid is curl's own (``ip netns exec`` execs it)."""
+    url = f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+    t_start = time.time()
+    proc, out, err = in_client(
+        pair, *curl_argv("-o", "/dev/null", "-w", "%{local_ip}|%{local_port}|%{http_code}", url)
+    )
     t_end = time.time()
     local_ip, local_port, code = out.strip().split("|")
     result = Curl(proc.pid, proc.returncode, local_ip, int(local_port or 0), code, t_start, t_end, err)
@@ -209,15 +194,7 @@ def client(
         *(["--bind", bind] if bind else []),
         *(["--timeout", str(timeout)] if timeout else []),
     ]
-    proc = pair.popen(
-        pair.client,
-        *argv,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    out, err = proc.communicate(timeout=30)
+    proc, out, err = in_client(pair, *argv)
     assert proc.returncode == 0, err
     result: dict[str, Any] = json.loads(out)
     assert result["pid"] == proc.pid
@@ -275,7 +252,7 @@ def test_curl_connections_text_and_json(
     pair = netns_pair
     text, js = trace(), trace("--json")
     header = text.lp.wait_until(lambda: text.lp.stdout[0] if text.lp.stdout else None, 10, "header")
-    assert TIME_RE.match(header[:19]) and header[19:] == " " + HEADER, header
+    assert TIME_RE.match(header[:19]) and header[19:] == " " + ORIGINAL_HEADER, header
 
     targets: list[tuple[str, int, int]] = [
         (pair.server_ip, 8000, 0),
@@ -445,7 +422,7 @@ def test_count_exits_after_n_lines(
     assert t.lp.proc.poll() is None, "exited after 1 line with -c 2"
     second = cl.connect(pair.server_ip, REFUSED)
     assert t.lp.wait_exit(15) == 0, t.lp.describe()
-    assert len(t.lp.stdout) == 3 and t.lp.stdout[0].endswith(HEADER), t.lp.describe()
+    assert len(t.lp.stdout) == 3 and t.lp.stdout[0].endswith(ORIGINAL_HEADER), t.lp.describe()
     assert [parse_line(ln)[3] for ln in t.lp.stdout[1:]] == [first["sockname"][1], second["sockname"][1]]
 
 

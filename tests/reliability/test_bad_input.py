@@ -28,6 +28,7 @@ from sentinel_ebpf.daemon.reload import reload_rules
 from sentinel_ebpf.errors import BpfError
 from sentinel_ebpf.inbound import InboundDataplane
 from sentinel_ebpf.rules import load_text
+from tests.support.inbound import CLIENT, SERVER
 from tests.support.packets import (
     ACK,
     FIN,
@@ -148,27 +149,23 @@ def _rules_a_in_force(dp: InboundDataplane, round_no: int) -> None:
     passed = []
     for j in range(3):
         sport = HTTP_SPORTS + 3 * round_no + j
-        frame = tcp_frame(
-            "127.0.0.2", "127.0.0.1", sport, 8080, flags=PSH | ACK, payload=http_request("GET", "/api")
-        )
+        frame = tcp_frame(CLIENT, SERVER, sport, 8080, flags=PSH | ACK, payload=http_request("GET", "/api"))
         res = ingress.test_run(frame)
         passed.append(res.retval == TC_ACT_OK and res.data_out == frame)
     conns = []
     for j in range(6):
-        syn = tcp_frame(
-            "127.0.0.2", "127.0.0.1", TCP_SPORTS + 6 * round_no + j, 9090, flags=SYN, seq=7000, ack=0
-        )
+        syn = tcp_frame(CLIENT, SERVER, TCP_SPORTS + 6 * round_no + j, 9090, flags=SYN, seq=7000, ack=0)
         conns.append(ingress.test_run(syn).retval == TC_ACT_OK)
     assert (passed, conns) == ([True, True, False], [True] * 5 + [False]), f"round {round_no}"
     dp.set_clock_ns((10 + 5 * round_no) * 1_000_000_000 + 100_000_000)
     for j in range(2):
         reply = tcp_frame(
-            "127.0.0.1", "127.0.0.2", 8080, HTTP_SPORTS + 3 * round_no + j, flags=PSH | ACK,
+            SERVER, CLIENT, 8080, HTTP_SPORTS + 3 * round_no + j, flags=PSH | ACK,
             payload=http_response(200),
         )  # fmt: skip
         assert egress.test_run(reply).retval == TC_ACT_OK
     for j in range(5):
-        fin = tcp_frame("127.0.0.2", "127.0.0.1", TCP_SPORTS + 6 * round_no + j, 9090, flags=FIN | ACK)
+        fin = tcp_frame(CLIENT, SERVER, TCP_SPORTS + 6 * round_no + j, 9090, flags=FIN | ACK)
         assert ingress.test_run(fin).retval == TC_ACT_OK
     stats = {s.name: s for s in dp.resource_stats()}
     assert (stats["api"].concurrency, stats["conns"].concurrency) == (0, 0), stats
@@ -234,15 +231,13 @@ def test_invalid_documents_are_rejected_precisely_and_rules_stay(
 
 def _mutations(rnd: random.Random, n: int) -> Iterator[bytes]:
     seeds = [
-        tcp_frame("127.0.0.2", "127.0.0.1", 40000, port, flags=PSH | ACK, payload=http_request("GET", "/api"))
+        tcp_frame(CLIENT, SERVER, 40000, port, flags=PSH | ACK, payload=http_request("GET", "/api"))
         for port in (7070, 8080)
     ] + [
         tcp_frame("::2", "::1", 40000, 7070, flags=SYN),
         tcp_frame("::2", "::1", 40000, 9090, flags=SYN),
-        tcp_frame("127.0.0.2", "127.0.0.1", 40000, 9090, flags=SYN),
-        tcp_frame(
-            "127.0.0.2", "127.0.0.1", 40000, 7070, flags=PSH | ACK, payload=b"\x16\x03\x01" + bytes(60)
-        ),
+        tcp_frame(CLIENT, SERVER, 40000, 9090, flags=SYN),
+        tcp_frame(CLIENT, SERVER, 40000, 7070, flags=PSH | ACK, payload=b"\x16\x03\x01" + bytes(60)),
     ]
     for i in range(n):
         frame = bytearray(rnd.choice(seeds))

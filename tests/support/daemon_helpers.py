@@ -81,6 +81,12 @@ class Daemon:
     def close(self) -> None:
         self.proc.close()
 
+    def __enter__(self) -> Daemon:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def metric_rows(self) -> dict[str, list[tuple[int, int, int]]]:
         """resource -> [(second's timestamp in ms, pass, block)], in order."""
         out: dict[str, list[tuple[int, int, int]]] = {}

@@ -25,13 +25,15 @@ from sentinel_ebpf.sources.url import EtcdTls, EtcdUrl, EtcdUrlError, check_tls,
 EXIT_CONFLICT = 3
 
 
-def etcd_target(url: str, tls: EtcdTls) -> EtcdUrl:
+def etcd_target(url: str, cacert: str | None, cert: str | None, key: str | None) -> tuple[EtcdUrl, EtcdTls]:
+    """The key's URL and the TLS files from the command line, checked together (exit 2 if wrong)."""
+    tls = EtcdTls(cacert, cert, key)
     try:
         target = parse_etcd_url(url)
         check_tls(target, tls)
     except EtcdUrlError as exc:
         raise fail(str(exc), code=EXIT_UNREADABLE) from None
-    return target
+    return target, tls
 
 
 @rules_app.command("push")
@@ -55,8 +57,7 @@ def push(
     """Validate a rules document, then store it in an etcd key; print the new revision."""
     from sentinel_ebpf.sources.etcd import EtcdClient, EtcdError, RevisionConflict
 
-    tls = EtcdTls(etcd_cacert, etcd_cert, etcd_key)
-    target = etcd_target(url, tls)
+    target, tls = etcd_target(url, etcd_cacert, etcd_cert, etcd_key)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
         raw = file.read_bytes()
@@ -96,8 +97,7 @@ def pull(
     """Print the rules document stored in an etcd key, as stored (its revision goes to stderr)."""
     from sentinel_ebpf.sources.etcd import EtcdClient, EtcdError
 
-    tls = EtcdTls(etcd_cacert, etcd_cert, etcd_key)
-    target = etcd_target(url, tls)
+    target, tls = etcd_target(url, etcd_cacert, etcd_cert, etcd_key)
     try:
         kv = EtcdClient(target, tls).get()
     except EtcdError as exc:

@@ -13,7 +13,6 @@ comes ``idle_renew_ms - renew_s`` later than a busy node's renewal) every cluste
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -22,6 +21,7 @@ import redis
 from redis.exceptions import RedisClusterException
 
 from sentinel_ebpf._types import ResStats
+from sentinel_ebpf._worker import Worker
 from sentinel_ebpf.cluster.lease import BUCKET_MS, RENEW_S, RuleLease
 from sentinel_ebpf.cluster.registry import PUBLISH_EVERY_MS, publish
 from sentinel_ebpf.cluster.store import LeaseStore, redacted
@@ -82,8 +82,7 @@ class ClusterClient:
         self.last_ok_ms: int | None = None
         self.last_error: str | None = None
         self.renewals = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker = Worker("cluster", join_timeout_s=5)
 
     # -- the data plane's side ----------------------------------------------------------------------
     def thresholds(self, resource: str, index: int, f: KFlowRule, read: Callable[[], ResStats]) -> RuleLease:
@@ -152,8 +151,7 @@ class ClusterClient:
     def start(self) -> ClusterClient:
         # "joining" counts from here: attaching the data plane after construction takes a while
         self.started_ms = self.now_ms()
-        self._thread = threading.Thread(target=self._run, name="cluster", daemon=True)
-        self._thread.start()
+        self._worker.start(self._run)
         return self
 
     def due(self, now_ms: int) -> bool:
@@ -168,7 +166,7 @@ class ClusterClient:
 
     def _run(self) -> None:
         next_renew = 0.0
-        while not self._stop.is_set():
+        while not self._worker.stopping.is_set():
             if time.monotonic() >= next_renew:
                 next_renew = time.monotonic() + self.renew_s
                 try:
@@ -183,7 +181,7 @@ class ClusterClient:
                 log.exception("cluster: writing thresholds failed")
             self._publish()
             to_boundary_s = (BUCKET_MS - self.now_ms() % BUCKET_MS + 1) / 1000
-            self._stop.wait(max(0.0, min(next_renew - time.monotonic(), to_boundary_s)))
+            self._worker.stopping.wait(max(0.0, min(next_renew - time.monotonic(), to_boundary_s)))
 
     def _publish(self) -> None:
         """This node's record into the registry, once a second; a failure only skips this one."""
@@ -202,10 +200,7 @@ class ClusterClient:
             log.exception("cluster: node record not written")
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        self._worker.stop()
         close = getattr(self.store, "close", None)
         if close is not None:
             close()

@@ -17,6 +17,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from sentinel_ebpf._worker import Worker
+
 log = logging.getLogger("sentinel_ebpf.daemon")
 TICK_NS = 100_000_000
 TICK_OFFSET_NS = 1_000_000  # after the boundary: a bucket that ends there is complete
@@ -41,8 +43,7 @@ class Ticker:
         self.period_ns = period_ns
         self.offset_ns = offset_ns
         self._clock_ns = clock_ns
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker = Worker("thresholds", join_timeout_s=10)
         self.ticks = 0
         self.late = 0  # ticks that ran LATE_NS or more after their instant
         self.max_late_ns = 0
@@ -50,19 +51,15 @@ class Ticker:
         self._logged_ns = -LOG_EVERY_NS
 
     def start(self) -> Ticker:
-        self._thread = threading.Thread(target=self._run, name="thresholds", daemon=True)
-        self._thread.start()
+        self._worker.start(self._run)
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
+        self._worker.stop()
 
     def _run(self) -> None:
         due = next_tick_ns(self._clock_ns(), self.period_ns, self.offset_ns)
-        while not self._stop.wait(max(0, due - self._clock_ns()) / 1e9):
+        while not self._worker.stopping.wait(max(0, due - self._clock_ns()) / 1e9):
             now = self._clock_ns()
             if now < due:
                 continue  # woke early (Event.wait rounds): wait the rest

@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from sentinel_ebpf._worker import Worker
 from sentinel_ebpf.errors import SentinelError
 from sentinel_ebpf.rules import Resource
 from sentinel_ebpf.stats import ResourceStats
@@ -83,8 +84,7 @@ class TlsObserver:
         self.matcher = TlsMatcher(list(resources))
         self._counts = {r.name: _Counts() for r in resources}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker = Worker("tls-observer", join_timeout_s=10)
         self._factory = tracer_factory
         self.error: str | None = None
 
@@ -122,7 +122,7 @@ class TlsObserver:
 
         def loop() -> None:
             try:
-                while not self._stop.is_set():
+                while not self._worker.stopping.is_set():
                     tracer.poll(self.record, 100)
             except Exception as exc:  # never take the daemon down: say so and stop observing
                 self.error = str(exc)
@@ -130,15 +130,11 @@ class TlsObserver:
             finally:
                 tracer.close()
 
-        self._thread = threading.Thread(target=loop, name="tls-observer", daemon=True)
-        self._thread.start()
+        self._worker.start(loop)
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
+        self._worker.stop()
 
     def stats(self) -> list[ResourceStats]:
         with self._lock:

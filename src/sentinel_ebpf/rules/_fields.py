@@ -58,8 +58,7 @@ class RuleContext:
     def add(self, reason: str, field_name: str | None = None, subpath: Path = ()) -> None:
         path: Path = self.path
         if field_name is not None:
-            raw = self.raw_keys.get(field_name, field_name.split(".")[0])
-            path = (*path, raw)
+            path = (*path, self.raw_key(field_name))
         path = (*path, *subpath)
         if field_name in self.notes:
             reason = f"{reason} ({self.notes[field_name]})"
@@ -70,27 +69,37 @@ class RuleContext:
                 section=self.section,
                 index=self.index,
                 rule_id=self.rule_id or None,
-                field=field_name,
+                field=self.field_label(field_name),
                 line=self.doc.line(path),
             )
         )
 
+    def raw_key(self, field_name: str) -> str:
+        """The key of ``field_name`` in the document; a dotted field (``clusterConfig.x``) by its head."""
+        return self.raw_keys.get(field_name, field_name.split(".")[0])
+
+    def field_label(self, field_name: str | None) -> str | None:
+        """The field a problem names; a context for a nested object prefixes its position."""
+        return field_name
+
+
+# First match wins: bool before int (a bool is an int), str before Sequence (a str is a sequence).
+_TYPE_NAMES: tuple[tuple[type[Any], str], ...] = (
+    (type(None), "null"),
+    (bool, "a boolean"),
+    (int, "an integer"),
+    (float, "a number"),
+    (str, "a string"),
+    (Mapping, "an object"),
+    (Sequence, "a list"),
+)
+
 
 def type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, Mapping):
-        return "an object"
-    if isinstance(value, Sequence):
-        return "a list"
+    """How a problem names the type of a value found where another was wanted (JSON's words)."""
+    for kind, name in _TYPE_NAMES:
+        if isinstance(value, kind):
+            return name
     return type(value).__name__
 
 

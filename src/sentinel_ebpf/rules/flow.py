@@ -30,6 +30,8 @@ class TokenCalculateStrategy(enum.IntEnum):
 
 
 class ControlBehavior(enum.IntEnum):
+    """Also the ``controlBehavior`` of hotspot rules: sentinel-golang has one per package, alike."""
+
     Reject = 0
     Throttling = 1
 

@@ -32,7 +32,7 @@ from sentinel_ebpf.rules._fields import (
     read_fields,
     type_name,
 )
-from sentinel_ebpf.rules.errors import Problem
+from sentinel_ebpf.rules.flow import ControlBehavior as ControlBehavior  # also this kind's
 
 KIND = "hotSpotParamRules"
 
@@ -54,11 +54,6 @@ _QUERY_NAME = re.compile(r"^[^\s&=#?]+$")
 class MetricType(enum.IntEnum):
     Concurrency = 0
     QPS = 1
-
-
-class ControlBehavior(enum.IntEnum):
-    Reject = 0
-    Throttling = 1
 
 
 class ParamKind(enum.IntEnum):
@@ -295,21 +290,11 @@ class _ItemContext(RuleContext):
         )
         self.prefix = f"specificItems[{index}]"
 
-    def add(self, reason: str, field_name: str | None = None, subpath: tuple[str | int, ...] = ()) -> None:
-        path = self.path
-        if field_name is not None:
-            path = (*path, self.raw_keys.get(field_name, field_name))
-        self.problems.append(
-            Problem(
-                file=self.doc.file,
-                reason=reason,
-                section=self.section,
-                index=self.index,
-                rule_id=self.rule_id or None,
-                field=f"{self.prefix}.{field_name}" if field_name else self.prefix,
-                line=self.doc.line((*path, *subpath)),
-            )
-        )
+    def raw_key(self, field_name: str) -> str:
+        return self.raw_keys.get(field_name, field_name)
+
+    def field_label(self, field_name: str | None) -> str | None:
+        return f"{self.prefix}.{field_name}" if field_name else self.prefix
 
 
 def validate(

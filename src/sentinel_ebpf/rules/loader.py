@@ -130,13 +130,7 @@ def load_documents(docs: list[Document], *, kind: str | None = None) -> RuleSet:
         if fmt not in b.formats:
             b.formats.append(fmt)
         if len(docs) > 1 and fmt != "crd":
-            b.problems.append(
-                Problem(
-                    file=doc.file,
-                    line=doc.line(()),
-                    reason="only CRD documents may be combined with '---' in one file",
-                )
-            )
+            b.problem(doc, (), "only CRD documents may be combined with '---' in one file")
             continue
         if fmt == "project":
             _load_project(doc, b)
@@ -175,6 +169,14 @@ class _Builder:
 
     def ctx(self, doc: Document, section: str, index: int | None, path: Path) -> RuleContext:
         return RuleContext(doc=doc, section=section, index=index, path=path, problems=self.problems)
+
+    def problem(
+        self, doc: Document, path: Path, reason: str, *, field: str | None = None, section: str | None = None
+    ) -> None:
+        """A problem of the document's own structure (outside any rule), at the line of ``path``."""
+        self.problems.append(
+            Problem(file=doc.file, section=section, field=field, line=doc.line(path), reason=reason)
+        )
 
     def check_ids(self) -> None:
         seen: dict[str, _Located] = {}
@@ -221,14 +223,7 @@ def _parse_rules(
     if items is None:
         return
     if not isinstance(items, list):
-        b.problems.append(
-            Problem(
-                file=doc.file,
-                section=section,
-                line=doc.line(base),
-                reason=f"must be a list of rules, got {type_name(items)}",
-            )
-        )
+        b.problem(doc, base, f"must be a list of rules, got {type_name(items)}", section=section)
         return
     for i, raw in enumerate(items):
         ctx = b.ctx(doc, section, i, (*base, i))
@@ -245,25 +240,17 @@ def _parse_rules(
 def _load_project(doc: Document, b: _Builder) -> None:
     data = doc.data
     if not isinstance(data, Mapping):
-        b.problems.append(
-            Problem(
-                file=doc.file,
-                line=doc.line(()),
-                reason=f"a rules file must be an object or a list, got {type_name(data)}",
-            )
-        )
+        b.problem(doc, (), f"a rules file must be an object or a list, got {type_name(data)}")
         return
     folded = {k.lower(): k for k in PROJECT_KEYS}
     for key in data:
         if key not in PROJECT_KEYS:
             hint = f" (did you mean {folded[str(key).lower()]!r}?)" if str(key).lower() in folded else ""
-            b.problems.append(
-                Problem(
-                    file=doc.file,
-                    line=doc.line((key,)),
-                    field=str(key),
-                    reason=f"unknown top-level key {key!r}{hint}; expected {', '.join(PROJECT_KEYS)}",
-                )
+            b.problem(
+                doc,
+                (key,),
+                f"unknown top-level key {key!r}{hint}; expected {', '.join(PROJECT_KEYS)}",
+                field=str(key),
             )
     b.bound = True
     raw_resources = data.get("resources")
@@ -271,13 +258,11 @@ def _load_project(doc: Document, b: _Builder) -> None:
     invalid_names: set[str] = set()
     first_at: dict[str, int] = {}
     if raw_resources is not None and not isinstance(raw_resources, list):
-        b.problems.append(
-            Problem(
-                file=doc.file,
-                section="resources",
-                line=doc.line(("resources",)),
-                reason=f"must be a list of resources, got {type_name(raw_resources)}",
-            )
+        b.problem(
+            doc,
+            ("resources",),
+            f"must be a list of resources, got {type_name(raw_resources)}",
+            section="resources",
         )
     elif raw_resources:
         for i, raw in enumerate(raw_resources):
@@ -447,13 +432,11 @@ def _load_sentinel_array(doc: Document, b: _Builder, section: str | None) -> Non
         section, why = infer_kind(items, doc.file)
         if section is None:
             if items:
-                b.problems.append(
-                    Problem(
-                        file=doc.file,
-                        line=doc.line(()),
-                        reason=f"cannot tell the rule kind: {why}; sentinel-golang arrays "
-                        "hold one kind (give it with --kind)",
-                    )
+                b.problem(
+                    doc,
+                    (),
+                    f"cannot tell the rule kind: {why}; sentinel-golang arrays "
+                    "hold one kind (give it with --kind)",
                 )
             return
     _parse_rules(doc, b, section, items, (), KeyMode.GO_JSON)
@@ -467,41 +450,20 @@ def _load_crd(doc: Document, b: _Builder) -> None:
     assert isinstance(data, Mapping)
     api = data.get("apiVersion")
     if api != CRD_API_VERSION:
-        b.problems.append(
-            Problem(
-                file=doc.file,
-                line=doc.line(("apiVersion",)),
-                field="apiVersion",
-                reason=f"apiVersion must be {CRD_API_VERSION}, got {api!r}",
-            )
+        b.problem(
+            doc, ("apiVersion",), f"apiVersion must be {CRD_API_VERSION}, got {api!r}", field="apiVersion"
         )
         return
     kind = data.get("kind")
     if kind not in CRD_KINDS:
-        b.problems.append(
-            Problem(
-                file=doc.file,
-                line=doc.line(("kind",)),
-                field="kind",
-                reason=f"kind must be one of {', '.join(CRD_KINDS)}, got {kind!r}",
-            )
-        )
+        b.problem(doc, ("kind",), f"kind must be one of {', '.join(CRD_KINDS)}, got {kind!r}", field="kind")
         return
     for key in data:
         if key not in ("apiVersion", "kind", "metadata", "spec", "status"):
-            b.problems.append(
-                Problem(
-                    file=doc.file,
-                    line=doc.line((key,)),
-                    field=str(key),
-                    reason=f"unknown top-level key {key!r} in a {kind} object",
-                )
-            )
+            b.problem(doc, (key,), f"unknown top-level key {key!r} in a {kind} object", field=str(key))
     spec = data.get("spec")
     if not isinstance(spec, Mapping) or "rules" not in spec:
-        b.problems.append(
-            Problem(file=doc.file, line=doc.line(("spec",)), field="spec", reason="spec.rules is required")
-        )
+        b.problem(doc, ("spec",), "spec.rules is required", field="spec")
         return
     section = CRD_KINDS[kind]
     _parse_rules(

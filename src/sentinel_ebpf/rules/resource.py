@@ -148,18 +148,20 @@ def parse(raw: Any, ctx: RuleContext) -> Resource | None:
 
 
 def _parse_match(m: Mapping[Any, Any], ctx: RuleContext) -> Match | None:
-    def bad(reason: str, key: str) -> None:
-        ctx.add(reason, f"match.{key}", subpath=(key,))
-
     ok = True
+
+    def bad(reason: str, key: str) -> None:
+        """Report a problem of ``match.<key>``; any problem leaves the resource out."""
+        nonlocal ok
+        ctx.add(reason, f"match.{key}", subpath=(key,))
+        ok = False
+
     for key in m:
         if key not in MATCH_KEYS:
             bad(f"unknown key {key!r}; a match has {', '.join(MATCH_KEYS)}", str(key))
-            ok = False
     direction = m.get("direction", "inbound")
     if direction not in DIRECTIONS:
         bad(f"direction must be inbound or outbound, got {direction!r}", "direction")
-        ok = False
     protocol = m.get("protocol")
     if protocol not in PROTOCOLS:
         bad(
@@ -168,7 +170,6 @@ def _parse_match(m: Mapping[Any, Any], ctx: RuleContext) -> Match | None:
             else f"protocol must be tcp or http, got {protocol!r}",
             "protocol",
         )
-        ok = False
     port = m.get("port")
     if isinstance(port, bool) or not isinstance(port, int):
         bad(
@@ -177,50 +178,40 @@ def _parse_match(m: Mapping[Any, Any], ctx: RuleContext) -> Match | None:
             else f"port must be an integer, got {type_name(port)}",
             "port",
         )
-        ok = False
     elif not 1 <= port <= 65535:
         bad(f"port must be in 1..65535, got {port}", "port")
-        ok = False
     method = m.get("method")
     if method is not None:
         if protocol != "http":
             bad("method applies to http resources only", "method")
-            ok = False
         elif not isinstance(method, str) or method not in HTTP_METHODS:
             bad(f"method must be one of {', '.join(HTTP_METHODS)} (upper case), got {method!r}", "method")
-            ok = False
     path = m.get("path")
     if path is not None:
         if protocol != "http":
             bad("path applies to http resources only", "path")
-            ok = False
         elif not isinstance(path, str) or not path.startswith("/"):
             bad(f"path must be a string starting with '/', got {path!r}", "path")
-            ok = False
         elif len(path.encode()) > PATH_MAX_BYTES:
             bad(
                 f"path prefix is {len(path.encode())} bytes; the kernel matches at most {PATH_MAX_BYTES}",
                 "path",
             )
-            ok = False
         elif any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in path):
             bad(
                 "path must not contain spaces or control characters (it is matched against the request line)",
                 "path",
             )
-            ok = False
     host_raw = m.get("host")
     host: IPNetwork | None = None
     if host_raw is not None:
         if direction != "outbound":
             bad("host applies to outbound resources only (inbound resources match a local port)", "host")
-            ok = False
         else:
             try:
                 host = ipaddress.ip_network(str(host_raw), strict=True)
             except ValueError as exc:
                 bad(f"host must be an IP address or CIDR: {exc}", "host")
-                ok = False
     address_raw = m.get("address")
     address: IPNetwork | None = None
     if address_raw is not None:
@@ -229,35 +220,27 @@ def _parse_match(m: Mapping[Any, Any], ctx: RuleContext) -> Match | None:
                 "address applies to inbound resources only (outbound resources match a remote host)",
                 "address",
             )
-            ok = False
         elif isinstance(address_raw, bool) or not isinstance(address_raw, str):
             bad(f"address must be a local IP address or CIDR such as 10.244.1.7 or 10.244.1.0/24, "
                 f"got {type_name(address_raw)}", "address")  # fmt: skip
-            ok = False
         else:
             try:
                 address = ipaddress.ip_network(address_raw, strict=True)
             except ValueError as exc:
                 bad(f"address must be a local IP address or CIDR: {exc}", "address")
-                ok = False
     cgroup = m.get("cgroup")
     if cgroup is not None and (not isinstance(cgroup, str) or not cgroup.startswith("/")):
         bad(f"cgroup must be an absolute cgroup v2 path such as /system.slice/app.service, got {cgroup!r}",
             "cgroup")  # fmt: skip
-        ok = False
     tls = m.get("tls", False)
     if not isinstance(tls, bool):
         bad(f"tls must be true or false, got {tls!r}", "tls")
-        ok = False
     elif tls and protocol != "http":
         bad("tls applies to http resources only (HTTPS requests, observed through OpenSSL)", "tls")
-        ok = False
     elif tls and address_raw is not None:
         bad("address does not apply to tls resources (observed through OpenSSL by port alone)", "address")
-        ok = False
     elif tls and cgroup is not None:
         bad("cgroup does not apply to tls resources (observed through OpenSSL by port alone)", "cgroup")
-        ok = False
     if not ok:
         return None
     return Match(

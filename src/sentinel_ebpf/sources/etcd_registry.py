@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict
 
+from sentinel_ebpf._worker import Worker
 from sentinel_ebpf.sources.etcd import EtcdClient, EtcdError
 from sentinel_ebpf.stats import FORGET_MS, PUBLISH_EVERY_MS, NodeRecord, read_node_record
 
@@ -44,12 +44,10 @@ class EtcdRegistrar:
         self.every_ms, self.ttl_s = every_ms, ttl_s
         self.lease = 0
         self.failing = False
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker = Worker("etcd-registry", join_timeout_s=5)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="etcd-registry", daemon=True)
-        self._thread.start()
+        self._worker.start(self._run)
 
     def publish(self) -> None:
         """One write of the record, on a lease renewed here (a new one when etcd has let it expire)."""
@@ -61,7 +59,7 @@ class EtcdRegistrar:
         )
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        while not self._worker.stopping.is_set():
             try:
                 self.publish()
                 if self.failing:
@@ -73,14 +71,11 @@ class EtcdRegistrar:
                 self.failing = True
             except Exception:
                 log.exception("fleet registry in etcd: node record not written")
-            self._stop.wait(self.every_ms / 1000)
+            self._worker.stopping.wait(self.every_ms / 1000)
 
     def close(self) -> None:
         """Stop writing; the record stays until its lease expires (the dashboard shows the node down)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        self._worker.stop()
 
 
 class EtcdNodes:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from sentinel_ebpf._worker import Worker
 from sentinel_ebpf.rules import Problem, RulesError, RuleSet, load_text
 from sentinel_ebpf.sources.backoff import Backoff
 from sentinel_ebpf.sources.base import Version
@@ -86,14 +87,12 @@ class EtcdSource:
         self._in_force: Version | None = None
         self.applied_at: float | None = None
         self._wake: Callable[[], None] = lambda: None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker = Worker("etcd-watch", join_timeout_s=5)
 
     # -- RulesSource ----------------------------------------------------------------------------------
     def start(self, wake: Callable[[], None]) -> None:
         self._wake = wake
-        self._thread = threading.Thread(target=self._follow, name="etcd-watch", daemon=True)
-        self._thread.start()
+        self._worker.start(self._follow)
 
     def current(self) -> Version:
         if self._latest is None:
@@ -137,11 +136,9 @@ class EtcdSource:
         return self.client.put(value, if_revision=if_revision)
 
     def close(self) -> None:
-        self._stop.set()
+        self._worker.stopping.set()  # before the interrupt: the woken watch must see it
         self.client.interrupt()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        self._worker.stop()
 
     # -- reading etcd ---------------------------------------------------------------------------------
     def _first(self) -> Version:
@@ -169,30 +166,30 @@ class EtcdSource:
         return document_version(self.url, kv.value, kv.mod_revision)
 
     def _follow(self) -> None:
-        while not self._stop.is_set():
+        while not self._worker.stopping.is_set():
             try:
                 kv = self.client.get()
                 self._set_state("connected", f"at revision {kv.revision}")
                 self._offer(kv.value, kv.mod_revision if kv.value is not None else kv.revision)
                 started = time.monotonic()
                 for ev in self.client.watch(kv.revision + 1, self.idle_s):
-                    if self._stop.is_set():
+                    if self._worker.stopping.is_set():
                         return
                     self._offer(ev.value, ev.mod_revision)
                 if time.monotonic() - started < QUICK_WATCH_S:
-                    self._stop.wait(self.churn.next_s())
+                    self._worker.stopping.wait(self.churn.next_s())
                 else:  # a watch that held: etcd works, the next failure starts the backoff afresh
                     self.churn.reset()
                     self.backoff.reset()
             except EtcdUnavailable as exc:
                 self._set_state("unreachable", str(exc))
-                self._stop.wait(self.backoff.next_s())
+                self._worker.stopping.wait(self.backoff.next_s())
             except EtcdError as exc:
                 self._set_state("error", str(exc))
-                self._stop.wait(self.backoff.next_s())
+                self._worker.stopping.wait(self.backoff.next_s())
             except Exception:  # never end silently: the daemon would stop following etcd
                 log.exception("%s: following the key failed; retrying", self.url)
-                self._stop.wait(self.backoff.next_s())
+                self._worker.stopping.wait(self.backoff.next_s())
 
     def _offer(self, value: bytes | None, revision: int) -> None:
         with self._lock:

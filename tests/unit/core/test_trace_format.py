@@ -22,8 +22,7 @@ from sentinel_ebpf._types import (
 from sentinel_ebpf.tracing.base import Clock
 from sentinel_ebpf.tracing.http import HttpRecord, HttpTracer
 from sentinel_ebpf.tracing.tcp import HEADER, Connection, TraceFilter, decode
-
-ORIGINAL_HEADER = "Comm             Src addr        Port   -> Dest addr       Port"
+from tests.support.trace_format import CONNECTION_JSON_KEYS, ORIGINAL_HEADER
 
 
 def _conn(**kw: object) -> Connection:
@@ -70,20 +69,7 @@ def test_fifteen_char_comm_keeps_columns_aligned() -> None:
 
 def test_json_dict_has_the_documented_fields() -> None:
     d = json.loads(json.dumps(_conn().json_dict()))
-    assert set(d) == {
-        "timestamp",
-        "pid",
-        "tid",
-        "uid",
-        "comm",
-        "family",
-        "saddr",
-        "sport",
-        "daddr",
-        "dport",
-        "direction",
-        "outcome",
-    }
+    assert set(d) == CONNECTION_JSON_KEYS
     assert (d["pid"], d["sport"], d["dport"]) == (42, 55146, 443)
 
 

@@ -27,6 +27,15 @@ def open_umask() -> Iterator[None]:
     os.umask(old)
 
 
+def _planted_link(tmp_path: Path, target: str, name: str) -> tuple[Path, Path]:
+    """A directory ``target`` and a symbolic link ``name`` to it, both in ``tmp_path``."""
+    real = tmp_path / target
+    real.mkdir()
+    link = tmp_path / name
+    link.symlink_to(real)
+    return real, link
+
+
 def _other_users(path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("chown to another uid needs root (CI runs as root)")
@@ -45,10 +54,7 @@ def test_state_file_is_0600_and_a_new_directory_0700(tmp_path: Path, open_umask:
 
 
 def test_a_symlink_planted_at_the_state_directory_is_refused(tmp_path: Path) -> None:
-    elsewhere = tmp_path / "attacker"
-    elsewhere.mkdir()
-    link = tmp_path / "state"
-    link.symlink_to(elsewhere)
+    elsewhere, link = _planted_link(tmp_path, "attacker", "state")
     with pytest.raises(UnsafePathError, match=rf"state directory {link} is a symbolic link: refusing"):
         State(1, []).write(str(link))
     with pytest.raises(UnsafePathError, match="symbolic link"):
@@ -125,10 +131,7 @@ def test_a_file_at_the_control_socket_path_is_not_replaced(tmp_path: Path) -> No
 
 
 def test_a_control_socket_directory_that_is_a_symlink_or_anothers_is_refused(tmp_path: Path) -> None:
-    real = tmp_path / "real"
-    real.mkdir()
-    link = tmp_path / "link"
-    link.symlink_to(real)
+    real, link = _planted_link(tmp_path, "real", "link")
     with pytest.raises(UnsafePathError, match=rf"control socket directory {link} is a symbolic link"):
         _serve(link / "c.sock")
     assert list(real.iterdir()) == []

@@ -3,6 +3,7 @@ client (reads, watch events, outages), down to the daemon's reload and its contr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import stat
@@ -165,6 +166,19 @@ def wait_for(check: Callable[[], bool], what: str, timeout_s: float = 5.0) -> No
         time.sleep(0.005)
 
 
+@contextlib.contextmanager
+def watching(tmp_path: Path, etcd: FakeEtcd) -> Iterator[EtcdSource]:
+    """A source with the key's revision in force and its watch thread past its first read; closed after."""
+    src = source(tmp_path, etcd)
+    src.in_force(src.current())
+    src.start(lambda: None)
+    try:
+        wait_for(lambda: etcd.gets >= 2, "the watch thread's first read")
+        yield src
+    finally:
+        src.close()
+
+
 def test_start_reads_the_key_and_an_accepted_revision_is_cached(tmp_path: Path) -> None:
     etcd = FakeEtcd(rules("5"))
     src = source(tmp_path, etcd)
@@ -224,11 +238,7 @@ def test_watch_events_are_offered_once_and_an_outage_is_logged_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     etcd = FakeEtcd(rules("5"))
-    src = source(tmp_path, etcd)
-    src.in_force(src.current())
-    src.start(lambda: None)
-    try:
-        wait_for(lambda: etcd.gets >= 2, "the watch thread's first read")
+    with watching(tmp_path, etcd) as src:
         time.sleep(0.05)
         assert not src.changed()  # the revision in force: nothing new
         r = etcd.put(rules("40"))
@@ -247,17 +257,11 @@ def test_watch_events_are_offered_once_and_an_outage_is_logged_once(
         assert caplog.text.count("retrying with backoff") == 1
         assert caplog.text.count("etcd answers again") == 1
         assert "the rules in force stay (revision 2)" in caplog.text
-    finally:
-        src.close()
 
 
 def test_deleted_and_undecodable_revisions_are_invalid_and_said_once(tmp_path: Path) -> None:
     etcd = FakeEtcd(rules("5"))
-    src = source(tmp_path, etcd)
-    src.in_force(src.current())
-    src.start(lambda: None)
-    try:
-        wait_for(lambda: etcd.gets >= 2, "the watch thread's first read")
+    with watching(tmp_path, etcd) as src:
         r = etcd.put(None)
         wait_for(src.changed, "the deletion")
         with pytest.raises(RulesError, match=rf"{URL}@{r}: the key was deleted at revision {r}"):
@@ -271,8 +275,6 @@ def test_deleted_and_undecodable_revisions_are_invalid_and_said_once(tmp_path: P
         wait_for(src.changed, "the undecodable revision")
         with pytest.raises(RulesError, match=rf"{URL}@{r}: not UTF-8 text"):
             src.current().load()
-    finally:
-        src.close()
 
 
 # -- the daemon with an etcd source ------------------------------------------------------------------
