@@ -1773,8 +1773,10 @@ static __always_inline int ingress(struct __sk_buff *skb)
 		make_key(fk, p, true, FLOW_KIND_CONNECTION);
 		if (res && bpf_map_lookup_elem(&inflight, fk))
 			return TC_ACT_OK; /* a retransmitted SYN was already counted */
-		if (res && !syn_for_this_host(skb, p)) {
-			port_count(bpf_ntohs(p->dport), PORT_NO_SOCKET); /* routed or bridged elsewhere */
+		if (res && !pc->scope_family && !syn_for_this_host(skb, p)) {
+			/* routed or bridged elsewhere (an address a scope names counts as this host's: a
+			 * gateway may govern connections to the servers behind it) */
+			port_count(bpf_ntohs(p->dport), PORT_NO_SOCKET);
 			return TC_ACT_OK;
 		}
 		if (res && judge(res, gen | system_flag(gen), skb, p) != BLOCK_NONE)
