@@ -165,6 +165,11 @@ class LinkWatcher:
 
     def start(self) -> LinkWatcher:
         """Subscribed to link events when this returns (SentinelError if netlink refuses)."""
+        # pyroute2's import takes seconds on a slow machine (an emulated guest: over 10 s): paid here,
+        # untimed, so that the wait below is for the subscription alone
+        from pyroute2 import IPRoute  # noqa: F401
+        from pyroute2.netlink.rtnl import RTMGRP_LINK  # noqa: F401
+
         self._thread.start()
         self._ready.wait(10)
         if self._error is not None or not self._ready.is_set():
