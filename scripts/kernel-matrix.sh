@@ -123,6 +123,7 @@ SMOKE=(
     tests/integration/test_framing.py
     "tests/integration/test_defer_accept.py::test_refused_first_requests_never_become_connections[deferred-syncookies]"
     tests/integration/test_forwarded.py
+    tests/integration/test_pods.py::test_two_pods_on_one_port_are_limited_separately
     tests/integration/test_doctor.py::test_doctor_reports_this_machine
 )
 if [ -n "${KERNEL_MATRIX_TESTS:-}" ]; then
