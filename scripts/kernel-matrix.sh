@@ -123,13 +123,15 @@ SMOKE=(
     tests/integration/test_framing.py
     "tests/integration/test_defer_accept.py::test_refused_first_requests_never_become_connections[deferred-syncookies]"
     tests/integration/test_forwarded.py
-    tests/integration/test_pods.py::test_two_pods_on_one_port_are_limited_separately
     tests/integration/test_doctor.py::test_doctor_reports_this_machine
 )
 if [ -n "${KERNEL_MATRIX_TESTS:-}" ]; then
     read -r -a TESTS <<< "$KERNEL_MATRIX_TESTS"
 else
-    TESTS=(tests/dataplane "${SMOKE[@]}")
+    # The LRU-pressure test makes 70,000 test runs: 8 s on the host, 220 s under emulation, and what it
+    # checks (reconciliation after eviction) is no different on 6.1: the host tier runs it.
+    TESTS=(tests/dataplane "${SMOKE[@]}"
+           --deselect tests/dataplane/test_hardening.py::test_a_flood_that_evicts_in_flight_entries_is_repaired)
 fi
 
 # The guest: the demo's daemon path (run with no rules file: 200s and 429s from the built-in example),
@@ -163,7 +165,7 @@ else
 fi
 start=$(date +%s)
 set +e
-timeout 1800 vng --run "$kimg" "${vng_accel[@]}" -m 4G -p 2 \
+timeout 2400 vng --run "$kimg" "${vng_accel[@]}" -m 4G -p 2 \
     --rodir=/lib/modules="$kdir/root/lib/modules" --rwdir="$out" \
     --exec "bash $out/guest.sh > $out/guest.log 2>&1" > "$out/vng.log" 2>&1
 vng_rc=$?
