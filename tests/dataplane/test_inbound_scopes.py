@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,7 +17,6 @@ import pytest
 from sentinel_ebpf.host import cgroup2_mount
 from sentinel_ebpf.inbound import InboundDataplane
 from sentinel_ebpf.rules import RuleSet, load_text
-from tests.support.netns import unique_token
 from tests.support.packets import (
     ACK,
     PSH,
@@ -175,8 +175,8 @@ def servers_in_cgroups() -> Iterator[tuple[int, list[str]]]:
     first, 127.0.0.3 in the second. Sockets keep the cgroup of the process that made them."""
     root = cgroup2_mount()
     assert root is not None, "cgroup2 is not mounted"
-    token = unique_token()
-    paths = [f"/se-{token}-a", f"/se-{token}-b"]
+    # tests/ci_cleanup.sh naming (sentinel-test-<pid>-<hex>): removed if this process dies first
+    paths = [f"/sentinel-test-{os.getpid()}-{secrets.token_hex(4)}" for _ in range(2)]
     port = 20000 + os.getpid() % 20000
     procs: list[subprocess.Popen[str]] = []
     try:
