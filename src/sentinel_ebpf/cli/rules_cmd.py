@@ -75,6 +75,8 @@ def _describe(rs: RuleSet) -> list[str]:
             where = " ".join(
                 str(m[k]) for k in ("direction", "protocol", "host", "port", "method", "path") if k in m
             )
+            if res.get("normalized_path", m.get("path")) != m.get("path"):
+                where += f" (normalised: {res['normalized_path']})"
             # the scope of an inbound resource's port (match.address, match.cgroup)
             where += "".join(f" {k} {m[k]}" for k in ("address", "cgroup") if k in m)
             lines.append(f"  {res['name']}: {where}; {rules}")

@@ -12,6 +12,7 @@ from sentinel_ebpf.rules.isolation import IsolationRule
 from sentinel_ebpf.rules.reject import RejectConfig
 from sentinel_ebpf.rules.resource import Resource
 from sentinel_ebpf.rules.system import SystemRule
+from sentinel_ebpf.rules.target import normalize_target
 
 AnyRule = FlowRule | IsolationRule | CircuitBreakerRule | HotspotRule | SystemRule
 
@@ -88,13 +89,15 @@ class RuleSet:
         resources = []
         for name in self.resource_names():
             res = self.resource(name)
-            resources.append(
-                {
-                    "name": name,
-                    "match": res.match.as_dict() if res else None,
-                    "rules": per_resource.get(name, {}),
-                }
-            )
+            entry: dict[str, Any] = {
+                "name": name,
+                "match": res.match.as_dict() if res else None,
+                "rules": per_resource.get(name, {}),
+            }
+            if res is not None and res.match.path is not None:
+                # what the kernel matches: the path in the normal form request targets are put in
+                entry["normalized_path"] = normalize_target(res.match.path)
+            resources.append(entry)
         return {
             "sources": list(self.sources),
             "format": self.format,

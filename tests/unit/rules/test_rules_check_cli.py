@@ -116,3 +116,19 @@ resources:
     assert "  pod-a: inbound http 8080 /api address 10.244.1.7/32; no rules" in result.output
     assert "  batch: inbound tcp 8080 cgroup /kubepods/batch; no rules" in result.output
     assert "  others: inbound http 8080; no rules" in result.output
+
+
+def test_the_normal_form_of_each_path_is_shown_where_it_differs(tmp_path: Path) -> None:
+    doc = tmp_path / "paths.yaml"
+    doc.write_text("""
+resources:
+  - {name: odd, match: {protocol: http, port: 8080, path: "/%61pi//x/./y"}}
+  - {name: plain, match: {protocol: http, port: 8080, path: /api}}
+""")
+    result = runner.invoke(app, ["rules", "check", str(doc)])
+    assert result.exit_code == 0, result.output
+    assert "  odd: inbound http 8080 /%61pi//x/./y (normalised: /api/x/y); no rules" in result.output
+    assert "  plain: inbound http 8080 /api; no rules" in result.output
+    doc_json = json.loads(runner.invoke(app, ["rules", "check", "--json", str(doc)]).output)
+    paths = {r["name"]: r["normalized_path"] for r in doc_json["files"][0]["summary"]["resources"]}
+    assert paths == {"odd": "/api/x/y", "plain": "/api"}
