@@ -142,7 +142,8 @@ class PortCounter(IntEnum):
     PORT_CUT = 15
     PORT_STREAM_LOST = 16
     PORT_FRAMING_RESET = 17
-    PORT_COUNTER_MAX = 18
+    PORT_SWALLOWED = 18
+    PORT_COUNTER_MAX = 19
 
 
 class DpCounter(IntEnum):
@@ -358,11 +359,11 @@ class PortCounts(ctypes.Structure):
 
     _pack_ = 1
     _fields_ = [
-        ("count", (ctypes.c_uint64 * 18)),
+        ("count", (ctypes.c_uint64 * 19)),
     ]
 
 
-assert ctypes.sizeof(PortCounts) == 144
+assert ctypes.sizeof(PortCounts) == 152
 
 
 class HttpRouteKey(ctypes.Structure):

@@ -155,7 +155,6 @@ def test_a_lost_reply_is_sent_again_and_refused_bytes_never_reach_the_server(dp:
         b"GET /api HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n",
         b"GET /api HTTP/1.1\r\nconnection: keep-alive, Close\r\n\r\n",
         b"GET /api HTTP/1.0\r\nHost: svc\r\n\r\n",
-        b"GET /api HTTP/1.1\r\nContent-Length: 10\r\n\r\n0123",  # not whole in its segment
     ],
 )
 def test_a_client_that_closes_gets_the_reply_that_closes(dp: InboundDataplane, request_: bytes) -> None:
@@ -163,6 +162,86 @@ def test_a_client_that_closes_gets_the_reply_that_closes(dp: InboundDataplane, r
     retval, out = client(dp, request_, C_ISN, S_ISN)
     assert retval == TC_ACT_OK  # the server gets a reset in the request's place
     assert parse_frame(out).flags & RST
+    assert (dp_count(dp, "reply_kept"), dp_count(dp, "reply_closed"), dp_count(dp, "reply_sent")) == (0, 1, 1)
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        [b"GET /api HTT", b"P/1.1\r\nHo", b"st: svc\r\n\r\n"],  # a head over three segments
+        [b"GET /api HTTP/1.1\r\nContent-Length: 10\r\n\r\n0123", b"456789"],  # a body that goes on
+        [b"GET /api HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nab", b"cd\r\n0\r\n\r\n"],
+    ],
+)
+def test_a_refused_request_that_goes_on_is_swallowed_and_answered_where_it_ends(
+    dp: InboundDataplane, parts: list[bytes]
+) -> None:
+    """Each part but the last is acknowledged in the server's place (a client held to a small congestion
+    window sends the rest only then); the reply comes where the request ends; the server gets none of it,
+    and the connection's next request reaches it in its own numbering."""
+    dp.apply(dp.compile(rules(BLOCK_API)))
+    seq = C_ISN
+    for part in parts[:-1]:
+        retval, out = client(dp, part, seq, S_ISN)
+        assert retval == TC_ACT_SHOT, "no byte of a refused request reaches the server"
+        ack = parse_frame(out)
+        assert (ack.src, ack.dst, ack.flags, ack.seq, ack.ack, ack.payload) == (
+            SERVER,
+            CLIENT,
+            ACK,
+            S_ISN,
+            seq + len(part),
+            b"",
+        )
+        assert ack.ip_csum_ok and ack.tcp_csum_ok
+        # the acknowledgment was lost: the part comes again and is acknowledged again, not judged again
+        retval, out = client(dp, part, seq, S_ISN)
+        assert retval == TC_ACT_SHOT and parse_frame(out).ack == seq + len(part)
+        seq += len(part)
+    assert dp.port_counters(8080)["swallowed"] == 2 * (len(parts) - 1)
+    retval, out = client(dp, parts[-1], seq, S_ISN)
+    assert retval == TC_ACT_SHOT
+    reply = parse_frame(out)
+    end = seq + len(parts[-1])
+    assert (reply.flags, reply.seq, reply.ack, reply.payload) == (PSH | ACK, S_ISN, end, REPLY)
+    assert reply.tcp_csum_ok
+    assert (dp_count(dp, "reply_kept"), dp_count(dp, "reply_closed")) == (1, 0)
+    assert dp.resource_stats()[0].blocked == 1, "judged once, at its start"
+    # the reply was lost: a copy of the last part gets it again
+    retval, out = client(dp, parts[-1], seq, S_ISN)
+    assert retval == TC_ACT_SHOT and parse_frame(out).payload == REPLY
+    # the next request reaches the server in its numbering: none of the refused bytes, none of the reply
+    retval, out = client(dp, OTHER, end, S_ISN + len(REPLY))
+    assert retval == TC_ACT_OK
+    seg = parse_frame(out)
+    assert (seg.seq, seg.ack, seg.payload) == (C_ISN, S_ISN, OTHER)
+    assert seg.tcp_csum_ok
+
+
+def test_a_request_behind_a_swallowed_one_is_cut_off_and_judged_when_it_comes_again(
+    dp: InboundDataplane,
+) -> None:
+    dp.apply(dp.compile(rules(BLOCK_API)))
+    first, rest = b"GET /api HTTP/1.1\r\nHo", b"st: svc\r\n\r\n"
+    assert client(dp, first, C_ISN, S_ISN)[0] == TC_ACT_SHOT
+    seq = C_ISN + len(first)
+    retval, out = client(dp, rest + OTHER, seq, S_ISN)
+    assert retval == TC_ACT_SHOT
+    reply = parse_frame(out)
+    assert (reply.seq, reply.ack, reply.payload) == (S_ISN, seq + len(rest), REPLY), "acknowledged to its end"
+    retval, out = client(dp, OTHER, seq + len(rest), S_ISN + len(REPLY))
+    assert retval == TC_ACT_OK and parse_frame(out).seq == C_ISN
+    assert dp.resource_stats()[0].blocked == 1
+
+
+def test_a_swallowed_request_that_asks_to_close_gets_the_reply_that_closes(dp: InboundDataplane) -> None:
+    dp.apply(dp.compile(rules(BLOCK_API)))
+    first = b"GET /api HTTP/1.1\r\nHo"
+    assert client(dp, first, C_ISN, S_ISN)[0] == TC_ACT_SHOT
+    retval, out = client(dp, b"st: svc\r\nConnection: close\r\n\r\n", C_ISN + len(first), S_ISN)
+    assert retval == TC_ACT_OK  # the server gets a reset where the request would have started
+    rst = parse_frame(out)
+    assert rst.flags & RST and rst.seq == C_ISN and rst.tcp_csum_ok
     assert (dp_count(dp, "reply_kept"), dp_count(dp, "reply_closed"), dp_count(dp, "reply_sent")) == (0, 1, 1)
 
 

@@ -3,7 +3,8 @@ requests and requests after Content-Length and chunked bodies (bodies holding re
 spanning segments) through nginx behind the daemon, while the client's link drops and duplicates data
 segments (tests/integration/bpf/impair.bpf.c; tc netem is not in the CI kernel). Every request is
 judged exactly once, nginx gets every allowed request and the client every response, in order,
-refusals (/c) answered in the stream of the one connection.
+refusals (/c) answered in the stream of the one connection, also when a /c is split over segments
+while the losses hold the client's congestion window at one or two segments.
 """
 
 from __future__ import annotations
@@ -76,6 +77,9 @@ def test_every_request_is_judged_once_on_a_lossy_link(
     assert ports["cut"] > 0 and ports["body"] > 0
     assert ports["retransmit"] > 0 and ports["out_of_order"] > 0, f"the link was not impaired: {ports}"
     assert ports["stream_lost"] == 0 and ports["framing_reset"] == 0
+    # a /c split over segments is swallowed part by part (acknowledged for the server) and answered where
+    # it ends: a client whose congestion window the losses shrank sends the rest only then
+    assert ports["swallowed"] > 0 and ports["incomplete_reset"] == 0
     assert stats["resources"]["c"]["block"] == sent["/c"] > 0
     dataplane = stats["dataplane"]
     assert dataplane["reply_kept"] >= sent["/c"] and dataplane["reply_closed"] == dataplane["reply_owed"] == 0

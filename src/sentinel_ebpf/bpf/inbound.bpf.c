@@ -1304,6 +1304,7 @@ not_request_line:
 #define SEGMENT_DROP 0xfffffffeU    /* drop it: the client sends it again */
 #define SEGMENT_RESET 0xfffffffdU   /* reset the connection */
 #define SEGMENT_ANSWER_AGAIN 0xfffffffcU /* the request last refused in the stream: send its reply again */
+#define SEGMENT_SWALLOW 0xfffffffbU /* the rest of a refused request: acknowledge it, or answer where it ends */
 
 /*
  * The stream's state at client sequence number `at` into scratch pre and post (the key in scratch fk):
@@ -1415,6 +1416,8 @@ static __always_inline __u32 http_segment(struct __sk_buff *skb, const struct pk
 		return SEGMENT_RESET;
 	}
 	scr->keep = follow;
+	if (scr->xl_on && scr->xl.swallow)
+		return SEGMENT_SWALLOW; /* the refused request goes on here (the stream is inside it) */
 	if (scr->pre.phase != STREAM_REQUEST) {
 		port_count(port, PORT_BODY);
 		return 0;
@@ -1528,16 +1531,22 @@ __noinline int server_owes(struct __sk_buff *skb, const struct pkt *p, __u32 ack
 /*
  * Answer a refused request in its connection's stream and keep the connection: the reply (without
  * Connection: close, without FIN) goes to the client, the request is dropped, and the connection is
- * translated from then on (xlate.bpf.h). Only when nothing can come out of order: the request is whole in
- * its segment, the server has begun a response to every request it got and owes no byte, and the client
- * did not ask to close. `again`: the same request's copy (its reply was lost), answered again. Returns
- * TC_ACT_SHOT; -1 to answer the closing way (reply with Connection: close); -2 to reset the connection
- * (the server owes responses the reply would overtake, or the client has not got an earlier reply
- * whole: any reply now would be out of order). A global function.
+ * translated from then on (xlate.bpf.h). Only when nothing can come out of order: the server has begun a
+ * response to every request it got and owes no byte, and the client did not ask to close. A request
+ * whose head or body goes on past its segment is swallowed: the segment is acknowledged in the server's
+ * place (the client then sends the rest; a client held to a small congestion window sends nothing more
+ * until then) and the reply is put in where the request ends (`gen_again` & 4: a segment of such a
+ * request's rest). `again` (`gen_again` & 1): bytes of the last refused request sent again, answered
+ * again (its reply, or the acknowledgment of what was swallowed, was lost). Returns TC_ACT_SHOT; -1 to
+ * answer the closing way (reply with Connection: close); -2 to reset the connection (the server owes
+ * responses the reply would overtake, or the client has not got an earlier reply whole: any reply now
+ * would be out of order); -3 when the request's head goes on and cannot be swallowed (the caller drops
+ * it so that it comes again whole, or answers the closing way). A global function.
  */
 __noinline int reply_in_stream(struct __sk_buff *skb, const struct pkt *p, __u32 gen_again)
 {
-	__u32 zero = 0, idx, acked, swallowed = 0, again = gen_again & 1, s_pos = 0;
+	__u32 zero = 0, idx, acked, swallowed = 0, again = gen_again & 1, cont = gen_again & 4, s_pos = 0;
+	__u32 whole = 1;
 	int owes;
 	struct ingress_scratch *scr = bpf_map_lookup_elem(&ingress_scratch, &zero);
 	struct stream_state *e;
@@ -1548,16 +1557,19 @@ __noinline int reply_in_stream(struct __sk_buff *skb, const struct pkt *p, __u32
 		return -1;
 	idx = HTTP_REPLY_KEEPALIVE + ((gen_again >> 1) & 1);
 	reply = bpf_map_lookup_elem(&http_reply, &idx);
-	if (!reply || !reply->len || p->payload_len > SE_REPLY_REQUEST_MAX ||
-	    find_timestamps(skb, p->l4_off, p->doff) < 0 || (p->family == 6 && p->l4_off != p->l3_off + 40))
+	if (!reply || !reply->len || find_timestamps(skb, p->l4_off, p->doff) < 0 ||
+	    (p->family == 6 && p->l4_off != p->l3_off + 40))
 		goto closed;
 	e = bpf_map_lookup_elem(&streams, &scr->fk);
 	if (again) {
 		if (!scr->xl_on)
 			return -1;
-		acked = scr->xl.c_pos - p->seq; /* up to that request's end, as the first reply did */
-		if (acked > p->payload_len)
-			acked = p->payload_len;
+		/* up to that request's end, as the first reply (or acknowledgment) did; the reply again only
+		 * when the client's acknowledgment stops where it was put in (else it has the reply) */
+		acked = scr->xl.c_pos - p->seq;
+		whole = !scr->xl.swallow && p->ack == scr->xl.s_pos + scr->xl.s_before;
+		if (whole && p->payload_len > SE_REPLY_REQUEST_MAX)
+			return -1;
 	} else {
 		/* the client has every byte the server sent and every reply put in before (an ack inside
 		 * one: the new reply would overlap it) */
@@ -1570,32 +1582,48 @@ __noinline int reply_in_stream(struct __sk_buff *skb, const struct pkt *p, __u32
 		if (owes == SERVER_NOT_CONNECTED)
 			goto closed; /* nothing to keep: the closing reply resets the pending handshake */
 		if (owes == SERVER_OWES || (e && e->requests != e->responses)) {
+			if (!cont && scr->pre.valid && scr->post.phase == STREAM_HEADERS)
+				return -3; /* (it comes again: by then the server may owe nothing) */
 			/* a reply now would come before responses the client waits for: reset */
 			percpu_inc(&dp_counters, DP_REPLY_OWED);
 			return -2;
 		}
-		if (!scr->pre.valid || (p->flags & TCP_FIN) || scr->post.phase != STREAM_REQUEST ||
-		    (__u8)(scr->post.reqs - scr->pre.reqs) != 1 || (scr->post.last & LAST_CLOSE))
+		whole = scr->post.phase == STREAM_REQUEST;
+		if (!scr->pre.valid || (p->flags & TCP_FIN) || scr->post.phase == STREAM_OPAQUE ||
+		    (__u8)(scr->post.reqs - scr->pre.reqs) != (cont ? 0 : 1) || (scr->post.last & LAST_CLOSE) ||
+		    skb->gso_segs > 1 || (whole && p->payload_len > SE_REPLY_REQUEST_MAX))
 			goto closed;
 		acked = scr->keep; /* the reply acknowledges up to the request's end (bytes before rcv_nxt too) */
 		swallowed = scr->keep - (scr->pre.seq - p->seq);
 	}
-	if (rewrite_to_reply(skb, p, reply, acked, 0))
+	if (whole) {
+		if (rewrite_to_reply(skb, p, reply, acked, 0))
+			goto fail;
+	} else if (rewrite_to_ack(skb, p, acked)) {
 		goto fail;
+	}
 	if (clone_marked(skb, 0))
 		goto fail;
-	percpu_inc(&dp_counters, DP_REPLY_SENT);
-	percpu_inc(&dp_counters, DP_REPLY_KEPT);
+	if (whole) {
+		percpu_inc(&dp_counters, DP_REPLY_SENT);
+		percpu_inc(&dp_counters, DP_REPLY_KEPT);
+	} else {
+		port_count(bpf_ntohs(p->dport), PORT_SWALLOWED);
+	}
 	if (again)
 		return TC_ACT_SHOT;
 	if (e && e->xl_on)
 		x = e->xl;
-	x.c_before = x.c_after;
+	if (!cont)
+		x.c_before = x.c_after;
 	x.c_after += swallowed;
 	x.c_pos = p->seq + acked;
-	x.s_before = x.s_after;
-	x.s_after += reply->len;
-	x.s_pos = s_pos;
+	x.swallow = !whole;
+	if (whole) {
+		x.s_before = x.s_after;
+		x.s_after += reply->len;
+		x.s_pos = s_pos;
+	}
 	scr->post.seq = p->seq + acked;
 	if (e) {
 		e->prev = scr->pre;
@@ -1613,6 +1641,8 @@ __noinline int reply_in_stream(struct __sk_buff *skb, const struct pkt *p, __u32
 	replied_in_stream = 1;
 	return TC_ACT_SHOT;
 closed:
+	if (!again && !cont && scr->pre.valid && scr->post.phase == STREAM_HEADERS)
+		return -3;
 	percpu_inc(&dp_counters, DP_REPLY_CLOSED);
 	return -1;
 fail:
@@ -1621,9 +1651,10 @@ fail:
 }
 
 /*
- * A refused request whose head goes on past its segment: dropped (refused, as `{mode: drop}` does), so
- * that the client sends it again merged with what follows and the reply can be put in the stream when
- * the head is whole; after SE_INCOMPLETE_TRIES drops it is answered the closing way.
+ * A refused request whose head goes on past its segment and cannot be swallowed (reply_in_stream: -3; the
+ * server owes a response, the client asked to close, a first request on a handshake's last ACK): dropped
+ * (refused, as `{mode: drop}` does), so that the client sends it again merged with what follows; after
+ * SE_INCOMPLETE_TRIES drops it is answered the closing way.
  */
 static __always_inline bool head_goes_on(struct __sk_buff *skb, const struct pkt *p, __u8 mode, bool syn)
 {
@@ -1671,7 +1702,7 @@ __noinline int refuse_http(struct __sk_buff *skb, const struct pkt *p, __u32 mod
 	if (!skb || !p || !fk)
 		return TC_ACT_SHOT;
 	merged = skb->gso_segs > 1;
-	if (merged || mode == REJECT_DROP || head_goes_on(skb, p, mode, syn)) {
+	if (merged || mode == REJECT_DROP) {
 		if (merged)
 			percpu_inc(&dp_counters, DP_GSO_DROPPED); /* no reply built from a merged skb */
 		bpf_map_update_elem(&refused, fk, &at, BPF_ANY);
@@ -1682,6 +1713,12 @@ __noinline int refuse_http(struct __sk_buff *skb, const struct pkt *p, __u32 mod
 		r = reply_in_stream(skb, p, (how & REJECT_GEN1) ? 2 : 0);
 		if (r >= 0)
 			return r;
+		if (r == -3 && head_goes_on(skb, p, mode, syn)) {
+			bpf_map_update_elem(&refused, fk, &at, BPF_ANY);
+			return TC_ACT_SHOT;
+		}
+		if (r == -3)
+			percpu_inc(&dp_counters, DP_REPLY_CLOSED);
 		if (r == -2)
 			return refuse_by(REJECT_RST | how | skip << 16);
 	}
@@ -1795,6 +1832,14 @@ static __always_inline int ingress(struct __sk_buff *skb)
 	if (res == SEGMENT_ANSWER_AGAIN) {
 		r = reply_in_stream(skb, p, (gen ? 2 : 0) | 1);
 		return r < 0 ? TC_ACT_SHOT : r;
+	}
+	if (res == SEGMENT_SWALLOW) {
+		/* the rest of a refused request: acknowledged, or answered where it ends; else the closing
+		 * reply (or a reset: the server owes, or the segment begins with bytes received before) */
+		r = reply_in_stream(skb, p, (gen ? 2 : 0) | 4);
+		if (r >= 0)
+			return r;
+		return reject(skb, p, (r == -2 || skip ? REJECT_RST | skip << 16 : pc->reject_http & 0xff) | how);
 	}
 	if (!res)
 		return stream_pass(skb, p);

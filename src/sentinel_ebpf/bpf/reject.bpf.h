@@ -277,6 +277,44 @@ __noinline int rewrite_to_reply(struct __sk_buff *skb, const struct pkt *p, cons
 }
 
 /*
+ * Turn the client's segment into the acknowledgment its server would send: no payload, addresses
+ * swapped, seq = the segment's ack, ack = its seq + `acked`, ACK alone, timestamps swapped (for bytes
+ * swallowed in the server's place: the server never gets them). A global function.
+ */
+__noinline int rewrite_to_ack(struct __sk_buff *skb, const struct pkt *p, __u32 acked)
+{
+	if (!skb || !p)
+		return -1;
+	__u32 csum_off = p->l4_off + 16;
+	__u32 old_tcp_len = p->doff + p->payload_len;
+	__u16 old_word, new_word;
+	int ts_off = find_timestamps(skb, p->l4_off, p->doff);
+
+	if (ts_off < 0)
+		return -1;
+	if (p->payload_len && csum_remove(skb, csum_off, p->payload_off, p->payload_len))
+		return -1;
+	if (bpf_skb_change_tail(skb, p->payload_off, 0))
+		return -1;
+	if (bpf_skb_load_bytes(skb, p->l4_off + 12, &old_word, 2))
+		return -1;
+	new_word = (old_word & bpf_htons(0xF000)) | bpf_htons(TCP_ACK);
+	if (store_csum16(skb, csum_off, p->l4_off + 12, old_word, new_word))
+		return -1;
+	if (store_csum32(skb, csum_off, p->l4_off + 4, bpf_htonl(p->seq), bpf_htonl(p->ack)) ||
+	    store_csum32(skb, csum_off, p->l4_off + 8, bpf_htonl(p->ack), bpf_htonl(p->seq + acked)))
+		return -1;
+	if (bpf_l4_csum_replace(skb, csum_off, bpf_htons(old_tcp_len), bpf_htons(p->doff),
+				BPF_F_PSEUDO_HDR | sizeof(__u16)))
+		return -1;
+	if (set_ip_len(skb, p, p->ip_len - p->payload_len))
+		return -1;
+	if (swap_timestamps(skb, ts_off))
+		return -1;
+	return swap_endpoints(skb, p);
+}
+
+/*
  * Keep the segment's first `keep` payload bytes (0 < keep < payload_len) and drop the rest, and its FIN
  * (the client's TCP sends the rest again: the ACK covers only what is kept). Any cut point: the TCP
  * checksum is a sum of 16-bit words, so from an odd one the byte before it is taken out with the rest and

@@ -133,7 +133,9 @@ enum port_counter {
 	PORT_CUT = 15,              /* a segment cut before a request that starts inside it (it comes again) */
 	PORT_STREAM_LOST = 16,      /* a segment where the stream's framing was not known: read as a request's start */
 	PORT_FRAMING_RESET = 17,    /* framing no server reads (bad Content-Length, Transfer-Encoding): reset */
-	PORT_COUNTER_MAX = 18,
+	PORT_SWALLOWED = 18,        /* a segment of a refused request that goes on past its first segment,
+				     * acknowledged in the server's place (the server never gets it) */
+	PORT_COUNTER_MAX = 19,
 };
 
 /* Global data-plane counters (per-CPU array `dp_counters`). */

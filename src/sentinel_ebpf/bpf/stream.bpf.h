@@ -23,8 +23,8 @@ enum seg_position {
 	SEG_OLD = 3,        /* every byte received already: a retransmission, judged when it first came */
 	SEG_FUTURE = 4,     /* beyond a gap: dropped, so that it comes again in order and is judged then */
 	SEG_NO_SOCKET = 5,  /* no connection here (spoofed, or closed): not judged; the stack answers it */
-	SEG_REFUSED_KEPT = 6, /* the start of the request last refused in the stream, sent again: its reply
-			       * was lost */
+	SEG_REFUSED_KEPT = 6, /* bytes of the request last refused in the stream, sent again: its reply (or
+			       * an acknowledgment of the part swallowed so far) was lost */
 };
 
 /* Per connection (socket-local storage, freed by the kernel with the socket). */
@@ -137,16 +137,16 @@ static __always_inline bool syncookie_ack(struct __sk_buff *skb, const struct pk
 	return bpf_tcp_check_syncookie(sk, &h->ip, ip_len, &h->th, sizeof(h->th)) == 0;
 }
 
-/* The segment carries again the start of the request last refused in the stream `xl` (NULL: none),
- * alone or merged with bytes around it: its reply was lost. */
+/* The segment carries again bytes of the request last refused in the stream `xl` (NULL: none), alone or
+ * merged with bytes around it: its reply (or, while it is swallowed, an acknowledgment) was lost. */
 static __always_inline bool refused_again(const struct pkt *p, const struct seq_xlate *xl)
 {
 	__u32 start;
 
-	if (!xl || xl->c_after == xl->c_before)
+	if (!xl || xl->c_after == xl->c_before || !p->payload_len)
 		return false;
 	start = xl->c_pos - (xl->c_after - xl->c_before);
-	return !seq_before(start, p->seq) && seq_before(start, p->seq + p->payload_len);
+	return seq_before(p->seq, xl->c_pos) && seq_before(start, p->seq + p->payload_len);
 }
 
 /*

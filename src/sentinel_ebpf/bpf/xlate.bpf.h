@@ -6,7 +6,10 @@
  * seq - (client bytes swallowed) and ack - (reply bytes put in), server -> client segments the reverse,
  * SACK blocks like the acknowledgments they sit beside. As netfilter's seqadj does, each direction keeps
  * the last correction's position with the offsets before and after it, so that a late segment from
- * before the last refusal is translated right.
+ * before the last refusal is translated right. A refused request whose head (or body) goes on past its
+ * segment is swallowed to its end, its segments acknowledged in the server's place (the client's TCP,
+ * often held to a congestion window of one or two segments, sends the rest of a request only once the
+ * first part is acknowledged), and answered where it ends.
  */
 #ifndef SENTINEL_XLATE_BPF_H
 #define SENTINEL_XLATE_BPF_H
@@ -21,6 +24,9 @@ struct seq_xlate {
 	__u32 s_pos;               /* server seq (server's numbering) where the last reply was put in */
 	__u32 s_before;            /* reply bytes put in before that reply */
 	__u32 s_after;             /* ... including it */
+	__u32 swallow;             /* the last refused request goes on past c_pos: its next bytes are
+				    * acknowledged to the client and swallowed too, and its reply is put in
+				    * where it ends (s_* still describe the reply before) */
 };
 
 static __always_inline bool xl_before(__u32 a, __u32 b)
