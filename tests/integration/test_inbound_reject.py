@@ -225,3 +225,43 @@ def test_python_requests_keeps_its_connection_through_refusals(fresh_netns_pair:
         guarded.stop()
     conns = [e for e in events if isinstance(e, dict) and "requests" in e]
     assert conns == [{"requests": ["GET /ok HTTP/1.1"] * 3, "reset": False}]
+
+
+UPLOAD_CLIENT = """
+import json, sys
+import requests
+session = requests.Session()
+out = []
+for method, path, data in [("GET", "/ok", None), ("POST", "/limited", b"u" * 262144), ("GET", "/ok", None),
+                           ("POST", "/limited", iter([b"c" * 70000] * 3)), ("GET", "/ok", None)]:
+    resp = session.request(method, f"http://{sys.argv[1]}:8080{path}", data=data, timeout=10)
+    out.append(resp.status_code)
+pools = session.get_adapter("http://").poolmanager.pools
+print(json.dumps({"answers": out, "connections": sum(pools[key].num_connections for key in pools.keys())}))
+"""
+
+
+@pytest.mark.parametrize("loopback", [False, True], ids=["veth", "lo"])
+def test_a_refused_upload_is_taken_in_and_answered_on_the_kept_connection(
+    fresh_netns_pair: NetnsPair, loopback: bool
+) -> None:
+    """A refused POST whose body goes on over many segments (256 KiB with Content-Length, then 210 KB
+    chunked; TSO skbs of 64 KiB on the veth, 64 KiB segments on lo): the kernel acknowledges its segments
+    in the server's place and puts the 429 in where it ends; the client's next request goes on on the
+    same connection and the server never sees the uploads nor a reset."""
+    pair = fresh_netns_pair
+    guarded = Guarded(pair, RULES, iface="lo" if loopback else None)
+    ns, host = (pair.server, "127.0.0.1") if loopback else (pair.client, pair.server_ip)
+    try:
+        res = pair.run(ns, sys.executable, "-c", UPLOAD_CLIENT, host, timeout=60)
+        assert res.returncode == 0, res.stderr
+        doc = json.loads(res.stdout)
+        assert doc["answers"] == [200, 429, 200, 429, 200]
+        assert doc["connections"] == 1, f"the client reconnected: {doc}"
+        events = guarded.stop(connections=1)
+    finally:
+        guarded.stop()
+    conns = [e for e in events if isinstance(e, dict) and "requests" in e]
+    assert conns == [{"requests": ["GET /ok HTTP/1.1"] * 3, "reset": False}]
+    final = next(e for e in events if isinstance(e, dict) and "counters" in e)
+    assert (final["counters"]["reply_kept"], final["counters"]["reply_closed"]) == (2, 0)

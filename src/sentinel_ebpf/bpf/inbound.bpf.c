@@ -1591,8 +1591,11 @@ __noinline int reply_in_stream(struct __sk_buff *skb, const struct pkt *p, __u32
 		whole = scr->post.phase == STREAM_REQUEST;
 		if (!scr->pre.valid || (p->flags & TCP_FIN) || scr->post.phase == STREAM_OPAQUE ||
 		    (__u8)(scr->post.reqs - scr->pre.reqs) != (cont ? 0 : 1) || (scr->post.last & LAST_CLOSE) ||
-		    skb->gso_segs > 1 || (whole && p->payload_len > SE_REPLY_REQUEST_MAX))
+		    (!cont && whole && p->payload_len > SE_REPLY_REQUEST_MAX))
 			goto closed;
+		/* (a GSO skb of a swallowed request's rest, as a local client's TSO sends it, is rewritten too:
+		 * the kernel drops the offload when the skb shrinks; the first segment of a request is not
+		 * judged from a merged skb, see refuse_http) */
 		acked = scr->keep; /* the reply acknowledges up to the request's end (bytes before rcv_nxt too) */
 		swallowed = scr->keep - (scr->pre.seq - p->seq);
 	}
