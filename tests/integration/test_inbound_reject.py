@@ -168,6 +168,25 @@ print(json.dumps(out))
 """
 
 
+def kept_connection_run(pair: NetnsPair, script: str, loopback: bool = False) -> tuple[Any, dict[str, int]]:
+    """Run a client script (argv[1]: the server's address) against the guarded server, which serves
+    GET /ok and has /limited refused; the server must have served three GET /ok on one connection and seen
+    no reset. The script's JSON output and the data plane's final counters."""
+    guarded = Guarded(pair, RULES, iface="lo" if loopback else None)
+    ns, host = (pair.server, "127.0.0.1") if loopback else (pair.client, pair.server_ip)
+    try:
+        res = pair.run(ns, sys.executable, "-c", script, host, timeout=60)
+        assert res.returncode == 0, res.stderr
+        out = json.loads(res.stdout)
+        events = guarded.stop(connections=1)
+    finally:
+        guarded.stop()
+    conns = [e for e in events if isinstance(e, dict) and "requests" in e]
+    assert conns == [{"requests": ["GET /ok HTTP/1.1"] * 3, "reset": False}]
+    final = next(e for e in events if isinstance(e, dict) and "counters" in e)
+    return out, final["counters"]
+
+
 @pytest.mark.parametrize("loopback", [False, True], ids=["veth", "lo"])
 def test_python_http_client_keeps_its_connection_through_refusals(
     fresh_netns_pair: NetnsPair, loopback: bool
@@ -176,23 +195,11 @@ def test_python_http_client_keeps_its_connection_through_refusals(
     same connection (the same local port) carries the next request; the server serves the allowed ones
     on that one connection and never sees a refused one, nor a reset. On loopback too, where every
     packet passes both programs (egress, then ingress)."""
-    pair = fresh_netns_pair
-    guarded = Guarded(pair, RULES, iface="lo" if loopback else None)
-    ns, host = (pair.server, "127.0.0.1") if loopback else (pair.client, pair.server_ip)
-    try:
-        res = pair.run(ns, sys.executable, "-c", KEEPALIVE_CLIENT, host, timeout=30)
-        assert res.returncode == 0, res.stderr
-        answers = json.loads(res.stdout)
-        assert [status for status, _, _ in answers] == [200, 429, 200, 429, 429, 200]
-        assert len({port for _, port, _ in answers}) == 1, f"the client reconnected: {answers}"
-        assert all(length == len("Too Many Requests\n") for status, _, length in answers if status == 429)
-        events = guarded.stop(connections=1)
-    finally:
-        guarded.stop()
-    conns = [e for e in events if isinstance(e, dict) and "requests" in e]
-    assert conns == [{"requests": ["GET /ok HTTP/1.1"] * 3, "reset": False}]
-    final = next(e for e in events if isinstance(e, dict) and "counters" in e)
-    assert (final["counters"]["reply_kept"], final["counters"]["reply_closed"]) == (3, 0)
+    answers, counters = kept_connection_run(fresh_netns_pair, KEEPALIVE_CLIENT, loopback)
+    assert [status for status, _, _ in answers] == [200, 429, 200, 429, 429, 200]
+    assert len({port for _, port, _ in answers}) == 1, f"the client reconnected: {answers}"
+    assert all(length == len("Too Many Requests\n") for status, _, length in answers if status == 429)
+    assert (counters["reply_kept"], counters["reply_closed"]) == (3, 0)
 
 
 REQUESTS_CLIENT = """
@@ -211,20 +218,10 @@ print(json.dumps({"answers": out, "connections": sum(pools[key].num_connections 
 def test_python_requests_keeps_its_connection_through_refusals(fresh_netns_pair: NetnsPair) -> None:
     """A requests Session (urllib3's pool) on a keep-alive connection: every refused request gets the
     429, the pool never opens a second connection, and the server serves the allowed ones on one."""
-    pair = fresh_netns_pair
-    guarded = Guarded(pair, RULES)
-    try:
-        res = pair.run(pair.client, sys.executable, "-c", REQUESTS_CLIENT, pair.server_ip, timeout=30)
-        assert res.returncode == 0, res.stderr
-        doc = json.loads(res.stdout)
-        assert [status for status, _ in doc["answers"]] == [200, 429, 200, 429, 429, 200]
-        assert all(length == len("Too Many Requests\n") for status, length in doc["answers"] if status == 429)
-        assert doc["connections"] == 1, f"the client reconnected: {doc}"
-        events = guarded.stop(connections=1)
-    finally:
-        guarded.stop()
-    conns = [e for e in events if isinstance(e, dict) and "requests" in e]
-    assert conns == [{"requests": ["GET /ok HTTP/1.1"] * 3, "reset": False}]
+    doc, _ = kept_connection_run(fresh_netns_pair, REQUESTS_CLIENT)
+    assert [status for status, _ in doc["answers"]] == [200, 429, 200, 429, 429, 200]
+    assert all(length == len("Too Many Requests\n") for status, length in doc["answers"] if status == 429)
+    assert doc["connections"] == 1, f"the client reconnected: {doc}"
 
 
 UPLOAD_CLIENT = """
@@ -249,19 +246,7 @@ def test_a_refused_upload_is_taken_in_and_answered_on_the_kept_connection(
     chunked; TSO skbs of 64 KiB on the veth, 64 KiB segments on lo): the kernel acknowledges its segments
     in the server's place and puts the 429 in where it ends; the client's next request goes on on the
     same connection and the server never sees the uploads nor a reset."""
-    pair = fresh_netns_pair
-    guarded = Guarded(pair, RULES, iface="lo" if loopback else None)
-    ns, host = (pair.server, "127.0.0.1") if loopback else (pair.client, pair.server_ip)
-    try:
-        res = pair.run(ns, sys.executable, "-c", UPLOAD_CLIENT, host, timeout=60)
-        assert res.returncode == 0, res.stderr
-        doc = json.loads(res.stdout)
-        assert doc["answers"] == [200, 429, 200, 429, 200]
-        assert doc["connections"] == 1, f"the client reconnected: {doc}"
-        events = guarded.stop(connections=1)
-    finally:
-        guarded.stop()
-    conns = [e for e in events if isinstance(e, dict) and "requests" in e]
-    assert conns == [{"requests": ["GET /ok HTTP/1.1"] * 3, "reset": False}]
-    final = next(e for e in events if isinstance(e, dict) and "counters" in e)
-    assert (final["counters"]["reply_kept"], final["counters"]["reply_closed"]) == (2, 0)
+    doc, counters = kept_connection_run(fresh_netns_pair, UPLOAD_CLIENT, loopback)
+    assert doc["answers"] == [200, 429, 200, 429, 200]
+    assert doc["connections"] == 1, f"the client reconnected: {doc}"
+    assert (counters["reply_kept"], counters["reply_closed"]) == (2, 0)
