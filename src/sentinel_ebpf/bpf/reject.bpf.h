@@ -227,6 +227,35 @@ static __always_inline int swap_timestamps(struct __sk_buff *skb, int ts_off)
 }
 
 /*
+ * The headers of a segment whose payload is now `rlen` bytes, turned toward the client: `flags` (the data
+ * offset kept), seq = the segment's ack, ack = its seq + `acked`, lengths and checksums fixed, timestamps
+ * swapped (else PAWS drops it), addresses and ports swapped.
+ */
+static __always_inline int headers_to_client(struct __sk_buff *skb, const struct pkt *p, int ts_off, __u32 acked,
+					     __u16 flags, __u32 rlen)
+{
+	__u32 csum_off = p->l4_off + 16;
+	__u16 old_word, new_word;
+
+	if (bpf_skb_load_bytes(skb, p->l4_off + 12, &old_word, 2))
+		return -1;
+	new_word = (old_word & bpf_htons(0xF000)) | bpf_htons(flags);
+	if (store_csum16(skb, csum_off, p->l4_off + 12, old_word, new_word))
+		return -1;
+	if (store_csum32(skb, csum_off, p->l4_off + 4, bpf_htonl(p->seq), bpf_htonl(p->ack)) ||
+	    store_csum32(skb, csum_off, p->l4_off + 8, bpf_htonl(p->ack), bpf_htonl(p->seq + acked)))
+		return -1;
+	if (bpf_l4_csum_replace(skb, csum_off, bpf_htons(p->doff + p->payload_len), bpf_htons(p->doff + rlen),
+				BPF_F_PSEUDO_HDR | sizeof(__u16)))
+		return -1;
+	if (set_ip_len(skb, p, p->ip_len - p->payload_len + rlen))
+		return -1;
+	if (swap_timestamps(skb, ts_off))
+		return -1;
+	return swap_endpoints(skb, p);
+}
+
+/*
  * Turn the request segment into the HTTP response for its client: payload replaced by `reply`,
  * addresses swapped, seq = request's ack, ack = request's seq + `acked` (the request's bytes answered),
  * PSH|ACK and FIN when `fin`, timestamps swapped.
@@ -238,8 +267,6 @@ __noinline int rewrite_to_reply(struct __sk_buff *skb, const struct pkt *p, cons
 		return -1;
 	__u32 csum_off = p->l4_off + 16;
 	__u32 rlen = reply->len, rlen4;
-	__u32 old_tcp_len = p->doff + p->payload_len;
-	__u16 old_word, new_word;
 	__s64 add;
 	int ts_off = find_timestamps(skb, p->l4_off, p->doff);
 
@@ -258,60 +285,27 @@ __noinline int rewrite_to_reply(struct __sk_buff *skb, const struct pkt *p, cons
 	add = bpf_csum_diff(NULL, 0, (__be32 *)reply->data, rlen4, 0);
 	if (add < 0 || bpf_l4_csum_replace(skb, csum_off, 0, add, 0))
 		return -1;
-	if (bpf_skb_load_bytes(skb, p->l4_off + 12, &old_word, 2))
-		return -1;
-	new_word = (old_word & bpf_htons(0xF000)) | bpf_htons((fin ? TCP_FIN : 0) | TCP_PSH | TCP_ACK);
-	if (store_csum16(skb, csum_off, p->l4_off + 12, old_word, new_word))
-		return -1;
-	if (store_csum32(skb, csum_off, p->l4_off + 4, bpf_htonl(p->seq), bpf_htonl(p->ack)) ||
-	    store_csum32(skb, csum_off, p->l4_off + 8, bpf_htonl(p->ack), bpf_htonl(p->seq + acked)))
-		return -1;
-	if (bpf_l4_csum_replace(skb, csum_off, bpf_htons(old_tcp_len), bpf_htons(p->doff + rlen),
-				BPF_F_PSEUDO_HDR | sizeof(__u16)))
-		return -1;
-	if (set_ip_len(skb, p, p->ip_len - p->payload_len + rlen))
-		return -1;
-	if (swap_timestamps(skb, ts_off))
-		return -1;
-	return swap_endpoints(skb, p);
+	return headers_to_client(skb, p, ts_off, acked, (fin ? TCP_FIN : 0) | TCP_PSH | TCP_ACK, rlen);
 }
 
 /*
- * Turn the client's segment into the acknowledgment its server would send: no payload, addresses
- * swapped, seq = the segment's ack, ack = its seq + `acked`, ACK alone, timestamps swapped (for bytes
- * swallowed in the server's place: the server never gets them). A global function.
+ * Turn the client's segment into the acknowledgment its server would send: no payload, ACK alone,
+ * seq = the segment's ack, ack = its seq + `acked` (for bytes swallowed in the server's place: the server
+ * never gets them). A global function.
  */
 __noinline int rewrite_to_ack(struct __sk_buff *skb, const struct pkt *p, __u32 acked)
 {
 	if (!skb || !p)
 		return -1;
-	__u32 csum_off = p->l4_off + 16;
-	__u32 old_tcp_len = p->doff + p->payload_len;
-	__u16 old_word, new_word;
 	int ts_off = find_timestamps(skb, p->l4_off, p->doff);
 
 	if (ts_off < 0)
 		return -1;
-	if (p->payload_len && csum_remove(skb, csum_off, p->payload_off, p->payload_len))
+	if (p->payload_len && csum_remove(skb, p->l4_off + 16, p->payload_off, p->payload_len))
 		return -1;
 	if (bpf_skb_change_tail(skb, p->payload_off, 0))
 		return -1;
-	if (bpf_skb_load_bytes(skb, p->l4_off + 12, &old_word, 2))
-		return -1;
-	new_word = (old_word & bpf_htons(0xF000)) | bpf_htons(TCP_ACK);
-	if (store_csum16(skb, csum_off, p->l4_off + 12, old_word, new_word))
-		return -1;
-	if (store_csum32(skb, csum_off, p->l4_off + 4, bpf_htonl(p->seq), bpf_htonl(p->ack)) ||
-	    store_csum32(skb, csum_off, p->l4_off + 8, bpf_htonl(p->ack), bpf_htonl(p->seq + acked)))
-		return -1;
-	if (bpf_l4_csum_replace(skb, csum_off, bpf_htons(old_tcp_len), bpf_htons(p->doff),
-				BPF_F_PSEUDO_HDR | sizeof(__u16)))
-		return -1;
-	if (set_ip_len(skb, p, p->ip_len - p->payload_len))
-		return -1;
-	if (swap_timestamps(skb, ts_off))
-		return -1;
-	return swap_endpoints(skb, p);
+	return headers_to_client(skb, p, ts_off, acked, TCP_ACK, 0);
 }
 
 /*
