@@ -221,12 +221,13 @@ class InboundRodata(ctypes.Structure):
         ("use_test_clock", ctypes.c_bool),
         ("socket_lookup", ctypes.c_bool),
         ("_pad0", ctypes.c_uint8 * 6),
+        ("head_hash_key", ctypes.c_uint64),
         ("inflight_idle_max", ctypes.c_int64),
         ("_pad1", ctypes.c_uint8 * 160),
     ]
 
 
-assert ctypes.sizeof(InboundRodata) == 176
+assert ctypes.sizeof(InboundRodata) == 184
 
 
 class InboundBss(ctypes.Structure):
@@ -247,12 +248,14 @@ def set_inbound_rodata(
     *,
     use_test_clock: bool | None = None,
     socket_lookup: bool | None = None,
+    head_hash_key: int | None = None,
     inflight_idle_max: int | None = None,
 ) -> None:
     """Set read-only globals of ``inbound.bpf.o`` before load (None: as compiled)."""
     values: dict[str, RodataValue | None] = {
         "use_test_clock": use_test_clock,
         "socket_lookup": socket_lookup,
+        "head_hash_key": head_hash_key,
         "inflight_idle_max": inflight_idle_max,
     }
     obj.set_rodata(**{name: value for name, value in values.items() if value is not None})

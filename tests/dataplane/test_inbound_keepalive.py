@@ -265,6 +265,21 @@ def test_a_refusal_waits_for_the_responses_the_server_owes(dp: InboundDataplane)
     assert dp_count(dp, "reply_kept") == 1
 
 
+def test_a_duplicate_before_the_stack_took_the_original_owes_no_second_response(dp: InboundDataplane) -> None:
+    """A lossy link's duplicate, queued behind its original while the server held the socket (the stack
+    has not taken either: both look new), is one request the server answers once. Counted twice, the
+    server seemed to owe a response for good, and the next refusal reset the connection (CI: the lossy
+    link test)."""
+    dp.apply(dp.compile(rules(BLOCK_API)))
+    assert client(dp, OTHER, C_ISN, S_ISN)[0] == TC_ACT_OK
+    assert client(dp, OTHER, C_ISN, S_ISN)[0] == TC_ACT_OK
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+    assert server(dp, response, S_ISN, C_ISN + len(OTHER))[0] == TC_ACT_OK
+    retval, out = client(dp, API, C_ISN + len(OTHER), S_ISN + len(response))
+    assert retval == TC_ACT_SHOT and parse_frame(out).payload == REPLY
+    assert (dp_count(dp, "reply_kept"), dp_count(dp, "reply_owed"), dp_count(dp, "rst_sent")) == (1, 0, 0)
+
+
 def test_a_new_connection_on_the_same_ports_is_not_translated(dp: InboundDataplane) -> None:
     dp.apply(dp.compile(rules(BLOCK_API)))
     refuse_first(dp)

@@ -29,6 +29,12 @@ flowRules:
   - {resource: other, threshold: 1000000}
   - {resource: up, threshold: 1000000}
 """
+ONE_API = """
+resources:
+  - {name: api, match: {protocol: http, port: 8080, method: GET, path: /api}}
+flowRules:
+  - {resource: api, threshold: 1}
+"""
 API = b"GET /api HTTP/1.1\r\nHost: svc\r\n\r\n"
 OTHER = b"GET /other HTTP/1.1\r\nHost: svc\r\n\r\n"
 
@@ -227,6 +233,49 @@ def test_a_segment_the_stack_dropped_is_followed_again_from_its_start(dp: Inboun
     assert c.send(post) == (TC_ACT_OK, post)
     assert c.send(b"abc" + API) == (TC_ACT_OK, b"abc")
     assert dp.port_counters(8080)["stream_lost"] == 0
+
+
+@pytest.mark.parametrize("merged", [b"", API], ids=["duplicate", "merged-with-more"])
+def test_a_segment_sent_again_before_the_stack_took_it_keeps_its_verdict(
+    dp: InboundDataplane, merged: bytes
+) -> None:
+    """A duplicate queued behind its original while the server holds the socket (or the original dropped
+    by the stack) looks new to the socket lookup: the request it carries was judged already, and is passed
+    again without being judged or counted again (as `retransmit`); a request merged behind it is cut off
+    again."""
+    dp.apply(dp.compile(rules(COUNT_ALL)))
+    c = Client(dp)
+    head = b"GET /other?id=7 HTTP/1.1\r\nHost: svc\r\nX-Long: " + b"v" * 300 + b"\r\n\r\n"
+    assert c.send(head + API) == (TC_ACT_OK, head)
+    c.seq -= len(head)
+    assert c.send(head + merged) == (TC_ACT_OK, head)
+    assert stats(dp)["other"] == (1, 0), "judged once"
+    assert dp.port_counters(8080)["retransmit"] == 1
+    assert c.send(API) == (TC_ACT_OK, API)
+    assert stats(dp) == {"api": (1, 0), "other": (1, 0), "up": (0, 0)}
+
+
+@pytest.mark.parametrize(
+    ("first", "api"),
+    [
+        (OTHER, (1, 0)),  # another resource: /api judged (its one request)
+        (b"GET /api HTTP/1.1\r\nHost: svc\r\nX-Id: 1\r\n\r\n", (1, 1)),  # the same route, another head
+        (b"GET /api HTTP/1.1\r\nHost: svc\r\n", (1, 1)),  # the head went on: more of it now
+    ],
+)
+def test_different_bytes_at_a_place_the_stack_did_not_take_are_judged(
+    dp: InboundDataplane, first: bytes, api: tuple[int, int]
+) -> None:
+    """A hostile client can have the stack drop a segment the program passed (a bad checksum, beyond the
+    window) and send other bytes at the same place: only the same head keeps the verdict, anything else
+    is judged (an attacker must not pass a limited request, or hotspot value, under an earlier one's)."""
+    dp.apply(dp.compile(rules(ONE_API)))
+    c = Client(dp)
+    assert c.send(first) == (TC_ACT_OK, first)
+    c.seq = 1000  # the stack dropped it
+    assert c.send(API)[1] == (API if api == (1, 0) else None)
+    assert stats(dp)["api"] == api, "the request must be judged (refused when /api's one is spent)"
+    assert dp.port_counters(8080)["retransmit"] == 0
 
 
 def test_an_unknown_stream_position_is_read_as_a_request_start_and_counted(dp: InboundDataplane) -> None:

@@ -42,6 +42,7 @@ enum stream_phase {
 /* The stream's state at client sequence number `seq`. */
 struct stream_pos {
 	__u64 left;
+	__u64 hash;                /* the head of the request last started, so far (see head_hash) */
 	__u32 seq;
 	__u8 phase;
 	__u8 flags;
@@ -333,8 +334,8 @@ static __always_inline long carry_line(struct follow_ctx *c, struct stream_pos *
 	return 0;
 }
 
-/* One line or one skip of the stream (a bpf_loop callback: verified once). */
-static long follow_step(__u32 i, struct follow_ctx *c)
+/* One line or one skip of the stream. */
+static __always_inline long follow_one(struct follow_ctx *c)
 {
 	struct stream_pos *st = c->st;
 	struct follow_buf *b = c->b;
@@ -469,6 +470,58 @@ static long follow_step(__u32 i, struct follow_ctx *c)
 		}
 	}
 	return 0;
+}
+
+/*
+ * A request's head is hashed as the follower reads it (its request line and header lines, keyed by
+ * head_hash_key: random for each load, so that a client cannot aim at a collision), so that a segment
+ * that comes again before the stack took it (a duplicate queued behind the original; the original
+ * dropped by the stack) is known to carry the request that was judged (see stream_prepare). Steps read
+ * the same bytes the same way each time, so the same head hashes the same.
+ */
+const volatile __u64 head_hash_key = 0;
+
+#define HEAD_HASH_MUL 0x9e3779b97f4a7c15ULL
+
+/* `h` with the `n` bytes read at b->c[k] mixed in (a global function: verified once). */
+__noinline __u64 head_hash(const struct follow_buf *b, __u64 h, __u32 k, __u32 n)
+{
+	__u32 end = k + n, lo;
+	__u64 w;
+
+	if (!b)
+		return h;
+	for (__u32 j = 0; j < (FOLLOW_CARRY + FOLLOW_WINDOW) / 8; j++) {
+		lo = j * 8;
+		if (lo >= end)
+			break;
+		w = b->w[j];
+		if (lo < k)
+			w = lo + 8 <= k ? 0 : w & ~0ULL << ((k - lo) * 8);
+		if (end < lo + 8)
+			w &= (1ULL << ((end - lo) * 8)) - 1;
+		h = (h ^ w) * HEAD_HASH_MUL;
+		h ^= h >> 29;
+	}
+	return (h ^ n) * HEAD_HASH_MUL;
+}
+
+/* One line or one skip of the stream (a bpf_loop callback: verified once); a head's bytes are hashed. */
+static long follow_step(__u32 i, struct follow_ctx *c)
+{
+	struct stream_pos *st = c->st;
+	__u32 at = c->at, k = st->carry_len;
+	__u8 phase = st->phase, in_line = st->flags & STREAM_IN_LINE;
+	long r = follow_one(c);
+
+	if (phase == STREAM_REQUEST && st->phase == STREAM_HEADERS) {
+		st->hash = head_hash_key; /* a request starts: its head from its request line */
+	} else if (phase == STREAM_HEADERS && c->at > at && c->at - at <= FOLLOW_WINDOW) {
+		if (in_line || k > FOLLOW_CARRY)
+			k = in_line ? 0 : FOLLOW_CARRY;
+		st->hash = head_hash(c->b, st->hash, k, c->at - at);
+	}
+	return r;
 }
 
 /*

@@ -218,6 +218,10 @@ struct ingress_scratch {
 	__u32 xl_on;                /* the client's segment is to be translated (xl) when it passes */
 	struct seq_xlate xl;        /* its connection's sequence translation (see xlate.bpf.h) */
 	struct stream_state fresh;  /* a new streams entry, built here (too big for the stack) */
+	__u32 again;                /* the segment starts where the last one passed did (stream_prepare) */
+	__u8 again_reqs;            /* ... the stream's requests and head hash after that one, */
+	__u8 again_started;         /* ... and the requests it started */
+	__u64 again_hash;
 	__u32 reject_how;           /* refuse_http() -> tc_ingress: reject()'s third argument */
 };
 
@@ -1308,8 +1312,10 @@ not_request_line:
 
 /*
  * The stream's state at client sequence number `at` into scratch pre and post (the key in scratch fk):
- * the state after the last segment passed, or before it when the stack dropped that segment, or a
- * request's start when neither (a new connection: 0; a lost state: 1). A global function.
+ * the state after the last segment passed, or before it (scratch again) when that segment comes again
+ * before the stack took it (a duplicate queued behind it while the application held the socket; the
+ * stack dropped it), or a request's start when neither (a new connection: 0; a lost state: 1). A global
+ * function.
  */
 __noinline int stream_prepare(__u32 at)
 {
@@ -1321,13 +1327,19 @@ __noinline int stream_prepare(__u32 at)
 	if (!scr)
 		return 0;
 	__builtin_memset(&scr->pre, 0, sizeof(scr->pre));
+	scr->again = 0;
 	ss = bpf_map_lookup_elem(&streams, &scr->fk);
-	if (ss && ss->cur.valid && ss->cur.seq == at)
+	if (ss && ss->cur.valid && ss->cur.seq == at) {
 		scr->pre = ss->cur;
-	else if (ss && ss->prev.valid && ss->prev.seq == at)
+	} else if (ss && ss->prev.valid && ss->prev.seq == at) {
 		scr->pre = ss->prev;
-	else
+		scr->again = 1;
+		scr->again_reqs = ss->cur.reqs;
+		scr->again_started = ss->cur.reqs - ss->prev.reqs;
+		scr->again_hash = ss->cur.hash;
+	} else {
 		lost = ss != NULL;
+	}
 	scr->pre.seq = at;
 	scr->pre.valid = 1;
 	scr->post = scr->pre;
@@ -1357,6 +1369,8 @@ __noinline int stream_pass(struct __sk_buff *skb, const struct pkt *p)
 	}
 	scr->post.seq = p->seq + ((p->flags & TCP_SYN) ? 1 : 0) + scr->keep;
 	started = (__u8)(scr->post.reqs - scr->pre.reqs);
+	if (scr->again)
+		started -= scr->again_started; /* the stack takes one of the two (may be -1: wraps) */
 	e = bpf_map_lookup_elem(&streams, &scr->fk);
 	if (e) {
 		e->prev = scr->pre;
@@ -1420,6 +1434,12 @@ static __always_inline __u32 http_segment(struct __sk_buff *skb, const struct pk
 		return SEGMENT_SWALLOW; /* the refused request goes on here (the stream is inside it) */
 	if (scr->pre.phase != STREAM_REQUEST) {
 		port_count(port, PORT_BODY);
+		return 0;
+	}
+	if (scr->again && scr->again_started && scr->post.reqs == scr->again_reqs &&
+	    scr->post.hash == scr->again_hash) {
+		/* the request judged (and passed) when the segment came first: its verdict stands */
+		port_count(port, PORT_RETRANSMIT);
 		return 0;
 	}
 	res = http_route(skb, p, *skip << 16 | port, (__u32)gen << 16 | pc->slot, &pc->lens);

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import socket
 import time
 from collections.abc import Mapping
@@ -168,6 +169,8 @@ class InboundDataplane:
                 self.obj,
                 use_test_clock=True if test_clock else None,
                 socket_lookup=None if socket_lookup else False,
+                # keys the hash of request heads (a segment sent again is known by it): unguessable
+                head_hash_key=int.from_bytes(os.urandom(8), "little"),
                 inflight_idle_max=idle_connections,
             )
             if hotspot_values is not None:
