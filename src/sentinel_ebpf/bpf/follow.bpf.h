@@ -483,26 +483,24 @@ const volatile __u64 head_hash_key = 0;
 
 #define HEAD_HASH_MUL 0x9e3779b97f4a7c15ULL
 
-/* `h` with the `n` bytes read at b->c[k] mixed in (a global function: verified once). */
-__noinline __u64 head_hash(const struct follow_buf *b, __u64 h, __u32 k, __u32 n)
+/* `h` with the first `n` bytes read (b->c) mixed in. A global function, verified once; its loop has no
+ * branch but its bound (kernels before 6.2 do not prune a loop's paths well). */
+__noinline __u64 head_hash(const struct follow_buf *b, __u64 h, __u32 n)
 {
-	__u32 end = k + n, lo;
-	__u64 w;
+	__u32 words, rem;
 
-	if (!b)
+	if (!b || n > FOLLOW_WINDOW)
 		return h;
-	for (__u32 j = 0; j < (FOLLOW_CARRY + FOLLOW_WINDOW) / 8; j++) {
-		lo = j * 8;
-		if (lo >= end)
+	words = n / 8;
+	for (__u32 j = 0; j < FOLLOW_WINDOW / 8; j++) {
+		if (j >= words)
 			break;
-		w = b->w[j];
-		if (lo < k)
-			w = lo + 8 <= k ? 0 : w & ~0ULL << ((k - lo) * 8);
-		if (end < lo + 8)
-			w &= (1ULL << ((end - lo) * 8)) - 1;
-		h = (h ^ w) * HEAD_HASH_MUL;
+		h = (h ^ b->w[j]) * HEAD_HASH_MUL;
 		h ^= h >> 29;
 	}
+	rem = n % 8;
+	if (rem)
+		h = (h ^ (b->w[words & (FOLLOW_WINDOW / 8 - 1)] & ((1ULL << (rem * 8)) - 1))) * HEAD_HASH_MUL;
 	return (h ^ n) * HEAD_HASH_MUL;
 }
 
@@ -516,10 +514,13 @@ static long follow_step(__u32 i, struct follow_ctx *c)
 
 	if (phase == STREAM_REQUEST && st->phase == STREAM_HEADERS) {
 		st->hash = head_hash_key; /* a request starts: its head from its request line */
-	} else if (phase == STREAM_HEADERS && c->at > at && c->at - at <= FOLLOW_WINDOW) {
-		if (in_line || k > FOLLOW_CARRY)
-			k = in_line ? 0 : FOLLOW_CARRY;
-		st->hash = head_hash(c->b, st->hash, k, c->at - at);
+	} else if (phase == STREAM_HEADERS && c->at > at) {
+		/* (bytes read after a line's start carried from an earlier segment are counted, not hashed:
+		 * never in the segment a request starts in, the one compared) */
+		if (in_line || !k)
+			st->hash = head_hash(c->b, st->hash, c->at - at);
+		else
+			st->hash = (st->hash ^ (c->at - at)) * HEAD_HASH_MUL;
 	}
 	return r;
 }
