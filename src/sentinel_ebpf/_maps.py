@@ -127,7 +127,7 @@ class InboundMaps:
         self.hot_specific: Map = obj.map("hot_specific")
         #: LRU_HASH, max_entries 262144: struct hot_key -> struct hot_state
         self.hot_values: Map = obj.map("hot_values")
-        #: ARRAY, max_entries 6: __u32 -> struct http_reply
+        #: ARRAY, max_entries 8: __u32 -> struct http_reply
         self.http_reply: Map = obj.map("http_reply")
         #: HASH, max_entries 262144: struct http_route_key -> __u32
         self.http_routes: Map = obj.map("http_routes")

@@ -197,6 +197,7 @@ class RouteFlags(IntEnum):
     ROUTE_OUTBOUND = 128
     HTTP_REPLY_OUTBOUND = 2
     HTTP_REPLY_KEEPALIVE = 4
+    HTTP_REPLY_OUT_KEEPALIVE = 6
 
 
 class SystemMetric(IntEnum):

@@ -3,10 +3,12 @@
 usage: guarded_server.py RULES_YAML IFACE PORT
 Prints "ready" once attached and listening, then one JSON line per connection the server saw:
 {"requests": [first request lines], "reset": bool}. Stops on SIGTERM, printing the data-plane counters.
+IFACE "-": no data plane (a recording server for callers judged elsewhere; counters and stats empty).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
@@ -54,18 +56,21 @@ def main() -> None:
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind(("::", port))
     srv.listen(64)
-    with InboundDataplane() as dp:
-        dp.apply(dp.compile(load_file(rules_path)))
-        dp.attach(iface)
+    with contextlib.ExitStack() as stack:
+        dp = None
+        if iface != "-":
+            dp = stack.enter_context(InboundDataplane())
+            dp.apply(dp.compile(load_file(rules_path)))
+            dp.attach(iface)
 
         def stop(signum: int, frame: FrameType | None) -> None:
             emit(
                 {
-                    "counters": dp.counters(),
-                    "stats": {s.name: [s.passed, s.blocked] for s in dp.resource_stats()},
+                    "counters": dp.counters() if dp else {},
+                    "stats": {s.name: [s.passed, s.blocked] for s in dp.resource_stats()} if dp else {},
                 }
             )
-            dp.close()
+            stack.close()
             sys.exit(0)
 
         signal.signal(signal.SIGTERM, stop)

@@ -4,20 +4,17 @@ another behind the inbound TC programs attached to the server's veth."""
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.background import LineProcess
+from tests.support.guarded import Guarded
 from tests.support.netns import NetnsPair
 
 pytestmark = pytest.mark.kernel
-SERVER = Path(__file__).with_name("guarded_server.py")
 PORT = 8080
 
 RULES = """
@@ -29,32 +26,6 @@ flowRules:
 reject:
   http: {status: 429, body: "Too Many Requests\\n", headers: {Retry-After: "1"}}
 """
-
-
-class Guarded:
-    def __init__(self, pair: NetnsPair, rules: str, iface: str | None = None) -> None:
-        self.pair = pair
-        path = pair.tmpdir / "rules.yaml"
-        path.write_text(rules)
-        self.proc = LineProcess(
-            pair.cmd(pair.server, sys.executable, str(SERVER), str(path), iface or pair.server_if, str(PORT))
-        )
-        self.proc.wait_stdout(lambda ln: ln.strip() == '"ready"', what="the guarded server's ready line")
-
-    def stop(self, connections: int = 0) -> list[Any]:
-        """The server's events, once it has reported ``connections`` ended connections (its handler
-        threads see the kernel's RST or the client's close a moment after curl returns), then stopped."""
-        if connections:
-            self.proc.wait_until(
-                lambda: True if sum('"requests"' in ln for ln in self.proc.stdout) >= connections else None,
-                15,
-                f"{connections} connections reported by the guarded server",
-            )
-        if self.proc.proc.poll() is None:
-            self.proc.signal(signal.SIGTERM)
-            self.proc.wait_exit(20)
-        self.proc.close()
-        return [json.loads(line) for line in self.proc.stdout if line.strip()]
 
 
 @pytest.fixture

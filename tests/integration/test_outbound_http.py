@@ -1,8 +1,10 @@
 """Outbound HTTP requests on existing connections, judged at TC egress of the caller's host: a blocked
-request (a limit, an open circuit) gets an immediate `503` built in the kernel, the server a RST."""
+request (a limit, an open circuit) gets an immediate `503` built in the kernel, in the caller's stream on
+its kept keep-alive connection (or with Connection: close and a RST to the server when it cannot be)."""
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -10,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.daemon_helpers import Daemon
+from tests.support.guarded import Guarded
 from tests.support.netns import NetnsPair
 from tests.support.wrk import wrk
 
@@ -135,3 +138,64 @@ def test_outbound_breaker_cycle(fresh_netns_pair: NetnsPair, strategy: str) -> N
             time.sleep(0.05)
     finally:
         d.close()
+
+
+KEPT_RULES = """
+resources:
+  - {{name: ok, match: {{direction: outbound, protocol: http, host: {host}/32, port: 8080, path: /ok}}}}
+  - {{name: limited, match: {{direction: outbound, protocol: http, host: {host}/32, port: 8080, path: /limited}}}}
+flowRules:
+  - {{resource: limited, threshold: 0}}
+"""
+KEEPALIVE_CALLER = """
+import http.client, json, sys
+conn = http.client.HTTPConnection(sys.argv[1], 8080, timeout=5)
+out = []
+for path in ["/ok", "/limited", "/ok", "/limited", "/limited", "/ok"]:
+    conn.request("GET", path)
+    resp = conn.getresponse()
+    out.append([resp.status, conn.sock.getsockname()[1], resp.read().decode()])
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("loopback", [False, True], ids=["veth", "lo"])
+def test_a_blocked_request_gets_its_503_on_the_callers_kept_connection(
+    fresh_netns_pair: NetnsPair, loopback: bool
+) -> None:
+    """Python's http.client calling a dependency on one keep-alive connection, through a veth (the data
+    plane on the caller's side) and on loopback (the dependency on the same host): each blocked request
+    gets the kernel's 503 at once and the same connection (the same local port) carries the next request;
+    the dependency serves the allowed ones on that one connection and never sees a blocked one, nor a
+    reset."""
+    pair = fresh_netns_pair
+    daemon = None
+    if loopback:  # the data plane on lo, caller and dependency beside it
+        server = Guarded(pair, KEPT_RULES.format(host="127.0.0.1"), iface="lo")
+        ns, host = pair.server, "127.0.0.1"
+    else:
+        server = Guarded(pair, "", iface="-")
+        ns, host = pair.client, pair.server_ip
+    try:
+        if not loopback:
+            daemon = Daemon(pair, KEPT_RULES.format(host=host), side="client")
+        res = pair.run(ns, sys.executable, "-c", KEEPALIVE_CALLER, host, timeout=60)
+        assert res.returncode == 0, res.stderr
+        answers = json.loads(res.stdout)
+        counters = daemon.stats()["dataplane"] if daemon else None
+        events = server.stop(connections=1)
+    finally:
+        server.stop()
+        if daemon:
+            daemon.close()
+    assert [status for status, _, _ in answers] == [200, 503, 200, 503, 503, 200], answers
+    assert len({port for _, port, _ in answers}) == 1, f"the caller reconnected: {answers}"
+    assert all(
+        body == "Service Unavailable (sentinel-ebpf)\n" for status, _, body in answers if status == 503
+    )
+    assert all(body == "served GET /ok HTTP/1.1\n" for status, _, body in answers if status == 200), answers
+    conns = [e for e in events if isinstance(e, dict) and "requests" in e]
+    assert conns == [{"requests": ["GET /ok HTTP/1.1"] * 3, "reset": False}]
+    if counters is None:
+        counters = next(e for e in events if isinstance(e, dict) and "counters" in e)["counters"]
+    assert (counters["reply_kept"], counters["reply_closed"]) == (3, 0)

@@ -198,8 +198,9 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 6);             /* [gen] inbound reject, [HTTP_REPLY_OUTBOUND + gen] outbound 503,
-					     * [HTTP_REPLY_KEEPALIVE + gen] inbound reject keeping the connection */
+	__uint(max_entries, 8);             /* [gen] inbound reject, [HTTP_REPLY_OUTBOUND + gen] outbound 503,
+					     * [HTTP_REPLY_KEEPALIVE + gen] inbound reject keeping the connection,
+					     * [HTTP_REPLY_OUT_KEEPALIVE + gen] outbound 503 keeping it */
 	__type(key, __u32);
 	__type(value, struct http_reply);
 } http_reply SEC(".maps");
@@ -215,7 +216,8 @@ struct ingress_scratch {
 	struct stream_pos pre;      /* the client's stream at the segment's first new byte (see follow.bpf.h) */
 	struct stream_pos post;     /* ... where following the segment stopped */
 	__u32 keep;                 /* payload bytes to pass: the payload's length, or where to cut it */
-	__u32 xl_on;                /* the client's segment is to be translated (xl) when it passes */
+	__u32 xl_on;                /* the client's segment is to be translated (xl) when it passes;
+				     * XL_OUTBOUND: a segment of an outbound HTTP connection (xlate_outbound) */
 	struct seq_xlate xl;        /* its connection's sequence translation (see xlate.bpf.h) */
 	struct stream_state fresh;  /* a new streams entry, built here (too big for the stack) */
 	__u32 again;                /* the segment starts where the last one passed did (stream_prepare) */
@@ -224,6 +226,10 @@ struct ingress_scratch {
 	__u64 again_hash;
 	__u32 reject_how;           /* refuse_http() -> tc_ingress: reject()'s third argument */
 };
+
+#define XL_OUTBOUND 2
+
+__noinline int xlate_outbound(struct __sk_buff *skb, __u32 from_caller);
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -926,6 +932,14 @@ static __always_inline long clone_marked(struct __sk_buff *skb, __u32 flags)
 	return r;
 }
 
+/* The translation of the outbound connection in egress scratch fk (out_request's key), or NULL. */
+static __always_inline struct seq_xlate *out_xl(struct ingress_scratch *scr)
+{
+	struct stream_state *e = bpf_map_lookup_elem(&streams, &scr->fk);
+
+	return e && e->xl_on ? &e->xl : NULL;
+}
+
 /* reject()'s third argument: enum reject_mode | REJECT_* flags. */
 #define REJECT_SYN (1 << 8)
 #define REJECT_GEN1 (1 << 9)
@@ -950,6 +964,7 @@ __noinline int reject(struct __sk_buff *skb, const struct pkt *p, __u32 how)
 	__u32 clone_flags = outbound && skb && skb->ifindex != SE_LOOPBACK_IFINDEX ? BPF_F_INGRESS : 0, zero = 0;
 	__u32 s_seq, s_ack;
 	struct ingress_scratch *scr;
+	struct seq_xlate *xl;
 
 	if (!skb || !p)
 		return TC_ACT_OK;
@@ -958,7 +973,7 @@ __noinline int reject(struct __sk_buff *skb, const struct pkt *p, __u32 how)
 		return TC_ACT_SHOT; /* a reply would carry IPv6 extension headers (a routing header!) back: drop */
 	if (syn) {
 		/* RST|ACK for the SYN: seq 0, ack = ISN + 1 (+ its data, TFO); the SYN never reaches the server */
-		if (rewrite_to_rst(skb, p, 0, p->seq + 1 + p->payload_len, true))
+		if (rewrite_to_rst(skb, p, 0, p->seq + 1 + p->payload_len, TO_SENDER))
 			goto fail;
 		percpu_inc(&dp_counters, DP_RST_SENT);
 		return bpf_redirect(skb->ifindex, 0);
@@ -973,20 +988,23 @@ __noinline int reject(struct __sk_buff *skb, const struct pkt *p, __u32 how)
 			goto rst;
 		/* The response goes out toward the client; the same skb then becomes the RST the server
 		 * sees in place of the request (seq = the request's seq exactly, or both sides desync;
-		 * in the server's numbering when the connection is translated). */
+		 * in the server's numbering when the connection is translated). Everything read from
+		 * scratch is read before the clone: on lo the clone is sent out of lo, and the egress
+		 * program runs on it at once, nested, over egress scratch. */
+		reply_view(&scr->reply, p, reply->len);
+		s_seq = p->seq;
+		s_ack = p->ack;
+		xl = outbound ? out_xl(scr) : (scr->xl_on ? &scr->xl : NULL);
+		if (xl) {
+			s_seq = xl_client_seq(xl, s_seq);
+			s_ack = xl_client_ack(xl, s_ack);
+		}
 		if (rewrite_to_reply(skb, p, reply, p->payload_len, 1))
 			goto fail;
 		if (clone_marked(skb, clone_flags))
 			goto fail;
-		reply_view(&scr->reply, p, reply->len);
-		s_seq = p->seq;
-		s_ack = p->ack;
-		if (!outbound && scr->xl_on) {
-			s_seq = xl_client_seq(&scr->xl, s_seq);
-			s_ack = xl_client_ack(&scr->xl, s_ack);
-			scr->xl_on = 0; /* written in the server's numbering already */
-		}
-		if (rewrite_to_rst(skb, &scr->reply, s_seq, s_ack, true))
+		scr->xl_on = 0; /* written in the server's numbering already */
+		if (rewrite_to_rst(skb, &scr->reply, s_seq, s_ack, TO_SENDER))
 			goto fail;
 		percpu_inc(&dp_counters, DP_REPLY_SENT);
 		return TC_ACT_OK;
@@ -998,17 +1016,21 @@ rst:;
 
 	s_seq = p->seq + (how >> 16);
 	s_ack = p->ack;
-	scr = outbound ? NULL : bpf_map_lookup_elem(&ingress_scratch, &zero);
-	if (scr && scr->xl_on) {
-		s_seq = xl_client_seq(&scr->xl, s_seq);
-		s_ack = xl_client_ack(&scr->xl, s_ack);
-		scr->xl_on = 0;
+	scr = bpf_map_lookup_elem(outbound ? (void *)&egress_scratch : (void *)&ingress_scratch, &zero);
+	if (!scr)
+		goto fail;
+	xl = outbound ? out_xl(scr) : (scr->xl_on ? &scr->xl : NULL);
+	if (xl) {
+		s_seq = xl_client_seq(xl, s_seq);
+		s_ack = xl_client_ack(xl, s_ack);
 	}
-	if (rewrite_to_rst(skb, p, c_seq, c_ack, true))
+	scr->reply = *p; /* (scratch p is not read after the clone: see above) */
+	if (rewrite_to_rst(skb, p, c_seq, c_ack, TO_SENDER))
 		goto fail;
 	if (clone_marked(skb, clone_flags))
 		goto fail;
-	if (rst_back_to_server(skb, p, c_seq, c_ack, s_seq, s_ack))
+	scr->xl_on = 0;
+	if (rst_back_to_server(skb, &scr->reply, c_seq, c_ack, s_seq, s_ack))
 		goto fail;
 	percpu_inc(&dp_counters, DP_RST_SENT);
 	return TC_ACT_OK;
@@ -1468,6 +1490,16 @@ static __always_inline void xl_clear(bool egress)
 		scr->xl_on = 0;
 }
 
+/* The packet's translation flag: 0, 1 (a protected port's connection), XL_OUTBOUND. */
+static __always_inline __u32 xl_state(bool egress)
+{
+	__u32 zero = 0;
+	struct ingress_scratch *scr =
+		bpf_map_lookup_elem(egress ? (void *)&egress_scratch : (void *)&ingress_scratch, &zero);
+
+	return scr ? scr->xl_on : 0;
+}
+
 /*
  * The client's segment belongs to a connection that had a request refused in its stream: its translation
  * into scratch xl (xl_on), for segment_position, reject() and xlate_to_server(). A SYN starts a new
@@ -1787,6 +1819,7 @@ static __always_inline int ingress(struct __sk_buff *skb)
 		/* a response of a server our outbound HTTP resources call (to a local port nothing protects:
 		 * a client whose source port is such a server's port is still judged) */
 		out_response(skb, p, fk);
+		scr->xl_on = XL_OUTBOUND; /* xlate_outbound looks for its translation */
 		return TC_ACT_OK;
 	}
 	slot = ports->slot[p->dport];
@@ -1883,7 +1916,9 @@ int tc_ingress(struct __sk_buff *skb)
 
 	xl_clear(false);
 	r = ingress(skb);
-	return r == TC_ACT_OK && replied_in_stream ? xlate_to_server(skb) : r;
+	if (r != TC_ACT_OK || !replied_in_stream)
+		return r;
+	return xl_state(false) == XL_OUTBOUND ? xlate_outbound(skb, 0) : xlate_to_server(skb);
 }
 
 /*
@@ -2066,6 +2101,128 @@ int out_sockops(struct bpf_sock_ops *skops)
 	return 1;
 }
 
+/*
+ * Answer a blocked outbound HTTP request in the local caller's stream and keep its connection: the 503
+ * (without Connection: close) is delivered to the caller's socket in the dependency's place, the request
+ * never reaches the dependency (its skb goes on as a bare ACK), and the connection is translated from
+ * then on (xlate.bpf.h; the caller is the client). Only for one whole request in the segment (its head, and its body by
+ * Content-Length or chunks, end with the segment: else its rest would reach the dependency) while no
+ * response is owed to an earlier request (its in-flight entry is idle) and the caller did not ask to
+ * close. `gen_again` & 1: the segment may carry bytes of the request last answered so (the reply was lost
+ * before the caller's socket took it): answered again when the caller lacks it, dropped when it has it;
+ * -1 when it carries none. & 2: rules generation 1. Returns TC_ACT_OK (the bare ACK) or TC_ACT_SHOT, or
+ * -1 to answer the closing way (reject()). A global function.
+ */
+__noinline int out_reply_in_stream(struct __sk_buff *skb, const struct pkt *p, __u32 gen_again)
+{
+	__u32 zero = 0, idx, acked, again = gen_again & 1, s_pos = 0;
+	struct ingress_scratch *scr = bpf_map_lookup_elem(&egress_scratch, &zero);
+	struct seq_xlate x = {};
+	struct http_reply *reply;
+	struct stream_state *e;
+	struct inflight *f;
+
+	if (!skb || !p || !scr)
+		return -1;
+	e = bpf_map_lookup_elem(&streams, &scr->fk);
+	if (again && (!e || !e->xl_on || !refused_again(p, &e->xl)))
+		return -1;
+	idx = HTTP_REPLY_OUT_KEEPALIVE + ((gen_again >> 1) & 1);
+	reply = bpf_map_lookup_elem(&http_reply, &idx);
+	if (!reply || !reply->len || find_timestamps(skb, p->l4_off, p->doff) < 0 ||
+	    (p->family == 6 && p->l4_off != p->l3_off + 40))
+		return again ? TC_ACT_SHOT : -1;
+	if (again) {
+		if (!e || p->ack != e->xl.s_pos + e->xl.s_before)
+			return TC_ACT_SHOT; /* the caller has the reply: a stale copy */
+		acked = e->xl.c_pos - p->seq;
+	} else {
+		s_pos = e && e->xl_on ? xl_client_ack(&e->xl, p->ack) : p->ack;
+		if (e && e->xl_on && xl_server_seq(&e->xl, s_pos) != p->ack)
+			return -1; /* the caller lacks part of an earlier reply */
+		f = bpf_map_lookup_elem(&inflight, &scr->fk);
+		if ((f && f->active == 1) || p->payload_len > SE_REPLY_REQUEST_MAX || (p->flags & TCP_FIN))
+			return -1;
+		__builtin_memset(&scr->post, 0, sizeof(scr->post));
+		if (stream_follow(skb, p, 0, &scr->post) != p->payload_len || scr->post.phase != STREAM_REQUEST ||
+		    scr->post.reqs != 1 || scr->post.carry_len || (scr->post.last & LAST_CLOSE))
+			return -1;
+		acked = p->payload_len;
+	}
+	reply_view(&scr->reply, p, reply->len);
+	if (rewrite_to_reply(skb, p, reply, acked, 0))
+		goto fail;
+	if (!again) {
+		/* everything from scratch before the clone: on lo the reply is sent out of lo, and this
+		 * program runs on it at once, nested, over this scratch (a reply that then fails comes
+		 * again: the caller sends the request again) */
+		if (e && e->xl_on)
+			x = e->xl;
+		x.c_before = x.c_after;
+		x.c_after += acked;
+		x.c_pos = p->seq + acked;
+		x.s_before = x.s_after;
+		x.s_after += reply->len;
+		x.s_pos = s_pos;
+		if (e) {
+			e->xl = x;
+			e->xl_on = 1;
+		} else {
+			__builtin_memset(&scr->fresh, 0, sizeof(scr->fresh));
+			scr->fresh.xl = x;
+			scr->fresh.xl_on = 1;
+			bpf_map_update_elem(&streams, &scr->fk, &scr->fresh, BPF_ANY);
+		}
+		replied_in_stream = 1;
+	}
+	if (clone_marked(skb, skb->ifindex != SE_LOOPBACK_IFINDEX ? BPF_F_INGRESS : 0))
+		goto fail;
+	percpu_inc(&dp_counters, DP_REPLY_SENT);
+	percpu_inc(&dp_counters, DP_REPLY_KEPT);
+	if (again)
+		return TC_ACT_SHOT;
+	/* The request's skb goes on as a bare ACK in the dependency's numbering (its next byte, and what
+	 * it sent): dropped, it would fail the caller's transmission, its TCP would not count the request
+	 * as sent, and it would take the reply's acknowledgment of it for one of unsent data. */
+	scr->xl_on = 0; /* (in the dependency's numbering already) */
+	if (rewrite_to_rst(skb, &scr->reply, x.c_pos - x.c_after, s_pos, TO_SENDER | BARE_ACK))
+		goto fail;
+	return TC_ACT_OK;
+fail:
+	percpu_inc(&dp_counters, DP_REPLY_FAILED);
+	return TC_ACT_SHOT;
+}
+
+/*
+ * A segment of an outbound HTTP connection (the local caller's at egress, `from_caller`; the dependency's
+ * at ingress) that had a request answered in the caller's stream: into the other end's numbering. The
+ * caller's SYN on those ports starts a new connection: the translation is dropped. Not the programs' own
+ * replies (in the caller's numbering already). A global function.
+ */
+__noinline int xlate_outbound(struct __sk_buff *skb, __u32 from_caller)
+{
+	__u32 zero = 0;
+	struct ingress_scratch *scr =
+		bpf_map_lookup_elem(from_caller ? (void *)&egress_scratch : (void *)&ingress_scratch, &zero);
+	struct stream_state *e;
+
+	if (!skb || !scr || skb->mark == SE_REPLY_MARK)
+		return TC_ACT_OK;
+	make_key(&scr->fk, &scr->p, from_caller, FLOW_KIND_OUT_REQUEST);
+	e = bpf_map_lookup_elem(&streams, &scr->fk);
+	if (!e || !e->xl_on)
+		return TC_ACT_OK;
+	if (from_caller && (scr->p.flags & (TCP_SYN | TCP_ACK)) == TCP_SYN) {
+		bpf_map_delete_elem(&streams, &scr->fk);
+		return TC_ACT_OK;
+	}
+	if (xlate_segment(skb, &scr->p, &e->xl, from_caller)) {
+		percpu_inc(&dp_counters, DP_REPLY_FAILED);
+		return TC_ACT_SHOT;
+	}
+	return TC_ACT_OK;
+}
+
 /* Egress toward a server of outbound HTTP resources: judge the local caller's request. */
 static __always_inline int out_request(struct __sk_buff *skb, const struct pkt *p, __u8 gen,
 				       struct flow_key *fk)
@@ -2073,7 +2230,15 @@ static __always_inline int out_request(struct __sk_buff *skb, const struct pkt *
 	struct out_route_key key = { .gen = gen, .family = p->family, .port = p->dport };
 	struct out_route *route;
 	__u32 res;
+	int r;
 
+	if (replied_in_stream) {
+		/* bytes of a request answered in the caller's stream, sent again */
+		make_key(fk, p, true, FLOW_KIND_OUT_REQUEST);
+		r = out_reply_in_stream(skb, p, 1 | (gen ? 2 : 0));
+		if (r >= 0)
+			return r;
+	}
 	__builtin_memcpy(key.addr, p->daddr, SE_ADDR_LEN);
 	key.prefixlen = 32 + (p->family == 4 ? 32 : 128);
 	route = bpf_map_lookup_elem(&out_routes, &key);
@@ -2085,6 +2250,10 @@ static __always_inline int out_request(struct __sk_buff *skb, const struct pkt *
 	make_key(fk, p, true, FLOW_KIND_OUT_REQUEST);
 	if (judge(res, gen | JUDGE_HTTP | JUDGE_EGRESS, skb, p) == BLOCK_NONE)
 		return TC_ACT_OK;
+	r = out_reply_in_stream(skb, p, gen ? 2 : 0);
+	if (r >= 0)
+		return r;
+	percpu_inc(&dp_counters, DP_REPLY_CLOSED);
 	return reject(skb, p, REJECT_HTTP_REPLY | REJECT_OUTBOUND | (gen ? REJECT_GEN1 : 0));
 }
 
@@ -2146,9 +2315,12 @@ static __always_inline int egress(struct __sk_buff *skb)
 	fk = &scr->fk;
 	if (parse_tcp(skb, p) != PARSE_OK)
 		return TC_ACT_OK;
-	if (p->payload_len && !(p->flags & (TCP_RST | TCP_FIN | TCP_SYN)) &&
-	    (ports->slot[p->dport] & SE_PORT_OUT_HTTP) && !(ports->slot[p->sport] & ~SE_PORT_OUT_HTTP))
-		return out_request(skb, p, gen, fk);
+	if ((ports->slot[p->dport] & SE_PORT_OUT_HTTP) && !(ports->slot[p->sport] & ~SE_PORT_OUT_HTTP)) {
+		scr->xl_on = XL_OUTBOUND; /* a caller's segment: xlate_outbound looks for its translation */
+		if (p->payload_len && !(p->flags & (TCP_RST | TCP_FIN | TCP_SYN)))
+			return out_request(skb, p, gen, fk);
+		return TC_ACT_OK;
+	}
 	slot = ports->slot[p->sport];
 	if (!slot)
 		return TC_ACT_OK;
@@ -2181,7 +2353,9 @@ int tc_egress(struct __sk_buff *skb)
 
 	xl_clear(true);
 	r = egress(skb);
-	return r == TC_ACT_OK && replied_in_stream ? xlate_to_client(skb) : r;
+	if (r != TC_ACT_OK || !replied_in_stream)
+		return r;
+	return xl_state(true) == XL_OUTBOUND ? xlate_outbound(skb, 1) : xlate_to_client(skb);
 }
 
 /*

@@ -134,11 +134,15 @@ static __always_inline int swap_endpoints(struct __sk_buff *skb, const struct pk
 	return 0;
 }
 
+#define TO_SENDER 1                /* rewrite_to_rst: addressed back to the segment's sender */
+#define BARE_ACK 2                 /* ... a bare ACK rather than a RST */
+
 /*
- * Turn the segment into a bare RST|ACK (no options, no payload) with the given seq/ack, optionally
- * addressed back to its sender. Lengths, flags and checksums are fixed; the skb is trimmed.
+ * Turn the segment into a bare RST|ACK (no options, no payload) with the given seq/ack, addressed back to
+ * its sender with TO_SENDER; a bare ACK with BARE_ACK. Lengths, flags and checksums are fixed; the skb
+ * is trimmed.
  */
-__noinline int rewrite_to_rst(struct __sk_buff *skb, const struct pkt *p, __u32 seq, __u32 ack, __u32 to_sender)
+__noinline int rewrite_to_rst(struct __sk_buff *skb, const struct pkt *p, __u32 seq, __u32 ack, __u32 how)
 {
 	if (!skb || !p)
 		return -1;
@@ -151,7 +155,7 @@ __noinline int rewrite_to_rst(struct __sk_buff *skb, const struct pkt *p, __u32 
 		return -1;
 	if (bpf_skb_load_bytes(skb, p->l4_off + 12, &old_word, 2))
 		return -1;
-	new_word = bpf_htons((5 << 12) | TCP_RST | TCP_ACK);
+	new_word = bpf_htons((5 << 12) | ((how & BARE_ACK) ? 0 : TCP_RST) | TCP_ACK);
 	if (store_csum16(skb, csum_off, p->l4_off + 12, old_word, new_word))
 		return -1;
 	if (store_csum32(skb, csum_off, p->l4_off + 4, old_seq, bpf_htonl(seq)) ||
@@ -162,13 +166,13 @@ __noinline int rewrite_to_rst(struct __sk_buff *skb, const struct pkt *p, __u32 
 		return -1;
 	if (set_ip_len(skb, p, p->ip_len - old_tcp_len + 20))
 		return -1;
-	if (to_sender && swap_endpoints(skb, p))
+	if ((how & TO_SENDER) && swap_endpoints(skb, p))
 		return -1;
 	return bpf_skb_change_tail(skb, p->l4_off + 20, 0);
 }
 
 /*
- * After rewrite_to_rst(..., to_sender=true) produced the RST for the client (seq = c_seq, ack = c_ack),
+ * After rewrite_to_rst(..., TO_SENDER) produced the RST for the client (seq = c_seq, ack = c_ack),
  * turn the same skb into the RST the server should see in place of the request (seq = request's seq,
  * ack = the request's ack, both as the server counts them).
  */

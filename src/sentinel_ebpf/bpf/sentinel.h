@@ -353,6 +353,7 @@ enum route_flags {
 	ROUTE_OUTBOUND = 0x80,
 	HTTP_REPLY_OUTBOUND = 2,    /* http_reply index offset of the outbound (503) replies */
 	HTTP_REPLY_KEEPALIVE = 4,   /* ... of the inbound replies that keep the connection (no Connection: close) */
+	HTTP_REPLY_OUT_KEEPALIVE = 6, /* ... of the outbound 503s that keep the caller's connection */
 };
 
 /* out_conns value, keyed by socket cookie: an outbound connection from connect() to close. */

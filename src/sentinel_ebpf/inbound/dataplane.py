@@ -59,7 +59,9 @@ def _reply(data: bytes) -> HttpReply:
 
 
 # What a local caller of a blocked outbound HTTP request receives (an open circuit, a limit).
-OUT_REPLY = _reply(HttpReject(status=503, body="Service Unavailable (sentinel-ebpf)\n").response_bytes())
+OUT_REJECT = HttpReject(status=503, body="Service Unavailable (sentinel-ebpf)\n")
+OUT_REPLY = _reply(OUT_REJECT.response_bytes())
+OUT_REPLY_KEEPALIVE = _reply(OUT_REJECT.response_bytes(keep_alive=True))
 
 PATH_MAX = int(SentinelLimits.SE_PATH_MAX)
 MAX_RESOURCES = int(SentinelLimits.SE_MAX_RESOURCES)
@@ -290,6 +292,9 @@ class InboundDataplane:
                 bytes(_reply(compiled.http_reply_keepalive)),
             )
             self.maps.http_reply.update(_u32(int(RouteFlags.HTTP_REPLY_OUTBOUND) + new_gen), bytes(OUT_REPLY))
+            self.maps.http_reply.update(
+                _u32(int(RouteFlags.HTTP_REPLY_OUT_KEEPALIVE) + new_gen), bytes(OUT_REPLY_KEEPALIVE)
+            )
             sc = SysConf(nrules=len(compiled.system))
             for i, rule in enumerate(compiled.system):
                 sc.rules[i] = SysRuleK(
