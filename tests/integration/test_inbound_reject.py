@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.guarded import Guarded
+from tests.support.guarded import KEEPALIVE_CLIENT, Guarded
 from tests.support.netns import NetnsPair
 
 pytestmark = pytest.mark.kernel
@@ -124,19 +124,6 @@ flowRules:
     assert codes[:2] == [0, 0] and codes[2:] == [7, 7, 7], codes  # 7: connection refused (RST to SYN)
     final = next(e for e in events if isinstance(e, dict) and "counters" in e)
     assert final["stats"] == {"conns": [2, 3]}
-
-
-KEEPALIVE_CLIENT = """
-import http.client, json, sys
-conn = http.client.HTTPConnection(sys.argv[1], 8080, timeout=5)
-out = []
-for path in ["/ok", "/limited", "/ok", "/limited", "/limited", "/ok"]:
-    conn.request("GET", path)
-    resp = conn.getresponse()
-    body = resp.read()
-    out.append([resp.status, conn.sock.getsockname()[1], len(body)])
-print(json.dumps(out))
-"""
 
 
 def kept_connection_run(pair: NetnsPair, script: str, loopback: bool = False) -> tuple[Any, dict[str, int]]:

@@ -43,3 +43,18 @@ class Guarded:
             self.proc.wait_exit(20)
         self.proc.close()
         return [json.loads(line) for line in self.proc.stdout if line.strip()]
+
+
+# An http.client caller on one keep-alive connection (argv[1]: the server's address, port 8080): prints
+# [status, local port, body length] for each of its six requests.
+KEEPALIVE_CLIENT = """
+import http.client, json, sys
+conn = http.client.HTTPConnection(sys.argv[1], 8080, timeout=5)
+out = []
+for path in ["/ok", "/limited", "/ok", "/limited", "/limited", "/ok"]:
+    conn.request("GET", path)
+    resp = conn.getresponse()
+    body = resp.read()
+    out.append([resp.status, conn.sock.getsockname()[1], len(body)])
+print(json.dumps(out))
+"""
