@@ -2105,10 +2105,10 @@ int out_sockops(struct bpf_sock_ops *skops)
  * Answer a blocked outbound HTTP request in the local caller's stream and keep its connection: the 503
  * (without Connection: close) is delivered to the caller's socket in the dependency's place, the request
  * never reaches the dependency (its skb goes on as a bare ACK), and the connection is translated from
- * then on (xlate.bpf.h; the caller is the client). Only for one whole request in the segment (its head, and its body by
- * Content-Length or chunks, end with the segment: else its rest would reach the dependency) while no
- * response is owed to an earlier request (its in-flight entry is idle) and the caller did not ask to
- * close. `gen_again` & 1: the segment may carry bytes of the request last answered so (the reply was lost
+ * then on (xlate.bpf.h; the caller is the client). Only for one whole request in the segment (its head,
+ * and its body by Content-Length or chunks, end with the segment: else its rest would reach the
+ * dependency) while no response is owed to an earlier request (its in-flight entry is idle) and the
+ * caller did not ask to close. `gen_again` & 1: the segment may carry bytes of the request last answered so (the reply was lost
  * before the caller's socket took it): answered again when the caller lacks it, dropped when it has it;
  * -1 when it carries none. & 2: rules generation 1. Returns TC_ACT_OK (the bare ACK) or TC_ACT_SHOT, or
  * -1 to answer the closing way (reject()). A global function.
