@@ -1,0 +1,158 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * A client's data segment in its connection's stream: where the stream stands (stream_prepare), which
+ * request starts at its first new byte and where to cut it (http_segment), and passing it (stream_pass).
+ * Part of inbound.bpf.c (one BPF object): included there after the maps and scratch it uses, not on its
+ * own.
+ */
+#ifndef SENTINEL_SEGMENT_BPF_H
+#define SENTINEL_SEGMENT_BPF_H
+
+/*
+ * The stream's state at client sequence number `at` into scratch pre and post (the key in scratch fk):
+ * the state after the last segment passed, or before it (scratch again) when that segment comes again
+ * before the stack took it (a duplicate queued behind it while the application held the socket; the
+ * stack dropped it), or a request's start when neither (a new connection: 0; a lost state: 1). A global
+ * function.
+ */
+__noinline int stream_prepare(__u32 at)
+{
+	__u32 zero = 0;
+	struct ingress_scratch *scr = bpf_map_lookup_elem(&ingress_scratch, &zero);
+	struct stream_state *ss;
+	int lost = 0;
+
+	if (!scr)
+		return 0;
+	__builtin_memset(&scr->pre, 0, sizeof(scr->pre));
+	scr->again = 0;
+	ss = bpf_map_lookup_elem(&streams, &scr->fk);
+	if (ss && ss->cur.valid && ss->cur.seq == at) {
+		scr->pre = ss->cur;
+	} else if (ss && ss->prev.valid && ss->prev.seq == at) {
+		scr->pre = ss->prev;
+		scr->again = 1;
+		scr->again_reqs = ss->cur.reqs;
+		scr->again_started = ss->cur.reqs - ss->prev.reqs;
+		scr->again_hash = ss->cur.hash;
+	} else {
+		lost = ss != NULL;
+	}
+	scr->pre.seq = at;
+	scr->pre.valid = 1;
+	scr->post = scr->pre;
+	return lost;
+}
+
+/*
+ * Pass the segment whose stream was followed (scratch pre, post and keep): cut it where a request starts
+ * inside it, and remember where the stream stands. TC_ACT_OK, or TC_ACT_SHOT when the cut failed (the
+ * client sends the segment again). A global function.
+ */
+__noinline int stream_pass(struct __sk_buff *skb, const struct pkt *p)
+{
+	__u32 zero = 0;
+	struct ingress_scratch *scr = bpf_map_lookup_elem(&ingress_scratch, &zero);
+	struct stream_state *e;
+	__u32 started;
+
+	if (!skb || !p || !scr || !scr->pre.valid)
+		return TC_ACT_OK;
+	if (scr->keep < p->payload_len) {
+		if (trim_payload(skb, p, scr->keep)) {
+			percpu_inc(&dp_counters, DP_CUT_FAILED);
+			return TC_ACT_SHOT;
+		}
+		port_count(bpf_ntohs(p->dport), PORT_CUT);
+	}
+	scr->post.seq = p->seq + ((p->flags & TCP_SYN) ? 1 : 0) + scr->keep;
+	started = (__u8)(scr->post.reqs - scr->pre.reqs);
+	if (scr->again)
+		started -= scr->again_started; /* the stack takes one of the two (may be -1: wraps) */
+	e = bpf_map_lookup_elem(&streams, &scr->fk);
+	if (e) {
+		e->prev = scr->pre;
+		e->cur = scr->post;
+		if (started)
+			__sync_fetch_and_add(&e->requests, started);
+		return TC_ACT_OK;
+	}
+	__builtin_memset(&scr->fresh, 0, sizeof(scr->fresh));
+	scr->fresh.prev = scr->pre;
+	scr->fresh.cur = scr->post;
+	scr->fresh.requests = started;
+	bpf_map_update_elem(&streams, &scr->fk, &scr->fresh, BPF_NOEXIST);
+	return TC_ACT_OK;
+}
+
+/*
+ * A client's data segment on a port with HTTP resources: where it stands in the stream (segment_position)
+ * decides whether it is looked at; where it stands in the stream's HTTP framing (follow.bpf.h) decides
+ * whether a request starts at its first new byte (its request line is then looked up) and where to cut it
+ * (scratch keep; stream_pass cuts). A request line that does not end in the segment is dropped at
+ * rcv_nxt, so that the client sends it again, merged with what follows (Linux merges small unacknowledged
+ * segments when it retransmits), up to SE_INCOMPLETE_TRIES times; then the connection is reset.
+ * `reject.incomplete: pass` lets it through instead. *skip: bytes of the segment received before (judged from there on).
+ */
+static __always_inline __u32 http_segment(struct __sk_buff *skb, const struct pkt *p, const struct port_conf *pc,
+					  __u8 gen, __u32 *skip, struct ingress_scratch *scr)
+{
+	__u16 port = bpf_ntohs(p->dport);
+	__u32 res, follow;
+
+	scr->pre.valid = 0;
+	switch (segment_position(skb, p, skip, scr->xl_on ? &scr->xl : NULL)) {
+	case SEG_REFUSED_KEPT:
+		port_count(port, PORT_REFUSED_AGAIN);
+		return SEGMENT_ANSWER_AGAIN;
+	case SEG_OLD:
+		port_count(port, PORT_RETRANSMIT);
+		return 0;
+	case SEG_FUTURE:
+		port_count(port, PORT_OUT_OF_ORDER);
+		return SEGMENT_DROP;
+	case SEG_NO_SOCKET:
+		port_count(port, PORT_NO_SOCKET);
+		return 0;
+	}
+	if (*skip > 0xffff) {
+		port_count(port, PORT_OUT_OF_ORDER);
+		return SEGMENT_DROP;
+	}
+	if (stream_prepare(p->seq + ((p->flags & TCP_SYN) ? 1 : 0) + *skip))
+		port_count(port, PORT_STREAM_LOST);
+	follow = stream_follow(skb, p, *skip, &scr->post);
+	if (follow == FOLLOW_RESET) {
+		scr->pre.valid = 0;
+		port_count(port, PORT_FRAMING_RESET);
+		return SEGMENT_RESET;
+	}
+	scr->keep = follow;
+	if (scr->xl_on && scr->xl.swallow)
+		return SEGMENT_SWALLOW; /* the refused request goes on here (the stream is inside it) */
+	if (scr->pre.phase != STREAM_REQUEST) {
+		port_count(port, PORT_BODY);
+		return 0;
+	}
+	if (scr->again && scr->again_started && scr->post.reqs == scr->again_reqs &&
+	    scr->post.hash == scr->again_hash) {
+		/* the request judged (and passed) when the segment came first: its verdict stands */
+		port_count(port, PORT_RETRANSMIT);
+		return 0;
+	}
+	res = http_route(skb, p, *skip << 16 | port, (__u32)gen << 16 | pc->slot, &pc->lens);
+	if (res != ROUTE_INCOMPLETE)
+		return res;
+	scr->pre.valid = 0; /* nothing passed: the stream stays where it was */
+	if (pc->incomplete == INCOMPLETE_PASS) {
+		port_count(port, PORT_INCOMPLETE_PASSED);
+		return 0;
+	}
+	if (incomplete_try(skb, p) > SE_INCOMPLETE_TRIES) {
+		port_count(port, PORT_INCOMPLETE_RESET);
+		return SEGMENT_RESET;
+	}
+	return SEGMENT_DROP;
+}
+
+#endif /* SENTINEL_SEGMENT_BPF_H */
