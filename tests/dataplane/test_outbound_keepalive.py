@@ -172,10 +172,20 @@ def test_a_new_connection_on_the_same_ports_is_not_translated(
 ) -> None:
     dp.apply(dp.compile(rules(RULES)))
     refuse(dp, lo_sent, C_ISN, S_ISN, C_ISN, S_ISN)
-    syn = tcp_frame(LOCAL, REMOTE, SPORT, 8000, flags=SYN, seq=100, ack=0)
+    # the new connection's numbers lie past the old one's corrections: translated, they would move
+    isn = C_ISN + 100_000
+    syn = tcp_frame(LOCAL, REMOTE, SPORT, 8000, flags=SYN, seq=isn, ack=0)
     assert dp.obj.program("tc_egress").test_run(syn).data_out == syn
     frame = tcp_frame(
-        LOCAL, REMOTE, SPORT, 8000, flags=PSH | ACK, seq=101, ack=7, payload=get("/x"), options=TS
+        LOCAL,
+        REMOTE,
+        SPORT,
+        8000,
+        flags=PSH | ACK,
+        seq=isn + 1,
+        ack=S_ISN + 100_000,
+        payload=get("/x"),
+        options=TS,
     )
     assert dp.obj.program("tc_egress").test_run(frame).data_out == frame
 
