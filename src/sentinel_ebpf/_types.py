@@ -143,7 +143,8 @@ class PortCounter(IntEnum):
     PORT_STREAM_LOST = 16
     PORT_FRAMING_RESET = 17
     PORT_SWALLOWED = 18
-    PORT_COUNTER_MAX = 19
+    PORT_URGENT = 19
+    PORT_COUNTER_MAX = 20
 
 
 class DpCounter(IntEnum):
@@ -164,7 +165,8 @@ class DpCounter(IntEnum):
     DP_REPLY_KEPT = 12
     DP_REPLY_CLOSED = 13
     DP_REPLY_OWED = 14
-    DP_COUNTER_MAX = 15
+    DP_CHAIN_DROPPED = 15
+    DP_COUNTER_MAX = 16
 
 
 class HotParam(IntEnum):
@@ -360,11 +362,11 @@ class PortCounts(ctypes.Structure):
 
     _pack_ = 1
     _fields_ = [
-        ("count", (ctypes.c_uint64 * 19)),
+        ("count", (ctypes.c_uint64 * 20)),
     ]
 
 
-assert ctypes.sizeof(PortCounts) == 152
+assert ctypes.sizeof(PortCounts) == 160
 
 
 class HttpRouteKey(ctypes.Structure):

@@ -446,14 +446,35 @@ def test_ipv6_extension_headers_are_walked(dp: InboundDataplane, headers: list[t
     assert (st.passed, st.blocked) == (2, 1)
 
 
-def test_ipv6_chains_past_the_bound_are_counted(dp: InboundDataplane) -> None:
-    h = Harness(dp, rules(CONNS_LIMITED))
+OUTBOUND_ONLY = """
+resources:
+  - {name: backend, match: {direction: outbound, protocol: http, host: 10.9.9.9/32, port: 8000, path: /}}
+"""
+
+
+@pytest.mark.parametrize("incomplete", ["drop", "pass"])
+def test_ipv6_chains_past_the_bound_are_dropped_unless_incomplete_passes(
+    dp: InboundDataplane, incomplete: str
+) -> None:
+    """The stack walks any number of IPv6 extension headers; past the bound nothing here knows the packet's
+    protocol or ports, so a client could hide a SYN or request behind 5 headers to pass unjudged. Such
+    packets are dropped, whatever their port, while inbound ports are protected (unless
+    `reject.incomplete: pass`: they pass, counted)."""
+    h = Harness(dp, rules(CONNS_LIMITED + f"reject: {{incomplete: {incomplete}}}\n"))
     h.at(0)
-    frame = ipv6_with_ext(
-        tcp_frame("2001:db8::2", "2001:db8::1", 41000, 8080, flags=SYN, seq=1, ack=0), [(60, b"")] * 5
-    )
-    assert _syns(h, [frame]) == [TC_ACT_OK]
-    assert dp.counters()["unparsed"] == 1 and stats(dp, "conns").passed == 0
+    frames = [
+        ipv6_with_ext(
+            tcp_frame("2001:db8::2", "2001:db8::1", 41000, port, flags=SYN, seq=1, ack=0), [(60, b"")] * 5
+        )
+        for port in (8080, 9090)
+    ]
+    drop = incomplete == "drop"
+    assert _syns(h, frames) == [TC_ACT_SHOT if drop else TC_ACT_OK] * 2
+    assert (dp.counters()["chain_dropped"], dp.counters()["unparsed"]) == ((2, 0) if drop else (0, 2))
+    assert stats(dp, "conns").passed == 0
+    # rules that protect no inbound port (outbound resources only) let them pass
+    dp.apply(dp.compile(rules(OUTBOUND_ONLY)))
+    assert _syns(h, frames) == [TC_ACT_OK] * 2
 
 
 def test_an_ip_header_of_another_version_is_malformed_not_judged(dp: InboundDataplane) -> None:
@@ -469,20 +490,30 @@ def test_an_ip_header_of_another_version_is_malformed_not_judged(dp: InboundData
     assert dp.counters()["malformed"] == 2 and stats(dp, "conns").passed == 0
 
 
-def test_fragments_are_counted_per_port(dp: InboundDataplane) -> None:
-    h = Harness(dp, rules(CONNS_LIMITED))
+@pytest.mark.parametrize("incomplete", ["drop", "pass"])
+def test_first_fragments_to_a_protected_port_are_dropped_unless_incomplete_passes(
+    dp: InboundDataplane, incomplete: str
+) -> None:
+    """Fragments are not reassembled here, so the SYN or request a first fragment begins cannot be judged:
+    a client could fragment on purpose to pass. A first fragment to a protected port is dropped (the
+    stack cannot rebuild the segment without it) and counted; later fragments, alone, pass as unparsed.
+    `reject.incomplete: pass` lets first fragments pass, counted."""
+    h = Harness(dp, rules(CONNS_LIMITED + f"reject: {{incomplete: {incomplete}}}\n"))
     h.at(0)
     syn4 = tcp_frame(CLIENT, SERVER, 41000, 8080, flags=SYN, seq=1, ack=0)
     syn6 = tcp_frame("2001:db8::2", "2001:db8::1", 41000, 8080, flags=SYN, seq=1, ack=0)
+    other = tcp_frame(CLIENT, SERVER, 41000, 9090, flags=SYN, seq=1, ack=0)
     frames = [
         ipv4_fragment(syn4, 0, more=True),  # first fragment: its ports are readable
         ipv4_fragment(syn4, 3, more=False),  # a later one: no TCP header
         ipv6_with_ext(syn6, [(44, b"\x00\x01" + b"\0\0\0\x07")]),  # first (offset 0, M)
         ipv6_with_ext(syn6, [(44, b"\x00\x18" + b"\0\0\0\x07")]),  # offset 3 units
+        ipv4_fragment(other, 0, more=True),  # a first fragment to a port nothing protects
     ]
-    assert _syns(h, frames) == [TC_ACT_OK] * 4
+    first = TC_ACT_SHOT if incomplete == "drop" else TC_ACT_OK
+    assert _syns(h, frames) == [first, TC_ACT_OK, first, TC_ACT_OK, TC_ACT_OK]
     assert dp.port_counters(8080)["fragment"] == 2
-    assert dp.counters()["unparsed"] == 2
+    assert dp.counters()["unparsed"] == 3
     assert stats(dp, "conns").passed == 0
 
 

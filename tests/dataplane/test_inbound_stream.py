@@ -6,6 +6,7 @@ start of a segment, where it is judged. Segments are crafted: each is taken as t
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 
 import pytest
@@ -15,7 +16,7 @@ from test_inbound_framing import BLOCK_API
 
 from sentinel_ebpf.inbound import InboundDataplane
 from tests.support.inbound import CLIENT, SERVER, rules
-from tests.support.packets import ACK, FIN, PSH, RST, TC_ACT_OK, TC_ACT_SHOT, parse_frame, tcp_frame
+from tests.support.packets import ACK, FIN, PSH, RST, TC_ACT_OK, TC_ACT_SHOT, URG, parse_frame, tcp_frame
 
 pytestmark = pytest.mark.kernel("inbound")
 
@@ -349,3 +350,40 @@ def test_generated_streams_judge_every_request_once(
     }
     assert {k: v[0] for k, v in stats(dp).items()} == expect
     assert dp.port_counters(8080)["stream_lost"] == 0
+
+
+def urgent_of(frame: bytes) -> tuple[int, int]:
+    """(the URG flag, the urgent pointer) of an IPv4 frame without IP options."""
+    return frame[34 + 13] & URG, struct.unpack("!H", frame[34 + 18 : 34 + 20])[0]
+
+
+@pytest.mark.parametrize(
+    "payload, pointer",
+    [(b"GET /aXpi HTTP/1.1\r\nHost: svc\r\n\r\n", 7), (b"", 40)],
+    ids=["in-the-target", "bare-ack-naming-a-later-byte"],
+)
+def test_an_urgent_pointer_is_cleared_so_the_server_reads_the_bytes_judged(
+    dp: InboundDataplane, payload: bytes, pointer: int
+) -> None:
+    """A stack takes the byte an urgent pointer names out of what its application reads (nginx does not
+    set SO_OOBINLINE): `GET /aXpi` with X urgent reaches nginx as `GET /api`, and a bare ACK can name a
+    byte still to come. The program clears URG and the pointer, checksums kept: the server reads every
+    byte, as judged."""
+    dp.apply(dp.compile(rules(ONE_API)))
+    flags = URG | (PSH | ACK if payload else ACK)
+    frame = tcp_frame(CLIENT, SERVER, 40000, 8080, flags=flags, seq=1000, payload=payload, urgent=pointer)
+    assert urgent_of(frame) == (URG, pointer)
+    res = dp.obj.program("tc_ingress").test_run(frame)
+    assert res.retval == TC_ACT_OK
+    assert urgent_of(res.data_out) == (0, 0)
+    out = parse_frame(res.data_out)
+    assert out.tcp_csum_ok and out.flags == flags & ~URG and out.payload == payload
+    assert dp.port_counters(8080)["urgent"] == 1
+    assert stats(dp)["api"] == (0, 0), "/aXpi is not /api (and the server reads /aXpi too)"
+
+
+def test_an_urgent_pointer_on_a_port_without_http_resources_is_left_alone(dp: InboundDataplane) -> None:
+    dp.apply(dp.compile(rules("resources:\n  - {name: conns, match: {protocol: tcp, port: 8080}}\n")))
+    frame = tcp_frame(CLIENT, SERVER, 40000, 8080, flags=URG | ACK, seq=1000, urgent=40)
+    res = dp.obj.program("tc_ingress").test_run(frame)
+    assert (res.retval, res.data_out) == (TC_ACT_OK, frame)

@@ -1,7 +1,7 @@
 """Send HTTP requests in pieces, as a hostile client would: exact bytes, one send() per piece.
 
 usage: framingclient.py HOST PORT DELAY_MS NODELAY(0|1) RESPONSES PIECE...   (each PIECE is a Python bytes
-literal) Reads until RESPONSES status lines came, or the connection ended. Prints one JSON object: the
+literal; a tuple ``("oob", b"X")`` sends its bytes with MSG_OOB: the last byte is marked urgent) Reads until RESPONSES status lines came, or the connection ended. Prints one JSON object: the
 status of the first answer (0: none), its first line, every answer's status in order and the milliseconds
 from the first send to the answers.
 """
@@ -27,7 +27,10 @@ def main() -> None:
     for i, piece in enumerate(pieces):
         if i:
             time.sleep(delay_ms / 1000)
-        sock.sendall(piece)
+        if isinstance(piece, tuple):
+            sock.send(piece[1], socket.MSG_OOB)
+        else:
+            sock.sendall(piece)
     data = b""
     try:
         while len(statuses(data)) < responses:

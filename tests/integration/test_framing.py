@@ -39,7 +39,11 @@ def guarded() -> Iterator[tuple[NetnsPair, Server, Daemon]]:
 
 
 def request(
-    pair: NetnsPair, *pieces: bytes, delay_ms: float = 50, nodelay: bool = True, responses: int = 1
+    pair: NetnsPair,
+    *pieces: bytes | tuple[str, bytes],
+    delay_ms: float = 50,
+    nodelay: bool = True,
+    responses: int = 1,
 ) -> dict[str, object]:
     res = pair.run(pair.client, sys.executable, str(CLIENT), pair.server_ip, "8080", str(delay_ms),
                    "1" if nodelay else "0", str(responses), *map(repr, pieces), timeout=30)  # fmt: skip
@@ -149,3 +153,27 @@ def test_a_body_that_looks_like_a_request_is_not_judged(guarded: tuple[NetnsPair
     assert answer["statuses"] == [200], answer
     assert len(served(nginx)) == before + 1
     assert daemon.stats()["resources"]["api"]["block"] == blocked_before
+
+
+@pytest.mark.parametrize(
+    "pieces, responses",
+    [
+        ((b"GET /a", ("oob", b"X"), b"pi" + TAIL), 1),  # the stack would give nginx GET /api
+        ((b"POST /ok HTTP/1.1\r\nHost: svc\r\nContent-Length: 5\r\n\r\nhello", ("oob", b"X"), API), 2),
+    ],
+    ids=["in-the-target", "after-a-body"],
+)
+def test_a_byte_marked_urgent_reaches_nginx_as_judged(
+    guarded: tuple[NetnsPair, Server, Daemon], pieces: tuple[bytes | tuple[str, bytes], ...], responses: int
+) -> None:
+    """A receiving stack takes a byte marked urgent (MSG_OOB) out of what the application reads: nginx
+    would read `GET /api` where the data plane read `GET /aXpi` (or, after a body, `XGET /api`) and serve
+    the blocked resource. The program clears the urgent pointer, so nginx reads the bytes as sent."""
+    pair, nginx, daemon = guarded
+    before = len(served(nginx))
+    urgent_before = daemon.stats()["ports"]["8080"]["urgent"]
+    answer = request(pair, *pieces, responses=responses)
+    requests = [line.split('"')[1] for line in served(nginx)[before:]]
+    assert requests and not [r for r in requests if r.startswith("GET /api ")], requests
+    assert answer["statuses"] == [200] * responses, answer
+    assert daemon.stats()["ports"]["8080"]["urgent"] > urgent_before

@@ -6,7 +6,7 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
-FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
+FIN, SYN, RST, PSH, ACK, URG = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
 TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT = 0, 2, 7
 
 
@@ -26,13 +26,15 @@ def _pseudo(src: bytes, dst: bytes, length: int) -> bytes:
 
 
 def tcp_frame(src: str, dst: str, sport: int, dport: int, *, flags: int = ACK, seq: int = 1000, ack: int = 2000,
-              payload: bytes = b"", options: bytes = b"", window: int = 65535) -> bytes:  # fmt: skip
-    """A frame with correct IP and TCP checksums."""
+              payload: bytes = b"", options: bytes = b"", window: int = 65535, urgent: int = 0) -> bytes:  # fmt: skip
+    """A frame with correct IP and TCP checksums (`urgent`: the urgent pointer field)."""
     s, d = ipaddress.ip_address(src), ipaddress.ip_address(dst)
     assert len(options) % 4 == 0
     doff = (20 + len(options)) // 4
     tcp = (
-        struct.pack("!HHIIBBHHH", sport, dport, seq, ack, doff << 4, flags, window, 0, 0) + options + payload
+        struct.pack("!HHIIBBHHH", sport, dport, seq, ack, doff << 4, flags, window, 0, urgent)
+        + options
+        + payload
     )
     tcp_csum = csum(_pseudo(s.packed, d.packed, len(tcp)) + tcp)
     tcp = tcp[:16] + struct.pack("!H", tcp_csum) + tcp[18:]

@@ -314,6 +314,41 @@ const struct cb_event _cb_event_unused __attribute__((unused)) = {};
 #include "outbound.bpf.h"
 #include "reconcile.bpf.h"
 
+/*
+ * A client packet parse_tcp could not read to its TCP payload (r): counted. A first IP fragment to a
+ * protected port, and an IPv6 packet whose extension headers go on past the bound (the stack walks any
+ * number of them), carry what nothing here can judge: a client could split its SYN or request so on
+ * purpose, to pass unjudged. Both are dropped (without its first fragment the stack cannot rebuild the
+ * segment; later fragments, alone, pass), unless the rules let what the kernel cannot read whole pass
+ * (reject.incomplete: pass, the same for every port: slot 1, when the generation has a port, says).
+ */
+static __always_inline int unreadable(int r, const struct pkt *p, struct port_slots *ports, __u8 gen)
+{
+	struct port_conf *pc;
+
+	if (r == PARSE_MALFORMED) {
+		percpu_inc(&dp_counters, DP_MALFORMED);
+		return TC_ACT_OK;
+	}
+	if (r == PARSE_FRAGMENT && p->dport) {
+		pc = port_lookup(ports->slot[p->dport], gen);
+		if (pc) {
+			port_count(bpf_ntohs(p->dport), PORT_FRAGMENT);
+			return pc->incomplete == INCOMPLETE_PASS ? TC_ACT_OK : TC_ACT_SHOT;
+		}
+	}
+	if (r == PARSE_V6_CHAIN) {
+		pc = port_lookup(1, gen);
+		if (pc && (pc->has_http || pc->tcp_resource) && pc->incomplete != INCOMPLETE_PASS) {
+			percpu_inc(&dp_counters, DP_CHAIN_DROPPED);
+			return TC_ACT_SHOT;
+		}
+	}
+	if (r == PARSE_FRAGMENT || r == PARSE_UNPARSED || r == PARSE_V6_CHAIN)
+		percpu_inc(&dp_counters, DP_UNPARSED);
+	return TC_ACT_OK;
+}
+
 static __always_inline int ingress(struct __sk_buff *skb)
 {
 	__u32 zero = 0;
@@ -336,15 +371,8 @@ static __always_inline int ingress(struct __sk_buff *skb)
 	p = &scr->p;
 	fk = &scr->fk;
 	r = parse_tcp(skb, p);
-	if (r != PARSE_OK) {
-		if (r == PARSE_MALFORMED)
-			percpu_inc(&dp_counters, DP_MALFORMED);
-		else if (r == PARSE_FRAGMENT && p->dport && ports->slot[p->dport])
-			port_count(bpf_ntohs(p->dport), PORT_FRAGMENT);
-		else if (r == PARSE_FRAGMENT || r == PARSE_UNPARSED)
-			percpu_inc(&dp_counters, DP_UNPARSED);
-		return TC_ACT_OK;
-	}
+	if (r != PARSE_OK)
+		return unreadable(r, p, ports, gen);
 	if ((ports->slot[p->sport] & SE_PORT_OUT_HTTP) && !(ports->slot[p->dport] & ~SE_PORT_OUT_HTTP)) {
 		/* a response of a server our outbound HTTP resources call (to a local port nothing protects:
 		 * a client whose source port is such a server's port is still judged) */
@@ -360,6 +388,14 @@ static __always_inline int ingress(struct __sk_buff *skb)
 		pc = port_lookup(port_scope(skb, p, (__u32)gen << 16 | slot, 1), gen); /* a port with scopes */
 	if (!pc)
 		return TC_ACT_OK; /* no scope of the port holds the connection */
+	if ((p->flags & TCP_URG) && pc->has_http) {
+		port_count(bpf_ntohs(p->dport), PORT_URGENT);
+		if (clear_urgent(skb, p)) {
+			percpu_inc(&dp_counters, DP_CUT_FAILED);
+			return TC_ACT_SHOT; /* (the client sends it again) */
+		}
+		p->flags &= ~TCP_URG;
+	}
 	if (replied_in_stream) {
 		make_key(fk, p, true, FLOW_KIND_REQUEST);
 		xl_load((p->flags & (TCP_SYN | TCP_ACK)) == TCP_SYN);

@@ -24,13 +24,16 @@
 #define TCP_RST 0x04
 #define TCP_PSH 0x08
 #define TCP_ACK 0x10
+#define TCP_URG 0x20
 
 enum parse_result {
 	PARSE_OK = 0,
 	PARSE_NOT_TCP = 1,          /* not TCP over IP: none of our business */
 	PARSE_MALFORMED = 2,        /* claims to be TCP/IP but headers are truncated or inconsistent */
 	PARSE_FRAGMENT = 3,         /* an IP fragment: p->dport is its TCP port when it is the first, else 0 */
-	PARSE_UNPARSED = 4,         /* headers go on past what is parsed (VLAN tags, IPv6 extension headers) */
+	PARSE_UNPARSED = 4,         /* VLAN tags go on past what is parsed */
+	PARSE_V6_CHAIN = 5,         /* IPv6 extension headers go on past what is parsed (or are truncated): the
+				     * protocol and ports are unknown */
 };
 
 struct pkt {
@@ -217,7 +220,7 @@ static __always_inline int parse_tcp(struct __sk_buff *skb, struct pkt *p)
 				return PARSE_FRAGMENT;
 			}
 			if (w < 0)
-				return PARSE_UNPARSED;
+				return PARSE_V6_CHAIN;
 			if ((w & 0xff) != IPPROTO_TCP)
 				return PARSE_NOT_TCP;
 			ext_len = (__u32)w >> 16;

@@ -45,6 +45,27 @@ __noinline int stream_prepare(__u32 at)
 }
 
 /*
+ * Clear a client segment's urgent pointer (URG flag and pointer; checksum kept). A receiving stack takes
+ * the byte an urgent pointer names out of the stream its application reads (unless the socket sets
+ * SO_OOBINLINE, which nginx does not), and any segment can name a byte up to 64 KiB further on, even a
+ * bare ACK or a resent one: a client that marks a byte of its request target urgent shows the data plane
+ * `/aXpi` and the server `/api`, and a byte marked inside a body moves where the server sees the next
+ * request start. HTTP has no use for urgent data. Without URG the server reads every byte as sent: the
+ * bytes judged. 0, or -1 when the rewrite failed. A global function.
+ */
+__noinline int clear_urgent(struct __sk_buff *skb, const struct pkt *p)
+{
+	__u16 word, urg;
+
+	if (!skb || !p || bpf_skb_load_bytes(skb, p->l4_off + 12, &word, sizeof(word)) ||
+	    bpf_skb_load_bytes(skb, p->l4_off + 18, &urg, sizeof(urg)))
+		return -1;
+	if (store_csum16(skb, p->l4_off + 16, p->l4_off + 12, word, word & ~bpf_htons(TCP_URG)))
+		return -1;
+	return store_csum16(skb, p->l4_off + 16, p->l4_off + 18, urg, 0);
+}
+
+/*
  * Pass the segment whose stream was followed (scratch pre, post and keep): cut it where a request starts
  * inside it, and remember where the stream stands. TC_ACT_OK, or TC_ACT_SHOT when the cut failed (the
  * client sends the segment again). A global function.

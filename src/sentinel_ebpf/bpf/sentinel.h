@@ -127,7 +127,8 @@ enum port_counter {
 	PORT_INCOMPLETE_PASSED = 9, /* ... passed unjudged (reject.incomplete: pass) */
 	PORT_INCOMPLETE_RESET = 10, /* ... still incomplete after SE_INCOMPLETE_TRIES drops: connection reset */
 	PORT_DEFERRED_ACK = 11,     /* a handshake's bare last ACK dropped (deferred accept) */
-	PORT_FRAGMENT = 12,         /* first IP fragment of a TCP segment: ports readable, not reassembled */
+	PORT_FRAGMENT = 12,         /* first IP fragment of a TCP segment: not reassembled, so dropped (unless
+				     * reject.incomplete is pass) */
 	PORT_REFUSED_AGAIN = 13,    /* a dropped request sent again: refused again, not judged or counted twice */
 	PORT_BODY = 14,             /* a segment that starts inside a request's head or body: not judged */
 	PORT_CUT = 15,              /* a segment cut before a request that starts inside it (it comes again) */
@@ -135,7 +136,9 @@ enum port_counter {
 	PORT_FRAMING_RESET = 17,    /* framing no server reads (bad Content-Length, Transfer-Encoding): reset */
 	PORT_SWALLOWED = 18,        /* a segment of a refused request that goes on past its first segment,
 				     * acknowledged in the server's place (the server never gets it) */
-	PORT_COUNTER_MAX = 19,
+	PORT_URGENT = 19,           /* a client segment with an urgent pointer: URG cleared (the server reads
+				     * every byte, as judged) */
+	PORT_COUNTER_MAX = 20,
 };
 
 /* Global data-plane counters (per-CPU array `dp_counters`). */
@@ -152,12 +155,15 @@ enum dp_counter {
 	DP_UNPARSED = 9,            /* IP traffic whose TCP ports cannot be read: later fragments, header
 				     * chains past the bound (VLAN tags, IPv6 extension headers): passed */
 	DP_CONCURRENCY_REPAIRED = 10, /* reconcile: in-flight entries released, or drift corrected */
-	DP_CUT_FAILED = 11,         /* cutting a segment before a request failed: dropped instead (it comes again) */
+	DP_CUT_FAILED = 11,         /* rewriting a client segment failed (cutting it before a request, clearing its
+				     * urgent pointer): dropped instead (it comes again) */
 	DP_REPLY_KEPT = 12,         /* of the replies sent: answered in the connection's stream, connection kept */
 	DP_REPLY_CLOSED = 13,       /* ... answered and closed instead: the client asked to close (Connection:
 				     * close, HTTP/1.0, FIN), or the request was not whole in its segment */
 	DP_REPLY_OWED = 14,         /* ... reset instead: the server owed responses a reply would overtake */
-	DP_COUNTER_MAX = 15,
+	DP_CHAIN_DROPPED = 15,      /* IPv6 extension headers past the bound: dropped (nothing could judge what
+				     * they carry), unless reject.incomplete is pass */
+	DP_COUNTER_MAX = 16,
 };
 
 /*

@@ -5,14 +5,16 @@ reject:
   http: {status: 429, body: "Too Many Requests\\n", headers: {Retry-After: "1"}}
   # or http: {mode: rst} / {mode: drop}
   tcp: rst    # or drop
-  incomplete: drop   # or pass: a request line split over several segments
+  incomplete: drop   # or pass: a request line split over several segments, IP fragments, deep IPv6 chains
   deferAccept: [8080]   # ports whose handshakes complete with the first request (or true: every HTTP port)
 ```
 
 ``incomplete``: a request line that does not end in the segment where it starts cannot be matched. By
 default (``drop``) the kernel drops that segment so that the client sends it again, merged with what
 follows, and resets the connection after a few tries; ``pass`` lets such requests through unjudged
-(counted per port as ``port_incomplete_passed``).
+(counted per port as ``port_incomplete_passed``). The same choice covers what the kernel cannot read at
+all: a first IP fragment to a protected port and IPv6 extension headers past the parser's bound are
+dropped by default (a client could hide a SYN or request in them) and pass with ``pass``, counted.
 
 ``deferAccept``: on these ports (``true``: every port with HTTP resources) the bare ACK that completes a
 client's handshake is dropped while the server's stack holds only the pending handshake, so the
