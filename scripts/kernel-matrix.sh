@@ -121,6 +121,7 @@ SMOKE=(
     tests/integration/test_trace.py::test_curl_connections_text_and_json
     "tests/integration/test_http_trace.py::test_records_match_what_the_client_sent_and_received[client-curl-nginx-http]"
     tests/integration/test_framing.py
+    tests/integration/test_fragments.py
     "tests/integration/test_defer_accept.py::test_refused_first_requests_never_become_connections[deferred-syncookies]"
     tests/integration/test_forwarded.py
     tests/integration/test_doctor.py::test_doctor_reports_this_machine

@@ -123,6 +123,8 @@ class InboundMaps:
         self.flow_dyn_threshold: Map = obj.map("flow_dyn_threshold")
         #: PERCPU_ARRAY, max_entries 1: __u32 -> struct follow_buf
         self.follow_buf: Map = obj.map("follow_buf")
+        #: ARRAY, max_entries 16384: __u32 -> __u64
+        self.followed: Map = obj.map("followed")
         #: HASH, max_entries 65536: struct hot_key -> __u64
         self.hot_specific: Map = obj.map("hot_specific")
         #: LRU_HASH, max_entries 262144: struct hot_key -> struct hot_state
@@ -187,6 +189,7 @@ class InboundMaps:
                 self.establish_hook,
                 self.flow_dyn_threshold,
                 self.follow_buf,
+                self.followed,
                 self.hot_specific,
                 self.hot_values,
                 self.http_reply,

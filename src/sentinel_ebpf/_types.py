@@ -144,7 +144,8 @@ class PortCounter(IntEnum):
     PORT_FRAMING_RESET = 17
     PORT_SWALLOWED = 18
     PORT_URGENT = 19
-    PORT_COUNTER_MAX = 20
+    PORT_LOST_RESET = 20
+    PORT_COUNTER_MAX = 21
 
 
 class DpCounter(IntEnum):
@@ -362,11 +363,11 @@ class PortCounts(ctypes.Structure):
 
     _pack_ = 1
     _fields_ = [
-        ("count", (ctypes.c_uint64 * 20)),
+        ("count", (ctypes.c_uint64 * 21)),
     ]
 
 
-assert ctypes.sizeof(PortCounts) == 160
+assert ctypes.sizeof(PortCounts) == 168
 
 
 class HttpRouteKey(ctypes.Structure):

@@ -79,6 +79,8 @@ def passed_unjudged(dp: InboundDataplane, payload: bytes, **kw: object) -> bool:
         b"GET /%2e%2e/%2E/api" + TAIL,
         b"GET /" + b"a" * 70 + b"/../api" + TAIL,  # the ".." is beyond the first 64 bytes
         b"GET http://svc//x/../api" + TAIL,
+        b"GET /other%3F/../api" + TAIL,  # a decoded '?' is a path character to nginx: /api
+        b"GET /api#/../other" + TAIL,  # '#' ends the target for nginx: /api
     ],
 )
 def test_each_framing_of_a_blocked_request_is_judged(dp: InboundDataplane, payload: bytes) -> None:
@@ -99,6 +101,8 @@ def test_each_framing_of_a_blocked_request_is_judged(dp: InboundDataplane, paylo
         b"GET /%41PI" + TAIL,  # "/API": paths are case-sensitive
         b"GET /a%00pi" + TAIL,  # control characters stay encoded
         b"GET /x?q=/../api" + TAIL,  # the query is not a path
+        b"GET /x#/../../api" + TAIL,  # nginx: /x
+        b"GET /api%3F/../other" + TAIL,  # nginx: /other
     ],
 )
 def test_other_requests_still_pass(dp: InboundDataplane, payload: bytes) -> None:
@@ -352,11 +356,108 @@ def test_an_incomplete_request_line_resets_the_connection_after_the_tries(
     assert (counters["incomplete"], counters["incomplete_reset"]) == (7, 1)
 
 
+def received_unfollowed(conn: tuple[socket.socket, socket.socket], data: bytes) -> None:
+    """The server's socket takes `data` without the programs seeing it: as if the connection's stream
+    state had been evicted from the map, or the connection were older than the rules."""
+    cli, srv = conn
+    cli.sendall(data)
+    got = b""
+    while len(got) < len(data):
+        got += srv.recv(len(data) - len(got))
+
+
+HEAD_10 = b"POST /up HTTP/1.1\r\nHost: svc\r\nContent-Length: 10\r\n\r\n"
+
+
+def followed_then_evicted(
+    live: InboundDataplane, conn: tuple[socket.socket, socket.socket], at: dict[str, Any], head: bytes
+) -> int:
+    """`head` passes the programs (its stream followed) and reaches the server's socket; then its stream
+    state is evicted, as 65,536 other connections sending data would do. The socket's rcv_nxt."""
+    assert passed_unjudged(live, head, seq=rcv_nxt(conn[1]), **at)
+    received_unfollowed(conn, head)  # (a test run does not deliver: the socket takes the bytes itself)
+    live.maps.streams.clear()
+    return rcv_nxt(conn[1])
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"0123456789GET /api" + TAIL, b"GET /ok HTTP/1.1\r\n\r\n" + b"GET /api" + TAIL],
+    ids=["body-end-then-request", "body-end-that-looks-like-a-request"],
+)
+def test_a_followed_stream_evicted_from_the_map_is_reset_whatever_it_starts_with(
+    live: InboundDataplane, conn: tuple[socket.socket, socket.socket], payload: bytes
+) -> None:
+    """A client evicts its own stream from the map in the middle of a 10-byte body, then sends the body's
+    end and a request in one segment: nothing knows where that request starts (the body's end may even
+    look like a request). The connection was followed, its socket has received bytes, and there is no
+    state: it is reset (fail-closed), counted."""
+    at, _, sport = on_conn(live, conn)
+    nxt = followed_then_evicted(live, conn, at, HEAD_10)
+    retval, out, _ = send(live, payload, seq=nxt, **at)
+    assert retval == TC_ACT_OK and parse_frame(out).flags & RST, "passed: the server would serve /api"
+    counters = live.port_counters(sport)
+    assert (counters["stream_lost"], counters["lost_reset"]) == (1, 1)
+
+
+def test_a_connection_older_than_the_rules_is_read_from_a_request_start(
+    live: InboundDataplane, conn: tuple[socket.socket, socket.socket]
+) -> None:
+    """Never followed (made before the rules were applied: a fresh start, not a resume), its socket has
+    received bytes: not reset, its next segment is read as a request's start."""
+    at, _, sport = on_conn(live, conn)
+    received_unfollowed(conn, b"GET /ok HTTP/1.1\r\n\r\n")
+    assert not passed_unjudged(live, b"GET /api" + TAIL, seq=rcv_nxt(conn[1]), **at)
+    counters = live.port_counters(sport)
+    assert (counters["stream_lost"], counters["lost_reset"]) == (1, 0)
+    assert live.resource_stats()[0].blocked == 1
+
+
+def test_a_new_connection_has_no_state_and_is_not_reset(
+    live: InboundDataplane, conn: tuple[socket.socket, socket.socket]
+) -> None:
+    at, nxt, sport = on_conn(live, conn)
+    payload = b"0123456789GET /api" + TAIL  # its first bytes: no request line (the server answers 400)
+    assert passed_unjudged(live, payload, seq=nxt, **at)
+    assert live.port_counters(sport)["lost_reset"] == 0
+
+
+def test_an_evicted_stream_is_read_from_a_request_start_when_incomplete_passes(
+    live: InboundDataplane, conn: tuple[socket.socket, socket.socket]
+) -> None:
+    at, _, sport = on_conn(live, conn)
+    live.apply(live.compile(rules(BLOCK_API.replace("8080", str(sport)) + "reject: {incomplete: pass}\n")))
+    nxt = followed_then_evicted(live, conn, at, b"GET /ok HTTP/1.1\r\n\r\n")
+    assert not passed_unjudged(live, b"GET /api" + TAIL, seq=nxt, **at)  # read as a start
+    counters = live.port_counters(sport)
+    assert (counters["stream_lost"], counters["lost_reset"]) == (1, 0)
+    assert live.resource_stats()[0].blocked == 1
+
+
 # --- the kernel's normal form against the Python one, on generated targets ----------------------------
 
 _SEGMENT = st.one_of(
     st.sampled_from(
-        [".", "..", "", "a", "b", "%62", "a%2Fb", "%61", "%2e", "%2E%2e", "%2F", "%25", "%zz", "%0a", "b.c"]
+        [
+            *(
+                ".",
+                "..",
+                "",
+                "a",
+                "b",
+                "%62",
+                "a%2Fb",
+                "%61",
+                "%2e",
+                "%2E%2e",
+                "%2F",
+                "%25",
+                "%zz",
+                "%0a",
+                "b.c",
+            ),
+            *("%3F", "a%3Fb", "#", "a#b", "%23"),  # a decoded '?' is a path character; a '#' ends the target
+        ]
     ),
     st.text(alphabet="ab.%/2eE", min_size=1, max_size=4),
 )

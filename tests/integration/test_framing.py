@@ -7,12 +7,19 @@ must be served. Split request lines are dropped until the client's stack sends t
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from sentinel_ebpf.inbound.dataplane import TC_HANDLE, TC_PRIORITY
+from sentinel_ebpf.libbpf import TcAttachPoint, TcHook, program_maps
+from sentinel_ebpf.libbpf.ids import map_info
+from sentinel_ebpf.libbpf.maps import Map
+from sentinel_ebpf.netns import entered
 from tests.support.daemon_helpers import Daemon
 from tests.support.netns import NetnsPair, Server
 from tests.support.nginx import hello_nginx
@@ -177,3 +184,45 @@ def test_a_byte_marked_urgent_reaches_nginx_as_judged(
     assert requests and not [r for r in requests if r.startswith("GET /api ")], requests
     assert answer["statuses"] == [200] * responses, answer
     assert daemon.stats()["ports"]["8080"]["urgent"] > urgent_before
+
+
+def evict_streams(pair: NetnsPair) -> None:
+    """Empty the daemon's `streams` map, as 65,536 other connections sending data would (LRU eviction)."""
+    ifindex = int(pair.run(pair.server, "cat", f"/sys/class/net/{pair.server_if}/ifindex", check=True).stdout)
+    prog_id = TcHook(ifindex, pair.server).filter_prog_id(TcAttachPoint.INGRESS, TC_HANDLE, TC_PRIORITY)
+    assert prog_id is not None
+    fds = program_maps(prog_id)
+    try:
+        i = map_info(fds["streams"])
+        Map(
+            None, None, fd=fds["streams"], info=(i.name, i.type, i.key_size, i.value_size, i.max_entries)
+        ).clear()
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+
+
+def test_a_stream_evicted_in_the_middle_of_a_body_is_reset(fresh_netns_pair: NetnsPair) -> None:
+    """A client evicts its own stream from the map in the middle of a 10-byte body; its next segment ends
+    the body and carries a request for /api. Where that request starts is not known, so the connection
+    is reset rather than passed (nginx would serve /api: the bytes are not a request line where they
+    start)."""
+    pair = fresh_netns_pair
+    nginx = hello_nginx(pair, 8080)
+    with Daemon(pair, RULES) as daemon:
+        with entered(pair.client):
+            conn = socket.create_connection((pair.server_ip, 8080), timeout=10)
+        with conn:
+            conn.sendall(b"POST /up HTTP/1.1\r\nHost: svc\r\nContent-Length: 10\r\n\r\n")
+            assert conn.recv(4096).startswith(b"HTTP/1.1 200"), "nginx answers before the body"
+            evict_streams(pair)
+            conn.sendall(b"0123456789" + API)
+            answers = b""
+            try:
+                while chunk := conn.recv(4096):
+                    answers += chunk
+            except (ConnectionResetError, TimeoutError):
+                pass
+            assert not [line for line in served(nginx) if '"GET /api ' in line], served(nginx)
+            assert answers.count(b"HTTP/1.1 ") == 0, answers
+            assert daemon.stats()["ports"]["8080"]["lost_reset"] == 1

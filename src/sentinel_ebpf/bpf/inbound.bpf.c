@@ -170,6 +170,22 @@ struct {
 } streams SEC(".maps");
 
 /*
+ * Connections whose stream was followed since the programs were loaded: a bit each, by a keyed hash of
+ * the connection's key (see followed_bit), set as its segments pass and never cleared. A connection whose
+ * server socket has received bytes but that has no stream state was followed and then evicted from
+ * `streams` (its bit set: reset, see http_segment) or is older than the rules (read as a request's
+ * start). A bit that another connection set only makes an old connection reset, never one judged less.
+ */
+#define SE_FOLLOWED_WORDS 16384     /* 1 Mi bits, 128 KiB */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SE_FOLLOWED_WORDS);
+	__type(key, __u32);
+	__type(value, __u64);
+} followed SEC(".maps");
+
+/*
  * 1 while out_sockops is attached at the cgroup2 root: a TCP resource's connection then takes its
  * concurrency slot when its handshake completes (a SYN alone takes none, so half-open connections hold
  * nothing); 0: at the SYN. Written by the control plane.
@@ -253,6 +269,7 @@ struct ingress_scratch {
 	__u8 again_started;         /* ... and the requests it started */
 	__u64 again_hash;
 	__u32 reject_how;           /* refuse_http() -> tc_ingress: reject()'s third argument */
+	__u32 seen;                 /* segment_position: the server's socket received bytes before this segment */
 };
 
 #define XL_OUTBOUND 2

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
 /*
  * A request target in the form servers match it: percent-encoded printable characters decoded (once),
- * dot segments removed (RFC 3986 section 5.2.4), runs of slashes merged. The query (from '?') is kept as
- * it is. Servers such as nginx do this before they pick a location, so a limit on /api must see
+ * dot segments removed (RFC 3986 section 5.2.4), runs of slashes merged. The query (from a '?' sent as
+ * such) is kept as it is; a '#' ends the target (nginx ignores what follows). Servers such as nginx do this before they pick a location, so a limit on /api must see
  * "/%61pi", "//api", "/./api" and "/x/../api" as /api. Run only when the target needs it (a '%', a
  * slash followed by '.' or '/', or a target longer than what the fast path reads).
  */
@@ -86,6 +86,7 @@ struct norm_ctx {
 static long normalize_byte(__u32 i, struct norm_ctx *ctx)
 {
 	struct norm_scratch *n = ctx->n;
+	bool decoded = false;
 	__u8 c;
 
 	if (i >= n->in_len || i >= SE_NORM_MAX || n->done || n->out_len >= SE_NORM_MAX)
@@ -119,9 +120,10 @@ static long normalize_byte(__u32 i, struct norm_ctx *ctx)
 		if (hi >= 0 && lo >= 0 && v > ' ' && v < 0x7f && v != '%') {
 			c = v; /* decoded once: a '%' it yields stays a '%' */
 			n->skip = 2;
+			decoded = true;
 		}
 	}
-	if (c == '?') {
+	if (c == '?' && !decoded) { /* (a '?' from %3F is a path character: nginx reads it so) */
 		drop_dot_segment(n);
 		n->query = 1;
 		emit(n, c);

@@ -9,17 +9,39 @@
 #define SENTINEL_SEGMENT_BPF_H
 
 /*
+ * The word of `followed` that holds the bit of the connection `fk` (*bit: the bit), keyed by the load's
+ * random head_hash_key (a client cannot aim at another connection's bit; it could only get its own
+ * connection reset).
+ */
+static __always_inline __u64 *followed_bit(const struct flow_key *fk, __u64 *bit)
+{
+	const __u64 *w = (const __u64 *)fk;
+	__u64 h = head_hash_key;
+	__u32 idx;
+
+	for (int i = 0; i < sizeof(*fk) / 8; i++) {
+		h = (h ^ w[i]) * 0x9E3779B97F4A7C15ULL;
+		h ^= h >> 29;
+	}
+	*bit = 1ULL << (h & 63);
+	idx = (__u32)(h >> 6) & (SE_FOLLOWED_WORDS - 1);
+	return bpf_map_lookup_elem(&followed, &idx);
+}
+
+/*
  * The stream's state at client sequence number `at` into scratch pre and post (the key in scratch fk):
  * the state after the last segment passed, or before it (scratch again) when that segment comes again
  * before the stack took it (a duplicate queued behind it while the application held the socket; the
- * stack dropped it), or a request's start when neither (a new connection: 0; a lost state: 1). A global
- * function.
+ * stack dropped it), or a request's start when neither (a state at another place: 1; none, but the
+ * connection was followed before: 2, evicted from the map; none and never followed: 3, a new connection
+ * or one older than the rules). 0 when a state was found. A global function.
  */
 __noinline int stream_prepare(__u32 at)
 {
 	__u32 zero = 0;
 	struct ingress_scratch *scr = bpf_map_lookup_elem(&ingress_scratch, &zero);
 	struct stream_state *ss;
+	__u64 bit, *word;
 	int lost = 0;
 
 	if (!scr)
@@ -35,8 +57,11 @@ __noinline int stream_prepare(__u32 at)
 		scr->again_reqs = ss->cur.reqs;
 		scr->again_started = ss->cur.reqs - ss->prev.reqs;
 		scr->again_hash = ss->cur.hash;
+	} else if (ss) {
+		lost = 1;
 	} else {
-		lost = ss != NULL;
+		word = followed_bit(&scr->fk, &bit);
+		lost = word && (*word & bit) ? 2 : 3;
 	}
 	scr->pre.seq = at;
 	scr->pre.valid = 1;
@@ -75,10 +100,14 @@ __noinline int stream_pass(struct __sk_buff *skb, const struct pkt *p)
 	__u32 zero = 0;
 	struct ingress_scratch *scr = bpf_map_lookup_elem(&ingress_scratch, &zero);
 	struct stream_state *e;
+	__u64 bit, *word;
 	__u32 started;
 
 	if (!skb || !p || !scr || !scr->pre.valid)
 		return TC_ACT_OK;
+	word = followed_bit(&scr->fk, &bit);
+	if (word && !(*word & bit))
+		__sync_fetch_and_or(word, bit);
 	if (scr->keep < p->payload_len) {
 		if (trim_payload(skb, p, scr->keep)) {
 			percpu_inc(&dp_counters, DP_CUT_FAILED);
@@ -122,7 +151,7 @@ static __always_inline __u32 http_segment(struct __sk_buff *skb, const struct pk
 	__u32 res, follow;
 
 	scr->pre.valid = 0;
-	switch (segment_position(skb, p, skip, scr->xl_on ? &scr->xl : NULL)) {
+	switch (segment_position(skb, p, skip, scr->xl_on ? &scr->xl : NULL, &scr->seen)) {
 	case SEG_REFUSED_KEPT:
 		port_count(port, PORT_REFUSED_AGAIN);
 		return SEGMENT_ANSWER_AGAIN;
@@ -140,8 +169,20 @@ static __always_inline __u32 http_segment(struct __sk_buff *skb, const struct pk
 		port_count(port, PORT_OUT_OF_ORDER);
 		return SEGMENT_DROP;
 	}
-	if (stream_prepare(p->seq + ((p->flags & TCP_SYN) ? 1 : 0) + *skip))
+	res = stream_prepare(p->seq + ((p->flags & TCP_SYN) ? 1 : 0) + *skip);
+	if (res == 1 || (res >= 2 && scr->seen))
 		port_count(port, PORT_STREAM_LOST);
+	if (res == 2 && scr->seen && pc->incomplete != INCOMPLETE_PASS) {
+		/* No state, but followed before and the server's socket received bytes: the stream was evicted
+		 * from the map (65,536 others sending since). Where its requests start is not known, and a client
+		 * that evicts its own stream in the middle of a body could then send the body's end and a request
+		 * in one segment, which nothing would find (whatever the segment starts with, it may be body
+		 * bytes to the server). Reset (fail-closed), unless reject.incomplete is pass: then read as a
+		 * request's start, as is a connection older than the rules (3). */
+		scr->pre.valid = 0;
+		port_count(port, PORT_LOST_RESET);
+		return SEGMENT_RESET;
+	}
 	follow = stream_follow(skb, p, *skip, &scr->post);
 	if (follow == FOLLOW_RESET) {
 		scr->pre.valid = 0;

@@ -138,7 +138,9 @@ enum port_counter {
 				     * acknowledged in the server's place (the server never gets it) */
 	PORT_URGENT = 19,           /* a client segment with an urgent pointer: URG cleared (the server reads
 				     * every byte, as judged) */
-	PORT_COUNTER_MAX = 20,
+	PORT_LOST_RESET = 20,       /* a segment of a connection followed before, with bytes received, whose
+				     * stream state was evicted from the map: connection reset */
+	PORT_COUNTER_MAX = 21,
 };
 
 /* Global data-plane counters (per-CPU array `dp_counters`). */

@@ -155,7 +155,7 @@ static __always_inline bool refused_again(const struct pkt *p, const struct seq_
  * client's numbering, the socket's rcv_nxt in the server's.
  */
 static __always_inline int segment_position(struct __sk_buff *skb, const struct pkt *p, __u32 *skip,
-					    const struct seq_xlate *xl)
+					    const struct seq_xlate *xl, __u32 *seen)
 {
 	__u32 rcv_nxt, end = p->seq + p->payload_len;
 	struct bpf_sock *sk;
@@ -163,6 +163,7 @@ static __always_inline int segment_position(struct __sk_buff *skb, const struct 
 	int pos = SEG_NEXT;
 
 	*skip = 0;
+	*seen = 0;
 	if (!socket_lookup)
 		return refused_again(p, xl) ? SEG_REFUSED_KEPT : SEG_NEXT;
 	sk = lookup_conn(skb, p);
@@ -184,6 +185,7 @@ static __always_inline int segment_position(struct __sk_buff *skb, const struct 
 		pos = SEG_REFUSED_KEPT; /* (only while the connection is there: else spoofed, no reply) */
 	} else if ((tp = bpf_skc_to_tcp_sock(sk))) {
 		rcv_nxt = xl ? xl_server_ack(xl, tp->rcv_nxt) : tp->rcv_nxt;
+		*seen = tp->bytes_received != 0;
 		if (!seq_before(rcv_nxt, end)) {
 			pos = SEG_OLD;
 		} else if (seq_before(rcv_nxt, p->seq)) {

@@ -10,7 +10,9 @@ same form when rules are compiled:
 - dot segments are removed (RFC 3986 section 5.2.4): ``/./`` is ``/``, ``/x/../`` is ``/``, ``..`` at the
   root stays at the root;
 - runs of slashes are one slash;
-- from the first ``?`` on, the query is kept as it is.
+- from the first ``?`` sent as such on, the query is kept as it is; a ``?`` decoded from ``%3F`` is a
+  path character (nginx reads ``/other%3F/../api`` as ``/api``);
+- a ``#`` (sent as such) ends the target: nginx ignores what follows (``/api#/../x`` is ``/api``).
 
 ``bpf/normalize.bpf.h`` is the kernel side; ``tests/dataplane/test_inbound_framing.py`` checks the two
 agree on generated targets.
@@ -39,17 +41,21 @@ def normalize_target(target: str) -> str:
 
     while i < len(raw):
         c = raw[i]
+        if c == ord("#"):
+            break
+        decoded = False
         if c == ord("%") and i + 2 < len(raw) + 0 and _hex(raw[i + 1 : i + 3]) is not None:
             v = _hex(raw[i + 1 : i + 3])
             assert v is not None
             if 0x20 < v < 0x7F and v != ord("%"):
                 c = v
                 i += 2
+                decoded = True
         i += 1
-        if c == ord("?"):
+        if c == ord("?") and not decoded:
             drop_dot_segment()
             out.append(c)
-            out += raw[i:]
+            out += raw[i:].split(b"#", 1)[0]
             return out.decode("latin-1")
         if c == ord("/"):
             drop_dot_segment()
