@@ -36,17 +36,21 @@ PORTS = count(31000)
 def guarded() -> Iterator[tuple[NetnsPair, Server, Daemon]]:
     with NetnsPair("fg") as pair:
         nginx = hello_nginx(pair, 8080)
-        # the server's segments to the hand-made client's address go to the client's interface, whose
-        # stack does not have that address (it drops them, and never resets the connection)
-        mac = pair.run(pair.client, "cat", f"/sys/class/net/{pair.client_if}/address", check=True).stdout
-        pair.run(pair.server, "ip", "neigh", "replace", spoofed(pair), "lladdr", mac.strip(), "dev",
-                 pair.server_if, check=True)  # fmt: skip
+        route_to_client(pair)
         with Daemon(pair, RULES) as daemon:
             yield pair, nginx, daemon
 
 
 def spoofed(pair: NetnsPair) -> str:
     return f"10.200.{pair.subnet}.77"
+
+
+def route_to_client(pair: NetnsPair) -> None:
+    """The server's segments to the hand-made client's address go to the client's interface, whose stack
+    does not have that address (it drops them, and never resets the connection)."""
+    mac = pair.run(pair.client, "cat", f"/sys/class/net/{pair.client_if}/address", check=True).stdout
+    pair.run(pair.server, "ip", "neigh", "replace", spoofed(pair), "lladdr", mac.strip(), "dev",
+             pair.server_if, check=True)  # fmt: skip
 
 
 def send(pair: NetnsPair, mode: str, request: bytes) -> dict[str, object]:
@@ -85,3 +89,21 @@ def test_an_allowed_request_in_fragments_is_dropped_too(guarded: tuple[NetnsPair
     before = len(served(nginx))
     assert send(pair, "fragments", ok)["answer"] == ""
     assert served(nginx)[before:] == []
+
+
+def test_a_request_whose_headers_lie_outside_the_linear_data_is_judged(fresh_netns_pair: NetnsPair) -> None:
+    """A frame of 4 KiB or more sent through AF_PACKET reaches the server's interface with only its Ethernet
+    header in the skb's linear data (the rest in pages): on a veth with a jumbo MTU, a client in a
+    container with CAP_NET_RAW can send such frames, as can NICs that split headers. The IP and TCP
+    headers are pulled in and the request judged (before, the packet passed as malformed, unjudged)."""
+    pair = fresh_netns_pair
+    for ns, iface in ((pair.client, pair.client_if), (pair.server, pair.server_if)):
+        pair.run(ns, "ip", "link", "set", iface, "mtu", "9000", check=True)
+    nginx = hello_nginx(pair, 8080)
+    route_to_client(pair)
+    with Daemon(pair, RULES) as daemon:
+        big = API.replace(b"\r\n\r\n", b"\r\nX-Pad: " + b"p" * 5000 + b"\r\n\r\n")
+        answer = str(send(pair, "whole", big)["answer"])
+        assert not [line for line in served(nginx) if '"GET /api ' in line], "nginx served /api"
+        assert answer in ("", "HTTP/1.1 429 Too Many Requests"), answer  # refused: a 429, or a reset
+        assert daemon.stats()["resources"]["api"]["block"] == 1

@@ -292,6 +292,24 @@ struct {
 } egress_scratch SEC(".maps");
 
 /*
+ * parse_tcp into the scratch's p, of ingress (0) or egress (1). A global function (verified once; it may
+ * pull headers into the linear data), which its callers call holding nothing but the skb.
+ */
+__noinline int parse_into(struct __sk_buff *skb, __u32 egress)
+{
+	__u32 zero = 0;
+	struct ingress_scratch *scr;
+
+	if (egress)
+		scr = bpf_map_lookup_elem(&egress_scratch, &zero);
+	else
+		scr = bpf_map_lookup_elem(&ingress_scratch, &zero);
+	if (!skb || !scr)
+		return PARSE_NOT_TCP;
+	return parse_tcp(skb, &scr->p);
+}
+
+/*
  * The flow key judge() and complete() work on: scratch->fk of ingress (or egress, `egress`). Global
  * functions take it from the map rather than as a pointer argument, which kernels before 6.2 do not
  * accept as a map key ("R2 type=mem expected=fp, pkt, pkt_meta, map_key, map_value").
@@ -382,12 +400,12 @@ static __always_inline int ingress(struct __sk_buff *skb)
 	ports = ports_concerned(skb, &gen, true);
 	if (!ports)
 		return TC_ACT_OK;
+	r = parse_into(skb, 0);
 	scr = bpf_map_lookup_elem(&ingress_scratch, &zero);
 	if (!scr)
 		return TC_ACT_OK;
 	p = &scr->p;
 	fk = &scr->fk;
-	r = parse_tcp(skb, p);
 	if (r != PARSE_OK)
 		return unreadable(r, p, ports, gen);
 	if ((ports->slot[p->sport] & SE_PORT_OUT_HTTP) && !(ports->slot[p->dport] & ~SE_PORT_OUT_HTTP)) {
@@ -553,15 +571,13 @@ static __always_inline int egress(struct __sk_buff *skb)
 	__u8 gen, hundreds;
 
 	ports = ports_concerned(skb, &gen, false);
-	if (!ports)
+	if (!ports || parse_into(skb, 1) != PARSE_OK)
 		return TC_ACT_OK;
 	scr = bpf_map_lookup_elem(&egress_scratch, &zero);
 	if (!scr)
 		return TC_ACT_OK;
 	p = &scr->p;
 	fk = &scr->fk;
-	if (parse_tcp(skb, p) != PARSE_OK)
-		return TC_ACT_OK;
 	if ((ports->slot[p->dport] & SE_PORT_OUT_HTTP) && !(ports->slot[p->sport] & ~SE_PORT_OUT_HTTP)) {
 		scr->xl_on = XL_OUTBOUND; /* a caller's segment: xlate_outbound looks for its translation */
 		if (p->payload_len && !(p->flags & (TCP_RST | TCP_FIN | TCP_SYN)))

@@ -148,15 +148,31 @@ static __always_inline int peek_ports(struct __sk_buff *skb, __u16 *sport, __u16
 	return PEEK_PORTS;
 }
 
+/*
+ * Parse a frame's Ethernet, VLAN, IP and TCP headers into *p. Headers are read in the skb's linear data;
+ * a driver (header split, a short copy of the headers) or a sender's large AF_PACKET frame can leave them
+ * outside it, and such a packet must not pass as malformed, unjudged, for where its bytes lie: when a
+ * header the packet holds is not in the linear data, it is pulled in (bpf_skb_pull_data, twice at most,
+ * as far as the TCP header) and the frame parsed again. Packets whose headers are linear (nearly all) pay
+ * nothing. (Called from a global function: see inbound.bpf.c's parse_into.)
+ */
+#define SE_PULL_LEN 128 /* bytes from the IP header pulled in at first: IPv4 with options, or IPv6, and TCP */
+
 static __always_inline int parse_tcp(struct __sk_buff *skb, struct pkt *p)
 {
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
-	struct ethhdr *eth = data;
+	void *data, *data_end;
+	struct ethhdr *eth;
 	struct tcphdr *tcp;
-	__u32 l3_off = ETH_HLEN, l4_off, l3_len;
+	__u32 l3_off, l4_off, l3_len, want = 0, pulled = 0;
 	__u16 proto;
 
+	if (!skb || !p)
+		return PARSE_NOT_TCP;
+again:
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	l3_off = ETH_HLEN;
+	eth = data;
 	if ((void *)(eth + 1) > data_end)
 		return PARSE_NOT_TCP;
 	proto = eth->h_proto;
@@ -166,8 +182,10 @@ static __always_inline int parse_tcp(struct __sk_buff *skb, struct pkt *p)
 
 		if (proto != bpf_htons(ETH_P_8021Q) && proto != bpf_htons(ETH_P_8021AD))
 			break;
-		if ((void *)(tag + 2) > data_end)
-			return PARSE_MALFORMED;
+		if ((void *)(tag + 2) > data_end) {
+			want = l3_off + SE_PULL_LEN;
+			goto pull;
+		}
 		proto = tag[1];
 		l3_off += 4;
 	}
@@ -177,19 +195,20 @@ static __always_inline int parse_tcp(struct __sk_buff *skb, struct pkt *p)
 	if (proto == bpf_htons(ETH_P_IP)) {
 		struct iphdr *ip = data + l3_off;
 
-		if ((void *)(ip + 1) > data_end)
-			return PARSE_MALFORMED;
+		if ((void *)(ip + 1) > data_end) {
+			want = l3_off + SE_PULL_LEN;
+			goto pull;
+		}
 		if (ip->protocol != IPPROTO_TCP)
 			return PARSE_NOT_TCP;
 		if (ip->version != 4 || ip->ihl < 5)
 			return PARSE_MALFORMED;
 		if (ip->frag_off & bpf_htons(0x3FFF)) {
 			/* a fragment: nothing judges it (the first one's ports say where it goes) */
-			__u16 *ports = (void *)ip + ip->ihl * 4;
-
 			p->dport = 0;
-			if (!(ip->frag_off & bpf_htons(0x1FFF)) && (void *)(ports + 2) <= data_end)
-				p->dport = ports[1];
+			if (!(ip->frag_off & bpf_htons(0x1FFF)) &&
+			    bpf_skb_load_bytes(skb, l3_off + ip->ihl * 4 + 2, &p->dport, sizeof(p->dport)))
+				p->dport = 0;
 			return PARSE_FRAGMENT;
 		}
 		p->family = 4;
@@ -206,7 +225,11 @@ static __always_inline int parse_tcp(struct __sk_buff *skb, struct pkt *p)
 		struct ipv6hdr *ip6 = data + l3_off;
 		__u32 ext_len = 0;
 
-		if ((void *)(ip6 + 1) > data_end || ip6->version != 6)
+		if ((void *)(ip6 + 1) > data_end) {
+			want = l3_off + SE_PULL_LEN;
+			goto pull;
+		}
+		if (ip6->version != 6)
 			return PARSE_MALFORMED; /* (the stack drops another version: it must not spend quota) */
 		l4_off = l3_off + sizeof(*ip6);
 		if (ip6->nexthdr != IPPROTO_TCP) {
@@ -229,11 +252,8 @@ static __always_inline int parse_tcp(struct __sk_buff *skb, struct pkt *p)
 			ext_len -= l4_off;
 			l4_off += ext_len;
 			if (w & IPV6_FIRST_FRAGMENT) {
-				__u16 *ports = data + l4_off;
-
-				p->dport = 0;
-				if ((void *)(ports + 2) <= data_end)
-					p->dport = ports[1];
+				if (bpf_skb_load_bytes(skb, l4_off + 2, &p->dport, sizeof(p->dport)))
+					p->dport = 0;
 				return PARSE_FRAGMENT;
 			}
 		}
@@ -249,8 +269,10 @@ static __always_inline int parse_tcp(struct __sk_buff *skb, struct pkt *p)
 	}
 
 	tcp = data + l4_off;
-	if ((void *)(tcp + 1) > data_end)
-		return PARSE_MALFORMED;
+	if ((void *)(tcp + 1) > data_end) {
+		want = l4_off + sizeof(*tcp);
+		goto pull;
+	}
 	p->doff = tcp->doff * 4;
 	if (p->doff < sizeof(*tcp) || p->doff > l3_len)
 		return PARSE_MALFORMED;
@@ -265,6 +287,13 @@ static __always_inline int parse_tcp(struct __sk_buff *skb, struct pkt *p)
 	p->ack = bpf_ntohl(tcp->ack_seq);
 	p->flags = ((__u8 *)tcp)[13];
 	return PARSE_OK;
+pull:
+	if (want > skb->len)
+		want = skb->len;
+	if (pulled >= 2 || bpf_skb_pull_data(skb, want))
+		return PARSE_MALFORMED; /* truncated, or cannot be pulled in */
+	pulled++; /* (twice at most: the IPv6 header, then the TCP header behind its extension headers) */
+	goto again;
 }
 
 /* Bytes of `v` equal to `c`, as their high bits (exact for the lowest one: SWAR zero-byte test). */
