@@ -2,9 +2,10 @@
 /*
  * A request target in the form servers match it: percent-encoded printable characters decoded (once),
  * dot segments removed (RFC 3986 section 5.2.4), runs of slashes merged. The query (from a '?' sent as
- * such) is kept as it is; a '#' ends the target (nginx ignores what follows). Servers such as nginx do this before they pick a location, so a limit on /api must see
- * "/%61pi", "//api", "/./api" and "/x/../api" as /api. Run only when the target needs it (a '%', a
- * slash followed by '.' or '/', or a target longer than what the fast path reads).
+ * such) is kept as it is; a '#' ends the target (nginx ignores what follows). Servers such as nginx do
+ * this before they pick a location, so a limit on /api must see "/%61pi", "//api", "/./api" and
+ * "/x/../api" as /api. Run only when the target needs it (a '%', a slash followed by '.' or '/', or a
+ * target longer than what the fast path reads).
  */
 #ifndef SENTINEL_NORMALIZE_BPF_H
 #define SENTINEL_NORMALIZE_BPF_H
