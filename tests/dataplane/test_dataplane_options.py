@@ -182,3 +182,22 @@ def test_a_resumed_instance_repairs_the_drift_it_inherits() -> None:
                 h2 = Harness(second, rs)  # the same rules: nothing is applied again
                 h2.at(10)
                 assert h2.syn(port) == TC_ACT_OK
+
+
+def _rodata_key(dp: InboundDataplane) -> int:
+    """head_hash_key as the loaded program holds it (its frozen .rodata map)."""
+    rodata, layout = dp.obj.section_layout(".rodata")
+    offset, size, _ = layout["head_hash_key"]
+    return int.from_bytes(rodata.lookup(bytes(4))[offset : offset + size], "little")
+
+
+def test_a_resumed_instance_keeps_the_key_of_head_hashes_and_followed_bits() -> None:
+    """The stream states and followed bits a resumed daemon takes over were hashed with the crashed one's
+    random key: with another key a duplicate would be judged again and an evicted stream taken for one
+    older than the rules."""
+    with InboundDataplane(test_clock=True, socket_lookup=False) as first:
+        key = _rodata_key(first)
+        with InboundDataplane(test_clock=True, socket_lookup=False) as other:
+            assert _rodata_key(other) != key, "a new instance draws its own"
+        with _second_instance(first) as second:
+            assert _rodata_key(second) == key

@@ -44,6 +44,8 @@ from sentinel_ebpf.inbound.adaptive import AdaptiveThresholds, ExternalThreshold
 from sentinel_ebpf.inbound.compiler import CompiledInbound, KOutRoute, KPort, KResource, compile_inbound
 from sentinel_ebpf.inbound.reconcile import RECONCILE_PERIOD_NS, Reconciler
 from sentinel_ebpf.libbpf import BpfObject, Link, RingBuffer, TcAttachPoint, TcFilter, TcHook
+from sentinel_ebpf.libbpf.ids import map_info
+from sentinel_ebpf.libbpf.maps import Map
 from sentinel_ebpf.model.flow import MemoryReader
 from sentinel_ebpf.objects import object_path
 from sentinel_ebpf.rules import HttpReject, RuleSet
@@ -171,8 +173,9 @@ class InboundDataplane:
                 self.obj,
                 use_test_clock=True if test_clock else None,
                 socket_lookup=None if socket_lookup else False,
-                # keys the hash of request heads (a segment sent again is known by it): unguessable
-                head_hash_key=int.from_bytes(os.urandom(8), "little"),
+                # keys the hash of request heads (a segment sent again is known by it) and the followed
+                # bits: unguessable
+                head_hash_key=self._head_hash_key(reuse),
                 inflight_idle_max=idle_connections,
             )
             if hotspot_values is not None:
@@ -203,6 +206,20 @@ class InboundDataplane:
         self._cb_pending: list[BreakerTransition] = []
         self._cgroup_links: list[Link] = []
         self._attachments: list[_Attachment] = []
+
+    def _head_hash_key(self, reuse: Mapping[str, int] | None) -> int:
+        """Random for a new instance; an instance on another's maps keeps that one's key (read from its
+        .rodata), so that the head hashes of the stream states and the followed bits it takes over read
+        the same."""
+        rodata = next((fd for name, fd in (reuse or {}).items() if name.endswith(".rodata")), None)
+        if rodata is not None:
+            info = map_info(rodata)
+            previous = Map(None, None, fd=rodata, info=(info.name, info.type, info.key_size, info.value_size,
+                                                        info.max_entries)).lookup(_u32(0))  # fmt: skip
+            offset, size, _ = self.obj.section_layout(".rodata")[1]["head_hash_key"]
+            if len(previous) >= offset + size:
+                return int.from_bytes(previous[offset : offset + size], "little")
+        return int.from_bytes(os.urandom(8), "little")
 
     def _reuse_maps(self, fds: Mapping[str, int]) -> None:
         # not .rodata/.bss; not out_conns: only the outbound cgroup programs, released with the process
