@@ -76,6 +76,19 @@ def _b64(data: str | bytes) -> str:
     return base64.b64encode(data.encode() if isinstance(data, str) else data).decode()
 
 
+# HTTP answers of etcd's gateway that mean "not serving now" (gRPC Unavailable: a member stopping, no
+# leader), not a refusal of the request: the endpoint counts as unreachable, like a refused connection.
+_UNAVAILABLE_REASONS = ("Service Unavailable", "Bad Gateway", "Gateway Timeout", "Request Timeout")
+
+
+def _unavailable(exc: Etcd3Exception) -> bool:
+    detail = exc.detail_text or ""
+    return (
+        any(reason in exc.args for reason in _UNAVAILABLE_REASONS)
+        or re.search(r'"code":\s*14\b', detail) is not None
+    )
+
+
 def _describe(exc: Exception) -> str:
     """The reason in a few words: requests' connection errors bury it in a pool and URL repr."""
     if isinstance(exc, (ConnectionTimeoutError, requests.Timeout)):
@@ -130,6 +143,9 @@ class EtcdClient:
                 errors.append(f"{self._names[i]}: {_describe(exc)}")
                 continue
             except Etcd3Exception as exc:
+                if _unavailable(exc):  # (a member stopping answers 503 before it refuses connections)
+                    errors.append(f"{self._names[i]}: {_describe(exc)}")
+                    continue
                 raise EtcdError(f"etcd at {self._names[i]}: {_describe(exc)}") from None
             self._current = i
             return result

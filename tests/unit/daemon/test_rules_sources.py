@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from daemon_fakes import FakeDataplane, rules
+from etcd3gw.exceptions import Etcd3Exception
 
 from sentinel_ebpf.daemon import Daemon, DaemonConfig
 from sentinel_ebpf.daemon.runner import open_source
@@ -20,7 +21,7 @@ from sentinel_ebpf.daemon.watch import FileSource
 from sentinel_ebpf.rules import RulesError
 from sentinel_ebpf.sources.backoff import Backoff
 from sentinel_ebpf.sources.cache import CACHE_NAME, CachedRules, RulesCache
-from sentinel_ebpf.sources.etcd import EtcdError, EtcdUnavailable, KeyState, WatchEvent
+from sentinel_ebpf.sources.etcd import EtcdClient, EtcdError, EtcdUnavailable, KeyState, WatchEvent
 from sentinel_ebpf.sources.etcd_source import EtcdSource
 from sentinel_ebpf.sources.url import EtcdTls, EtcdUrl, EtcdUrlError, check_tls, is_etcd_url, parse_etcd_url
 
@@ -326,3 +327,39 @@ def test_file_source_reports_the_path_and_when_it_was_applied(tmp_path: Path) ->
     assert not src.changed()
     path.write_text(rules("40"))
     assert src.changed()
+
+
+class AnsweringGateway:
+    """An etcd gateway whose every request is answered with an HTTP error (etcd3gw's mapping of it)."""
+
+    def __init__(self, detail: str, reason: str, **_: object) -> None:
+        self.detail, self.reason = detail, reason
+
+    def get_url(self, path: str) -> str:
+        return path
+
+    def post(self, url: str, json: object = None) -> object:
+        raise Etcd3Exception(self.detail, self.reason)
+
+
+@pytest.mark.parametrize(
+    ("detail", "reason", "unreachable"),
+    [
+        ('{"error":"etcdserver: server stopped","code":14}', "Service Unavailable", True),
+        ('{"error":"etcdserver: no leader","code":14}', "Internal Server Error", True),
+        ("upstream timed out", "Gateway Timeout", True),
+        ("", "Request Timeout", True),  # (seen while a member stops)
+        ('{"error":"etcdserver: permission denied","code":7}', "Forbidden", False),
+    ],
+)
+def test_an_answer_that_etcd_is_not_serving_counts_as_unreachable(
+    detail: str, reason: str, unreachable: bool
+) -> None:
+    """A member that is stopping answers 503 before it refuses connections: one outage, one state
+    (unreachable), not an error and then unreachable, each logged; a refusal stays an error."""
+    client = EtcdClient(
+        parse_etcd_url("etcd://h1,h2/k"), make_client=lambda **kw: AnsweringGateway(detail, reason)
+    )
+    with pytest.raises(EtcdUnavailable if unreachable else EtcdError) as caught:
+        client.get()
+    assert (type(caught.value) is EtcdUnavailable) == unreachable
