@@ -171,7 +171,7 @@ struct {
 
 /*
  * Connections whose stream was followed since the programs were loaded: a bit each, by a keyed hash of
- * the connection's key (see followed_bit), set as its segments pass and never cleared. A connection whose
+ * the connection's key (see followed_bit), set when its stream state is made and never cleared. A connection whose
  * server socket has received bytes but that has no stream state was followed and then evicted from
  * `streams` (its bit set: reset, see http_segment) or is older than the rules (read as a request's
  * start). A bit that another connection set only makes an old connection reset, never one judged less.

@@ -222,6 +222,7 @@ __noinline int reply_in_stream(struct __sk_buff *skb, const struct pkt *p, __u32
 		scr->fresh.xl = x;
 		scr->fresh.xl_on = 1;
 		bpf_map_update_elem(&streams, &scr->fk, &scr->fresh, BPF_ANY);
+		mark_followed(&scr->fk);
 	}
 	replied_in_stream = 1;
 	return TC_ACT_SHOT;

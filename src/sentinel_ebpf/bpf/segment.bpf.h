@@ -28,6 +28,15 @@ static __always_inline __u64 *followed_bit(const struct flow_key *fk, __u64 *bit
 	return bpf_map_lookup_elem(&followed, &idx);
 }
 
+/* The connection `fk` is followed: its stream state is being made (stream_pass, reply_in_stream). */
+static __always_inline void mark_followed(const struct flow_key *fk)
+{
+	__u64 bit, *word = followed_bit(fk, &bit);
+
+	if (word && !(*word & bit))
+		__sync_fetch_and_or(word, bit);
+}
+
 /*
  * The stream's state at client sequence number `at` into scratch pre and post (the key in scratch fk):
  * the state after the last segment passed, or before it (scratch again) when that segment comes again
@@ -100,14 +109,10 @@ __noinline int stream_pass(struct __sk_buff *skb, const struct pkt *p)
 	__u32 zero = 0;
 	struct ingress_scratch *scr = bpf_map_lookup_elem(&ingress_scratch, &zero);
 	struct stream_state *e;
-	__u64 bit, *word;
 	__u32 started;
 
 	if (!skb || !p || !scr || !scr->pre.valid)
 		return TC_ACT_OK;
-	word = followed_bit(&scr->fk, &bit);
-	if (word && !(*word & bit))
-		__sync_fetch_and_or(word, bit);
 	if (scr->keep < p->payload_len) {
 		if (trim_payload(skb, p, scr->keep)) {
 			percpu_inc(&dp_counters, DP_CUT_FAILED);
@@ -132,6 +137,7 @@ __noinline int stream_pass(struct __sk_buff *skb, const struct pkt *p)
 	scr->fresh.cur = scr->post;
 	scr->fresh.requests = started;
 	bpf_map_update_elem(&streams, &scr->fk, &scr->fresh, BPF_NOEXIST);
+	mark_followed(&scr->fk);
 	return TC_ACT_OK;
 }
 
