@@ -92,8 +92,7 @@ class MapCounter:
         if fd < 0:
             raise OSError(ctypes.get_errno(), f"bpf_map_get_fd_by_id({map_id})")
         self.fd = fd
-        self.map = Map(None, None, fd=fd, info=(self.name, self.type, info["key_size"], info["value_size"],
-                                                self.max_entries))  # fmt: skip
+        self.map = Map.of_fd(fd)
 
     @property
     def counted(self) -> bool:

@@ -17,7 +17,6 @@ import pytest
 
 from sentinel_ebpf.inbound.dataplane import TC_HANDLE, TC_PRIORITY
 from sentinel_ebpf.libbpf import TcAttachPoint, TcHook, program_maps
-from sentinel_ebpf.libbpf.ids import map_info
 from sentinel_ebpf.libbpf.maps import Map
 from sentinel_ebpf.netns import entered
 from tests.support.daemon_helpers import Daemon
@@ -193,10 +192,7 @@ def evict_streams(pair: NetnsPair) -> None:
     assert prog_id is not None
     fds = program_maps(prog_id)
     try:
-        i = map_info(fds["streams"])
-        Map(
-            None, None, fd=fds["streams"], info=(i.name, i.type, i.key_size, i.value_size, i.max_entries)
-        ).clear()
+        Map.of_fd(fds["streams"]).clear()
     finally:
         for fd in fds.values():
             os.close(fd)

@@ -44,7 +44,6 @@ from sentinel_ebpf.inbound.adaptive import AdaptiveThresholds, ExternalThreshold
 from sentinel_ebpf.inbound.compiler import CompiledInbound, KOutRoute, KPort, KResource, compile_inbound
 from sentinel_ebpf.inbound.reconcile import RECONCILE_PERIOD_NS, Reconciler
 from sentinel_ebpf.libbpf import BpfObject, Link, RingBuffer, TcAttachPoint, TcFilter, TcHook
-from sentinel_ebpf.libbpf.ids import map_info
 from sentinel_ebpf.libbpf.maps import Map
 from sentinel_ebpf.model.flow import MemoryReader
 from sentinel_ebpf.objects import object_path
@@ -213,9 +212,7 @@ class InboundDataplane:
         the same."""
         rodata = next((fd for name, fd in (reuse or {}).items() if name.endswith(".rodata")), None)
         if rodata is not None:
-            info = map_info(rodata)
-            previous = Map(None, None, fd=rodata, info=(info.name, info.type, info.key_size, info.value_size,
-                                                        info.max_entries)).lookup(_u32(0))  # fmt: skip
+            previous = Map.of_fd(rodata).lookup(_u32(0))
             offset, size, _ = self.obj.section_layout(".rodata")[1]["head_hash_key"]
             if len(previous) >= offset + size:
                 return int.from_bytes(previous[offset : offset + size], "little")

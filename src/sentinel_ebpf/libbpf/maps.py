@@ -235,6 +235,15 @@ class Map:
             with contextlib.suppress(BpfKeyError):
                 self.delete(key)
 
+    @classmethod
+    def of_fd(cls, fd: int) -> Map:
+        """A kernel map known only by an fd (another loaded instance's, found by id): no object owns it;
+        the caller keeps ``fd`` open while it uses the map, and closes it."""
+        info = map_info(fd)
+        return cls(
+            None, None, fd=fd, info=(info.name, info.type, info.key_size, info.value_size, info.max_entries)
+        )
+
     # -- reuse ------------------------------------------------------------------------------------
     def reuse(self, fd: int) -> None:
         """Before load: use the existing kernel map ``fd`` (another loaded instance of the same object)
