@@ -94,8 +94,7 @@ class ClusterClient:
         lease = RuleLease(key, resource, rule, f.interval_ms, read, self.state)
         old = self._by_key.get(key)
         if old is not None and old.interval_ms == lease.interval_ms:
-            lease.account, lease.demand_qps, lease._last_count = old.account, old.demand_qps, old._last_count
-            lease.live_nodes, lease.limit, lease.share = old.live_nodes, old.limit, old.share
+            lease.take_over(old)
         self._by_key[key] = lease
         return lease
 

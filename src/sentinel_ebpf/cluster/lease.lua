@@ -73,12 +73,14 @@ for r = 1, #KEYS / 2 do
   -- Paced: by a fraction f of the window, a node may have taken its share x (f + one lease horizon), the
   -- fleet the limit x the same; so the limit is spread over the window instead of spent at its start.
   local pace = math.min(1, (interval - left + horizon) / interval)
-  -- what the others may still need of their shares in the next horizon is kept for them; beyond its own
-  -- share a node may take what nobody else is expected to need
+  -- what the others may still need of their shares in the next horizon (or what is left of the window,
+  -- if less: a reserve nobody takes by the window's end is lost) is kept for them; beyond its own share a
+  -- node may take what nobody else is expected to need
+  local ahead = math.min(horizon, left)
   local reserved = 0
   for _, id in ipairs(ids) do
     if id ~= node then
-      reserved = reserved + math.max(0, math.min(share[id] * pace - got[id], demands[id] * horizon / interval))
+      reserved = reserved + math.max(0, math.min(share[id] * pace - got[id], demands[id] * ahead / interval))
     end
   end
   local free = limit * pace - total

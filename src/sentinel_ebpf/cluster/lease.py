@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,6 +30,12 @@ RENEW_S = 0.1  # how often a node renews its leases
 HORIZON_S = 0.3  # a lease covers this much of the node's demand (three renewals)
 DEMAND_WEIGHT = 0.5  # weight of the newest renewal period in the demand estimate
 DEMAND_WEIGHT_FALLING = 0.75  # when it is lower: a node whose demand left frees its share sooner
+# The estimate stays at least the rate over the last span expected to hold DEMAND_FLOOR_REQUESTS requests,
+# within DEMAND_FLOOR_MS: a light node's 100 ms periods hold 0, 1 or 2 of its requests, and the smoothed
+# rate alone dipped with every empty one (its share and lease with it); a busy node's span is one period,
+# so its estimate still falls within a few renewals when its demand leaves.
+DEMAND_FLOOR_REQUESTS = 10
+DEMAND_FLOOR_MS = 1000
 LOOKAHEAD_MS = 10  # passes leaving the window this soon are taken off the next threshold
 MIN_LEASE = 1  # tokens an idle node holds, so its first request is not refused for want of a lease
 UNLIMITED = 1e15  # "let the rule's requests pass"
@@ -73,7 +80,9 @@ class RuleLease:
         self.state = state
         self.account: Account | None = None
         self.demand_qps = 0.0
+        self._fast_qps = 0.0  # the smoothed rate of the renewal periods
         self._last_count: tuple[int, int] | None = None  # (ms, demand_count)
+        self._counts: deque[tuple[int, int]] = deque()  # (ms, demand_count) of the last DEMAND_FLOOR_MS
         # the cluster's view, from the last reply
         self.live_nodes = 1
         self.limit = 0
@@ -82,12 +91,7 @@ class RuleLease:
 
     # -- renewal (the cluster thread) ------------------------------------------------------------
     def request(self, st: ResStats, now_ms: int) -> LeaseRequest:
-        count = demand_count(st)
-        if self._last_count is not None and now_ms > self._last_count[0]:
-            rate = (count - self._last_count[1]) * 1000 / (now_ms - self._last_count[0])
-            weight = DEMAND_WEIGHT if rate >= self.demand_qps else DEMAND_WEIGHT_FALLING
-            self.demand_qps += weight * (rate - self.demand_qps)
-        self._last_count = (now_ms, count)
+        self._estimate(demand_count(st), now_ms)
         left = self.tokens_left(st)
         target = max(MIN_LEASE, math.ceil(self.demand_qps * HORIZON_S - 1e-6))
         # for the fair shares: the window's demand and the tokens the node holds as a buffer, which
@@ -98,6 +102,31 @@ class RuleLease:
             threshold_type=int(self.rule.cluster_config.threshold_type), target=target, held=max(0, left),
             held_window=self.account.window if self.account else -1, debt=max(0, -left), demand=demand,
         )  # fmt: skip
+
+    def take_over(self, old: RuleLease) -> None:
+        """A changed rule keeps the tokens, the demand and the cluster's view of the one it replaces."""
+        self.account, self.demand_qps, self._fast_qps = old.account, old.demand_qps, old._fast_qps
+        self._last_count, self._counts = old._last_count, old._counts
+        self.live_nodes, self.limit, self.share = old.live_nodes, old.limit, old.share
+
+    def _estimate(self, count: int, now_ms: int) -> None:
+        """Demand: the renewal periods' rate smoothed (rises within a few renewals, falls faster), and not
+        below the rate over the span the last estimate expects DEMAND_FLOOR_REQUESTS in (one renewal
+        period for a busy node, up to DEMAND_FLOOR_MS for a light one)."""
+        if self._last_count is not None and now_ms > self._last_count[0]:
+            rate = (count - self._last_count[1]) * 1000 / (now_ms - self._last_count[0])
+            weight = DEMAND_WEIGHT if rate >= self._fast_qps else DEMAND_WEIGHT_FALLING
+            self._fast_qps += weight * (rate - self._fast_qps)
+        self._last_count = (now_ms, count)
+        span_ms = min(DEMAND_FLOOR_MS, DEMAND_FLOOR_REQUESTS * 1000 / max(self.demand_qps, 1e-3))
+        counts = self._counts
+        counts.append((now_ms, count))
+        while len(counts) > 2 and now_ms - counts[1][0] >= DEMAND_FLOOR_MS:
+            counts.popleft()
+        # the newest sample at least span_ms old (else the oldest kept)
+        anchor_ms, anchor = next(((ms, c) for ms, c in reversed(counts) if now_ms - ms >= span_ms), counts[0])
+        floor = (count - anchor) * 1000 / (now_ms - anchor_ms) if now_ms > anchor_ms else 0.0
+        self.demand_qps = max(self._fast_qps, floor)
 
     def seen_requests(self) -> bool:
         """Requests reached the rule since the last renewal (or the node holds no tokens to spare)."""

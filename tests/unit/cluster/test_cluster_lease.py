@@ -73,15 +73,37 @@ def test_debt_is_charged_and_a_new_window_starts_from_the_passes_seen() -> None:
 def test_demand_and_want_follow_the_traffic() -> None:
     st = stats({}, total_pass=0)
     lease = RuleLease("web#0", "web", rule(), 1000, lambda: st, lambda now: "cluster")
-    assert lease.request(st, 0).target == 1  # idle: a single token, so a first request is not refused
+    for now in (0, 300, 600, 900):
+        assert lease.request(st, now).target == 1  # idle: a single token, so a first request is not refused
     st.total_pass, st.block_by_type[1] = 50, 50  # 100 requests in 100 ms, half refused: demand 1000/s
-    q = lease.request(st, 100)
+    q = lease.request(st, 1000)
     assert lease.demand_qps == pytest.approx(500)  # half way to 1000 (DEMAND_WEIGHT 0.5)
     assert q.target == 150  # 0.3 s of demand
     # for the fair shares: demand per 1 s window, plus the tokens it wants to hold
     assert q.demand == pytest.approx(500 + 150)
-    lease.request(st, 200)  # nothing in the next 100 ms: the estimate falls faster than it rises
+    lease.request(st, 1100)  # nothing in the next 100 ms: the estimate falls faster than it rises
     assert lease.demand_qps == pytest.approx(500 * 0.25)
+    lease.request(st, 1200)  # a busy node's floor spans one renewal: it does not hold the estimate up
+    assert lease.demand_qps == pytest.approx(500 * 0.25 * 0.25)
+
+
+def test_a_light_steady_demand_keeps_its_estimate() -> None:
+    """10 requests a second land 0, 1 or 2 to a 100 ms renewal: the smoothed rate alone fell below 2 a
+    second (and the node's share and lease with it); the estimate stays near 10 and the lease at 3."""
+    st = stats({}, total_pass=0)
+    lease = RuleLease("web#0", "web", rule(), 1000, lambda: st, lambda now: "cluster")
+    per_period = [1, 0, 2, 1, 0, 0, 2, 1, 2, 1] * 5
+    seen: list[tuple[float, int]] = []
+    for i, n in enumerate(per_period):
+        st.total_pass += n
+        q = lease.request(st, 100 * (i + 1))
+        seen.append((lease.demand_qps, q.target))
+    assert min(d for d, _ in seen[10:]) >= 8, seen
+    assert min(t for _, t in seen[10:]) >= 3, seen  # 0.3 s of 10/s
+    end = 100 * len(per_period)
+    for now in range(end + 100, end + 1100, 100):  # the traffic stops: gone from the estimate in 1 s
+        lease.request(st, now)
+    assert lease.demand_qps < 1
 
 
 @pytest.mark.parametrize(
