@@ -12,25 +12,7 @@
 #include <bpf/bpf_helpers.h>
 #include "sentinel.h"
 #include "maps.bpf.h"
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 2 * SE_MAX_RESOURCES);
-	__type(key, __u32);                 /* breaker uid */
-	__type(value, struct breaker_state);
-} breakers SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, SE_CB_RINGBUF_BYTES);
-} cb_events SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u64);               /* state changes that found the ring buffer full */
-} cb_events_lost SEC(".maps");
+#include "dataplane.bpf.h"
 
 static __always_inline bool cb_cas(struct breaker_state *b, __u64 from, __u64 to, const struct breaker_k *r,
 				   __u32 resource, __u64 now_ms, __u64 snapshot)

@@ -15,6 +15,7 @@
 #define SENTINEL_FOLLOW_BPF_H
 
 #include "parse.bpf.h"
+#include "dataplane.bpf.h"
 
 enum stream_phase {
 	STREAM_REQUEST = 0,    /* a request starts here (the stream's first byte, or after a body) */
@@ -34,44 +35,9 @@ enum stream_phase {
 
 #define LAST_CLOSE 1           /* the request asked to close: Connection: close, or HTTP/1.0 */
 
-/* A line the framing depends on (Content-Length, Transfer-Encoding, a chunk size, a header's name) is
- * read whole: when a segment ends inside one, its bytes so far are carried to the next segment (the
- * segment goes on). Longer than this, such a line is not read (the connection is reset). */
-#define FOLLOW_CARRY 64
-
-/* The stream's state at client sequence number `seq`. */
-struct stream_pos {
-	__u64 left;
-	__u64 hash;                /* the head of the request last started, so far (see head_hash) */
-	__u32 seq;
-	__u8 phase;
-	__u8 flags;
-	__u8 reqs;                 /* requests that started so far (modulo 256) */
-	__u8 last;                 /* LAST_* of the last request whose head was read */
-	__u32 valid;               /* 1: a state (0: none known, as for a new connection) */
-	__u32 carry_len;           /* bytes of a line to read whole that began in an earlier segment */
-	__u8 carry[FOLLOW_CARRY];  /* ... kept here (the segment itself went on to the server) */
-};
-
 #define FOLLOW_RESET 0xfffffffeU      /* framing no server reads: reset the connection */
 
-#define FOLLOW_WINDOW 256              /* bytes of the segment read at a time */
-#define FOLLOW_BUF 512                 /* the read buffer: a carried line's start, then the window */
 #define FOLLOW_STEPS 64                /* lines or skips per segment (more: the segment is cut there) */
-
-struct follow_buf {
-	union {
-		__u64 w[FOLLOW_BUF / 8];
-		__u8 c[FOLLOW_BUF];
-	};
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct follow_buf);
-} follow_buf SEC(".maps");
 
 /* bpf_loop's context (on the caller's stack). */
 struct follow_ctx {

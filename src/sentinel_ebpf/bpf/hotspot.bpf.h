@@ -9,54 +9,10 @@
 
 #include <bpf/bpf_helpers.h>
 #include "sentinel.h"
+#include "dataplane.bpf.h"
 
 #define FNV_OFFSET 0xcbf29ce484222325ULL
 #define FNV_PRIME 0x100000001b3ULL
-
-/* Updated with compare-and-swap as sentinel-golang does (LRU maps cannot hold a bpf_spin_lock). */
-struct hot_state {
-	__s64 tokens;               /* QPS Reject: tokens left */
-	__u64 last;                 /* QPS Reject: last refill (ms); Throttling: last pass (ns) */
-	__s64 concurrency;          /* Concurrency: in flight with this value */
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, SE_HOT_VALUES_MAX);
-	__type(key, struct hot_key);
-	__type(value, struct hot_state);
-} hot_values SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct hot_key);
-	__type(value, __u64);               /* specific item threshold */
-} hot_specific SEC(".maps");
-
-/* Scratch for finding a parameter: the request's first bytes and the search state. The state lives in
- * memory, not registers, so the verifier sees one state per loop iteration. */
-struct param_scan {
-	__u8 buf[SE_PARAM_PEEK];
-	__u32 len;
-	__u32 match;
-	__u32 vstart;
-	__u32 vend;
-	__u32 found;
-	__u32 prev;
-	__u32 pct;                  /* query names: 1 after '%', 2 after its first hex digit */
-	__u32 pct_hi;
-	__u32 hashed;               /* hash_value: bytes hashed */
-	__u32 skip;                 /* hash_value: hex digits of an escape already hashed */
-	__u64 hash;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct param_scan);
-} param_scratch SEC(".maps");
 
 static __always_inline __u8 lower(__u8 c)
 {

@@ -5,9 +5,8 @@
  * status lines to complete requests (RT, 5xx errors, concurrency). Rules and resources arrive in maps
  * written by the control plane; everything that cannot be classified passes and is counted.
  *
- * One BPF object. This file holds its maps (those of the helpers below are in their own headers:
- * stream.bpf.h, follow.bpf.h, normalize.bpf.h, reject.bpf.h, hotspot.bpf.h, breaker.bpf.h), the scratch
- * and the TC entry points (ingress, egress); the rest by concern, included after the maps:
+ * One BPF object. Its maps, and the types their values hold, are in dataplane.bpf.h; this file holds the
+ * TC entry points (ingress, egress) and what they share; the rest by concern:
  *   judge.bpf.h      generation, ports and scopes, flow keys, Sentinel's checks, judge() and complete()
  *   route.bpf.h      request and status lines, http_route() (target, normalising, longest prefix)
  *   refuse.bpf.h     the closing answer (reject()), an outbound response's completion
@@ -23,6 +22,7 @@
 #include "sentinel.h"
 #include "maps.bpf.h"
 #include "parse.bpf.h"
+#include "dataplane.bpf.h"
 #include "stat.bpf.h"
 #include "flow.bpf.h"
 #include "reject.bpf.h"
@@ -37,123 +37,6 @@
 #define TC_ACT_OK 0
 #define TC_ACT_SHOT 2
 
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u32);               /* the generation in force, 0 or 1 */
-} active_gen SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 2);             /* one per generation */
-	__type(key, __u32);
-	__type(value, struct port_slots);
-} port_slots SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 2 * SE_PORTS_MAX); /* gen * SE_PORTS_MAX + port slot - 1 */
-	__type(key, __u32);
-	__type(value, struct port_conf);
-} inbound_ports SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, SE_PORTS_MAX);
-	__type(key, __u16);
-	__type(value, struct port_counts);
-} port_stats SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 2 * SE_HTTP_ROUTES_MAX);   /* two generations during a reload */
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct http_route_key);
-	__type(value, __u32);               /* resource id; 0 for a search marker that implies no route */
-} http_routes SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 2 * SE_MAX_RESOURCES);
-	__type(key, __u32);
-	__type(value, struct res_conf);
-} res_conf SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, SE_MAX_RESOURCES);
-	__type(key, __u32);
-	__type(value, struct res_stats);
-} res_stats SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 2 * SE_MAX_RESOURCES * SE_FLOW_RULES_PER_RESOURCE);
-	__type(key, __u32);
-	__type(value, __u64);
-} flow_dyn_threshold SEC(".maps");
-
-/* Sentinel's inbound node: every inbound request of every resource, for the system rules. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct res_stats);
-} inbound_total SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 2);             /* one per generation */
-	__type(key, __u32);
-	__type(value, struct sys_conf);
-} sys_conf SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct sys_metrics);
-} sys_metrics SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, SE_INFLIGHT_MAX);
-	__type(key, struct flow_key);
-	__type(value, struct inflight);
-} inflight SEC(".maps");
-
-/*
- * Requests refused by dropping their segment (`reject.http: {mode: drop}`, or a blocked request in a
- * GRO-merged skb): connection (flow_key, FLOW_KIND_REQUEST) -> the request's place in the client's stream.
- * The client's TCP sends those bytes again; they get the verdict they were given, without being judged
- * (or counted) a second time, also after the client's FIN (its stack still sends them). Gone at the
- * connection's RST, or evicted.
- */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, struct flow_key);
-	__type(value, __u32);
-} refused SEC(".maps");
-
-/*
- * Where each connection's client stream stands in its HTTP framing (see follow.bpf.h): connection
- * (flow_key, FLOW_KIND_REQUEST) -> the state at the start and at the end of the last segment passed. The
- * next segment starts at one of them: at the end when the stack took that segment, at its start when the
- * stack dropped it (out of memory, a bad checksum, a zero window). Gone at the connection's RST, or
- * evicted (then the stream is read as starting a request: `stream_lost`).
- */
-struct stream_state {
-	struct stream_pos prev;
-	struct stream_pos cur;
-	struct seq_xlate xl;        /* once a request was refused in the stream (xl_on): its translation */
-	__u32 xl_on;
-	__u32 requests;             /* requests passed to the server */
-	__u32 responses;            /* final responses the server began (a status line starting a segment) */
-	__u32 status_seq;           /* the server's seq of the last one counted (its retransmission is not) */
-};
-
 /* skb->mark of the replies and resets the programs send (so that egress neither counts nor translates
  * them as the server's). */
 #define SE_REPLY_MARK 0x5e0e0429U
@@ -161,41 +44,6 @@ struct stream_state {
 /* Set once a request was refused in its connection's stream: from then on the programs look for
  * connections to translate (before, no packet pays the lookup). */
 __u32 replied_in_stream = 0;
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, SE_STREAMS_MAX);
-	__type(key, struct flow_key);
-	__type(value, struct stream_state);
-} streams SEC(".maps");
-
-/*
- * Connections whose stream was followed since the programs were loaded: a bit each, by a keyed hash of
- * the connection's key (see followed_bit), set when its stream state is made and never cleared. A connection whose
- * server socket has received bytes but that has no stream state was followed and then evicted from
- * `streams` (its bit set: reset, see http_segment) or is older than the rules (read as a request's
- * start). A bit that another connection set only makes an old connection reset, never one judged less.
- */
-#define SE_FOLLOWED_WORDS 16384     /* 1 Mi bits, 128 KiB */
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, SE_FOLLOWED_WORDS);
-	__type(key, __u32);
-	__type(value, __u64);
-} followed SEC(".maps");
-
-/*
- * 1 while out_sockops is attached at the cgroup2 root: a TCP resource's connection then takes its
- * concurrency slot when its handshake completes (a SYN alone takes none, so half-open connections hold
- * nothing); 0: at the SYN. Written by the control plane.
- */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u32);
-} establish_hook SEC(".maps");
 
 static __always_inline bool establish_hooked(void)
 {
@@ -208,88 +56,9 @@ static __always_inline bool establish_hooked(void)
 /* At most this many inflight entries are kept idle (set before load; 0: delete at every response). */
 const volatile __s64 inflight_idle_max = SE_INFLIGHT_IDLE_MAX;
 
-/* How many inflight entries are idle (see struct inflight): an approximation that only errs upward. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __s64);
-} inflight_idle SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, DP_COUNTER_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-} dp_counters SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 8);             /* [gen] inbound reject, [HTTP_REPLY_OUTBOUND + gen] outbound 503,
-					     * [HTTP_REPLY_KEEPALIVE + gen] inbound reject keeping the connection,
-					     * [HTTP_REPLY_OUT_KEEPALIVE + gen] outbound 503 keeping it */
-	__type(key, __u32);
-	__type(value, struct http_reply);
-} http_reply SEC(".maps");
-
-/* Outbound HTTP and TCP resources by remote address (see outbound.bpf.h); outbound connections from
- * connect() to close, by socket cookie. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 16384);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct out_route_key);
-	__type(value, struct out_route);
-} out_routes SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, SE_INFLIGHT_MAX);
-	__type(key, __u64);                 /* socket cookie */
-	__type(value, struct out_conn);
-} out_conns SEC(".maps");
-
-/*
- * Parsed packets live here, not on the 512-byte stack (TC ingress only: egress has its own). On the
- * stack, the verifier tracks every parsed field and the program's states no longer fit its limits.
- */
-struct ingress_scratch {
-	struct flow_key fk;         /* first: its address is the value's, no arithmetic on a maybe-NULL pointer */
-	struct pkt p;
-	struct pkt reply;           /* the reply's view, when a request is answered */
-	struct stream_pos pre;      /* the client's stream at the segment's first new byte (see follow.bpf.h) */
-	struct stream_pos post;     /* ... where following the segment stopped */
-	__u32 keep;                 /* payload bytes to pass: the payload's length, or where to cut it */
-	__u32 xl_on;                /* the client's segment is to be translated (xl) when it passes;
-				     * XL_OUTBOUND: a segment of an outbound HTTP connection (xlate_outbound) */
-	struct seq_xlate xl;        /* its connection's sequence translation (see xlate.bpf.h) */
-	struct stream_state fresh;  /* a new streams entry, built here (too big for the stack) */
-	__u32 again;                /* the segment starts where the last one passed did (stream_prepare) */
-	__u8 again_reqs;            /* ... the stream's requests and head hash after that one, */
-	__u8 again_started;         /* ... and the requests it started */
-	__u64 again_hash;
-	__u32 reject_how;           /* refuse_http() -> tc_ingress: reject()'s third argument */
-	__u32 seen;                 /* segment_position: the server's socket received bytes before this segment */
-};
-
 #define XL_OUTBOUND 2
 
 __noinline int xlate_outbound(struct __sk_buff *skb, __u32 from_caller);
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct ingress_scratch);
-} ingress_scratch SEC(".maps");
-
-/* Egress has its own, so nothing depends on ingress and egress never nesting on one CPU. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct ingress_scratch);
-} egress_scratch SEC(".maps");
 
 /*
  * parse_tcp into the scratch's p, of ingress (0) or egress (1). A global function (verified once; it may

@@ -11,33 +11,12 @@
 #define SENTINEL_NORMALIZE_BPF_H
 
 #include "sentinel.h"
-
-#define SE_NORM_MAX 256     /* target bytes normalised; a longer target is judged on its first SE_NORM_MAX */
-#define SE_NORM_DEPTH 32    /* path segments remembered for ".." */
+#include "dataplane.bpf.h"
 
 /* A target's first SE_PATH_MAX bytes as little-endian words (a type, so global functions can take it). */
 struct path_words {
 	__u64 w[SE_PATH_MAX / 8];
 };
-
-struct norm_scratch {
-	__u8 in[SE_NORM_MAX];
-	__u8 out[SE_NORM_MAX + 8];
-	__u32 slash[SE_NORM_DEPTH]; /* out positions of the slashes that start the segments kept */
-	__u32 in_len;
-	__u32 out_len;
-	__u32 depth;                /* entries in slash[] */
-	__u32 skip;                 /* input bytes still to skip (the two hex digits of a decoded %XX) */
-	__u32 query;                /* past the path: copy as is */
-	__u32 done;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct norm_scratch);
-} norm_scratch SEC(".maps");
 
 static __always_inline int hex_value(__u8 c)
 {

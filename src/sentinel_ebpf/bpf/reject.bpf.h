@@ -13,20 +13,9 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include "parse.bpf.h"
+#include "dataplane.bpf.h"
 
-#define CSUM_CHUNK 512
 #define CSUM_MAX_CHUNKS 128 /* bytes removed from one skb: at most 64 KiB (a GRO-merged one; else the caller drops) */
-
-struct csum_scratch {
-	__u8 buf[CSUM_CHUNK + 4];
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct csum_scratch);
-} csum_scratch SEC(".maps");
 
 struct csum_ctx {
 	struct __sk_buff *skb;

@@ -10,6 +10,7 @@
 #define SENTINEL_STREAM_BPF_H
 
 #include "parse.bpf.h"
+#include "dataplane.bpf.h"
 
 #define SE_PACKET_OTHERHOST 3 /* skb->pkt_type of a frame for another host's MAC (linux/if_packet.h) */
 
@@ -26,19 +27,6 @@ enum seg_position {
 	SEG_REFUSED_KEPT = 6, /* bytes of the request last refused in the stream, sent again: its reply (or
 			       * an acknowledgment of the part swallowed so far) was lost */
 };
-
-/* Per connection (socket-local storage, freed by the kernel with the socket). */
-struct conn_state {
-	__u32 incomplete_seq;       /* where the last segment dropped for an incomplete request line started */
-	__u32 incomplete_tries;     /* how many times that segment was dropped */
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct conn_state);
-} conn_state SEC(".maps");
 
 /* Sequence comparison modulo 2^32. */
 static __always_inline bool seq_before(__u32 a, __u32 b)
@@ -91,29 +79,6 @@ static __always_inline bool completes_handshake(const struct pkt *p, struct bpf_
 	return req && (p->flags & (TCP_SYN | TCP_ACK | TCP_RST)) == TCP_ACK && p->ack == req->snt_isn + 1 &&
 	       p->seq == req->rcv_isn + 1;
 }
-
-/* The headers bpf_tcp_check_syncookie() reads (options are not needed: the cookie encodes the MSS). */
-struct cookie_headers {
-	union {
-		struct iphdr v4;
-		struct ipv6hdr v6;
-	} ip;
-	struct tcphdr th;
-};
-
-/* What syncookie_ack() and syn_for_this_host() hand the kernel (off the stack: tc_ingress's calls use
- * nearly all of it). */
-union stream_scratch {
-	struct cookie_headers cookie;
-	struct bpf_fib_lookup fib;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, union stream_scratch);
-} stream_scratch SEC(".maps");
 
 /*
  * `p` is an ACK that carries a valid SYN cookie of the listener `sk`: the stack makes the connection from

@@ -16,18 +16,7 @@
 
 #include "parse.bpf.h"
 #include "reject.bpf.h"
-
-struct seq_xlate {
-	__u32 c_pos;               /* client seq (client's numbering) right after the last request swallowed */
-	__u32 c_before;            /* client bytes swallowed before that request */
-	__u32 c_after;             /* ... including it */
-	__u32 s_pos;               /* server seq (server's numbering) where the last reply was put in */
-	__u32 s_before;            /* reply bytes put in before that reply */
-	__u32 s_after;             /* ... including it */
-	__u32 swallow;             /* the last refused request goes on past c_pos: its next bytes are
-				    * acknowledged to the client and swallowed too, and its reply is put in
-				    * where it ends (s_* still describe the reply before) */
-};
+#include "dataplane.bpf.h"
 
 static __always_inline bool xl_before(__u32 a, __u32 b)
 {
