@@ -11,6 +11,18 @@ import struct
 from collections.abc import Iterator
 
 import pytest
+from scapy.layers.inet import IP
+from scapy.layers.inet6 import (
+    IPv6,
+    IPv6ExtHdrDestOpt,
+    IPv6ExtHdrFragment,
+    IPv6ExtHdrHopByHop,
+    IPv6ExtHdrRouting,
+    PadN,
+)
+from scapy.layers.ipsec import AH
+from scapy.layers.l2 import Dot1AD, Dot1Q, Ether
+from scapy.packet import Packet
 from test_inbound import Harness
 
 from sentinel_ebpf.inbound import InboundDataplane
@@ -344,36 +356,31 @@ def test_ipv6_specific_item_is_keyed_by_the_prefix(dp: InboundDataplane) -> None
 
 def vlan(frame: bytes, *tags: tuple[int, int]) -> bytes:
     """The frame with 802.1Q/802.1ad tags (TPID, VLAN id), outermost first, after the MAC addresses."""
-    inserted = b"".join(struct.pack("!HH", tpid, vid) for tpid, vid in tags)
-    return frame[:12] + inserted + frame[12:]
+    eth = Ether(frame)
+    tagged = Ether(dst=eth.dst, src=eth.src)
+    for tpid, vid in tags:
+        tagged = tagged / (Dot1AD(vlan=vid) if tpid == 0x88A8 else Dot1Q(vlan=vid))
+    return bytes(tagged / eth.payload)
 
 
-def ipv6_with_ext(frame: bytes, headers: list[tuple[int, bytes]]) -> bytes:
-    """An IPv6 frame from tcp_frame with extension headers (protocol number, body) before its TCP header.
-    Each body is padded to the header's length unit (AH: 4 bytes, others 8)."""
-    eth, ip6, tcp = frame[:14], bytearray(frame[14:54]), frame[54:]
-    chain = b""
-    protos = [proto for proto, _ in headers] + [6]
-    for i, (proto, body) in enumerate(headers):
-        if proto == 44:
-            chain += bytes([protos[i + 1], 0]) + body
-        elif proto == 51:
-            raw = bytes([protos[i + 1], 0]) + body
-            raw += b"\0" * (-len(raw) % 4)
-            chain += bytes([protos[i + 1], len(raw) // 4 - 2]) + raw[2:]
-        else:
-            raw = bytes([protos[i + 1], 0]) + body
-            raw += b"\0" * (-len(raw) % 8)
-            chain += bytes([protos[i + 1], len(raw) // 8 - 1]) + raw[2:]
-    ip6[6] = protos[0]
-    ip6[4:6] = struct.pack("!H", len(chain) + len(tcp))
-    return eth + bytes(ip6) + chain + tcp
+def ipv6_with_ext(frame: bytes, headers: list[Packet]) -> bytes:
+    """An IPv6 frame from tcp_frame with extension headers (scapy layers, chained in order) before its TCP
+    header."""
+    eth = Ether(frame)
+    ip6 = eth[IPv6]
+    out = Ether(dst=eth.dst, src=eth.src) / IPv6(src=ip6.src, dst=ip6.dst, hlim=ip6.hlim)
+    for header in headers:
+        out = out / header.copy()
+    return bytes(out / ip6.payload)
 
 
 def ipv4_fragment(frame: bytes, offset_units: int, more: bool) -> bytes:
-    ip = bytearray(frame[14:34])
-    ip[6:8] = struct.pack("!H", (0x2000 if more else 0) | offset_units)
-    return frame[:14] + bytes(ip) + frame[34:]
+    """The IPv4 frame's packet as a fragment at ``offset_units`` (8 bytes each), with or without MF."""
+    eth = Ether(frame)
+    eth[IP].flags = "MF" if more else 0
+    eth[IP].frag = offset_units
+    del eth[IP].chksum
+    return bytes(eth)
 
 
 CONNS_LIMITED = """
@@ -420,17 +427,13 @@ def test_three_vlan_tags_are_counted_not_judged(dp: InboundDataplane) -> None:
 @pytest.mark.parametrize(
     "headers",
     [
-        [(0, b"\x01\x04\0\0\0\0")],  # hop-by-hop (PadN)
-        [
-            (0, b""),
-            (60, b""),
-            (43, b"\0\0\0\0\0\0"),
-        ],  # hop-by-hop, destination options, routing (type 0, 0 left)
-        [(51, b"\0\0" + b"\0" * 12)],  # AH
+        [IPv6ExtHdrHopByHop(options=[PadN(optdata=b"\0" * 4)])],
+        [IPv6ExtHdrHopByHop(), IPv6ExtHdrDestOpt(), IPv6ExtHdrRouting(type=0, segleft=0)],
+        [AH(nh=6, payloadlen=4, spi=1, icv=b"\0" * 12)],  # (scapy does not chain AH: next header, length set)
     ],
     ids=["hop-by-hop", "chain-of-3", "ah"],
 )
-def test_ipv6_extension_headers_are_walked(dp: InboundDataplane, headers: list[tuple[int, bytes]]) -> None:
+def test_ipv6_extension_headers_are_walked(dp: InboundDataplane, headers: list[Packet]) -> None:
     h = Harness(dp, rules(CONNS_LIMITED))
     h.at(0)
     frames = [
@@ -464,7 +467,8 @@ def test_ipv6_chains_past_the_bound_are_dropped_unless_incomplete_passes(
     h.at(0)
     frames = [
         ipv6_with_ext(
-            tcp_frame("2001:db8::2", "2001:db8::1", 41000, port, flags=SYN, seq=1, ack=0), [(60, b"")] * 5
+            tcp_frame("2001:db8::2", "2001:db8::1", 41000, port, flags=SYN, seq=1, ack=0),
+            [IPv6ExtHdrDestOpt()] * 5,
         )
         for port in (8080, 9090)
     ]
@@ -506,8 +510,8 @@ def test_first_fragments_to_a_protected_port_are_dropped_unless_incomplete_passe
     frames = [
         ipv4_fragment(syn4, 0, more=True),  # first fragment: its ports are readable
         ipv4_fragment(syn4, 3, more=False),  # a later one: no TCP header
-        ipv6_with_ext(syn6, [(44, b"\x00\x01" + b"\0\0\0\x07")]),  # first (offset 0, M)
-        ipv6_with_ext(syn6, [(44, b"\x00\x18" + b"\0\0\0\x07")]),  # offset 3 units
+        ipv6_with_ext(syn6, [IPv6ExtHdrFragment(offset=0, m=1, id=7)]),  # first (offset 0, M)
+        ipv6_with_ext(syn6, [IPv6ExtHdrFragment(offset=3, m=0, id=7)]),  # offset 3 units
         ipv4_fragment(other, 0, more=True),  # a first fragment to a port nothing protects
     ]
     first = TC_ACT_SHOT if incomplete == "drop" else TC_ACT_OK

@@ -12,35 +12,31 @@ from __future__ import annotations
 import ast
 import json
 import socket
-import struct
 import sys
 import time
 
-from rawsyn import csum, segment
+from rawsyn import segment
+from scapy.layers.inet import IP, TCP
+from scapy.layers.l2 import Ether
+from scapy.packet import Raw
 
 ETH_P_ALL, SYN, RST, ACK, PSH = 0x0003, 0x02, 0x04, 0x10, 0x08
 
 
 def fragments(packet: bytes, split: int) -> list[bytes]:
-    """An IPv4 packet (20-byte header, DF set) as two fragments, the first holding `split` bytes of its
-    payload (a multiple of 8)."""
-    header, payload = bytearray(packet[:20]), packet[20:]
-    out = []
-    for offset, part, more in ((0, payload[:split], True), (split, payload[split:], False)):
-        ip = bytearray(header)
-        ip[2:4] = struct.pack("!H", 20 + len(part))
-        ip[6:8] = struct.pack("!H", (0x2000 if more else 0) | offset // 8)
-        ip[10:12] = b"\0\0"
-        ip[10:12] = struct.pack("!H", csum(bytes(ip)))
-        out.append(bytes(ip) + part)
-    return out
+    """An IPv4 packet as two fragments, the first holding `split` bytes of its payload (a multiple of 8)."""
+    ip = IP(packet)
+    payload = bytes(ip.payload)
+    first = IP(src=ip.src, dst=ip.dst, id=ip.id, ttl=ip.ttl, proto=ip.proto, flags="MF", frag=0)
+    rest = IP(src=ip.src, dst=ip.dst, id=ip.id, ttl=ip.ttl, proto=ip.proto, frag=split // 8)
+    return [bytes(first / payload[:split]), bytes(rest / payload[split:])]
 
 
 def main() -> None:
     iface, src_mac, dst_mac, src, dst = sys.argv[1:6]
     dport, sport, mode = int(sys.argv[6]), int(sys.argv[7]), sys.argv[8]
     request: bytes = ast.literal_eval(sys.argv[9])
-    eth = bytes.fromhex(dst_mac.replace(":", "")) + bytes.fromhex(src_mac.replace(":", "")) + b"\x08\x00"
+    eth = bytes(Ether(dst=dst_mac, src=src_mac, type=0x0800))
     with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL)) as s:
         s.bind((iface, 0))
         s.settimeout(0.2)
@@ -52,14 +48,13 @@ def main() -> None:
                     frame = s.recv(65535)
                 except TimeoutError:
                     continue
-                ip = frame[14:]
-                if frame[12:14] != b"\x08\x00" or ip[9] != 6 or socket.inet_ntoa(ip[16:20]) != src:
+                packet = Ether(frame)
+                if IP not in packet or TCP not in packet or packet[IP].dst != src:
                     continue
-                tcp = ip[(ip[0] & 0x0F) * 4 : struct.unpack("!H", ip[2:4])[0]]
-                if struct.unpack("!HH", tcp[:4]) != (dport, sport) or tcp[13] & want != want:
+                tcp = packet[TCP]
+                if (tcp.sport, tcp.dport) != (dport, sport) or int(tcp.flags) & want != want:
                     continue
-                seq, ack = struct.unpack("!II", tcp[4:12])
-                return seq, ack, tcp[(tcp[12] >> 4) * 4 :]
+                return tcp.seq, tcp.ack, packet[Raw].load if Raw in packet else b""  # (not the padding)
             return None
 
         isn = 1000 + sport

@@ -2,35 +2,28 @@
 
 usage: rawsyn.py SRC_IP DST_IP DPORT COUNT
 The server's SYN-ACKs go to SRC_IP, which no host has (no ARP answer): they are dropped, and each SYN
-leaves a half-open connection on the server. Raw IPv4 with IP_HDRINCL; checksums computed here.
+leaves a half-open connection on the server. Raw IPv4 with IP_HDRINCL, packets built with scapy.
 """
 
 from __future__ import annotations
 
+import logging
 import socket
-import struct
 import sys
 
+logging.getLogger("scapy.runtime").setLevel(logging.ERROR)  # no routing-table warnings in a bare netns
 
-def csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
+from scapy.layers.inet import IP, TCP  # noqa: E402
 
 
 def segment(
     src: str, dst: str, sport: int, dport: int, seq: int, ack: int, flags: int, payload: bytes = b""
 ) -> bytes:
     """An IPv4 TCP segment with its checksums."""
-    s, d = socket.inet_aton(src), socket.inet_aton(dst)
-    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, 64240, 0, 0) + payload
-    tcp = tcp[:16] + struct.pack("!H", csum(s + d + struct.pack("!BBH", 0, 6, len(tcp)) + tcp)) + tcp[18:]
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), sport, 0x4000, 64, 6, 0, s, d)
-    ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
-    return ip + tcp
+    packet = IP(src=src, dst=dst, id=sport, flags="DF", ttl=64) / TCP(
+        sport=sport, dport=dport, seq=seq, ack=ack, flags=flags, window=64240
+    )
+    return bytes(packet / payload if payload else packet)
 
 
 def syn(src: str, dst: str, sport: int, dport: int) -> bytes:

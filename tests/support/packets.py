@@ -1,52 +1,40 @@
-"""Crafting and checking Ethernet/IP/TCP frames for BPF_PROG_TEST_RUN."""
+"""Crafting and checking Ethernet/IP/TCP frames for BPF_PROG_TEST_RUN (scapy builds and dissects them)."""
 
 from __future__ import annotations
 
-import ipaddress
-import struct
+import logging
 from dataclasses import dataclass
+
+logging.getLogger("scapy.runtime").setLevel(logging.ERROR)  # no routing-table warnings in a bare netns
+
+from scapy.layers.inet import IP, TCP, in4_chksum  # noqa: E402
+from scapy.layers.inet6 import IPv6, in6_chksum  # noqa: E402
+from scapy.layers.l2 import Ether  # noqa: E402
+from scapy.packet import Packet, Raw  # noqa: E402
+from scapy.utils import checksum  # noqa: E402
 
 FIN, SYN, RST, PSH, ACK, URG = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
 TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT = 0, 2, 7
+CLIENT_MAC, SERVER_MAC = "02:00:00:00:00:01", "02:00:00:00:00:02"
+_OPTIONS = TCP().get_field("options")
 
 
-def csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
-def _pseudo(src: bytes, dst: bytes, length: int) -> bytes:
-    if len(src) == 4:
-        return src + dst + struct.pack("!BBH", 0, 6, length)
-    return src + dst + struct.pack("!IxxxB", length, 6)
+def ip_layer(src: str, dst: str) -> Packet:
+    """The IP header tcp_frame uses (IPv4: id 1, DF, TTL 64; IPv6: hop limit 64)."""
+    if ":" in src:
+        return IPv6(src=src, dst=dst, hlim=64)
+    return IP(src=src, dst=dst, id=1, flags="DF", ttl=64)
 
 
 def tcp_frame(src: str, dst: str, sport: int, dport: int, *, flags: int = ACK, seq: int = 1000, ack: int = 2000,
               payload: bytes = b"", options: bytes = b"", window: int = 65535, urgent: int = 0) -> bytes:  # fmt: skip
-    """A frame with correct IP and TCP checksums (`urgent`: the urgent pointer field)."""
-    s, d = ipaddress.ip_address(src), ipaddress.ip_address(dst)
+    """A frame with correct IP and TCP checksums (`options`: raw TCP options, a multiple of 4 bytes;
+    `urgent`: the urgent pointer field)."""
     assert len(options) % 4 == 0
-    doff = (20 + len(options)) // 4
-    tcp = (
-        struct.pack("!HHIIBBHHH", sport, dport, seq, ack, doff << 4, flags, window, 0, urgent)
-        + options
-        + payload
-    )
-    tcp_csum = csum(_pseudo(s.packed, d.packed, len(tcp)) + tcp)
-    tcp = tcp[:16] + struct.pack("!H", tcp_csum) + tcp[18:]
-    if s.version == 4:
-        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 1, 0x4000, 64, 6, 0, s.packed, d.packed)
-        ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
-        ethertype = 0x0800
-    else:
-        ip = struct.pack("!IHBB16s16s", 0x60000000, len(tcp), 6, 64, s.packed, d.packed)
-        ethertype = 0x86DD
-    eth = bytes.fromhex("020000000002") + bytes.fromhex("020000000001") + struct.pack("!H", ethertype)
-    return eth + ip + tcp
+    tcp = TCP(sport=sport, dport=dport, seq=seq, ack=ack, flags=flags, window=window, urgptr=urgent,
+              options=_OPTIONS.m2i(None, options))  # fmt: skip
+    frame = Ether(dst=SERVER_MAC, src=CLIENT_MAC) / ip_layer(src, dst) / tcp
+    return bytes(frame / Raw(payload) if payload else frame)
 
 
 def http_request(method: str, path: str, host: str = "svc") -> bytes:
@@ -75,26 +63,24 @@ class Parsed:
 
 
 def parse_frame(frame: bytes) -> Parsed:
-    """Parse a frame and verify both checksums from scratch."""
-    dst_mac, src_mac = frame[0:6], frame[6:12]
-    ethertype = struct.unpack("!H", frame[12:14])[0]
-    if ethertype == 0x0800:
-        ihl = (frame[14] & 0x0F) * 4
-        tot = struct.unpack("!H", frame[16:18])[0]
-        ip = frame[14 : 14 + ihl]
-        s, d = frame[26:30], frame[30:34]
-        tcp = frame[14 + ihl : 14 + tot]
-        ip_ok = csum(ip) == 0
+    """Parse a frame and verify both checksums from the bytes as they are."""
+    eth = Ether(frame)
+    ip = eth.payload
+    if isinstance(ip, IP):
+        header_len = ip.ihl * 4
+        segment = frame[14 + header_len : 14 + ip.len]
+        ip_ok = checksum(frame[14 : 14 + header_len]) == 0
+        tcp_ok = in4_chksum(6, ip, segment) == 0
     else:
-        plen = struct.unpack("!H", frame[18:20])[0]
-        s, d = frame[22:38], frame[38:54]
-        tcp = frame[54 : 54 + plen]
+        assert isinstance(ip, IPv6), eth.summary()
+        segment = frame[54 : 54 + ip.plen]
         ip_ok = True
-    sport, dport, seq, ack, off, flags = struct.unpack("!HHIIBB", tcp[:14])
-    doff = (off >> 4) * 4
+        tcp_ok = in6_chksum(6, ip, segment) == 0
+    tcp = TCP(segment)
+    doff = tcp.dataofs * 4
     return Parsed(
-        src_mac, dst_mac, str(ipaddress.ip_address(s)), str(ipaddress.ip_address(d)), sport, dport, seq, ack,
-        flags, doff, tcp[doff:], ip_ok, csum(_pseudo(s, d, len(tcp)) + tcp) == 0,
+        bytes.fromhex(eth.src.replace(":", "")), bytes.fromhex(eth.dst.replace(":", "")), ip.src, ip.dst,
+        tcp.sport, tcp.dport, tcp.seq, tcp.ack, int(tcp.flags) & 0xFF, doff, segment[doff:], ip_ok, tcp_ok,
     )  # fmt: skip
 
 
