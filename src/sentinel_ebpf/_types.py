@@ -145,7 +145,8 @@ class PortCounter(IntEnum):
     PORT_SWALLOWED = 18
     PORT_URGENT = 19
     PORT_LOST_RESET = 20
-    PORT_COUNTER_MAX = 21
+    PORT_TARGET_UNREAD = 21
+    PORT_COUNTER_MAX = 22
 
 
 class DpCounter(IntEnum):
@@ -363,11 +364,11 @@ class PortCounts(ctypes.Structure):
 
     _pack_ = 1
     _fields_ = [
-        ("count", (ctypes.c_uint64 * 21)),
+        ("count", (ctypes.c_uint64 * 22)),
     ]
 
 
-assert ctypes.sizeof(PortCounts) == 168
+assert ctypes.sizeof(PortCounts) == 176
 
 
 class HttpRouteKey(ctypes.Structure):

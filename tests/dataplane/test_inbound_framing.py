@@ -81,6 +81,13 @@ def passed_unjudged(dp: InboundDataplane, payload: bytes, **kw: object) -> bool:
         b"GET http://svc//x/../api" + TAIL,
         b"GET /other%3F/../api" + TAIL,  # a decoded '?' is a path character to nginx: /api
         b"GET /api#/../other" + TAIL,  # '#' ends the target for nginx: /api
+        # long targets: the whole path is normalised (a ".." anywhere can reach back), the query is not read
+        b"GET " + b"/." * 150 + b"/api" + TAIL,
+        b"GET /" + b"a" * 300 + b"/../api" + TAIL,
+        b"GET " + b"/" * 900 + b"api" + TAIL,
+        b"GET /" + b"%2F" * 300 + b"api" + TAIL,
+        b"GET " + b"/x/.." * 150 + b"/api" + TAIL,
+        b"GET /api?" + b"q" * 1500 + TAIL,
     ],
 )
 def test_each_framing_of_a_blocked_request_is_judged(dp: InboundDataplane, payload: bytes) -> None:
@@ -190,14 +197,49 @@ flowRules:
 
 @pytest.mark.parametrize(
     "payload",
-    [b"GET /ap", b"GET ", b"GE", b"GET /api", b"GET http://svc", b"GET  ", b"\r\n" * 17 + b"GET /api" + TAIL],
-)
+    [
+        b"GET /ap", b"GET ", b"GE", b"GET /api", b"GET http://svc", b"GET  ", b"\r\n" * 17 + b"GET /api" + TAIL,
+        b"GET /" + b"a" * 100,  # a long path that goes on in the next segment (a "/../api" there reaches back)
+        b"GET " + b"/." * 100,
+    ],
+)  # fmt: skip
 def test_an_incomplete_request_line_is_dropped_to_come_again(dp: InboundDataplane, payload: bytes) -> None:
     dp.apply(dp.compile(rules(BLOCK_API)))
     retval, _, _ = send(dp, payload)
     assert retval == TC_ACT_SHOT
     assert dp.port_counters(8080)["incomplete"] == 1
     assert dp.resource_stats()[0].blocked == 0  # not judged yet: judged once, when it comes whole
+
+
+UNREAD = {
+    "too-long": b"GET " + b"/." * 600 + b"/api" + TAIL,  # a 1,204-byte path: past the 1,024 normalised
+    "too-deep": b"GET "
+    + b"/a" * 130
+    + b"/.." * 130
+    + b"/api"
+    + TAIL,  # 130 segments: past the 128 remembered
+}
+
+
+@pytest.mark.parametrize("payload", UNREAD.values(), ids=UNREAD.keys())
+def test_a_path_that_cannot_be_normalised_whole_resets_the_connection(
+    live: InboundDataplane, conn: tuple[socket.socket, socket.socket], payload: bytes
+) -> None:
+    """What nginx matches (/api) is not known without the whole path: judging the part read would pass
+    the request (it was judged on "/" and served as /api); fail closed, counted."""
+    at, nxt, sport = on_conn(live, conn)
+    retval, out, _ = send(live, payload, seq=nxt, **at)
+    assert retval == TC_ACT_OK and parse_frame(out).flags & RST, "passed: the server would serve /api"
+    assert live.port_counters(sport)["target_unread"] == 1
+
+
+@pytest.mark.parametrize("payload", UNREAD.values(), ids=UNREAD.keys())
+def test_reject_incomplete_pass_lets_an_unread_path_through_counted(
+    dp: InboundDataplane, payload: bytes
+) -> None:
+    dp.apply(dp.compile(rules(BLOCK_API + "reject: {incomplete: pass}\n")))
+    assert passed_unjudged(dp, payload)
+    assert dp.port_counters(8080)["target_unread"] == 1
 
 
 def test_reject_incomplete_pass_lets_it_through_counted(dp: InboundDataplane) -> None:

@@ -74,8 +74,23 @@ def served(nginx: Server) -> list[str]:
         (b"GET http://svc/api" + TAIL,),  # absolute-form
         (b"HEAD /api" + TAIL,),
         (b"GET /api HTTP/1.1\r\nHost: s", b"vc\r\n\r\n"),  # the head split after the request line
+        (b"GET " + b"/." * 150 + b"/api" + TAIL,),  # long targets nginx reads as /api
+        (b"GET /" + b"a" * 300 + b"/../api" + TAIL,),
+        (b"GET /" + b"a" * 300, b"/../api" + TAIL),  # ... with the ".." in the next segment
     ],
-    ids=["plain", "split2", "split3", "crlf", "spaces", "absolute", "head", "split-head"],
+    ids=[
+        "plain",
+        "split2",
+        "split3",
+        "crlf",
+        "spaces",
+        "absolute",
+        "head",
+        "split-head",
+        "long-dots",
+        "long-dotdot",
+        "long-split",
+    ],
 )
 def test_a_blocked_request_is_refused_however_it_is_framed(
     guarded: tuple[NetnsPair, Server, Daemon], pieces: tuple[bytes, ...]
@@ -94,6 +109,19 @@ def assert_refused_once(
     assert answer["status"] == 429, answer
     assert len(served(nginx)) == before, "nginx saw the request"
     assert daemon.stats()["resources"][resource]["block"] == blocked_before + 1
+
+
+def test_a_path_too_long_to_normalise_resets_the_connection(
+    guarded: tuple[NetnsPair, Server, Daemon],
+) -> None:
+    """1,204 bytes of "/." then "/api": nginx serves /api, and what it matches cannot be told from the
+    1,024 bytes read; the connection is reset, nginx never sees the request."""
+    pair, nginx, daemon = guarded
+    before, unread = len(served(nginx)), daemon.stats()["ports"]["8080"]["target_unread"]
+    answer = request(pair, b"GET " + b"/." * 600 + b"/api" + TAIL)
+    assert answer["status"] == 0 and answer["line"] == "", answer  # no answer: the connection was reset
+    assert len(served(nginx)) == before, "nginx saw the request"
+    assert daemon.stats()["ports"]["8080"]["target_unread"] == unread + 1
 
 
 @pytest.mark.parametrize(

@@ -117,8 +117,8 @@ struct param_scan {
 };
 
 /* Request targets normalised (see normalize.bpf.h). */
-#define SE_NORM_MAX 256     /* target bytes normalised; a longer target is judged on its first SE_NORM_MAX */
-#define SE_NORM_DEPTH 32    /* path segments remembered for ".." */
+#define SE_NORM_MAX 1024    /* target bytes normalised; a path that goes on past them is not judged */
+#define SE_NORM_DEPTH 128   /* path segments remembered for ".."; a deeper path is not judged */
 
 struct norm_scratch {
 	__u8 in[SE_NORM_MAX];

@@ -5,7 +5,9 @@
  * such) is kept as it is; a '#' ends the target (nginx ignores what follows). Servers such as nginx do
  * this before they pick a location, so a limit on /api must see "/%61pi", "//api", "/./api" and
  * "/x/../api" as /api. Run only when the target needs it (a '%', a slash followed by '.' or '/', or a
- * target longer than what the fast path reads).
+ * target longer than what the fast path reads). The whole path is read: a later ".." can reach back to
+ * any earlier segment, so a path that goes on past what is read (SE_NORM_MAX bytes, SE_NORM_DEPTH
+ * segments) cannot be told (NORM_UNREAD), and one that goes on past its segment is incomplete.
  */
 #ifndef SENTINEL_NORMALIZE_BPF_H
 #define SENTINEL_NORMALIZE_BPF_H
@@ -57,6 +59,13 @@ static __always_inline void emit(struct norm_scratch *n, __u8 c)
 	n->out_len++;
 }
 
+/* normalize_target()'s answers besides a length. */
+#define NORM_INCOMPLETE 0xffffffffU /* the path goes on past the segment: the request line is incomplete */
+#define NORM_UNREAD 0xfffffffeU     /* the path goes on past SE_NORM_MAX bytes or SE_NORM_DEPTH segments */
+
+#define NORM_DONE 1                 /* norm_scratch done: the path ended (or its query holds SE_PATH_MAX) */
+#define NORM_TOO_DEEP 2             /* ... more segments than slash[] remembers */
+
 /* bpf_loop's context must live on the stack: it carries the scratch. */
 struct norm_ctx {
 	struct norm_scratch *n;
@@ -80,10 +89,14 @@ static long normalize_byte(__u32 i, struct norm_ctx *ctx)
 	if (c == ' ' || c == '\r' || c == '\n' || c == '#') {
 		if (!n->query)
 			drop_dot_segment(n);
-		n->done = 1;
+		n->done = NORM_DONE;
 		return 1;
 	}
 	if (n->query) {
+		if (n->out_len >= SE_PATH_MAX) {
+			n->done = NORM_DONE; /* routes are matched on SE_PATH_MAX bytes: the rest cannot change it */
+			return 1;
+		}
 		emit(n, c);
 		return 0;
 	}
@@ -116,7 +129,7 @@ static long normalize_byte(__u32 i, struct norm_ctx *ctx)
 		if (n->depth < SE_NORM_DEPTH)
 			n->slash[n->depth & (SE_NORM_DEPTH - 1)] = n->out_len;
 		else
-			n->done = 1; /* deeper than remembered: judged on what is normalised so far */
+			n->done = NORM_TOO_DEEP; /* deeper than remembered: a ".." later could not be followed */
 		n->depth++;
 		emit(n, c);
 		return 0;
@@ -127,8 +140,8 @@ static long normalize_byte(__u32 i, struct norm_ctx *ctx)
 
 /*
  * Normalise the target at `off` (`len` bytes left in the segment) into the first SE_PATH_MAX bytes of
- * `path` (zero after them); returns its length (SE_PATH_MAX when at least that long), or 0 when it could
- * not be read. A global function: verified once.
+ * `path` (zero after them); returns its length (SE_PATH_MAX when at least that long), 0 when it could
+ * not be read, NORM_INCOMPLETE or NORM_UNREAD. A global function: verified once.
  */
 __noinline __u32 normalize_target(struct __sk_buff *skb, __u32 off, __u32 len, struct path_words *pw)
 {
@@ -152,6 +165,10 @@ __noinline __u32 normalize_target(struct __sk_buff *skb, __u32 off, __u32 len, s
 	s->done = 0;
 	ctx.n = s;
 	bpf_loop(SE_NORM_MAX, normalize_byte, &ctx, 0);
+	if (s->done == NORM_TOO_DEEP)
+		return NORM_UNREAD;
+	if (s->done != NORM_DONE && !s->query)
+		return len > SE_NORM_MAX ? NORM_UNREAD : NORM_INCOMPLETE; /* the path did not end in what was read */
 	n = s->out_len < SE_PATH_MAX ? s->out_len : SE_PATH_MAX;
 	for (int i = 0; i < SE_PATH_MAX / 8; i++) {
 		__u64 w = 0;

@@ -118,6 +118,8 @@ __noinline __u32 route_search(const struct http_route_key *q, __u32 plen, const 
 
 /* http_route()'s answer when the request line does not end in this segment: do not guess, see it whole. */
 #define ROUTE_INCOMPLETE 0xffffffffU
+/* ... when the target's path cannot be normalised whole (NORM_UNREAD): what a server matches is unknown. */
+#define ROUTE_UNREAD 0xfffffffeU
 /* CR/LF bytes before a request line (servers skip them) and spaces after the method looked past. */
 #define SE_LEAD_MAX 16
 
@@ -198,10 +200,10 @@ __noinline __u32 absolute_path_at(struct __sk_buff *skb, __u32 off, __u32 len, _
 #define LOWER_WORD(w) ((w) | 0x2020202020202020ULL)
 
 /*
- * The resource an HTTP request is for, 0 (not a request line, no route: counted per port) or
- * ROUTE_INCOMPLETE. The request line starts `skip` bytes into the payload (port_skip = skip << 16 |
- * port, the port in host order for the counters), after any empty lines; the method is read as one word;
- * spaces after it are skipped; an absolute-form target (http://host/path) is reduced to its path; the path
+ * The resource an HTTP request is for, 0 (not a request line, no route: counted per port),
+ * ROUTE_INCOMPLETE or ROUTE_UNREAD. The request line starts `skip` bytes into the payload (port_skip =
+ * skip << 16 | port, the port in host order for the counters), after any empty lines; the method is read
+ * as one word; spaces after it are skipped; an absolute-form target (http://host/path) is reduced to its path; the path
  * goes straight into the route key; the longest route that is a prefix of it is found by binary search on
  * the route lengths in `lens` (see struct route_lens). HEAD falls back to GET when no route names HEAD.
  * The key's gen and port fields come as gen << 16 | port. A global function: the verifier checks it once.
@@ -314,6 +316,12 @@ have_path:
 		goto incomplete; /* the request line goes on in a later segment */
 	if (needs_normalizing(path, plen)) {
 		n = normalize_target(skb, off, len, &pw);
+		if (n == NORM_INCOMPLETE)
+			goto incomplete;
+		if (n == NORM_UNREAD) {
+			port_count(port, PORT_TARGET_UNREAD);
+			return ROUTE_UNREAD;
+		}
 		if (n)
 			plen = n;
 	}

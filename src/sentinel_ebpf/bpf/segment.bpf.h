@@ -209,6 +209,13 @@ static __always_inline __u32 http_segment(struct __sk_buff *skb, const struct pk
 		return 0;
 	}
 	res = http_route(skb, p, *skip << 16 | port, (__u32)gen << 16 | pc->slot, &pc->lens);
+	if (res == ROUTE_UNREAD) {
+		/* a path no server reads the way it would be judged here (counted in http_route): fail closed */
+		if (pc->incomplete == INCOMPLETE_PASS)
+			return 0;
+		scr->pre.valid = 0;
+		return SEGMENT_RESET;
+	}
 	if (res != ROUTE_INCOMPLETE)
 		return res;
 	scr->pre.valid = 0; /* nothing passed: the stream stays where it was */

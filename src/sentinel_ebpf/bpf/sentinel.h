@@ -140,7 +140,10 @@ enum port_counter {
 				     * every byte, as judged) */
 	PORT_LOST_RESET = 20,       /* a segment of a connection followed before, with bytes received, whose
 				     * stream state was evicted from the map: connection reset */
-	PORT_COUNTER_MAX = 21,
+	PORT_TARGET_UNREAD = 21,    /* a request target whose path goes on past SE_NORM_MAX bytes or SE_NORM_DEPTH
+				     * segments when it must be normalised: what a server matches cannot be told,
+				     * so the connection is reset (unless reject.incomplete is pass) */
+	PORT_COUNTER_MAX = 22,
 };
 
 /* Global data-plane counters (per-CPU array `dp_counters`). */
