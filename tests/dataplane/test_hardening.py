@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 from test_inbound import Harness
 
-from sentinel_ebpf.inbound import InboundDataplane
+from sentinel_ebpf.enforce import InboundDataplane
 from sentinel_ebpf.stats import ResourceStats
 from tests.support.inbound import CLIENT, SERVER, rules
 from tests.support.packets import (

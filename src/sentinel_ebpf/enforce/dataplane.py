@@ -38,11 +38,11 @@ from sentinel_ebpf._types import (
     SysMetrics,
     SysRuleK,
 )
+from sentinel_ebpf.enforce.adaptive import AdaptiveThresholds, ExternalThresholds, HostMemory
+from sentinel_ebpf.enforce.compiler import CompiledInbound, KOutRoute, KPort, KResource, compile_inbound
+from sentinel_ebpf.enforce.reconcile import RECONCILE_PERIOD_NS, Reconciler
 from sentinel_ebpf.errors import BpfKeyError, BpfMapError, SentinelError
 from sentinel_ebpf.host import cgroup2_mount
-from sentinel_ebpf.inbound.adaptive import AdaptiveThresholds, ExternalThresholds, HostMemory
-from sentinel_ebpf.inbound.compiler import CompiledInbound, KOutRoute, KPort, KResource, compile_inbound
-from sentinel_ebpf.inbound.reconcile import RECONCILE_PERIOD_NS, Reconciler
 from sentinel_ebpf.libbpf import BpfObject, Link, RingBuffer, TcAttachPoint, TcFilter, TcHook
 from sentinel_ebpf.libbpf.maps import Map
 from sentinel_ebpf.model.flow import MemoryReader
@@ -191,7 +191,7 @@ class InboundDataplane:
         self._last_id = 0
         self._test_now_ns = 0
         self.memory: MemoryReader = HostMemory()
-        # thresholds of cluster flow rules (set by the daemon before apply; see inbound.adaptive)
+        # thresholds of cluster flow rules (set by the daemon before apply; see enforce.adaptive)
         self.external_thresholds: ExternalThresholds | None = None
         self.adaptive = AdaptiveThresholds(self.compiled, self.raw_stats, self.memory)
         self._breaker_names: dict[int, tuple[str, str]] = {}
@@ -346,7 +346,7 @@ class InboundDataplane:
 
     def tick(self) -> None:
         """Recompute WarmUp and MemoryAdaptive thresholds now (the daemon calls this every 100 ms); every
-        RECONCILE_PERIOD_NS give back concurrency that escaped (see inbound.reconcile)."""
+        RECONCILE_PERIOD_NS give back concurrency that escaped (see enforce.reconcile)."""
         if self.adaptive.calculators:
             self._write_thresholds(self.adaptive, self.gen)
         if not self.test_clock and time.monotonic_ns() >= self._next_reconcile_ns:

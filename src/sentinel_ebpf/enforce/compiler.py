@@ -24,8 +24,8 @@ from sentinel_ebpf._types import (
     RejectMode,
     SentinelLimits,
 )
+from sentinel_ebpf.enforce import routes as route_table
 from sentinel_ebpf.errors import SentinelError
-from sentinel_ebpf.inbound import routes as route_table
 from sentinel_ebpf.rules import RuleSet
 from sentinel_ebpf.rules.circuitbreaker import Strategy as CbStrategy
 from sentinel_ebpf.rules.flow import ControlBehavior, FlowRule, RelationStrategy, TokenCalculateStrategy
@@ -57,7 +57,7 @@ class KFlowRule:
     threshold_milli: int
     cost_ns: int
     max_queue_ns: int
-    # WarmUp / MemoryAdaptive: the control plane recomputes the threshold (inbound.adaptive)
+    # WarmUp / MemoryAdaptive: the control plane recomputes the threshold (enforce.adaptive)
     dynamic: bool = False
     source: FlowRule | None = None
 
