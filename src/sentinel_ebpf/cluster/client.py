@@ -25,7 +25,7 @@ from sentinel_ebpf._worker import Worker
 from sentinel_ebpf.cluster.lease import BUCKET_MS, RENEW_S, RuleLease
 from sentinel_ebpf.cluster.registry import PUBLISH_EVERY_MS, publish
 from sentinel_ebpf.cluster.store import LeaseStore, redacted
-from sentinel_ebpf.enforce.compiler import KFlowRule
+from sentinel_ebpf.enforce.compile import KFlowRule
 from sentinel_ebpf.errors import SentinelError
 from sentinel_ebpf.stats import NodeRecord, default_node_id
 

@@ -50,7 +50,7 @@ class EtcdTarget(Protocol):
     def put(self, value: bytes, if_revision: int) -> int: ...
 
 
-# compiler problems start with "flowRules[2] (id): field ..." (see enforce/compiler.py)
+# compiler problems start with "flowRules[2] (id): field ..." (see enforce/compile/)
 _COMPILE_WHERE = re.compile(r"^(?P<section>[A-Za-z]+)\[(?P<index>\d+)\][^:]*: (?P<rest>.*)$", re.S)
 _FIELD_WORD = re.compile(r"^(?:[a-z]+ )?(?P<field>[a-z][A-Za-z]+)\b")
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from sentinel_ebpf.enforce import CompileError
-from sentinel_ebpf.enforce.compiler import CompiledInbound
+from sentinel_ebpf.enforce.compile import CompiledInbound
 from sentinel_ebpf.errors import SentinelError
 from sentinel_ebpf.rules import RulesError, RuleSet, load_file
 

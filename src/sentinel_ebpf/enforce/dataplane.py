@@ -39,7 +39,7 @@ from sentinel_ebpf._types import (
     SysRuleK,
 )
 from sentinel_ebpf.enforce.adaptive import AdaptiveThresholds, ExternalThresholds, HostMemory
-from sentinel_ebpf.enforce.compiler import CompiledInbound, KOutRoute, KPort, KResource, compile_inbound
+from sentinel_ebpf.enforce.compile import CompiledInbound, KOutRoute, KPort, KResource, compile_inbound
 from sentinel_ebpf.enforce.reconcile import RECONCILE_PERIOD_NS, Reconciler
 from sentinel_ebpf.errors import BpfKeyError, BpfMapError, SentinelError
 from sentinel_ebpf.host import cgroup2_mount

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from sentinel_ebpf._types import ResStats
 from sentinel_ebpf.enforce.adaptive import AdaptiveThresholds, HostMemory
-from sentinel_ebpf.enforce.compiler import KFlowRule, compile_inbound
+from sentinel_ebpf.enforce.compile import KFlowRule, compile_inbound
 from sentinel_ebpf.rules import load_text
 
 RULES = """
