@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sentinel_ebpf.enforce import InboundDataplane
-from sentinel_ebpf.enforce.dataplane import PORTS_MAX
+from sentinel_ebpf.enforce.writer import PORTS_MAX
 from sentinel_ebpf.errors import BpfKeyError
 from sentinel_ebpf.rules import load_text
 from tests.support.inbound import CLIENT, SERVER
