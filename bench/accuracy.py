@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from sentinel_ebpf.inbound import InboundDataplane
+from sentinel_ebpf.enforce import InboundDataplane
 from sentinel_ebpf.rules import load_text
 from tests.support.nginx import hello_nginx
 from tests.support.packets import ACK, PSH, TC_ACT_OK, http_request, tcp_frame

@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 
 from sentinel_ebpf.doctor import cgroup2_mount
-from sentinel_ebpf.inbound import InboundDataplane
+from sentinel_ebpf.enforce import InboundDataplane
 from sentinel_ebpf.rules import load_text
 from tests.support.daemon_helpers import Daemon
 from tests.support.netns import NetnsPair

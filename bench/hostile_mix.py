@@ -26,7 +26,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from sentinel_ebpf.inbound import InboundDataplane
+from sentinel_ebpf.enforce import InboundDataplane
 from sentinel_ebpf.rules import load_text
 from sentinel_ebpf.rules.target import normalize_target
 from tests.support.netns import NetnsPair

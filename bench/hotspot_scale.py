@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from sentinel_ebpf.inbound import InboundDataplane
+from sentinel_ebpf.enforce import InboundDataplane
 from sentinel_ebpf.rules import load_text
 from tests.support.packets import ACK, PSH, tcp_frame
 

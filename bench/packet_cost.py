@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from sentinel_ebpf._types import SentinelLimits
-from sentinel_ebpf.inbound import InboundDataplane
+from sentinel_ebpf.enforce import InboundDataplane
 from sentinel_ebpf.libbpf import BpfObject
 from sentinel_ebpf.objects import object_path
 from sentinel_ebpf.rules import load_text

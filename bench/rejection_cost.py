@@ -67,7 +67,7 @@ from bench._serverside import (
     measured,
     set_rps,
 )
-from sentinel_ebpf.inbound import InboundDataplane
+from sentinel_ebpf.enforce import InboundDataplane
 from sentinel_ebpf.netns import entered as in_netns
 from sentinel_ebpf.rules import load_text
 from tests.support.netns import NetnsPair

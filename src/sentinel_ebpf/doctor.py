@@ -352,7 +352,7 @@ def _insns(programs: dict[str, Any]) -> str:
 
 
 def _load_inbound() -> str:
-    from sentinel_ebpf.inbound.dataplane import InboundDataplane  # the data plane imports this module
+    from sentinel_ebpf.enforce.dataplane import InboundDataplane  # the data plane imports this module
 
     with InboundDataplane() as dp:
         return _insns(dp.obj.programs)

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from sentinel_ebpf.inbound import InboundDataplane
+from sentinel_ebpf.enforce import InboundDataplane
 
 
 @pytest.fixture(scope="session")

@@ -10,8 +10,8 @@ from test_inbound import Harness
 
 from sentinel_ebpf._maps import InboundRodata
 from sentinel_ebpf._types import SentinelLimits
+from sentinel_ebpf.enforce import InboundDataplane, compile_inbound
 from sentinel_ebpf.errors import SentinelError
-from sentinel_ebpf.inbound import InboundDataplane, compile_inbound
 from sentinel_ebpf.libbpf import program_id, program_maps
 from sentinel_ebpf.rules import load_text
 from tests.support.inbound import CLIENT, SERVER

@@ -25,7 +25,7 @@ from scapy.layers.l2 import Dot1AD, Dot1Q, Ether
 from scapy.packet import Packet
 from test_inbound import Harness
 
-from sentinel_ebpf.inbound import InboundDataplane
+from sentinel_ebpf.enforce import InboundDataplane
 from sentinel_ebpf.stats import ResourceStats
 from tests.support.inbound import CLIENT, SERVER, rules
 from tests.support.packets import (

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from sentinel_ebpf._types import Inflight, PortSlots
+from sentinel_ebpf.enforce import CompileError, InboundDataplane, compile_inbound
 from sentinel_ebpf.errors import BpfError
-from sentinel_ebpf.inbound import CompileError, InboundDataplane, compile_inbound
 from sentinel_ebpf.rules import RuleSet
 from tests.support.inbound import CLIENT, SERVER, Lockstep, rules
 from tests.support.packets import (

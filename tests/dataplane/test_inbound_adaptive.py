@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sentinel_ebpf.inbound import InboundDataplane
+from sentinel_ebpf.enforce import InboundDataplane
 from sentinel_ebpf.model.clock import ManualClock
 from sentinel_ebpf.model.sentinel import Sentinel
 from sentinel_ebpf.model.system import SystemMetrics

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from test_inbound import Harness
 
-from sentinel_ebpf.inbound import InboundDataplane
+from sentinel_ebpf.enforce import InboundDataplane
 from tests.support.inbound import rules
 
 pytestmark = pytest.mark.kernel

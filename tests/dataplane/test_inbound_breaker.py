@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from sentinel_ebpf.inbound import InboundDataplane
+from sentinel_ebpf.enforce import InboundDataplane
 from sentinel_ebpf.model.sentinel import Entry
 from sentinel_ebpf.rules import load_text
 from tests.support.inbound import CLIENT, SERVER, Lockstep

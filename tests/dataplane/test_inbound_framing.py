@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sentinel_ebpf.inbound import InboundDataplane
+from sentinel_ebpf.enforce import InboundDataplane
 from sentinel_ebpf.rules.target import normalize_target
 from tests.support.inbound import CLIENT, SERVER, rules
 from tests.support.packets import (
@@ -554,7 +554,7 @@ def test_deferred_accept_drops_only_the_bare_ack_of_a_pending_handshake(live: In
 
 
 def test_defer_accept_names_ports_with_http_resources() -> None:
-    from sentinel_ebpf.inbound import CompileError, compile_inbound
+    from sentinel_ebpf.enforce import CompileError, compile_inbound
 
     with pytest.raises(CompileError, match=r"reject\.deferAccept: port 9999 has no inbound HTTP resource"):
         compile_inbound(rules(BLOCK_API + "reject: {deferAccept: [8080, 9999]}\n"))

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from sentinel_ebpf.inbound import InboundDataplane
+from sentinel_ebpf.enforce import InboundDataplane
 from sentinel_ebpf.model.sentinel import Entry
 from sentinel_ebpf.rules import RulesError, load_text
 from tests.support.inbound import SERVER, Lockstep

@@ -12,7 +12,7 @@ import struct
 import pytest
 from test_inbound_stream import API, BLOCK_API, OTHER
 
-from sentinel_ebpf.inbound import InboundDataplane
+from sentinel_ebpf.enforce import InboundDataplane
 from tests.support.inbound import CLIENT, SERVER, rules
 from tests.support.packets import (
     ACK,

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from test_inbound_keepalive import REPLY, TS
 from test_inbound_stream import requests
 
-from sentinel_ebpf.inbound import InboundDataplane
+from sentinel_ebpf.enforce import InboundDataplane
 from tests.support.inbound import CLIENT, SERVER, rules
 from tests.support.packets import ACK, PSH, RST, TC_ACT_OK, TC_ACT_SHOT, parse_frame, tcp_frame
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sentinel_ebpf.inbound import InboundDataplane
+from sentinel_ebpf.enforce import InboundDataplane
 from sentinel_ebpf.rules import load_text
 from tests.support.inbound import CLIENT, SERVER
 from tests.support.packets import ACK, PSH, SYN, TC_ACT_OK, http_request, http_response, tcp_frame

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from sentinel_ebpf.enforce import InboundDataplane
 from sentinel_ebpf.host import cgroup2_mount
-from sentinel_ebpf.inbound import InboundDataplane
 from sentinel_ebpf.rules import RuleSet, load_text
 from tests.support.packets import (
     ACK,

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_inbound_framing import BLOCK_API
 
-from sentinel_ebpf.inbound import InboundDataplane
+from sentinel_ebpf.enforce import InboundDataplane
 from tests.support.inbound import CLIENT, SERVER, rules
 from tests.support.packets import ACK, FIN, PSH, RST, TC_ACT_OK, TC_ACT_SHOT, URG, parse_frame, tcp_frame
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from sentinel_ebpf.inbound import InboundDataplane
+from sentinel_ebpf.enforce import InboundDataplane
 from sentinel_ebpf.model.sentinel import Entry
 from sentinel_ebpf.model.system import SystemMetrics
 from sentinel_ebpf.rules import load_text

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import pytest
 from test_inbound_keepalive import TS, dp_count
 
-from sentinel_ebpf.inbound import InboundDataplane
-from sentinel_ebpf.inbound.dataplane import OUT_REJECT
+from sentinel_ebpf.enforce import InboundDataplane
+from sentinel_ebpf.enforce.writer import OUT_REJECT
 from tests.support.inbound import rules
 from tests.support.packets import (
     ACK,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from sentinel_ebpf.enforce import InboundDataplane
+from sentinel_ebpf.enforce.writer import PORTS_MAX
 from sentinel_ebpf.errors import BpfKeyError
-from sentinel_ebpf.inbound import InboundDataplane
-from sentinel_ebpf.inbound.dataplane import PORTS_MAX
 from sentinel_ebpf.rules import load_text
 from tests.support.inbound import CLIENT, SERVER
 from tests.support.packets import ACK, PSH, TC_ACT_OK, tcp_frame

@@ -16,7 +16,7 @@ import sys
 import threading
 from types import FrameType
 
-from sentinel_ebpf.inbound import InboundDataplane
+from sentinel_ebpf.enforce import InboundDataplane
 from sentinel_ebpf.rules import load_file
 
 lock = threading.Lock()

@@ -18,7 +18,7 @@ import tempfile
 import threading
 from types import FrameType
 
-from sentinel_ebpf.inbound import InboundDataplane
+from sentinel_ebpf.enforce import InboundDataplane
 from sentinel_ebpf.rules import load_file
 
 

@@ -65,7 +65,7 @@ class MemorySamples:
     the model can see the value of the moment."""
 
     def __init__(self) -> None:
-        from sentinel_ebpf.inbound.adaptive import HostMemory
+        from sentinel_ebpf.enforce.adaptive import HostMemory
 
         self.samples: list[tuple[int, int]] = []
         self._host = HostMemory()
@@ -257,7 +257,7 @@ flowRules:
 @pytest.mark.parametrize("busy", [False, True], ids=["quiet", "cpus-saturated"])
 def test_memory_adaptive_follows_the_model(fresh_netns_pair: NetnsPair, busy: bool) -> None:
     """Water marks around the host's used memory, so the threshold is interpolated between them."""
-    from sentinel_ebpf.inbound.adaptive import HostMemory
+    from sentinel_ebpf.enforce.adaptive import HostMemory
 
     used = HostMemory().memory_bytes()
     assert used is not None

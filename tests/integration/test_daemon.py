@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from sentinel_ebpf.inbound.dataplane import TC_PRIORITY
+from sentinel_ebpf.enforce.loader import TC_PRIORITY
 from tests.support.background import sentinel_cli
 from tests.support.daemon_helpers import LOAD, Daemon, load
 from tests.support.netns import CLEAN_ENV, NetnsPair

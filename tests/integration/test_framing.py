@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from sentinel_ebpf.inbound.dataplane import TC_HANDLE, TC_PRIORITY
+from sentinel_ebpf.enforce.loader import TC_HANDLE, TC_PRIORITY
 from sentinel_ebpf.libbpf import TcAttachPoint, TcHook, program_maps
 from sentinel_ebpf.libbpf.maps import Map
 from sentinel_ebpf.netns import entered

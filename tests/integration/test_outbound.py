@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
+from sentinel_ebpf.enforce import InboundDataplane
 from sentinel_ebpf.host import cgroup2_mount
-from sentinel_ebpf.inbound import InboundDataplane
 from sentinel_ebpf.rules import load_text
 from tests.support.netns import NetnsPair
 

@@ -25,8 +25,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sentinel_ebpf.daemon.reload import reload_rules
+from sentinel_ebpf.enforce import InboundDataplane
 from sentinel_ebpf.errors import BpfError
-from sentinel_ebpf.inbound import InboundDataplane
 from sentinel_ebpf.rules import load_text
 from tests.support.inbound import CLIENT, SERVER
 from tests.support.packets import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sentinel_ebpf.inbound import InboundDataplane
+from sentinel_ebpf.enforce import InboundDataplane
 from sentinel_ebpf.model.clock import ManualClock
 from sentinel_ebpf.model.sentinel import Sentinel
 from sentinel_ebpf.rules import RuleSet, load_text

@@ -15,8 +15,8 @@ from sentinel_ebpf.daemon import Daemon, DaemonConfig
 from sentinel_ebpf.daemon.control import DEFAULT_SOCKET
 from sentinel_ebpf.daemon.state import DEFAULT_STATE_DIR
 from sentinel_ebpf.doctor import describe_load_error
+from sentinel_ebpf.enforce import CompileError
 from sentinel_ebpf.errors import BpfLoadError, SentinelError
-from sentinel_ebpf.inbound import CompileError
 from sentinel_ebpf.rules import RulesError
 from sentinel_ebpf.sources.url import EtcdTls
 

@@ -25,8 +25,8 @@ from sentinel_ebpf._worker import Worker
 from sentinel_ebpf.cluster.lease import BUCKET_MS, RENEW_S, RuleLease
 from sentinel_ebpf.cluster.registry import PUBLISH_EVERY_MS, publish
 from sentinel_ebpf.cluster.store import LeaseStore, redacted
+from sentinel_ebpf.enforce.compile import KFlowRule
 from sentinel_ebpf.errors import SentinelError
-from sentinel_ebpf.inbound.compiler import KFlowRule
 from sentinel_ebpf.stats import NodeRecord, default_node_id
 
 log = logging.getLogger("sentinel_ebpf.cluster")
@@ -86,7 +86,7 @@ class ClusterClient:
 
     # -- the data plane's side ----------------------------------------------------------------------
     def thresholds(self, resource: str, index: int, f: KFlowRule, read: Callable[[], ResStats]) -> RuleLease:
-        """``inbound.adaptive.ExternalThresholds``: the lease of a cluster rule (a changed rule keeps the
+        """``enforce.adaptive.ExternalThresholds``: the lease of a cluster rule (a changed rule keeps the
         tokens and demand of the one it replaces)."""
         rule = f.source
         assert rule is not None

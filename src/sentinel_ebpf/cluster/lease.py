@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from sentinel_ebpf._types import BlockType, ResStats, SentinelLimits
 from sentinel_ebpf.cluster.store import LeaseReply, LeaseRequest
-from sentinel_ebpf.inbound.adaptive import window_sum
+from sentinel_ebpf.enforce.adaptive import window_sum
 from sentinel_ebpf.rules.flow import ClusterThresholdType, FlowRule
 
 log = logging.getLogger("sentinel_ebpf.cluster")
@@ -67,7 +67,7 @@ def demand_count(st: ResStats) -> int:
 
 
 class RuleLease:
-    """The threshold source of one cluster rule (``inbound.adaptive.ThresholdSource``)."""
+    """The threshold source of one cluster rule (``enforce.adaptive.ThresholdSource``)."""
 
     def __init__(self, key: str, resource: str, rule: FlowRule, interval_ms: int,
                  read: Callable[[], ResStats], state: Callable[[int], str]) -> None:  # fmt: skip

@@ -16,7 +16,7 @@ from sentinel_ebpf.outputs.metric_log import MetricItem, MetricLogWriter, classi
 from sentinel_ebpf.stats import ResourceStats, SecondCounts
 
 if TYPE_CHECKING:
-    from sentinel_ebpf.inbound.compiler import KResource
+    from sentinel_ebpf.enforce.compile import KResource
 
 log = logging.getLogger("sentinel_ebpf.daemon")
 

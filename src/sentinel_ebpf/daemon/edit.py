@@ -31,8 +31,8 @@ from typing import Any, Protocol
 import yaml
 
 from sentinel_ebpf.daemon.reload import ReloadResult
+from sentinel_ebpf.enforce import CompileError
 from sentinel_ebpf.errors import SentinelError
-from sentinel_ebpf.inbound import CompileError
 from sentinel_ebpf.rules import RulesError, RuleSet, load_data
 from sentinel_ebpf.rules.dump import to_project
 
@@ -50,7 +50,7 @@ class EtcdTarget(Protocol):
     def put(self, value: bytes, if_revision: int) -> int: ...
 
 
-# compiler problems start with "flowRules[2] (id): field ..." (see inbound/compiler.py)
+# compiler problems start with "flowRules[2] (id): field ..." (see enforce/compile/)
 _COMPILE_WHERE = re.compile(r"^(?P<section>[A-Za-z]+)\[(?P<index>\d+)\][^:]*: (?P<rest>.*)$", re.S)
 _FIELD_WORD = re.compile(r"^(?:[a-z]+ )?(?P<field>[a-z][A-Za-z]+)\b")
 

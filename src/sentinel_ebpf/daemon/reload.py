@@ -12,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from sentinel_ebpf.enforce import CompileError
+from sentinel_ebpf.enforce.compile import CompiledInbound
 from sentinel_ebpf.errors import SentinelError
-from sentinel_ebpf.inbound import CompileError
-from sentinel_ebpf.inbound.compiler import CompiledInbound
 from sentinel_ebpf.rules import RulesError, RuleSet, load_file
 
 log = logging.getLogger("sentinel_ebpf.daemon")

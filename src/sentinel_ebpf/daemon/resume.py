@@ -20,9 +20,9 @@ import yaml
 from sentinel_ebpf import netns
 from sentinel_ebpf.daemon.links import interfaces
 from sentinel_ebpf.daemon.state import Attachment, State, alive
+from sentinel_ebpf.enforce import InboundDataplane, compile_inbound
+from sentinel_ebpf.enforce.loader import TC_HANDLE, TC_PRIORITY
 from sentinel_ebpf.errors import SentinelError
-from sentinel_ebpf.inbound import InboundDataplane, compile_inbound
-from sentinel_ebpf.inbound.dataplane import TC_HANDLE, TC_PRIORITY
 from sentinel_ebpf.libbpf import TcAttachPoint, TcHook, program_maps
 from sentinel_ebpf.rules import RulesError, RuleSet, load_text
 from sentinel_ebpf.rules.dump import to_project

@@ -27,9 +27,9 @@ from sentinel_ebpf.daemon.state import DEFAULT_STATE_DIR, State, remove_state
 from sentinel_ebpf.daemon.ticker import Ticker
 from sentinel_ebpf.daemon.tls_observer import TlsObserver
 from sentinel_ebpf.daemon.watch import FileSource
+from sentinel_ebpf.enforce import InboundDataplane
+from sentinel_ebpf.enforce.adaptive import AdaptiveThresholds
 from sentinel_ebpf.errors import SentinelError
-from sentinel_ebpf.inbound import InboundDataplane
-from sentinel_ebpf.inbound.adaptive import AdaptiveThresholds
 from sentinel_ebpf.outputs.metric_log import MetricLogWriter
 from sentinel_ebpf.outputs.prometheus import (
     MetricsServer,

@@ -18,8 +18,8 @@ from typing import Any
 
 from sentinel_ebpf import netns
 from sentinel_ebpf.daemon.private_dir import open_private_dir, read_private, write_private
+from sentinel_ebpf.enforce.loader import TC_HANDLE, TC_PRIORITY
 from sentinel_ebpf.errors import SentinelError
-from sentinel_ebpf.inbound.dataplane import TC_HANDLE, TC_PRIORITY
 from sentinel_ebpf.libbpf import TcAttachPoint, TcFilter, TcHook
 
 DEFAULT_STATE_DIR = "/run/sentinel-ebpf"

@@ -7,7 +7,7 @@ WarmUp threshold lands 1 ms after the second starts, not up to a period later, a
 thread keeps it away from the daemon's other work (reloads, the metric log's disk writes, control
 requests), which could hold the loop for a long time on a busy host. A tick that wakes late runs once
 and the grid goes on from the next boundary; the data plane's tick catches up the seconds it missed
-(``inbound.adaptive.catch_up``). Late ticks are counted and logged.
+(``enforce.adaptive.catch_up``). Late ticks are counted and logged.
 """
 
 from __future__ import annotations

@@ -152,7 +152,7 @@ class FakeStore:
 def test_client_states_joining_cluster_fallback_and_back() -> None:
     import redis
 
-    from sentinel_ebpf.inbound.compiler import KFlowRule
+    from sentinel_ebpf.enforce.compile import KFlowRule
 
     now = [1000]
     store = FakeStore()
@@ -186,7 +186,7 @@ def test_client_states_joining_cluster_fallback_and_back() -> None:
 
 
 def test_changed_rule_keeps_its_tokens() -> None:
-    from sentinel_ebpf.inbound.compiler import KFlowRule
+    from sentinel_ebpf.enforce.compile import KFlowRule
 
     store = FakeStore()
     client = ClusterClient(store, now_ms=lambda: 0)
@@ -211,7 +211,7 @@ def test_tokens_held_go_on_into_the_next_window() -> None:
 
 
 def test_an_idle_node_renews_less_often() -> None:
-    from sentinel_ebpf.inbound.compiler import KFlowRule
+    from sentinel_ebpf.enforce.compile import KFlowRule
 
     now = [0]
     client = ClusterClient(FakeStore(), now_ms=lambda: now[0], idle_renew_ms=300)
@@ -235,7 +235,7 @@ def test_an_idle_node_does_not_fall_back_between_its_heartbeats() -> None:
     logging "Redis unreachable" and "back in the cluster" every 300 ms), but a heartbeat that fails is."""
     import redis
 
-    from sentinel_ebpf.inbound.compiler import KFlowRule
+    from sentinel_ebpf.enforce.compile import KFlowRule
 
     now = [0]
     store = FakeStore()

@@ -1,12 +1,12 @@
-"""Cluster rules in the data plane's dynamic thresholds (inbound.adaptive), without a kernel."""
+"""Cluster rules in the data plane's dynamic thresholds (enforce.adaptive), without a kernel."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from sentinel_ebpf._types import ResStats
-from sentinel_ebpf.inbound.adaptive import AdaptiveThresholds, HostMemory
-from sentinel_ebpf.inbound.compiler import KFlowRule, compile_inbound
+from sentinel_ebpf.enforce.adaptive import AdaptiveThresholds, HostMemory
+from sentinel_ebpf.enforce.compile import KFlowRule, compile_inbound
 from sentinel_ebpf.rules import load_text
 
 RULES = """

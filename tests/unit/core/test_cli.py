@@ -39,7 +39,7 @@ def test_trace_rejects_negative_count() -> None:
 def test_the_enforcement_example_compiles_for_the_kernel() -> None:
     from pathlib import Path
 
-    from sentinel_ebpf.inbound import compile_inbound
+    from sentinel_ebpf.enforce import compile_inbound
     from sentinel_ebpf.rules import load_file
 
     example = Path(__file__).resolve().parents[3] / "examples" / "enforce.yaml"
@@ -58,7 +58,7 @@ def test_the_readme_rules_example_is_valid_and_enforceable() -> None:
     import re
     from pathlib import Path
 
-    from sentinel_ebpf.inbound import compile_inbound
+    from sentinel_ebpf.enforce import compile_inbound
     from sentinel_ebpf.rules import load_text
 
     readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
@@ -70,7 +70,7 @@ def test_the_readme_rules_example_is_valid_and_enforceable() -> None:
 
 
 def test_too_many_protected_ports_is_refused_by_count() -> None:
-    from sentinel_ebpf.inbound import CompileError, compile_inbound
+    from sentinel_ebpf.enforce import CompileError, compile_inbound
     from sentinel_ebpf.rules import load_text
 
     text = "resources:\n" + "".join(
@@ -81,7 +81,7 @@ def test_too_many_protected_ports_is_refused_by_count() -> None:
 
 
 def test_address_scopes_of_a_port_are_chained_most_specific_first() -> None:
-    from sentinel_ebpf.inbound import CompileError, compile_inbound
+    from sentinel_ebpf.enforce import CompileError, compile_inbound
     from sentinel_ebpf.rules import load_text
 
     text = """

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from sentinel_ebpf.inbound import routes
+from sentinel_ebpf.enforce import routes
 
 
 def _longest(table: dict[bytes, int], path: bytes) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sentinel_ebpf.inbound import CompiledInbound, compile_inbound
+from sentinel_ebpf.enforce import CompiledInbound, compile_inbound
 from sentinel_ebpf.rules import RuleSet
 
 RULES = """

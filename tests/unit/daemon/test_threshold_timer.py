@@ -9,8 +9,8 @@ import time
 
 from sentinel_ebpf._types import ResStats
 from sentinel_ebpf.daemon.ticker import TICK_NS, TICK_OFFSET_NS, Ticker, next_tick_ns
-from sentinel_ebpf.inbound.adaptive import BUCKET_MS, AdaptiveThresholds, _KernelWindow
-from sentinel_ebpf.inbound.compiler import compile_inbound
+from sentinel_ebpf.enforce.adaptive import BUCKET_MS, AdaptiveThresholds, _KernelWindow
+from sentinel_ebpf.enforce.compile import compile_inbound
 from sentinel_ebpf.model.flow import WarmUpCalculator
 from sentinel_ebpf.rules import load_text
 

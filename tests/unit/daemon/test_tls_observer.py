@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sentinel_ebpf.daemon.tls_observer import TlsMatcher, TlsObserver
-from sentinel_ebpf.inbound.compiler import compile_inbound
+from sentinel_ebpf.enforce.compile import compile_inbound
 from sentinel_ebpf.rules import RulesError, load_text
 from sentinel_ebpf.stats import ResourceStats
 from sentinel_ebpf.tracing.http import HttpRecord

@@ -31,7 +31,7 @@ from sentinel_ebpf._types import (
 )
 
 if TYPE_CHECKING:
-    from sentinel_ebpf.inbound.dataplane import InboundDataplane
+    from sentinel_ebpf.enforce.dataplane import InboundDataplane
 
 RECONCILE_GRACE_NS = 10_000_000_000  # a connection this young may still be completing its handshake
 RECONCILE_PERIOD_NS = 5_000_000_000  # how often the daemon runs it (InboundDataplane.tick)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Protocol
 
 from sentinel_ebpf._types import ResStats, SentinelLimits
-from sentinel_ebpf.inbound.compiler import CompiledInbound, KFlowRule
+from sentinel_ebpf.enforce.compile import CompiledInbound, KFlowRule
 from sentinel_ebpf.model.flow import MemoryAdaptiveCalculator, MemoryReader, WarmUpCalculator
 from sentinel_ebpf.model.leap_array import MetricEvent
 from sentinel_ebpf.rules.flow import TokenCalculateStrategy
