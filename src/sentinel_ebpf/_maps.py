@@ -113,7 +113,7 @@ class InboundMaps:
         self.conn_state: Map = obj.map("conn_state")
         #: PERCPU_ARRAY, max_entries 1: __u32 -> struct csum_scratch
         self.csum_scratch: Map = obj.map("csum_scratch")
-        #: PERCPU_ARRAY, max_entries 16: __u32 -> __u64
+        #: PERCPU_ARRAY, max_entries 17: __u32 -> __u64
         self.dp_counters: Map = obj.map("dp_counters")
         #: PERCPU_ARRAY, max_entries 1: __u32 -> struct ingress_scratch
         self.egress_scratch: Map = obj.map("egress_scratch")

@@ -36,7 +36,7 @@ class SentinelLimits(IntEnum):
     SE_HOT_VALUE_SCAN = 192
     SE_VLAN_MAX = 2
     SE_IPV6_EXT_MAX = 4
-    SE_PARAM_PEEK = 512
+    SE_PARAM_PEEK = 2048
     SE_HOT_VALUES_MAX = 262144
     SE_BREAKERS_PER_RESOURCE = 2
     SE_CB_BUCKETS_MAX = 16
@@ -168,7 +168,8 @@ class DpCounter(IntEnum):
     DP_REPLY_CLOSED = 13
     DP_REPLY_OWED = 14
     DP_CHAIN_DROPPED = 15
-    DP_COUNTER_MAX = 16
+    DP_HOT_UNSEEN = 16
+    DP_COUNTER_MAX = 17
 
 
 class HotParam(IntEnum):

@@ -322,6 +322,47 @@ def test_percent_encoded_query_names_and_values_share_a_bucket(dp: InboundDatapl
     assert raw_request(h, "GET /q?tenant%3Dacme=1 HTTP/1.1"), "%3D is a byte of the name: no tenant here"
 
 
+PAD = "p" * 2500  # past the 2,048 bytes searched for a parameter
+
+
+@pytest.mark.parametrize(
+    ("fields", "head"),
+    [
+        ("paramKey: 'header:X-User'", f"GET / HTTP/1.1\r\nX-Pad: {PAD}\r\nX-User: alice"),
+        ("paramKey: 'query:tenant'", f"GET /q?pad={PAD}&tenant=acme HTTP/1.1"),
+    ],
+    ids=["header", "query"],
+)
+def test_a_parameter_hidden_past_what_is_searched_is_not_absent(
+    dp: InboundDataplane, fields: str, head: str
+) -> None:
+    """nginx reads the whole head: a client that pads its request so that its value lies past what the
+    kernel searches was let through as if the parameter were absent (the rule does not apply). The head
+    goes on past what was searched, so the parameter may be there: such requests share one bucket."""
+    h = hot_qps(dp, "api", f"{fields}, threshold: 2")
+    assert [raw_request(h, head) for _ in range(3)] == [True, True, False]
+    assert dp.counters()["hot_unseen"] == 3
+
+
+def test_a_value_cut_at_the_end_of_what_is_searched_is_not_a_new_value(dp: InboundDataplane) -> None:
+    """Shifting the padding so that the search ends inside the value gave each request a bucket of its own
+    (the value's first 1, 2, 3 ... bytes): a value cut before 64 bytes is not known either."""
+    h = hot_qps(dp, "api", "paramKey: 'header:X-User', threshold: 2")
+    heads = []
+    for cut in range(1, 5):  # the search (2,048 bytes) ends `cut` bytes into the value
+        pad = "p" * (2048 - len("GET / HTTP/1.1\r\nX-Pad: \r\nX-User: ") - cut)
+        heads.append(f"GET / HTTP/1.1\r\nX-Pad: {pad}\r\nX-User: bobbobbob")
+    assert [raw_request(h, head) for head in heads] == [True, True, False, False]
+
+
+def test_an_absent_parameter_in_a_head_read_to_its_end_does_not_apply(dp: InboundDataplane) -> None:
+    h = hot_qps(dp, "api", "paramKey: 'header:X-User', threshold: 1")
+    assert all(raw_request(h, f"GET / HTTP/1.1\r\nX-Other: {'o' * 1500}") for _ in range(3))
+    h = hot_qps(dp, "api", "paramKey: 'query:tenant', threshold: 1")
+    assert all(raw_request(h, f"GET /q?other={'o' * 1500} HTTP/1.1") for _ in range(3))
+    assert dp.counters()["hot_unseen"] == 0
+
+
 def _ipv6_syns(h: Harness, clients: list[str]) -> list[bool]:
     out = []
     for i, client in enumerate(clients):

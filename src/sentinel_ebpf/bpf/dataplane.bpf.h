@@ -108,7 +108,9 @@ struct param_scan {
 	__u32 vstart;
 	__u32 vend;
 	__u32 found;
+	__u32 ended;                /* the search reached the end of the request line (query) or head (header) */
 	__u32 prev;
+	__u32 prev2;
 	__u32 pct;                  /* query names: 1 after '%', 2 after its first hex digit */
 	__u32 pct_hi;
 	__u32 hashed;               /* hash_value: bytes hashed */

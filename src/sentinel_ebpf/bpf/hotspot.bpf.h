@@ -54,8 +54,14 @@ static long scan_byte(__u32 i, struct scan_ctx *ctx)
 		}
 		return 0;
 	}
-	if (ctx->query && (c == '\r' || c == '\n'))
-		return 1; /* the request line ended */
+	if (ctx->query && (c == '\r' || c == '\n')) {
+		s->ended = 1; /* the request line ended */
+		return 1;
+	}
+	if (!ctx->query && c == '\n' && (s->prev == '\n' || (s->prev == '\r' && s->prev2 == '\n'))) {
+		s->ended = 1; /* the empty line: the head ended */
+		return 1;
+	}
 	if (ctx->query && s->pct) {
 		/* a name is matched %XX-decoded; a decoded '=' or '&' is no delimiter */
 		int v = hex_digit(c);
@@ -91,31 +97,43 @@ static long scan_byte(__u32 i, struct scan_ctx *ctx)
 	} else {
 		s->match = c == r->pattern[0] && (!ctx->query || s->prev == '?' || s->prev == '&') ? 1 : 0;
 	}
+	s->prev2 = s->prev;
 	s->prev = c;
 	return 0;
 }
 
+/* find_param()'s answers. */
+#define PARAM_ABSENT 0   /* not in a request line (query) or head (header) read to its end */
+#define PARAM_FOUND 1
+#define PARAM_UNSEEN 2   /* not in what was read, and the line or head goes on past it: it may be there */
+
 /*
  * Find the rule's parameter in the scanned bytes: header pattern "\n<name>:" (case-insensitive), query
- * pattern "<name>=" right after '?' or '&' on the request line. Sets vstart/vend; false when absent.
+ * pattern "<name>=" right after '?' or '&' on the request line. Sets vstart/vend when found.
  */
-static __always_inline bool find_param(struct param_scan *s, const struct hotspot_rule_k *r)
+static __always_inline int find_param(struct param_scan *s, const struct hotspot_rule_k *r)
 {
 	struct scan_ctx ctx = { .s = s, .r = r, .query = r->param == HOT_QUERY, .plen = r->pattern_len };
 
 	if (ctx.plen == 0 || ctx.plen > SE_HOT_PATTERN_MAX)
-		return false;
+		return PARAM_ABSENT;
 	s->match = 0;
 	s->found = 0;
+	s->ended = 0;
 	s->prev = 0;
+	s->prev2 = 0;
 	s->pct = 0;
 	bpf_loop(SE_PARAM_PEEK, scan_byte, &ctx, 0);
 	if (!s->found)
-		return false;
+		return s->ended ? PARAM_ABSENT : PARAM_UNSEEN;
 	if (s->found == 1)
 		s->vend = s->len; /* the value runs to the end of what was read */
-	return true;
+	return PARAM_FOUND;
 }
+
+/* The bucket of requests whose parameter could not be read (PARAM_UNSEEN, or a value cut short by the end
+ * of what was read): one for all of them, so that hiding a value past the search gains nothing. */
+#define HOT_UNSEEN_HASH 0x756e7365656e2121ULL
 
 /* buf[j], j masked where the compiler cannot drop the mask (it knows j < SE_PARAM_PEEK; the verifier not) */
 static __always_inline __u8 buf_at(const struct param_scan *s, __u32 j)

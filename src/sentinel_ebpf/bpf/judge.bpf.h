@@ -163,8 +163,10 @@ static __always_inline void make_key(struct flow_key *k, const struct pkt *p, bo
 
 /* Sentinel's checks in order (flow, isolation); returns the block type or BLOCK_NONE. */
 /*
- * Hash of rule `rule`'s header or query parameter in the request, left in param_scratch.hash; returns 0
- * when the parameter is absent. A global function: the verifier checks its loops once.
+ * Hash of rule `rule`'s header or query parameter in the request, left in param_scratch.hash; returns
+ * PARAM_ABSENT (0), PARAM_FOUND, or PARAM_UNSEEN (hash HOT_UNSEEN_HASH: the parameter may lie past what
+ * was read, or its value was cut before SE_HOT_VALUE_MAX bytes). A global function: the verifier checks
+ * its loops once.
  */
 __noinline int hot_param_hash(struct __sk_buff *skb, __u32 conf_idx, __u32 rule_and_load, __u32 payload_off,
 			      __u32 payload_len)
@@ -188,10 +190,17 @@ __noinline int hot_param_hash(struct __sk_buff *skb, __u32 conf_idx, __u32 rule_
 			return 0;
 		scan->len = n;
 	}
-	if (!find_param(scan, r))
-		return 0;
-	scan->hash = hash_value(scan, r->param == HOT_HEADER);
-	return 1;
+	int found = find_param(scan, r);
+
+	if (found == PARAM_ABSENT)
+		return PARAM_ABSENT;
+	if (found == PARAM_FOUND) {
+		scan->hash = hash_value(scan, r->param == HOT_HEADER);
+		if (scan->found == 2 || scan->hashed >= SE_HOT_VALUE_MAX)
+			return PARAM_FOUND; /* the value's end, or as much of it as any value is keyed by */
+	}
+	scan->hash = HOT_UNSEEN_HASH;
+	return PARAM_UNSEEN;
 }
 
 /* Hotspot rules of the resource: keys of Concurrency rules' values go to `held` (released on completion). */
@@ -214,8 +223,12 @@ static __always_inline __u32 check_hotspot(const struct res_conf *rc, __u32 conf
 
 			if (!p->payload_len)
 				continue; /* no request to read the parameter from: the rule does not apply */
-			if (!hot_param_hash(skb, conf_idx, i | (!loaded << 8), p->payload_off, p->payload_len))
+			int got = hot_param_hash(skb, conf_idx, i | (!loaded << 8), p->payload_off, p->payload_len);
+
+			if (got == PARAM_ABSENT)
 				continue; /* parameter absent: as in Sentinel, the rule does not apply */
+			if (got == PARAM_UNSEEN)
+				percpu_inc(&dp_counters, DP_HOT_UNSEEN);
 			loaded = true;
 			scan = bpf_map_lookup_elem(&param_scratch, &zero);
 			if (!scan)

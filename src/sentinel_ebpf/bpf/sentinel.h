@@ -37,7 +37,7 @@ enum sentinel_limits {
 	SE_HOT_VALUE_SCAN = 192,    /* bytes of a raw value read to find them (3 per %XX-encoded byte) */
 	SE_VLAN_MAX = 2,            /* 802.1Q / 802.1ad tags parsed (QinQ) */
 	SE_IPV6_EXT_MAX = 4,        /* IPv6 extension headers parsed before the TCP header */
-	SE_PARAM_PEEK = 512,        /* bytes of a request searched for a header or query parameter */
+	SE_PARAM_PEEK = 2048,       /* bytes of a request searched for a header or query parameter */
 	SE_HOT_VALUES_MAX = 262144, /* default size of the per-value LRU shared by all hotspot rules (set at load) */
 	SE_BREAKERS_PER_RESOURCE = 2,
 	SE_CB_BUCKETS_MAX = 16,     /* statSlidingWindowBucketCount the kernel can hold */
@@ -168,7 +168,9 @@ enum dp_counter {
 	DP_REPLY_OWED = 14,         /* ... reset instead: the server owed responses a reply would overtake */
 	DP_CHAIN_DROPPED = 15,      /* IPv6 extension headers past the bound: dropped (nothing could judge what
 				     * they carry), unless reject.incomplete is pass */
-	DP_COUNTER_MAX = 16,
+	DP_HOT_UNSEEN = 16,         /* a hotspot parameter not found in what was searched of a head that goes on
+				     * (or its value cut there): keyed to one shared bucket, not let through */
+	DP_COUNTER_MAX = 17,
 };
 
 /*
