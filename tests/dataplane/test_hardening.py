@@ -344,6 +344,22 @@ def test_a_parameter_hidden_past_what_is_searched_is_not_absent(
     assert dp.counters()["hot_unseen"] == 3
 
 
+def test_a_head_split_before_its_parameter_is_not_without_it(dp: InboundDataplane) -> None:
+    """A request judged at its first segment, whose head goes on in the next one (X-User there): the
+    parameter may be in the rest, so the request is not one without it (it was: any client could split
+    its head after the request line and never meet the rule)."""
+    h = hot_qps(dp, "api", "paramKey: 'header:X-User', threshold: 2")
+    verdicts = []
+    for _ in range(3):
+        h.sport += 1
+        frame = tcp_frame(
+            CLIENT, SERVER, h.sport, 8080, flags=PSH | ACK, payload=b"GET / HTTP/1.1\r\nHost: svc\r\n"
+        )
+        res = h.ingress.test_run(frame)
+        verdicts.append(res.retval == TC_ACT_OK and res.data_out == frame)
+    assert verdicts == [True, True, False]
+
+
 def test_a_value_cut_at_the_end_of_what_is_searched_is_not_a_new_value(dp: InboundDataplane) -> None:
     """Shifting the padding so that the search ends inside the value gave each request a bucket of its own
     (the value's first 1, 2, 3 ... bytes): a value cut before 64 bytes is not known either."""
