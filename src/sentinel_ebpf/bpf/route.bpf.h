@@ -203,10 +203,11 @@ __noinline __u32 absolute_path_at(struct __sk_buff *skb, __u32 off, __u32 len, _
  * The resource an HTTP request is for, 0 (not a request line, no route: counted per port),
  * ROUTE_INCOMPLETE or ROUTE_UNREAD. The request line starts `skip` bytes into the payload (port_skip =
  * skip << 16 | port, the port in host order for the counters), after any empty lines; the method is read
- * as one word; spaces after it are skipped; an absolute-form target (http://host/path) is reduced to its path; the path
- * goes straight into the route key; the longest route that is a prefix of it is found by binary search on
- * the route lengths in `lens` (see struct route_lens). HEAD falls back to GET when no route names HEAD.
- * The key's gen and port fields come as gen << 16 | port. A global function: the verifier checks it once.
+ * as one word; spaces after it are skipped; an absolute-form target (http://host/path) is reduced to its
+ * path; the path goes straight into the route key; the longest route that is a prefix of it is found by
+ * binary search on the route lengths in `lens` (see struct route_lens). HEAD falls back to GET when no
+ * route names HEAD. The key's gen and port fields come as gen << 16 | port. A global function: the
+ * verifier checks it once.
  */
 __noinline __u32 http_route(struct __sk_buff *skb, const struct pkt *p, __u32 port_skip, __u32 key_gen_port,
 			    const struct route_lens *lens)
