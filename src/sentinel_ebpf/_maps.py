@@ -222,15 +222,17 @@ class InboundRodata(ctypes.Structure):
     _pack_ = 1
     _fields_ = [
         ("use_test_clock", ctypes.c_bool),
+        ("_pad0", ctypes.c_uint8 * 3),
+        ("cas_tries", ctypes.c_uint32),
         ("socket_lookup", ctypes.c_bool),
-        ("_pad0", ctypes.c_uint8 * 6),
+        ("_pad1", ctypes.c_uint8 * 7),
         ("head_hash_key", ctypes.c_uint64),
         ("inflight_idle_max", ctypes.c_int64),
-        ("_pad1", ctypes.c_uint8 * 160),
+        ("_pad2", ctypes.c_uint8 * 160),
     ]
 
 
-assert ctypes.sizeof(InboundRodata) == 184
+assert ctypes.sizeof(InboundRodata) == 192
 
 
 class InboundBss(ctypes.Structure):
@@ -250,6 +252,7 @@ def set_inbound_rodata(
     obj: BpfObject,
     *,
     use_test_clock: bool | None = None,
+    cas_tries: int | None = None,
     socket_lookup: bool | None = None,
     head_hash_key: int | None = None,
     inflight_idle_max: int | None = None,
@@ -257,6 +260,7 @@ def set_inbound_rodata(
     """Set read-only globals of ``inbound.bpf.o`` before load (None: as compiled)."""
     values: dict[str, RodataValue | None] = {
         "use_test_clock": use_test_clock,
+        "cas_tries": cas_tries,
         "socket_lookup": socket_lookup,
         "head_hash_key": head_hash_key,
         "inflight_idle_max": inflight_idle_max,

@@ -37,6 +37,7 @@ class SentinelLimits(IntEnum):
     SE_VLAN_MAX = 2
     SE_IPV6_EXT_MAX = 4
     SE_PARAM_PEEK = 2048
+    SE_CAS_TRIES = 4
     SE_HOT_VALUES_MAX = 262144
     SE_BREAKERS_PER_RESOURCE = 2
     SE_CB_BUCKETS_MAX = 16

@@ -222,6 +222,39 @@ hotSpotParamRules:
     assert expected(rate_per_s) * 0.95 <= passed <= expected(rate_per_s) + 1
 
 
+def test_an_update_that_loses_every_compare_and_swap_passes_counted() -> None:
+    """Throttling and hotspot updates retry a lost compare-and-swap 4 times, then let the request pass
+    (fail open) and count it. Two CPUs cannot be made to contend on purpose: loaded with no tries, every
+    update is contended, and each request of a 1 per second limit passes, counted."""
+    with InboundDataplane(test_clock=True, socket_lookup=False, cas_tries=0) as contended:
+        h = Harness(
+            contended,
+            rules("""
+resources:
+  - {name: t, match: {protocol: tcp, port: 8080}}
+  - {name: api, match: {protocol: http, port: 9090, path: /}}
+flowRules:
+  - {resource: t, threshold: 1, controlBehavior: 1, maxQueueingTimeMs: 0}
+hotSpotParamRules:
+  - {resource: api, paramKey: remote_ip, metricType: 1, threshold: 1, durationInSec: 1}
+  - {resource: api, paramKey: 'header:X-User', metricType: 1, controlBehavior: 1, threshold: 1,
+     durationInSec: 1, maxQueueingTimeMs: 0}
+"""),
+        )
+        h.at(0)
+        assert [h.syn() == TC_ACT_OK for _ in range(3)] == [True] * 3
+        assert contended.counters()["throttle_contended"] == 3
+        for _ in range(3):
+            h.sport += 1
+            payload = b"GET /x HTTP/1.1\r\nX-User: u\r\n\r\n"
+            frame = tcp_frame(CLIENT, SERVER, h.sport, 9090, flags=PSH | ACK, payload=payload)
+            assert h.ingress.test_run(frame).data_out == frame
+        # both hotspot rules, after the first request (a value seen first is inserted, not swapped)
+        assert contended.counters()["throttle_contended"] == 3 + 2 * 2
+    with pytest.raises(ValueError, match="cas_tries"):
+        InboundDataplane(cas_tries=5)
+
+
 def test_a_client_whose_source_port_is_an_outbound_http_port_is_judged(dp: InboundDataplane) -> None:
     """Direction by the local port: a client connecting from port 8000 (the port of an outbound HTTP
     resource's server) to a protected local port is inbound traffic."""

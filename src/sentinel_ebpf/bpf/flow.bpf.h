@@ -5,6 +5,11 @@
 
 #include "stat.bpf.h"
 
+/* Compare-and-swap tries of a throttling or hotspot update before it lets the request pass (counted as
+ * throttle_contended), at most SE_CAS_TRIES; set before load (0: every update is contended, for the test
+ * of that path). */
+const volatile __u32 cas_tries = SE_CAS_TRIES;
+
 /*
  * Throttling cannot sleep in the kernel: a request whose wait would be <= maxQueueingTimeMs is admitted
  * at once and reserves its slot (last_passed moves forward by one cost), so the admitted rate is exact
@@ -15,8 +20,11 @@ static __always_inline bool throttle_admit(__u64 *last_passed, const struct flow
 {
 	if (cost_ns == 0)
 		return false;
-	for (int attempt = 0; attempt < 4; attempt++) {
+	for (int attempt = 0; attempt < SE_CAS_TRIES; attempt++) {
 		__u64 last = *last_passed;
+
+		if (attempt >= cas_tries)
+			break;
 		__u64 expected = last + cost_ns;
 
 		if (expected <= now) {

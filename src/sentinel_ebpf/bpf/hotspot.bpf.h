@@ -10,6 +10,7 @@
 #include <bpf/bpf_helpers.h>
 #include "sentinel.h"
 #include "dataplane.bpf.h"
+#include "flow.bpf.h"
 
 #define FNV_OFFSET 0xcbf29ce484222325ULL
 #define FNV_PRIME 0x100000001b3ULL
@@ -270,10 +271,12 @@ static __always_inline int hot_check(const struct hotspot_rule_k *r, const struc
 			if (!st)
 				return HOT_PASS;
 		}
-		for (int attempt = 0; attempt < 4; attempt++) {
+		for (int attempt = 0; attempt < SE_CAS_TRIES; attempt++) {
 			__u64 last = st->last;
 			__s64 rest = st->tokens;
 
+			if (attempt >= cas_tries)
+				break;
 			if (now_ms > last && now_ms - last > r->duration_ms && r->duration_ms) {
 				__s64 add = (__s64)((now_ms - last) * limit / r->duration_ms);
 				__s64 next = add + rest > max ? max - 1 : add + rest - 1;
@@ -308,9 +311,11 @@ static __always_inline int hot_check(const struct hotspot_rule_k *r, const struc
 		if (!st)
 			return HOT_PASS;
 	}
-	for (int attempt = 0; attempt < 4; attempt++) {
+	for (int attempt = 0; attempt < SE_CAS_TRIES; attempt++) {
 		__u64 last = st->last, expected;
 
+		if (attempt >= cas_tries)
+			break;
 		if (last + duration_ns < now_ns)
 			expected = now_ns - duration_ns + cost;
 		else

@@ -38,6 +38,7 @@ enum sentinel_limits {
 	SE_VLAN_MAX = 2,            /* 802.1Q / 802.1ad tags parsed (QinQ) */
 	SE_IPV6_EXT_MAX = 4,        /* IPv6 extension headers parsed before the TCP header */
 	SE_PARAM_PEEK = 2048,       /* bytes of a request searched for a header or query parameter */
+	SE_CAS_TRIES = 4,           /* compare-and-swap tries of a throttling or hotspot update (see cas_tries) */
 	SE_HOT_VALUES_MAX = 262144, /* default size of the per-value LRU shared by all hotspot rules (set at load) */
 	SE_BREAKERS_PER_RESOURCE = 2,
 	SE_CB_BUCKETS_MAX = 16,     /* statSlidingWindowBucketCount the kernel can hold */

@@ -20,6 +20,7 @@ from sentinel_ebpf.libbpf.maps import Map
 from sentinel_ebpf.objects import object_path
 
 INFLIGHT_MAX = int(SentinelLimits.SE_INFLIGHT_MAX)
+CAS_TRIES = int(SentinelLimits.SE_CAS_TRIES)
 # TC filter identity: a fixed handle/priority so `down` can find and remove ours after a crash.
 TC_HANDLE = 0x5E17
 TC_PRIORITY = 0x5E17
@@ -46,6 +47,7 @@ class Loader:
         socket_lookup: bool = True,
         hotspot_values: int | None = None,
         idle_connections: int | None = None,
+        cas_tries: int | None = None,
         reuse: Mapping[str, int] | None = None,
     ) -> None:
         """``hotspot_values``: how many hotspot parameter values the kernel tracks at once (an LRU map,
@@ -59,6 +61,10 @@ class Loader:
         comes next in the stream (see bpf/stream.bpf.h). False for tests that feed crafted packets of
         connections that do not exist: every segment is then taken as next in its stream.
 
+        ``cas_tries``: compare-and-swap tries of a throttling or hotspot update before the request passes
+        uncounted against the rule (counted as ``throttle_contended``); default 4. 0 for the test of that
+        path (no other way makes two CPUs contend on purpose).
+
         ``reuse``: map fds of another loaded instance (by kernel map name, see ``program_maps``), for a
         daemon taking over from one that crashed: this instance then works on the same maps, so the
         statistics, in-flight requests and breaker states go on; ``adopt`` then says what is in force.
@@ -67,6 +73,8 @@ class Loader:
             raise ValueError(f"hotspot_values must be in 1024..{1 << 24}, got {hotspot_values}")
         if idle_connections is not None and not 0 <= idle_connections <= INFLIGHT_MAX // 2:
             raise ValueError(f"idle_connections must be in 0..{INFLIGHT_MAX // 2}, got {idle_connections}")
+        if cas_tries is not None and not 0 <= cas_tries <= CAS_TRIES:
+            raise ValueError(f"cas_tries must be in 0..{CAS_TRIES}, got {cas_tries}")
         self.obj = BpfObject.open(object_path("inbound"))
         try:
             self.maps = InboundMaps(self.obj)
@@ -78,6 +86,7 @@ class Loader:
                 # bits: unguessable
                 head_hash_key=self._head_hash_key(reuse),
                 inflight_idle_max=idle_connections,
+                cas_tries=cas_tries,
             )
             if hotspot_values is not None:
                 self.maps.hot_values.set_max_entries(hotspot_values)
