@@ -132,6 +132,7 @@ ANY_METHOD_API = BLOCK_API.replace("method: GET, ", "")
         b"VERSION-CONTROL /api" + TAIL,  # 15: the longest read
         b"M_SEARCH  http://svc/api" + TAIL,
         b"\r\nPURGE /api" + TAIL,
+        b"PRI /api" + TAIL,  # nginx serves it; only "PRI * HTTP/2.0" starts HTTP/2 (it was passed as that)
     ],
 )
 def test_an_unknown_method_is_judged_by_resources_of_any_method(dp: InboundDataplane, payload: bytes) -> None:
@@ -148,6 +149,7 @@ def test_an_unknown_method_is_judged_by_resources_of_any_method(dp: InboundDatap
         (b"SIXTEEN-LETTERSX /api" + TAIL, "not_request_line"),  # 16 and more: not read as a method
         (b"PUR GE /api" + TAIL, "not_request_line"),  # "PUR" and a target "GE"
         (b"PURGE" + b"\r\n" + TAIL, "not_request_line"),
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "http2"),  # HTTP/2 with prior knowledge: not judged
     ],
 )
 def test_what_is_not_an_unknown_method_passes(dp: InboundDataplane, payload: bytes, counter: str) -> None:

@@ -126,8 +126,13 @@ def test_a_path_too_long_to_normalise_resets_the_connection(
 
 @pytest.mark.parametrize(
     "pieces",
-    [(b"PURGE /any" + TAIL,), (b"PROPF", b"IND /any" + TAIL), (b"VERSION-CONTROL /any" + TAIL,)],
-    ids=["purge", "propfind-split", "15-letters"],
+    [
+        (b"PURGE /any" + TAIL,),
+        (b"PROPF", b"IND /any" + TAIL),
+        (b"VERSION-CONTROL /any" + TAIL,),
+        (b"PRI /any" + TAIL,),  # was passed as HTTP/2's preface; nginx serves it as a request
+    ],
+    ids=["purge", "propfind-split", "15-letters", "pri"],
 )
 def test_a_request_with_a_method_nginx_accepts_is_judged(
     guarded: tuple[NetnsPair, Server, Daemon], pieces: tuple[bytes, ...]

@@ -239,7 +239,9 @@ __noinline __u32 http_route(struct __sk_buff *skb, const struct pkt *p, __u32 po
 		port_count(port, PORT_TLS);
 		return 0;
 	}
-	if (!lead && (head & LOW_BYTES(4)) == W4('P', 'R', 'I', ' ')) {
+	if (!lead && head == W8('P', 'R', 'I', ' ', '*', ' ', 'H', 'T')) {
+		/* HTTP/2 with prior knowledge (a server without it answers 400 and closes); "PRI /x" is an
+		 * HTTP/1 request with another method, served as one */
 		port_count(port, PORT_HTTP2);
 		return 0;
 	}
