@@ -319,7 +319,7 @@ static __always_inline int out_request(struct __sk_buff *skb, const struct pkt *
 		return TC_ACT_OK;
 	res = http_route(skb, p, 0, (__u32)(gen | ROUTE_OUTBOUND) << 16 | (__u16)route->http_service, &route->lens);
 	if (!res || res == ROUTE_INCOMPLETE || res == ROUTE_UNREAD)
-		return TC_ACT_OK; /* a local caller's request not read whole: passed (counted) */
+		return TC_ACT_OK; /* a local caller's request not read whole: passed (outbound has no port counters) */
 	make_key(fk, p, true, FLOW_KIND_OUT_REQUEST);
 	if (judge(res, gen | JUDGE_HTTP | JUDGE_EGRESS, skb, p) == BLOCK_NONE)
 		return TC_ACT_OK;

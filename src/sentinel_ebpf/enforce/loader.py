@@ -62,8 +62,8 @@ class Loader:
         connections that do not exist: every segment is then taken as next in its stream.
 
         ``cas_tries``: compare-and-swap tries of a throttling or hotspot update before the request passes
-        uncounted against the rule (counted as ``throttle_contended``); default 4. 0 for the test of that
-        path (no other way makes two CPUs contend on purpose).
+        without it (fail open, counted as ``throttle_contended``); default 4. 0 for the test of that path
+        (no other way makes two CPUs contend on purpose).
 
         ``reuse``: map fds of another loaded instance (by kernel map name, see ``program_maps``), for a
         daemon taking over from one that crashed: this instance then works on the same maps, so the
