@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from sentinel_ebpf.daemon import request
 from tests.support.daemon_helpers import Daemon
 from tests.support.netns import NetnsPair
 from tests.support.nginx import hello_nginx
@@ -58,6 +59,17 @@ def write_rules(path: Path, text: str) -> float:
     t = time.monotonic()
     os.replace(tmp, path)
     return t
+
+
+def file_change(d: Daemon, via_reload: bool) -> Callable[[int], tuple[float, bool]]:
+    """A change (for ``change_latencies``) by rewriting ``d``'s rules file, then (``via_reload``) asking for
+    a reload over the control socket; a reload the daemon does not accept counts as failed."""
+
+    def change(threshold: int) -> tuple[float, bool]:
+        t0 = write_rules(d.rules, RULES.format(threshold=threshold))
+        return t0, not via_reload or bool(request(d.socket, "reload").get("accepted"))
+
+    return change
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -122,8 +134,12 @@ def change_latencies(
     return latencies, failed
 
 
-def print_latency_rows(results: Results, width: int) -> None:
-    """One row of percentiles per way of change, ``width`` wide in its first column."""
+def print_latency_table(results: Results, start: str, width: int, target: str = "") -> None:
+    """The percentiles of each way of change, one row each, ``width`` wide in the first column; ``start``:
+    what the latency is measured from, ``target``: said after the column heads."""
+    print(f"\nrule change to enforcement (ms from {start} to the first answer showing it)")
+    print(f"{'change by':<{width}} {'n':>4} {'p50':>7} {'p90':>7} {'p99':>7} {'max':>7} {'failed':>6}"
+          + (f"  {target}" if target else ""))  # fmt: skip
     for name, (lat, failed) in results.items():
         print(f"{name:<{width}} {len(lat):>4} {statistics.median(lat):>7.1f} {percentile(lat, 90):>7.1f} "
               f"{percentile(lat, 99):>7.1f} {max(lat):>7.1f} {failed:>6}")  # fmt: skip

@@ -25,16 +25,14 @@ import time
 
 from bench._rule_change import (
     OPEN,
-    RULES,
     Results,
     argument_parser,
     change_latencies,
-    print_latency_rows,
+    file_change,
+    print_latency_table,
     print_raw_latencies,
     serve,
-    write_rules,
 )
-from sentinel_ebpf.daemon import request
 from tests.support.daemon_helpers import Daemon
 from tests.support.netns import NetnsPair
 from tests.support.procstat import cpu_seconds, status_kib
@@ -48,16 +46,6 @@ def many_resources(n: int) -> str:
     ]
     lines += ["flowRules:"] + [f"  - {{resource: r{i}, threshold: 1000}}" for i in range(n - 1)]
     return "\n".join(lines) + "\n"
-
-
-def change_latency(pair: NetnsPair, d: Daemon, changes: int, via_reload: bool) -> tuple[list[float], int]:
-    """By rewriting ``d``'s rules file, then (``via_reload``) asking for a reload over the control socket."""
-
-    def change(threshold: int) -> tuple[float, bool]:
-        t0 = write_rules(d.rules, RULES.format(threshold=threshold))
-        return t0, not via_reload or bool(request(d.socket, "reload").get("accepted"))
-
-    return change_latencies(pair, changes, change)
 
 
 def idle(pid: int, seconds: float) -> float:
@@ -77,9 +65,8 @@ def main() -> int:
         d = serve(pair)
         try:
             for name, via in (("reload", True), ("file watch", False)):
-                results[name] = change_latency(pair, d, args.changes, via)
-            write_rules(d.rules, RULES.format(threshold=OPEN))
-            request(d.socket, "reload")
+                results[name] = change_latencies(pair, args.changes, file_change(d, via))
+            file_change(d, via_reload=True)(OPEN)  # everything passes again while idle
             idle_1 = idle(d.proc.pid, args.idle_seconds)
             mem_1 = status_kib(d.proc.pid)
         finally:
@@ -91,13 +78,7 @@ def main() -> int:
         finally:
             d.close()
 
-    print(
-        "\nrule change to enforcement (ms from the rename of the new rules file to the first answer showing it)"
-    )
-    print(
-        f"{'change by':<12} {'n':>4} {'p50':>7} {'p90':>7} {'p99':>7} {'max':>7} {'failed':>6}  target p99 <= 100"
-    )
-    print_latency_rows(results, 12)
+    print_latency_table(results, "the rename of the new rules file", 12, "target p99 <= 100")
     print(f"\n{'daemon':<34} {'idle CPU % of a core':>20} {'VmRSS MiB':>10} {'VmHWM MiB':>10}")
     for label, cpu, mem in (("1 resource (after 200 reloads)", idle_1, mem_1),
                             ("1,000 resources", idle_1000, mem_1000)):  # fmt: skip

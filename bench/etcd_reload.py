@@ -23,16 +23,14 @@ from pathlib import Path
 
 from bench._rule_change import (
     OPEN,
-    RULES,
     Results,
     argument_parser,
     change_latencies,
-    print_latency_rows,
+    file_change,
+    print_latency_table,
     print_raw_latencies,
     serve,
-    write_rules,
 )
-from sentinel_ebpf.daemon import request
 from tests.support.daemon_helpers import Daemon
 from tests.support.etcd_server import EtcdServer
 from tests.support.netns import NetnsPair
@@ -51,13 +49,7 @@ def main() -> int:
     with NetnsPair("ep") as pair:
         d = serve(pair)
         try:
-
-            def by_reload(threshold: int) -> tuple[float, bool]:
-                t0 = write_rules(d.rules, RULES.format(threshold=threshold))
-                request(d.socket, "reload")
-                return t0, True
-
-            results["reload"] = change_latencies(pair, args.changes, by_reload)
+            results["reload"] = change_latencies(pair, args.changes, file_change(d, via_reload=True))
         finally:
             d.close()
         etcd = EtcdServer(pair.tmpdir, pair=pair).start()
@@ -82,9 +74,7 @@ def main() -> int:
             putter.wait()
             etcd.stop()
 
-    print("\nrule change to enforcement (ms from the change to the first answer showing it)")
-    print(f"{'change by':<10} {'n':>4} {'p50':>7} {'p90':>7} {'p99':>7} {'max':>7} {'failed':>6}")
-    print_latency_rows(results, 10)
+    print_latency_table(results, "the change", 10)
     print_raw_latencies(results)
     return 0
 

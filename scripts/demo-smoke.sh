@@ -5,13 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CLI=${CLI:-.venv/bin/sentinel-ebpf}
+source scripts/demo-daemon.sh
 
-work=$(mktemp -d /tmp/sentinel-ebpf-smoke.XXXXXX)
-sock="$work/control.sock"
-$CLI run --control-socket "$sock" --state-dir "$work/state" --log-dir "$work/log" --metrics-addr "" \
-    2> "$work/daemon.log" &
-daemon=$!
-trap 'kill "$daemon" 2>/dev/null || true; wait "$daemon" 2>/dev/null || true; rm -rf "$work"' EXIT
+start_daemon smoke
+trap 'stop_daemon; rm -rf "$work"' EXIT
 for _ in $(seq 300); do grep -q enforcing "$work/daemon.log" && break; sleep 0.1; done
 grep -q enforcing "$work/daemon.log" || { echo "smoke: the daemon did not start"; cat "$work/daemon.log"; exit 1; }
 

@@ -6,17 +6,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/as-root.sh
+source scripts/demo-daemon.sh
 
 bash scripts/setup.sh
 CLI=.venv/bin/sentinel-ebpf
 $CLI doctor
 
-work=$(mktemp -d /tmp/sentinel-ebpf-demo.XXXXXX)
-sock="$work/control.sock"
-$CLI run --control-socket "$sock" --state-dir "$work/state" --log-dir "$work/log" --metrics-addr "" \
-    2> "$work/daemon.log" &
-daemon=$!
-trap 'kill "$daemon" 2>/dev/null || true; wait "$daemon" 2>/dev/null || true' EXIT
+start_daemon demo
 for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
 [ -S "$sock" ] || { cat "$work/daemon.log"; exit 1; }
 

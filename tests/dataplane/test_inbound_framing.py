@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from sentinel_ebpf.enforce import InboundDataplane
 from sentinel_ebpf.rules.target import normalize_target
-from tests.support.inbound import CLIENT, SERVER, rules
+from tests.support.inbound import BLOCK_API, CLIENT, SERVER, rules
 from tests.support.packets import (
     ACK,
     FIN,
@@ -34,12 +34,6 @@ from tests.support.packets import (
 
 pytestmark = pytest.mark.kernel("inbound")
 
-BLOCK_API = """
-resources:
-  - {name: api, match: {protocol: http, port: 8080, method: GET, path: /api}}
-flowRules:
-  - {resource: api, threshold: 0}
-"""
 TAIL = b" HTTP/1.1\r\nHost: svc\r\n\r\n"
 
 

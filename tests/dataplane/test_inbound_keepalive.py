@@ -10,10 +10,9 @@ from __future__ import annotations
 import struct
 
 import pytest
-from test_inbound_stream import API, BLOCK_API, OTHER
 
 from sentinel_ebpf.enforce import InboundDataplane
-from tests.support.inbound import CLIENT, SERVER, rules
+from tests.support.inbound import API, BLOCK_API, CLIENT, OTHER, SERVER, rules
 from tests.support.packets import (
     ACK,
     FIN,

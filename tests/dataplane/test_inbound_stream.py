@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_inbound_framing import BLOCK_API
 
 from sentinel_ebpf.enforce import InboundDataplane
-from tests.support.inbound import CLIENT, SERVER, rules
+from tests.support.inbound import API, BLOCK_API, CLIENT, OTHER, SERVER, limit_api, rules
 from tests.support.packets import ACK, FIN, PSH, RST, TC_ACT_OK, TC_ACT_SHOT, URG, parse_frame, tcp_frame
 
 pytestmark = pytest.mark.kernel("inbound")
@@ -30,14 +29,7 @@ flowRules:
   - {resource: other, threshold: 1000000}
   - {resource: up, threshold: 1000000}
 """
-ONE_API = """
-resources:
-  - {name: api, match: {protocol: http, port: 8080, method: GET, path: /api}}
-flowRules:
-  - {resource: api, threshold: 1}
-"""
-API = b"GET /api HTTP/1.1\r\nHost: svc\r\n\r\n"
-OTHER = b"GET /other HTTP/1.1\r\nHost: svc\r\n\r\n"
+ONE_API = limit_api(1)
 
 
 @dataclass

@@ -7,16 +7,11 @@ from __future__ import annotations
 import pytest
 
 from tests.support.daemon_helpers import Daemon
+from tests.support.inbound import BLOCK_API
 from tests.support.netns import NetnsPair
 from tests.support.nginx import hello_nginx
 
 pytestmark = pytest.mark.kernel
-RULES = """
-resources:
-  - {name: api, match: {protocol: http, port: 8080, method: GET, path: /api}}
-flowRules:
-  - {resource: api, threshold: 0}
-"""
 
 
 def tcp_mib(pair: NetnsPair) -> dict[str, int]:
@@ -40,7 +35,7 @@ def test_refused_first_requests_never_become_connections(
     if cookies:  # every SYN answered with a cookie, no handshake kept: as under a SYN flood
         pair.run(pair.server, "sysctl", "-qw", "net.ipv4.tcp_syncookies=2", check=True)
     nginx = hello_nginx(pair, 8080)
-    d = Daemon(pair, RULES + ("reject: {deferAccept: true}\n" if defer else ""))
+    d = Daemon(pair, BLOCK_API + ("reject: {deferAccept: true}\n" if defer else ""))
     try:
         url = f"http://{pair.server_ip}:8080"
         before = tcp_mib(pair)

@@ -17,18 +17,12 @@ from pathlib import Path
 import pytest
 
 from tests.support.daemon_helpers import Daemon
+from tests.support.inbound import API, BLOCK_API
 from tests.support.netns import NetnsPair, Server
 from tests.support.nginx import hello_nginx
 
 pytestmark = pytest.mark.kernel
 CLIENT = Path(__file__).with_name("fragclient.py")
-RULES = """
-resources:
-  - {name: api, match: {protocol: http, port: 8080, method: GET, path: /api}}
-flowRules:
-  - {resource: api, threshold: 0}
-"""
-API = b"GET /api HTTP/1.1\r\nHost: svc\r\n\r\n"
 PORTS = count(31000)
 
 
@@ -37,7 +31,7 @@ def guarded() -> Iterator[tuple[NetnsPair, Server, Daemon]]:
     with NetnsPair("fg") as pair:
         nginx = hello_nginx(pair, 8080)
         route_to_client(pair)
-        with Daemon(pair, RULES) as daemon:
+        with Daemon(pair, BLOCK_API) as daemon:
             yield pair, nginx, daemon
 
 
@@ -101,7 +95,7 @@ def test_a_request_whose_headers_lie_outside_the_linear_data_is_judged(fresh_net
         pair.run(ns, "ip", "link", "set", iface, "mtu", "9000", check=True)
     nginx = hello_nginx(pair, 8080)
     route_to_client(pair)
-    with Daemon(pair, RULES) as daemon:
+    with Daemon(pair, BLOCK_API) as daemon:
         big = API.replace(b"\r\n\r\n", b"\r\nX-Pad: " + b"p" * 5000 + b"\r\n\r\n")
         answer = str(send(pair, "whole", big)["answer"])
         assert not [line for line in served(nginx) if '"GET /api ' in line], "nginx served /api"

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from tests.support.background import LineProcess, sentinel_cli
+from tests.support.bpf_ids import bpf_fd_ids, left_after_exit
 from tests.support.netns import NetnsPair, Server
 from tests.support.nginx import nginx_conf, start_nginx
 
@@ -274,22 +275,10 @@ def test_http_flag_rejects_connection_options() -> None:
     assert "--comm and --accept apply to connection tracing" in res.stderr
 
 
-def _all_bpf_ids() -> dict[str, set[int]]:
-    out = {}
-    for what in ("prog", "link", "map"):
-        res = subprocess.run(["bpftool", "--json", what, "show"], capture_output=True, text=True, timeout=30,
-                             check=True)  # fmt: skip
-        out[what] = {item["id"] for item in json.loads(res.stdout or "[]")}
-    return out
-
-
 @pytest.mark.parametrize(("hooks", "how"), [("btf", "count"), ("raw", "count"), ("auto", "sigint")])
 def test_http_trace_cli_exits_and_leaves_nothing(fresh_netns_pair: NetnsPair, hooks: str, how: str) -> None:
     """-c or SIGINT: the command exits 0 and every program, link (uprobes too) and map it held is gone."""
     import signal
-    import time
-
-    from .test_trace import bpf_fd_ids
 
     pair = fresh_netns_pair
     cert, key = make_cert(pair.tmpdir)
@@ -317,13 +306,7 @@ def test_http_trace_cli_exits_and_leaves_nothing(fresh_netns_pair: NetnsPair, ho
         assert {(r["direction"], r["path"], r["status"], r["tls"]) for r in records} >= {
             ("server", "/bytes/5", 200, True)
         }, records
-        deadline = time.monotonic() + 10
-        while True:
-            now = _all_bpf_ids()
-            left = {kind: owned[kind] & now[kind] for kind in owned}
-            if not any(left.values()) or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
+        left = left_after_exit(owned)
         assert not any(left.values()), f"still loaded after trace --http exited: {left}"
     finally:
         tracer.close()

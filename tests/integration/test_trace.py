@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from tests.support.background import LineProcess, sentinel_cli
+from tests.support.bpf_ids import BPFTOOL, bpf_fd_ids, bpftool_ids, left_after_exit
 from tests.support.curl import curl_argv
 from tests.support.netns import NetnsPair, Server
 from tests.support.trace_format import CONNECTION_JSON_KEYS, ORIGINAL_HEADER
@@ -39,7 +40,6 @@ READY = "sentinel-ebpf: tracing TCP connections"
 TIME_RE = re.compile(r"^\d{4}/\d{2}/\d{2} \d{2}:\d{2}:\d{2}$")
 REFUSED = 9  # nothing listens there in the server namespace: the SYN gets a RST
 MARKER = 10  # refused too; used only as the last connection of a test
-BPFTOOL = "/usr/sbin/bpftool"
 
 
 def ephemeral_range() -> range:
@@ -468,45 +468,6 @@ def test_accept_with_pid_filter_nginx(
 
 
 # ------------------------------------------------------------------------------------ nothing left behind
-def bpf_fd_ids(pid: int) -> dict[str, set[int]]:
-    """Ids of the BPF programs, links and maps a process holds open (from /proc/PID/fdinfo)."""
-    ids: dict[str, set[int]] = {"prog": set(), "link": set(), "map": set()}
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            info = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
-        except FileNotFoundError:
-            continue
-        kind = {
-            "anon_inode:bpf-prog": "prog",
-            "anon_inode:bpf_link": "link",
-            "anon_inode:bpf-link": "link",
-            "anon_inode:bpf-map": "map",
-        }.get(target)
-        if kind is None:
-            continue
-        field = re.search(rf"^{kind}_id:\s*(\d+)", info, re.M)
-        assert field, info
-        ids[kind].add(int(field.group(1)))
-    return ids
-
-
-def bpftool_ids() -> dict[str, set[int]]:
-    """Programs of type tracing/raw_tracepoint, links and maps that exist now, per bpftool."""
-
-    def show(what: str) -> list[dict[str, Any]]:
-        res = subprocess.run(
-            [BPFTOOL, "--json", what, "show"], capture_output=True, text=True, timeout=30, check=True
-        )
-        return json.loads(res.stdout or "[]")
-
-    return {
-        "prog": {p["id"] for p in show("prog") if p["type"] in ("tracing", "raw_tracepoint")},
-        "link": {lk["id"] for lk in show("link")},
-        "map": {m["id"] for m in show("map")},
-    }
-
-
 @pytest.fixture
 def _bpftool() -> None:
     if not os.access(BPFTOOL, os.X_OK):
@@ -541,12 +502,5 @@ def test_nothing_left_attached_after_exit(
     if how == "count":
         assert len(t.lp.stdout) == 1 and json.loads(t.lp.stdout[0])["direction"] == "accept", t.lp.describe()
 
-    # objects are freed when the last reference goes: allow the kernel a moment, bounded
-    deadline = time.monotonic() + 10
-    while True:
-        after = bpftool_ids()
-        left = {kind: owned[kind] & after[kind] for kind in owned}
-        if not any(left.values()) or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
+    left = left_after_exit(owned)
     assert not any(left.values()), f"still loaded after trace exited ({how}): {left}"

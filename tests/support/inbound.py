@@ -1,5 +1,6 @@
-"""What the inbound dataplane tests share: the ends of their crafted connections, rules from text, and
-the kernel and the reference model run in lockstep."""
+"""What the inbound tests share: the ends of the dataplane tier's crafted connections, rules from text
+(and the one limit on GET /api that many tests of both tiers put in front of their requests), and the
+kernel and the reference model run in lockstep."""
 
 from __future__ import annotations
 
@@ -17,6 +18,21 @@ CLIENT, SERVER = "127.0.0.2", "127.0.0.1"
 def rules(text: str) -> RuleSet:
     """A rules document given inline in a test (problems name it ``test.yaml``)."""
     return load_text(text, "test.yaml")
+
+
+def limit_api(threshold: int) -> str:
+    """Rules text: one resource, ``GET /api`` on port 8080, with a flow rule of ``threshold`` per second."""
+    return f"""
+resources:
+  - {{name: api, match: {{protocol: http, port: 8080, method: GET, path: /api}}}}
+flowRules:
+  - {{resource: api, threshold: {threshold}}}
+"""
+
+
+BLOCK_API = limit_api(0)  # every GET /api refused
+API = b"GET /api HTTP/1.1\r\nHost: svc\r\n\r\n"
+OTHER = b"GET /other HTTP/1.1\r\nHost: svc\r\n\r\n"
 
 
 class Lockstep:

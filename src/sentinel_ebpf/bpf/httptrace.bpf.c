@@ -320,6 +320,26 @@ static __always_inline void emit(const struct active_call *c, __u32 len, const s
 
 /* ---- system calls ---- */
 
+/* The call a thread is inside (active_sys: a syscall; active_tls: SSL_read/SSL_write), kept from its entry
+ * for its exit. A full map drops the call and counts it. */
+static __always_inline void call_enter(void *active, __u32 tid, const struct active_call *c)
+{
+	if (bpf_map_update_elem(active, &tid, c, BPF_ANY))
+		percpu_inc(&http_stats, HTTP_STAT_ACTIVE_FULL);
+}
+
+/* At the exit: the thread's call, taken out of the map into call; false when there is none. */
+static __always_inline bool call_exit(void *active, __u32 tid, struct active_call *call)
+{
+	struct active_call *c = bpf_map_lookup_elem(active, &tid);
+
+	if (!c)
+		return false;
+	*call = *c;
+	bpf_map_delete_elem(active, &tid);
+	return true;
+}
+
 static __always_inline __u8 syscall_of(long id)
 {
 	/* Unrolled: targ_nr is read-only data, so the verifier sees constants. */
@@ -366,20 +386,16 @@ static __always_inline int on_sys_enter(struct pt_regs *regs, long id)
 				return 0;
 		}
 	}
-	__u32 tid = (__u32)pid_tgid;
-	if (bpf_map_update_elem(&active_sys, &tid, &c, BPF_ANY))
-		percpu_inc(&http_stats, HTTP_STAT_ACTIVE_FULL);
+	call_enter(&active_sys, (__u32)pid_tgid, &c);
 	return 0;
 }
 
 static __always_inline int on_sys_exit(long ret)
 {
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct active_call *c = bpf_map_lookup_elem(&active_sys, &tid);
-	if (!c)
+	struct active_call call;
+	if (!call_exit(&active_sys, tid, &call))
 		return 0;
-	struct active_call call = *c;
-	bpf_map_delete_elem(&active_sys, &tid);
 	if (ret <= 0)
 		return 0;
 
@@ -482,20 +498,15 @@ static __always_inline int tls_enter(void *ssl, void *buf, void *readbytes, __u8
 	c.buf = (__u64)buf;
 	c.readbytes = (__u64)readbytes;
 	c.dir = dir;
-	__u32 tid = (__u32)pid_tgid;
-	if (bpf_map_update_elem(&active_tls, &tid, &c, BPF_ANY))
-		percpu_inc(&http_stats, HTTP_STAT_ACTIVE_FULL);
+	call_enter(&active_tls, (__u32)pid_tgid, &c);
 	return 0;
 }
 
 static __always_inline int tls_exit(long ret)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct active_call *c = bpf_map_lookup_elem(&active_tls, &tid);
-	if (!c)
+	struct active_call call;
+	if (!call_exit(&active_tls, (__u32)bpf_get_current_pid_tgid(), &call))
 		return 0;
-	struct active_call call = *c;
-	bpf_map_delete_elem(&active_tls, &tid);
 
 	__u64 moved = 0;
 	if (call.readbytes) {       /* SSL_read_ex/SSL_write_ex: 1 on success, the size in *readbytes */

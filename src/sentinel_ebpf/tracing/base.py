@@ -9,10 +9,14 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import TypeVar
 
 from sentinel_ebpf._types import SentinelLimits
 from sentinel_ebpf.errors import BpfLoadError
 from sentinel_ebpf.libbpf import BpfObject, Link, Map, RingBuffer, RingReader
+from sentinel_ebpf.objects import object_path
+
+_Tracer = TypeVar("_Tracer", bound="BpfTracer")
 
 
 def check_pid_ports(pid: int, ports: tuple[int, ...]) -> None:
@@ -66,6 +70,7 @@ class BpfTracer:
     """What the tracers share: the hook flavour, the loaded object and its links, the ring buffer,
     per-CPU counters, loss reporting, close. A tracer is a context manager (``start`` on entry)."""
 
+    OBJECT = ""  # the BPF object's name (objects.object_path)
     FLAVORS = ("btf", "raw")
     LOST: tuple[str, ...] = ()  # the counters whose sum new_lost() reports
 
@@ -81,6 +86,32 @@ class BpfTracer:
         self._reported_lost = 0
 
     def _open(self, flavor: str) -> BpfObject:
+        """The object, configured for ``flavor`` (``_configure``) and loaded; closed again if either fails."""
+        obj = BpfObject.open(object_path(self.OBJECT))
+        try:
+            self._configure(obj, flavor)
+            obj.load()
+        except BaseException:
+            obj.close()
+            raise
+        return obj
+
+    def _configure(self, obj: BpfObject, flavor: str) -> None:
+        """Before the load: the read-only data from the filters, and which programs load."""
+        raise NotImplementedError
+
+    def start(self: _Tracer) -> _Tracer:
+        """Load (the first flavour that loads) and attach (``_attach``); on failure nothing is left."""
+        self._obj, self.flavor = self.load()
+        try:
+            self._attach(self._obj)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _attach(self, obj: BpfObject) -> None:
+        """After the load: attach the programs that loaded, open the maps and the ring buffer."""
         raise NotImplementedError
 
     def load(self) -> tuple[BpfObject, str]:
@@ -116,6 +147,9 @@ class BpfTracer:
             self._obj.close()  # detaches the tracked links first
             self._obj = None
         self._links.clear()
+
+    def __enter__(self: _Tracer) -> _Tracer:
+        return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.close()

@@ -31,7 +31,6 @@ from sentinel_ebpf._types import (
 )
 from sentinel_ebpf.errors import SentinelError
 from sentinel_ebpf.libbpf import BpfObject, RingReader
-from sentinel_ebpf.objects import object_path
 from sentinel_ebpf.tracing.base import BpfTracer, addr, check_pid_ports
 from sentinel_ebpf.tracing.httpparse import Exchange, HttpStream
 
@@ -184,6 +183,7 @@ def find_libssl(pid: int = 0) -> list[str]:
 class HttpTracer(BpfTracer):
     """Load, attach and consume the HTTP tracer: ``with HttpTracer(f) as t: t.poll(cb, 100)``."""
 
+    OBJECT = "httptrace"
     LOST = ("lost", "active_full")  # ring buffer full, or calls not remembered
     _ring: RingReader | None
 
@@ -201,49 +201,36 @@ class HttpTracer(BpfTracer):
 
     # --- kernel ----------------------------------------------------------------------------------------
 
-    def _open(self, flavor: str) -> BpfObject:
+    def _configure(self, obj: BpfObject, flavor: str) -> None:
         f = self.filters
         nums = SYSCALLS.get(platform.machine())
         if nums is None:
             raise SentinelError(f"HTTP tracing is not supported on {platform.machine()} yet")
-        obj = BpfObject.open(object_path("httptrace"))
-        try:
-            nr = [-1] * int(HttpSyscall.HTTP_SC_MAX)
-            for sc, num in nums.items():
-                nr[int(sc)] = num
-            set_httptrace_rodata(
-                obj,
-                targ_tgid=f.pid,
-                targ_self=os.getpid(),
-                targ_nports=len(f.ports),
-                targ_ports=list(f.ports),
-                targ_nr=nr,
-            )
-            for name, prog in obj.programs.items():
-                if name.startswith("http_"):
-                    prog.autoload = name.endswith(f"_{flavor}")
-                else:
-                    prog.autoload = f.tls
-            obj.load()
-        except BaseException:
-            obj.close()
-            raise
-        return obj
+        nr = [-1] * int(HttpSyscall.HTTP_SC_MAX)
+        for sc, num in nums.items():
+            nr[int(sc)] = num
+        set_httptrace_rodata(
+            obj,
+            targ_tgid=f.pid,
+            targ_self=os.getpid(),
+            targ_nports=len(f.ports),
+            targ_ports=list(f.ports),
+            targ_nr=nr,
+        )
+        for name, prog in obj.programs.items():
+            if name.startswith("http_"):
+                prog.autoload = name.endswith(f"_{flavor}")
+            else:
+                prog.autoload = f.tls
 
-    def start(self) -> HttpTracer:
-        self._obj, self.flavor = self.load()
-        try:
-            for name, prog in self._obj.programs.items():
-                if prog.autoload and name.startswith("http_"):
-                    self._links.append(self._obj.track(prog.attach()))
-            if self.filters.tls:
-                self._attach_tls()
-            self._maps = HttptraceMaps(self._obj)
-            self._ring = RingReader(self._maps.http_events)
-        except BaseException:
-            self.close()
-            raise
-        return self
+    def _attach(self, obj: BpfObject) -> None:
+        for name, prog in obj.programs.items():
+            if prog.autoload and name.startswith("http_"):
+                self._links.append(obj.track(prog.attach()))
+        if self.filters.tls:
+            self._attach_tls()
+        self._maps = HttptraceMaps(obj)
+        self._ring = RingReader(self._maps.http_events)
 
     def _attach_tls(self) -> None:
         assert self._obj is not None
@@ -370,9 +357,6 @@ class HttpTracer(BpfTracer):
         out["connections"] = len(self._conns)
         out["evicted"] = self.evicted
         return out
-
-    def __enter__(self) -> HttpTracer:
-        return self.start()
 
 
 __all__ = [

@@ -18,7 +18,6 @@ from sentinel_ebpf._maps import TcptraceMaps, set_tcptrace_rodata
 from sentinel_ebpf._types import ConnDirection, ConnEvent, ConnOutcome, SentinelLimits, TraceStat
 from sentinel_ebpf.errors import SentinelError
 from sentinel_ebpf.libbpf import BpfObject, RingBuffer
-from sentinel_ebpf.objects import object_path
 from sentinel_ebpf.tracing.base import BpfTracer, Clock, addr, check_pid_ports, is_v4
 
 # accept and accept4 syscall numbers (the raw syscall tracepoints report numbers, not names)
@@ -93,6 +92,7 @@ def decode(raw: bytes, clock: Clock | None = None) -> Connection:
 class ConnTracer(BpfTracer):
     """Load, attach and consume the tracer. ``with ConnTracer(filter) as t: t.poll(cb, 100)``."""
 
+    OBJECT = "tcptrace"
     LOST = ("lost", "pending_full")  # ring buffer full, or no room to remember an attempt
     _ring: RingBuffer | None
 
@@ -102,48 +102,35 @@ class ConnTracer(BpfTracer):
         self.filters = filters or TraceFilter()
         self._callback: Callable[[Connection], None] | None = None
 
-    def _open(self, flavor: str) -> BpfObject:
+    def _configure(self, obj: BpfObject, flavor: str) -> None:
         f = self.filters
-        obj = BpfObject.open(object_path("tcptrace"))
-        try:
-            accept_nr: tuple[int, int] | tuple[None, None] = (None, None)
-            if f.accept:
-                nums = ACCEPT_SYSCALLS.get(platform.machine())
-                if nums is None:
-                    raise SentinelError(f"--accept is not supported on {platform.machine()} yet")
-                accept_nr = nums
-            set_tcptrace_rodata(
-                obj,
-                targ_tgid=f.pid,
-                targ_nports=len(f.ports),
-                targ_ports=list(f.ports),
-                targ_filter_comm=f.comm is not None,
-                targ_comm=(f.comm or "").encode(),
-                targ_accept=f.accept,
-                targ_accept_nr=accept_nr[0],
-                targ_accept4_nr=accept_nr[1],
-            )
-            for name, prog in obj.programs.items():
-                is_syscall = name.startswith("sys_")
-                prog.autoload = name.endswith(f"_{flavor}") and (f.accept or not is_syscall)
-            obj.load()
-        except BaseException:
-            obj.close()
-            raise
-        return obj
+        accept_nr: tuple[int, int] | tuple[None, None] = (None, None)
+        if f.accept:
+            nums = ACCEPT_SYSCALLS.get(platform.machine())
+            if nums is None:
+                raise SentinelError(f"--accept is not supported on {platform.machine()} yet")
+            accept_nr = nums
+        set_tcptrace_rodata(
+            obj,
+            targ_tgid=f.pid,
+            targ_nports=len(f.ports),
+            targ_ports=list(f.ports),
+            targ_filter_comm=f.comm is not None,
+            targ_comm=(f.comm or "").encode(),
+            targ_accept=f.accept,
+            targ_accept_nr=accept_nr[0],
+            targ_accept4_nr=accept_nr[1],
+        )
+        for name, prog in obj.programs.items():
+            is_syscall = name.startswith("sys_")
+            prog.autoload = name.endswith(f"_{flavor}") and (f.accept or not is_syscall)
 
-    def start(self) -> ConnTracer:
-        self._obj, self.flavor = self.load()
-        try:
-            for prog in self._obj.programs.values():
-                if prog.autoload:
-                    self._links.append(self._obj.track(prog.attach()))
-            self._maps = TcptraceMaps(self._obj)
-            self._ring = RingBuffer(self._maps.events, self._on_event)
-        except BaseException:
-            self.close()
-            raise
-        return self
+    def _attach(self, obj: BpfObject) -> None:
+        for prog in obj.programs.values():
+            if prog.autoload:
+                self._links.append(obj.track(prog.attach()))
+        self._maps = TcptraceMaps(obj)
+        self._ring = RingBuffer(self._maps.events, self._on_event)
 
     def _on_event(self, raw: bytes) -> None:
         if self._callback is not None:
@@ -163,6 +150,3 @@ class ConnTracer(BpfTracer):
         stats = (TraceStat.TRACE_STAT_EVENTS, TraceStat.TRACE_STAT_LOST, TraceStat.TRACE_STAT_PENDING_FULL)
         assert self._obj is not None and self._maps is not None, "tracer not started"
         return self._percpu_sums(self._maps.trace_stats, stats, "TRACE_STAT_")
-
-    def __enter__(self) -> ConnTracer:
-        return self.start()
