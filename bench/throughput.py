@@ -18,6 +18,8 @@ rotates from round to round):
   match_del  as match, from a second object loaded with ``idle_connections=0``: each request's in-flight
            entry is deleted at its response (an LRU insert and delete per request), as before entries
            were kept per connection
+  match_base  as match, from another build of inbound.bpf.o (``--baseline-object PATH``, only then):
+           a change to the programs measured side by side with the object before it
 
 Printed: the median requests/s per configuration, its ratio to ``none`` (the figure to judge) and the
 median of per-round ratios; the busy share of both CPUs (/proc/stat ticks); and the server side's CPU
@@ -33,12 +35,16 @@ throughput figures come from the rounds without it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
 import statistics
 import sys
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+from unittest import mock
 
 from bench._serverside import (
     CLIENT_CPU,
@@ -53,6 +59,7 @@ from bench._serverside import (
     set_rps,
 )
 from sentinel_ebpf.enforce import InboundDataplane
+from sentinel_ebpf.enforce import loader as enforce_loader
 from sentinel_ebpf.netns import entered as in_netns
 from sentinel_ebpf.rules import load_text
 from tests.support.netns import NetnsPair
@@ -89,7 +96,7 @@ def run_once(
     args: argparse.Namespace,
     server: Cgroup,
 ) -> dict[str, Any]:
-    dp = dps["match_del" if config == "match_del" else "main"]
+    dp = dps[config if config in ("match_del", "match_base") else "main"]
     with in_netns(pair.server):
         for d in dps.values():  # one object attached at a time
             d.detach_all()
@@ -127,10 +134,18 @@ def run_once(
     return out
 
 
+@contextlib.contextmanager
+def object_from(path: Path) -> Iterator[None]:
+    """InboundDataplanes made inside load ``path`` instead of the package's inbound.bpf.o."""
+    with mock.patch.object(enforce_loader, "object_path", lambda name: path):
+        yield
+
+
 def rounds(pair: NetnsPair, dps: dict[str, InboundDataplane], meter: SoftirqMeter, args: argparse.Namespace, server: Cgroup, n: int) -> list[dict[str, Any]]:  # fmt: skip
     runs = []
+    configs = CONFIGS + (("match_base",) if "match_base" in dps else ())
     for i in range(n):
-        order = CONFIGS[i % len(CONFIGS) :] + CONFIGS[: i % len(CONFIGS)]
+        order = configs[i % len(configs) :] + configs[: i % len(configs)]
         for config in order:
             r = run_once(pair, dps, meter, config, args, server)
             r["round"] = i + 1
@@ -139,9 +154,13 @@ def rounds(pair: NetnsPair, dps: dict[str, InboundDataplane], meter: SoftirqMete
     return runs
 
 
+def configs_of(runs: list[dict[str, Any]]) -> list[str]:
+    return [c for c in (*CONFIGS, "match_base") if any(r["config"] == c for r in runs)]
+
+
 def summary(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     out = {}
-    for config in CONFIGS:
+    for config in configs_of(runs):
         rs = [r for r in runs if r["config"] == config]
         out[config] = {
             "rps": statistics.median(r["rps"] for r in rs),
@@ -150,7 +169,7 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
             "ns_per_req": statistics.median(r["server_ns_per_req"] for r in rs),
         }
     # per-round ratios: each attached run against the "none" run of the same round
-    for config in CONFIGS[1:]:
+    for config in configs_of(runs)[1:]:
         ratios, cpu_ratios = [], []
         for i in {r["round"] for r in runs}:
             base = next(r for r in runs if r["round"] == i and r["config"] == "none")
@@ -168,7 +187,7 @@ def print_table(title: str, runs: list[dict[str, Any]]) -> None:
     print(f"\n{title}")
     print(f"{'config':<9} {'req/s (median)':>15} {'vs none':>8} {'round ratio':>11} {'server CPU':>10} "
           f"{'client CPU':>10} {'server ns/req':>13} {'vs none':>8} {'round ratio':>11}")  # fmt: skip
-    for config in CONFIGS:
+    for config in configs_of(runs):
         c = s[config]
         rr = f"{c['ratio_median_of_rounds']:.4f}" if "ratio_median_of_rounds" in c else "-"
         cr = f"{c['cpu_ratio_median_of_rounds']:.4f}" if "cpu_ratio_median_of_rounds" in c else "-"
@@ -202,7 +221,7 @@ def print_stats(runs: list[dict[str, Any]]) -> None:
     if base:
         c = statistics.median(base)
         print(f"server CPU per request without a program (median): {c:,.0f} ns")
-        for config in CONFIGS[1:]:
+        for config in configs_of(runs)[1:]:
             added = [sum(p["run_time_ns"] for p in r["progs"].values()) / r["requests"] for r in runs
                      if r["config"] == config]  # fmt: skip
             if added:
@@ -250,6 +269,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workers", type=int, default=1, help="nginx workers (all on the server CPU)")
     ap.add_argument("--others", type=int, default=300, help="resources besides the matched one")
+    ap.add_argument("--baseline-object", type=Path, help="another build of inbound.bpf.o: config match_base")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("throughput.py needs root")
@@ -264,6 +284,9 @@ def main() -> int:
             try:
                 dps["main"] = InboundDataplane()
                 dps["match_del"] = InboundDataplane(idle_connections=0)
+                if args.baseline_object:
+                    with object_from(args.baseline_object):
+                        dps["match_base"] = InboundDataplane()
                 runs, stat_runs = measure_all(pair, dps, args, server)
             finally:
                 for dp in dps.values():

@@ -177,14 +177,14 @@ static __always_inline int ingress(struct __sk_buff *skb)
 	fk = &scr->fk;
 	if (r != PARSE_OK)
 		return unreadable(r, p, ports, gen);
-	if ((ports->slot[p->sport] & SE_PORT_OUT_HTTP) && !(ports->slot[p->dport] & ~SE_PORT_OUT_HTTP)) {
+	slot = ports->slot[p->dport]; /* (the local port first: a server's port decides without the other's) */
+	if (!(slot & ~SE_PORT_OUT_HTTP) && (ports->slot[p->sport] & SE_PORT_OUT_HTTP)) {
 		/* a response of a server our outbound HTTP resources call (to a local port nothing protects:
 		 * a client whose source port is such a server's port is still judged) */
 		out_response(skb, p, fk);
 		scr->xl_on = XL_OUTBOUND; /* xlate_outbound looks for its translation */
 		return TC_ACT_OK;
 	}
-	slot = ports->slot[p->dport];
 	if (!slot)
 		return TC_ACT_OK;
 	pc = port_lookup(slot, gen);
@@ -347,13 +347,13 @@ static __always_inline int egress(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	p = &scr->p;
 	fk = &scr->fk;
-	if ((ports->slot[p->dport] & SE_PORT_OUT_HTTP) && !(ports->slot[p->sport] & ~SE_PORT_OUT_HTTP)) {
+	slot = ports->slot[p->sport]; /* (the local port first: a server's port decides without the other's) */
+	if (!(slot & ~SE_PORT_OUT_HTTP) && (ports->slot[p->dport] & SE_PORT_OUT_HTTP)) {
 		scr->xl_on = XL_OUTBOUND; /* a caller's segment: xlate_outbound looks for its translation */
 		if (p->payload_len && !(p->flags & (TCP_RST | TCP_FIN | TCP_SYN)))
 			return out_request(skb, p, gen, fk);
 		return TC_ACT_OK;
 	}
-	slot = ports->slot[p->sport];
 	if (!slot)
 		return TC_ACT_OK;
 	pc = port_lookup(slot, gen);

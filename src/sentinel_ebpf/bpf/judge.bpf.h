@@ -44,7 +44,8 @@ static __always_inline struct port_slots *ports_concerned(struct __sk_buff *skb,
 		return ports; /* headers to parse in full first */
 	local = ingress ? dport : sport;
 	remote = ingress ? sport : dport;
-	if (!(ports->slot[remote] & SE_PORT_OUT_HTTP) && !ports->slot[local])
+	/* the local port first: a server's own port decides alone, without the remote port's cache line */
+	if (!ports->slot[local] && !(ports->slot[remote] & SE_PORT_OUT_HTTP))
 		return NULL;
 	return ports;
 }
