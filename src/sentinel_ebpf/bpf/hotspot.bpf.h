@@ -238,6 +238,16 @@ static __always_inline __u64 hash_addr(const __u8 *addr, __u8 family, __u8 v6_pr
 
 enum hot_verdict { HOT_PASS = 0, HOT_BLOCK = 1, HOT_PASS_CONTENDED = 2 };
 
+/* A value seen for the first time: its state starts as `fresh` and this request passes (NULL). When
+ * another CPU made the state first, the state it made, which the caller updates as for any value (NULL
+ * when it is gone again: the request passes). */
+static __always_inline struct hot_state *hot_first_sight(const struct hot_key *k, const struct hot_state *fresh)
+{
+	if (bpf_map_update_elem(&hot_values, k, fresh, BPF_NOEXIST) == 0)
+		return NULL;
+	return bpf_map_lookup_elem(&hot_values, k);
+}
+
 /* One value's check (sentinel-golang's three traffic-shaping checkers). */
 static __always_inline int hot_check(const struct hotspot_rule_k *r, const struct hot_key *k, __u64 now_ns)
 {
@@ -265,9 +275,7 @@ static __always_inline int hot_check(const struct hotspot_rule_k *r, const struc
 		if (!st) {
 			struct hot_state fresh = { .tokens = max - 1, .last = now_ms };
 
-			if (bpf_map_update_elem(&hot_values, k, &fresh, BPF_NOEXIST) == 0)
-				return HOT_PASS;
-			st = bpf_map_lookup_elem(&hot_values, k);
+			st = hot_first_sight(k, &fresh);
 			if (!st)
 				return HOT_PASS;
 		}
@@ -305,9 +313,7 @@ static __always_inline int hot_check(const struct hotspot_rule_k *r, const struc
 		/* first sight: expected = now - duration + cost <= now, so it passes and sets last = now */
 		struct hot_state fresh = { .last = now_ns };
 
-		if (bpf_map_update_elem(&hot_values, k, &fresh, BPF_NOEXIST) == 0)
-			return HOT_PASS;
-		st = bpf_map_lookup_elem(&hot_values, k);
+		st = hot_first_sight(k, &fresh);
 		if (!st)
 			return HOT_PASS;
 	}
