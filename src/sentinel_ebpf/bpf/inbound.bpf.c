@@ -279,17 +279,6 @@ static __always_inline int ingress(struct __sk_buff *skb)
 	return r == REFUSE_BY_REJECT ? reject(skb, p, scr->reject_how) : r;
 }
 
-SEC("tc")
-int tc_ingress(struct __sk_buff *skb)
-{
-	int r;
-
-	xl_clear(false);
-	r = ingress(skb);
-	if (r != TC_ACT_OK || !replied_in_stream)
-		return r;
-	return xl_state(false) == XL_OUTBOUND ? xlate_outbound(skb, 0) : xlate_to_server(skb);
-}
 
 /*
  * A server segment on a protected port, of a connection that had a request refused in its stream: into
@@ -378,14 +367,31 @@ static __always_inline int egress(struct __sk_buff *skb)
 	return TC_ACT_OK;
 }
 
-SEC("tc")
-int tc_egress(struct __sk_buff *skb)
+/*
+ * Both entry points: a segment judged (ingress) or read (egress), then, when the programs answered a
+ * refusal in a connection's stream, that connection's segment put into the other end's numbering.
+ */
+static __always_inline int tc_run(struct __sk_buff *skb, bool out)
 {
 	int r;
 
-	xl_clear(true);
-	r = egress(skb);
+	xl_clear(out);
+	r = out ? egress(skb) : ingress(skb);
 	if (r != TC_ACT_OK || !replied_in_stream)
 		return r;
-	return xl_state(true) == XL_OUTBOUND ? xlate_outbound(skb, 1) : xlate_to_client(skb);
+	if (xl_state(out) == XL_OUTBOUND)
+		return xlate_outbound(skb, out);
+	return out ? xlate_to_client(skb) : xlate_to_server(skb);
+}
+
+SEC("tc")
+int tc_ingress(struct __sk_buff *skb)
+{
+	return tc_run(skb, false);
+}
+
+SEC("tc")
+int tc_egress(struct __sk_buff *skb)
+{
+	return tc_run(skb, true);
 }
