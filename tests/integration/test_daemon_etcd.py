@@ -106,12 +106,19 @@ def test_revisions_reach_the_daemon_and_an_invalid_one_keeps_the_rules(
     before = load(pair, "/limited", 1.2)
     assert 0 < before["served"] <= 12 and before["429"] > 0, before
 
+    counted = d.stats()["resources"]["limited"]
     mark = len(d.proc.stderr)
     pushed_at = time.time()
     r2 = push(pair, etcd, 40)
     d.wait_log(f"@{r2}: applied", after=mark)
     src = wait_source(d, revision=r2)
     assert float(src["applied_at"]) >= pushed_at - 1  # type: ignore[arg-type]
+    # the resource itself is unchanged (only its rule's threshold): its statistics go on, as after a file edit
+    kept_counts = d.stats()["resources"]["limited"]
+    assert (kept_counts["pass"], kept_counts["block"]) == (counted["pass"], counted["block"]), (
+        counted,
+        kept_counts,
+    )
     time.sleep(1.1)  # a fresh window
     after = load(pair, "/limited", 1.0)
     assert after["served"] > before["served"] + 10, (before, after)

@@ -109,6 +109,8 @@ def test_endpoints_are_tried_in_turn_and_unreachable_etcd_is_exit_2(etcd: EtcdSe
     assert res.returncode == 2, res
     assert f"etcd unreachable (127.0.0.1:{dead}: Connection refused); nothing written" in res.stderr
     assert cli("rules", "pull", f"etcd://127.0.0.1:{dead}/x").returncode == 2
+    check = cli("rules", "check", f"etcd://127.0.0.1:{dead}/x")
+    assert check.returncode == 2 and "etcd unreachable" in check.stderr, check
     bad = cli("rules", "push", good, "etcd://127.0.0.1:2379")
     assert bad.returncode == 2 and "names no key" in bad.stderr
 
