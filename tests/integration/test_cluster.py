@@ -123,11 +123,9 @@ def test_a_global_limit_holds_under_skewed_load(fleet: tuple[RedisServer, list[N
     # fairness: the light nodes get (nearly) all they ask for, the hot one the rest
     for i in (1, 2):
         assert passed[i] >= 0.85 * sent[i], (passed, sent)
-    # max-min fair shares of the window's 60 (floored), from each node's last renewal: the light nodes'
-    # demands (about 20 and 10) and the rest to the hot node
-    assert THRESHOLD - 4 <= sum(shares) <= THRESHOLD and shares[0] >= max(shares[1:]) and min(shares) > 0, (
-        shares
-    )
+    # max-min fair shares of the window's 60 (floored), each from its node's last renewal (the demand
+    # estimates move a little between them): the light nodes' demands (about 20 and 10), the rest to the hot one
+    assert abs(sum(shares) - THRESHOLD) <= 6 and shares[0] >= max(shares[1:]) and min(shares) > 0, shares
     assert passed[0] >= THRESHOLD * seconds - sent[1] - sent[2] - 0.15 * THRESHOLD * seconds, (passed, sent)
     view = nodes[0].cluster()
     assert view["state"] == "cluster"
