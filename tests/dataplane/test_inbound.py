@@ -436,7 +436,6 @@ systemRules:
     assert (inbound.total_pass, inbound.total_complete, inbound.concurrency) == (0, 0, 0)
 
 
-
 def test_a_protected_port_decides_before_an_outbound_resources_remote_port(dp: InboundDataplane) -> None:
     """Port 8000 is a remote port of an outbound HTTP resource and 8080 a protected local port: a client
     whose source port is 8000 is still judged at 8080, and the server's response to it (local 8080,
@@ -460,6 +459,7 @@ flowRules:
     web, backend = (next(s for s in dp.resource_stats() if s.name == n) for n in ("web", "backend"))
     assert (web.passed, web.blocked, web.complete, web.rt_sum_ms) == (1, 1, 1, 20.0)
     assert (backend.passed, backend.complete) == (0, 0)
+
 
 def _inflight(dp: InboundDataplane) -> tuple[list[Inflight], int]:
     """The in-flight entries and the kernel's count of idle ones."""

@@ -61,6 +61,10 @@ def passed_unjudged(dp: InboundDataplane, payload: bytes, **kw: object) -> bool:
         b"GET http://svc/api" + TAIL,  # absolute-form
         b"GET HTTP://svc:8080/api/orders" + TAIL,
         b"GET https://svc/api?x=1" + TAIL,
+        b"GET ftp://svc/api" + TAIL,  # nginx takes the path whatever the scheme
+        b"GET x://svc/api" + TAIL,
+        b"GET h2c+x.y-z://svc/api" + TAIL,
+        b"GET " + b"s" * 31 + b"://svc/api" + TAIL,  # the longest scheme read
         b"HEAD /api" + TAIL,  # HEAD counts against a GET resource
         # targets servers normalise before they match them
         b"GET /%61pi" + TAIL,
@@ -123,7 +127,11 @@ ANY_METHOD_API = BLOCK_API.replace("method: GET, ", "")
         b"X /api" + TAIL,
         b"ABCDEFG /api" + TAIL,  # 7 characters: the first word holds them and the space
         b"PROPFIND /api" + TAIL,  # 8: read on past the first word
-        b"VERSION-CONTROL /api" + TAIL,  # 15: the longest read
+        b"VERSION-CONTROL /api" + TAIL,  # 15: one run of leading()
+        b"SIXTEEN-LETTERSX /api" + TAIL,  # 16 and more: read on
+        b"A" * 47 + b" /api" + TAIL,  # the longest read
+        b"_X /api" + TAIL,  # nginx's method characters include '_' and '-', also first
+        b"-X /api" + TAIL,
         b"M_SEARCH  http://svc/api" + TAIL,
         b"\r\nPURGE /api" + TAIL,
         b"PRI /api" + TAIL,  # nginx serves it; only "PRI * HTTP/2.0" starts HTTP/2 (it was passed as that)
@@ -140,7 +148,8 @@ def test_an_unknown_method_is_judged_by_resources_of_any_method(dp: InboundDatap
     ("payload", "counter"),
     [
         (b"purge /api" + TAIL, "not_request_line"),  # lower case: not a method to nginx (Go differs)
-        (b"SIXTEEN-LETTERSX /api" + TAIL, "not_request_line"),  # 16 and more: not read as a method
+        (b"GET ftp:/svc/api" + TAIL, "not_request_line"),  # not "scheme://": nginx answers 400
+        (b"GET 1x://svc/api" + TAIL, "not_request_line"),  # a scheme starts with a letter
         (b"PUR GE /api" + TAIL, "not_request_line"),  # "PUR" and a target "GE"
         (b"PURGE" + b"\r\n" + TAIL, "not_request_line"),
         (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "http2"),  # HTTP/2 with prior knowledge: not judged
@@ -158,6 +167,13 @@ def test_an_unknown_method_is_not_a_named_one(dp: InboundDataplane) -> None:
     assert passed_unjudged(dp, b"PURGE /api" + TAIL)
     assert passed_unjudged(dp, b"GETX /api" + TAIL)
     assert dp.resource_stats()[0].blocked == 0
+
+
+@pytest.mark.parametrize("first", [b"GET ft", b"GET ftp:", b"GET ftp:/"])
+def test_an_absolute_form_target_split_in_its_scheme_is_held_back(dp: InboundDataplane, first: bytes) -> None:
+    dp.apply(dp.compile(rules(BLOCK_API)))
+    assert send(dp, first)[0] == TC_ACT_SHOT  # incomplete: the client sends it again with what follows
+    assert not passed_unjudged(dp, b"GET ftp://svc/api" + TAIL)
 
 
 def test_a_long_unknown_method_split_at_its_end_is_held_back(dp: InboundDataplane) -> None:
@@ -214,6 +230,8 @@ UNREAD = {
     + b"/.." * 130
     + b"/api"
     + TAIL,  # 130 segments: past the 128 remembered
+    "long-method": b"M" * 48 + b" /api" + TAIL,  # past the 47 characters of a method read
+    "long-scheme": b"GET " + b"s" * 32 + b"://svc/api" + TAIL,  # past the 31 of a scheme read
 }
 
 

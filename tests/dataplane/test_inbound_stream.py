@@ -141,6 +141,42 @@ def test_a_chunked_body_is_followed_to_its_last_chunk_and_trailers(dp: InboundDa
     assert stats(dp)["api"] == (0, 1)
 
 
+@pytest.mark.parametrize("end", [b"\r\n", b"\n"], ids=["crlf", "bare-lf"])
+def test_a_chunks_data_ends_at_crlf_or_a_bare_lf(dp: InboundDataplane, end: bytes) -> None:
+    """nginx takes a bare LF after a chunk's data too. Read as two bytes whatever they were, the "1" of
+    the next size line was eaten, "a" read as the size, and the request behind the body passed."""
+    dp.apply(dp.compile(rules(BLOCK_API)))
+    c = Client(dp)
+    body = (b"POST /up HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello" + end + b"1a\r\n"
+            + b"x" * 12 + b"fffffff\r\n" + b"y" * 5 + b"\r\n0\r\n\r\n")  # fmt: skip
+    assert c.send(body + API) == (TC_ACT_OK, body)  # cut where the next request starts
+    assert c.send(API)[1] is None
+    assert stats(dp)["api"] == (0, 1)
+
+
+def test_a_chunks_line_end_split_after_its_cr_is_followed(dp: InboundDataplane) -> None:
+    dp.apply(dp.compile(rules(BLOCK_API)))
+    c = Client(dp)
+    first = b"POST /up HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r"
+    assert c.send(first) == (TC_ACT_OK, first)
+    assert c.send(b"\n0\r\n\r\n" + API) == (TC_ACT_OK, b"\n0\r\n\r\n")
+    assert c.send(API)[1] is None
+    assert stats(dp)["api"] == (0, 1)
+
+
+def test_a_request_behind_one_whose_method_starts_with_an_underscore_is_judged(dp: InboundDataplane) -> None:
+    """nginx serves "_X /ok" and "-X /ok" (a method may start with '_' or '-'): the follower reads their
+    heads and bodies as any other's; it took only 'A'-'Z' for a request's first byte and passed the rest
+    of the segment (a GET /api behind it) unread."""
+    dp.apply(dp.compile(rules(BLOCK_API)))
+    for i, method in enumerate((b"_X", b"-X")):
+        c = Client(dp, sport=42000 + i)
+        head = method + b" /ok HTTP/1.1\r\nHost: svc\r\nContent-Length: 1\r\n\r\n"
+        assert c.send(head + b"x" + API) == (TC_ACT_OK, head + b"x")
+        assert c.send(API)[1] is None
+    assert stats(dp)["api"] == (0, 2)
+
+
 def test_a_header_that_frames_the_body_is_read_whole(dp: InboundDataplane) -> None:
     """A Content-Length line cut by the segment's end is not guessed at: its bytes so far are carried to
     the next segment and read with the rest (the segments go on: a client cannot merge a short tail with
@@ -188,6 +224,7 @@ def test_a_long_header_line_is_skipped_across_segments(dp: InboundDataplane) -> 
         b"POST /up HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
         b"POST /up HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
         b"POST /up HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"POST /up HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhiXY\r\n0\r\n\r\n",  # not a line end
     ],
 )
 def test_framing_no_server_reads_resets_the_connection(dp: InboundDataplane, head: bytes) -> None:

@@ -77,6 +77,8 @@ def served(nginx: Server) -> list[str]:
         (b"GET " + b"/." * 150 + b"/api" + TAIL,),  # long targets nginx reads as /api
         (b"GET /" + b"a" * 300 + b"/../api" + TAIL,),
         (b"GET /" + b"a" * 300, b"/../api" + TAIL),  # ... with the ".." in the next segment
+        (b"GET ftp://svc/api" + TAIL,),  # absolute-form with any scheme: nginx serves the path
+        (b"GET ft", b"p://svc/api" + TAIL),  # ... split inside the scheme
     ],
     ids=[
         "plain",
@@ -90,6 +92,8 @@ def served(nginx: Server) -> list[str]:
         "long-dots",
         "long-dotdot",
         "long-split",
+        "other-scheme",
+        "split-scheme",
     ],
 )
 def test_a_blocked_request_is_refused_however_it_is_framed(
@@ -131,8 +135,10 @@ def test_a_path_too_long_to_normalise_resets_the_connection(
         (b"PROPF", b"IND /any" + TAIL),
         (b"VERSION-CONTROL /any" + TAIL,),
         (b"PRI /any" + TAIL,),  # was passed as HTTP/2's preface; nginx serves it as a request
+        (b"ABCDEFGHIJKLMNOP /any" + TAIL,),  # 16 letters and more: nginx has no limit
+        (b"_X /any" + TAIL,),  # a method may start with '_' or '-'
     ],
-    ids=["purge", "propfind-split", "15-letters", "pri"],
+    ids=["purge", "propfind-split", "15-letters", "pri", "16-letters", "underscore"],
 )
 def test_a_request_with_a_method_nginx_accepts_is_judged(
     guarded: tuple[NetnsPair, Server, Daemon], pieces: tuple[bytes, ...]
@@ -164,8 +170,15 @@ API = b"GET /api" + TAIL
         OK,  # pipelined behind an allowed request
         b"POST /ok HTTP/1.1\r\nHost: svc\r\nContent-Length: 5\r\n\r\nhello",  # after a body
         b"POST /ok HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        # a bare LF after a chunk's data, which nginx takes: read as CRLF, the next size line was misread
+        b"POST /ok HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\n1a\r\n"
+        + b"x" * 12
+        + b"fffffff\r\n"
+        + b"y" * 5
+        + b"\r\n0\r\n\r\n",
+        b"_X /ok HTTP/1.1\r\nHost: svc\r\n\r\n",  # behind a method starting with '_'
     ],
-    ids=["pipelined", "after-length-body", "after-chunked-body"],
+    ids=["pipelined", "after-length-body", "after-chunked-body", "after-bare-lf-chunk", "after-underscore"],
 )
 def test_a_request_behind_another_in_one_segment_is_judged(
     guarded: tuple[NetnsPair, Server, Daemon], first: bytes

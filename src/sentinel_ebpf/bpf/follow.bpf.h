@@ -22,9 +22,10 @@ enum stream_phase {
 	STREAM_HEADERS = 1,    /* at a line of a request's head (IN_LINE: inside one, skipping to its end) */
 	STREAM_BODY = 2,       /* `left` bytes of a Content-Length body, then a request */
 	STREAM_CHUNK_SIZE = 3, /* at a chunk-size line */
-	STREAM_CHUNK_DATA = 4, /* `left` bytes of chunk data and its CRLF, then a chunk-size line */
+	STREAM_CHUNK_DATA = 4, /* `left` bytes of chunk data, then STREAM_CHUNK_END */
 	STREAM_TRAILERS = 5,   /* at a trailer line after the last chunk, until an empty line */
 	STREAM_OPAQUE = 6,     /* no longer HTTP/1 (HTTP/2 with prior knowledge): nothing more is judged */
+	STREAM_CHUNK_END = 7,  /* the line end after a chunk's data: CRLF or a bare LF (nginx takes both) */
 };
 
 #define STREAM_IN_LINE 1       /* inside a line of the phase's kind, skipping to its LF */
@@ -320,7 +321,7 @@ static __always_inline long follow_one(struct follow_ctx *c)
 		c->at = at + n;
 		st->left -= n;
 		if (!st->left)
-			st->phase = phase == STREAM_BODY ? STREAM_REQUEST : STREAM_CHUNK_SIZE;
+			st->phase = phase == STREAM_BODY ? STREAM_REQUEST : STREAM_CHUNK_END;
 		return 0;
 	}
 	if (phase == STREAM_REQUEST && at > c->from)
@@ -344,7 +345,9 @@ static __always_inline long follow_one(struct follow_ctx *c)
 		if (k >= wlen)
 			return follow_stop(c, c->len); /* only line ends: the request starts in a later segment */
 		__u8 first = follow_byte(b, k);
-		if (first < 'A' || first > 'Z')
+		/* a method's first character as nginx reads one (route.bpf.h's method_char): "_X" and "-X"
+		 * are methods it serves */
+		if ((first < 'A' || first > 'Z') && first != '_' && first != '-')
 			return follow_stop(c, c->len); /* not a request line: not HTTP/1 we read, passed */
 		if (k + 8 <= wlen && follow_byte(b, k) == 'P' && follow_byte(b, k + 1) == 'R' &&
 		    follow_byte(b, k + 2) == 'I' && follow_byte(b, k + 3) == ' ' && follow_byte(b, k + 4) == '*') {
@@ -371,6 +374,17 @@ static __always_inline long follow_one(struct follow_ctx *c)
 		st->flags &= ~(STREAM_IN_LINE | STREAM_REQ_LINE);
 		return 0;
 	}
+	if (phase == STREAM_CHUNK_END) {
+		/* nothing but CRLF or LF: a server answers anything else with 400 and closes */
+		if (lf == FOLLOW_NO_LF)
+			return wlen == 1 && follow_byte(b, 0) == '\r' ? carry_line(c, st, b, wlen, k) :
+									 follow_stop(c, FOLLOW_RESET);
+		if (lf > 1 || (lf == 1 && follow_byte(b, 0) != '\r'))
+			return follow_stop(c, FOLLOW_RESET);
+		c->at = at + lf + 1 - k;
+		st->phase = STREAM_CHUNK_SIZE;
+		return 0;
+	}
 	if (phase == STREAM_CHUNK_SIZE) {
 		__s64 size;
 
@@ -384,7 +398,7 @@ static __always_inline long follow_one(struct follow_ctx *c)
 			st->phase = STREAM_TRAILERS;
 		} else {
 			st->phase = STREAM_CHUNK_DATA;
-			st->left = size + 2; /* the data and its CRLF */
+			st->left = size; /* the data; its line end is read as a line (STREAM_CHUNK_END) */
 		}
 		return 0;
 	}

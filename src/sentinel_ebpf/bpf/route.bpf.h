@@ -122,6 +122,12 @@ __noinline __u32 route_search(const struct http_route_key *q, __u32 plen, const 
 #define ROUTE_UNREAD 0xfffffffeU
 /* CR/LF bytes before a request line (servers skip them) and spaces after the method looked past. */
 #define SE_LEAD_MAX 16
+/* The longest method read (three leading() runs, less one: a run that fills all three may go on). */
+#define SE_METHOD_MAX (3 * SE_LEAD_MAX - 1)
+/* The longest scheme of an absolute-form target read (scheme_length). */
+#define SE_SCHEME_MAX 32
+#define SCHEME_MORE 0xffffffffU
+#define SCHEME_LONG 0xfffffffeU
 
 /* Up to SE_PATH_MAX bytes at `off` (of `len` left in the segment) into `path`; how many, 0 on error. */
 static __always_inline __u32 load_path(struct __sk_buff *skb, __u32 off, __u32 len, __u64 *path)
@@ -163,7 +169,7 @@ __noinline __u32 leading(struct __sk_buff *skb, __u32 off, __u32 len, __u32 a, _
 /*
  * Where the path of an absolute-form target starts ("http://host/path": the offset of "/path" from `off`),
  * ABS_ROOT when the target has no path (then it is "/"), or ABS_UNKNOWN when the authority does not end
- * within what is read. `start`: the scheme's length (7 or 8). A global function, like leading().
+ * within what is read. `start`: the length of the scheme and its "://". A global function, like leading().
  */
 #define ABS_ROOT 0xfffffffeU
 #define ABS_UNKNOWN 0xffffffffU
@@ -172,7 +178,7 @@ __noinline __u32 absolute_path_at(struct __sk_buff *skb, __u32 off, __u32 len, _
 	__u64 path[SE_PATH_MAX / 8] = {};
 	__u32 n = load_path(skb, off, len, path);
 
-	if (!n || start > 8)
+	if (!n || start > SE_SCHEME_MAX + 3)
 		return ABS_UNKNOWN;
 	for (int i = 0; i < SE_PATH_MAX / 8; i++) {
 		__u64 w = path[i], slash, end;
@@ -194,6 +200,43 @@ __noinline __u32 absolute_path_at(struct __sk_buff *skb, __u32 off, __u32 len, _
 		return slash && lowest_flagged_byte(slash) == lowest_flagged_byte(slash | end) ? at : ABS_ROOT;
 	}
 	return ABS_UNKNOWN;
+}
+
+/*
+ * An absolute-form target's scheme as nginx reads one (a letter, then letters, digits, '+', '-' or '.')
+ * and its "://" from the first `n` bytes of the target in `pw`: their length, 0 when the target is not
+ * one, SCHEME_MORE when the `n` bytes end inside what could still be one, SCHEME_LONG past SE_SCHEME_MAX
+ * characters. A global function: verified once.
+ */
+__noinline __u32 scheme_length(const struct path_words *pw, __u32 n)
+{
+	const __u8 *b;
+	__u32 i;
+
+	if (!pw)
+		return 0;
+	b = (const __u8 *)pw->w;
+	for (i = 0; i < SE_SCHEME_MAX; i++) {
+		__u8 c = b[i], l = c | 0x20;
+
+		if (i >= n)
+			return SCHEME_MORE;
+		if (c == ':')
+			break;
+		if (!((l >= 'a' && l <= 'z') || (i && ((c >= '0' && c <= '9') || c == '+' || c == '-' || c == '.'))))
+			return 0;
+	}
+	if (i >= SE_SCHEME_MAX)
+		return SCHEME_LONG;
+	if (i == 0)
+		return 0;
+	if (i + 1 >= n)
+		return SCHEME_MORE;
+	if (b[i + 1] != '/')
+		return 0;
+	if (i + 2 >= n)
+		return SCHEME_MORE;
+	return b[i + 2] == '/' ? i + 3 : 0;
 }
 
 /* Lower-case ASCII letters of a little-endian word of text (other bytes may change: compare letters only). */
@@ -249,20 +292,29 @@ __noinline __u32 http_route(struct __sk_buff *skb, const struct pkt *p, __u32 po
 	method = mlen & 0xff;
 	mlen = (mlen >> 8) & 0xf;
 	if (method == HTTP_METHOD_NONE) {
-		/* another method of 1 to 15 characters (PURGE, PROPFIND, VERSION-CONTROL) and its space */
+		/* another method (PURGE, PROPFIND, BASELINE-CONTROL) and its space: nginx takes any length; up
+		 * to SE_METHOD_MAX characters are read, a longer one is not read (reset) */
 		__u32 run = leading(skb, off, len, LEAD_METHOD_CHARS, 0);
 		__u8 sp = 0;
 
-		if (run == 0 || run >= SE_LEAD_MAX)
+		if (run == SE_LEAD_MAX && len > run)
+			run += leading(skb, off + run, len - run, LEAD_METHOD_CHARS, 0);
+		if (run == 2 * SE_LEAD_MAX && len > run)
+			run += leading(skb, off + run, len - run, LEAD_METHOD_CHARS, 0);
+		if (run == 0)
 			goto not_request_line;
 		if (run >= len)
 			goto incomplete; /* the method goes on in a later segment */
+		if (run > SE_METHOD_MAX) {
+			port_count(port, PORT_TARGET_UNREAD);
+			return ROUTE_UNREAD;
+		}
 		if (bpf_skb_load_bytes(skb, off + run, &sp, 1) || sp != ' ')
 			goto not_request_line;
 		method = HTTP_OTHER;
 		mlen = run + 1;
 	}
-	if (!mlen || mlen > SE_LEAD_MAX)
+	if (!mlen || mlen > SE_METHOD_MAX + 1)
 		goto not_request_line;
 	off += mlen;
 	len -= mlen;
@@ -276,16 +328,17 @@ __noinline __u32 http_route(struct __sk_buff *skb, const struct pkt *p, __u32 po
 	if (!n)
 		goto incomplete;
 	if ((path[0] & 0xff) != '/') {
-		/* absolute-form: http://authority/path, or http://authority alone (the path is "/") */
-		__u32 start, at;
+		/* absolute-form: scheme://authority/path, or scheme://authority alone (the path is "/"); nginx
+		 * serves the path whatever the scheme (ftp://host/api is /api) */
+		__u32 start = scheme_length(&pw, n), at;
 
-		if ((LOWER_WORD(path[0]) & LOW_BYTES(7)) == W8('h', 't', 't', 'p', ':', '/', '/', 0) &&
-		    ((path[0] >> 32) & 0xff) == ':')
-			start = 7;
-		else if (LOWER_WORD(path[0]) == W8('h', 't', 't', 'p', 's', ':', '/', '/') &&
-			 ((path[0] >> 40) & 0xff) == ':')
-			start = 8;
-		else
+		if (start == SCHEME_MORE)
+			goto incomplete; /* the target goes on in a later segment */
+		if (start == SCHEME_LONG) {
+			port_count(port, PORT_TARGET_UNREAD);
+			return ROUTE_UNREAD;
+		}
+		if (!start)
 			goto not_request_line;
 		at = absolute_path_at(skb, off, len, start);
 		if (at == ABS_UNKNOWN)
@@ -344,7 +397,7 @@ have_path:
 	return best;
 short_line:
 	/* fewer than 8 bytes: a request line's beginning ("GET /"), or something else */
-	if (bpf_skb_load_bytes(skb, off, &head, 1) || (head & 0xff) < 'A' || (head & 0xff) > 'Z')
+	if (bpf_skb_load_bytes(skb, off, &head, 1) || !method_char(head & 0xff))
 		goto not_request_line;
 incomplete:
 	port_count(port, PORT_INCOMPLETE);
