@@ -17,6 +17,12 @@
 #include "parse.bpf.h"
 #include "dataplane.bpf.h"
 
+/* A character of a method as nginx reads one (servers differ on others: see docs/inbound.md). */
+static __always_inline bool method_char(__u8 c)
+{
+	return (c >= 'A' && c <= 'Z') || c == '-' || c == '_';
+}
+
 enum stream_phase {
 	STREAM_REQUEST = 0,    /* a request starts here (the stream's first byte, or after a body) */
 	STREAM_HEADERS = 1,    /* at a line of a request's head (IN_LINE: inside one, skipping to its end) */
@@ -344,10 +350,7 @@ static __always_inline long follow_one(struct follow_ctx *c)
 
 		if (k >= wlen)
 			return follow_stop(c, c->len); /* only line ends: the request starts in a later segment */
-		__u8 first = follow_byte(b, k);
-		/* a method's first character as nginx reads one (route.bpf.h's method_char): "_X" and "-X"
-		 * are methods it serves */
-		if ((first < 'A' || first > 'Z') && first != '_' && first != '-')
+		if (!method_char(follow_byte(b, k))) /* ("_X" and "-X" are methods nginx serves) */
 			return follow_stop(c, c->len); /* not a request line: not HTTP/1 we read, passed */
 		if (k + 8 <= wlen && follow_byte(b, k) == 'P' && follow_byte(b, k + 1) == 'R' &&
 		    follow_byte(b, k + 2) == 'I' && follow_byte(b, k + 3) == ' ' && follow_byte(b, k + 4) == '*') {

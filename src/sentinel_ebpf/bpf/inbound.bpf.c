@@ -279,7 +279,6 @@ static __always_inline int ingress(struct __sk_buff *skb)
 	return r == REFUSE_BY_REJECT ? reject(skb, p, scr->reject_how) : r;
 }
 
-
 /*
  * A server segment on a protected port, of a connection that had a request refused in its stream: into
  * the client's numbering. Not the programs' own replies and resets (already in it). A global function.

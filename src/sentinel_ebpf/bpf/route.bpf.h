@@ -13,12 +13,6 @@
 #define W8(a, b, c, d, e, f, g, h) (W4(a, b, c, d) | W4(e, f, g, h) << 32)
 #define LOW_BYTES(n) ((n) >= 8 ? ~0ULL : (1ULL << ((n) * 8)) - 1)
 
-/* A character of a method as nginx reads one (servers differ on others: see docs/inbound.md). */
-static __always_inline bool method_char(__u8 c)
-{
-	return (c >= 'A' && c <= 'Z') || c == '-' || c == '_';
-}
-
 /*
  * Method at the start of a request line, from its first 8 bytes as a little-endian word; *len covers the
  * method and its space.
