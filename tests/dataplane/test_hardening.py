@@ -272,9 +272,10 @@ flowRules:
     assert h.request("GET", "/a", sport=8000)
     assert not h.request("GET", "/a", sport=8000), "the second request in the second is blocked"
     h.at(10)
-    respond(h, 8000, http_response(200))
-    api = stats(dp, "api")
-    assert (api.passed, api.blocked, api.complete) == (1, 1, 1)
+    respond(h, 8000, http_response(200))  # the server's response to it completes the inbound request
+    api, backend = stats(dp, "api"), stats(dp, "backend")
+    assert (api.passed, api.blocked, api.complete, api.rt_sum_ms) == (1, 1, 1, 10.0)
+    assert (backend.passed, backend.complete) == (0, 0)
 
 
 def test_syn_from_an_outbound_http_port_counts(dp: InboundDataplane) -> None:

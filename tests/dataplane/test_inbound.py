@@ -436,31 +436,6 @@ systemRules:
     assert (inbound.total_pass, inbound.total_complete, inbound.concurrency) == (0, 0, 0)
 
 
-def test_a_protected_port_decides_before_an_outbound_resources_remote_port(dp: InboundDataplane) -> None:
-    """Port 8000 is a remote port of an outbound HTTP resource and 8080 a protected local port: a client
-    whose source port is 8000 is still judged at 8080, and the server's response to it (local 8080,
-    remote 8000) is the inbound request's completion, not an outbound request."""
-    h = Harness(
-        dp,
-        rules("""
-resources:
-  - {name: backend, match: {direction: outbound, protocol: http, host: 10.9.9.9/32, port: 8000, path: /}}
-  - {name: web, match: {protocol: http, port: 8080, path: /}}
-flowRules:
-  - {resource: web, threshold: 1}
-"""),
-    )
-    h.at(0)
-    assert h.request("GET", "/a", sport=8000)
-    reply = tcp_frame(SERVER, CLIENT, 8080, 8000, flags=PSH | ACK, payload=http_response(200))
-    h.at(20)
-    assert h.egress.test_run(reply).retval == TC_ACT_OK
-    assert not h.request("GET", "/b", sport=8000)  # the flow rule's second request in its second: judged
-    web, backend = (next(s for s in dp.resource_stats() if s.name == n) for n in ("web", "backend"))
-    assert (web.passed, web.blocked, web.complete, web.rt_sum_ms) == (1, 1, 1, 20.0)
-    assert (backend.passed, backend.complete) == (0, 0)
-
-
 def _inflight(dp: InboundDataplane) -> tuple[list[Inflight], int]:
     """The in-flight entries and the kernel's count of idle ones."""
     entries = [Inflight.from_buffer_copy(v) for _, v in dp.maps.inflight.items()]
