@@ -45,6 +45,7 @@ class SentinelLimits(IntEnum):
     SE_HTTP_REPLY_MAX = 512
     SE_REPLY_REQUEST_MAX = 1536
     SE_INCOMPLETE_TRIES = 6
+    SE_PIPELINED_MAX = 8
 
 
 class ConnDirection(IntEnum):
@@ -147,7 +148,8 @@ class PortCounter(IntEnum):
     PORT_URGENT = 19
     PORT_LOST_RESET = 20
     PORT_TARGET_UNREAD = 21
-    PORT_COUNTER_MAX = 22
+    PORT_PIPELINED = 22
+    PORT_COUNTER_MAX = 23
 
 
 class DpCounter(IntEnum):
@@ -366,11 +368,11 @@ class PortCounts(ctypes.Structure):
 
     _pack_ = 1
     _fields_ = [
-        ("count", (ctypes.c_uint64 * 22)),
+        ("count", (ctypes.c_uint64 * 23)),
     ]
 
 
-assert ctypes.sizeof(PortCounts) == 176
+assert ctypes.sizeof(PortCounts) == 184
 
 
 class HttpRouteKey(ctypes.Structure):

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sentinel_ebpf._types import SentinelLimits
 from sentinel_ebpf.enforce import InboundDataplane
 from tests.support.inbound import API, BLOCK_API, CLIENT, OTHER, SERVER, limit_api, rules
 from tests.support.packets import ACK, FIN, PSH, RST, TC_ACT_OK, TC_ACT_SHOT, URG, parse_frame, tcp_frame
@@ -68,15 +69,50 @@ def stats(dp: InboundDataplane) -> dict[str, tuple[int, int]]:
     return {s.name: (s.passed, s.blocked) for s in dp.resource_stats()}
 
 
-def test_a_request_pipelined_behind_another_is_cut_off_and_judged_when_it_comes_again(
+def test_a_refused_request_pipelined_behind_another_is_judged_there_and_cut_off(
     dp: InboundDataplane,
 ) -> None:
     dp.apply(dp.compile(rules(BLOCK_API)))
     c = Client(dp)
-    assert c.send(OTHER + API) == (TC_ACT_OK, OTHER)  # cut after the first request
+    assert c.send(OTHER + API) == (TC_ACT_OK, OTHER)  # judged where it starts: refused, cut off
+    assert stats(dp)["api"] == (0, 1)
     assert dp.port_counters(8080)["cut"] == 1
-    # the client sends the rest again, now at a segment's start: refused (the server gets a reset)
+    # the client sends the rest again, now at a segment's start: the same verdict, not judged again
     assert c.send(API)[1] is None, "the blocked request must not reach the server"
+    assert stats(dp)["api"] == (0, 1)
+    assert dp.port_counters(8080)["refused_again"] == 1
+
+
+def test_requests_pipelined_in_one_segment_are_each_judged_and_pass_together(dp: InboundDataplane) -> None:
+    """A client that pipelines (or a GRO-merged skb) gets its segment through whole when every request in
+    it is admitted: no cut, no retransmission timer per request."""
+    dp.apply(dp.compile(rules(COUNT_ALL)))
+    c = Client(dp)
+    post = b"POST /up HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello"
+    segment = OTHER + API + post + b"\r\n" + API + OTHER
+    assert c.send(segment) == (TC_ACT_OK, segment)
+    assert stats(dp) == {"api": (2, 0), "other": (2, 0), "up": (1, 0)}
+    counters = dp.port_counters(8080)
+    assert (counters["pipelined"], counters["cut"]) == (4, 0)
+
+
+def test_at_most_so_many_requests_are_judged_in_one_segment_the_rest_come_again(dp: InboundDataplane) -> None:
+    dp.apply(dp.compile(rules(COUNT_ALL)))
+    limit = int(SentinelLimits.SE_PIPELINED_MAX)
+    c = Client(dp)
+    assert c.send(API * (limit + 3)) == (TC_ACT_OK, API * (limit + 1))
+    assert stats(dp)["api"] == (limit + 1, 0)
+    assert c.send(API * 2) == (TC_ACT_OK, API * 2)
+    assert stats(dp)["api"] == (limit + 3, 0), "each judged once"
+    assert dp.port_counters(8080)["cut"] == 1
+
+
+def test_a_pipelined_request_whose_line_goes_on_is_cut_off_and_judged_whole(dp: InboundDataplane) -> None:
+    dp.apply(dp.compile(rules(BLOCK_API)))
+    c = Client(dp)
+    assert c.send(OTHER + API[:6]) == (TC_ACT_OK, OTHER)
+    assert stats(dp)["api"] == (0, 0)
+    assert c.send(API)[1] is None
     assert stats(dp)["api"] == (0, 1)
 
 
@@ -116,8 +152,8 @@ def test_body_bytes_are_not_judged_and_the_request_after_them_is(dp: InboundData
     head = b"POST /up HTTP/1.1\r\ncontent-length:  %d \r\n\r\n" % (len(API) + 3)
     assert c.send(head) == (TC_ACT_OK, head)
     assert c.send(API) == (TC_ACT_OK, API)  # body bytes at a segment's start
-    assert c.send(b"xyz" + API) == (TC_ACT_OK, b"xyz")  # the body's end, then a request
-    assert stats(dp)["api"] == (0, 0)
+    assert c.send(b"xyz" + API) == (TC_ACT_OK, b"xyz")  # the body's end, then a request: refused
+    assert stats(dp)["api"] == (0, 1)
     assert c.send(API)[1] is None
     assert stats(dp)["api"] == (0, 1)
     assert dp.port_counters(8080)["body"] == 2
@@ -136,7 +172,7 @@ def test_a_chunked_body_is_followed_to_its_last_chunk_and_trailers(dp: InboundDa
         TC_ACT_OK,
         b"1;ext=1\r\n" + b"z" * 17 + b"\r\n" + last,
     )
-    assert stats(dp)["api"] == (0, 0)
+    assert stats(dp)["api"] == (0, 1), "the request after the trailers, not the chunk's data"
     assert c.send(API)[1] is None
     assert stats(dp)["api"] == (0, 1)
 
@@ -270,19 +306,45 @@ def test_a_segment_sent_again_before_the_stack_took_it_keeps_its_verdict(
     dp: InboundDataplane, merged: bytes
 ) -> None:
     """A duplicate queued behind its original while the server holds the socket (or the original dropped
-    by the stack) looks new to the socket lookup: the request it carries was judged already, and is passed
-    again without being judged or counted again (as `retransmit`); a request merged behind it is cut off
-    again."""
+    by the stack) looks new to the socket lookup: the requests it carries were judged already, and are
+    passed again without being judged or counted again (as `retransmit`); a request merged behind them is
+    cut off."""
     dp.apply(dp.compile(rules(COUNT_ALL)))
     c = Client(dp)
     head = b"GET /other?id=7 HTTP/1.1\r\nHost: svc\r\nX-Long: " + b"v" * 300 + b"\r\n\r\n"
-    assert c.send(head + API) == (TC_ACT_OK, head)
-    c.seq -= len(head)
-    assert c.send(head + merged) == (TC_ACT_OK, head)
-    assert stats(dp)["other"] == (1, 0), "judged once"
+    assert c.send(head + API) == (TC_ACT_OK, head + API)
+    c.seq -= len(head + API)
+    assert c.send(head + API + merged) == (TC_ACT_OK, head + API)
+    assert stats(dp) == {"api": (1, 0), "other": (1, 0), "up": (0, 0)}, "each judged once"
     assert dp.port_counters(8080)["retransmit"] == 1
     assert c.send(API) == (TC_ACT_OK, API)
-    assert stats(dp) == {"api": (1, 0), "other": (1, 0), "up": (0, 0)}
+    assert stats(dp) == {"api": (2, 0), "other": (1, 0), "up": (0, 0)}
+
+
+API_2 = b"GET /api HTTP/1.1\r\nHost: svc\r\nX-Id: 2\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("again", "passed", "api"),
+    [
+        (OTHER + API_2, OTHER, (1, 1)),  # the first the same, another behind it: the other judged
+        (OTHER, OTHER, (1, 0)),  # the first alone
+        (API_2 + API, None, (1, 1)),  # the last the same, another before it: the first judged (refused)
+    ],
+)
+def test_a_segment_again_with_other_pipelined_requests_is_judged_again(
+    dp: InboundDataplane, again: bytes, passed: bytes | None, api: tuple[int, int]
+) -> None:
+    """Bytes at the place of a segment that carried two requests, with other requests: every head of the
+    segment is compared (chained in one hash), so they are judged as new (an attacker must not pass a
+    request under the verdict of one judged before)."""
+    dp.apply(dp.compile(rules(ONE_API)))
+    c = Client(dp)
+    assert c.send(OTHER + API) == (TC_ACT_OK, OTHER + API)
+    c.seq -= len(OTHER + API)
+    assert c.send(again)[1] == passed
+    assert stats(dp)["api"] == api
+    assert dp.port_counters(8080)["retransmit"] == 0
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,9 @@ from rawsyn import segment, syn
 API_PER_S = 2
 HOLD = 3
 MOVES = ("half_open", "spoofed_request", "spoofed_handshake_data", "partial_then_close", "partial_then_stall", "slowloris", "garbage",
-         "reset_after_request", "request_with_fin", "oversized_head", "expect_continue", "split_api")  # fmt: skip
+         "reset_after_request", "request_with_fin", "oversized_head", "expect_continue", "split_api",
+         "pipelined_api")  # fmt: skip
+API_MOVES = ("split_api", "pipelined_api")  # the moves that send a whole GET /api
 HEAD = b" HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n"
 
 
@@ -125,13 +127,30 @@ class Hostile:
         time.sleep(0.05)
         s.close()  # the body never comes
 
-    def split_api(self) -> bool:
-        """GET /api with its request line in two or three pieces: judged once, when it is whole."""
+    def api_allowed(self) -> bool:
+        """Whether another GET /api stays within API_PER_S (counted as sent when it is)."""
         now = time.monotonic()
         self.api_sent = [t for t in self.api_sent if now - t < 1.0]
         if len(self.api_sent) >= API_PER_S:
             return False
         self.api_sent.append(now)
+        return True
+
+    def pipelined_api(self) -> bool:
+        """GET /api in one segment behind another request, or behind a body: judged once, where it starts."""
+        if not self.api_allowed():
+            return False
+        first = self.rng.choice([b"GET /other HTTP/1.1\r\nHost: svc\r\n\r\n",
+                                 b"POST /other HTTP/1.1\r\nHost: svc\r\nContent-Length: 5\r\n\r\nhello"])  # fmt: skip
+        s = self.connect()
+        s.sendall(first + b"GET /api" + HEAD)
+        self.drain(s)
+        return True
+
+    def split_api(self) -> bool:
+        """GET /api with its request line in two or three pieces: judged once, when it is whole."""
+        if not self.api_allowed():
+            return False
         s = self.connect()
         pieces = self.rng.choice([(b"GET /a", b"pi" + HEAD), (b"GE", b"T /a", b"pi" + HEAD)])
         for i, p in enumerate(pieces):
@@ -159,7 +178,7 @@ def main() -> None:
             continue
         if done is not False:
             ran[name] += 1
-            api += name == "split_api"
+            api += name in API_MOVES
     for s in h.held:
         s.close()
     print(json.dumps({"moves": dict(ran), "all": MOVES, "api": api}), flush=True)

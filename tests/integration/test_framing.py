@@ -183,8 +183,9 @@ API = b"GET /api" + TAIL
 def test_a_request_behind_another_in_one_segment_is_judged(
     guarded: tuple[NetnsPair, Server, Daemon], first: bytes
 ) -> None:
-    """Both requests in one send() (one segment): the segment is cut after the first, which nginx
-    serves; the client's stack sends the rest again, and the blocked request gets the 429."""
+    """Both requests in one send() (one segment): the blocked one is judged where it starts and the
+    segment cut before it; nginx serves the first; the client's stack sends the rest again, and the
+    blocked request gets the 429 (judged once)."""
     pair, nginx, daemon = guarded
     before = len(served(nginx))
     blocked_before = daemon.stats()["resources"]["api"]["block"]
@@ -194,6 +195,42 @@ def test_a_request_behind_another_in_one_segment_is_judged(
     assert [line.split('"')[1].split()[1] for line in served(nginx)[before:]] == ["/ok"], "nginx saw /api"
     assert daemon.stats()["resources"]["api"]["block"] == blocked_before + 1
     assert daemon.stats()["ports"]["8080"]["cut"] == cut_before + 1
+
+
+def test_admitted_requests_pipelined_in_one_segment_pass_together(
+    guarded: tuple[NetnsPair, Server, Daemon],
+) -> None:
+    """Nine requests in one send() (the first and SE_PIPELINED_MAX more): each judged where it starts in
+    the segment, which passes whole (no cut, no retransmission per request); nginx serves all nine. Two
+    more come again in a segment of their own."""
+    pair, nginx, daemon = guarded
+    before = len(served(nginx))
+    port_before = daemon.stats()["ports"]["8080"]
+    answer = request(pair, OK * 9, responses=9)
+    assert answer["statuses"] == [200] * 9, answer
+    assert len(served(nginx)) == before + 9
+    port = daemon.stats()["ports"]["8080"]
+    assert port["pipelined"] - port_before["pipelined"] == 8
+    assert (port["cut"], port["incomplete"]) == (port_before["cut"], port_before["incomplete"])
+    answer = request(pair, OK * 11, responses=11)
+    assert answer["statuses"] == [200] * 11, answer
+    assert len(served(nginx)) == before + 20
+    assert daemon.stats()["ports"]["8080"]["cut"] == port["cut"] + 1
+
+
+def test_a_refused_request_among_pipelined_ones_gets_its_429_in_order(
+    guarded: tuple[NetnsPair, Server, Daemon],
+) -> None:
+    """Admitted, refused, admitted in one segment: cut before the refused one, which comes again at a
+    segment's start and gets its 429 in the connection's stream after the responses before it; the
+    request behind it is then served on the same connection."""
+    pair, nginx, daemon = guarded
+    before = len(served(nginx))
+    blocked_before = daemon.stats()["resources"]["api"]["block"]
+    answer = request(pair, OK + OK + API + OK, responses=4)
+    assert answer["statuses"] == [200, 200, 429, 200], answer
+    assert [line.split('"')[1].split()[1] for line in served(nginx)[before:]] == ["/ok"] * 3
+    assert daemon.stats()["resources"]["api"]["block"] == blocked_before + 1, "judged once"
 
 
 def test_a_body_that_looks_like_a_request_is_not_judged(guarded: tuple[NetnsPair, Server, Daemon]) -> None:

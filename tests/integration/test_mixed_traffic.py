@@ -1,16 +1,13 @@
 """Legitimate clients among hostile ones (issue 17's fuzzer): nginx behind the daemon, a seeded hostile
 client (hostileclient.py: half-open SYN floods, spoofed requests of connections that do not exist and on
-the last ACK of spoofed half-open handshakes, stalled and split request lines, garbage, resets, FIN with data, oversized heads, Expect: 100-continue, slowloris)
-beside paced legitimate clients.
+the last ACK of spoofed half-open handshakes, stalled and split request lines, garbage, resets, FIN with data, oversized heads, Expect: 100-continue, slowloris,
+/api pipelined behind another request or a body in one segment) beside paced legitimate clients.
 
 Checked: every legitimate request is admitted (the limits leave room for them); each /api request nginx
 served was judged exactly once (pass count == nginx's count: nothing unjudged, nothing twice, no spoofed
 segment spent the quota); when the traffic stops no concurrency is left and the in-flight map holds no
 entry of a real client (only pending ones of the spoofed half-open handshakes, which the server still
 has in SYN_RECV), and the data plane repaired nothing.
-
-Not in the mix until issue 13 follows them: requests pipelined behind another in one segment, and
-requests after a body in the same segment (they are not judged yet; docs/inbound.md).
 """
 
 from __future__ import annotations

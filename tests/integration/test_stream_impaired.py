@@ -74,8 +74,11 @@ def test_every_request_is_judged_once_on_a_lossy_link(
         "up": sent["/up"],
     }, "a request was judged twice, or not at all"
     ports = stats["ports"]["8080"]
-    assert ports["cut"] > 0 and ports["body"] > 0
-    assert ports["retransmit"] > 0 and ports["out_of_order"] > 0, f"the link was not impaired: {ports}"
+    assert ports["pipelined"] > 0 and ports["body"] > 0
+    # (a segment dropped at the client's egress is sent again by the client's stack before anything after
+    # it, so no segment comes beyond a gap here: out_of_order is tests/dataplane's; before requests were
+    # judged inside segments, the retransmissions of cut-off tails made some)
+    assert ports["retransmit"] > 0, f"the link was not impaired: {ports}"
     assert ports["stream_lost"] == 0 and ports["framing_reset"] == 0
     # a /c split over segments is swallowed part by part (acknowledged for the server) and answered where
     # it ends: a client whose congestion window the losses shrank sends the rest only then

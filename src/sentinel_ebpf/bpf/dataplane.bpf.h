@@ -155,10 +155,18 @@ struct ingress_scratch {
 				     * XL_OUTBOUND: a segment of an outbound HTTP connection (xlate_outbound) */
 	struct seq_xlate xl;        /* its connection's sequence translation (see xlate.bpf.h) */
 	struct stream_state fresh;  /* a new streams entry, built here (too big for the stack) */
-	__u32 again;                /* the segment starts where the last one passed did (stream_prepare) */
+	__u32 again;                /* the segment starts where the last one passed did (stream_prepare; 2:
+				     * it carries the requests judged then, followed as far as that one went) */
 	__u8 again_reqs;            /* ... the stream's requests and head hash after that one, */
 	__u8 again_started;         /* ... and the requests it started */
 	__u64 again_hash;
+	__u32 again_end;            /* ... and where it ended (client seq) */
+	struct stream_pos cut;      /* judge_pipelined: the stream before the request being judged, */
+	__u32 pipe_at;              /* ... where it starts (client seq) */
+	__u32 pipe_next;            /* ... and where the next one does (payload offset), */
+	__u32 pipe_res;             /* ... its resource, */
+	__u32 pipe_flags;           /* ... and judge()'s flags for it; */
+	__u32 pipe_key;             /* the generation << 16 | the port's slot (http_route()'s key_gen_port) */
 	__u32 reject_how;           /* refuse_http() -> tc_ingress: reject()'s third argument */
 	__u32 seen;                 /* segment_position: the server's socket received bytes before this segment */
 };

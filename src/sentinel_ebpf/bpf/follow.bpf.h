@@ -2,10 +2,11 @@
 /*
  * Following a client's HTTP/1 byte stream by its framing, so that the data plane knows where each request
  * starts: after the previous request's head (its empty line) and body (Content-Length bytes, or chunks
- * followed to the last one and its trailers). The caller judges a request only at a segment's first new
- * byte; a request that starts inside a segment (pipelined behind another, or after a body) makes the
- * caller cut the segment before it, so that the client's TCP sends it again at the start of a segment,
- * where it is judged. A line the follower must read whole (a Content-Length or Transfer-Encoding header,
+ * followed to the last one and its trailers). The caller judges the request at a segment's first new
+ * byte, then those that start inside the segment (pipelined behind another, or after a body) one by one,
+ * each where it starts, up to SE_PIPELINED_MAX of them; it cuts the segment before a request it cannot
+ * judge there (its request line goes on past the segment, it is refused, too many came before it), so
+ * that the client's TCP sends it again at the start of a segment. A line the follower must read whole (a Content-Length or Transfer-Encoding header,
  * a chunk size, a header whose name is not read yet) is never guessed across segments: its bytes so far
  * are carried to the next segment (FOLLOW_CARRY). Framing a server cannot read either (an invalid
  * Content-Length, two different ones, a Transfer-Encoding other than chunked last) resets the
@@ -44,7 +45,14 @@ enum stream_phase {
 
 #define FOLLOW_RESET 0xfffffffeU      /* framing no server reads: reset the connection */
 
-#define FOLLOW_STEPS 64                /* lines or skips per segment (more: the segment is cut there) */
+#define FOLLOW_STEPS 64                /* lines or skips per call (more: the segment is cut there) */
+
+/* stream_follow()'s `how`: how many requests may start inside the segment (after the first new byte)
+ * before the follower stops at one (the caller cuts there), and whether the call goes on with a segment
+ * an earlier call followed part of (a request starting at `from` then is not the segment's first). */
+#define FOLLOW_MAX_REQS(how) ((how) & 0x7f)
+#define FOLLOW_GOES_ON 0x80
+#define FOLLOW_HOW(how, until) ((__u32)(how) << 24 | ((until) & 0xffffff)) /* (until: a payload offset) */
 
 /* bpf_loop's context (on the caller's stack). */
 struct follow_ctx {
@@ -55,6 +63,9 @@ struct follow_ctx {
 	__u32 len;                 /* payload bytes */
 	__u32 from;                /* the segment's first new byte (payload offset) */
 	__u32 at;                  /* where the follower is (payload offset) */
+	__u32 how;                 /* FOLLOW_* of stream_follow() */
+	__u32 until;               /* a request that starts here or after stops the follower */
+	__u32 started;             /* requests started after `from` */
 	__u32 ret;                 /* the answer, once stopped */
 	__u32 stopped;
 };
@@ -330,8 +341,8 @@ static __always_inline long follow_one(struct follow_ctx *c)
 			st->phase = phase == STREAM_BODY ? STREAM_REQUEST : STREAM_CHUNK_END;
 		return 0;
 	}
-	if (phase == STREAM_REQUEST && at > c->from)
-		return follow_stop(c, at); /* a request inside the segment: cut before it */
+	if (phase == STREAM_REQUEST && at > c->from && (c->started >= FOLLOW_MAX_REQS(c->how) || at >= c->until))
+		return follow_stop(c, at); /* a request inside the segment: stop before it */
 	/* the window, after the bytes carried of the line it goes on with (k) */
 	k = phase == STREAM_REQUEST || (st->flags & STREAM_IN_LINE) ? 0 : st->carry_len;
 	if (k > FOLLOW_CARRY)
@@ -357,6 +368,8 @@ static __always_inline long follow_one(struct follow_ctx *c)
 			st->phase = STREAM_OPAQUE; /* HTTP/2 with prior knowledge */
 			return follow_stop(c, c->len);
 		}
+		if (at > c->from)
+			c->started++;
 		st->phase = STREAM_HEADERS;
 		st->flags = STREAM_IN_LINE | STREAM_REQ_LINE; /* the request line, to its end */
 		st->left = 0;
@@ -459,8 +472,9 @@ static __always_inline long follow_one(struct follow_ctx *c)
  * A request's head is hashed as the follower reads it (its request line and header lines, keyed by
  * head_hash_key: random for each load, so that a client cannot aim at a collision), so that a segment
  * that comes again before the stack took it (a duplicate queued behind the original; the original
- * dropped by the stack) is known to carry the request that was judged (see stream_prepare). Steps read
- * the same bytes the same way each time, so the same head hashes the same.
+ * dropped by the stack) is known to carry the requests that were judged (see stream_prepare). The heads
+ * of the requests after the first in one segment are chained to it: the hash covers every head the
+ * segment starts. Steps read the same bytes the same way each time, so the same heads hash the same.
  */
 const volatile __u64 head_hash_key = 0;
 
@@ -496,7 +510,9 @@ static long follow_step(__u32 i, struct follow_ctx *c)
 	long r = follow_one(c);
 
 	if (phase == STREAM_REQUEST && st->phase == STREAM_HEADERS) {
-		st->hash = head_hash_key; /* a request starts: its head from its request line */
+		/* a request starts: its head from its request line (after another in the segment: chained) */
+		st->hash = at > c->from || (c->how & FOLLOW_GOES_ON) ? (st->hash ^ head_hash_key) * HEAD_HASH_MUL :
+									head_hash_key;
 	} else if (phase == STREAM_HEADERS && c->at > at) {
 		/* (bytes read after a line's start carried from an earlier segment are counted, not hashed:
 		 * never in the segment a request starts in, the one compared) */
@@ -509,13 +525,15 @@ static long follow_step(__u32 i, struct follow_ctx *c)
 }
 
 /*
- * Follow the segment's payload from byte `from` (its first new byte) with the stream's state there in
- * *st; on return *st is the state where the follower stopped. Returns the payload length (the whole
- * segment followed), a payload offset at which to cut the segment (a request starts there; `from` <
- * offset), or FOLLOW_RESET. A global function: the
- * verifier checks it once.
+ * Follow the segment's payload from byte `from` (its first new byte, or where an earlier call stopped:
+ * FOLLOW_GOES_ON) with the stream's state there in *st; on return *st is the state where the follower
+ * stopped. Returns the payload length (the whole segment followed), a payload offset at which a request
+ * starts (`from` < offset) after FOLLOW_MAX_REQS(how) others started in the segment or at or after
+ * `until` (how_until: FOLLOW_HOW(how, until)): the caller judges it there or cuts the segment before it;
+ * or FOLLOW_RESET. A global function: the verifier checks it once.
  */
-__noinline __u32 stream_follow(struct __sk_buff *skb, const struct pkt *p, __u32 from, struct stream_pos *st)
+__noinline __u32 stream_follow(struct __sk_buff *skb, const struct pkt *p, __u32 from, struct stream_pos *st,
+			       __u32 how_until)
 {
 	__u32 zero = 0;
 	struct follow_buf *b = bpf_map_lookup_elem(&follow_buf, &zero);
@@ -525,13 +543,15 @@ __noinline __u32 stream_follow(struct __sk_buff *skb, const struct pkt *p, __u32
 		return FOLLOW_RESET;
 	if (from >= p->payload_len)
 		return p->payload_len;
+	c.len = p->payload_len;
+	c.until = how_until & 0xffffff;
 	c.skb = skb;
 	c.st = st;
 	c.b = b;
 	c.off = p->payload_off;
-	c.len = p->payload_len;
 	c.from = from;
 	c.at = from;
+	c.how = how_until >> 24;
 	bpf_loop(FOLLOW_STEPS, follow_step, &c, 0);
 	if (!c.stopped)
 		return c.at < c.len ? c.at : c.len; /* steps used up: cut where the follower stands */

@@ -267,16 +267,36 @@ static __always_inline int ingress(struct __sk_buff *skb)
 			return r;
 		return reject(skb, p, (r == -2 || skip ? REJECT_RST | skip << 16 : pc->reject_http & 0xff) | how);
 	}
-	if (!res)
-		return stream_pass(skb, p);
-	at = p->seq + syn + skip; /* where the request starts in the client's stream */
-	refused_at = bpf_map_lookup_elem(&refused, fk);
-	if (refused_at && *refused_at == at)
-		port_count(bpf_ntohs(p->dport), PORT_REFUSED_AGAIN); /* dropped before: the same verdict */
-	else if (judge(res, gen | JUDGE_HTTP | system_flag(gen), skb, p) == BLOCK_NONE)
-		return stream_pass(skb, p);
-	r = refuse_http(skb, p, pc->reject_http | how, skip, at);
-	return r == REFUSE_BY_REJECT ? reject(skb, p, scr->reject_how) : r;
+	if (res) {
+		at = p->seq + syn + skip; /* where the request starts in the client's stream */
+		refused_at = bpf_map_lookup_elem(&refused, fk);
+		if (refused_at && *refused_at == at) {
+			port_count(bpf_ntohs(p->dport), PORT_REFUSED_AGAIN); /* dropped before: the same verdict */
+			res = BLOCK_FLOW;
+		} else {
+			res = judge(res, gen | JUDGE_HTTP | system_flag(gen), skb, p);
+		}
+		if (res != BLOCK_NONE) {
+			r = refuse_http(skb, p, pc->reject_http | how, skip, at);
+			return r == REFUSE_BY_REJECT ? reject(skb, p, scr->reject_how) : r;
+		}
+	}
+	/* the segment passes: the requests that start inside it judged (segment.bpf.h), then cut there */
+	scr->pipe_key = (__u32)gen << 16 | pc->slot;
+	scr->reject_how = REJECT_RST | how;
+	for (int i = 0; i < SE_PIPELINED_MAX; i++) {
+		res = pipelined_start();
+		if (res == PIPELINED_CUT)
+			break;
+		res = http_route(skb, p, res << 16 | bpf_ntohs(p->dport), scr->pipe_key, &pc->lens);
+		res = pipelined_follow(skb, res, pc->incomplete);
+		if (res == PIPELINED_CUT || res == SEGMENT_RESET ||
+		    pipelined_verdict(res && judge(res, scr->pipe_flags, skb, p) != BLOCK_NONE))
+			break;
+	}
+	if (res == SEGMENT_RESET)
+		return reject(skb, p, scr->reject_how);
+	return stream_pass(skb, p);
 }
 
 /*

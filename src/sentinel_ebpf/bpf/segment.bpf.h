@@ -66,6 +66,7 @@ __noinline int stream_prepare(__u32 at)
 		scr->again_reqs = ss->cur.reqs;
 		scr->again_started = ss->cur.reqs - ss->prev.reqs;
 		scr->again_hash = ss->cur.hash;
+		scr->again_end = ss->cur.seq;
 	} else if (ss) {
 		lost = 1;
 	} else {
@@ -142,10 +143,37 @@ __noinline int stream_pass(struct __sk_buff *skb, const struct pkt *p)
 }
 
 /*
+ * The segment that passed last comes again (scratch again; a duplicate queued behind it while the
+ * application held the socket): followed from `skip`, every request it started, to its end or to a
+ * request that starts where that one was cut or later. 1 when it carries the same requests (their heads
+ * hash the same): their verdicts stand (scratch keep: cut there, again 2), nothing is judged. 0 when its
+ * bytes differ (other heads, or more of the last one): read as new. A global function.
+ */
+__noinline int segment_again(struct __sk_buff *skb, __u32 skip)
+{
+	__u32 zero = 0, follow;
+	struct ingress_scratch *scr = bpf_map_lookup_elem(&ingress_scratch, &zero);
+
+	if (!skb || !scr)
+		return 0;
+	follow = stream_follow(skb, &scr->p, skip, &scr->post,
+			       FOLLOW_HOW(SE_PIPELINED_MAX, scr->again_end - scr->p.seq - ((scr->p.flags & TCP_SYN) ? 1 : 0)));
+	if (follow != FOLLOW_RESET && scr->again_started && scr->post.reqs == scr->again_reqs &&
+	    scr->post.hash == scr->again_hash) {
+		scr->keep = follow;
+		scr->again = 2;
+		port_count(bpf_ntohs(scr->p.dport), PORT_RETRANSMIT);
+		return 1;
+	}
+	scr->post = scr->pre;
+	return 0;
+}
+
+/*
  * A client's data segment on a port with HTTP resources: where it stands in the stream (segment_position)
  * decides whether it is looked at; where it stands in the stream's HTTP framing (follow.bpf.h) decides
- * whether a request starts at its first new byte (its request line is then looked up) and where to cut it
- * (scratch keep; stream_pass cuts). A request line that does not end in the segment is dropped at
+ * whether a request starts at its first new byte (its request line is then looked up) and where the next
+ * one starts (scratch keep: judge_pipelined goes on from there, stream_pass cuts). A request line that does not end in the segment is dropped at
  * rcv_nxt, so that the client sends it again, merged with what follows (Linux merges small unacknowledged
  * segments when it retransmits), up to SE_INCOMPLETE_TRIES times; then the connection is reset.
  * `reject.incomplete: pass` lets it through instead. *skip: bytes of the segment received before (judged from there on).
@@ -189,7 +217,9 @@ static __always_inline __u32 http_segment(struct __sk_buff *skb, const struct pk
 		port_count(port, PORT_LOST_RESET);
 		return SEGMENT_RESET;
 	}
-	follow = stream_follow(skb, p, *skip, &scr->post);
+	if (scr->again && segment_again(skb, *skip))
+		return 0;
+	follow = stream_follow(skb, p, *skip, &scr->post, FOLLOW_HOW(0, p->payload_len));
 	if (follow == FOLLOW_RESET) {
 		scr->pre.valid = 0;
 		port_count(port, PORT_FRAMING_RESET);
@@ -200,12 +230,6 @@ static __always_inline __u32 http_segment(struct __sk_buff *skb, const struct pk
 		return SEGMENT_SWALLOW; /* the refused request goes on here (the stream is inside it) */
 	if (scr->pre.phase != STREAM_REQUEST) {
 		port_count(port, PORT_BODY);
-		return 0;
-	}
-	if (scr->again && scr->again_started && scr->post.reqs == scr->again_reqs &&
-	    scr->post.hash == scr->again_hash) {
-		/* the request judged (and passed) when the segment came first: its verdict stands */
-		port_count(port, PORT_RETRANSMIT);
 		return 0;
 	}
 	res = http_route(skb, p, *skip << 16 | port, (__u32)gen << 16 | pc->slot, &pc->lens);
@@ -228,6 +252,89 @@ static __always_inline __u32 http_segment(struct __sk_buff *skb, const struct pk
 		return SEGMENT_RESET;
 	}
 	return SEGMENT_DROP;
+}
+
+#define PIPELINED_CUT 0xffffffffU /* pipelined_*(): cut the segment before the request */
+
+/*
+ * The requests that start inside a client's segment after its first new byte (pipelined behind another,
+ * or after a body) are judged each where it starts, as the follower finds them, one by one (tc_ingress):
+ * pipelined_start() says where the next one starts (from scratch keep and post, where following stopped),
+ * http_route() finds its resource, pipelined_follow() follows it to where the one after it starts, and,
+ * once judged, pipelined_verdict() goes on or cuts. A request that passes is followed to where the next
+ * one starts. The segment is cut (scratch keep, post) before a request that cannot be judged there, which
+ * the client's TCP then sends again at the start of a segment: one refused (remembered in `refused`, so
+ * that it gets the same verdict then, not judged or counted twice), one whose request line goes on past
+ * the segment, one after SE_PIPELINED_MAX judged in the segment. Not in a segment that came again with
+ * the requests judged when it came first (scratch again 2). (Small global functions called from
+ * tc_ingress, none that calls http_route() or judge(): their frames need all of the stack tc_ingress
+ * leaves.)
+ *
+ * pipelined_start: where the next request starts (a payload offset: http_route()'s skip), or
+ * PIPELINED_CUT (none, or one refused when it came before).
+ */
+__noinline __u32 pipelined_start(void)
+{
+	__u32 zero = 0, *refused_at;
+	struct ingress_scratch *scr = bpf_map_lookup_elem(&ingress_scratch, &zero);
+
+	if (!scr || !scr->pre.valid || scr->again == 2 || scr->keep >= scr->p.payload_len || scr->keep > 0xffff ||
+	    scr->post.phase != STREAM_REQUEST)
+		return PIPELINED_CUT;
+	scr->pipe_at = scr->p.seq + ((scr->p.flags & TCP_SYN) ? 1 : 0) + scr->keep;
+	refused_at = bpf_map_lookup_elem(&refused, &scr->fk);
+	if (refused_at && *refused_at == scr->pipe_at)
+		return PIPELINED_CUT;
+	return scr->keep;
+}
+
+/*
+ * pipelined_follow: the request at scratch keep, whose route is `res`, followed to where the one after it
+ * starts (scratch post; scratch cut keeps the stream before it, pipe_next where it ends, pipe_flags
+ * judge()'s flags: the generation, of scratch pipe_key, and the system rules' verdict). Returns its resource (0: none), PIPELINED_CUT (its request line
+ * goes on past the segment), or SEGMENT_RESET when its framing or target is one no server reads the way
+ * it would be judged (as at a segment's start).
+ */
+__noinline __u32 pipelined_follow(struct __sk_buff *skb, __u32 res, __u32 incomplete)
+{
+	__u32 zero = 0;
+	struct ingress_scratch *scr = bpf_map_lookup_elem(&ingress_scratch, &zero);
+
+	if (!skb || !scr || res == ROUTE_INCOMPLETE)
+		return PIPELINED_CUT;
+	if (res == ROUTE_UNREAD) {
+		if (incomplete != INCOMPLETE_PASS)
+			return SEGMENT_RESET;
+		res = 0;
+	}
+	scr->pipe_res = res;
+	scr->cut = scr->post;
+	scr->pipe_next = stream_follow(skb, &scr->p, scr->keep, &scr->post, FOLLOW_HOW(FOLLOW_GOES_ON, scr->p.payload_len));
+	if (scr->pipe_next == FOLLOW_RESET) {
+		port_count(bpf_ntohs(scr->p.dport), PORT_FRAMING_RESET);
+		return SEGMENT_RESET;
+	}
+	scr->pipe_flags = (scr->pipe_key >> 16) | JUDGE_HTTP | (scr->pipe_res ? system_flag(scr->pipe_key >> 16) : 0);
+	return scr->pipe_res;
+}
+
+/* pipelined_verdict: the request passed (followed on), or was refused (`refused_it`: the segment is cut
+ * before it). 0 to go on to the next, 1 to stop. */
+__noinline int pipelined_verdict(__u32 refused_it)
+{
+	__u32 zero = 0;
+	struct ingress_scratch *scr = bpf_map_lookup_elem(&ingress_scratch, &zero);
+
+	if (!scr)
+		return 1;
+	if (refused_it) {
+		scr->post = scr->cut;
+		bpf_map_update_elem(&refused, &scr->fk, &scr->pipe_at, BPF_ANY);
+		return 1;
+	}
+	scr->keep = scr->pipe_next;
+	port_count(bpf_ntohs(scr->p.dport), PORT_PIPELINED);
+	return 0;
 }
 
 #endif /* SENTINEL_SEGMENT_BPF_H */

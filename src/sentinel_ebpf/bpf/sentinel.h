@@ -46,6 +46,7 @@ enum sentinel_limits {
 	SE_HTTP_REPLY_MAX = 512,    /* bytes of the kernel-built HTTP response (bpf_csum_diff's limit) */
 	SE_REPLY_REQUEST_MAX = 1536, /* a request segment longer than this is answered with RST instead */
 	SE_INCOMPLETE_TRIES = 6,    /* drops of one incomplete request line before the connection is reset */
+	SE_PIPELINED_MAX = 8,       /* requests judged inside one client segment after its first (more: cut) */
 };
 
 /* Why a connection event was emitted. */
@@ -132,7 +133,8 @@ enum port_counter {
 				     * reject.incomplete is pass) */
 	PORT_REFUSED_AGAIN = 13,    /* a dropped request sent again: refused again, not judged or counted twice */
 	PORT_BODY = 14,             /* a segment that starts inside a request's head or body: not judged */
-	PORT_CUT = 15,              /* a segment cut before a request that starts inside it (it comes again) */
+	PORT_CUT = 15,              /* a segment cut before a request that starts inside it and cannot be judged
+				     * there (see follow.bpf.h; it comes again) */
 	PORT_STREAM_LOST = 16,      /* a segment where the stream's framing was not known: read as a request's start */
 	PORT_FRAMING_RESET = 17,    /* framing no server reads (bad Content-Length, Transfer-Encoding): reset */
 	PORT_SWALLOWED = 18,        /* a segment of a refused request that goes on past its first segment,
@@ -144,7 +146,9 @@ enum port_counter {
 	PORT_TARGET_UNREAD = 21,    /* a request target whose path goes on past SE_NORM_MAX bytes or SE_NORM_DEPTH
 				     * segments when it must be normalised: what a server matches cannot be told,
 				     * so the connection is reset (unless reject.incomplete is pass) */
-	PORT_COUNTER_MAX = 22,
+	PORT_PIPELINED = 22,        /* a request judged where it starts inside a segment (pipelined behind
+				     * another, or after a body) */
+	PORT_COUNTER_MAX = 23,
 };
 
 /* Global data-plane counters (per-CPU array `dp_counters`). */
