@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from sentinel_ebpf.daemon import request
@@ -32,6 +32,8 @@ flowRules:
   - {{resource: root, threshold: {threshold}, statIntervalInMs: 1000}}
 """
 CLOSED, OPEN = 0, 1_000_000
+#: the ways of changing the rules file: a control-socket reload after the rename, or the rename alone
+RELOAD, FILE_WATCH = "reload", "file watch"
 
 #: name of the way of change -> (latencies in ms, changes never seen or not accepted)
 Results = dict[str, tuple[list[float], int]]
@@ -46,8 +48,20 @@ def argument_parser(description: str) -> argparse.ArgumentParser:
     return ap
 
 
+def parse_args(
+    description: str, more: Callable[[argparse.ArgumentParser], object] = lambda ap: None
+) -> argparse.Namespace:
+    """The command line (``argument_parser``'s option, then what ``more`` adds), echoed first."""
+    ap = argument_parser(description)
+    more(ap)
+    args = ap.parse_args()
+    print(f"$ {' '.join(sys.argv)}")
+    return args
+
+
 def serve(pair: NetnsPair) -> Daemon:
-    """nginx on :8080 in the server namespace behind a daemon whose rules file lets everything pass."""
+    """nginx on :8080 in the server namespace behind a daemon whose rules file lets everything pass
+    (``with serve(pair) as d``: the daemon closed on leaving)."""
     hello_nginx(pair, 8080)
     return Daemon(pair, RULES.format(threshold=OPEN))
 
@@ -70,6 +84,11 @@ def file_change(d: Daemon, via_reload: bool) -> Callable[[int], tuple[float, boo
         return t0, not via_reload or bool(request(d.socket, "reload").get("accepted"))
 
     return change
+
+
+def file_latencies(pair: NetnsPair, d: Daemon, changes: int, ways: Sequence[str]) -> Results:
+    """``changes`` changes of ``d``'s rules file for each of ``ways`` (``RELOAD``, ``FILE_WATCH``)."""
+    return {way: change_latencies(pair, changes, file_change(d, via_reload=way == RELOAD)) for way in ways}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -149,3 +168,11 @@ def print_raw_latencies(results: Results) -> None:
     print("\nraw latencies (ms):")
     for name, (lat, _) in results.items():
         print(f"  {name}: {' '.join(f'{v:.1f}' for v in lat)}")
+
+
+def report(results: Results, start: str, width: int, target: str = "",
+           more: Callable[[], None] = lambda: None) -> None:  # fmt: skip
+    """``print_latency_table``, then what ``more`` prints, then ``print_raw_latencies``."""
+    print_latency_table(results, start, width, target)
+    more()
+    print_raw_latencies(results)

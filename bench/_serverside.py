@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sentinel_ebpf._build import compile_object, ensure_vmlinux_h, find_clang
-from sentinel_ebpf.libbpf import BpfObject, Link
+from sentinel_ebpf.libbpf import BpfObject, Link, Map
 from tests.support.netns import NetnsPair, unique_token
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,6 +92,15 @@ def build_bench_object(src: Path, workdir: Path) -> Path:
     return compile_object(src, find_clang(), workdir)
 
 
+class SoftirqMaps:
+    """The maps of ``softirq_time.bpf.o`` that are read, named here only (as ``sentinel_ebpf._maps`` has
+    them for the project's objects): ``SoftirqMaps(obj)`` once the object is open."""
+
+    def __init__(self, obj: BpfObject) -> None:
+        #: ARRAY, max_entries 2 * NR_SOFTIRQS: __u32 -> __u64, index vec * 2 (+1 when in the cgroup)
+        self.softirq_ns: Map = obj.map("softirq_ns")
+
+
 class SoftirqMeter:
     """Softirq time on ``cpu`` split by whether the interrupted task is in ``cgroup``
     (bench/softirq_time.bpf.c, compiled here with the project's build flags into ``workdir``)."""
@@ -102,6 +111,7 @@ class SoftirqMeter:
         try:
             self.obj.set_rodata(target_cpu=cpu, target_cgroup_id=cgroup.id)
             self.obj.load()
+            self.maps = SoftirqMaps(self.obj)
             for prog in ("softirq_entry", "softirq_exit"):
                 self.links.append(self.obj.program(prog).attach())
         except BaseException:
@@ -112,7 +122,7 @@ class SoftirqMeter:
         """Cumulative ns: ``net_outside`` (NET_RX + NET_TX while a task outside the cgroup was current:
         idle, ksoftirqd or another process), ``net_inside`` (already in the cgroup's usage), ``other``
         (every other vector, wherever it ran)."""
-        m = self.obj.map("softirq_ns")
+        m = self.maps.softirq_ns
         v = [int.from_bytes(m.lookup(i.to_bytes(4, "little")), "little") for i in range(2 * NR_SOFTIRQS)]
         net = (NET_TX_SOFTIRQ, NET_RX_SOFTIRQ)
         return {

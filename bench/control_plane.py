@@ -24,13 +24,13 @@ import sys
 import time
 
 from bench._rule_change import (
+    FILE_WATCH,
     OPEN,
-    Results,
-    argument_parser,
-    change_latencies,
+    RELOAD,
     file_change,
-    print_latency_table,
-    print_raw_latencies,
+    file_latencies,
+    parse_args,
+    report,
     serve,
 )
 from tests.support.daemon_helpers import Daemon
@@ -56,35 +56,25 @@ def idle(pid: int, seconds: float) -> float:
 
 
 def main() -> int:
-    ap = argument_parser(__doc__)
-    ap.add_argument("--idle-seconds", type=float, default=60)
-    args = ap.parse_args()
-    print(f"$ {' '.join(sys.argv)}")
-    results: Results = {}
+    args = parse_args(__doc__, lambda ap: ap.add_argument("--idle-seconds", type=float, default=60))
     with NetnsPair("cp") as pair:
-        d = serve(pair)
-        try:
-            for name, via in (("reload", True), ("file watch", False)):
-                results[name] = change_latencies(pair, args.changes, file_change(d, via))
+        with serve(pair) as d:
+            results = file_latencies(pair, d, args.changes, (RELOAD, FILE_WATCH))
             file_change(d, via_reload=True)(OPEN)  # everything passes again while idle
             idle_1 = idle(d.proc.pid, args.idle_seconds)
             mem_1 = status_kib(d.proc.pid)
-        finally:
-            d.close()
-        d = Daemon(pair, many_resources(1000))
-        try:
+        with Daemon(pair, many_resources(1000)) as d:
             idle_1000 = idle(d.proc.pid, args.idle_seconds)
             mem_1000 = status_kib(d.proc.pid)
-        finally:
-            d.close()
 
-    print_latency_table(results, "the rename of the new rules file", 12, "target p99 <= 100")
-    print(f"\n{'daemon':<34} {'idle CPU % of a core':>20} {'VmRSS MiB':>10} {'VmHWM MiB':>10}")
-    for label, cpu, mem in (("1 resource (after 200 reloads)", idle_1, mem_1),
-                            ("1,000 resources", idle_1000, mem_1000)):  # fmt: skip
-        print(f"{label:<34} {cpu:>20.2f} {mem['VmRSS'] / 1024:>10.1f} {mem['VmHWM'] / 1024:>10.1f}")
-    print("targets: idle CPU <= 1% of a core, RSS <= 80 MB")
-    print_raw_latencies(results)
+    def daemon_table() -> None:
+        print(f"\n{'daemon':<34} {'idle CPU % of a core':>20} {'VmRSS MiB':>10} {'VmHWM MiB':>10}")
+        for label, cpu, mem in (("1 resource (after 200 reloads)", idle_1, mem_1),
+                                ("1,000 resources", idle_1000, mem_1000)):  # fmt: skip
+            print(f"{label:<34} {cpu:>20.2f} {mem['VmRSS'] / 1024:>10.1f} {mem['VmHWM'] / 1024:>10.1f}")
+        print("targets: idle CPU <= 1% of a core, RSS <= 80 MB")
+
+    report(results, "the rename of the new rules file", 12, "target p99 <= 100", more=daemon_table)
     return 0
 
 

@@ -21,16 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench._rule_change import (
-    OPEN,
-    Results,
-    argument_parser,
-    change_latencies,
-    file_change,
-    print_latency_table,
-    print_raw_latencies,
-    serve,
-)
+from bench._rule_change import OPEN, RELOAD, change_latencies, file_latencies, parse_args, report, serve
 from tests.support.daemon_helpers import Daemon
 from tests.support.etcd_server import EtcdServer
 from tests.support.netns import NetnsPair
@@ -42,16 +33,10 @@ PUTTER = BENCH / "_etcd_putter.py"
 
 
 def main() -> int:
-    ap = argument_parser(__doc__)
-    args = ap.parse_args()
-    print(f"$ {' '.join(sys.argv)}")
-    results: Results = {}
+    args = parse_args(__doc__)
     with NetnsPair("ep") as pair:
-        d = serve(pair)
-        try:
-            results["reload"] = change_latencies(pair, args.changes, file_change(d, via_reload=True))
-        finally:
-            d.close()
+        with serve(pair) as d:
+            results = file_latencies(pair, d, args.changes, (RELOAD,))
         etcd = EtcdServer(pair.tmpdir, pair=pair).start()
         putter = subprocess.Popen(pair.cmd(pair.server, sys.executable, str(PUTTER), etcd.url(KEY)),
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)  # fmt: skip
@@ -64,18 +49,14 @@ def main() -> int:
 
         try:
             by_put(OPEN)
-            d = Daemon(pair, "", source=etcd.url(KEY))
-            try:
+            with Daemon(pair, "", source=etcd.url(KEY)):
                 results["etcd put"] = change_latencies(pair, args.changes, by_put)
-            finally:
-                d.close()
         finally:
             putter.kill()
             putter.wait()
             etcd.stop()
 
-    print_latency_table(results, "the change", 10)
-    print_raw_latencies(results)
+    report(results, "the change", 10)
     return 0
 
 

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 from bench._serverside import build_bench_object
-from sentinel_ebpf.libbpf import BpfObject
+from sentinel_ebpf.libbpf import BpfObject, Map
 from tests.support.packets import ACK, PSH, tcp_frame
 
 PROGRAMS = [
@@ -39,6 +39,19 @@ PROGRAMS = [
 ]
 
 
+class PrimitivesMaps:
+    """The maps of ``primitives.bpf.o`` that the bench fills, named here only (as ``sentinel_ebpf._maps``
+    has them for the project's objects): ``PrimitivesMaps(obj)`` once the object is open."""
+
+    def __init__(self, obj: BpfObject) -> None:
+        #: HASH, max_entries 65536: struct key40 -> struct val56 (the in-flight map's sizes)
+        self.hash40: Map = obj.map("hash40")
+        #: HASH, max_entries 65536, no prealloc: struct key72 -> __u32 (the route table's key size)
+        self.hash72: Map = obj.map("hash72")
+        #: LRU_HASH, max_entries 65536: struct key40 -> struct val56
+        self.lru40: Map = obj.map("lru40")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=200_000)
@@ -52,9 +65,10 @@ def main(argv: list[str] | None = None) -> None:
         src = Path(__file__).with_name("primitives.bpf.c")
         with BpfObject.open(build_bench_object(src, Path(tmp))) as obj:
             obj.load()
-            for name in ("hash40", "lru40"):
-                obj.map(name).update(bytes(40), bytes(56))
-            obj.map("hash72").update(bytes(72), bytes(4))
+            maps = PrimitivesMaps(obj)
+            for inflight_sized in (maps.hash40, maps.lru40):
+                inflight_sized.update(bytes(40), bytes(56))
+            maps.hash72.update(bytes(72), bytes(4))
             for name in PROGRAMS:
                 obj.program(name).test_run(frame, repeat=1000)  # warm up
             for r in range(args.rounds):

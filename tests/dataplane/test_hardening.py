@@ -23,7 +23,7 @@ from scapy.layers.inet6 import (
 from scapy.layers.ipsec import AH
 from scapy.layers.l2 import Dot1AD, Dot1Q, Ether
 from scapy.packet import Packet
-from test_inbound import Harness
+from test_inbound import HTTP_ROOT, Harness, one_rule
 
 from sentinel_ebpf.enforce import InboundDataplane
 from sentinel_ebpf.stats import ResourceStats
@@ -173,46 +173,37 @@ def test_server_close_without_answer_is_still_an_error(dp: InboundDataplane) -> 
     assert (st.complete, st.error, st.abort) == (1, 1, 0)
 
 
-@pytest.mark.parametrize("rate_per_s", [600, 5000])  # a cost that is not whole ms; one under 1 ms
+HIGH_RATES = pytest.mark.parametrize("rate_per_s", [600, 5000])  # a cost that is not whole ms; one under 1 ms
+
+
+@HIGH_RATES
 def test_flow_throttling_at_high_rates_matches_the_model(dp: InboundDataplane, rate_per_s: int) -> None:
     """Costs are nanoseconds: dense arrivals for one second admit the limit, not more, not less."""
     h = Harness(
-        dp,
-        rules(f"""
-resources:
-  - {{name: t, match: {{protocol: tcp, port: 8080}}}}
-flowRules:
-  - {{resource: t, threshold: {rate_per_s}, controlBehavior: 1, maxQueueingTimeMs: 0}}
-"""),
+        dp, one_rule("flowRules", f"threshold: {rate_per_s}, controlBehavior: 1, maxQueueingTimeMs: 0")
     )
     passed = 0
     for i in range(ARRIVALS):  # one second, far denser than the limit
         h.at_ns(i * STEP_NS)
         kernel = h.syn() == TC_ACT_OK
-        assert kernel == h.model.entry("t").passed, f"arrival {i}"
+        assert kernel == h.model.entry("c").passed, f"arrival {i}"
         passed += kernel
     # never above the limit; below it only by the arrivals' 50 us grid (a pass waits for the next arrival)
     assert expected(rate_per_s) * 0.95 <= passed <= expected(rate_per_s) + 1
 
 
-@pytest.mark.parametrize("rate_per_s", [600, 5000])  # a cost that is not whole ms; one under 1 ms
+@HIGH_RATES
 def test_hotspot_throttling_at_high_rates_matches_the_model(dp: InboundDataplane, rate_per_s: int) -> None:
     """A cost in whole milliseconds admitted 1,000/s for a limit of 600/s and had no limit above 1,000/s."""
-    h = Harness(
-        dp,
-        rules(f"""
-resources:
-  - {{name: api, match: {{protocol: http, port: 8080, path: /}}}}
-hotSpotParamRules:
-  - {{resource: api, paramKey: remote_ip, metricType: 1, controlBehavior: 1, threshold: {rate_per_s},
-     durationInSec: 1, maxQueueingTimeMs: 0}}
-"""),
+    hotspot = (
+        f"paramKey: remote_ip, metricType: 1, controlBehavior: 1, threshold: {rate_per_s}, durationInSec: 1"
     )
+    h = Harness(dp, one_rule("hotSpotParamRules", hotspot + ", maxQueueingTimeMs: 0", match=HTTP_ROOT))
     passed = 0
     for i in range(ARRIVALS):
         h.at_ns(i * STEP_NS)
         kernel = h.request("GET", "/x", sport=20000 + i % 40000)
-        entry = h.model.entry("api", param={"remote_ip": CLIENT})
+        entry = h.model.entry("c", param={"remote_ip": CLIENT})
         assert kernel == entry.passed, f"arrival {i}"
         if entry.passed:
             entry.exit()

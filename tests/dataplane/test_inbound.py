@@ -30,12 +30,16 @@ pytestmark = pytest.mark.kernel
 T0_MS = 1_578_416_556_900  # sentinel-golang's read-view test instant
 
 
-def tcp_c(kind: str, rule: str, more: str = "") -> RuleSet:
-    """Rules of one TCP resource ``c`` on port 8080 and one rule of ``kind`` on it (``rule``: its fields
-    but ``resource``), then ``more`` top-level YAML."""
+TCP_8080 = "protocol: tcp, port: 8080"
+HTTP_ROOT = "protocol: http, port: 8080, path: /"
+
+
+def one_rule(kind: str, rule: str, more: str = "", match: str = TCP_8080) -> RuleSet:
+    """Rules of one resource ``c`` (by default TCP port 8080; ``match``: its match's fields) and one rule
+    of ``kind`` on it (``rule``: its fields but ``resource``), then ``more`` top-level YAML."""
     return rules(f"""
 resources:
-  - {{name: c, match: {{protocol: tcp, port: 8080}}}}
+  - {{name: c, match: {{{match}}}}}
 {kind}:
   - {{resource: c, {rule}}}
 {more}""")
@@ -113,7 +117,7 @@ flowRules:
 def test_blocked_syn_is_dropped_when_configured(dp: InboundDataplane) -> None:
     h = Harness(
         dp,
-        tcp_c("flowRules", "threshold: 0", "reject: {tcp: drop}"),
+        one_rule("flowRules", "threshold: 0", "reject: {tcp: drop}"),
     )
     h.at(0)
     assert h.syn() == TC_ACT_SHOT
@@ -190,15 +194,7 @@ def test_many_prefix_lengths_route_to_the_longest(dp: InboundDataplane) -> None:
 
 
 def test_completion_rt_errors_and_isolation(dp: InboundDataplane) -> None:
-    h = Harness(
-        dp,
-        rules("""
-resources:
-  - {name: slow, match: {protocol: http, port: 8080, path: /}}
-isolationRules:
-  - {resource: slow, threshold: 2}
-"""),
-    )
+    h = Harness(dp, one_rule("isolationRules", "threshold: 2", match=HTTP_ROOT))
     h.at(0)
     assert h.request("GET", "/a", sport=30001)
     assert h.request("GET", "/b", sport=30002)
@@ -219,7 +215,7 @@ isolationRules:
 def test_connection_concurrency_ends_with_fin(dp: InboundDataplane) -> None:
     h = Harness(
         dp,
-        tcp_c("isolationRules", "threshold: 1"),
+        one_rule("isolationRules", "threshold: 1"),
     )
     h.at(0)
     syn = tcp_frame(CLIENT, SERVER, 31000, 8080, flags=SYN, seq=1, ack=0)
@@ -265,7 +261,7 @@ flowRules:
 def test_malformed_and_foreign_frames_pass(dp: InboundDataplane, frame: bytes) -> None:
     h = Harness(
         dp,
-        tcp_c("flowRules", "threshold: 100"),
+        one_rule("flowRules", "threshold: 100"),
     )
     h.at(0)
     if len(frame) < 14:  # the kernel refuses to build an skb without an Ethernet header
@@ -282,7 +278,7 @@ def test_malformed_and_foreign_frames_pass(dp: InboundDataplane, frame: bytes) -
 def test_ipv6_syn_counts_and_is_answered_with_a_valid_rst(dp: InboundDataplane) -> None:
     h = Harness(
         dp,
-        tcp_c("flowRules", "threshold: 1"),
+        one_rule("flowRules", "threshold: 1"),
     )
     h.at(0)
     first = tcp_frame("fd00::2", "fd00::1", 40000, 8080, flags=SYN, seq=10, ack=0, options=SYN_OPTIONS)
@@ -443,15 +439,7 @@ def _inflight(dp: InboundDataplane) -> tuple[list[Inflight], int]:
 
 
 def test_keep_alive_connection_reuses_its_entry_until_fin(dp: InboundDataplane) -> None:
-    h = Harness(
-        dp,
-        rules("""
-resources:
-  - {name: web, match: {protocol: http, port: 8080, path: /}}
-isolationRules:
-  - {resource: web, threshold: 1}
-"""),
-    )
+    h = Harness(dp, one_rule("isolationRules", "threshold: 1", match=HTTP_ROOT))
 
     def respond(status: int) -> None:
         reply = tcp_frame(SERVER, CLIENT, 8080, 30001, flags=PSH | ACK, payload=http_response(status))

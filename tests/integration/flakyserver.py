@@ -10,12 +10,12 @@ from __future__ import annotations
 import socket
 import sys
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from sentinel_ebpf._plainhttp import PlainHandler, ResetTolerantServer
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+
+class Handler(PlainHandler):
     mode_file = Path("/dev/null")
     slow_path_s = 1.0
 
@@ -29,23 +29,12 @@ class Handler(BaseHTTPRequestHandler):
         elif mode == "slow":
             time.sleep(0.3)
         status = 500 if mode == "500" else 200
-        body = f"{mode}\n".encode()
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+        self.reply(status, f"{mode}\n".encode())
 
 
-class Server(ThreadingHTTPServer):
-    daemon_threads = True
+class Server(ResetTolerantServer):
     request_queue_size = 128
     address_family = socket.AF_INET6
-
-    def handle_error(self, request: object, client_address: object) -> None:
-        pass  # blocked requests arrive as RSTs
 
 
 if __name__ == "__main__":

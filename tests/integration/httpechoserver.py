@@ -13,10 +13,10 @@ import ssl
 import sys
 import threading
 
+from sentinel_ebpf._plainhttp import PlainHandler
 
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
 
+class Handler(PlainHandler):
     def do_GET(self) -> None:
         kind, _, size = self.path.strip("/").partition("/")
         n = int(size) if size.isdigit() else 16
@@ -30,10 +30,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
             self.wfile.write(b"0\r\n\r\n")
             return
-        self.send_response({"bytes": 200, "fail": 503}.get(kind, 404))
-        self.send_header("Content-Length", str(n))
-        self.end_headers()
-        self.wfile.write(body)
+        self.reply({"bytes": 200, "fail": 503}.get(kind, 404), body)
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length", "0"))
@@ -43,14 +40,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if not chunk:
                 break
             got += len(chunk)
-        reply = f"{got}\n".encode()
-        self.send_response(201)
-        self.send_header("Content-Length", str(len(reply)))
-        self.end_headers()
-        self.wfile.write(reply)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+        self.reply(201, f"{got}\n".encode())
 
 
 def main() -> None:

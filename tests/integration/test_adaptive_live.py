@@ -21,6 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -60,32 +61,48 @@ def busy_cpus(seconds: float) -> Iterator[int]:
             p.wait(10)
 
 
-class MemorySamples:
+_Loop = TypeVar("_Loop", bound="BackgroundLoop")
+
+
+class BackgroundLoop:
+    """``_run`` on a daemon thread while in ``with``; leaving sets ``_done`` (which ``_run`` watches) and
+    waits ``join_s`` at most for the thread."""
+
+    join_s = 5.0
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _Loop) -> _Loop:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(self.join_s)
+
+
+class MemorySamples(BackgroundLoop):
     """The host's used memory as the daemon reads it (MemTotal - MemAvailable), sampled every 50 ms, so
     the model can see the value of the moment."""
 
     def __init__(self) -> None:
         from sentinel_ebpf.enforce.adaptive import HostMemory
 
+        super().__init__()
         self.samples: list[tuple[int, int]] = []
         self._host = HostMemory()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        while not self._done.is_set():
             mem = self._host.memory_bytes()
             assert mem is not None
             self.samples.append((time.monotonic_ns(), mem))
-            self._stop.wait(0.05)
-
-    def __enter__(self) -> MemorySamples:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
+            self._done.wait(0.05)
 
     def at(self, t_ns: int) -> int:
         best = self.samples[0][1]
@@ -128,15 +145,16 @@ def per_second(arrivals: list[tuple[int, str]], admitted: list[bool]) -> list[in
     return [counts[s] for s in range(max(counts) + 1)]
 
 
-class Stalls:
+class Stalls(BackgroundLoop):
     """Stop ``pid`` (SIGSTOP) for ``stall_s`` every ``every_s``: a daemon starved of CPU or blocked on I/O,
     at its worst. ``intervals`` records when it was stopped (monotonic ns)."""
 
+    join_s = 10.0
+
     def __init__(self, pid: int, every_s: float, stall_s: float) -> None:
+        super().__init__()
         self.pid, self.every_s, self.stall_s = pid, every_s, stall_s
         self.intervals: list[tuple[int, int]] = []
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._done.wait(self.every_s - self.stall_s):
@@ -148,14 +166,9 @@ class Stalls:
                 os.kill(self.pid, signal.SIGCONT)
                 self.intervals.append((start, time.monotonic_ns()))
 
-    def __enter__(self) -> Stalls:
-        self._thread.start()
-        return self
-
     def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._thread.join(10)
-        os.kill(self.pid, signal.SIGCONT)
+        super().__exit__()
+        os.kill(self.pid, signal.SIGCONT)  # left running, whatever the loop was doing
 
     def running_through(self, start_ns: int, end_ns: int) -> bool:
         return not any(a < end_ns and b > start_ns for a, b in self.intervals)

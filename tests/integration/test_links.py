@@ -13,7 +13,7 @@ import pytest
 
 from tests.support.background import sentinel_cli
 from tests.support.daemon_helpers import Daemon
-from tests.support.netns import IP, NetnsPair, _reserve_subnet, _run, unique_token
+from tests.support.netns import IP, NetnsPair, SubnetEnds, _reserve_subnet, _run, unique_token
 
 pytestmark = pytest.mark.kernel
 RULES = """
@@ -24,7 +24,7 @@ flowRules:
 """
 
 
-class Container:
+class Container(SubnetEnds):
     """A namespace joined to the server namespace by a new veth pair (``nv<token>h`` on the server side):
     what starting a container does to a host."""
 
@@ -41,19 +41,11 @@ class Container:
         self.created = True
         _run([IP, "link", "add", self.inner_if, "netns", self.ns, "type", "veth", "peer", "name", self.host_if,
               "netns", self.pair.server])  # fmt: skip
-        _run(self.pair.cmd(self.ns, IP, "addr", "add", f"{self.ip}/24", "dev", self.inner_if))
+        _run(self.pair.cmd(self.ns, IP, "addr", "add", f"{self.client_ip}/24", "dev", self.inner_if))
         _run(self.pair.cmd(self.ns, IP, "link", "set", self.inner_if, "up"))
         _run(self.pair.cmd(self.pair.server, IP, "addr", "add", f"{self.server_ip}/24", "dev", self.host_if))
         _run(self.pair.cmd(self.pair.server, IP, "link", "set", self.host_if, "up"))
         return self
-
-    @property
-    def ip(self) -> str:
-        return f"10.200.{self.subnet}.1"
-
-    @property
-    def server_ip(self) -> str:
-        return f"10.200.{self.subnet}.2"
 
     def remove_link(self) -> None:
         _run(self.pair.cmd(self.pair.server, IP, "link", "del", self.host_if))

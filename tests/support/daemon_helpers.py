@@ -11,6 +11,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from sentinel_ebpf._closing import Closing
 from sentinel_ebpf.daemon import request
 
 from .background import LineProcess, sentinel_cli
@@ -19,7 +20,7 @@ from .netns import TIMEOUT_SCALE, NetnsPair
 LOAD = Path(__file__).resolve().parents[1] / "integration" / "httpload.py"
 
 
-class Daemon:
+class Daemon(Closing):
     def __init__(
         self,
         pair: NetnsPair,
@@ -80,12 +81,6 @@ class Daemon:
 
     def close(self) -> None:
         self.proc.close()
-
-    def __enter__(self) -> Daemon:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def metric_rows(self) -> dict[str, list[tuple[int, int, int]]]:
         """resource -> [(second's timestamp in ms, pass, block)], in order."""

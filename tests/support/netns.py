@@ -97,7 +97,30 @@ class Server:
         return path.read_text(errors="replace") if path.exists() else ""
 
 
-class NetnsPair:
+class SubnetEnds:
+    """The addresses of the two ends of a link on a reserved subnet (``self.subnet``, n): the client end
+    10.200.<n>.1 and fd00:200:<n>::1, the server end 10.200.<n>.2 and fd00:200:<n>::2."""
+
+    subnet: int
+
+    @property
+    def client_ip(self) -> str:
+        return f"10.200.{self.subnet}.1"
+
+    @property
+    def server_ip(self) -> str:
+        return f"10.200.{self.subnet}.2"
+
+    @property
+    def client_ip6(self) -> str:
+        return f"fd00:200:{self.subnet}::1"
+
+    @property
+    def server_ip6(self) -> str:
+        return f"fd00:200:{self.subnet}::2"
+
+
+class NetnsPair(SubnetEnds):
     """Two namespaces, ``client`` and ``server``, joined by a veth pair, IPv4 and IPv6.
 
     Addresses: client 10.200.<n>.1/24 and fd00:200:<n>::1/64, server 10.200.<n>.2/24 and
@@ -119,23 +142,6 @@ class NetnsPair:
         self._procs: list[subprocess.Popen[Any]] = []
         self._tmp: Path | None = None
         self._created: list[str] = []
-
-    # addresses
-    @property
-    def client_ip(self) -> str:
-        return f"10.200.{self.subnet}.1"
-
-    @property
-    def server_ip(self) -> str:
-        return f"10.200.{self.subnet}.2"
-
-    @property
-    def client_ip6(self) -> str:
-        return f"fd00:200:{self.subnet}::1"
-
-    @property
-    def server_ip6(self) -> str:
-        return f"fd00:200:{self.subnet}::2"
 
     @property
     def tmpdir(self) -> Path:

@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sentinel_ebpf._closing import Closing
+
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
 
@@ -62,7 +64,7 @@ def free_port(cluster: bool = False) -> int:
     raise RuntimeError("no free port pair for a Redis Cluster node")
 
 
-class RedisServer:
+class RedisServer(Closing):
     def __init__(self, *, port: int = 0, cluster: bool = False, tls: bool = False,
                  directory: Path | None = None) -> None:  # fmt: skip
         """``port`` 0: a Unix socket only; else that loopback port (``cluster``: in cluster mode; ``tls``:
@@ -157,11 +159,8 @@ class RedisServer:
     def __enter__(self) -> RedisServer:
         return self.start()
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
-
-class RedisClusterServers:
+class RedisClusterServers(Closing):
     """``n`` loopback nodes in cluster mode, slots spread by ``redis-cli --cluster create``."""
 
     def __init__(self, n: int = 3) -> None:
@@ -196,6 +195,3 @@ class RedisClusterServers:
         for s in self.nodes:
             s.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -15,10 +15,11 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from types import TracebackType
+
+from sentinel_ebpf._closing import Closing
 
 
-class SlowProxy:
+class SlowProxy(Closing):
     def __init__(self, target: Path) -> None:
         self.target = target
         self.delay_s = 0.0
@@ -76,11 +77,3 @@ class SlowProxy:
                 s.close()
             self._open.clear()
         shutil.rmtree(self._dir, ignore_errors=True)
-
-    def __enter__(self) -> SlowProxy:
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()

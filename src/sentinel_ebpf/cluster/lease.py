@@ -17,7 +17,7 @@ import logging
 import math
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sentinel_ebpf._types import BlockType, ResStats, SentinelLimits
 from sentinel_ebpf.cluster.store import LeaseReply, LeaseRequest
@@ -66,28 +66,29 @@ def demand_count(st: ResStats) -> int:
     return int(st.total_pass) + int(st.block_by_type[_FLOW])
 
 
+@dataclass(eq=False, repr=False)
 class RuleLease:
-    """The threshold source of one cluster rule (``enforce.adaptive.ThresholdSource``)."""
+    """The threshold source of one cluster rule (``enforce.adaptive.ThresholdSource``).
 
-    def __init__(self, key: str, resource: str, rule: FlowRule, interval_ms: int,
-                 read: Callable[[], ResStats], state: Callable[[int], str]) -> None:  # fmt: skip
-        """``state(now_ms)``: ``cluster``, ``joining`` (no contact yet) or ``fallback`` (ClusterClient)."""
-        self.key = key
-        self.resource = resource
-        self.rule = rule
-        self.interval_ms = interval_ms
-        self.read = read
-        self.state = state
-        self.account: Account | None = None
-        self.demand_qps = 0.0
-        self._fast_qps = 0.0  # the smoothed rate of the renewal periods
-        self._last_count: tuple[int, int] | None = None  # (ms, demand_count)
-        self._counts: deque[tuple[int, int]] = deque()  # (ms, demand_count) of the last DEMAND_FLOOR_MS
-        # the cluster's view, from the last reply
-        self.live_nodes = 1
-        self.limit = 0
-        self.share = 0
-        self.fallback = False
+    ``state(now_ms)``: ``cluster``, ``joining`` (no contact yet) or ``fallback`` (ClusterClient)."""
+
+    key: str
+    resource: str
+    rule: FlowRule
+    interval_ms: int
+    read: Callable[[], ResStats]
+    state: Callable[[int], str]
+    account: Account | None = field(default=None, init=False)
+    demand_qps: float = field(default=0.0, init=False)
+    _fast_qps: float = field(default=0.0, init=False)  # the smoothed rate of the renewal periods
+    _last_count: tuple[int, int] | None = field(default=None, init=False)  # (ms, demand_count)
+    # (ms, demand_count) of the last DEMAND_FLOOR_MS
+    _counts: deque[tuple[int, int]] = field(default_factory=deque, init=False)
+    # the cluster's view, from the last reply
+    live_nodes: int = field(default=1, init=False)
+    limit: int = field(default=0, init=False)
+    share: int = field(default=0, init=False)
+    fallback: bool = field(default=False, init=False)
 
     # -- renewal (the cluster thread) ------------------------------------------------------------
     def request(self, st: ResStats, now_ms: int) -> LeaseRequest:

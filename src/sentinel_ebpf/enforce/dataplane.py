@@ -4,11 +4,12 @@ and read (readout.py)."""
 
 from __future__ import annotations
 
+from sentinel_ebpf._closing import Closing
 from sentinel_ebpf.enforce.reconcile import Reconciler
 from sentinel_ebpf.enforce.writer import Writer
 
 
-class InboundDataplane(Writer):
+class InboundDataplane(Writer, Closing):
     """``with InboundDataplane() as dp: dp.apply(compiled); dp.attach("lo")``.
 
     ``test_clock=True`` loads the programs with a clock the caller sets (``set_clock_ns``), for tests.
@@ -18,9 +19,3 @@ class InboundDataplane(Writer):
     def _init_state(self) -> None:
         super()._init_state()
         self.reconciler = Reconciler(self)
-
-    def __enter__(self) -> InboundDataplane:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -7,12 +7,13 @@ import ctypes
 import errno
 import os
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
+from sentinel_ebpf._closing import Closing
 from sentinel_ebpf.errors import BpfAttachError, BpfError, BpfLoadError
 from sentinel_ebpf.libbpf import _lib
 from sentinel_ebpf.libbpf.ids import program_info
@@ -44,7 +45,7 @@ class ProgType(IntEnum):
     LSM = 29
 
 
-class Link:
+class Link(Closing):
     """An attachment of a program to a hook; detached on ``close()`` or when leaving ``with``."""
 
     def __init__(self, ptr: int, description: str) -> None:
@@ -66,12 +67,6 @@ class Link:
         if self._ptr is not None:
             _lib.lib().bpf_link__destroy(self._ptr)
             self._ptr = None
-
-    def __enter__(self) -> Link:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<Link {self.description}{' closed' if self._ptr is None else ''}>"
@@ -214,7 +209,15 @@ class Program:
         return f"<Program {self.name} {self.section}>"
 
 
-class BpfObject:
+def _each(next_of: Callable[[int, int | None], int | None], obj: int) -> Iterator[int]:
+    """The pointers of a libbpf ``bpf_object__next_*`` iteration over ``obj``, in order."""
+    item = next_of(obj, None)
+    while item:
+        yield item
+        item = next_of(obj, item)
+
+
+class BpfObject(Closing):
     """A compiled BPF object file.
 
     ``with BpfObject.open(path) as obj: obj.set_rodata(...); obj.load(); link = obj.program("x").attach()``
@@ -228,18 +231,10 @@ class BpfObject:
         self.loaded = False
         self._links: list[Link] = []
         lib = _lib.lib()
-        self.programs: dict[str, Program] = {}
-        prog = lib.bpf_object__next_program(ptr, None)
-        while prog:
-            p = Program(prog, self)
-            self.programs[p.name] = p
-            prog = lib.bpf_object__next_program(ptr, prog)
-        self.maps: dict[str, Map] = {}
-        m = lib.bpf_object__next_map(ptr, None)
-        while m:
-            mp = Map(m, self)
-            self.maps[mp.name] = mp
-            m = lib.bpf_object__next_map(ptr, m)
+        programs = (Program(p, self) for p in _each(lib.bpf_object__next_program, ptr))
+        self.programs: dict[str, Program] = {p.name: p for p in programs}
+        maps = (Map(m, self) for m in _each(lib.bpf_object__next_map, ptr))
+        self.maps: dict[str, Map] = {m.name: m for m in maps}
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> BpfObject:
@@ -360,14 +355,6 @@ class BpfObject:
         if self._ptr is not None:
             _lib.lib().bpf_object__close(self._ptr)
             self._ptr = None
-
-    def __enter__(self) -> BpfObject:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):

@@ -8,12 +8,13 @@ import select
 import struct
 from collections.abc import Callable
 
+from sentinel_ebpf._closing import Closing
 from sentinel_ebpf.errors import BpfError
 from sentinel_ebpf.libbpf import _lib
 from sentinel_ebpf.libbpf.maps import Map
 
 
-class RingBuffer:
+class RingBuffer(Closing):
     """Calls ``callback(bytes)`` for each record of a BPF_MAP_TYPE_RINGBUF map.
 
     An exception raised by the callback stops the current poll and is re-raised from ``poll()``: it must
@@ -59,19 +60,13 @@ class RingBuffer:
             _lib.lib().ring_buffer__free(self._ptr)
             self._ptr = None
 
-    def __enter__(self) -> RingBuffer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
 
 _BUSY = 1 << 31  # record reserved, not yet submitted
 _DISCARD = 1 << 30  # record discarded by the program
 _HDR = struct.Struct("<I")
 
 
-class RingReader:
+class RingReader(Closing):
     """A BPF ring buffer read directly through its memory mapping, without a callback per record.
 
     The layout is the kernel's (kernel/bpf/ringbuf.c, as libbpf's ringbuf.c reads it): a read-write page
@@ -130,9 +125,3 @@ class RingReader:
         self._epoll.close()
         self._prod.close()
         self._cons.close()
-
-    def __enter__(self) -> RingReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

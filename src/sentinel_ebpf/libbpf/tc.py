@@ -10,6 +10,7 @@ import ctypes
 import errno
 from enum import IntEnum
 
+from sentinel_ebpf._closing import Closing
 from sentinel_ebpf.errors import BpfAttachError
 from sentinel_ebpf.libbpf import _lib
 from sentinel_ebpf.libbpf.object import Program
@@ -24,7 +25,7 @@ class TcAttachPoint(IntEnum):
 BPF_TC_F_REPLACE = 1
 
 
-class TcFilter:
+class TcFilter(Closing):
     """A program attached to a clsact hook; detached on close."""
 
     def __init__(self, hook: TcHook, point: TcAttachPoint, handle: int, priority: int) -> None:
@@ -49,12 +50,6 @@ class TcFilter:
             raise BpfAttachError(
                 f"tc detach from ifindex {self._hook.ifindex} {self.point.name.lower()}", err
             )
-
-    def __enter__(self) -> TcFilter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class TcHook:

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from enum import IntEnum
 from pathlib import Path
-from types import TracebackType
 from typing import NamedTuple
 
+from sentinel_ebpf._closing import Closing
 from sentinel_ebpf.errors import SentinelError
 from sentinel_ebpf.model.clock import Clock, SystemClock
 from sentinel_ebpf.stats import SecondCounts
@@ -181,7 +181,7 @@ def _clip(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-class MetricLogWriter:
+class MetricLogWriter(Closing):
     """Appends metric lines to rolling files, as sentinel-golang's ``DefaultMetricLogWriter``.
 
     A new file is started when the writer opens (named by ``clock``'s date), when a written second falls
@@ -271,14 +271,6 @@ class MetricLogWriter:
         with self._lock:
             self._close_files()
             self._path = None
-
-    def __enter__(self) -> MetricLogWriter:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def files(self) -> list[Path]:
         """This app's metric files in the directory, oldest first (index files excluded)."""

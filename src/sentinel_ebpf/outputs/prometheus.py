@@ -13,13 +13,13 @@ import socket
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
 from wsgiref.simple_server import WSGIServer
 
 import prometheus_client
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from sentinel_ebpf._closing import Closing
 from sentinel_ebpf.stats import BLOCK_TYPES, BreakerTransition, ResourceStats
 
 DEFAULT_NAMESPACE = "sentinel_go"  # sentinel-golang's, so existing dashboards and alerts keep working
@@ -157,7 +157,7 @@ def _state_label(state: str) -> str:
     return BREAKER_STATE_LABELS.get(state, state)
 
 
-class MetricsServer:
+class MetricsServer(Closing):
     """A running ``/metrics`` HTTP server; ``close()`` stops it and frees the port."""
 
     def __init__(self, server: WSGIServer, thread: threading.Thread, host: str, port: int) -> None:
@@ -178,14 +178,6 @@ class MetricsServer:
         server.shutdown()
         server.server_close()
         self._thread.join()
-
-    def __enter__(self) -> MetricsServer:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
 
 def start_http_server(collector: Collector, port: int, host: str = DEFAULT_HOST) -> MetricsServer:

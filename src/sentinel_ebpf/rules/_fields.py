@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from sentinel_ebpf.rules._source import Document, Path
 from sentinel_ebpf.rules.errors import Problem
@@ -163,6 +163,50 @@ def read_fields(
         if converted is not _BAD:
             out[spec.attr] = converted
     return out
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How a rule's document is read, passed on to the reading of its nested objects."""
+
+    mode: KeyMode
+    enum_names: bool = True
+    enum_ints: bool = True
+
+
+R = TypeVar("R")
+# (the rule's fields as read, its context, the reading's options) -> the rule, validated
+RuleBuilder = Callable[[dict[str, Any], RuleContext, ReadOptions], R]
+
+
+class RuleParser(Generic[R]):
+    """``parse(raw, ctx, mode, *, enum_names, enum_ints)`` of one kind of rule: reads ``specs`` (from then
+    on problems name the rule by its id), then ``build`` makes and validates the rule. None when ``raw``
+    is not an object."""
+
+    def __init__(self, specs: Sequence[FieldSpec], build: RuleBuilder[R]) -> None:
+        self.specs = specs
+        self.build = build
+
+    def __call__(
+        self, raw: Any, ctx: RuleContext, mode: KeyMode, *, enum_names: bool = True, enum_ints: bool = True
+    ) -> R | None:
+        values = read_fields(raw, self.specs, ctx, mode, enum_names=enum_names, enum_ints=enum_ints)
+        if values is None:
+            return None
+        ctx.rule_id = values["id"] or None
+        return self.build(values, ctx, ReadOptions(mode, enum_names, enum_ints))
+
+
+def plain_rule(cls: Callable[..., R], validate: Callable[[R, RuleContext], None]) -> RuleBuilder[R]:
+    """The builder of a rule made of its fields as they are read, then validated."""
+
+    def build(values: dict[str, Any], ctx: RuleContext, _options: ReadOptions) -> R:
+        rule = cls(**values)
+        validate(rule, ctx)
+        return rule
+
+    return build
 
 
 class _Bad:

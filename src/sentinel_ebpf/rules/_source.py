@@ -207,12 +207,27 @@ class _JsonReader:
         self.pos = end
         return str(s)
 
+    def _take(self, token: str) -> bool:
+        """Consume ``token`` if the text goes on with it."""
+        if self.text.startswith(token, self.pos):
+            self.pos += len(token)
+            return True
+        return False
+
+    def _item_ends(self, close: str, container: str) -> bool:
+        """After an item of an object or array: True at its ``close``, False at a ',' (either consumed)."""
+        self._skip_ws()
+        if self._take(","):
+            return False
+        if not self._take(close):
+            self._fail(f"expected ',' or '{close}' in {container}")
+        return True
+
     def _object(self, path: Path) -> dict[str, Any]:
         out: dict[str, Any] = {}
         self.pos += 1
         self._skip_ws()
-        if self.text.startswith("}", self.pos):
-            self.pos += 1
+        if self._take("}"):
             return out
         while True:
             self._skip_ws()
@@ -221,9 +236,8 @@ class _JsonReader:
             key_line = self._line(self.pos)
             key = self._string()
             self._skip_ws()
-            if not self.text.startswith(":", self.pos):
+            if not self._take(":"):
                 self._fail("expected ':' after a property name")
-            self.pos += 1
             if key in out:
                 self.problems.append(
                     Problem(
@@ -236,29 +250,16 @@ class _JsonReader:
             kpath: Path = (*path, key)
             out[key] = self._value(kpath)
             self.doc.lines[kpath] = key_line
-            self._skip_ws()
-            if self.text.startswith(",", self.pos):
-                self.pos += 1
-                continue
-            if self.text.startswith("}", self.pos):
-                self.pos += 1
+            if self._item_ends("}", "an object"):
                 return out
-            self._fail("expected ',' or '}' in an object")
 
     def _array(self, path: Path) -> list[Any]:
         out: list[Any] = []
         self.pos += 1
         self._skip_ws()
-        if self.text.startswith("]", self.pos):
-            self.pos += 1
+        if self._take("]"):
             return out
         while True:
             out.append(self._value((*path, len(out))))
-            self._skip_ws()
-            if self.text.startswith(",", self.pos):
-                self.pos += 1
-                continue
-            if self.text.startswith("]", self.pos):
-                self.pos += 1
+            if self._item_ends("]", "an array"):
                 return out
-            self._fail("expected ',' or ']' in an array")

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any
 
-from sentinel_ebpf.rules._fields import U32_MAX, FieldSpec, KeyMode, RuleContext, read_fields
+from sentinel_ebpf.rules._fields import U32_MAX, FieldSpec, RuleContext, RuleParser, plain_rule
 
 KIND = "circuitBreakerRules"
 # The kernel keeps a breaker's sliding window in a fixed array.
@@ -64,18 +63,6 @@ FIELDS: tuple[FieldSpec, ...] = (
 )
 
 
-def parse(
-    raw: Any, ctx: RuleContext, mode: KeyMode, *, enum_names: bool = True, enum_ints: bool = True
-) -> CircuitBreakerRule | None:
-    values = read_fields(raw, FIELDS, ctx, mode, enum_names=enum_names, enum_ints=enum_ints)
-    if values is None:
-        return None
-    ctx.rule_id = values["id"] or None
-    rule = CircuitBreakerRule(**values)
-    validate(rule, ctx)
-    return rule
-
-
 def validate(rule: CircuitBreakerRule, ctx: RuleContext) -> None:
     """sentinel-golang ``circuitbreaker.IsValidRule`` plus the kernel's window size limit."""
     if not rule.resource:
@@ -101,3 +88,6 @@ def validate(rule: CircuitBreakerRule, ctx: RuleContext) -> None:
             "(the kernel keeps the window in a fixed array)",
             "statSlidingWindowBucketCount",
         )
+
+
+parse = RuleParser(FIELDS, plain_rule(CircuitBreakerRule, validate))

@@ -11,11 +11,12 @@ from sentinel_ebpf.rules._fields import (
     U32_MAX,
     FieldSpec,
     KeyMode,
+    ReadOptions,
     RuleContext,
+    RuleParser,
     check_resource_name,
     convert,
     match_keys,
-    read_fields,
     type_name,
 )
 
@@ -142,25 +143,19 @@ CLUSTER_FIELDS: tuple[FieldSpec, ...] = (
 )
 
 
-def parse(
-    raw: Any, ctx: RuleContext, mode: KeyMode, *, enum_names: bool = True, enum_ints: bool = True
-) -> FlowRule | None:
-    values = read_fields(raw, FIELDS, ctx, mode, enum_names=enum_names, enum_ints=enum_ints)
-    if values is None:
-        return None
-    ctx.rule_id = values["id"] or None
+def _build(values: dict[str, Any], ctx: RuleContext, options: ReadOptions) -> FlowRule:
     regex = values.pop("regex")
-    values["cluster_config"] = _parse_cluster_config(
-        values["cluster_config"], ctx, mode, enum_names=enum_names, enum_ints=enum_ints
-    )
+    values["cluster_config"] = _parse_cluster_config(values["cluster_config"], ctx, options)
     rule = FlowRule(**values)
     validate(rule, ctx, regex=regex)
     return rule
 
 
-def _parse_cluster_config(
-    raw: Any, ctx: RuleContext, mode: KeyMode, *, enum_names: bool, enum_ints: bool
-) -> ClusterConfig:
+parse = RuleParser(FIELDS, _build)
+
+
+def _parse_cluster_config(raw: Any, ctx: RuleContext, options: ReadOptions) -> ClusterConfig:
+    mode, enum_names, enum_ints = options.mode, options.enum_names, options.enum_ints
     if isinstance(raw, ClusterConfig):
         return raw
     if not isinstance(raw, dict):

@@ -26,10 +26,11 @@ from sentinel_ebpf.rules._fields import (
     U32_MAX,
     FieldSpec,
     KeyMode,
+    ReadOptions,
     RuleContext,
+    RuleParser,
     convert,
     match_keys,
-    read_fields,
     type_name,
 )
 from sentinel_ebpf.rules.flow import ControlBehavior as ControlBehavior  # also this kind's
@@ -219,25 +220,21 @@ _ITEM_FIELDS: tuple[FieldSpec, ...] = (
 )
 
 
-def parse(
-    raw: Any, ctx: RuleContext, mode: KeyMode, *, enum_names: bool = True, enum_ints: bool = True
-) -> HotspotRule | None:
-    values = read_fields(raw, FIELDS, ctx, mode, enum_names=enum_names, enum_ints=enum_ints)
-    if values is None:
-        return None
-    ctx.rule_id = values["id"] or None
+def _build(values: dict[str, Any], ctx: RuleContext, options: ReadOptions) -> HotspotRule:
     param_index = values.pop("param_index")
     raw_items = values.pop("specific_items")
-    indexed = _parse_items(raw_items, ctx, mode, enum_names=enum_names, enum_ints=enum_ints)
+    indexed = _parse_items(raw_items, ctx, options)
     rule = HotspotRule(**values, specific_items=tuple(item for _, item in indexed))
     validate(rule, ctx, param_index=param_index, item_indices=[i for i, _ in indexed])
     return rule
 
 
-def _parse_items(
-    raw_items: Any, ctx: RuleContext, mode: KeyMode, *, enum_names: bool, enum_ints: bool
-) -> list[tuple[int, SpecificItem]]:
+parse = RuleParser(FIELDS, _build)
+
+
+def _parse_items(raw_items: Any, ctx: RuleContext, options: ReadOptions) -> list[tuple[int, SpecificItem]]:
     """The well-formed items with their positions in the document."""
+    mode, enum_names, enum_ints = options.mode, options.enum_names, options.enum_ints
     if raw_items in ((), None):
         return []
     if not isinstance(raw_items, list):

@@ -9,10 +9,10 @@ from typing import Any
 from sentinel_ebpf.rules._fields import (
     U32_MAX,
     FieldSpec,
-    KeyMode,
+    ReadOptions,
     RuleContext,
+    RuleParser,
     check_resource_name,
-    read_fields,
 )
 
 KIND = "isolationRules"
@@ -39,17 +39,14 @@ FIELDS: tuple[FieldSpec, ...] = (
 )
 
 
-def parse(
-    raw: Any, ctx: RuleContext, mode: KeyMode, *, enum_names: bool = True, enum_ints: bool = True
-) -> IsolationRule | None:
-    values = read_fields(raw, FIELDS, ctx, mode, enum_names=enum_names, enum_ints=enum_ints)
-    if values is None:
-        return None
-    ctx.rule_id = values["id"] or None
+def _build(values: dict[str, Any], ctx: RuleContext, _options: ReadOptions) -> IsolationRule:
     regex = values.pop("regex")
     rule = IsolationRule(**values)
     validate(rule, ctx, regex=regex)
     return rule
+
+
+parse = RuleParser(FIELDS, _build)
 
 
 def validate(rule: IsolationRule, ctx: RuleContext, *, regex: bool = False) -> None:

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any
 
-from sentinel_ebpf.rules._fields import U32_MAX, FieldSpec, KeyMode, RuleContext, read_fields
+from sentinel_ebpf.rules._fields import U32_MAX, FieldSpec, RuleContext, RuleParser, plain_rule
 
 KIND = "systemRules"
 
@@ -51,21 +50,12 @@ FIELDS: tuple[FieldSpec, ...] = (
 )
 
 
-def parse(
-    raw: Any, ctx: RuleContext, mode: KeyMode, *, enum_names: bool = True, enum_ints: bool = True
-) -> SystemRule | None:
-    values = read_fields(raw, FIELDS, ctx, mode, enum_names=enum_names, enum_ints=enum_ints)
-    if values is None:
-        return None
-    ctx.rule_id = values["id"] or None
-    rule = SystemRule(**values)
-    validate(rule, ctx)
-    return rule
-
-
 def validate(rule: SystemRule, ctx: RuleContext) -> None:
     """sentinel-golang ``system.IsValidSystemRule`` (same messages)."""
     if rule.trigger_count < 0:
         ctx.add("negative threshold", "triggerCount")
     if rule.metric_type is MetricType.CpuUsage and rule.trigger_count > 1:
         ctx.add("invalid CPU usage, valid range is [0.0, 1.0]", "triggerCount")
+
+
+parse = RuleParser(FIELDS, plain_rule(SystemRule, validate))

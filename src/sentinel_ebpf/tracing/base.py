@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import TypeVar
 
+from sentinel_ebpf._closing import Closing
 from sentinel_ebpf._types import SentinelLimits
 from sentinel_ebpf.errors import BpfLoadError
 from sentinel_ebpf.libbpf import BpfObject, Link, Map, RingBuffer, RingReader
@@ -66,7 +67,7 @@ def load_first_flavor(open_flavor: Callable[[str], BpfObject], want: str, flavor
     raise last
 
 
-class BpfTracer:
+class BpfTracer(Closing):
     """What the tracers share: the hook flavour, the loaded object and its links, the ring buffer,
     per-CPU counters, loss reporting, close. A tracer is a context manager (``start`` on entry)."""
 
@@ -150,6 +151,3 @@ class BpfTracer:
 
     def __enter__(self: _Tracer) -> _Tracer:
         return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

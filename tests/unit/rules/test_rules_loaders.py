@@ -15,6 +15,7 @@ from sentinel_ebpf.rules.flow import ControlBehavior, RelationStrategy, TokenCal
 from sentinel_ebpf.rules.loader import infer_kind
 from sentinel_ebpf.rules.ruleset import SECTIONS
 from sentinel_ebpf.rules.system import AdaptiveStrategy, MetricType
+from tests.support.rule_problems import assert_reported, text_problems
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
@@ -175,16 +176,12 @@ def test_crd_rejects_integer_enums_and_reports_percent() -> None:
     ],
 )
 def test_crd_document_problems(text: str, reason: str) -> None:
-    with pytest.raises(RulesError) as info:
-        load_text(text, "c.yaml")
-    assert any(reason in p.reason for p in info.value.problems), info.value.problems
+    assert_reported(text, "c.yaml", reason)
 
 
 def test_json_line_numbers_with_tabs_and_escapes() -> None:
     text = '[\n\t{"resource": "a\\/b", "threshold": 1},\n\t{"resource": "c",\n\t "threshold": -4}\n]'
-    with pytest.raises(RulesError) as info:
-        load_text(text, "f.json", kind="flow")
-    (p,) = info.value.problems
+    (p,) = text_problems(text, "f.json", kind="flow")
     assert (p.line, p.index, p.field) == (4, 1, "threshold")
 
 
@@ -222,9 +219,8 @@ def test_detect_format() -> None:
 
 
 def test_problem_dict_and_summary() -> None:
-    with pytest.raises(RulesError) as info:
-        load_text("resources:\n  - {name: a, match: {protocol: tcp, port: 0}}\n", "p.yaml")
-    assert info.value.problems[0].as_dict() == {
+    problems = text_problems("resources:\n  - {name: a, match: {protocol: tcp, port: 0}}\n", "p.yaml")
+    assert problems[0].as_dict() == {
         "file": "p.yaml",
         "line": 2,
         "section": "resources",
