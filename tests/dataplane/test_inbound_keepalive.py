@@ -264,6 +264,45 @@ def test_a_refusal_waits_for_the_responses_the_server_owes(dp: InboundDataplane)
     assert dp_count(dp, "reply_kept") == 1
 
 
+OK_EMPTY = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+OK_BODY = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+OK_CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("responses", "kept"),
+    [
+        ([OK_BODY, OK_CHUNKED, OK_EMPTY], True),
+        ([OK_EMPTY, CONTINUE, OK_BODY, OK_EMPTY], True),  # an interim response is not one of the three
+        ([OK_BODY, OK_EMPTY], False),  # one owed still: reset
+        # a HEAD request's response: its Content-Length has no body, so where the next begins is not
+        # known and it is not counted (fail closed: reset)
+        ([b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", OK_EMPTY, OK_EMPTY], False),
+    ],
+    ids=["three", "interim", "one-short", "head"],
+)
+def test_responses_to_pipelined_requests_in_one_server_segment_are_each_counted(
+    dp: InboundDataplane, responses: list[bytes], kept: bool
+) -> None:
+    """Three requests pipelined in one segment (passed together), the server's responses to them in one
+    segment: each counted (followed by its framing), so the refusal after them keeps the connection; a
+    response the count cannot see leaves one owed, and the refusal resets."""
+    dp.apply(dp.compile(rules(BLOCK_API)))
+    three = OTHER * 3
+    retval, out = client(dp, three, C_ISN, S_ISN)
+    assert retval == TC_ACT_OK and parse_frame(out).payload == three
+    batch = b"".join(responses)
+    assert server(dp, batch, S_ISN, C_ISN + len(three))[0] == TC_ACT_OK
+    retval, out = client(dp, API, C_ISN + len(three), S_ISN + len(batch))
+    if kept:
+        assert retval == TC_ACT_SHOT and parse_frame(out).payload == REPLY
+        assert (dp_count(dp, "reply_kept"), dp_count(dp, "reply_owed")) == (1, 0)
+    else:
+        assert parse_frame(out).flags & RST
+        assert (dp_count(dp, "reply_kept"), dp_count(dp, "reply_owed")) == (0, 1)
+
+
 def test_a_duplicate_before_the_stack_took_the_original_owes_no_second_response(dp: InboundDataplane) -> None:
     """A lossy link's duplicate, queued behind its original while the server held the socket (the stack
     has not taken either: both look new), is one request the server answers once. Counted twice, the

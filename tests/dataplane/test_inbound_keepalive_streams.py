@@ -10,13 +10,13 @@ exact through the translation.
 from __future__ import annotations
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from test_inbound_keepalive import REPLY, TS
 from test_inbound_stream import requests
 
 from sentinel_ebpf.enforce import InboundDataplane
-from tests.support.inbound import CLIENT, SERVER, rules
+from tests.support.inbound import API, CLIENT, OTHER, SERVER, rules
 from tests.support.packets import ACK, PSH, RST, TC_ACT_OK, TC_ACT_SHOT, parse_frame, tcp_frame
 
 pytestmark = pytest.mark.kernel("inbound")
@@ -43,8 +43,8 @@ class Connection:
     """Both ends of one connection: the client's stream and what each end has taken and acknowledged,
     each in its own numbering."""
 
-    def __init__(self, dp: InboundDataplane, reqs: list[bytes], sport: int) -> None:
-        self.dp, self.sport = dp, sport
+    def __init__(self, dp: InboundDataplane, reqs: list[bytes], sport: int, batched: bool = False) -> None:
+        self.dp, self.sport, self.batched = dp, sport, batched
         self.stream = b"".join(reqs)
         self.c_acked = C_ISN  # client: its bytes acknowledged (by the server, or in its place)
         self.c_rcv = S_ISN  # client: the next byte it expects from the server
@@ -108,14 +108,16 @@ class Connection:
 
     def server_acks(self, n: int) -> None:
         """The server's stack acknowledges what it took, and the server answers each request it now has
-        whole, each response in a segment of its own (as nginx writes them); the client takes both in its
-        numbering."""
+        whole, each response in a segment of its own (as nginx writes them) or all in one (`batched`); the
+        client takes both in its numbering."""
         payloads = []
         while (
             self.answered < len(self.request_ends) and len(self.delivered) >= self.request_ends[self.answered]
         ):
             payloads.append(RESPONSE)
             self.answered += 1
+        if self.batched and payloads:
+            payloads = [b"".join(payloads)]
         for i, payload in enumerate(payloads or [b""]):
             frame = tcp_frame(SERVER, CLIENT, 8080, self.sport, flags=PSH | ACK, seq=self.s_snd, ack=self.s_rcv,
                               payload=payload, options=TS)  # fmt: skip
@@ -134,16 +136,23 @@ class Connection:
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(reqs=st.lists(requests(), min_size=1, max_size=6), sizes=st.lists(st.integers(1, 400), min_size=1))
+@given(
+    reqs=st.lists(requests(), min_size=1, max_size=6),
+    sizes=st.lists(st.integers(1, 400), min_size=1),
+    batched=st.booleans(),
+)
+@example(
+    reqs=[OTHER, OTHER, API, OTHER], sizes=[400], batched=True
+)  # two responses in one segment, a refusal
 def test_generated_streams_with_refusals_keep_the_connection_and_both_numberings(
-    dp: InboundDataplane, reqs: list[bytes], sizes: list[int]
+    dp: InboundDataplane, reqs: list[bytes], sizes: list[int], batched: bool
 ) -> None:
     dp.clear()
     dp.apply(dp.compile(rules(REFUSE_API_AND_UPLOADS)))
     before = dp.counters()
     # a refused request's leading empty line may come in the segment before it, and reach the server
     reqs = [r.lstrip(b"\r\n") if refused(r) else r for r in reqs]
-    conn = Connection(dp, reqs, sport=43000)
+    conn = Connection(dp, reqs, sport=43000, batched=batched)
     i = tries = 0
     while conn.c_acked - C_ISN < len(conn.stream):
         if conn.send(sizes[i % len(sizes)] + 400 * tries):

@@ -322,17 +322,53 @@ __noinline int xlate_to_client(struct __sk_buff *skb)
 	return TC_ACT_OK;
 }
 
-/* The server began a final response (a status line starts its segment; scratch fk is the request key). */
+/*
+ * The final responses that begin in the server's segment after the one at its start (egress scratch p),
+ * each where the one before ends: its head and body followed as a request's are (Content-Length, chunked;
+ * a response with neither and a keep-alive connection is a bodiless one, as 204 and 304 are), up to
+ * SE_PIPELINED_MAX of them; counting stops at the first place that does not start a status line (a
+ * response that goes on past the segment, a HEAD request's, whose Content-Length has no body). A global
+ * function.
+ */
+__noinline __u32 more_responses(struct __sk_buff *skb)
+{
+	__u32 zero = 0, off = 0, n = 0;
+	struct ingress_scratch *scr = bpf_map_lookup_elem(&egress_scratch, &zero);
+	__u8 c;
+
+	if (!skb || !scr)
+		return 0;
+	__builtin_memset(&scr->post, 0, sizeof(scr->post));
+	for (int i = 0; i < SE_PIPELINED_MAX; i++) {
+		off = stream_follow(skb, &scr->p, off, &scr->post, FOLLOW_HOW(0, scr->p.payload_len));
+		if (off >= scr->p.payload_len || scr->post.phase != STREAM_REQUEST)
+			break;
+		c = status_at(skb, &scr->p, off);
+		if (!c)
+			break;
+		if (c != STATUS_INTERIM) /* (an interim response: its final one follows) */
+			n++;
+	}
+	return n;
+}
+
+/*
+ * The server began a final response (a status line starts its segment; scratch fk is the request key):
+ * counted, and those after it in the segment when the connection has more than one request to answer.
+ */
 static __always_inline void count_response(struct __sk_buff *skb, const struct pkt *p, const struct flow_key *fk)
 {
 	struct stream_state *e;
+	__u32 n = 1;
 
 	if (skb->mark == SE_REPLY_MARK)
 		return;
 	e = bpf_map_lookup_elem(&streams, fk);
 	if (e && e->status_seq != p->seq) {
 		e->status_seq = p->seq; /* (a retransmission of it is not another response) */
-		__sync_fetch_and_add(&e->responses, 1);
+		if (e->requests - e->responses > 1)
+			n += more_responses(skb);
+		__sync_fetch_and_add(&e->responses, n);
 	}
 }
 

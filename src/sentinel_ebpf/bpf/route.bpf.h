@@ -33,22 +33,34 @@ static __always_inline __u8 parse_method(__u64 w, __u32 *len)
 	return HTTP_METHOD_NONE; /* another method (PURGE, PROPFIND): see http_route() */
 }
 
+#define STATUS_INTERIM 1
+
 /*
- * A final response's status line at the start of the payload: true for "HTTP/1." (interim 1xx responses
- * other than 101 excluded), with its status class digit in *hundreds.
+ * The status line `off` bytes into the payload: its status class digit ('1' to '5', '1' only for 101) for
+ * "HTTP/1.", STATUS_INTERIM for an interim 1xx response other than 101 (its final response follows), 0
+ * when none starts there.
  */
-static __always_inline bool status_line(struct __sk_buff *skb, const struct pkt *p, __u8 *hundreds)
+static __always_inline __u8 status_at(struct __sk_buff *skb, const struct pkt *p, __u32 off)
 {
 	__u8 buf[12];
 
-	if (p->payload_len < sizeof(buf) || bpf_skb_load_bytes(skb, p->payload_off, buf, sizeof(buf)))
-		return false;
+	if (off > p->payload_len || p->payload_len - off < sizeof(buf) ||
+	    bpf_skb_load_bytes(skb, p->payload_off + off, buf, sizeof(buf)))
+		return 0;
 	if (*(__u32 *)buf != W4('H', 'T', 'T', 'P') || buf[4] != '/' || buf[5] != '1' || buf[6] != '.')
-		return false;
+		return 0;
 	if (buf[9] == '1' && !(buf[10] == '0' && buf[11] == '1'))
-		return false; /* interim (100 Continue, 103 Early Hints): the final response follows */
-	*hundreds = buf[9];
-	return true;
+		return STATUS_INTERIM; /* (100 Continue, 103 Early Hints) */
+	return buf[9];
+}
+
+/* A final response's status line at the start of the payload, with its status class digit in *hundreds. */
+static __always_inline bool status_line(struct __sk_buff *skb, const struct pkt *p, __u8 *hundreds)
+{
+	__u8 c = status_at(skb, p, 0);
+
+	*hundreds = c;
+	return c > STATUS_INTERIM;
 }
 
 /*
