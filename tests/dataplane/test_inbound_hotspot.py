@@ -10,7 +10,7 @@ from sentinel_ebpf.enforce import InboundDataplane
 from sentinel_ebpf.model.sentinel import Entry
 from sentinel_ebpf.rules import RulesError, load_text
 from tests.support.inbound import SERVER, Lockstep
-from tests.support.packets import ACK, PSH, SYN, TC_ACT_OK, http_response, tcp_frame
+from tests.support.packets import ACK, PSH, RST, SYN, TC_ACT_OK, http_response, parse_frame, tcp_frame
 
 pytestmark = pytest.mark.kernel
 T0_MS = 1_700_000_000_000
@@ -136,3 +136,75 @@ hotSpotParamRules:
         assert kernel == run.model.entry("api", param={"remote_ip": client}).passed
         verdicts.append(kernel)
     assert verdicts == [True, True, True, True, False, False]
+
+
+ONE_PER_USER = (
+    API + "  - {resource: api, paramKey: 'header:X-User-Id', metricType: 1, threshold: 1, durationInSec: 1}\n"
+)
+ONE_PER_TENANT = (
+    API + "  - {resource: api, paramKey: 'query:tenant', metricType: 1, threshold: 1, durationInSec: 1}\n"
+)
+ALICE = request_bytes("/a", "alice")
+BOB = request_bytes("/b", "bob")
+
+
+def tenant(name: str) -> bytes:
+    return f"GET /q?tenant={name} HTTP/1.1\r\nHost: svc\r\n\r\n".encode()
+
+
+class Stream:
+    """One connection's client segments (crafted; no socket: read as the stream's next bytes)."""
+
+    def __init__(self, dp: InboundDataplane, sport: int) -> None:
+        self.ingress = dp.obj.program("tc_ingress")
+        self.sport, self.seq = sport, 1000
+
+    def send(self, payload: bytes, seq: int | None = None) -> bytes | None:
+        """What of `payload` reached the server (None: nothing; it was refused)."""
+        seq = self.seq if seq is None else seq
+        frame = tcp_frame("127.0.0.2", SERVER, self.sport, 8080, flags=PSH | ACK, seq=seq, payload=payload)
+        res = self.ingress.test_run(frame)
+        if res.retval != TC_ACT_OK or parse_frame(res.data_out).flags & RST:
+            return None
+        kept = parse_frame(res.data_out).payload
+        self.seq = seq + len(kept)
+        return kept
+
+
+def spend(dp: InboundDataplane, first: bytes) -> None:
+    """One request of a fresh connection spends its value's one token."""
+    assert Stream(dp, 31000).send(first) == first
+
+
+@pytest.mark.parametrize(
+    ("rules", "first", "lead"),
+    [(ONE_PER_USER, BOB, b"\r\n\r\n"), (ONE_PER_TENANT, tenant("acme"), b"\r\n")],
+    ids=["header", "query"],
+)
+def test_empty_lines_before_the_request_do_not_hide_its_parameter(
+    dp: InboundDataplane, rules: str, first: bytes, lead: bytes
+) -> None:
+    """nginx skips empty lines before a request line; the parameter search must too (it stopped at the
+    first line end, as if the request line, or the head, had ended: the rule did not apply)."""
+    dp.apply(dp.compile(load_text(rules, "hot.yaml")))
+    spend(dp, first)
+    assert Stream(dp, 31001).send(lead + first) is None, "the value's token is spent"
+
+
+@pytest.mark.parametrize(
+    ("rules", "spent", "other"),
+    [
+        (ONE_PER_USER, BOB, request_bytes("/a", None)),
+        (ONE_PER_TENANT, tenant("acme"), b"GET /q?x=1 HTTP/1.1\r\nHost: svc\r\n\r\n"),
+    ],
+    ids=["header", "query"],
+)
+def test_a_pipelined_request_is_judged_by_its_own_parameter(
+    dp: InboundDataplane, rules: str, spent: bytes, other: bytes
+) -> None:
+    """Behind a request without the parameter in one segment: the parameter is read from the request
+    judged, not from the segment's first (which has none: the rule would not apply, and an attacker would
+    pipeline its limited value behind such a request)."""
+    dp.apply(dp.compile(load_text(rules, "hot.yaml")))
+    spend(dp, spent)
+    assert Stream(dp, 31002).send(other + spent) == other, "cut before the spent value's request"

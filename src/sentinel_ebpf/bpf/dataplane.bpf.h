@@ -109,6 +109,7 @@ struct param_scan {
 	__u32 vend;
 	__u32 found;
 	__u32 ended;                /* the search reached the end of the request line (query) or head (header) */
+	__u32 begun;                /* past the empty lines before the request line (servers skip them) */
 	__u32 prev;
 	__u32 prev2;
 	__u32 pct;                  /* query names: 1 after '%', 2 after its first hex digit */
@@ -167,6 +168,8 @@ struct ingress_scratch {
 	__u32 pipe_res;             /* ... its resource, */
 	__u32 pipe_flags;           /* ... and judge()'s flags for it; */
 	__u32 pipe_key;             /* the generation << 16 | the port's slot (http_route()'s key_gen_port) */
+	__u32 req_off;              /* where the request judged starts in the payload (its parameters are
+				     * read from there) */
 	__u32 reject_how;           /* refuse_http() -> tc_ingress: reject()'s third argument */
 	__u32 seen;                 /* segment_position: the server's socket received bytes before this segment */
 };

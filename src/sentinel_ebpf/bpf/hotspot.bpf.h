@@ -47,6 +47,11 @@ static long scan_byte(__u32 i, struct scan_ctx *ctx)
 		return 1;
 	asm volatile("" : "+r"(i));
 	c = s->buf[i & (SE_PARAM_PEEK - 1)];
+	if (!s->begun) {
+		if (c == '\r' || c == '\n')
+			return 0; /* an empty line before the request line: not the line's or the head's end */
+		s->begun = 1;
+	}
 	if (s->found) { /* inside the value */
 		if (c == '\r' || c == '\n' || (ctx->query && (c == '&' || c == ' ' || c == '#'))) {
 			s->vend = i;
@@ -121,6 +126,7 @@ static __always_inline int find_param(struct param_scan *s, const struct hotspot
 	s->match = 0;
 	s->found = 0;
 	s->ended = 0;
+	s->begun = 0;
 	s->prev = 0;
 	s->prev2 = 0;
 	s->pct = 0;

@@ -75,6 +75,7 @@ __noinline int parse_into(struct __sk_buff *skb, __u32 egress)
 		scr = bpf_map_lookup_elem(&ingress_scratch, &zero);
 	if (!skb || !scr)
 		return PARSE_NOT_TCP;
+	scr->req_off = 0;
 	return parse_tcp(skb, &scr->p);
 }
 

@@ -206,7 +206,7 @@ __noinline int hot_param_hash(struct __sk_buff *skb, __u32 conf_idx, __u32 rule_
 
 /* Hotspot rules of the resource: keys of Concurrency rules' values go to `held` (released on completion). */
 static __always_inline __u32 check_hotspot(const struct res_conf *rc, __u32 conf_idx, struct __sk_buff *skb,
-					   const struct pkt *p, __u64 now_ns, struct hot_key *held)
+					   const struct pkt *p, __u32 req_off, __u64 now_ns, struct hot_key *held)
 {
 	__u32 zero = 0;
 	bool loaded = false;
@@ -222,9 +222,10 @@ static __always_inline __u32 check_hotspot(const struct res_conf *rc, __u32 conf
 		} else {
 			struct param_scan *scan;
 
-			if (!p->payload_len)
+			if (req_off >= p->payload_len)
 				continue; /* no request to read the parameter from: the rule does not apply */
-			int got = hot_param_hash(skb, conf_idx, i | (!loaded << 8), p->payload_off, p->payload_len);
+			int got = hot_param_hash(skb, conf_idx, i | (!loaded << 8), p->payload_off + req_off,
+						 p->payload_len - req_off);
 
 			if (got == PARAM_ABSENT)
 				continue; /* parameter absent: as in Sentinel, the rule does not apply */
@@ -333,7 +334,8 @@ static __always_inline __u32 check_flow_isolation(__u32 res, __u32 idx, struct r
 }
 
 static __always_inline __u32 check_resource(__u32 res, __u8 gen, struct res_stats *st, __u64 now,
-					    struct __sk_buff *skb, const struct pkt *p, struct hot_key *held)
+					    struct __sk_buff *skb, const struct pkt *p, __u32 req_off,
+					    struct hot_key *held)
 {
 	__u32 idx = gen * SE_MAX_RESOURCES + res;
 	struct res_conf *rc = bpf_map_lookup_elem(&res_conf, &idx);
@@ -346,7 +348,7 @@ static __always_inline __u32 check_resource(__u32 res, __u8 gen, struct res_stat
 	if (v != BLOCK_NONE)
 		return v;
 	if (rc->nhot) {
-		v = check_hotspot(rc, idx, skb, p, now, held);
+		v = check_hotspot(rc, idx, skb, p, req_off, now, held);
 		if (v != BLOCK_NONE)
 			return v;
 	}
@@ -461,7 +463,7 @@ __noinline __u32 judge(__u32 res, __u32 gen_flags, struct __sk_buff *skb, const 
 	now = now_ns();
 	now_ms = now / 1000000;
 	verdict = in && (gen_flags & JUDGE_SYSTEM_BLOCKED) ? BLOCK_SYSTEM :
-		  check_resource(res, gen, st, now, skb, p, entry.hot);
+		  check_resource(res, gen, st, now, skb, p, ((struct ingress_scratch *)key)->req_off, entry.hot);
 	if (verdict != BLOCK_NONE) {
 		stat_block(st, now_ms, verdict);
 		if (in)

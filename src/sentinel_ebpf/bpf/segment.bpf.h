@@ -203,6 +203,7 @@ static __always_inline __u32 http_segment(struct __sk_buff *skb, const struct pk
 		port_count(port, PORT_OUT_OF_ORDER);
 		return SEGMENT_DROP;
 	}
+	scr->req_off = *skip; /* (a request there is judged by its own parameters, not those of bytes before) */
 	res = stream_prepare(p->seq + ((p->flags & TCP_SYN) ? 1 : 0) + *skip);
 	if (res == 1 || (res >= 2 && scr->seen))
 		port_count(port, PORT_STREAM_LOST);
@@ -308,6 +309,7 @@ __noinline __u32 pipelined_follow(struct __sk_buff *skb, __u32 res, __u32 incomp
 		res = 0;
 	}
 	scr->pipe_res = res;
+	scr->req_off = scr->keep;
 	scr->cut = scr->post;
 	scr->pipe_next = stream_follow(skb, &scr->p, scr->keep, &scr->post, FOLLOW_HOW(FOLLOW_GOES_ON, scr->p.payload_len));
 	if (scr->pipe_next == FOLLOW_RESET) {
