@@ -351,7 +351,10 @@ static __always_inline long follow_one(struct follow_ctx *c)
 		__builtin_memcpy(b->c, st->carry, FOLLOW_CARRY);
 	n = rest < FOLLOW_WINDOW ? rest : FOLLOW_WINDOW;
 	n = ((n - 1) & (FOLLOW_WINDOW - 1)) + 1;
-	if (bpf_skb_load_bytes(c->skb, c->off + at, b->c + k, n))
+	/* (k is at most FOLLOW_CARRY; masked after a barrier, so that kernels that lose a spilled value's
+	 * bounds, 6.1, see it bounded where it is used) */
+	asm volatile("" : "+r"(k));
+	if (bpf_skb_load_bytes(c->skb, c->off + at, b->c + (k & (2 * FOLLOW_CARRY - 1)), n))
 		return follow_stop(c, c->len);
 	wlen = k + n;
 	st->carry_len = 0;
