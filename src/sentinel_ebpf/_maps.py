@@ -141,6 +141,8 @@ class InboundMaps:
         self.inflight: Map = obj.map("inflight")
         #: ARRAY, max_entries 1: __u32 -> __s64
         self.inflight_idle: Map = obj.map("inflight_idle")
+        #: LRU_HASH, max_entries 16384: struct flow_key -> struct inflight_queue
+        self.inflight_queue: Map = obj.map("inflight_queue")
         #: PERCPU_ARRAY, max_entries 1: __u32 -> struct ingress_scratch
         self.ingress_scratch: Map = obj.map("ingress_scratch")
         #: PERCPU_ARRAY, max_entries 1: __u32 -> struct norm_scratch
@@ -155,6 +157,8 @@ class InboundMaps:
         self.port_slots: Map = obj.map("port_slots")
         #: HASH, max_entries 1024: __u16 -> struct port_counts
         self.port_stats: Map = obj.map("port_stats")
+        #: ARRAY, max_entries 1: __u32 -> struct inflight_queue
+        self.queue_zero: Map = obj.map("queue_zero")
         #: LRU_HASH, max_entries 16384: struct flow_key -> __u32
         self.refused: Map = obj.map("refused")
         #: ARRAY, max_entries 24576: __u32 -> struct res_conf
@@ -198,6 +202,7 @@ class InboundMaps:
                 self.inbound_total,
                 self.inflight,
                 self.inflight_idle,
+                self.inflight_queue,
                 self.ingress_scratch,
                 self.norm_scratch,
                 self.out_conns,
@@ -205,6 +210,7 @@ class InboundMaps:
                 self.param_scratch,
                 self.port_slots,
                 self.port_stats,
+                self.queue_zero,
                 self.refused,
                 self.res_conf,
                 self.res_stats,

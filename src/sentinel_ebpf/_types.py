@@ -46,6 +46,8 @@ class SentinelLimits(IntEnum):
     SE_REPLY_REQUEST_MAX = 1536
     SE_INCOMPLETE_TRIES = 6
     SE_PIPELINED_MAX = 8
+    SE_QUEUED_MAX = 16
+    SE_QUEUES_MAX = 16384
 
 
 class ConnDirection(IntEnum):
@@ -149,7 +151,8 @@ class PortCounter(IntEnum):
     PORT_LOST_RESET = 20
     PORT_TARGET_UNREAD = 21
     PORT_PIPELINED = 22
-    PORT_COUNTER_MAX = 23
+    PORT_QUEUE_FULL = 23
+    PORT_COUNTER_MAX = 24
 
 
 class DpCounter(IntEnum):
@@ -368,11 +371,11 @@ class PortCounts(ctypes.Structure):
 
     _pack_ = 1
     _fields_ = [
-        ("count", (ctypes.c_uint64 * 23)),
+        ("count", (ctypes.c_uint64 * 24)),
     ]
 
 
-assert ctypes.sizeof(PortCounts) == 184
+assert ctypes.sizeof(PortCounts) == 192
 
 
 class HttpRouteKey(ctypes.Structure):
@@ -697,11 +700,42 @@ class Inflight(ctypes.Structure):
         ("inbound", ctypes.c_uint8),
         ("client_closed", ctypes.c_uint8),
         ("_pad", ctypes.c_uint8),
+        ("q_head", ctypes.c_uint32),
+        ("q_tail", ctypes.c_uint32),
         ("hot", (HotKey * 2)),
     ]
 
 
-assert ctypes.sizeof(Inflight) == 56
+assert ctypes.sizeof(Inflight) == 64
+
+
+class QueuedRequest(ctypes.Structure):
+    """``struct queued_request``."""
+
+    _pack_ = 1
+    _fields_ = [
+        ("start_ns", ctypes.c_uint64),
+        ("resource", ctypes.c_uint32),
+        ("inbound", ctypes.c_uint8),
+        ("is_http", ctypes.c_uint8),
+        ("_pad", (ctypes.c_uint8 * 2)),
+        ("hot", (HotKey * 2)),
+    ]
+
+
+assert ctypes.sizeof(QueuedRequest) == 48
+
+
+class InflightQueue(ctypes.Structure):
+    """``struct inflight_queue``."""
+
+    _pack_ = 1
+    _fields_ = [
+        ("q", (QueuedRequest * 16)),
+    ]
+
+
+assert ctypes.sizeof(InflightQueue) == 768
 
 
 class ReconcileReq(ctypes.Structure):

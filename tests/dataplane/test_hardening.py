@@ -711,3 +711,30 @@ def test_drift_from_an_evicted_entry_is_repaired(dp: InboundDataplane, listener:
     assert stats(dp, "conns").concurrency == 0 and dp.counters()["concurrency_repaired"] == 1
     assert h.syn(port) == TC_ACT_OK
     assert dp.reconciler.run().adjusted == {}, "nothing drifts now"
+
+
+def test_requests_queued_on_a_gone_connection_are_released(
+    dp: InboundDataplane, listener: socket.socket
+) -> None:
+    """A connection whose close this host never saw, with requests pipelined behind the one in flight: the
+    reconciliation gives back the queued requests' slots with the first's."""
+    port = listener.getsockname()[1]
+    h = Harness(
+        dp,
+        rules(f"""
+resources:
+  - {{name: slow, match: {{protocol: http, port: {port}, path: /slow}}}}
+  - {{name: other, match: {{protocol: http, port: {port}, path: /other}}}}
+isolationRules:
+  - {{resource: slow, threshold: 5}}
+"""),
+    )
+    h.at(0)
+    pipelined = b"GET /other HTTP/1.1\r\nHost: s\r\n\r\nGET /slow HTTP/1.1\r\nHost: s\r\n\r\n" * 2
+    frame = tcp_frame("127.0.0.1", "127.0.0.1", 40999, port, flags=PSH | ACK, seq=1, ack=1, payload=pipelined)
+    assert h.ingress.test_run(frame).data_out == frame
+    assert (stats(dp, "slow").concurrency, stats(dp, "other").concurrency) == (2, 2)
+    h.at(60_000)
+    assert dp.reconciler.run(grace_ns=0).released == 1
+    assert (stats(dp, "slow").concurrency, stats(dp, "other").concurrency) == (0, 0)
+    assert sum(1 for _ in dp.maps.inflight_queue.items()) == 0

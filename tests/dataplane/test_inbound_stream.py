@@ -478,3 +478,89 @@ def test_an_urgent_pointer_on_a_port_without_http_resources_is_left_alone(dp: In
     frame = tcp_frame(CLIENT, SERVER, 40000, 8080, flags=URG | ACK, seq=1000, urgent=40)
     res = dp.obj.program("tc_ingress").test_run(frame)
     assert (res.retval, res.data_out) == (TC_ACT_OK, frame)
+
+
+SLOW_ONE_AT_A_TIME = """
+resources:
+  - {name: slow, match: {protocol: http, port: 8080, method: GET, path: /slow}}
+  - {name: other, match: {protocol: http, port: 8080, method: GET, path: /other}}
+isolationRules:
+  - {resource: slow, threshold: 1}
+"""
+SLOW = b"GET /slow HTTP/1.1\r\nHost: svc\r\n\r\n"
+RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+def concurrency(dp: InboundDataplane) -> dict[str, int]:
+    return {s.name: s.concurrency for s in dp.resource_stats()}
+
+
+def respond(dp: InboundDataplane, client: Client, n: int = 1) -> None:
+    """The server's responses to the client's next `n` requests, each in a segment of its own."""
+    for _ in range(n):
+        frame = tcp_frame(
+            SERVER, CLIENT, 8080, client.sport, flags=PSH | ACK, seq=client.seq, payload=RESPONSE
+        )
+        assert dp.obj.program("tc_egress").test_run(frame).retval == TC_ACT_OK
+
+
+def test_a_request_pipelined_behind_a_slow_one_does_not_take_it_out_of_its_concurrency(
+    dp: InboundDataplane,
+) -> None:
+    """Sentinel counts a request in its resource's concurrency from its entry to its exit. A request judged
+    while its connection's last one is in flight (pipelining) queues behind it: before, it took the
+    connection's one in-flight entry over, and a cheap request pipelined behind a slow one took the slow
+    one out of its isolation limit (any number of connections could run it at once)."""
+    dp.apply(dp.compile(rules(SLOW_ONE_AT_A_TIME)))
+    first = Client(dp, sport=40001)
+    assert first.send(SLOW + OTHER) == (TC_ACT_OK, SLOW + OTHER)
+    assert concurrency(dp) == {"slow": 1, "other": 1}
+    assert Client(dp, sport=40002).send(SLOW)[1] is None, "one /slow is in flight: refused"
+    respond(dp, first)  # /slow answered: /other is the one in flight now
+    assert concurrency(dp) == {"slow": 0, "other": 1}
+    respond(dp, first)
+    assert concurrency(dp) == {"slow": 0, "other": 0}
+    stats = {s.name: (s.complete, s.abort) for s in dp.resource_stats()}
+    assert stats == {"slow": (1, 0), "other": (1, 0)}
+
+
+def test_requests_queued_behind_one_in_flight_are_given_back_when_the_connection_resets(
+    dp: InboundDataplane,
+) -> None:
+    dp.apply(dp.compile(rules(SLOW_ONE_AT_A_TIME)))
+    c = Client(dp, sport=40003)
+    assert c.send(OTHER + SLOW + OTHER) == (TC_ACT_OK, OTHER + SLOW + OTHER)
+    assert concurrency(dp) == {"slow": 1, "other": 2}
+    assert c.send(b"", flags=RST | ACK)[0] == TC_ACT_OK
+    assert concurrency(dp) == {"slow": 0, "other": 0}
+    assert {s.name: s.abort for s in dp.resource_stats()} == {"slow": 1, "other": 2}
+
+
+def test_past_so_many_requests_in_flight_on_a_connection_the_next_waits(dp: InboundDataplane) -> None:
+    """At most SE_QUEUED_MAX requests wait behind the one in flight: the next is not judged (nothing
+    counted) but dropped or cut, and comes again once responses were seen."""
+    dp.apply(dp.compile(rules(COUNT_ALL)))
+    queued = int(SentinelLimits.SE_QUEUED_MAX)
+    c = Client(dp, sport=40004)
+    assert c.send(OTHER * 9) == (TC_ACT_OK, OTHER * 9)
+    assert c.send(OTHER * (queued - 8) + API) == (TC_ACT_OK, OTHER * (queued - 8))  # full: cut before /api
+    assert c.send(API)[1] is None  # dropped: the first request of its segment
+    assert stats(dp)["api"] == (0, 0), "not judged"
+    assert dp.port_counters(8080)["queue_full"] == 2
+    respond(dp, c)
+    assert c.send(API) == (TC_ACT_OK, API)
+    assert stats(dp)["api"] == (1, 0)
+
+
+def test_reconciliation_counts_the_requests_queued_behind_one_in_flight(dp: InboundDataplane) -> None:
+    """The control plane's reconciliation compares each resource's concurrency with the requests the maps
+    hold in flight: those queued behind another are in flight too (not drift to take back)."""
+    dp.apply(dp.compile(rules(SLOW_ONE_AT_A_TIME)))
+    c = Client(dp, sport=40005)
+    assert c.send(OTHER + SLOW + OTHER) == (TC_ACT_OK, OTHER + SLOW + OTHER)
+    for _ in range(3):
+        assert dp.reconciler.run(grace_ns=0).adjusted == {}
+    assert concurrency(dp) == {"slow": 1, "other": 2}
+    respond(dp, c, 3)
+    assert concurrency(dp) == {"slow": 0, "other": 0}
+    assert dp.reconciler.run(grace_ns=0).adjusted == {}

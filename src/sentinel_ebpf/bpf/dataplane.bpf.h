@@ -330,6 +330,22 @@ struct {
 	__type(value, struct inflight);
 } inflight SEC(".maps");
 
+/* Requests in flight behind a connection's first (pipelining), in order: see struct inflight. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, SE_QUEUES_MAX);
+	__type(key, struct flow_key);
+	__type(value, struct inflight_queue);
+} inflight_queue SEC(".maps");
+
+/* An empty inflight_queue value (never written): what a connection's first queued request starts from. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct inflight_queue);
+} queue_zero SEC(".maps");
+
 /* How many inflight entries are idle (see struct inflight): an approximation that only errs upward. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

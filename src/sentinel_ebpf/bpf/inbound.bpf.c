@@ -276,6 +276,10 @@ static __always_inline int ingress(struct __sk_buff *skb)
 			res = BLOCK_FLOW;
 		} else {
 			res = judge(res, gen | JUDGE_HTTP | system_flag(gen), skb, p);
+			if (res == JUDGE_QUEUE_FULL) {
+				pipelined_verdict(res); /* counted; dropped: it comes again */
+				return TC_ACT_SHOT;
+			}
 		}
 		if (res != BLOCK_NONE) {
 			r = refuse_http(skb, p, pc->reject_http | how, skip, at);
@@ -292,7 +296,7 @@ static __always_inline int ingress(struct __sk_buff *skb)
 		res = http_route(skb, p, res << 16 | bpf_ntohs(p->dport), scr->pipe_key, &pc->lens);
 		res = pipelined_follow(skb, res, pc->incomplete);
 		if (res == PIPELINED_CUT || res == SEGMENT_RESET ||
-		    pipelined_verdict(res && judge(res, scr->pipe_flags, skb, p) != BLOCK_NONE))
+		    pipelined_verdict(res ? judge(res, scr->pipe_flags, skb, p) : BLOCK_NONE))
 			break;
 	}
 	if (res == SEGMENT_RESET)

@@ -428,6 +428,51 @@ static __always_inline void hold(struct res_stats *st, struct res_stats *in, con
 	}
 }
 
+/* judge()'s answer when the connection has SE_QUEUED_MAX requests in flight already (nothing counted). */
+#define JUDGE_QUEUE_FULL 0xfe
+
+/*
+ * A request judged while its connection's last one is still in flight (HTTP pipelining): it waits in the
+ * connection's inflight_queue entry, behind `head`, until the responses before it are seen (complete()
+ * then makes it the one in flight). Its concurrency is held from now on, as Sentinel's entry would be:
+ * before, it took the connection's one entry over and the request in flight stopped counting, so that
+ * pipelining a cheap request behind a slow one took the slow one out of its resource's concurrency.
+ * `flags`: 1 counted in the inbound node, 2 HTTP; `entry`: its hotspot values. 0 when queued, -1 when the queue is full or could not
+ * be made. A global function (judge()'s frame is large).
+ */
+__noinline int queue_request(struct inflight *head, __u32 res, __u32 flags, const struct inflight *entry)
+{
+	struct flow_key *key = scratch_key(false);
+	struct inflight_queue *q;
+	struct queued_request *r;
+	__u32 zero = 0, tail;
+
+	if (!head || !entry || !key)
+		return -1;
+	tail = head->q_tail;
+	if (tail - head->q_head >= SE_QUEUED_MAX)
+		return -1;
+	q = bpf_map_lookup_elem(&inflight_queue, key);
+	if (!q) {
+		struct inflight_queue *empty = bpf_map_lookup_elem(&queue_zero, &zero);
+
+		if (!empty)
+			return -1;
+		bpf_map_update_elem(&inflight_queue, key, empty, BPF_NOEXIST);
+		q = bpf_map_lookup_elem(&inflight_queue, key);
+		if (!q)
+			return -1;
+	}
+	r = &q->q[tail & (SE_QUEUED_MAX - 1)];
+	r->start_ns = now_ns();
+	r->resource = res;
+	r->inbound = flags & 1;
+	r->is_http = !!(flags & 2);
+	__builtin_memcpy(r->hot, entry->hot, sizeof(r->hot));
+	head->q_tail = tail + 1;
+	return 0;
+}
+
 /* Adjust the idle-entry count; returns the count before. */
 static __always_inline __s64 idle_add(__s64 d)
 {
@@ -460,6 +505,12 @@ __noinline __u32 judge(__u32 res, __u32 gen_flags, struct __sk_buff *skb, const 
 	/* Only the system rules read the inbound node: without them it is not kept (its atomics would be
 	 * paid by every request). Outbound requests are not inbound traffic. */
 	in = key->kind != FLOW_KIND_OUT_REQUEST && (gen_flags & JUDGE_INBOUND_NODE) ? inbound_node() : NULL;
+
+	struct inflight *old = bpf_map_lookup_elem(&inflight, key);
+
+	if (old && key->kind == FLOW_KIND_REQUEST && old->active == INFLIGHT_ACTIVE &&
+	    old->q_tail - old->q_head >= SE_QUEUED_MAX)
+		return JUDGE_QUEUE_FULL; /* (judged when it comes again, once responses were seen) */
 	now = now_ns();
 	now_ms = now / 1000000;
 	verdict = in && (gen_flags & JUDGE_SYSTEM_BLOCKED) ? BLOCK_SYSTEM :
@@ -473,13 +524,13 @@ __noinline __u32 judge(__u32 res, __u32 gen_flags, struct __sk_buff *skb, const 
 	stat_pass(st, now_ms);
 	if (in)
 		stat_pass(in, now_ms);
-
-	struct inflight *old = bpf_map_lookup_elem(&inflight, key);
-
 	if (old) {
 		/* No map update on this path: the connection's entry is taken over in place. */
 		if (__sync_val_compare_and_swap(&old->active, 0, 1) == 0) {
 			idle_add(-1); /* idle since its last response: this request reuses it */
+		} else if (key->kind == FLOW_KIND_REQUEST && queue_request(old, res, !!in | is_http << 1, &entry) == 0) {
+			hold(st, in, entry.hot); /* pipelined behind the one in flight */
+			return BLOCK_NONE;
 		} else if (old->resource == res && !old->hot[0].uid && !old->hot[1].uid && !entry.hot[0].uid &&
 			   !entry.hot[1].uid) {
 			/* the same resource is still in flight on this tuple: one request ends and one starts,
@@ -488,7 +539,8 @@ __noinline __u32 judge(__u32 res, __u32 gen_flags, struct __sk_buff *skb, const 
 			old->is_http = is_http;
 			return BLOCK_NONE;
 		} else {
-			/* a request without a seen response (pipelining, lost segment): it no longer counts */
+			/* a request without a seen response (an outbound caller's pipelining, a lost segment, a
+			 * connection's queue that could not be made): it no longer counts */
 			struct res_stats *ost = bpf_map_lookup_elem(&res_stats, &old->resource);
 			struct res_stats *oin = old->inbound ? inbound_node() : NULL;
 
@@ -530,18 +582,82 @@ __noinline __u32 judge(__u32 res, __u32 gen_flags, struct __sk_buff *skb, const 
 #define COMPLETE_CLIENT_FIN 16      /* the client sent FIN: its request may still be answered */
 #define COMPLETE_NO_ANSWER 32       /* the server closed without answering (an abort after COMPLETE_CLIENT_FIN) */
 
+/* The request in flight `f` got its response (or failed: `error`): its statistics, its slots given back. */
+static __always_inline void finish(struct inflight *f, bool error)
+{
+	struct res_stats *st = bpf_map_lookup_elem(&res_stats, &f->resource);
+	struct res_stats *in = f->inbound ? inbound_node() : NULL;
+	__u64 now = now_ns(), rt_ms = now > f->start_ns ? (now - f->start_ns) / 1000000 : 0;
+
+	if (st) {
+		stat_complete(st, now / 1000000, rt_ms, error);
+		__sync_fetch_and_add(&st->concurrency, -1);
+	}
+	if (in) {
+		stat_complete(in, now / 1000000, rt_ms, error);
+		__sync_fetch_and_add(&in->concurrency, -1);
+	}
+	hot_release(f->hot);
+	breakers_complete(current_gen() * SE_MAX_RESOURCES + f->resource, f->resource, now / 1000000, rt_ms, error);
+}
+
+/* The requests queued behind `f` (pipelining), of connection `key`, end unanswered with it: aborts, their
+ * slots given back (breakers never see them). */
+static __always_inline void release_queue_of(struct inflight *f, const struct flow_key *key)
+{
+	struct inflight_queue *q = bpf_map_lookup_elem(&inflight_queue, key);
+
+	for (int i = 0; i < SE_QUEUED_MAX; i++) {
+		__u32 h = f->q_head;
+		struct queued_request *r;
+		struct res_stats *st;
+
+		if (h == f->q_tail)
+			break;
+		f->q_head = h + 1;
+		if (!q)
+			continue; /* evicted: the counts are repaired by the reconciliation */
+		r = &q->q[h & (SE_QUEUED_MAX - 1)];
+		st = bpf_map_lookup_elem(&res_stats, &r->resource);
+		if (st) {
+			__sync_fetch_and_add(&st->total_abort, 1);
+			__sync_fetch_and_add(&st->concurrency, -1);
+		}
+		if (r->inbound) {
+			st = inbound_node();
+			if (st)
+				__sync_fetch_and_add(&st->concurrency, -1);
+		}
+		hot_release(r->hot);
+	}
+	f->q_head = f->q_tail;
+	if (q)
+		bpf_map_delete_elem(&inflight_queue, key);
+}
+
+/* release_queue_of() for the connection under the scratch's key (see scratch_key). A global function. */
+__noinline int release_queued(struct inflight *f, __u32 egress)
+{
+	struct flow_key *key = scratch_key(egress);
+
+	if (f && key && f->q_head != f->q_tail)
+		release_queue_of(f, key);
+	return 0;
+}
+
 /*
  * The in-flight request or connection under the scratch's key (see scratch_key) ended (COMPLETE_* flags
- * in `how`). A request's entry
- * stays, idle, for the connection's next request unless the connection ended or too many are idle.
- * A global function: verified once, small frames.
+ * in `how`). A request's entry stays, idle, for the connection's next request unless the connection ended
+ * or too many are idle; when requests are queued behind it (pipelining), the first of them is in flight
+ * next, in the entry. A global function: verified once, small frames.
  */
 __noinline int complete(__u32 how)
 {
 	struct flow_key *key = scratch_key(how & COMPLETE_EGRESS);
+	struct inflight_queue *q;
+	struct queued_request *r;
 	struct inflight *f;
 	struct res_stats *st, *in;
-	__u64 now, rt_ms;
 	bool error = how & COMPLETE_ERROR;
 
 	if (!key)
@@ -560,6 +676,30 @@ __noinline int complete(__u32 how)
 		f->client_closed = 1;
 		return 0;
 	}
+	if (f->q_head != f->q_tail && f->active == INFLIGHT_ACTIVE && !(how & (COMPLETE_END | COMPLETE_ABORT))) {
+		/* a response, with requests queued behind: the next one is in flight now (the entry stays
+		 * active, so that a request judged meanwhile queues behind it) */
+		finish(f, error);
+		q = bpf_map_lookup_elem(&inflight_queue, key);
+		if (q) {
+			r = &q->q[f->q_head & (SE_QUEUED_MAX - 1)];
+			f->start_ns = r->start_ns;
+			f->resource = r->resource;
+			f->inbound = r->inbound;
+			f->is_http = r->is_http;
+			__builtin_memcpy(f->hot, r->hot, sizeof(f->hot));
+			f->q_head++;
+			return 0;
+		}
+		/* (the queue was evicted: its requests' counts are repaired by the reconciliation) */
+		f->q_head = f->q_tail;
+		__builtin_memset(f->hot, 0, sizeof(f->hot));
+		if (__sync_val_compare_and_swap(&f->active, 1, 0) == 1 && idle_add(1) >= inflight_idle_max) {
+			idle_add(-1);
+			bpf_map_delete_elem(&inflight, key);
+		}
+		return 0;
+	}
 	if (__sync_val_compare_and_swap(&f->active, 1, 0) != 1) {
 		/* idle already: nothing in flight to complete */
 		if (how & (COMPLETE_END | COMPLETE_CLIENT_FIN)) {
@@ -568,10 +708,10 @@ __noinline int complete(__u32 how)
 		}
 		return 0;
 	}
-	st = bpf_map_lookup_elem(&res_stats, &f->resource);
-	in = f->inbound ? inbound_node() : NULL;
 	if ((how & COMPLETE_ABORT) || ((how & COMPLETE_NO_ANSWER) && f->client_closed)) {
 		/* the client gave up before the response: not the server's error, breakers never see it */
+		st = bpf_map_lookup_elem(&res_stats, &f->resource);
+		in = f->inbound ? inbound_node() : NULL;
 		if (st) {
 			__sync_fetch_and_add(&st->total_abort, 1);
 			__sync_fetch_and_add(&st->concurrency, -1);
@@ -579,21 +719,11 @@ __noinline int complete(__u32 how)
 		if (in)
 			__sync_fetch_and_add(&in->concurrency, -1);
 		hot_release(f->hot);
+		release_queued(f, how & COMPLETE_EGRESS);
 		bpf_map_delete_elem(&inflight, key);
 		return 0;
 	}
-	now = now_ns();
-	rt_ms = now > f->start_ns ? (now - f->start_ns) / 1000000 : 0;
-	if (st) {
-		stat_complete(st, now / 1000000, rt_ms, error);
-		__sync_fetch_and_add(&st->concurrency, -1);
-	}
-	if (in) {
-		stat_complete(in, now / 1000000, rt_ms, error);
-		__sync_fetch_and_add(&in->concurrency, -1);
-	}
-	hot_release(f->hot);
-	breakers_complete(current_gen() * SE_MAX_RESOURCES + f->resource, f->resource, now / 1000000, rt_ms, error);
+	finish(f, error);
 	if (!(how & COMPLETE_END)) {
 		if (idle_add(1) < inflight_idle_max) {
 			__builtin_memset(f->hot, 0, sizeof(f->hot));
@@ -601,6 +731,7 @@ __noinline int complete(__u32 how)
 		}
 		idle_add(-1);
 	}
+	release_queued(f, how & COMPLETE_EGRESS);
 	bpf_map_delete_elem(&inflight, key);
 	return 0;
 }

@@ -71,6 +71,8 @@ int reconcile(struct __sk_buff *skb)
 	if (in)
 		__sync_fetch_and_add(&in->concurrency, -1);
 	hot_release(f->hot);
+	if (f->q_head != f->q_tail)
+		release_queue_of(f, &req.key); /* requests pipelined behind it */
 	bpf_map_delete_elem(&inflight, &req.key);
 	percpu_inc(&dp_counters, DP_CONCURRENCY_REPAIRED);
 	return 1;

@@ -320,16 +320,22 @@ __noinline __u32 pipelined_follow(struct __sk_buff *skb, __u32 res, __u32 incomp
 	return scr->pipe_res;
 }
 
-/* pipelined_verdict: the request passed (followed on), or was refused (`refused_it`: the segment is cut
- * before it). 0 to go on to the next, 1 to stop. */
-__noinline int pipelined_verdict(__u32 refused_it)
+/* pipelined_verdict: judge()'s verdict on the request: it passed (followed on), was refused (the segment
+ * is cut before it, remembered), or was not judged (JUDGE_QUEUE_FULL: cut before it, counted; also for a
+ * segment's first request, which tc_ingress drops then). 0 to go on to the next, 1 to stop. */
+__noinline int pipelined_verdict(__u32 verdict)
 {
 	__u32 zero = 0;
 	struct ingress_scratch *scr = bpf_map_lookup_elem(&ingress_scratch, &zero);
 
 	if (!scr)
 		return 1;
-	if (refused_it) {
+	if (verdict == JUDGE_QUEUE_FULL) {
+		scr->post = scr->cut;
+		port_count(bpf_ntohs(scr->p.dport), PORT_QUEUE_FULL);
+		return 1;
+	}
+	if (verdict != BLOCK_NONE) {
 		scr->post = scr->cut;
 		bpf_map_update_elem(&refused, &scr->fk, &scr->pipe_at, BPF_ANY);
 		return 1;

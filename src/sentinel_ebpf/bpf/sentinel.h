@@ -47,6 +47,8 @@ enum sentinel_limits {
 	SE_REPLY_REQUEST_MAX = 1536, /* a request segment longer than this is answered with RST instead */
 	SE_INCOMPLETE_TRIES = 6,    /* drops of one incomplete request line before the connection is reset */
 	SE_PIPELINED_MAX = 8,       /* requests judged inside one client segment after its first (more: cut) */
+	SE_QUEUED_MAX = 16,         /* requests in flight behind a connection's first (pipelining; a power of 2) */
+	SE_QUEUES_MAX = 16384,      /* connections with requests queued so (inflight_queue, LRU) */
 };
 
 /* Why a connection event was emitted. */
@@ -148,7 +150,9 @@ enum port_counter {
 				     * so the connection is reset (unless reject.incomplete is pass) */
 	PORT_PIPELINED = 22,        /* a request judged where it starts inside a segment (pipelined behind
 				     * another, or after a body) */
-	PORT_COUNTER_MAX = 23,
+	PORT_QUEUE_FULL = 23,       /* a request not judged yet because SE_QUEUED_MAX are in flight before it on
+				     * its connection: its segment dropped or cut (it comes again) */
+	PORT_COUNTER_MAX = 24,
 };
 
 /* Global data-plane counters (per-CPU array `dp_counters`). */
@@ -490,7 +494,24 @@ struct inflight {
 	__u8 inbound;               /* counted in the inbound node (system rules were in force at its start) */
 	__u8 client_closed;         /* the client sent FIN with the request in flight: no response is an abort */
 	__u8 _pad;
+	__u32 q_head;               /* requests judged behind this one, in flight (pipelining): slots q_head to */
+	__u32 q_tail;               /* q_tail - 1 (mod SE_QUEUED_MAX) of the connection's inflight_queue entry */
 	struct hot_key hot[SE_HOTSPOT_RULES_PER_RESOURCE]; /* concurrency hotspot values to release (uid 0: none) */
+};
+
+/* A request in flight behind another of its connection (see struct inflight's q_head). */
+struct queued_request {
+	__u64 start_ns;
+	__u32 resource;
+	__u8 inbound;
+	__u8 is_http;
+	__u8 _pad[2];
+	struct hot_key hot[SE_HOTSPOT_RULES_PER_RESOURCE];
+};
+
+/* inflight_queue value, keyed as the connection's inflight entry. */
+struct inflight_queue {
+	struct queued_request q[SE_QUEUED_MAX];
 };
 
 /*

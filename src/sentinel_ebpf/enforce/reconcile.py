@@ -24,10 +24,12 @@ from sentinel_ebpf._types import (
     FlowKey,
     FlowKind,
     Inflight,
+    InflightQueue,
     InflightState,
     OutConn,
     ReconcileOp,
     ReconcileReq,
+    SentinelLimits,
 )
 
 if TYPE_CHECKING:
@@ -75,11 +77,18 @@ class Reconciler:
         """Concurrency the maps account for, per resource, and for the inbound node."""
         per_resource: Counter[int] = Counter()
         inbound = 0
-        for _, value in self.dp.maps.inflight.items():
+        queues = self.dp.maps.inflight_queue
+        for key, value in self.dp.maps.inflight.items():
             entry = Inflight.from_buffer_copy(value)
             if entry.active == InflightState.INFLIGHT_ACTIVE:
                 per_resource[entry.resource] += 1
                 inbound += entry.inbound
+                if entry.q_tail != entry.q_head:  # requests pipelined behind it
+                    raw = queues.get(key)
+                    for i in range(entry.q_head, entry.q_tail) if raw is not None else ():
+                        queued = InflightQueue.from_buffer_copy(raw).q[i % SentinelLimits.SE_QUEUED_MAX]
+                        per_resource[queued.resource] += 1
+                        inbound += queued.inbound
         for _, value in self.dp.maps.out_conns.items():
             per_resource[OutConn.from_buffer_copy(value).resource] += 1
         return per_resource, inbound

@@ -372,6 +372,7 @@ class Writer(Readout):
         for table in (
             m.http_routes,
             m.inflight,
+            m.inflight_queue,
             m.refused,
             m.streams,
             m.port_stats,
