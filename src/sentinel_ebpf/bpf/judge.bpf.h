@@ -473,6 +473,16 @@ __noinline int queue_request(struct inflight *head, __u32 res, __u32 flags, cons
 	return 0;
 }
 
+/* The connection under ingress scratch's key has SE_QUEUED_MAX requests waiting behind the one in flight.
+ * A global function: judge() gets a number, not a pointer whose two states double its paths. */
+__noinline int queue_full(void)
+{
+	struct flow_key *key = scratch_key(false);
+	struct inflight *f = key ? bpf_map_lookup_elem(&inflight, key) : NULL;
+
+	return f && f->active == INFLIGHT_ACTIVE && f->q_tail - f->q_head >= SE_QUEUED_MAX;
+}
+
 /* Adjust the idle-entry count; returns the count before. */
 static __always_inline __s64 idle_add(__s64 d)
 {
@@ -505,11 +515,7 @@ __noinline __u32 judge(__u32 res, __u32 gen_flags, struct __sk_buff *skb, const 
 	/* Only the system rules read the inbound node: without them it is not kept (its atomics would be
 	 * paid by every request). Outbound requests are not inbound traffic. */
 	in = key->kind != FLOW_KIND_OUT_REQUEST && (gen_flags & JUDGE_INBOUND_NODE) ? inbound_node() : NULL;
-
-	struct inflight *old = bpf_map_lookup_elem(&inflight, key);
-
-	if (old && key->kind == FLOW_KIND_REQUEST && old->active == INFLIGHT_ACTIVE &&
-	    old->q_tail - old->q_head >= SE_QUEUED_MAX)
+	if (key->kind == FLOW_KIND_REQUEST && queue_full())
 		return JUDGE_QUEUE_FULL; /* (judged when it comes again, once responses were seen) */
 	now = now_ns();
 	now_ms = now / 1000000;
@@ -524,6 +530,9 @@ __noinline __u32 judge(__u32 res, __u32 gen_flags, struct __sk_buff *skb, const 
 	stat_pass(st, now_ms);
 	if (in)
 		stat_pass(in, now_ms);
+
+	struct inflight *old = bpf_map_lookup_elem(&inflight, key);
+
 	if (old) {
 		/* No map update on this path: the connection's entry is taken over in place. */
 		if (__sync_val_compare_and_swap(&old->active, 0, 1) == 0) {
