@@ -162,7 +162,7 @@ struct ingress_scratch {
 	__u8 again_started;         /* ... and the requests it started */
 	__u64 again_hash;
 	__u32 again_end;            /* ... and where it ended (client seq) */
-	struct stream_pos cut;      /* judge_pipelined: the stream before the request being judged, */
+	struct stream_pos cut;      /* pipelined_follow(): the stream before the request being judged, */
 	__u32 pipe_at;              /* ... where it starts (client seq) */
 	__u32 pipe_next;            /* ... and where the next one does (payload offset), */
 	__u32 pipe_res;             /* ... its resource, */

@@ -6,11 +6,11 @@
  * byte, then those that start inside the segment (pipelined behind another, or after a body) one by one,
  * each where it starts, up to SE_PIPELINED_MAX of them; it cuts the segment before a request it cannot
  * judge there (its request line goes on past the segment, it is refused, too many came before it), so
- * that the client's TCP sends it again at the start of a segment. A line the follower must read whole (a Content-Length or Transfer-Encoding header,
- * a chunk size, a header whose name is not read yet) is never guessed across segments: its bytes so far
- * are carried to the next segment (FOLLOW_CARRY). Framing a server cannot read either (an invalid
- * Content-Length, two different ones, a Transfer-Encoding other than chunked last) resets the
- * connection: servers answer such a request with 400 or 501 and close.
+ * that the client's TCP sends it again at the start of a segment. A line the follower must read whole (a
+ * Content-Length or Transfer-Encoding header, a chunk size, a header whose name is not read yet) is never
+ * guessed across segments: its bytes so far are carried to the next segment (FOLLOW_CARRY). Framing a
+ * server cannot read either (an invalid Content-Length, two different ones, a Transfer-Encoding other
+ * than chunked last) resets the connection: servers answer such a request with 400 or 501 and close.
  */
 #ifndef SENTINEL_FOLLOW_BPF_H
 #define SENTINEL_FOLLOW_BPF_H

@@ -437,8 +437,8 @@ static __always_inline void hold(struct res_stats *st, struct res_stats *in, con
  * then makes it the one in flight). Its concurrency is held from now on, as Sentinel's entry would be:
  * before, it took the connection's one entry over and the request in flight stopped counting, so that
  * pipelining a cheap request behind a slow one took the slow one out of its resource's concurrency.
- * `flags`: 1 counted in the inbound node, 2 HTTP; `entry`: its hotspot values. 0 when queued, -1 when the queue is full or could not
- * be made. A global function (judge()'s frame is large).
+ * `flags`: 1 counted in the inbound node, 2 HTTP; `entry`: its hotspot values. 0 when queued, -1 when
+ * the queue is full or could not be made. A global function (judge()'s frame is large).
  */
 __noinline int queue_request(struct inflight *head, __u32 res, __u32 flags, const struct inflight *entry)
 {
@@ -537,7 +537,8 @@ __noinline __u32 judge(__u32 res, __u32 gen_flags, struct __sk_buff *skb, const 
 		/* No map update on this path: the connection's entry is taken over in place. */
 		if (__sync_val_compare_and_swap(&old->active, 0, 1) == 0) {
 			idle_add(-1); /* idle since its last response: this request reuses it */
-		} else if (key->kind == FLOW_KIND_REQUEST && queue_request(old, res, !!in | is_http << 1, &entry) == 0) {
+		} else if (key->kind == FLOW_KIND_REQUEST &&
+			   queue_request(old, res, !!in | is_http << 1, &entry) == 0) {
 			hold(st, in, entry.hot); /* pipelined behind the one in flight */
 			return BLOCK_NONE;
 		} else if (old->resource == res && !old->hot[0].uid && !old->hot[1].uid && !entry.hot[0].uid &&

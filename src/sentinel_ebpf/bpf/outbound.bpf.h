@@ -217,8 +217,9 @@ __noinline int out_reply_in_stream(struct __sk_buff *skb, const struct pkt *p, _
 		if ((f && f->active == 1) || p->payload_len > SE_REPLY_REQUEST_MAX || (p->flags & TCP_FIN))
 			return -1;
 		__builtin_memset(&scr->post, 0, sizeof(scr->post));
-		if (stream_follow(skb, p, 0, &scr->post, FOLLOW_HOW(0, p->payload_len)) != p->payload_len || scr->post.phase != STREAM_REQUEST ||
-		    scr->post.reqs != 1 || scr->post.carry_len || (scr->post.last & LAST_CLOSE))
+		if (stream_follow(skb, p, 0, &scr->post, FOLLOW_HOW(0, p->payload_len)) != p->payload_len ||
+		    scr->post.phase != STREAM_REQUEST || scr->post.reqs != 1 || scr->post.carry_len ||
+		    (scr->post.last & LAST_CLOSE))
 			return -1;
 		acked = p->payload_len;
 	}

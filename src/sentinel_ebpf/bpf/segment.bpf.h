@@ -156,8 +156,8 @@ __noinline int segment_again(struct __sk_buff *skb, __u32 skip)
 
 	if (!skb || !scr)
 		return 0;
-	follow = stream_follow(skb, &scr->p, skip, &scr->post,
-			       FOLLOW_HOW(SE_PIPELINED_MAX, scr->again_end - scr->p.seq - ((scr->p.flags & TCP_SYN) ? 1 : 0)));
+	follow = scr->again_end - scr->p.seq - ((scr->p.flags & TCP_SYN) ? 1 : 0); /* where that one ended */
+	follow = stream_follow(skb, &scr->p, skip, &scr->post, FOLLOW_HOW(SE_PIPELINED_MAX, follow));
 	if (follow != FOLLOW_RESET && scr->again_started && scr->post.reqs == scr->again_reqs &&
 	    scr->post.hash == scr->again_hash) {
 		scr->keep = follow;
@@ -173,10 +173,11 @@ __noinline int segment_again(struct __sk_buff *skb, __u32 skip)
  * A client's data segment on a port with HTTP resources: where it stands in the stream (segment_position)
  * decides whether it is looked at; where it stands in the stream's HTTP framing (follow.bpf.h) decides
  * whether a request starts at its first new byte (its request line is then looked up) and where the next
- * one starts (scratch keep: judge_pipelined goes on from there, stream_pass cuts). A request line that does not end in the segment is dropped at
- * rcv_nxt, so that the client sends it again, merged with what follows (Linux merges small unacknowledged
- * segments when it retransmits), up to SE_INCOMPLETE_TRIES times; then the connection is reset.
- * `reject.incomplete: pass` lets it through instead. *skip: bytes of the segment received before (judged from there on).
+ * one starts (scratch keep: the requests there are judged from there on, see pipelined_start; stream_pass
+ * cuts). A request line that does not end in the segment is dropped at rcv_nxt, so that the client sends
+ * it again, merged with what follows (Linux merges small unacknowledged segments when it retransmits), up
+ * to SE_INCOMPLETE_TRIES times; then the connection is reset. `reject.incomplete: pass` lets it through
+ * instead. *skip: bytes of the segment received before (judged from there on).
  */
 static __always_inline __u32 http_segment(struct __sk_buff *skb, const struct pkt *p, const struct port_conf *pc,
 					  __u8 gen, __u32 *skip, struct ingress_scratch *scr)
@@ -292,9 +293,9 @@ __noinline __u32 pipelined_start(void)
 /*
  * pipelined_follow: the request at scratch keep, whose route is `res`, followed to where the one after it
  * starts (scratch post; scratch cut keeps the stream before it, pipe_next where it ends, pipe_flags
- * judge()'s flags: the generation, of scratch pipe_key, and the system rules' verdict). Returns its resource (0: none), PIPELINED_CUT (its request line
- * goes on past the segment), or SEGMENT_RESET when its framing or target is one no server reads the way
- * it would be judged (as at a segment's start).
+ * judge()'s flags: the generation, of scratch pipe_key, and the system rules' verdict). Returns its
+ * resource (0: none), PIPELINED_CUT (its request line goes on past the segment), or SEGMENT_RESET when its
+ * framing or target is one no server reads the way it would be judged (as at a segment's start).
  */
 __noinline __u32 pipelined_follow(struct __sk_buff *skb, __u32 res, __u32 incomplete)
 {
@@ -311,7 +312,8 @@ __noinline __u32 pipelined_follow(struct __sk_buff *skb, __u32 res, __u32 incomp
 	scr->pipe_res = res;
 	scr->req_off = scr->keep;
 	scr->cut = scr->post;
-	scr->pipe_next = stream_follow(skb, &scr->p, scr->keep, &scr->post, FOLLOW_HOW(FOLLOW_GOES_ON, scr->p.payload_len));
+	scr->pipe_next = stream_follow(skb, &scr->p, scr->keep, &scr->post,
+				       FOLLOW_HOW(FOLLOW_GOES_ON, scr->p.payload_len));
 	if (scr->pipe_next == FOLLOW_RESET) {
 		port_count(bpf_ntohs(scr->p.dport), PORT_FRAMING_RESET);
 		return SEGMENT_RESET;
