@@ -164,6 +164,23 @@ def test_a_client_that_closes_gets_the_reply_that_closes(dp: InboundDataplane, r
     assert (dp_count(dp, "reply_kept"), dp_count(dp, "reply_closed"), dp_count(dp, "reply_sent")) == (0, 1, 1)
 
 
+@pytest.mark.parametrize("expect", [b"100-continue", b" 100-Continue ", b"100-continued", b"200-continue"])
+def test_a_refused_head_that_waits_for_100_continue_is_answered_at_once(
+    dp: InboundDataplane, expect: bytes
+) -> None:
+    """The client sends its body only after the server's 100 (or, curl, after 1 s): a refused request
+    that says so is answered now, the closing way, not swallowed until its body comes."""
+    dp.apply(dp.compile(rules(BLOCK_API)))
+    head = b"GET /api HTTP/1.1\r\nHost: svc\r\nContent-Length: 5\r\nExpect:" + expect + b"\r\n\r\n"
+    retval, out = client(dp, head, C_ISN, S_ISN)
+    if expect.strip().lower() == b"100-continue":
+        assert retval == TC_ACT_OK and parse_frame(out).flags & RST  # the server gets a reset
+        assert (dp_count(dp, "reply_closed"), dp_count(dp, "reply_sent")) == (1, 1)
+    else:  # not the token: swallowed (acknowledged in the server's place), answered where the body ends
+        assert retval == TC_ACT_SHOT and not parse_frame(out).payload
+        assert dp_count(dp, "reply_sent") == 0
+
+
 @pytest.mark.parametrize(
     "parts",
     [

@@ -19,6 +19,7 @@ from sentinel_ebpf.enforce.loader import TC_HANDLE, TC_PRIORITY
 from sentinel_ebpf.libbpf import TcAttachPoint, TcHook, program_maps
 from sentinel_ebpf.libbpf.maps import Map
 from sentinel_ebpf.netns import entered
+from tests.support.curl import curl_argv
 from tests.support.daemon_helpers import Daemon
 from tests.support.netns import NetnsPair, Server
 from tests.support.nginx import hello_nginx
@@ -231,6 +232,25 @@ def test_a_refused_request_among_pipelined_ones_gets_its_429_in_order(
     assert answer["statuses"] == [200, 200, 429, 200], answer
     assert [line.split('"')[1].split()[1] for line in served(nginx)[before:]] == ["/ok"] * 3
     assert daemon.stats()["resources"]["api"]["block"] == blocked_before + 1, "judged once"
+
+
+def test_a_refused_upload_that_waits_for_100_continue_is_answered_at_once(
+    guarded: tuple[NetnsPair, Server, Daemon],
+) -> None:
+    """curl sends `Expect: 100-continue` and holds the body back until the server's 100 (here up to 20 s):
+    the refusal is answered at once (the closing way), not when the body comes."""
+    pair, nginx, daemon = guarded
+    before = len(served(nginx))
+    closed_before = daemon.stats()["dataplane"].get("reply_closed", 0)
+    res = pair.run(pair.client, *curl_argv("-o", "/dev/null", "-w", "%{http_code} %{time_total}",
+                                           "--expect100-timeout", "20", "-H", "Expect: 100-continue",
+                                           "--data-binary", "x" * 100, f"http://{pair.server_ip}:8080/any",
+                                           max_time_s=30), timeout=40)  # fmt: skip
+    status, seconds = res.stdout.split()
+    assert status == "429", res.stdout + res.stderr
+    assert float(seconds) < 10, "answered only when the body came"
+    assert len(served(nginx)) == before
+    assert daemon.stats()["dataplane"]["reply_closed"] == closed_before + 1
 
 
 def test_a_body_that_looks_like_a_request_is_not_judged(guarded: tuple[NetnsPair, Server, Daemon]) -> None:

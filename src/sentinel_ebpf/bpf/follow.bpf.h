@@ -42,6 +42,7 @@ enum stream_phase {
 #define STREAM_REQ_LINE 8      /* the line being skipped (IN_LINE) is the request line */
 
 #define LAST_CLOSE 1           /* the request asked to close: Connection: close, or HTTP/1.0 */
+#define LAST_EXPECT 2          /* the request said Expect: 100-continue (its body waits for the answer) */
 
 #define FOLLOW_RESET 0xfffffffeU      /* framing no server reads: reset the connection */
 
@@ -110,6 +111,7 @@ enum header_name {
 	HDR_CONTENT_LENGTH = 1,    /* "content-length:" (15 bytes) */
 	HDR_TRANSFER_ENCODING = 2, /* "transfer-encoding:" (18 bytes) */
 	HDR_CONNECTION = 3,        /* "connection:" (11 bytes) */
+	HDR_EXPECT = 4,            /* "expect:" (7 bytes) */
 };
 
 /* Which header a line of `n` bytes read starts with (case-insensitive). */
@@ -126,6 +128,8 @@ static __always_inline int header_name(const struct follow_buf *b, __u32 n)
 	if (n >= 11 && w0 == FW8('c', 'o', 'n', 'n', 'e', 'c', 't', 'i') &&
 	    (w1 & 0xffffff) == FW8('o', 'n', ':', 0, 0, 0, 0, 0))
 		return HDR_CONNECTION;
+	if (n >= 7 && (w0 & 0x00ffffffffffffffULL) == FW8('e', 'x', 'p', 'e', 'c', 't', ':', 0))
+		return HDR_EXPECT;
 	return HDR_OTHER;
 }
 
@@ -251,6 +255,28 @@ __noinline __s64 chunk_size(const struct follow_buf *b, __u32 lf)
 			return -1;
 	}
 	return v;
+}
+
+/* An Expect line ending at `lf` says 100-continue (any case, blanks around it). */
+__noinline int expects_continue(const struct follow_buf *b, __u32 lf)
+{
+	__u32 k = 7, end;
+
+	if (!b || lf >= FOLLOW_BUF)
+		return 0;
+	for (int i = 0; i < 8; i++) {
+		if (k < lf && ows(follow_byte(b, k)))
+			k++;
+	}
+	end = content_end(b, lf);
+	for (int i = 0; i < 8; i++) {
+		if (end > k && ows(follow_byte(b, end - 1)))
+			end--;
+	}
+	if (end != k + 12 || follow_byte(b, k) != '1' || follow_byte(b, k + 1) != '0' ||
+	    follow_byte(b, k + 2) != '0' || follow_byte(b, k + 3) != '-')
+		return 0;
+	return LOWER8(word_before(b, end, 8)) == FW8('c', 'o', 'n', 't', 'i', 'n', 'u', 'e');
 }
 
 /* A Connection line ending at `lf` names the token close (any case). */
@@ -466,6 +492,8 @@ static __always_inline long follow_one(struct follow_ctx *c)
 			st->flags |= STREAM_CHUNKED;
 		} else if (name == HDR_CONNECTION && names_close(b, lf)) {
 			st->last |= LAST_CLOSE;
+		} else if (name == HDR_EXPECT && expects_continue(b, lf)) {
+			st->last |= LAST_EXPECT;
 		}
 	}
 	return 0;

@@ -171,6 +171,10 @@ __noinline int reply_in_stream(struct __sk_buff *skb, const struct pkt *p, __u32
 			return -2;
 		}
 		whole = scr->post.phase == STREAM_REQUEST;
+		/* a head that says Expect: 100-continue, whole, its body not sent: the client waits for the
+		 * answer before it sends the body (curl for 1 s), so it is answered now, the closing way */
+		if (!cont && !whole && scr->post.phase != STREAM_HEADERS && (scr->post.last & LAST_EXPECT))
+			goto closed;
 		if (!scr->pre.valid || (p->flags & TCP_FIN) || scr->post.phase == STREAM_OPAQUE ||
 		    (__u8)(scr->post.reqs - scr->pre.reqs) != (cont ? 0 : 1) || (scr->post.last & LAST_CLOSE) ||
 		    (!cont && whole && p->payload_len > SE_REPLY_REQUEST_MAX))
