@@ -9,7 +9,9 @@ mounted here, in that private mount namespace, for sock_ops.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -31,7 +33,16 @@ def serve(conn: socket.socket) -> None:
 def main() -> None:
     rules_path, iface, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
     cgroup_root = tempfile.mkdtemp(prefix="se-cgroup2-")
-    subprocess.run(["mount", "-t", "cgroup2", "none", cgroup_root], check=True)
+    try:
+        subprocess.run(["mount", "-t", "cgroup2", "none", cgroup_root], check=True)
+        run(rules_path, iface, port, cgroup_root)
+    finally:
+        subprocess.run(["umount", cgroup_root], check=False, capture_output=True)
+        with contextlib.suppress(OSError):
+            os.rmdir(cgroup_root)  # (it was left behind, empty, after each run)
+
+
+def run(rules_path: str, iface: str, port: int, cgroup_root: str) -> None:
     srv = socket.socket(socket.AF_INET)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind(("0.0.0.0", port))
@@ -56,7 +67,6 @@ def main() -> None:
             threading.Thread(target=serve, args=(conn,), daemon=True).start()
         stats = {s.name: [s.passed, s.blocked, s.concurrency] for s in dp.resource_stats()}
         print(json.dumps({"stats": stats, "counters": dp.counters()}), flush=True)
-    subprocess.run(["umount", cgroup_root], check=False)
 
 
 if __name__ == "__main__":
