@@ -522,6 +522,9 @@ def test_a_request_pipelined_behind_a_slow_one_does_not_take_it_out_of_its_concu
     assert concurrency(dp) == {"slow": 0, "other": 0}
     stats = {s.name: (s.complete, s.abort) for s in dp.resource_stats()}
     assert stats == {"slow": (1, 0), "other": (1, 0)}
+    assert not list(dp.maps.inflight_queue.items()), (
+        "a drained queue keeps no entry (it would outlive the connection)"
+    )
 
 
 def test_requests_queued_behind_one_in_flight_are_given_back_when_the_connection_resets(

@@ -698,7 +698,8 @@ __noinline int complete(__u32 how)
 			f->inbound = r->inbound;
 			f->is_http = r->is_http;
 			__builtin_memcpy(f->hot, r->hot, sizeof(f->hot));
-			f->q_head++;
+			if (++f->q_head == f->q_tail)
+				bpf_map_delete_elem(&inflight_queue, key); /* drained: no entry outlives its queue */
 			return 0;
 		}
 		/* (the queue was evicted: its requests' counts are repaired by the reconciliation) */
